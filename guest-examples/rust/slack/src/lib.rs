@@ -1,0 +1,153 @@
+//! `slack`: one Slack message per `vm.*` call, before and after it runs:
+//! who did what to which VM, and how it went.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use wasmhooks_sdk::{
+    Event, Hook, Outcome, Phase, Subscription, has_error, json_delivery, str_field, text,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    url: String,
+}
+
+struct Slack {
+    url: String,
+}
+
+impl Hook for Slack {
+    type Settings = Settings;
+
+    fn init(s: Settings) -> Result<(Self, Subscription), String> {
+        wasmhooks_sdk::check_url("url", &s.url)?;
+        let subscription = Subscription::new(["vm.*"], [Phase::Pre, Phase::Post]);
+        Ok((Slack { url: s.url }, subscription))
+    }
+
+    fn handle(&self, event: &Event) -> Result<Outcome, String> {
+        let payload = event.json()?;
+        let message = format!(
+            "{} called {} on VM {}: {}",
+            user(&payload),
+            event.method,
+            vm_id(&event.method, &payload),
+            outcome(event.phase, &payload),
+        );
+        let body = json!({ "text": escape(&message) });
+        Ok(Outcome::deliver(vec![json_delivery(&self.url, &body)]))
+    }
+}
+
+/// `userName`, else `userId`, else `(unknown user)`.
+fn user(payload: &Value) -> String {
+    str_field(payload, "userName")
+        .or_else(|| str_field(payload, "userId"))
+        .unwrap_or("(unknown user)")
+        .to_string()
+}
+
+/// `params.id`, else `params.vm`, else the `result` of `vm.create`, else `?`.
+fn vm_id(method: &str, payload: &Value) -> String {
+    let params = payload.get("params");
+    let param = |key| params.and_then(|p| p.get(key)).filter(|v| !v.is_null());
+    if let Some(id) = param("id").or_else(|| param("vm")) {
+        return text(id);
+    }
+    match payload.get("result") {
+        Some(Value::String(id)) if method == "vm.create" => id.clone(),
+        _ => "?".to_string(),
+    }
+}
+
+/// `requested`, `succeeded in N ms` or `failed: <error.message>`.
+fn outcome(phase: Phase, payload: &Value) -> String {
+    if phase == Phase::Pre {
+        return "requested".to_string();
+    }
+    if has_error(payload) {
+        let error = &payload["error"];
+        let message = str_field(error, "message")
+            .map(str::to_string)
+            .unwrap_or_else(|| text(error));
+        return format!("failed: {message}");
+    }
+    match payload.get("duration").and_then(Value::as_u64) {
+        Some(ms) => format!("succeeded in {ms} ms"),
+        None => "succeeded".to_string(),
+    }
+}
+
+/// Slack's three control characters in message text.
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+wasmhooks_sdk::hook!(Slack);
+
+#[cfg(test)]
+mod tests {
+    use super::Slack;
+    use wasmhooks_sdk::testing::{bodies, event, fixture, handle, init};
+
+    fn text(name: &str) -> String {
+        init::<Slack>(r#"{"url": "https://hooks.slack.com/services/T/B/X"}"#).unwrap();
+        let out = handle::<Slack>(&fixture(name)).unwrap();
+        let bodies = bodies(&out);
+        assert_eq!(bodies.len(), 1);
+        assert_eq!(bodies[0].0, "https://hooks.slack.com/services/T/B/X");
+        bodies[0].1["text"].as_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn messages() {
+        assert_eq!(
+            text("vm.start.pre"),
+            "alice@example.org called vm.start on VM 1e1f1c5a-6b3d-4c2e-9a8f-7d6c5b4a3e21: requested"
+        );
+        assert_eq!(
+            text("vm.start.post"),
+            "alice@example.org called vm.start on VM 1e1f1c5a-6b3d-4c2e-9a8f-7d6c5b4a3e21: succeeded in 5608 ms"
+        );
+        assert_eq!(
+            text("vm.migrate.post.error"),
+            "alice@example.org called vm.migrate on VM 1e1f1c5a-6b3d-4c2e-9a8f-7d6c5b4a3e21: failed: no such object"
+        );
+        assert_eq!(
+            text("vm.create.post"),
+            "ci-bot@example.org called vm.create on VM 6d1f3b5a-7c9e-4b2d-8f0a-1e3c5b7d9f2a: succeeded in 9876 ms"
+        );
+    }
+
+    #[test]
+    fn fallbacks_and_escaping() {
+        init::<Slack>(r#"{"url": "https://hooks.slack.com/services/T/B/X"}"#).unwrap();
+        let ev =
+            event(r#"{"callId":"a","method":"vm.<b>","params":{},"timestamp":1,"type":"pre"}"#);
+        let out = handle::<Slack>(&ev).unwrap();
+        assert_eq!(
+            bodies(&out)[0].1["text"],
+            "(unknown user) called vm.&lt;b&gt; on VM ?: requested"
+        );
+        let ev = event(r#"{"callId":"a","userId":"u1","method":"vm.stop","type":"pre"}"#);
+        let out = handle::<Slack>(&ev).unwrap();
+        assert_eq!(
+            bodies(&out)[0].1["text"],
+            "u1 called vm.stop on VM ?: requested"
+        );
+    }
+
+    #[test]
+    fn only_vm_methods() {
+        init::<Slack>(r#"{"url": "https://hooks.slack.com/services/T/B/X"}"#).unwrap();
+        let out = handle::<Slack>(&fixture("host.shutdown.pre")).unwrap();
+        assert!(out.deliveries.is_empty());
+        assert_eq!(
+            init::<Slack>("{}").unwrap_err(),
+            "settings: missing field `url`"
+        );
+    }
+}

@@ -1,0 +1,180 @@
+//! Settings: the engine's [`Config`] and each hook's `NAME.toml` ([`HookConfig`]).
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The engine's settings. Every field has a default; a TOML or JSON file with
+/// an unknown key is refused.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Folder holding the hooks: `NAME.wasm`, each with an optional `NAME.toml`.
+    pub hooks_dir: PathBuf,
+    /// Limits for hooks whose `NAME.toml` does not set its own.
+    pub limits: Limits,
+    /// How many WASM calls may run at once. Sizes the instance pool; more
+    /// calls wait for a free slot rather than fail.
+    pub max_concurrent_calls: u32,
+    /// Methods (globs) whose post event `result` is replaced by
+    /// `"* obfuscated *"` before any hook sees it, because it is a secret
+    /// (`token.create` returns the new token in clear).
+    pub redact_results: Vec<String>,
+    /// Most deliveries one hook may ask for on one event; the rest are
+    /// dropped and logged.
+    pub max_deliveries_per_event: usize,
+    /// How deliveries are sent.
+    pub delivery: DeliveryConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            hooks_dir: PathBuf::from("hooks"),
+            limits: Limits::default(),
+            max_concurrent_calls: 128,
+            redact_results: vec!["token.create".into()],
+            max_deliveries_per_event: 32,
+            delivery: DeliveryConfig::default(),
+        }
+    }
+}
+
+/// Per-call limits: defaults, and the most a hook's `NAME.toml` may ask for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Wall-clock time one event may take in a hook, `init` included, in ms.
+    pub deadline_ms: u64,
+    /// Memory one hook instance may use, in MiB.
+    pub memory_mib: u32,
+    /// The largest `deadline_ms` a `NAME.toml` may set.
+    pub max_deadline_ms: u64,
+    /// The largest `memory_mib` a `NAME.toml` may set. Also sizes the pool's
+    /// per-instance memory slots.
+    pub max_memory_mib: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            deadline_ms: 100,
+            memory_mib: 64,
+            max_deadline_ms: 10_000,
+            max_memory_mib: 512,
+        }
+    }
+}
+
+/// How deliveries are POSTed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Time to establish a connection, in ms.
+    pub connect_timeout_ms: u64,
+    /// Time for a whole request, response included, in ms.
+    pub timeout_ms: u64,
+    /// Most requests in flight at once, across all receivers.
+    pub concurrency: usize,
+    /// Most deliveries held in memory (waiting, in flight or backing off).
+    /// When full, new events wait: backpressure rather than unbounded memory.
+    pub queue_capacity: usize,
+    /// Delay before each retry, in ms; the first attempt is immediate. The
+    /// delivery fails for good once the list is spent. Each delay gets
+    /// ±`jitter` of itself at random.
+    pub retry_schedule_ms: Vec<u64>,
+    /// Random spread applied to each delay, as a fraction (0.2 = ±20 %).
+    pub jitter: f64,
+    /// Longest `Retry-After` honoured, in ms; longer values are capped.
+    pub max_retry_after_ms: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            connect_timeout_ms: 5_000,
+            timeout_ms: 15_000,
+            concurrency: 64,
+            queue_capacity: 100_000,
+            retry_schedule_ms: vec![
+                5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000,
+            ],
+            jitter: 0.2,
+            max_retry_after_ms: 3_600_000,
+        }
+    }
+}
+
+/// What a pre event's verdict does when this hook fails (traps, times out or
+/// returns an error).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// The operation goes ahead (the default: a broken hook does not block the orchestrator).
+    #[default]
+    Allow,
+    /// The operation is vetoed: for gate hooks that must say yes.
+    Deny,
+}
+
+/// A hook's `NAME.toml`: its settings, and what the operator decides for it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookConfig {
+    /// Handed to the hook's `init` as JSON text.
+    #[serde(default)]
+    pub settings: toml::Table,
+    /// Wall-clock deadline per event, in ms. Defaults to the engine's.
+    pub deadline_ms: Option<u64>,
+    /// Memory cap, in MiB. Defaults to the engine's.
+    pub memory_mib: Option<u32>,
+    /// For pre events: send this hook's deliveries before the verdict returns,
+    /// like the orchestrator's "wait for response" option. A delivery that
+    /// fails for good then counts as a hook failure (see `on_error`).
+    #[serde(default)]
+    pub wait: bool,
+    /// What a pre event's verdict does when this hook fails.
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+/// A hook's limits, resolved against the engine's defaults and maxima.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HookLimits {
+    pub deadline: Duration,
+    pub memory_bytes: usize,
+}
+
+impl HookConfig {
+    /// Parses `NAME.toml` text.
+    pub fn from_toml(text: &str) -> Result<HookConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The settings as the JSON text `init` receives.
+    pub fn settings_json(&self) -> String {
+        serde_json::to_string(&self.settings).expect("TOML values always convert to JSON")
+    }
+
+    /// Resolves limits, refusing values above the engine's maxima.
+    pub(crate) fn limits(&self, engine: &Limits) -> Result<HookLimits, String> {
+        let deadline_ms = self.deadline_ms.unwrap_or(engine.deadline_ms);
+        if deadline_ms == 0 || deadline_ms > engine.max_deadline_ms {
+            return Err(format!(
+                "deadline_ms = {deadline_ms} is outside 1..={}",
+                engine.max_deadline_ms
+            ));
+        }
+        let memory_mib = self.memory_mib.unwrap_or(engine.memory_mib);
+        if memory_mib == 0 || memory_mib > engine.max_memory_mib {
+            return Err(format!(
+                "memory_mib = {memory_mib} is outside 1..={}",
+                engine.max_memory_mib
+            ));
+        }
+        Ok(HookLimits {
+            deadline: Duration::from_millis(deadline_ms),
+            memory_bytes: memory_mib as usize * 1024 * 1024,
+        })
+    }
+}

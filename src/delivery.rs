@@ -1,0 +1,283 @@
+//! Sending deliveries: one shared HTTP client, timeouts, bounded concurrency,
+//! and retries with exponential back-off and jitter.
+
+use crate::config::DeliveryConfig;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::{StatusCode, Url};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// One HTTP POST a hook decided on, checked and ready to send.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Stable id, sent as `webhook-id` on every attempt so receivers can deduplicate.
+    pub id: String,
+    /// The hook that asked for it.
+    pub hook: Arc<str>,
+    /// The receiver.
+    pub url: Url,
+    /// Request headers, `content-type` included.
+    pub headers: HeaderMap,
+    /// The request body.
+    pub body: bytes::Bytes,
+}
+
+impl Delivery {
+    /// Checks a hook's raw delivery: an absolute http(s) URL and valid headers.
+    /// Adds `content-type: application/json` unless the hook set one.
+    pub(crate) fn new(
+        hook: Arc<str>,
+        url: &str,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    ) -> Result<Delivery, String> {
+        let url = Url::parse(url).map_err(|e| format!("delivery URL {url:?} is not valid: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("delivery URL {url} must be http or https"));
+        }
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            let header = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("delivery header name {name:?} is not valid"))?;
+            let value = HeaderValue::from_str(&value)
+                .map_err(|_| format!("delivery header {name:?} has a value that is not valid"))?;
+            map.append(header, value);
+        }
+        if !map.contains_key(CONTENT_TYPE) {
+            map.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        Ok(Delivery {
+            id: new_id(),
+            hook,
+            url,
+            headers: map,
+            body: body.into(),
+        })
+    }
+}
+
+/// A fresh delivery id: `msg_` and 128 random bits.
+fn new_id() -> String {
+    format!("msg_{:032x}", fastrand::u128(..))
+}
+
+/// How one attempt ended.
+#[derive(Debug)]
+pub(crate) enum Attempt {
+    /// 2xx.
+    Delivered(StatusCode),
+    /// Worth trying again: connect error, timeout, 408, 429 or 5xx.
+    Retry {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// Not worth trying again: 410 Gone, other 3xx/4xx, or a request that can't be built.
+    Permanent(String),
+}
+
+/// Sends deliveries. One per engine; cheap to share.
+pub(crate) struct Sender {
+    client: reqwest::Client,
+    config: DeliveryConfig,
+    in_flight: Semaphore,
+}
+
+impl Sender {
+    pub fn new(config: &DeliveryConfig) -> Result<Sender, String> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
+            .timeout(Duration::from_millis(config.timeout_ms))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("wasmhooks/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Sender {
+            client,
+            config: config.clone(),
+            in_flight: Semaphore::new(config.concurrency.max(1)),
+        })
+    }
+
+    /// One POST, holding a concurrency permit only while it is in flight.
+    pub async fn attempt(&self, delivery: &Delivery) -> Attempt {
+        let _permit = self.in_flight.acquire().await.expect("never closed");
+        let request = self
+            .client
+            .post(delivery.url.clone())
+            .headers(delivery.headers.clone())
+            .header("webhook-id", &delivery.id)
+            .body(delivery.body.clone());
+        match request.send().await {
+            Ok(response) => classify(response.status(), response.headers()),
+            Err(e) if e.is_builder() => {
+                Attempt::Permanent(format!("request could not be built: {e}"))
+            }
+            Err(e) => Attempt::Retry {
+                reason: describe(&e),
+                retry_after: None,
+            },
+        }
+    }
+
+    /// Sends with retries per the schedule. Returns the final status, or why it failed for good.
+    pub async fn deliver(&self, delivery: &Delivery) -> Result<StatusCode, String> {
+        let schedule = &self.config.retry_schedule_ms;
+        for attempt in 0..=schedule.len() {
+            match self.attempt(delivery).await {
+                Attempt::Delivered(status) => {
+                    tracing::debug!(hook = %delivery.hook, id = %delivery.id, url = %delivery.url, %status, attempt = attempt + 1, "delivered");
+                    return Ok(status);
+                }
+                Attempt::Permanent(reason) => return Err(reason),
+                Attempt::Retry {
+                    reason,
+                    retry_after,
+                } => {
+                    let Some(&delay_ms) = schedule.get(attempt) else {
+                        return Err(format!(
+                            "gave up after {} attempts; last: {reason}",
+                            attempt + 1
+                        ));
+                    };
+                    let delay = self.delay(delay_ms, retry_after);
+                    tracing::info!(hook = %delivery.hook, id = %delivery.id, url = %delivery.url, attempt = attempt + 1, "{reason}; retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+        unreachable!("the loop returns on its last attempt")
+    }
+
+    /// The wait before a retry: the schedule's delay with jitter, or the
+    /// receiver's `Retry-After` (capped) if that is longer.
+    fn delay(&self, scheduled_ms: u64, retry_after: Option<Duration>) -> Duration {
+        let jitter = self.config.jitter.clamp(0.0, 1.0);
+        let factor = 1.0 + jitter * (fastrand::f64() * 2.0 - 1.0);
+        let scheduled = Duration::from_millis((scheduled_ms as f64 * factor) as u64);
+        let cap = Duration::from_millis(self.config.max_retry_after_ms);
+        scheduled.max(retry_after.map(|r| r.min(cap)).unwrap_or_default())
+    }
+}
+
+/// Sorts a response into delivered, retry or permanent failure.
+pub(crate) fn classify(status: StatusCode, headers: &HeaderMap) -> Attempt {
+    if status.is_success() {
+        return Attempt::Delivered(status);
+    }
+    let retryable = status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error();
+    if retryable {
+        Attempt::Retry {
+            reason: format!("receiver answered {status}"),
+            retry_after: retry_after(headers),
+        }
+    } else if status == StatusCode::GONE {
+        Attempt::Permanent("receiver answered 410 Gone: it wants no more deliveries".into())
+    } else if status.is_redirection() {
+        Attempt::Permanent(format!(
+            "receiver answered {status}; redirects are not followed, use the final URL"
+        ))
+    } else {
+        Attempt::Permanent(format!("receiver answered {status}, which is not retried"))
+    }
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
+/// A transport error with its cause, e.g. "connect error: Connection refused".
+fn describe(e: &reqwest::Error) -> String {
+    let kind = if e.is_connect() {
+        "could not connect"
+    } else if e.is_timeout() {
+        "timed out"
+    } else {
+        "request failed"
+    };
+    let mut message = format!("{kind}: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_statuses() {
+        let h = HeaderMap::new();
+        assert!(matches!(
+            classify(StatusCode::OK, &h),
+            Attempt::Delivered(_)
+        ));
+        assert!(matches!(
+            classify(StatusCode::INTERNAL_SERVER_ERROR, &h),
+            Attempt::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(StatusCode::REQUEST_TIMEOUT, &h),
+            Attempt::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(StatusCode::GONE, &h),
+            Attempt::Permanent(_)
+        ));
+        assert!(matches!(
+            classify(StatusCode::BAD_REQUEST, &h),
+            Attempt::Permanent(_)
+        ));
+        assert!(matches!(
+            classify(StatusCode::FOUND, &h),
+            Attempt::Permanent(_)
+        ));
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        match classify(StatusCode::TOO_MANY_REQUESTS, &h) {
+            Attempt::Retry { retry_after, .. } => {
+                assert_eq!(retry_after, Some(Duration::from_secs(7)))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn rejects_bad_deliveries() {
+        let hook: Arc<str> = "h".into();
+        assert!(Delivery::new(hook.clone(), "ftp://x/", vec![], vec![]).is_err());
+        assert!(Delivery::new(hook.clone(), "not a url", vec![], vec![]).is_err());
+        assert!(
+            Delivery::new(
+                hook.clone(),
+                "http://x/",
+                vec![("bad name".into(), "v".into())],
+                vec![]
+            )
+            .is_err()
+        );
+        let d = Delivery::new(
+            hook,
+            "http://x/",
+            vec![("content-type".into(), "text/plain".into())],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(d.headers[CONTENT_TYPE], "text/plain");
+    }
+}

@@ -1,0 +1,232 @@
+//! From an event to outcomes: run the subscribed hooks concurrently, check
+//! what they return, queue (or, for `wait` hooks, send) their deliveries,
+//! and turn pre-event vetoes into a verdict.
+
+use crate::config::OnError;
+use crate::delivery::{Delivery, Sender};
+use crate::error::{CallError, CallSite};
+use crate::event::Event;
+use crate::outbox::Outbox;
+use crate::registry::{LiveHook, Registry};
+use crate::sandbox::{Failure, Sandbox};
+use serde::Serialize;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// The answer to a pre event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    /// Whether the operation may go ahead.
+    pub allowed: bool,
+    /// The hook that vetoed it.
+    pub denied_by: Option<String>,
+    /// The hook's reason.
+    pub reason: Option<String>,
+    /// Hooks that failed on this event (their `on_error` was applied).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<HookFailure>,
+}
+
+/// A hook that failed on an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HookFailure {
+    /// The hook.
+    pub hook: String,
+    /// `timeout`, `memory`, `trap`, `error`, `bad-outcome` or `delivery`.
+    pub kind: String,
+    /// What happened.
+    pub message: String,
+}
+
+/// What one hook decided on one event, checked.
+pub(crate) struct Decision {
+    pub deliveries: Vec<Delivery>,
+    pub deny: Option<String>,
+}
+
+pub(crate) struct Dispatcher {
+    pub registry: Arc<Registry>,
+    pub sandbox: Arc<Sandbox>,
+    pub outbox: Arc<dyn Outbox>,
+    pub sender: Arc<Sender>,
+    pub max_deliveries: usize,
+}
+
+impl Dispatcher {
+    /// Runs the pre event through every subscribed hook at once and decides.
+    pub async fn pre(self: &Arc<Self>, event: Event) -> Verdict {
+        let hooks = self.registry.snapshot().matching(&event);
+        let event = Arc::new(event);
+        let tasks: Vec<_> = hooks
+            .into_iter()
+            .map(|hook| {
+                let this = self.clone();
+                let event = event.clone();
+                tokio::spawn(async move {
+                    let result = this.pre_one(&hook, &event).await;
+                    (hook, result)
+                })
+            })
+            .collect();
+        let mut verdict = Verdict {
+            allowed: true,
+            denied_by: None,
+            reason: None,
+            failures: Vec::new(),
+        };
+        for task in tasks {
+            let (hook, result) = task.await.expect("hook tasks do not panic");
+            let deny = match result {
+                Ok(deny) => deny,
+                Err(failure) => {
+                    let deny = (hook.config.on_error == OnError::Deny).then(|| {
+                        format!("hook failed and its on_error is deny: {}", failure.message)
+                    });
+                    verdict.failures.push(failure);
+                    deny
+                }
+            };
+            if let (Some(reason), true) = (deny, verdict.allowed) {
+                verdict = Verdict {
+                    allowed: false,
+                    denied_by: Some(hook.name().to_owned()),
+                    reason: Some(reason),
+                    ..verdict
+                };
+            }
+        }
+        verdict
+    }
+
+    /// One hook on a pre event: its veto, or why it failed.
+    async fn pre_one(&self, hook: &LiveHook, event: &Event) -> Result<Option<String>, HookFailure> {
+        let decision = self
+            .run(hook, event)
+            .await
+            .map_err(|e| failure(hook, e.kind(), e.to_string()))?;
+        if hook.config.wait {
+            for delivery in &decision.deliveries {
+                self.sender.deliver(delivery).await.map_err(|reason| {
+                    failure(
+                        hook,
+                        "delivery",
+                        format!(
+                            "delivery {} to {} failed: {reason}",
+                            delivery.id, delivery.url
+                        ),
+                    )
+                })?;
+            }
+        } else {
+            self.queue(hook, decision.deliveries).await;
+        }
+        Ok(decision.deny)
+    }
+
+    /// Runs a post event through every subscribed hook and queues the
+    /// deliveries. Called off the caller's path.
+    pub async fn post(self: &Arc<Self>, event: Event) {
+        let hooks = self.registry.snapshot().matching(&event);
+        let event = Arc::new(event);
+        let tasks = hooks.into_iter().map(|hook| {
+            let this = self.clone();
+            let event = event.clone();
+            tokio::spawn(async move {
+                if let Ok(decision) = this.run(&hook, &event).await {
+                    this.queue(&hook, decision.deliveries).await;
+                }
+            })
+        });
+        futures::future::join_all(tasks).await;
+    }
+
+    /// Whether any live hook wants this event (if none, no WASM runs).
+    pub fn wanted(&self, event: &Event) -> bool {
+        self.registry
+            .snapshot()
+            .live
+            .values()
+            .any(|h| h.wants(event))
+    }
+
+    async fn queue(&self, hook: &LiveHook, deliveries: Vec<Delivery>) {
+        if deliveries.is_empty() {
+            return;
+        }
+        if let Err(e) = self.outbox.enqueue(deliveries).await {
+            tracing::error!(hook = hook.name(), "deliveries dropped: {e}");
+        }
+    }
+
+    /// Calls the hook, counts the call, logs and returns a failure, and
+    /// checks its outcome.
+    pub async fn run(&self, hook: &LiveHook, event: &Event) -> Result<Decision, CallError> {
+        hook.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let result = self.sandbox.handle(&hook.prepared, event).await;
+        let site = || CallSite {
+            hook: hook.name().to_owned(),
+            method: event.method().to_owned(),
+            call_id: event.call_id().to_owned(),
+            phase: event.phase(),
+        };
+        let outcome = result.map_err(|f| match f {
+            Failure::Timeout(deadline) => CallError::Timeout {
+                site: site(),
+                deadline,
+            },
+            Failure::MemoryCap(cap_mib) => CallError::MemoryCap {
+                site: site(),
+                cap_mib,
+            },
+            Failure::Trap(message) => CallError::Trap {
+                site: site(),
+                message,
+            },
+            Failure::Returned(message) => CallError::Returned {
+                site: site(),
+                message,
+            },
+        });
+        let decision = outcome.and_then(|o| {
+            if o.deliveries.len() > self.max_deliveries {
+                return Err(CallError::BadOutcome {
+                    site: site(),
+                    message: format!(
+                        "asked for {} deliveries; at most {} are allowed per event",
+                        o.deliveries.len(),
+                        self.max_deliveries
+                    ),
+                });
+            }
+            let deliveries = o
+                .deliveries
+                .into_iter()
+                .map(|d| Delivery::new(hook.prepared.name.clone(), &d.url, d.headers, d.body))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|message| CallError::BadOutcome {
+                    site: site(),
+                    message,
+                })?;
+            Ok(Decision {
+                deliveries,
+                deny: o.deny,
+            })
+        });
+        if let Err(e) = &decision {
+            hook.stats.errors.fetch_add(1, Ordering::Relaxed);
+            if matches!(e, CallError::Timeout { .. }) {
+                hook.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::warn!("{e}");
+        }
+        decision
+    }
+}
+
+fn failure(hook: &LiveHook, kind: &str, message: String) -> HookFailure {
+    HookFailure {
+        hook: hook.name().to_owned(),
+        kind: kind.to_owned(),
+        message,
+    }
+}

@@ -1,0 +1,234 @@
+//! [`Engine`]: the library's front door.
+
+use crate::config::{Config, HookConfig};
+use crate::delivery::Sender;
+use crate::dispatch::{Dispatcher, Verdict};
+use crate::error::Error;
+use crate::event::{Event, Phase};
+use crate::outbox::MemoryOutbox;
+use crate::registry::{HookStatus, Registry};
+use crate::sandbox::{Sandbox, Subscription};
+use serde::Serialize;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use wildmatch::WildMatch;
+
+/// Post events handed to hooks and not yet finished; past this, `post()` waits.
+const MAX_POSTS_IN_FLIGHT: usize = 4096;
+
+/// The webhook engine: loaded hooks, the sandbox they run in, and the
+/// delivery queue. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    dispatcher: Arc<Dispatcher>,
+    redact: Vec<WildMatch>,
+    posts: Arc<Semaphore>,
+}
+
+impl Engine {
+    /// Sets up the runtime and loads every hook in `config.hooks_dir`.
+    ///
+    /// A hook that fails to load is reported in [`Engine::hooks`] and the
+    /// log; the others still load. Fails only if the folder can't be read
+    /// or the runtime can't be set up.
+    pub async fn new(config: Config) -> Result<Engine, Error> {
+        let sandbox = Arc::new(Sandbox::new(&config).map_err(Error::Runtime)?);
+        let registry = Arc::new(Registry::new(sandbox.clone(), config.limits.clone()));
+        registry.load_dir(&config.hooks_dir).await?;
+        let sender = Arc::new(Sender::new(&config.delivery).map_err(Error::Config)?);
+        let outbox = Arc::new(MemoryOutbox::new(
+            sender.clone(),
+            config.delivery.queue_capacity,
+        ));
+        let dispatcher = Arc::new(Dispatcher {
+            registry,
+            sandbox,
+            outbox,
+            sender,
+            max_deliveries: config.max_deliveries_per_event,
+        });
+        let redact = config
+            .redact_results
+            .iter()
+            .map(|m| WildMatch::new(m))
+            .collect();
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                config,
+                dispatcher,
+                redact,
+                posts: Arc::new(Semaphore::new(MAX_POSTS_IN_FLIGHT)),
+            }),
+        })
+    }
+
+    /// Runs a pre event through the hooks subscribed to it, concurrently,
+    /// each within its deadline, and returns the verdict: allowed, or denied
+    /// by a hook with its reason. A hook that fails counts as its `on_error`
+    /// says (allow by default).
+    pub async fn pre(&self, event: Event) -> Result<Verdict, Error> {
+        expect_phase(&event, Phase::Pre)?;
+        Ok(self.inner.dispatcher.pre(event).await)
+    }
+
+    /// Hands a post event to the hooks subscribed to it and returns at once;
+    /// hooks run and deliveries go out in the background. Waits only when
+    /// too many post events are already in progress.
+    pub async fn post(&self, mut event: Event) -> Result<(), Error> {
+        expect_phase(&event, Phase::Post)?;
+        if !self.inner.dispatcher.wanted(&event) {
+            return Ok(());
+        }
+        if self.inner.redact.iter().any(|m| m.matches(event.method())) {
+            event.redact_result("* obfuscated *");
+        }
+        let permit = self
+            .inner
+            .posts
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        let dispatcher = self.inner.dispatcher.clone();
+        tokio::spawn(async move {
+            dispatcher.post(event).await;
+            drop(permit);
+        });
+        Ok(())
+    }
+
+    /// Status of every hook: live or failed, version, last error, counters.
+    pub fn hooks(&self) -> Vec<HookStatus> {
+        self.inner.dispatcher.registry.statuses()
+    }
+
+    /// Deliveries queued and not yet delivered or failed for good.
+    pub fn pending_deliveries(&self) -> usize {
+        self.inner.dispatcher.outbox.pending()
+    }
+
+    /// Waits until every post event accepted so far has run through its
+    /// hooks and every delivery queued so far is delivered or failed.
+    pub async fn drain(&self) {
+        let posts = self
+            .inner
+            .posts
+            .acquire_many(MAX_POSTS_IN_FLIGHT as u32)
+            .await
+            .expect("never closed");
+        drop(posts);
+        self.inner.dispatcher.outbox.drained().await;
+    }
+
+    /// The settings the engine runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+}
+
+fn expect_phase(event: &Event, expected: Phase) -> Result<(), Error> {
+    if event.phase() == expected {
+        Ok(())
+    } else {
+        Err(Error::WrongPhase {
+            method: event.method().to_owned(),
+            expected,
+            actual: event.phase(),
+        })
+    }
+}
+
+/// What a dry run found: see [`dry_run`].
+#[derive(Debug, Clone, Serialize)]
+pub struct DryRun {
+    /// The hook's name.
+    pub hook: String,
+    /// What `init` returned.
+    pub subscription: Subscription,
+    /// Whether the event matches the subscription.
+    pub matches: bool,
+    /// What `handle` returned, if the event matched.
+    pub outcome: Option<DryOutcome>,
+}
+
+/// A hook's outcome, as a dry run shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DryOutcome {
+    /// The deliveries it asked for (not sent).
+    pub deliveries: Vec<DryDelivery>,
+    /// Its veto, for a pre event.
+    pub deny: Option<String>,
+}
+
+/// One delivery a dry run would have sent.
+#[derive(Debug, Clone, Serialize)]
+pub struct DryDelivery {
+    /// The receiver.
+    pub url: String,
+    /// The request headers.
+    pub headers: Vec<(String, String)>,
+    /// The body: parsed JSON when it is JSON, else text.
+    pub body: serde_json::Value,
+}
+
+/// Loads one hook file with its `NAME.toml` (or `settings` if given), runs
+/// `init` and, if the event matches, `handle`. Sends nothing.
+pub async fn dry_run(
+    config: &Config,
+    wasm: &Path,
+    settings: Option<HookConfig>,
+    event: &Event,
+) -> Result<DryRun, Error> {
+    let sandbox = Arc::new(Sandbox::new(config).map_err(Error::Runtime)?);
+    let registry = Registry::new(sandbox.clone(), config.limits.clone());
+    let hook = registry.load(wasm, settings).await?;
+    let matches = hook.wants(event);
+    let outcome = if matches {
+        let sender = Arc::new(Sender::new(&config.delivery).map_err(Error::Config)?);
+        let dispatcher = Dispatcher {
+            registry: Arc::new(registry),
+            outbox: Arc::new(MemoryOutbox::new(sender.clone(), 1)),
+            sandbox,
+            sender,
+            max_deliveries: config.max_deliveries_per_event,
+        };
+        let decision = dispatcher.run(&hook, event).await?;
+        Some(DryOutcome {
+            deliveries: decision
+                .deliveries
+                .into_iter()
+                .map(|d| DryDelivery {
+                    url: d.url.to_string(),
+                    headers: d
+                        .headers
+                        .iter()
+                        .map(|(k, v)| {
+                            (
+                                k.to_string(),
+                                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                            )
+                        })
+                        .collect(),
+                    body: serde_json::from_slice(&d.body).unwrap_or_else(|_| {
+                        serde_json::Value::String(String::from_utf8_lossy(&d.body).into_owned())
+                    }),
+                })
+                .collect(),
+            deny: decision.deny,
+        })
+    } else {
+        None
+    };
+    Ok(DryRun {
+        hook: hook.name().to_owned(),
+        subscription: hook.subscription.clone(),
+        matches,
+        outcome,
+    })
+}

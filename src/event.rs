@@ -1,0 +1,237 @@
+//! The orchestrator's events: Xen Orchestra's web-hook payload, validated.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::fmt;
+use std::sync::Arc;
+
+/// When an event fires relative to the orchestrator's operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Before the operation runs; hooks may veto it.
+    Pre,
+    /// After the operation ran.
+    Post,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Pre => "pre",
+            Phase::Post => "post",
+        })
+    }
+}
+
+/// Why an event was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    /// The body is not a JSON object.
+    #[error("event is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A field is missing or has the wrong type or value.
+    #[error("event field `{field}`: {problem}")]
+    Field {
+        /// The field's name as the orchestrator spells it, e.g. `callId`.
+        field: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+/// One orchestrator event, checked against the web-hook format.
+///
+/// The common fields are lifted out; [`Event::payload`] keeps the whole
+/// object, unknown fields included, and is what hooks receive.
+#[derive(Debug, Clone)]
+pub struct Event {
+    call_id: String,
+    method: String,
+    phase: Phase,
+    timestamp_ms: u64,
+    payload: Arc<str>,
+}
+
+impl Event {
+    /// Parses and validates an event from JSON bytes.
+    pub fn from_json(bytes: &[u8]) -> Result<Event, EventError> {
+        Event::from_value(serde_json::from_slice(bytes)?)
+    }
+
+    /// Validates an already parsed JSON value.
+    pub fn from_value(value: Value) -> Result<Event, EventError> {
+        let Value::Object(object) = value else {
+            return Err(field("(event)", "expected a JSON object"));
+        };
+        let call_id = required_str(&object, "callId")?.to_owned();
+        let method = required_str(&object, "method")?.to_owned();
+        let phase = match required_str(&object, "type")? {
+            "pre" => Phase::Pre,
+            "post" => Phase::Post,
+            other => {
+                return Err(field(
+                    "type",
+                    format!("expected \"pre\" or \"post\", got {other:?}"),
+                ));
+            }
+        };
+        let timestamp_ms = match object.get("timestamp") {
+            Some(v) => v.as_u64().ok_or_else(|| {
+                field(
+                    "timestamp",
+                    "expected milliseconds since the Unix epoch as a non-negative integer",
+                )
+            })?,
+            None => return Err(field("timestamp", "missing")),
+        };
+        for name in ["userId", "userName", "userIp"] {
+            optional_str(&object, name)?;
+        }
+        if let Some(v) = object.get("duration")
+            && !v.is_u64()
+        {
+            return Err(field(
+                "duration",
+                "expected milliseconds as a non-negative integer",
+            ));
+        }
+        if let Some(v) = object.get("error")
+            && !(v.is_object() || v.is_null())
+        {
+            return Err(field(
+                "error",
+                "expected an object with code, message, name and stack",
+            ));
+        }
+        let payload = serde_json::to_string(&object).expect("a JSON map always serializes");
+        Ok(Event {
+            call_id,
+            method,
+            phase,
+            timestamp_ms,
+            payload: payload.into(),
+        })
+    }
+
+    /// Shared by the pre and the post event of one call.
+    pub fn call_id(&self) -> &str {
+        &self.call_id
+    }
+
+    /// The API method, e.g. `vm.start`.
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+
+    /// Pre or post.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Milliseconds since the Unix epoch (the end time for a post event).
+    pub fn timestamp_ms(&self) -> u64 {
+        self.timestamp_ms
+    }
+
+    /// The whole event as compact JSON text, as hooks receive it.
+    pub fn payload(&self) -> &str {
+        &self.payload
+    }
+
+    /// Replaces the `result` field's value with `replacement`, e.g. to keep
+    /// a freshly created credential away from hooks.
+    pub(crate) fn redact_result(&mut self, replacement: &str) {
+        let mut object: Map<String, Value> =
+            serde_json::from_str(&self.payload).expect("payload is a JSON object we wrote");
+        if let Some(result) = object.get_mut("result") {
+            *result = Value::String(replacement.to_owned());
+            self.payload = serde_json::to_string(&object)
+                .expect("a JSON map always serializes")
+                .into();
+        }
+    }
+}
+
+fn field(name: &'static str, problem: impl Into<String>) -> EventError {
+    EventError::Field {
+        field: name,
+        problem: problem.into(),
+    }
+}
+
+fn required_str<'a>(
+    object: &'a Map<String, Value>,
+    name: &'static str,
+) -> Result<&'a str, EventError> {
+    match optional_str(object, name)? {
+        Some("") => Err(field(name, "must not be empty")),
+        Some(s) => Ok(s),
+        None => Err(field(name, "missing")),
+    }
+}
+
+fn optional_str<'a>(
+    object: &'a Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<&'a str>, EventError> {
+    match object.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(field(name, "expected a string")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_unknown_fields() {
+        let e = Event::from_json(
+            br#"{"callId":"c","method":"vm.start","type":"pre","timestamp":1,"extra":{"x":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(e.phase(), Phase::Pre);
+        assert!(e.payload().contains(r#""extra":{"x":1}"#));
+    }
+
+    #[test]
+    fn names_the_bad_field() {
+        let cases: [(&[u8], &str); 5] = [
+            (br#"{"method":"m","type":"pre","timestamp":1}"#, "callId"),
+            (
+                br#"{"callId":"c","method":"m","type":"during","timestamp":1}"#,
+                "type",
+            ),
+            (
+                br#"{"callId":"c","method":"m","type":"pre","timestamp":-5}"#,
+                "timestamp",
+            ),
+            (
+                br#"{"callId":"c","method":7,"type":"pre","timestamp":1}"#,
+                "method",
+            ),
+            (
+                br#"{"callId":"c","method":"m","type":"post","timestamp":1,"error":"x"}"#,
+                "error",
+            ),
+        ];
+        for (body, expected) in cases {
+            match Event::from_json(body) {
+                Err(EventError::Field { field, .. }) => assert_eq!(field, expected),
+                other => panic!("{expected}: {other:?}"),
+            }
+        }
+        assert!(matches!(Event::from_json(b"{"), Err(EventError::Json(_))));
+    }
+
+    #[test]
+    fn redacts_result() {
+        let mut e =
+            Event::from_json(br#"{"callId":"c","method":"token.create","type":"post","timestamp":1,"result":"secret"}"#)
+                .unwrap();
+        e.redact_result("* obfuscated *");
+        assert!(!e.payload().contains("secret"));
+    }
+}

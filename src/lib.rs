@@ -1,0 +1,70 @@
+//! # wasmhooks
+//!
+//! A webhook engine whose hooks are WebAssembly components. An orchestrator
+//! emits an event before (`pre`) and after (`post`) each operation; every
+//! hook subscribed to it decides what to do (nothing, one or more HTTP
+//! deliveries, or for a pre event a veto), and the engine sends the
+//! deliveries with retries.
+//!
+//! Hooks implement the `hook` world of `wit/hook.wit`. Each runs in a fresh
+//! sandboxed instance per event, with a deadline and a memory cap, and no
+//! access to files, environment or network.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), wasmhooks::Error> {
+//! use wasmhooks::{Config, Engine, Event};
+//!
+//! let engine = Engine::new(Config { hooks_dir: "hooks".into(), ..Config::default() }).await?;
+//! let event = Event::from_json(br#"{"callId":"k3q9","method":"vm.delete","type":"pre",
+//!     "timestamp":1764338400123,"params":{"id":"0a9b"}}"#)?;
+//! let verdict = engine.pre(event).await?;
+//! if !verdict.allowed {
+//!     println!("{} vetoed it: {}", verdict.denied_by.unwrap(), verdict.reason.unwrap());
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! A runnable round trip, with an empty hooks folder (so everything is allowed
+//! and no WebAssembly runs):
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use wasmhooks::{Config, Engine, Event};
+//!
+//! let hooks = tempfile::tempdir()?;
+//! let engine = Engine::new(Config { hooks_dir: hooks.path().into(), ..Config::default() }).await?;
+//! assert!(engine.hooks().is_empty());
+//!
+//! let pre = Event::from_json(br#"{"callId":"c1","method":"vm.start","type":"pre","timestamp":1}"#)?;
+//! assert!(engine.pre(pre).await?.allowed);
+//!
+//! let post = Event::from_json(br#"{"callId":"c1","method":"vm.start","type":"post",
+//!     "timestamp":2,"duration":1,"result":true}"#)?;
+//! engine.post(post).await?;
+//!
+//! // A malformed event names the field at fault.
+//! let bad = Event::from_json(br#"{"callId":"c2","method":"vm.start","type":"later","timestamp":1}"#);
+//! assert!(matches!(bad, Err(wasmhooks::EventError::Field { field: "type", .. })));
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+mod delivery;
+mod dispatch;
+mod engine;
+mod error;
+mod event;
+pub mod outbox;
+mod registry;
+mod sandbox;
+pub mod server;
+
+pub use config::{Config, HookConfig, OnError};
+pub use delivery::Delivery;
+pub use dispatch::{HookFailure, Verdict};
+pub use engine::{DryDelivery, DryOutcome, DryRun, Engine, dry_run};
+pub use error::{CallError, CallSite, Error, LoadError, Stage};
+pub use event::{Event, EventError, Phase};
+pub use registry::{HookState, HookStatus};
+pub use sandbox::Subscription;

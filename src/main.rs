@@ -1,0 +1,202 @@
+//! The `wasmhooks` command: clap → Config → library.
+
+mod demo;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use wasmhooks::{Config, Engine, Event, HookConfig, HookState};
+
+#[derive(Parser)]
+#[command(
+    name = "wasmhooks",
+    version,
+    about = "A WebAssembly-scriptable webhook engine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log filter, e.g. `info`, `debug`, or `wasmhooks=debug,wasmhooks::guest=info`.
+    #[arg(long, env = "WASMHOOKS_LOG", default_value = "info", global = true)]
+    log: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP ingest API with the hooks of a folder.
+    Serve(ServeArgs),
+    /// Dry-run one hook on one event: print its subscription and outcome as JSON; send nothing.
+    Run(RunArgs),
+    /// Load and init every hook of a folder, print a table, exit non-zero if any fails.
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Folder of hooks (`NAME.wasm`, each with an optional `NAME.toml`).
+    #[arg(long, env = "WASMHOOKS_HOOKS", default_value = "hooks")]
+    hooks: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "WASMHOOKS_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Engine settings file (TOML; see `Config` in the docs). `--hooks` overrides its `hooks_dir`.
+    #[arg(long, env = "WASMHOOKS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Also serve a demo receiver at /demo/receiver/… that prints what it gets, and
+    /// replay the sample events to the engine every two seconds.
+    #[arg(long, env = "WASMHOOKS_DEMO")]
+    demo: bool,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The hook's `.wasm` file.
+    hook: PathBuf,
+    /// The event, a JSON file in the orchestrator's format.
+    #[arg(long, env = "WASMHOOKS_EVENT")]
+    event: PathBuf,
+    /// The hook's settings, a `NAME.toml` file. Defaults to the `.toml` beside the hook.
+    #[arg(long, env = "WASMHOOKS_SETTINGS")]
+    settings: Option<PathBuf>,
+    /// Engine settings file (TOML), for limits.
+    #[arg(long, env = "WASMHOOKS_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// Folder of hooks.
+    dir: PathBuf,
+    /// Engine settings file (TOML), for limits.
+    #[arg(long, env = "WASMHOOKS_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Run(args) => run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Check(args) => check(args).await,
+        }
+    });
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::FAILURE
+    })
+}
+
+fn load_config(file: Option<&Path>) -> Result<Config> {
+    let Some(file) = file else {
+        return Ok(Config::default());
+    };
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read config file {}", file.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {} is not valid", file.display()))
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let mut config = load_config(args.config.as_deref())?;
+    config.hooks_dir = args.hooks;
+    let engine = Engine::new(config)
+        .await
+        .context("cannot start the engine")?;
+    let mut app = wasmhooks::server::router(engine.clone());
+    if args.demo {
+        app = app.merge(demo::receiver());
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is another wasmhooks running? pick another --listen)",
+                args.listen
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    tracing::info!("listening on http://{addr}: POST /v1/events, GET /v1/hooks, GET /healthz");
+    if args.demo {
+        tokio::spawn(demo::send_samples(addr));
+    }
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutting down");
+        })
+        .await
+        .context("server failed")?;
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    let config = load_config(args.config.as_deref())?;
+    let bytes = std::fs::read(&args.event)
+        .with_context(|| format!("cannot read event file {}", args.event.display()))?;
+    let event =
+        Event::from_json(&bytes).with_context(|| format!("event file {}", args.event.display()))?;
+    let settings = match &args.settings {
+        None => None,
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read settings file {}", file.display()))?;
+            Some(
+                HookConfig::from_toml(&text)
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("settings file {} is not valid", file.display()))?,
+            )
+        }
+    };
+    let result = wasmhooks::dry_run(&config, &args.hook, settings, &event).await?;
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    Ok(())
+}
+
+async fn check(args: CheckArgs) -> Result<ExitCode> {
+    let mut config = load_config(args.config.as_deref())?;
+    if !args.dir.is_dir() {
+        bail!("{} is not a folder", args.dir.display());
+    }
+    config.hooks_dir = args.dir;
+    let engine = Engine::new(config).await?;
+    let hooks = engine.hooks();
+    println!("{:<16} {:<7} {:<13} DETAIL", "HOOK", "STATE", "VERSION");
+    for hook in &hooks {
+        let version = hook.hash.as_deref().map(|h| &h[..12]).unwrap_or("-");
+        let detail = match (&hook.last_error, &hook.subscription) {
+            (Some(e), _) => format!("{} failed ({}): {}", e.stage, e.file.display(), e.reason),
+            (None, Some(s)) => {
+                let phases: Vec<String> = s.phases.iter().map(|p| p.to_string()).collect();
+                format!("{} [{}]", s.methods.join(", "), phases.join(", "))
+            }
+            (None, None) => String::new(),
+        };
+        let state = if hook.state == HookState::Live {
+            "ok"
+        } else {
+            "FAILED"
+        };
+        println!("{:<16} {:<7} {:<13} {}", hook.name, state, version, detail);
+    }
+    let failed = hooks.iter().filter(|h| h.last_error.is_some()).count();
+    if hooks.is_empty() {
+        println!(
+            "no hooks (*.wasm) in {}",
+            engine.config().hooks_dir.display()
+        );
+    }
+    if failed > 0 {
+        eprintln!("{failed} of {} hooks failed to load", hooks.len());
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,454 @@
+//! The WebAssembly side: one wasmtime engine per process, the `hook` world's
+//! bindings, and a fresh, limited `Store` for every call.
+//!
+//! Limits on every call: a wall-clock deadline (epoch interruption, checked
+//! every [`EPOCH_TICK`], plus an async timeout for time spent in host calls),
+//! a memory cap (a [`ResourceLimiter`]), and WASI with nothing granted: no
+//! files, no environment, no sockets, stdio captured into the log.
+
+use crate::config::{Config, HookLimits};
+use crate::event::{Event, Phase};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+    UpdateDeadline,
+};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "wit",
+        world: "hook",
+        exports: { default: async },
+    });
+}
+
+use bindings::wasmhooks::hook::types as wit;
+pub(crate) use bindings::{Hook, HookPre};
+
+/// How often the epoch advances: the granularity of deadlines, and how often
+/// a busy guest yields to the async runtime.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// Extra wall-clock time past the deadline before the async timeout fires.
+/// Only matters for a guest blocked in a host call; CPU-bound guests are
+/// stopped by the epoch check first.
+const HOST_CALL_GRACE: Duration = Duration::from_millis(25);
+/// Captured stdout and stderr per call, each; further output is dropped.
+const STDIO_CAPACITY: usize = 16 * 1024;
+/// Log lines one call may emit through the `log` import.
+const MAX_LOG_LINES: u32 = 100;
+/// Longest log line kept; the rest is cut.
+const MAX_LOG_LINE: usize = 4096;
+
+/// A hook's subscription, as returned by `init`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Subscription {
+    /// Method globs.
+    pub methods: Vec<String>,
+    /// Phases.
+    pub phases: Vec<Phase>,
+}
+
+/// One delivery as the hook asked for it, before the host checks it.
+#[derive(Debug, Clone)]
+pub(crate) struct RawDelivery {
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// What `handle` returned.
+#[derive(Debug, Clone)]
+pub(crate) struct RawOutcome {
+    pub deliveries: Vec<RawDelivery>,
+    pub deny: Option<String>,
+}
+
+/// Why one call failed, before the caller adds which hook and event.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Timeout(Duration),
+    MemoryCap(usize),
+    Trap(String),
+    Returned(String),
+}
+
+/// A hook ready to run: linked once, instantiated per call.
+#[derive(Clone)]
+pub(crate) struct Prepared {
+    pub name: Arc<str>,
+    pub pre: HookPre<HostState>,
+    pub settings_json: Arc<str>,
+    pub limits: HookLimits,
+}
+
+/// The process-wide WebAssembly runtime.
+pub(crate) struct Sandbox {
+    engine: Engine,
+    linker: Linker<HostState>,
+    /// Compiled components by content hash, so a file is compiled once.
+    compiled: Mutex<HashMap<String, Component>>,
+    /// One permit per pool slot: callers wait for a slot instead of failing.
+    slots: Semaphore,
+}
+
+/// Per-call state inside a `Store`.
+pub(crate) struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+    hook: Arc<str>,
+    log_lines: u32,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl wit::Host for HostState {}
+
+impl bindings::HookImports for HostState {
+    fn log(&mut self, level: wit::Level, message: String) {
+        self.log_lines += 1;
+        if self.log_lines > MAX_LOG_LINES {
+            if self.log_lines == MAX_LOG_LINES + 1 {
+                tracing::warn!(target: "wasmhooks::guest", hook = %self.hook, "more than {MAX_LOG_LINES} log lines in one call; dropping the rest");
+            }
+            return;
+        }
+        guest_log(&self.hook, level, truncate(&message, MAX_LOG_LINE));
+    }
+}
+
+/// Writes one guest line under the `wasmhooks::guest` target, with the hook's name.
+fn guest_log(hook: &str, level: wit::Level, line: &str) {
+    match level {
+        wit::Level::Debug => tracing::debug!(target: "wasmhooks::guest", hook, "{line}"),
+        wit::Level::Info => tracing::info!(target: "wasmhooks::guest", hook, "{line}"),
+        wit::Level::Warn => tracing::warn!(target: "wasmhooks::guest", hook, "{line}"),
+        wit::Level::Error => tracing::error!(target: "wasmhooks::guest", hook, "{line}"),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Caps the total linear memory of one store.
+struct MemoryLimiter {
+    cap: usize,
+    used: usize,
+    exceeded: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let total = self.used + desired.saturating_sub(current);
+        if total > self.cap {
+            // Refuse the growth (memory.grow returns -1); a guest that can't
+            // cope traps, and the flag tells us why.
+            self.exceeded = true;
+            return Ok(false);
+        }
+        self.used = total;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// Raised by the epoch callback when a call's deadline has passed.
+#[derive(Debug, thiserror::Error)]
+#[error("deadline reached")]
+struct DeadlineReached;
+
+impl Sandbox {
+    /// Sets up the engine (pooling allocator if it can reserve its memory,
+    /// else on-demand with a warning), the linker, and the epoch ticker.
+    pub fn new(config: &Config) -> Result<Sandbox, String> {
+        let slots = config.max_concurrent_calls.max(1);
+        let max_memory = config.limits.max_memory_mib as usize * 1024 * 1024;
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(slots)
+            .total_core_instances(slots * 8)
+            .total_memories(slots * 2)
+            .total_tables(slots * 4)
+            .total_stacks(slots)
+            .max_memory_size(max_memory)
+            .linear_memory_keep_resident(128 * 1024)
+            .table_keep_resident(64 * 1024);
+        let mut wasm_config = wasmtime::Config::new();
+        wasm_config.epoch_interruption(true);
+        wasm_config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = match Engine::new(&wasm_config) {
+            Ok(engine) => engine,
+            Err(err) => {
+                tracing::warn!(
+                    "the pooling allocator could not reserve memory for {slots} instances ({err}); \
+                     falling back to on-demand allocation, which is slower per call. \
+                     Lower max_concurrent_calls or limits.max_memory_mib to use the pool"
+                );
+                wasm_config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+                Engine::new(&wasm_config).map_err(|e| format!("{e:#}"))?
+            }
+        };
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| format!("{e:#}"))?;
+        Hook::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| format!("{e:#}"))?;
+        spawn_epoch_ticker(&engine);
+        Ok(Sandbox {
+            engine,
+            linker,
+            compiled: Mutex::default(),
+            slots: Semaphore::new(slots as usize),
+        })
+    }
+
+    /// Compiles a component, once per content hash, on a blocking thread
+    /// so the async runtime's workers stay free.
+    pub async fn compile(&self, hash: &str, bytes: Vec<u8>) -> Result<Component, String> {
+        if let Some(component) = self.compiled.lock().unwrap().get(hash) {
+            return Ok(component.clone());
+        }
+        if !bytes.starts_with(b"\0asm") {
+            return Err(
+                "not WebAssembly: the file does not start with the `\\0asm` header \
+                        (an empty or truncated file, or not a .wasm?)"
+                    .into(),
+            );
+        }
+        let engine = self.engine.clone();
+        let component =
+            tokio::task::spawn_blocking(move || Component::from_binary(&engine, &bytes))
+                .await
+                .map_err(|e| format!("compiler thread failed: {e}"))?
+                .map_err(|e| compile_hint(&format!("{e:#}")))?;
+        self.compiled
+            .lock()
+            .unwrap()
+            .insert(hash.to_owned(), component.clone());
+        Ok(component)
+    }
+
+    /// Links a component against the `hook` world, once per load.
+    pub fn link(&self, component: &Component) -> Result<HookPre<HostState>, String> {
+        let instance_pre = self.linker.instantiate_pre(component).map_err(|e| {
+            format!(
+                "{e:#}; a hook may import only WASI and the `hook` world's `log` (see wit/hook.wit)"
+            )
+        })?;
+        HookPre::new(instance_pre)
+            .map_err(|e| format!("{e:#}; a hook must export `init` and `handle` of wasmhooks:hook/hook (see wit/hook.wit)"))
+    }
+
+    /// Instantiates the hook and runs `init` with its settings.
+    pub async fn init(&self, hook: &Prepared) -> Result<Subscription, Failure> {
+        self.call(hook, async |store, instance| {
+            Ok(instance
+                .call_init(&mut *store, &hook.settings_json)
+                .await?
+                .map(|s| Subscription {
+                    methods: s.methods,
+                    phases: s.phases.into_iter().map(Phase::from).collect(),
+                }))
+        })
+        .await
+    }
+
+    /// Runs one event through a fresh instance: `init`, then `handle`.
+    pub async fn handle(&self, hook: &Prepared, event: &Event) -> Result<RawOutcome, Failure> {
+        let wit_event = wit::Event {
+            call_id: event.call_id().to_owned(),
+            phase: event.phase().into(),
+            method: event.method().to_owned(),
+            timestamp_ms: event.timestamp_ms(),
+            payload: event.payload().to_owned(),
+        };
+        self.call(hook, async |store, instance| {
+            if let Err(message) = instance.call_init(&mut *store, &hook.settings_json).await? {
+                return Ok(Err(format!("init refused its settings: {message}")));
+            }
+            Ok(instance
+                .call_handle(&mut *store, &wit_event)
+                .await?
+                .map(|o| RawOutcome {
+                    deliveries: o
+                        .deliveries
+                        .into_iter()
+                        .map(|d| RawDelivery {
+                            url: d.url,
+                            headers: d.headers,
+                            body: d.body,
+                        })
+                        .collect(),
+                    deny: o.deny,
+                }))
+        })
+        .await
+    }
+
+    /// One limited call in a fresh store: takes a pool slot, instantiates,
+    /// runs `body` under the deadline, logs captured stdio, classifies failure.
+    async fn call<R>(
+        &self,
+        hook: &Prepared,
+        body: impl AsyncFnOnce(&mut Store<HostState>, &Hook) -> wasmtime::Result<Result<R, String>>,
+    ) -> Result<R, Failure> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .expect("the slot semaphore is never closed");
+        let stdout = MemoryOutputPipe::new(STDIO_CAPACITY);
+        let stderr = MemoryOutputPipe::new(STDIO_CAPACITY);
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .build();
+        let state = HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                cap: hook.limits.memory_bytes,
+                used: 0,
+                exceeded: false,
+            },
+            hook: hook.name.clone(),
+            log_lines: 0,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let deadline = hook.limits.deadline;
+        let until = Instant::now() + deadline;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= until {
+                Err(wasmtime::Error::new(DeadlineReached))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        let run = async {
+            let instance = hook.pre.instantiate_async(&mut store).await?;
+            body(&mut store, &instance).await
+        };
+        let result = tokio::time::timeout(deadline + HOST_CALL_GRACE, run).await;
+        let stderr_tail = log_stdio(&hook.name, &stdout, &stderr);
+        match result {
+            Err(_elapsed) => Err(Failure::Timeout(deadline)),
+            Ok(Ok(Ok(value))) => Ok(value),
+            Ok(Ok(Err(message))) => Err(Failure::Returned(message)),
+            Ok(Err(err)) => Err(if store.data().limiter.exceeded {
+                Failure::MemoryCap(hook.limits.memory_bytes / (1024 * 1024))
+            } else if err.is::<DeadlineReached>() {
+                Failure::Timeout(deadline)
+            } else {
+                let mut message = format!("{err:?}");
+                if let Some(tail) = stderr_tail {
+                    message = format!("{tail} ({message})");
+                }
+                Failure::Trap(truncate(&message, 4096).to_owned())
+            }),
+        }
+    }
+}
+
+/// Logs a call's captured stdout (info) and stderr (warn) line by line under
+/// the hook's name; returns stderr's last line, which for a Rust guest is
+/// usually the panic message.
+fn log_stdio(hook: &str, stdout: &MemoryOutputPipe, stderr: &MemoryOutputPipe) -> Option<String> {
+    let out = stdout.contents();
+    for line in String::from_utf8_lossy(&out)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+    {
+        guest_log(hook, wit::Level::Info, line);
+    }
+    let err = stderr.contents();
+    let err = String::from_utf8_lossy(&err);
+    for line in err.lines().filter(|l| !l.trim().is_empty()) {
+        guest_log(hook, wit::Level::Warn, line);
+    }
+    err.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| truncate(l, 1024).to_owned())
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("wasmhooks-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch thread");
+}
+
+/// Adds what to do to the compiler's message for the usual mistakes.
+fn compile_hint(message: &str) -> String {
+    let hint = if message.contains("parse a wasm module with a component parser")
+        || message.contains("attempted to parse a wasm module")
+    {
+        "; this is a core WebAssembly module, not a component: build with --target wasm32-wasip2, \
+         or wrap it with `wasm-tools component new`"
+    } else if message.contains("unexpected end") {
+        "; the file is truncated (write hooks to a temporary file and rename it into place)"
+    } else {
+        ""
+    };
+    format!("{message}{hint}")
+}
+
+impl From<wit::Phase> for Phase {
+    fn from(p: wit::Phase) -> Phase {
+        match p {
+            wit::Phase::Pre => Phase::Pre,
+            wit::Phase::Post => Phase::Post,
+        }
+    }
+}
+
+impl From<Phase> for wit::Phase {
+    fn from(p: Phase) -> wit::Phase {
+        match p {
+            Phase::Pre => wit::Phase::Pre,
+            Phase::Post => wit::Phase::Post,
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The `wasmhooks` binary: `run` (dry run) and `check`.
+
+use crate::{install, root, wasm};
+use std::process::Command;
+
+fn wasmhooks() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_wasmhooks"))
+}
+
+#[test]
+fn run_prints_subscription_match_and_outcome_and_sends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("fanout.toml");
+    // Port 9 (discard) on loopback: nothing listens, and nothing must be sent.
+    std::fs::write(&settings, "[settings]\ncmdb_url = \"http://127.0.0.1:9/cmdb\"\nbilling_url = \"http://127.0.0.1:9/billing\"\n").unwrap();
+    let out = wasmhooks()
+        .arg("run")
+        .arg(wasm("fanout"))
+        .arg("--event")
+        .arg(root().join("tests/fixtures/xo/vm.create.post.json"))
+        .arg("--settings")
+        .arg(&settings)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["hook"], "fanout");
+    assert_eq!(result["matches"], true);
+    assert_eq!(
+        result["subscription"]["methods"],
+        serde_json::json!(["vm.create"])
+    );
+    let deliveries = result["outcome"]["deliveries"].as_array().unwrap();
+    assert_eq!(deliveries.len(), 2);
+    assert_eq!(deliveries[0]["url"], "http://127.0.0.1:9/cmdb");
+    assert_eq!(
+        deliveries[0]["body"]["vm_id"],
+        "6d1f3b5a-7c9e-4b2d-8f0a-1e3c5b7d9f2a"
+    );
+
+    let out = wasmhooks()
+        .arg("run")
+        .arg(wasm("fanout"))
+        .arg("--event")
+        .arg(root().join("tests/fixtures/xo/vm.start.pre.json"))
+        .arg("--settings")
+        .arg(&settings)
+        .output()
+        .unwrap();
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["matches"], false);
+    assert!(result["outcome"].is_null());
+}
+
+#[test]
+fn run_explains_a_bad_event_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let event = dir.path().join("event.json");
+    std::fs::write(&event, r#"{"callId":"c","type":"pre","timestamp":1}"#).unwrap();
+    let out = wasmhooks()
+        .arg("run")
+        .arg(wasm("deny"))
+        .arg("--event")
+        .arg(&event)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("event.json") && stderr.contains("`method`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_prints_a_table_and_fails_on_a_broken_hook() {
+    let dir = tempfile::tempdir().unwrap();
+    install(
+        dir.path(),
+        "deny",
+        "deny",
+        Some("[settings]\nprotected = []\n"),
+    );
+    let out = wasmhooks().arg("check").arg(dir.path()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("deny") && stdout.contains("ok") && stdout.contains("vm.delete"),
+        "{stdout}"
+    );
+
+    std::fs::write(dir.path().join("broken.wasm"), b"garbage").unwrap();
+    let out = wasmhooks().arg("check").arg(dir.path()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("broken") && stdout.contains("FAILED") && stdout.contains("broken.wasm"),
+        "{stdout}"
+    );
+}

@@ -1,0 +1,121 @@
+//! Hostile guests are contained: a loop is stopped at its deadline, a memory
+//! hog traps at its cap, a trap is a trap, and the other hooks keep delivering.
+
+use crate::{Receiver, engine, fixture, install, test_config, wasm};
+use wasmhooks::{CallError, Error, HookConfig, Phase};
+
+fn misbehave(mode: &str, extra: &str) -> String {
+    format!("deadline_ms = 300\nmemory_mib = 16\n{extra}\n[settings]\nmode = \"{mode}\"\n")
+}
+
+#[tokio::test]
+async fn hostile_hooks_fail_alone_while_a_good_hook_keeps_delivering() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    for mode in ["loop", "alloc", "trap", "sleep", "error"] {
+        install(dir.path(), mode, "misbehave", Some(&misbehave(mode, "")));
+    }
+    let echo = format!(
+        "[settings]\nmode = \"echo\"\nurl = \"{}\"\nmark = \"good\"\n",
+        receiver.url("/good")
+    );
+    install(dir.path(), "echo", "misbehave", Some(&echo));
+    let engine = engine(dir.path()).await;
+
+    let rounds = 3;
+    for _ in 0..rounds {
+        engine.post(fixture("vm.start.post")).await.unwrap();
+        let verdict = engine.pre(fixture("vm.start.pre")).await.unwrap();
+        assert!(verdict.allowed, "on_error defaults to allow: {verdict:?}");
+        let mut failed: Vec<_> = verdict
+            .failures
+            .iter()
+            .map(|f| (f.hook.as_str(), f.kind.as_str()))
+            .collect();
+        failed.sort();
+        assert_eq!(
+            failed,
+            [
+                ("alloc", "memory"),
+                ("error", "error"),
+                ("loop", "timeout"),
+                ("sleep", "timeout"),
+                ("trap", "trap")
+            ]
+        );
+    }
+    let got = receiver.wait_for(2 * rounds).await;
+    assert!(got.iter().all(|r| r.header("x-mark") == "good"));
+    engine.drain().await;
+
+    for status in engine.hooks() {
+        assert_eq!(status.calls, 2 * rounds as u64, "{}", status.name);
+        let expected_errors = if status.name == "echo" {
+            0
+        } else {
+            2 * rounds as u64
+        };
+        assert_eq!(status.errors, expected_errors, "{}", status.name);
+        let expected_timeouts = if matches!(status.name.as_str(), "loop" | "sleep") {
+            2 * rounds as u64
+        } else {
+            0
+        };
+        assert_eq!(status.timeouts, expected_timeouts, "{}", status.name);
+    }
+}
+
+#[tokio::test]
+async fn on_error_deny_turns_a_failing_gate_into_a_veto() {
+    let dir = tempfile::tempdir().unwrap();
+    install(
+        dir.path(),
+        "gate",
+        "misbehave",
+        Some(&misbehave("trap", "on_error = \"deny\"")),
+    );
+    let engine = engine(dir.path()).await;
+    let verdict = engine.pre(fixture("vm.delete.pre")).await.unwrap();
+    assert!(!verdict.allowed);
+    assert_eq!(verdict.denied_by.as_deref(), Some("gate"));
+    assert_eq!(verdict.failures[0].kind, "trap");
+}
+
+#[tokio::test]
+async fn dry_run_reports_each_failure_as_its_variant() {
+    let config = test_config(std::path::Path::new("."));
+    let event = fixture("vm.start.pre");
+    let run = |mode: &'static str| {
+        let config = config.clone();
+        let event = event.clone();
+        async move {
+            let settings = HookConfig::from_toml(&misbehave(mode, "")).unwrap();
+            wasmhooks::dry_run(&config, &wasm("misbehave"), Some(settings), &event).await
+        }
+    };
+    match run("loop").await {
+        Err(Error::Call(CallError::Timeout { site, deadline })) => {
+            assert_eq!(site.hook, "misbehave");
+            assert_eq!(site.method, "vm.start");
+            assert_eq!(site.phase, Phase::Pre);
+            assert_eq!(deadline.as_millis(), 300);
+        }
+        other => panic!("loop: {other:?}"),
+    }
+    assert!(matches!(
+        run("alloc").await,
+        Err(Error::Call(CallError::MemoryCap { cap_mib: 16, .. }))
+    ));
+    match run("trap").await {
+        Err(Error::Call(CallError::Trap { message, .. })) => {
+            assert!(message.contains("panicked"), "{message}")
+        }
+        other => panic!("trap: {other:?}"),
+    }
+    match run("error").await {
+        Err(Error::Call(CallError::Returned { message, .. })) => {
+            assert_eq!(message, "refused on purpose")
+        }
+        other => panic!("error: {other:?}"),
+    }
+}

@@ -1,0 +1,202 @@
+//! Integration tests: real components built from source, real files in temp
+//! dirs, a real HTTP receiver on 127.0.0.1.
+
+mod bad_files;
+mod cli;
+mod delivery;
+mod examples;
+mod hostile;
+mod server;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::sync::watch;
+use wasmhooks::config::DeliveryConfig;
+use wasmhooks::{Config, Engine, Event};
+
+/// The repository's root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Path of a guest built from source: an example hook from
+/// `guest-examples/rust` or a test hook from `tests/guests`. Both workspaces
+/// are built once per test run.
+pub fn wasm(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let target = root().join("target/wasm");
+        for workspace in ["guest-examples/rust", "tests/guests"] {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
+                .arg(&target)
+                .current_dir(root().join(workspace))
+                .status()
+                .expect("running cargo to build the guests");
+            assert!(
+                status.success(),
+                "building the guests in {workspace} failed; is the wasm32-wasip2 target installed? run `rustup toolchain install` in the repo"
+            );
+        }
+        target.join("wasm32-wasip2/release")
+    });
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
+}
+
+/// A sample event from `tests/fixtures/xo`.
+pub fn fixture(name: &str) -> Event {
+    Event::from_json(&fixture_bytes(name)).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+}
+
+pub fn fixture_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(root().join(format!("tests/fixtures/xo/{name}.json"))).unwrap()
+}
+
+/// A fixture as a JSON value, to compare bodies with.
+pub fn fixture_json(name: &str) -> serde_json::Value {
+    serde_json::from_slice(&fixture_bytes(name)).unwrap()
+}
+
+/// Copies a built guest into `dir` as `NAME.wasm`, with `NAME.toml` if given.
+pub fn install(dir: &Path, name: &str, guest: &str, toml: Option<&str>) {
+    if let Some(toml) = toml {
+        std::fs::write(dir.join(format!("{name}.toml")), toml).unwrap();
+    }
+    std::fs::copy(wasm(guest), dir.join(format!("{name}.wasm"))).unwrap();
+}
+
+/// Engine settings for tests: short retries, generous deadlines for debug builds.
+pub fn test_config(dir: &Path) -> Config {
+    let mut config = Config {
+        hooks_dir: dir.to_owned(),
+        ..Config::default()
+    };
+    config.limits.deadline_ms = 2_000;
+    config.delivery = DeliveryConfig {
+        retry_schedule_ms: vec![10, 20, 40],
+        ..DeliveryConfig::default()
+    };
+    config
+}
+
+pub async fn engine(dir: &Path) -> Engine {
+    Engine::new(test_config(dir)).await.expect("engine starts")
+}
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+impl Received {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body of {} is not JSON: {e}", self.path))
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_else(|| panic!("no {name} header"))
+    }
+}
+
+type Responder =
+    Box<dyn Fn(&Received, usize) -> (StatusCode, Vec<(&'static str, String)>) + Send + Sync>;
+
+struct ReceiverState {
+    requests: Mutex<Vec<Received>>,
+    count: watch::Sender<usize>,
+    respond: Responder,
+}
+
+/// A real HTTP receiver on 127.0.0.1, port 0, that records every request.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    state: Arc<ReceiverState>,
+}
+
+impl Receiver {
+    /// Answers 200 to everything.
+    pub async fn start() -> Receiver {
+        Receiver::with(|_, _| (StatusCode::OK, vec![])).await
+    }
+
+    /// Answers what `respond` says, given the request and how many came before it.
+    pub async fn with(
+        respond: impl Fn(&Received, usize) -> (StatusCode, Vec<(&'static str, String)>)
+        + Send
+        + Sync
+        + 'static,
+    ) -> Receiver {
+        let state = Arc::new(ReceiverState {
+            requests: Mutex::default(),
+            count: watch::channel(0).0,
+            respond: Box::new(respond),
+        });
+        let app = Router::new().fallback(record).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Receiver { addr, state }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Waits until at least `n` requests arrived (failing after 30 s) and returns them all.
+    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
+        let mut rx = self.state.count.subscribe();
+        tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|c| *c >= n))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "receiver got {} requests, expected {n}",
+                    self.received().len()
+                )
+            })
+            .unwrap();
+        self.received()
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.requests.lock().unwrap().clone()
+    }
+}
+
+async fn record(State(state): State<Arc<ReceiverState>>, request: Request) -> impl IntoResponse {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    let received = Received {
+        path: parts.uri.path().to_owned(),
+        headers: parts.headers,
+        body,
+    };
+    let before = {
+        let mut requests = state.requests.lock().unwrap();
+        requests.push(received.clone());
+        requests.len() - 1
+    };
+    let (status, headers) = (state.respond)(&received, before);
+    state.count.send_modify(|c| *c += 1);
+    let mut response = status.into_response();
+    for (name, value) in headers {
+        response.headers_mut().insert(name, value.parse().unwrap());
+    }
+    response
+}

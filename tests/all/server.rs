@@ -1,0 +1,99 @@
+//! The HTTP ingest API, served on 127.0.0.1 port 0.
+
+use crate::{Receiver, fixture_bytes, install, test_config};
+use serde_json::Value;
+use wasmhooks::Engine;
+
+async fn serve(engine: Engine) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, wasmhooks::server::router(engine))
+            .await
+            .unwrap()
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn events_in_verdicts_and_status_out() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    install(
+        dir.path(),
+        "deny",
+        "deny",
+        Some("[settings]\nprotected = [\"0a9b8c7d-6e5f-4a3b-2c1d-0e9f8a7b6c5d\"]\n"),
+    );
+    install(
+        dir.path(),
+        "slack",
+        "slack",
+        Some(&format!(
+            "[settings]\nurl = \"{}\"\n",
+            receiver.url("/slack")
+        )),
+    );
+    std::fs::write(dir.path().join("broken.wasm"), b"\0asm garbage").unwrap();
+    let base = serve(Engine::new(test_config(dir.path())).await.unwrap()).await;
+    let client = reqwest::Client::new();
+    let send = |body: Vec<u8>| client.post(format!("{base}/v1/events")).body(body).send();
+
+    let r = send(fixture_bytes("vm.delete.pre")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let verdict: Value = r.json().await.unwrap();
+    assert_eq!(verdict["allowed"], false);
+    assert_eq!(verdict["denied_by"], "deny");
+
+    let r = send(fixture_bytes("vm.start.pre")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["allowed"], true);
+
+    let r = send(fixture_bytes("vm.start.post")).await.unwrap();
+    assert_eq!(r.status(), 202);
+    // slack takes vm.* pre and post: the pre events above and this post one.
+    let got = receiver.wait_for(3).await;
+    assert!(got.iter().all(|r| r.path == "/slack"));
+
+    let r = send(br#"{"callId":"x","method":"vm.start","type":"pre"}"#.to_vec())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("`timestamp`"),
+        "{body}"
+    );
+
+    let r = send(b"not json".to_vec()).await.unwrap();
+    assert_eq!(r.status(), 400);
+
+    let r = send(vec![b' '; wasmhooks::server::MAX_EVENT_BYTES + 1])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+
+    let hooks: Value = client
+        .get(format!("{base}/v1/hooks"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let hooks = hooks.as_array().unwrap();
+    assert_eq!(hooks.len(), 3);
+    let broken = hooks.iter().find(|h| h["name"] == "broken").unwrap();
+    assert_eq!(broken["state"], "failed");
+    assert_eq!(broken["last_error"]["stage"], "compile");
+    let deny = hooks.iter().find(|h| h["name"] == "deny").unwrap();
+    assert_eq!(deny["state"], "live");
+    assert_eq!(deny["hash"].as_str().unwrap().len(), 64);
+    assert_eq!(
+        deny["subscription"]["methods"],
+        serde_json::json!(["vm.delete", "vm.stop"])
+    );
+
+    let health = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+}

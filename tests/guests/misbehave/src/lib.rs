@@ -1,0 +1,102 @@
+//! `misbehave`: a test-only hook whose `mode` setting picks how it behaves,
+//! well or badly, so the engine's guards can be tested.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use serde::Deserialize;
+use wasmhooks_sdk::{Event, Hook, Outcome, Phase, Subscription, settings_error};
+
+#[derive(Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    /// One delivery of the payload to `url`, headers `x-mark` and `x-call-id`.
+    Echo,
+    /// Spins forever.
+    Loop,
+    /// Allocates and touches memory without bound.
+    Alloc,
+    /// Panics, which traps.
+    Trap,
+    /// Returns `Err("refused on purpose")`.
+    Error,
+    /// Denies with `mark` as the reason, no deliveries.
+    Deny,
+    /// Sleeps for an hour.
+    Sleep,
+}
+
+#[derive(Deserialize)]
+struct Settings {
+    mode: Mode,
+    url: Option<String>,
+    mark: Option<String>,
+    init_error: Option<String>,
+    #[serde(default = "wasmhooks_sdk::all_methods")]
+    methods: Vec<String>,
+    #[serde(
+        default = "wasmhooks_sdk::both_phases",
+        deserialize_with = "wasmhooks_sdk::deserialize_phases"
+    )]
+    phases: Vec<Phase>,
+}
+
+struct Misbehave {
+    mode: Mode,
+    url: String,
+    mark: String,
+}
+
+impl Hook for Misbehave {
+    type Settings = Settings;
+
+    fn init(s: Settings) -> Result<(Self, Subscription), String> {
+        if let Some(err) = s.init_error {
+            return Err(err);
+        }
+        let url = match (s.mode, s.url) {
+            (_, Some(url)) => url,
+            (Mode::Echo, None) => return Err(settings_error("mode \"echo\" needs `url`")),
+            (_, None) => String::new(),
+        };
+        let hook = Misbehave {
+            mode: s.mode,
+            url,
+            mark: s.mark.unwrap_or_default(),
+        };
+        Ok((hook, Subscription::new(s.methods, s.phases)))
+    }
+
+    fn handle(&self, event: &Event) -> Result<Outcome, String> {
+        match self.mode {
+            Mode::Echo => Ok(Outcome::deliver(vec![
+                event
+                    .forward_to(&self.url)
+                    .with_header("x-mark", self.mark.as_str())
+                    .with_header("x-call-id", event.call_id.as_str()),
+            ])),
+            Mode::Loop => {
+                let mut n = 0u64;
+                loop {
+                    n = black_box(n.wrapping_add(1));
+                }
+            }
+            Mode::Alloc => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![0xA5; 1 << 20]);
+                    black_box(&mut hoard);
+                }
+            }
+            Mode::Trap => panic!("misbehave: trap on purpose"),
+            Mode::Error => Err("refused on purpose".to_string()),
+            Mode::Deny => Ok(Outcome::deny(self.mark.as_str())),
+            Mode::Sleep => {
+                std::thread::sleep(Duration::from_secs(3600));
+                Ok(Outcome::skip())
+            }
+        }
+    }
+}
+
+wasmhooks_sdk::hook!(Misbehave);

@@ -11,6 +11,18 @@ use std::time::Duration;
 pub struct Config {
     /// Folder holding the hooks: `NAME.wasm`, each with an optional `NAME.toml`.
     pub hooks_dir: PathBuf,
+    /// Watch the hooks folder and hot-reload hooks as their files change.
+    /// With `watch` on, the folder may also be missing at start.
+    pub watch: bool,
+    /// A hook file written in place is loaded once its writer closes it, or
+    /// once it has been quiet this long (ms), whichever comes first.
+    pub settle_ms: u64,
+    /// How often the whole folder is rescanned in case a file event was
+    /// missed (ms).
+    pub rescan_ms: u64,
+    /// Folder for compiled hooks, keyed by content hash and engine
+    /// fingerprint, so a restart does not recompile. `None` turns it off.
+    pub cache_dir: Option<PathBuf>,
     /// Limits for hooks whose `NAME.toml` does not set its own.
     pub limits: Limits,
     /// How many WASM calls may run at once. Sizes the instance pool; more
@@ -31,6 +43,10 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             hooks_dir: PathBuf::from("hooks"),
+            watch: true,
+            settle_ms: 2_000,
+            rescan_ms: 30_000,
+            cache_dir: default_cache_dir(),
             limits: Limits::default(),
             max_concurrent_calls: 128,
             redact_results: vec!["token.create".into()],
@@ -38,6 +54,19 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
         }
     }
+}
+
+/// `$XDG_CACHE_HOME/wasmhooks`, else `$HOME/.cache/wasmhooks`, else none.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })?;
+    Some(base.join("wasmhooks"))
 }
 
 /// Per-call limits: defaults, and the most a hook's `NAME.toml` may ask for.

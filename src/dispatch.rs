@@ -58,7 +58,8 @@ impl Dispatcher {
         let hooks = self.registry.snapshot().matching(&event);
         let event = Arc::new(event);
         let tasks: Vec<_> = hooks
-            .into_iter()
+            .iter()
+            .cloned()
             .map(|hook| {
                 let this = self.clone();
                 let event = event.clone();
@@ -128,7 +129,7 @@ impl Dispatcher {
     pub async fn post(self: &Arc<Self>, event: Event) {
         let hooks = self.registry.snapshot().matching(&event);
         let event = Arc::new(event);
-        let tasks = hooks.into_iter().map(|hook| {
+        let tasks = hooks.iter().cloned().map(|hook| {
             let this = self.clone();
             let event = event.clone();
             tokio::spawn(async move {
@@ -142,11 +143,7 @@ impl Dispatcher {
 
     /// Whether any live hook wants this event (if none, no WASM runs).
     pub fn wanted(&self, event: &Event) -> bool {
-        self.registry
-            .snapshot()
-            .live
-            .values()
-            .any(|h| h.wants(event))
+        !self.registry.snapshot().matching(event).is_empty()
     }
 
     async fn queue(&self, hook: &LiveHook, deliveries: Vec<Delivery>) {

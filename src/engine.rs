@@ -8,9 +8,12 @@ use crate::event::{Event, Phase};
 use crate::outbox::MemoryOutbox;
 use crate::registry::{HookStatus, Registry};
 use crate::sandbox::{Sandbox, Subscription};
+use crate::watch::{Watch, WatchOptions};
 use serde::Serialize;
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Semaphore;
 use wildmatch::WildMatch;
 
@@ -29,6 +32,7 @@ struct Inner {
     dispatcher: Arc<Dispatcher>,
     redact: Vec<WildMatch>,
     posts: Arc<Semaphore>,
+    _watch: Option<Watch>,
 }
 
 impl Engine {
@@ -40,7 +44,26 @@ impl Engine {
     pub async fn new(config: Config) -> Result<Engine, Error> {
         let sandbox = Arc::new(Sandbox::new(&config).map_err(Error::Runtime)?);
         let registry = Arc::new(Registry::new(sandbox.clone(), config.limits.clone()));
-        registry.load_dir(&config.hooks_dir).await?;
+        let dir = &config.hooks_dir;
+        if !config.watch && !dir.is_dir() {
+            let source = std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder");
+            return Err(Error::HooksDir {
+                path: dir.clone(),
+                source,
+            });
+        }
+        let watch = if config.watch {
+            let options = WatchOptions {
+                settle: Duration::from_millis(config.settle_ms),
+                rescan: Duration::from_millis(config.rescan_ms.max(100)),
+            };
+            Some(Watch::start(registry.clone(), dir.clone(), options).map_err(Error::Runtime)?)
+        } else {
+            None
+        };
+        registry
+            .reconcile(dir, &HashSet::new(), &HashSet::new(), Duration::ZERO)
+            .await?;
         let sender = Arc::new(Sender::new(&config.delivery).map_err(Error::Config)?);
         let outbox = Arc::new(MemoryOutbox::new(
             sender.clone(),
@@ -64,6 +87,7 @@ impl Engine {
                 dispatcher,
                 redact,
                 posts: Arc::new(Semaphore::new(MAX_POSTS_IN_FLIGHT)),
+                _watch: watch,
             }),
         })
     }
@@ -106,6 +130,13 @@ impl Engine {
     /// Status of every hook: live or failed, version, last error, counters.
     pub fn hooks(&self) -> Vec<HookStatus> {
         self.inner.dispatcher.registry.statuses()
+    }
+
+    /// A receiver whose value changes each time the set of hooks does (a
+    /// hook loaded, reloaded, unloaded, or a new version failing), for
+    /// callers that want to react to hot reloads.
+    pub fn hook_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.dispatcher.registry.changes()
     }
 
     /// Deliveries queued and not yet delivered or failed for good.

@@ -59,6 +59,7 @@ pub mod outbox;
 mod registry;
 mod sandbox;
 pub mod server;
+mod watch;
 
 pub use config::{Config, HookConfig, OnError};
 pub use delivery::Delivery;

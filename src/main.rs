@@ -44,6 +44,13 @@ struct ServeArgs {
     /// Engine settings file (TOML; see `Config` in the docs). `--hooks` overrides its `hooks_dir`.
     #[arg(long, env = "WASMHOOKS_CONFIG")]
     config: Option<PathBuf>,
+    /// Folder for compiled hooks, so restarts and reloads skip compiling.
+    /// Defaults to `$XDG_CACHE_HOME/wasmhooks` or `~/.cache/wasmhooks`.
+    #[arg(long, env = "WASMHOOKS_CACHE")]
+    cache: Option<PathBuf>,
+    /// Do not hot-reload: load the hooks folder once at start.
+    #[arg(long, env = "WASMHOOKS_NO_WATCH")]
+    no_watch: bool,
     /// Also serve a demo receiver at /demo/receiver/… that prints what it gets, and
     /// replay the sample events to the engine every two seconds.
     #[arg(long, env = "WASMHOOKS_DEMO")]
@@ -108,6 +115,10 @@ fn load_config(file: Option<&Path>) -> Result<Config> {
 async fn serve(args: ServeArgs) -> Result<()> {
     let mut config = load_config(args.config.as_deref())?;
     config.hooks_dir = args.hooks;
+    config.watch = !args.no_watch;
+    if let Some(cache) = args.cache {
+        config.cache_dir = Some(cache);
+    }
     let engine = Engine::new(config)
         .await
         .context("cannot start the engine")?;
@@ -167,6 +178,7 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
         bail!("{} is not a folder", args.dir.display());
     }
     config.hooks_dir = args.dir;
+    config.watch = false;
     let engine = Engine::new(config).await?;
     let hooks = engine.hooks();
     println!("{:<16} {:<7} {:<13} DETAIL", "HOOK", "STATE", "VERSION");

@@ -1,19 +1,26 @@
 //! The loaded hooks: load each `NAME.wasm` (+ `NAME.toml`), and serve an
 //! immutable snapshot of them that swaps atomically.
 
-use crate::config::{HookConfig, Limits, OnError};
+use crate::config::{HookConfig, HookLimits, Limits, OnError};
 use crate::error::{Error, LoadError, Stage};
-use crate::event::Event;
+use crate::event::{Event, Phase};
 use crate::sandbox::{Failure, Prepared, Sandbox, Subscription};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::watch;
 use wildmatch::WildMatch;
+
+/// Live hooks, shared between snapshots' indexes and events in flight.
+pub(crate) type Hooks = Arc<[Arc<LiveHook>]>;
+
+/// Most (method, phase) pairs whose matching hooks a snapshot remembers.
+const INDEX_CAPACITY: usize = 4096;
 
 /// A live hook: compiled, linked, `init`-ed, and taking events.
 pub(crate) struct LiveHook {
@@ -45,6 +52,8 @@ pub(crate) struct HookStats {
     pub calls: AtomicU64,
     pub errors: AtomicU64,
     pub timeouts: AtomicU64,
+    pub loads: AtomicU64,
+    pub load_failures: AtomicU64,
 }
 
 /// One immutable view of the hooks. Readers hold it for a whole event, so a
@@ -55,16 +64,38 @@ pub(crate) struct Snapshot {
     pub live: BTreeMap<String, Arc<LiveHook>>,
     /// The last load error per hook name, if its latest file failed.
     pub failed: BTreeMap<String, LoadError>,
+    /// Which live hooks want a (method, phase), filled as events arrive, so
+    /// the per-event cost does not grow with the number of hooks loaded.
+    index: RwLock<HashMap<(String, Phase), Hooks>>,
 }
 
 impl Snapshot {
+    fn new(live: BTreeMap<String, Arc<LiveHook>>, failed: BTreeMap<String, LoadError>) -> Snapshot {
+        Snapshot {
+            live,
+            failed,
+            index: RwLock::default(),
+        }
+    }
+
     /// The live hooks subscribed to this event, in name order.
-    pub fn matching(&self, event: &Event) -> Vec<Arc<LiveHook>> {
-        self.live
+    pub fn matching(&self, event: &Event) -> Hooks {
+        let key = (event.method().to_owned(), event.phase());
+        if let Some(hooks) = self.index.read().unwrap().get(&key) {
+            return hooks.clone();
+        }
+        let hooks: Hooks = self
+            .live
             .values()
             .filter(|h| h.wants(event))
             .cloned()
-            .collect()
+            .collect();
+        let mut index = self.index.write().unwrap();
+        if index.len() >= INDEX_CAPACITY {
+            index.clear(); // bounded: methods come from callers
+        }
+        index.insert(key, hooks.clone());
+        hooks
     }
 }
 
@@ -105,6 +136,34 @@ pub struct HookStatus {
     pub errors: u64,
     /// Events on which the hook hit its deadline.
     pub timeouts: u64,
+    /// Versions of this hook loaded successfully since the engine started.
+    pub loads: u64,
+    /// Attempts to load a new version that failed since the engine started.
+    pub load_failures: u64,
+}
+
+/// The signatures of a hook's `.wasm` and `.toml`.
+type HookSigs = (Option<FileSig>, Option<FileSig>);
+
+/// What a hook's files looked like when last examined, to skip unchanged files on a rescan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileSig {
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+fn file_sig(path: &Path) -> Option<FileSig> {
+    let meta = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some(FileSig {
+        len: meta.len(),
+        modified: meta.modified().ok(),
+        inode,
+    })
 }
 
 /// The hooks folder's loaded state.
@@ -113,6 +172,10 @@ pub(crate) struct Registry {
     limits: Limits,
     snapshot: ArcSwap<Snapshot>,
     stats: Mutex<BTreeMap<String, Arc<HookStats>>>,
+    /// Serialises writers; holds the file signatures seen at the last look.
+    writer: tokio::sync::Mutex<HashMap<String, HookSigs>>,
+    /// Bumped after every swap, so callers can wait for a change.
+    generation: watch::Sender<u64>,
 }
 
 impl Registry {
@@ -122,6 +185,8 @@ impl Registry {
             limits,
             snapshot: ArcSwap::default(),
             stats: Mutex::default(),
+            writer: tokio::sync::Mutex::default(),
+            generation: watch::channel(0).0,
         }
     }
 
@@ -130,30 +195,138 @@ impl Registry {
         self.snapshot.load_full()
     }
 
-    /// Loads every `*.wasm` in `dir`. A hook that fails is recorded with its
-    /// error; the others still load.
-    pub async fn load_dir(&self, dir: &Path) -> Result<(), Error> {
-        let files = hook_files(dir).map_err(|source| Error::HooksDir {
-            path: dir.to_owned(),
-            source,
-        })?;
-        let loads = files.iter().map(|file| self.load(file, None));
-        let results = futures::future::join_all(loads).await;
-        let mut next = Snapshot::default();
-        for result in results {
+    /// A receiver that sees the generation number change after each swap.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Brings the snapshot in line with the folder, in one atomic swap:
+    /// new and changed hooks are loaded off to the side (a version that
+    /// fails leaves the last good one serving), removed ones are unloaded.
+    ///
+    /// Files are re-read when their hook is in `force` (its writer closed
+    /// it, or it was renamed), or when their size, mtime or inode changed
+    /// and they have been quiet for `quiet` (so a rescan does not catch a
+    /// writer mid-file). Hooks in `unsettled` (still being written) are left
+    /// as they are. A missing folder counts as empty.
+    pub async fn reconcile(
+        &self,
+        dir: &Path,
+        force: &HashSet<String>,
+        unsettled: &HashSet<String>,
+        quiet: Duration,
+    ) -> Result<(), Error> {
+        let mut seen = self.writer.lock().await;
+        let started = Instant::now();
+        let files = match hook_files(dir) {
+            Ok(files) => files,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => {
+                return Err(Error::HooksDir {
+                    path: dir.to_owned(),
+                    source,
+                });
+            }
+        };
+        let current = self.snapshot();
+        let present: HashSet<String> = files.iter().map(|f| hook_name(f)).collect();
+        let candidates: Vec<(String, PathBuf, _)> = files
+            .into_iter()
+            .map(|wasm| {
+                (
+                    hook_name(&wasm),
+                    file_sig(&wasm),
+                    file_sig(&wasm.with_extension("toml")),
+                    wasm,
+                )
+            })
+            .filter(|(name, ..)| !unsettled.contains(name))
+            .filter(|(name, wasm_sig, toml_sig, _)| {
+                let quiet_since = SystemTime::now() - quiet;
+                let settled = [wasm_sig, toml_sig]
+                    .iter()
+                    .all(|s| s.is_none_or(|s| s.modified.is_none_or(|m| m <= quiet_since)));
+                force.contains(name) || (settled && seen.get(name) != Some(&(*wasm_sig, *toml_sig)))
+            })
+            .map(|(name, wasm_sig, toml_sig, wasm)| (name, wasm, (wasm_sig, toml_sig)))
+            .collect();
+        let loads = candidates.iter().map(|(name, wasm, _)| {
+            let live_hash = current.live.get(name).map(|h| h.hash.clone());
+            async move {
+                let files = self.read(wasm, None)?;
+                if live_hash.as_deref() == Some(files.hash.as_str()) {
+                    return Ok(None); // touched, not changed
+                }
+                self.build(files).await.map(Some)
+            }
+        });
+        let results: Vec<Result<Option<LiveHook>, LoadError>> =
+            futures::future::join_all(loads).await;
+
+        let mut live = current.live.clone();
+        let mut failed = current.failed.clone();
+        let mut changed = false;
+        for ((name, _, sigs), result) in candidates.into_iter().zip(results) {
+            seen.insert(name.clone(), sigs);
+            let old = live.get(&name).map(|h| h.hash.clone());
             match result {
-                Ok(hook) => {
-                    tracing::info!(hook = hook.name(), hash = %short(&hook.hash), subscription = ?hook.subscription, "hook loaded");
-                    next.live.insert(hook.name().to_owned(), Arc::new(hook));
+                Ok(None) => changed |= failed.remove(&name).is_some(),
+                Ok(Some(hook)) => {
+                    hook.stats.loads.fetch_add(1, Ordering::Relaxed);
+                    match &old {
+                        None => {
+                            tracing::info!(hook = %name, hash = %short(&hook.hash), subscription = ?hook.subscription, "hook loaded")
+                        }
+                        Some(old) => tracing::info!(
+                            hook = %name, old = %short(old), new = %short(&hook.hash), swap_ms = started.elapsed().as_secs_f64() * 1e3,
+                            "hook reloaded"
+                        ),
+                    }
+                    failed.remove(&name);
+                    live.insert(name, Arc::new(hook));
+                    changed = true;
                 }
                 Err(err) => {
-                    tracing::error!("{err}");
-                    next.failed.insert(err.hook.clone(), err);
+                    self.stats_for(&name)
+                        .load_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    match &old {
+                        Some(old) => tracing::error!("{err}; version {} keeps serving", short(old)),
+                        None => tracing::error!("{err}"),
+                    }
+                    failed.insert(name, err);
+                    changed = true;
                 }
             }
         }
-        self.snapshot.store(Arc::new(next));
+        let gone: Vec<String> = live
+            .keys()
+            .chain(failed.keys())
+            .filter(|n| !present.contains(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(hook) = live.remove(&name) {
+                tracing::info!(hook = %name, hash = %short(&hook.hash), "hook unloaded: its file was removed");
+            }
+            failed.remove(&name);
+            seen.remove(&name);
+            changed = true;
+        }
+        if changed {
+            self.snapshot.store(Arc::new(Snapshot::new(live, failed)));
+            self.generation.send_modify(|g| *g += 1);
+        }
         Ok(())
+    }
+
+    fn stats_for(&self, name: &str) -> Arc<HookStats> {
+        self.stats
+            .lock()
+            .unwrap()
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// Loads one hook off to the side: read, compile, link, `init`. Its
@@ -163,6 +336,11 @@ impl Registry {
         wasm: &Path,
         config: Option<HookConfig>,
     ) -> Result<LiveHook, LoadError> {
+        self.build(self.read(wasm, config)?).await
+    }
+
+    /// Reads a hook's files and hashes them.
+    fn read(&self, wasm: &Path, config: Option<HookConfig>) -> Result<HookFiles, LoadError> {
         let name = hook_name(wasm);
         let toml_path = wasm.with_extension("toml");
         let fail = |file: &Path, stage, reason: String| LoadError {
@@ -186,46 +364,53 @@ impl Registry {
                 Err(e) => return Err(fail(&toml_path, Stage::Read, e.to_string())),
             },
         };
-        self.load_bytes(&name, wasm, bytes, config, &toml_text)
-            .await
-            .map_err(|(stage, reason)| {
-                let file = if stage == Stage::Settings {
-                    toml_path.clone()
-                } else {
-                    wasm.to_owned()
-                };
-                fail(&file, stage, reason)
-            })
-    }
-
-    /// Compiles, links and `init`s a hook from its bytes and config.
-    async fn load_bytes(
-        &self,
-        name: &str,
-        file: &Path,
-        bytes: Vec<u8>,
-        config: HookConfig,
-        toml_text: &str,
-    ) -> Result<LiveHook, (Stage, String)> {
         let limits = config
             .limits(&self.limits)
-            .map_err(|e| (Stage::Settings, e))?;
+            .map_err(|e| fail(&toml_path, Stage::Settings, e))?;
         let wasm_hash = hex(&Sha256::digest(&bytes));
         let hash = hex(&Sha256::new()
             .chain_update(&bytes)
-            .chain_update(toml_text)
+            .chain_update(&toml_text)
             .finalize());
+        Ok(HookFiles {
+            name,
+            wasm: wasm.to_owned(),
+            bytes,
+            wasm_hash,
+            hash,
+            config,
+            limits,
+        })
+    }
+
+    /// Compiles, links and `init`s a hook.
+    async fn build(&self, files: HookFiles) -> Result<LiveHook, LoadError> {
+        let HookFiles {
+            name,
+            wasm,
+            bytes,
+            wasm_hash,
+            hash,
+            config,
+            limits,
+        } = files;
+        let fail = |stage, reason| LoadError {
+            hook: name.clone(),
+            file: wasm.clone(),
+            stage,
+            reason,
+        };
         let component = self
             .sandbox
             .compile(&wasm_hash, bytes)
             .await
-            .map_err(|e| (Stage::Compile, e))?;
+            .map_err(|e| fail(Stage::Compile, e))?;
         let pre = self
             .sandbox
             .link(&component)
-            .map_err(|e| (Stage::Link, e))?;
+            .map_err(|e| fail(Stage::Link, e))?;
         let prepared = Prepared {
-            name: name.into(),
+            name: name.as_str().into(),
             pre,
             settings_json: config.settings_json().into(),
             limits,
@@ -237,29 +422,22 @@ impl Registry {
                 Failure::MemoryCap(mib) => format!("init exceeded the memory cap of {mib} MiB"),
                 Failure::Trap(message) => format!("init trapped: {message}"),
             };
-            (Stage::Init, reason)
+            fail(Stage::Init, reason)
         })?;
         let methods = subscription
             .methods
             .iter()
             .map(|m| WildMatch::new(m))
             .collect();
-        let stats = self
-            .stats
-            .lock()
-            .unwrap()
-            .entry(name.to_owned())
-            .or_default()
-            .clone();
         Ok(LiveHook {
             prepared,
-            file: file.to_owned(),
+            stats: self.stats_for(&name),
+            file: wasm,
             hash,
             config,
             subscription,
             methods,
             loaded_at: SystemTime::now(),
-            stats,
         })
     }
 
@@ -297,10 +475,23 @@ impl Registry {
                     calls: counters.calls.load(Ordering::Relaxed),
                     errors: counters.errors.load(Ordering::Relaxed),
                     timeouts: counters.timeouts.load(Ordering::Relaxed),
+                    loads: counters.loads.load(Ordering::Relaxed),
+                    load_failures: counters.load_failures.load(Ordering::Relaxed),
                 }
             })
             .collect()
     }
+}
+
+/// A hook's files, read and hashed, not yet compiled.
+struct HookFiles {
+    name: String,
+    wasm: PathBuf,
+    bytes: Vec<u8>,
+    wasm_hash: String,
+    hash: String,
+    config: HookConfig,
+    limits: HookLimits,
 }
 
 /// The `*.wasm` files of a folder, sorted; hidden files are skipped.

@@ -8,7 +8,9 @@
 
 use crate::config::{Config, HookLimits};
 use crate::event::{Event, Phase};
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -93,6 +95,8 @@ pub(crate) struct Sandbox {
     linker: Linker<HostState>,
     /// Compiled components by content hash, so a file is compiled once.
     compiled: Mutex<HashMap<String, Component>>,
+    /// Compiled components on disk, across restarts.
+    disk: Option<Arc<DiskCache>>,
     /// One permit per pool slot: callers wait for a slot instead of failing.
     slots: Semaphore,
 }
@@ -226,10 +230,15 @@ impl Sandbox {
         Hook::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| format!("{e:#}"))?;
         spawn_epoch_ticker(&engine);
+        let disk = config
+            .cache_dir
+            .as_ref()
+            .map(|dir| Arc::new(DiskCache::new(dir.clone(), &engine)));
         Ok(Sandbox {
             engine,
             linker,
             compiled: Mutex::default(),
+            disk,
             slots: Semaphore::new(slots as usize),
         })
     }
@@ -248,11 +257,21 @@ impl Sandbox {
             );
         }
         let engine = self.engine.clone();
-        let component =
-            tokio::task::spawn_blocking(move || Component::from_binary(&engine, &bytes))
-                .await
-                .map_err(|e| format!("compiler thread failed: {e}"))?
+        let disk = self.disk.clone();
+        let key = hash.to_owned();
+        let component = tokio::task::spawn_blocking(move || {
+            if let Some(component) = disk.as_ref().and_then(|d| d.load(&engine, &key)) {
+                return Ok(component);
+            }
+            let component = Component::from_binary(&engine, &bytes)
                 .map_err(|e| compile_hint(&format!("{e:#}")))?;
+            if let Some(disk) = &disk {
+                disk.store(&key, &component);
+            }
+            Ok::<_, String>(component)
+        })
+        .await
+        .map_err(|e| format!("compiler thread failed: {e}"))??;
         self.compiled
             .lock()
             .unwrap()
@@ -364,12 +383,14 @@ impl Sandbox {
         };
         let result = tokio::time::timeout(deadline + HOST_CALL_GRACE, run).await;
         let stderr_tail = log_stdio(&hook.name, &stdout, &stderr);
+        let memory_cap = || Failure::MemoryCap(hook.limits.memory_bytes / (1024 * 1024));
         match result {
+            Err(_elapsed) if store.data().limiter.exceeded => Err(memory_cap()),
             Err(_elapsed) => Err(Failure::Timeout(deadline)),
             Ok(Ok(Ok(value))) => Ok(value),
             Ok(Ok(Err(message))) => Err(Failure::Returned(message)),
             Ok(Err(err)) => Err(if store.data().limiter.exceeded {
-                Failure::MemoryCap(hook.limits.memory_bytes / (1024 * 1024))
+                memory_cap()
             } else if err.is::<DeadlineReached>() {
                 Failure::Timeout(deadline)
             } else {
@@ -405,6 +426,100 @@ fn log_stdio(hook: &str, stdout: &MemoryOutputPipe, stderr: &MemoryOutputPipe) -
         .map(|l| truncate(l, 1024).to_owned())
 }
 
+/// Compiled components on disk: `HASH-ENGINE.cwasm`, where HASH is the
+/// component's SHA-256 and ENGINE the engine's compatibility fingerprint, so
+/// a different wasmtime or setting never loads a stale artifact.
+///
+/// Each file is a magic, a SHA-256 of the artifact, then the artifact: a
+/// corrupt file is detected before wasmtime sees it, and recompiled. Files
+/// are written to a temporary name and renamed, never rewritten in place,
+/// and read into memory rather than mapped.
+struct DiskCache {
+    dir: PathBuf,
+    fingerprint: String,
+}
+
+const CACHE_MAGIC: &[u8; 8] = b"WHCACHE1";
+
+impl DiskCache {
+    fn new(dir: PathBuf, engine: &Engine) -> DiskCache {
+        struct Hasher(Sha256);
+        impl std::hash::Hasher for Hasher {
+            fn finish(&self) -> u64 {
+                unreachable!("only write() is used")
+            }
+            fn write(&mut self, bytes: &[u8]) {
+                self.0.update(bytes);
+            }
+        }
+        let mut hasher = Hasher(Sha256::new());
+        std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
+        let digest = hasher.0.finalize();
+        let fingerprint = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        DiskCache { dir, fingerprint }
+    }
+
+    fn path(&self, hash: &str) -> PathBuf {
+        self.dir.join(format!("{hash}-{}.cwasm", self.fingerprint))
+    }
+
+    /// The cached component, or `None` if absent, corrupt or stale (logged).
+    fn load(&self, engine: &Engine, hash: &str) -> Option<Component> {
+        let path = self.path(hash);
+        let bytes = std::fs::read(&path).ok()?;
+        let artifact = match bytes.split_at_checked(CACHE_MAGIC.len() + 32) {
+            Some((head, artifact))
+                if &head[..8] == CACHE_MAGIC && head[8..] == Sha256::digest(artifact)[..] =>
+            {
+                artifact
+            }
+            _ => {
+                tracing::warn!(
+                    "compiled-hook cache entry {} is corrupt; recompiling",
+                    path.display()
+                );
+                return None;
+            }
+        };
+        // SAFETY: the checksum shows these are the bytes we serialized with
+        // an engine of the same fingerprint.
+        match unsafe { Component::deserialize(engine, artifact) } {
+            Ok(component) => Some(component),
+            Err(e) => {
+                tracing::warn!(
+                    "compiled-hook cache entry {} is unusable ({e}); recompiling",
+                    path.display()
+                );
+                None
+            }
+        }
+    }
+
+    /// Writes the component; failures only cost a recompile later, so they are logged.
+    fn store(&self, hash: &str, component: &Component) {
+        let result = (|| -> Result<(), String> {
+            let artifact = component.serialize().map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
+            let tmp = self.dir.join(format!(".{hash}.{}.tmp", fastrand::u64(..)));
+            let mut file = Vec::with_capacity(artifact.len() + 40);
+            file.extend_from_slice(CACHE_MAGIC);
+            file.extend_from_slice(&Sha256::digest(&artifact));
+            file.extend_from_slice(&artifact);
+            std::fs::write(&tmp, &file).map_err(|e| e.to_string())?;
+            std::fs::rename(&tmp, self.path(hash)).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                e.to_string()
+            })
+        })();
+        if let Err(e) = result {
+            tracing::warn!(
+                "cannot write to the compiled-hook cache {}: {e}",
+                self.dir.display()
+            );
+        }
+    }
+}
+
 /// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
 fn spawn_epoch_ticker(engine: &Engine) {
     let weak = engine.weak();
@@ -427,7 +542,7 @@ fn compile_hint(message: &str) -> String {
     {
         "; this is a core WebAssembly module, not a component: build with --target wasm32-wasip2, \
          or wrap it with `wasm-tools component new`"
-    } else if message.contains("unexpected end") {
+    } else if message.contains("unexpected end") || message.contains("out of bounds") {
         "; the file is truncated (write hooks to a temporary file and rename it into place)"
     } else {
         ""

@@ -81,10 +81,14 @@ async fn broken_files_are_reported_and_the_good_hook_serves() {
 }
 
 #[tokio::test]
-async fn a_missing_hooks_folder_is_an_error_naming_it() {
+async fn without_watch_a_missing_hooks_folder_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope");
-    match wasmhooks::Engine::new(crate::test_config(&missing)).await {
+    let config = wasmhooks::Config {
+        watch: false,
+        ..crate::test_config(&missing)
+    };
+    match wasmhooks::Engine::new(config).await {
         Err(wasmhooks::Error::HooksDir { path, .. }) => assert_eq!(path, missing),
         Err(other) => panic!("{other}"),
         Ok(_) => panic!("a missing folder must fail"),

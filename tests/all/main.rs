@@ -6,6 +6,7 @@ mod cli;
 mod delivery;
 mod examples;
 mod hostile;
+mod reload;
 mod server;
 
 use axum::Router;
@@ -13,45 +14,16 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use wasmhooks::config::DeliveryConfig;
 use wasmhooks::{Config, Engine, Event};
 
-/// The repository's root.
-pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Path of a guest built from source: an example hook from
-/// `guest-examples/rust` or a test hook from `tests/guests`. Both workspaces
-/// are built once per test run.
-pub fn wasm(name: &str) -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let dir = BUILT.get_or_init(|| {
-        let target = root().join("target/wasm");
-        for workspace in ["guest-examples/rust", "tests/guests"] {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
-                .arg(&target)
-                .current_dir(root().join(workspace))
-                .status()
-                .expect("running cargo to build the guests");
-            assert!(
-                status.success(),
-                "building the guests in {workspace} failed; is the wasm32-wasip2 target installed? run `rustup toolchain install` in the repo"
-            );
-        }
-        target.join("wasm32-wasip2/release")
-    });
-    let path = dir.join(format!("{name}.wasm"));
-    assert!(path.is_file(), "{} was not built", path.display());
-    path
-}
+#[path = "../support/guests.rs"]
+mod guests;
+pub use guests::{root, wasm};
 
 /// A sample event from `tests/fixtures/xo`.
 pub fn fixture(name: &str) -> Event {
@@ -172,6 +144,28 @@ impl Receiver {
             })
             .unwrap();
         self.received()
+    }
+
+    /// Waits (up to 30 s) until the requests so far satisfy `ready`.
+    pub async fn wait_until(&self, what: &str, ready: impl Fn(&[Received]) -> bool) {
+        let mut rx = self.state.count.subscribe();
+        let wait = async {
+            loop {
+                if ready(&self.received()) {
+                    return;
+                }
+                rx.changed().await.unwrap();
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .is_err()
+        {
+            panic!(
+                "timed out waiting for {what}; the receiver got {} requests",
+                self.received().len()
+            );
+        }
     }
 
     pub fn received(&self) -> Vec<Received> {

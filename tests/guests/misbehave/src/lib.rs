@@ -7,10 +7,19 @@ use std::time::Duration;
 use serde::Deserialize;
 use wasmhooks_sdk::{Event, Hook, Outcome, Phase, Subscription, settings_error};
 
+/// This build's version mark, sent as `x-version` (echo) or as the reason
+/// (deny without `mark`). Tests make new versions of the component by
+/// patching these bytes in the `.wasm`: same length, different content.
+static VERSION: [u8; 16] = *b"wasmhooks-ver-00";
+
+fn version() -> &'static str {
+    std::str::from_utf8(black_box(&VERSION)).unwrap_or("?")
+}
+
 #[derive(Clone, Copy, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum Mode {
-    /// One delivery of the payload to `url`, headers `x-mark` and `x-call-id`.
+    /// One delivery of the payload to `url`, headers `x-mark`, `x-call-id` and `x-version`.
     Echo,
     /// Spins forever.
     Loop,
@@ -20,7 +29,7 @@ enum Mode {
     Trap,
     /// Returns `Err("refused on purpose")`.
     Error,
-    /// Denies with `mark` as the reason, no deliveries.
+    /// Denies with `mark` (else the version mark) as the reason, no deliveries.
     Deny,
     /// Sleeps for an hour.
     Sleep,
@@ -73,7 +82,8 @@ impl Hook for Misbehave {
                 event
                     .forward_to(&self.url)
                     .with_header("x-mark", self.mark.as_str())
-                    .with_header("x-call-id", event.call_id.as_str()),
+                    .with_header("x-call-id", event.call_id.as_str())
+                    .with_header("x-version", version()),
             ])),
             Mode::Loop => {
                 let mut n = 0u64;
@@ -90,6 +100,7 @@ impl Hook for Misbehave {
             }
             Mode::Trap => panic!("misbehave: trap on purpose"),
             Mode::Error => Err("refused on purpose".to_string()),
+            Mode::Deny if self.mark.is_empty() => Ok(Outcome::deny(version())),
             Mode::Deny => Ok(Outcome::deny(self.mark.as_str())),
             Mode::Sleep => {
                 std::thread::sleep(Duration::from_secs(3600));

@@ -1,0 +1,435 @@
+//! Hot reload: the hooks folder is live, swaps are atomic, and a bad file
+//! never replaces a good one.
+
+use crate::{Receiver, engine, fixture, test_config, wasm};
+use axum::http::StatusCode;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+use wasmhooks::{Engine, Event, HookState, HookStatus, Stage};
+
+const MARK: &[u8] = b"wasmhooks-ver-00";
+
+/// Version `k` of the `misbehave` hook: the same component with its version
+/// mark patched, so it has its own content hash and marks its deliveries.
+fn version(k: u32) -> Vec<u8> {
+    let mut bytes = std::fs::read(wasm("misbehave")).unwrap();
+    let at: Vec<usize> = bytes
+        .windows(MARK.len())
+        .enumerate()
+        .filter(|(_, w)| *w == MARK)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(
+        at.len(),
+        1,
+        "the version mark appears once in misbehave.wasm"
+    );
+    bytes[at[0]..at[0] + MARK.len()].copy_from_slice(format!("wasmhooks-ver-{k:02}").as_bytes());
+    bytes
+}
+
+fn mark(k: u32) -> String {
+    format!("wasmhooks-ver-{k:02}")
+}
+
+/// Writes a file the recommended way: a temporary name, then a rename.
+fn place(dir: &Path, file: &str, bytes: &[u8]) {
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, dir.join(file)).unwrap();
+}
+
+fn echo_toml(receiver: &Receiver, mark: &str) -> String {
+    format!(
+        "[settings]\nmode = \"echo\"\nurl = \"{}\"\nmark = \"{mark}\"\n",
+        receiver.url("/echo")
+    )
+}
+
+/// Waits (up to 30 s) until the hooks' status satisfies `ready`, re-checking
+/// after each change the engine announces.
+async fn wait_hooks(
+    engine: &Engine,
+    what: &str,
+    ready: impl Fn(&[HookStatus]) -> bool,
+) -> Vec<HookStatus> {
+    let mut changes = engine.hook_changes();
+    let wait = async {
+        loop {
+            let hooks = engine.hooks();
+            if ready(&hooks) {
+                return hooks;
+            }
+            changes.changed().await.unwrap();
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(30), wait).await {
+        Ok(hooks) => hooks,
+        Err(_) => panic!(
+            "timed out waiting for: {what}; hooks are {:#?}",
+            engine.hooks()
+        ),
+    }
+}
+
+fn event(call_id: &str) -> Event {
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&crate::fixture_bytes("vm.start.post")).unwrap();
+    value["callId"] = call_id.into();
+    Event::from_value(value).unwrap()
+}
+
+/// Waits until a delivery with this version mark has arrived.
+async fn wait_version(receiver: &Receiver, k: u32) {
+    let wanted = mark(k);
+    receiver
+        .wait_until(&format!("a delivery from version {k}"), |got| {
+            got.iter().any(|r| r.header("x-version") == wanted)
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_a_hook_under_load_loses_no_event_and_handles_each_once() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    place(d, "echo.toml", echo_toml(&receiver, "m").as_bytes());
+    place(d, "echo.wasm", &version(0));
+    let engine = engine(d).await;
+
+    // A bounded, paced stream of post events, each with its own call id.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let load = tokio::spawn({
+        let (engine, stop, sent) = (engine.clone(), stop.clone(), sent.clone());
+        async move {
+            while !stop.load(Ordering::Relaxed) && sent.load(Ordering::Relaxed) < 50_000 {
+                let i = sent.fetch_add(1, Ordering::Relaxed);
+                engine.post(event(&format!("load-{i}"))).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(1)).await; // pacing, not synchronisation
+            }
+        }
+    });
+
+    let versions = 5;
+    for k in 1..=versions {
+        place(d, "echo.wasm", &version(k));
+        wait_version(&receiver, k).await;
+    }
+    let serving = engine.hooks()[0].hash.clone();
+
+    // A truncated and a garbage replacement: reported, and the old version keeps serving.
+    let full = version(versions + 1);
+    place(d, "echo.wasm", &full[..full.len() / 2]);
+    let hooks = wait_hooks(&engine, "the truncated file is reported", |h| {
+        h[0].load_failures == 1
+    })
+    .await;
+    assert_eq!(hooks[0].state, HookState::Live);
+    assert_eq!(
+        hooks[0].hash, serving,
+        "the last good version keeps serving"
+    );
+    let error = hooks[0].last_error.as_ref().unwrap();
+    assert_eq!(
+        (error.stage, error.file.as_path()),
+        (Stage::Compile, d.join("echo.wasm").as_path())
+    );
+    assert!(
+        error.reason.contains("truncated") || error.reason.contains("unexpected end"),
+        "{}",
+        error.reason
+    );
+
+    place(
+        d,
+        "echo.wasm",
+        b"\0asm\x0d\0\x01\0 garbage after a component header",
+    );
+    let hooks = wait_hooks(&engine, "the garbage file is reported", |h| {
+        h[0].load_failures == 2
+    })
+    .await;
+    assert_eq!(hooks[0].hash, serving);
+    let before = receiver.received().len();
+    receiver.wait_for(before + 10).await; // still delivering
+
+    // Fixing the file recovers without a restart.
+    place(d, "echo.wasm", &version(versions + 2));
+    wait_version(&receiver, versions + 2).await;
+    let hooks = engine.hooks();
+    assert!(hooks[0].last_error.is_none(), "{:?}", hooks[0].last_error);
+    assert_eq!(hooks[0].loads, u64::from(versions) + 2);
+
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    engine.drain().await;
+
+    let sent = sent.load(Ordering::Relaxed);
+    let mut handled: HashMap<String, Vec<String>> = HashMap::new();
+    for r in receiver.received() {
+        handled
+            .entry(r.header("x-call-id").to_owned())
+            .or_default()
+            .push(r.header("x-version").to_owned());
+    }
+    for i in 0..sent {
+        let versions = handled
+            .get(&format!("load-{i}"))
+            .unwrap_or_else(|| panic!("event load-{i} of {sent} was lost"));
+        assert_eq!(
+            versions.len(),
+            1,
+            "event load-{i} was handled {} times: {versions:?}",
+            versions.len()
+        );
+    }
+    assert_eq!(handled.len(), sent);
+    let seen: std::collections::BTreeSet<&String> = handled.values().flatten().collect();
+    for k in 0..=versions {
+        assert!(
+            seen.contains(&mark(k)),
+            "version {k} handled events: {seen:?}"
+        );
+    }
+    assert!(
+        !seen.contains(&mark(versions + 1)),
+        "the truncated version never served"
+    );
+    eprintln!(
+        "{sent} events over {} versions, each handled once",
+        versions + 2
+    );
+}
+
+#[tokio::test]
+async fn removing_a_hook_unloads_it_and_its_queued_deliveries_still_go_out() {
+    // The first delivery attempt fails, so the delivery is queued for a retry
+    // when the hook is removed.
+    let receiver = Receiver::with(|_, n| {
+        if n == 0 {
+            (StatusCode::SERVICE_UNAVAILABLE, vec![])
+        } else {
+            (StatusCode::OK, vec![])
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    place(d, "echo.toml", echo_toml(&receiver, "m").as_bytes());
+    place(d, "echo.wasm", &version(0));
+    let mut config = test_config(d);
+    config.delivery.retry_schedule_ms = vec![500];
+    let engine = Engine::new(config).await.unwrap();
+
+    engine.post(event("before")).await.unwrap();
+    receiver.wait_for(1).await;
+    std::fs::remove_file(d.join("echo.wasm")).unwrap();
+    wait_hooks(&engine, "the hook is unloaded", |h| h.is_empty()).await;
+    let got = receiver.wait_for(2).await;
+    assert_eq!(
+        got[1].header("x-call-id"),
+        "before",
+        "the queued retry still went out"
+    );
+
+    engine.post(event("while-gone")).await.unwrap();
+    engine.drain().await;
+    assert_eq!(receiver.received().len(), 2, "no hook, no delivery");
+
+    // Moving a file in from outside the folder counts as adding it.
+    std::fs::write(outside.path().join("echo.wasm"), version(1)).unwrap();
+    std::fs::rename(outside.path().join("echo.wasm"), d.join("echo.wasm")).unwrap();
+    wait_hooks(&engine, "the hook is back", |h| {
+        h.len() == 1 && h[0].state == HookState::Live
+    })
+    .await;
+    engine.post(event("after")).await.unwrap();
+    let got = receiver.wait_for(3).await;
+    assert_eq!(got[2].header("x-call-id"), "after");
+    assert_eq!(got[2].header("x-version"), mark(1));
+
+    // And moving it out counts as removing it.
+    std::fs::rename(d.join("echo.wasm"), outside.path().join("echo.wasm")).unwrap();
+    wait_hooks(&engine, "the hook is gone again", |h| h.is_empty()).await;
+}
+
+#[tokio::test]
+async fn a_settings_change_re_inits_the_hook() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    place(d, "echo.toml", echo_toml(&receiver, "first").as_bytes());
+    place(d, "echo.wasm", &version(0));
+    let engine = engine(d).await;
+    let before = engine.hooks()[0].hash.clone();
+
+    place(d, "echo.toml", echo_toml(&receiver, "second").as_bytes());
+    wait_hooks(&engine, "the new settings are live", |h| {
+        h[0].hash != before
+    })
+    .await;
+    engine.post(fixture("vm.start.post")).await.unwrap();
+    let got = receiver.wait_for(1).await;
+    assert_eq!(got[0].header("x-mark"), "second");
+
+    // Settings the hook refuses: reported against the .toml's hook, old settings keep serving.
+    place(d, "echo.toml", b"[settings]\nmode = \"echo\"\n");
+    let hooks = wait_hooks(&engine, "the bad settings are reported", |h| {
+        h[0].last_error.is_some()
+    })
+    .await;
+    assert_eq!(hooks[0].last_error.as_ref().unwrap().stage, Stage::Init);
+    engine.post(fixture("vm.start.post")).await.unwrap();
+    let got = receiver.wait_for(2).await;
+    assert_eq!(got[1].header("x-mark"), "second");
+}
+
+#[tokio::test]
+async fn a_slow_in_place_write_is_never_loaded_half_written() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    place(d, "echo.toml", echo_toml(&receiver, "m").as_bytes());
+    place(d, "echo.wasm", &version(0));
+    let engine = engine(d).await;
+
+    // Rewrite the file in place, in chunks, with pauses, while events flow.
+    let bytes = version(1);
+    let mut file = std::fs::File::create(d.join("echo.wasm")).unwrap();
+    let chunks = bytes.chunks(bytes.len() / 8 + 1);
+    let during = chunks.len();
+    for (i, chunk) in chunks.enumerate() {
+        std::io::Write::write_all(&mut file, chunk).unwrap();
+        std::io::Write::flush(&mut file).unwrap();
+        engine.post(event(&format!("during-{i}"))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await; // the writer's pace
+    }
+    drop(file);
+    wait_hooks(&engine, "the finished file is loaded", |h| h[0].loads == 2).await;
+    let hooks = engine.hooks();
+    assert_eq!(
+        hooks[0].load_failures, 0,
+        "no partial file was tried: {:?}",
+        hooks[0].last_error
+    );
+    engine.post(event("after")).await.unwrap();
+    engine.drain().await;
+    for r in receiver.received() {
+        let expected = if r.header("x-call-id") == "after" {
+            mark(1)
+        } else {
+            mark(0)
+        };
+        assert_eq!(r.header("x-version"), expected, "{}", r.header("x-call-id"));
+    }
+    assert_eq!(receiver.received().len(), during + 1);
+}
+
+#[tokio::test]
+async fn the_folder_may_appear_and_be_replaced_after_start() {
+    let receiver = Receiver::start().await;
+    let parent = tempfile::tempdir().unwrap();
+    let d = parent.path().join("hooks");
+    let engine = engine(&d).await;
+    assert!(engine.hooks().is_empty());
+
+    // Created after start.
+    let staging = parent.path().join("staging");
+    std::fs::create_dir(&staging).unwrap();
+    place(&staging, "one.toml", echo_toml(&receiver, "one").as_bytes());
+    place(&staging, "one.wasm", &version(0));
+    std::fs::rename(&staging, &d).unwrap();
+    wait_hooks(&engine, "hook one from the new folder", |h| {
+        h.len() == 1 && h[0].name == "one"
+    })
+    .await;
+
+    // Replaced: the old folder moved away, a new one moved in.
+    std::fs::create_dir(&staging).unwrap();
+    place(&staging, "two.toml", echo_toml(&receiver, "two").as_bytes());
+    place(&staging, "two.wasm", &version(0));
+    std::fs::rename(&d, parent.path().join("old")).unwrap();
+    std::fs::rename(&staging, &d).unwrap();
+    wait_hooks(&engine, "only hook two", |h| {
+        h.len() == 1 && h[0].name == "two" && h[0].state == HookState::Live
+    })
+    .await;
+
+    // Editor and temporary files are ignored; the next real change is seen.
+    for junk in [
+        ".two.wasm.swp",
+        "two.wasm~",
+        "4913",
+        "two.wasm.part",
+        ".#two.toml",
+    ] {
+        std::fs::write(d.join(junk), b"junk").unwrap();
+    }
+    place(&d, "two.toml", echo_toml(&receiver, "two-b").as_bytes());
+    wait_hooks(&engine, "two re-inited", |h| h[0].loads == 2).await;
+    let hooks = engine.hooks();
+    assert_eq!(hooks.len(), 1);
+    assert_eq!(hooks[0].load_failures, 0);
+    engine.post(fixture("vm.start.post")).await.unwrap();
+    let got = receiver.wait_for(1).await;
+    assert_eq!(got[0].header("x-mark"), "two-b");
+}
+
+#[tokio::test]
+async fn compiled_hooks_are_cached_on_disk_and_a_corrupt_entry_is_recompiled() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    std::fs::copy(wasm("deny"), dir.path().join("deny.wasm")).unwrap();
+    std::fs::write(
+        dir.path().join("deny.toml"),
+        "[settings]\nprotected = [\"0a9b8c7d-6e5f-4a3b-2c1d-0e9f8a7b6c5d\"]\n",
+    )
+    .unwrap();
+    let config = || {
+        let mut config = test_config(dir.path());
+        config.cache_dir = Some(cache.path().to_owned());
+        config
+    };
+    let entries = || -> Vec<std::path::PathBuf> {
+        let mut files: Vec<_> = std::fs::read_dir(cache.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files
+    };
+
+    drop(Engine::new(config()).await.unwrap());
+    let files = entries();
+    assert_eq!(
+        files.len(),
+        1,
+        "one artifact, no temporary files left: {files:?}"
+    );
+    assert!(files[0].extension().is_some_and(|e| e == "cwasm"));
+
+    // Corrupt the artifact: the next engine recompiles, rewrites it, and serves.
+    let mut bad = std::fs::read(&files[0]).unwrap();
+    let middle = bad.len() / 2;
+    bad[middle] ^= 0xff;
+    std::fs::write(&files[0], &bad).unwrap();
+    let engine = Engine::new(config()).await.unwrap();
+    assert_eq!(engine.hooks()[0].state, HookState::Live);
+    assert!(!engine.pre(fixture("vm.delete.pre")).await.unwrap().allowed);
+    assert_ne!(
+        std::fs::read(&files[0]).unwrap(),
+        bad,
+        "the corrupt entry was replaced"
+    );
+
+    // Garbage of the right name is no better.
+    std::fs::write(&files[0], b"nonsense").unwrap();
+    let engine = Engine::new(config()).await.unwrap();
+    assert!(!engine.pre(fixture("vm.delete.pre")).await.unwrap().allowed);
+}

@@ -54,29 +54,20 @@ pub(crate) struct Dispatcher {
 
 impl Dispatcher {
     /// Runs the pre event through every subscribed hook at once and decides.
-    pub async fn pre(self: &Arc<Self>, event: Event) -> Verdict {
+    pub async fn pre(&self, event: Event) -> Verdict {
         let hooks = self.registry.snapshot().matching(&event);
-        let event = Arc::new(event);
-        let tasks: Vec<_> = hooks
-            .iter()
-            .cloned()
-            .map(|hook| {
-                let this = self.clone();
-                let event = event.clone();
-                tokio::spawn(async move {
-                    let result = this.pre_one(&hook, &event).await;
-                    (hook, result)
-                })
-            })
-            .collect();
+        // Concurrently within this task: a busy hook yields at every epoch
+        // tick, so none holds up the others, and a single hook costs no
+        // hand-off to another thread.
+        let results =
+            futures::future::join_all(hooks.iter().map(|hook| self.pre_one(hook, &event))).await;
         let mut verdict = Verdict {
             allowed: true,
             denied_by: None,
             reason: None,
             failures: Vec::new(),
         };
-        for task in tasks {
-            let (hook, result) = task.await.expect("hook tasks do not panic");
+        for (hook, result) in hooks.iter().zip(results) {
             let deny = match result {
                 Ok(deny) => deny,
                 Err(failure) => {
@@ -126,19 +117,14 @@ impl Dispatcher {
 
     /// Runs a post event through every subscribed hook and queues the
     /// deliveries. Called off the caller's path.
-    pub async fn post(self: &Arc<Self>, event: Event) {
+    pub async fn post(&self, event: Event) {
         let hooks = self.registry.snapshot().matching(&event);
-        let event = Arc::new(event);
-        let tasks = hooks.iter().cloned().map(|hook| {
-            let this = self.clone();
-            let event = event.clone();
-            tokio::spawn(async move {
-                if let Ok(decision) = this.run(&hook, &event).await {
-                    this.queue(&hook, decision.deliveries).await;
-                }
-            })
+        let runs = hooks.iter().map(|hook| async {
+            if let Ok(decision) = self.run(hook, &event).await {
+                self.queue(hook, decision.deliveries).await;
+            }
         });
-        futures::future::join_all(tasks).await;
+        futures::future::join_all(runs).await;
     }
 
     /// Whether any live hook wants this event (if none, no WASM runs).

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Events closer together than this are handled as one batch.
-const DEBOUNCE: Duration = Duration::from_millis(5);
+const DEBOUNCE: Duration = Duration::from_millis(2);
 /// File events buffered between batches; past this, a full rescan is done instead.
 const EVENT_BUFFER: usize = 4096;
 

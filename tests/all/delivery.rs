@@ -1,7 +1,7 @@
 //! Delivery behaviour against a real receiver: retries, permanent failures,
 //! and `wait` hooks.
 
-use crate::{Receiver, engine, fixture, install};
+use crate::{Receiver, fixture, one_hook};
 use axum::http::StatusCode;
 
 fn echo(receiver: &Receiver, extra: &str) -> String {
@@ -21,9 +21,7 @@ async fn retries_5xx_then_delivers_with_the_same_id() {
         }
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    install(dir.path(), "echo", "misbehave", Some(&echo(&receiver, "")));
-    let engine = engine(dir.path()).await;
+    let (_dir, engine) = one_hook("echo", "misbehave", &echo(&receiver, "")).await;
     engine.post(fixture("vm.start.post")).await.unwrap();
     let got = receiver.wait_for(3).await;
     engine.drain().await;
@@ -48,9 +46,7 @@ async fn honours_retry_after_on_429() {
         }
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    install(dir.path(), "echo", "misbehave", Some(&echo(&receiver, "")));
-    let engine = engine(dir.path()).await;
+    let (_dir, engine) = one_hook("echo", "misbehave", &echo(&receiver, "")).await;
     let start = std::time::Instant::now();
     engine.post(fixture("vm.start.post")).await.unwrap();
     receiver.wait_for(2).await;
@@ -70,9 +66,7 @@ async fn gone_and_other_4xx_are_not_retried() {
         let receiver =
             Receiver::with(move |_, _| (status, vec![("location", "http://127.0.0.1:9/".into())]))
                 .await;
-        let dir = tempfile::tempdir().unwrap();
-        install(dir.path(), "echo", "misbehave", Some(&echo(&receiver, "")));
-        let engine = engine(dir.path()).await;
+        let (_dir, engine) = one_hook("echo", "misbehave", &echo(&receiver, "")).await;
         engine.post(fixture("vm.start.post")).await.unwrap();
         receiver.wait_for(1).await;
         engine.drain().await;
@@ -88,12 +82,10 @@ async fn a_receiver_that_is_down_is_retried_until_the_schedule_is_spent() {
         .local_addr()
         .unwrap()
         .port();
-    let dir = tempfile::tempdir().unwrap();
     let toml = format!(
         "wait = true\n[settings]\nmode = \"echo\"\nurl = \"http://127.0.0.1:{port}/down\"\n"
     );
-    install(dir.path(), "echo", "misbehave", Some(&toml));
-    let engine = engine(dir.path()).await;
+    let (_dir, engine) = one_hook("echo", "misbehave", &toml).await;
     let verdict = engine.pre(fixture("vm.start.pre")).await.unwrap();
     assert!(verdict.allowed, "on_error defaults to allow");
     let message = &verdict.failures[0].message;
@@ -106,14 +98,7 @@ async fn a_receiver_that_is_down_is_retried_until_the_schedule_is_spent() {
 #[tokio::test]
 async fn a_wait_hook_delivers_before_the_verdict_returns() {
     let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    install(
-        dir.path(),
-        "echo",
-        "misbehave",
-        Some(&echo(&receiver, "wait = true")),
-    );
-    let engine = engine(dir.path()).await;
+    let (_dir, engine) = one_hook("echo", "misbehave", &echo(&receiver, "wait = true")).await;
     let verdict = engine.pre(fixture("vm.start.pre")).await.unwrap();
     assert!(verdict.allowed);
     assert_eq!(receiver.received().len(), 1, "delivered before the verdict");
@@ -122,14 +107,12 @@ async fn a_wait_hook_delivers_before_the_verdict_returns() {
 #[tokio::test]
 async fn a_wait_hook_whose_delivery_fails_applies_on_error() {
     let receiver = Receiver::with(|_, _| (StatusCode::GONE, vec![])).await;
-    let dir = tempfile::tempdir().unwrap();
-    install(
-        dir.path(),
+    let (_dir, engine) = one_hook(
         "gate",
         "misbehave",
-        Some(&echo(&receiver, "wait = true\non_error = \"deny\"")),
-    );
-    let engine = engine(dir.path()).await;
+        &echo(&receiver, "wait = true\non_error = \"deny\""),
+    )
+    .await;
     let verdict = engine.pre(fixture("vm.start.pre")).await.unwrap();
     assert!(!verdict.allowed);
     assert_eq!(verdict.failures[0].kind, "delivery");

@@ -1,19 +1,17 @@
 //! Each example hook of `guest-examples/rust`, run in the engine on a
 //! fixture event, checked at a real receiver.
 
-use crate::{Receiver, engine, fixture, fixture_json, install};
+use crate::{Receiver, fixture, fixture_json, one_hook};
 use wasmhooks::HookState;
 
 #[tokio::test]
 async fn forward_posts_the_event_unchanged_for_its_methods_and_phases() {
     let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
     let toml = format!(
         "[settings]\nurl = \"{}\"\nmethods = [\"vm.*\"]\nphases = [\"post\"]\n",
         receiver.url("/xo")
     );
-    install(dir.path(), "forward", "forward", Some(&toml));
-    let engine = engine(dir.path()).await;
+    let (_dir, engine) = one_hook("forward", "forward", &toml).await;
 
     engine.pre(fixture("vm.start.pre")).await.unwrap(); // phase not subscribed
     engine.post(fixture("backupNg.runJob.post")).await.unwrap(); // method not subscribed
@@ -38,17 +36,12 @@ async fn forward_posts_the_event_unchanged_for_its_methods_and_phases() {
 #[tokio::test]
 async fn slack_names_user_method_vm_and_outcome() {
     let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    install(
-        dir.path(),
+    let (_dir, engine) = one_hook(
         "slack",
         "slack",
-        Some(&format!(
-            "[settings]\nurl = \"{}\"\n",
-            receiver.url("/slack")
-        )),
-    );
-    let engine = engine(dir.path()).await;
+        &format!("[settings]\nurl = \"{}\"\n", receiver.url("/slack")),
+    )
+    .await;
 
     engine.post(fixture("vm.start.post")).await.unwrap();
     let got = receiver.wait_for(1).await;
@@ -79,17 +72,12 @@ async fn slack_names_user_method_vm_and_outcome() {
 #[tokio::test]
 async fn teams_sends_a_message_card_with_one_fact_per_field() {
     let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    install(
-        dir.path(),
+    let (_dir, engine) = one_hook(
         "teams",
         "teams",
-        Some(&format!(
-            "[settings]\nurl = \"{}\"\n",
-            receiver.url("/teams")
-        )),
-    );
-    let engine = engine(dir.path()).await;
+        &format!("[settings]\nurl = \"{}\"\n", receiver.url("/teams")),
+    )
+    .await;
 
     engine.post(fixture("vm.migrate.post.error")).await.unwrap();
     let got = receiver.wait_for(1).await;
@@ -118,17 +106,12 @@ async fn teams_sends_a_message_card_with_one_fact_per_field() {
 #[tokio::test]
 async fn filter_pages_only_failed_post_events() {
     let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    install(
-        dir.path(),
+    let (_dir, engine) = one_hook(
         "filter",
         "filter",
-        Some(&format!(
-            "[settings]\nurl = \"{}\"\n",
-            receiver.url("/pager")
-        )),
-    );
-    let engine = engine(dir.path()).await;
+        &format!("[settings]\nurl = \"{}\"\n", receiver.url("/pager")),
+    )
+    .await;
 
     engine.post(fixture("vm.start.post")).await.unwrap();
     engine.post(fixture("vm.migrate.post.error")).await.unwrap();
@@ -142,14 +125,12 @@ async fn filter_pages_only_failed_post_events() {
 
 #[tokio::test]
 async fn deny_vetoes_deleting_a_protected_vm() {
-    let dir = tempfile::tempdir().unwrap();
-    install(
-        dir.path(),
+    let (_dir, engine) = one_hook(
         "deny",
         "deny",
-        Some("[settings]\nprotected = [\"0a9b8c7d-6e5f-4a3b-2c1d-0e9f8a7b6c5d\"]\n"),
-    );
-    let engine = engine(dir.path()).await;
+        "[settings]\nprotected = [\"0a9b8c7d-6e5f-4a3b-2c1d-0e9f8a7b6c5d\"]\n",
+    )
+    .await;
 
     let verdict = engine.pre(fixture("vm.delete.pre")).await.unwrap();
     assert!(!verdict.allowed);
@@ -167,14 +148,8 @@ async fn deny_vetoes_deleting_a_protected_vm() {
 
 #[tokio::test]
 async fn deny_lets_unprotected_vms_go() {
-    let dir = tempfile::tempdir().unwrap();
-    install(
-        dir.path(),
-        "deny",
-        "deny",
-        Some("[settings]\nprotected = [\"another-vm\"]\n"),
-    );
-    let engine = engine(dir.path()).await;
+    let (_dir, engine) =
+        one_hook("deny", "deny", "[settings]\nprotected = [\"another-vm\"]\n").await;
     let verdict = engine.pre(fixture("vm.delete.pre")).await.unwrap();
     assert!(verdict.allowed, "{verdict:?}");
     assert_eq!(engine.hooks()[0].state, HookState::Live);
@@ -183,14 +158,12 @@ async fn deny_lets_unprotected_vms_go() {
 #[tokio::test]
 async fn fanout_sends_a_cmdb_record_and_a_billing_record() {
     let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
     let toml = format!(
         "[settings]\ncmdb_url = \"{}\"\nbilling_url = \"{}\"\n",
         receiver.url("/cmdb"),
         receiver.url("/billing")
     );
-    install(dir.path(), "fanout", "fanout", Some(&toml));
-    let engine = engine(dir.path()).await;
+    let (_dir, engine) = one_hook("fanout", "fanout", &toml).await;
 
     engine.post(fixture("vm.create.post")).await.unwrap();
     let mut got = receiver.wait_for(2).await;
@@ -215,14 +188,12 @@ async fn fanout_sends_a_cmdb_record_and_a_billing_record() {
 #[tokio::test]
 async fn token_results_are_redacted_before_hooks_see_them() {
     let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    install(
-        dir.path(),
+    let (_dir, engine) = one_hook(
         "forward",
         "forward",
-        Some(&format!("[settings]\nurl = \"{}\"\n", receiver.url("/xo"))),
-    );
-    let engine = engine(dir.path()).await;
+        &format!("[settings]\nurl = \"{}\"\n", receiver.url("/xo")),
+    )
+    .await;
     engine.post(fixture("token.create.post")).await.unwrap();
     let got = receiver.wait_for(1).await;
     let body = got[0].json();

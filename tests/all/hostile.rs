@@ -1,7 +1,7 @@
 //! Hostile guests are contained: a loop is stopped at its deadline, a memory
 //! hog traps at its cap, a trap is a trap, and the other hooks keep delivering.
 
-use crate::{Receiver, engine, fixture, install, test_config, wasm};
+use crate::{Receiver, engine, fixture, install, one_hook, test_config, wasm};
 use wasmhooks::{CallError, Error, HookConfig, Phase};
 
 /// Settings for a misbehaving hook. Hooks that should be stopped by the
@@ -75,14 +75,12 @@ async fn hostile_hooks_fail_alone_while_a_good_hook_keeps_delivering() {
 
 #[tokio::test]
 async fn on_error_deny_turns_a_failing_gate_into_a_veto() {
-    let dir = tempfile::tempdir().unwrap();
-    install(
-        dir.path(),
+    let (_dir, engine) = one_hook(
         "gate",
         "misbehave",
-        Some(&misbehave("trap", "on_error = \"deny\"")),
-    );
-    let engine = engine(dir.path()).await;
+        &misbehave("trap", "on_error = \"deny\""),
+    )
+    .await;
     let verdict = engine.pre(fixture("vm.delete.pre")).await.unwrap();
     assert!(!verdict.allowed);
     assert_eq!(verdict.denied_by.as_deref(), Some("gate"));

@@ -22,7 +22,7 @@ use wasmhooks::config::DeliveryConfig;
 use wasmhooks::{Config, Engine, Event};
 
 #[path = "../support/guests.rs"]
-mod guests;
+pub mod guests;
 pub use guests::{root, wasm};
 
 /// A sample event from `tests/fixtures/xo`.
@@ -63,6 +63,16 @@ pub fn test_config(dir: &Path) -> Config {
 
 pub async fn engine(dir: &Path) -> Engine {
     Engine::new(test_config(dir)).await.expect("engine starts")
+}
+
+/// A temporary hooks folder holding one hook (a built guest installed as
+/// `name`, with `toml` as its settings), and an engine serving it. Keep the
+/// folder alive as long as the engine.
+pub async fn one_hook(name: &str, guest: &str, toml: &str) -> (tempfile::TempDir, Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), name, guest, Some(toml));
+    let engine = engine(dir.path()).await;
+    (dir, engine)
 }
 
 /// One request the receiver got.

@@ -4,43 +4,12 @@
 use crate::{Receiver, engine, fixture, test_config, wasm};
 use axum::http::StatusCode;
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use wasmhooks::{Engine, Event, HookState, HookStatus, Stage};
 
-const MARK: &[u8] = b"wasmhooks-ver-00";
-
-/// Version `k` of the `misbehave` hook: the same component with its version
-/// mark patched, so it has its own content hash and marks its deliveries.
-fn version(k: u32) -> Vec<u8> {
-    let mut bytes = std::fs::read(wasm("misbehave")).unwrap();
-    let at: Vec<usize> = bytes
-        .windows(MARK.len())
-        .enumerate()
-        .filter(|(_, w)| *w == MARK)
-        .map(|(i, _)| i)
-        .collect();
-    assert_eq!(
-        at.len(),
-        1,
-        "the version mark appears once in misbehave.wasm"
-    );
-    bytes[at[0]..at[0] + MARK.len()].copy_from_slice(format!("wasmhooks-ver-{k:02}").as_bytes());
-    bytes
-}
-
-fn mark(k: u32) -> String {
-    format!("wasmhooks-ver-{k:02}")
-}
-
-/// Writes a file the recommended way: a temporary name, then a rename.
-fn place(dir: &Path, file: &str, bytes: &[u8]) {
-    let tmp = dir.join(format!(".{file}.tmp"));
-    std::fs::write(&tmp, bytes).unwrap();
-    std::fs::rename(&tmp, dir.join(file)).unwrap();
-}
+use crate::guests::{misbehave_version as version, place, version_mark as mark};
 
 fn echo_toml(receiver: &Receiver, mark: &str) -> String {
     format!(

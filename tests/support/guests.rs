@@ -43,3 +43,38 @@ pub fn wasm(name: &str) -> PathBuf {
     assert!(path.is_file(), "{} was not built", path.display());
     path
 }
+
+/// The version mark compiled into `misbehave` (see its source).
+const VERSION_MARK: &[u8] = b"wasmhooks-ver-00";
+
+/// The mark version `k` of `misbehave` carries: `wasmhooks-ver-KK`.
+pub fn version_mark(k: u32) -> String {
+    format!("wasmhooks-ver-{k:02}")
+}
+
+/// Version `k` (0..=99) of the `misbehave` hook: the same component with its
+/// version mark patched, so it has its own content hash and says which
+/// version handled an event.
+pub fn misbehave_version(k: u32) -> Vec<u8> {
+    let mut bytes = std::fs::read(wasm("misbehave")).unwrap();
+    let at: Vec<usize> = bytes
+        .windows(VERSION_MARK.len())
+        .enumerate()
+        .filter(|(_, w)| *w == VERSION_MARK)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(
+        at.len(),
+        1,
+        "the version mark appears once in misbehave.wasm"
+    );
+    bytes[at[0]..at[0] + VERSION_MARK.len()].copy_from_slice(version_mark(k).as_bytes());
+    bytes
+}
+
+/// Writes a file the recommended way: a temporary name, then a rename.
+pub fn place(dir: &std::path::Path, file: &str, bytes: &[u8]) {
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, dir.join(file)).unwrap();
+}

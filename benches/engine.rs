@@ -23,9 +23,17 @@ fn main() {
             .with_writer(std::io::stderr)
             .init();
     }
-    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     if wanted("per-event") {
         runtime.block_on(per_event());
+    }
+    if sections.iter().any(|s| s == "profile") {
+        // Not part of the default run: a steady loop of one hook, for `perf record`.
+        runtime.block_on(profile_loop());
     }
     if wanted("reload") {
         runtime.block_on(reload());
@@ -233,8 +241,9 @@ async fn many_hooks() {
     );
 }
 
-/// A pre event through the `deny` hook (fresh instance, init, handle),
-/// against the same decision as a native Rust closure.
+/// A pre event through the `deny` hook (fresh instance, init with its
+/// settings, handle, which parses the event), against the same decision as a
+/// native Rust closure; then throughput from one caller and from two.
 async fn per_event() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(guests::wasm("deny"), dir.path().join("deny.wasm")).unwrap();
@@ -248,30 +257,55 @@ async fn per_event() {
     let delete = fixture("vm.delete.pre");
     let start = fixture("vm.start.pre");
 
+    // The deny hook's logic as a native function: typed serde of the fields
+    // it reads, the protected-list check, the reason.
+    #[derive(serde::Deserialize)]
+    struct Payload<'a> {
+        #[serde(borrow)]
+        method: &'a str,
+        #[serde(borrow)]
+        params: Params<'a>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Params<'a> {
+        #[serde(borrow)]
+        id: Option<&'a str>,
+    }
+    let protected_list = [protected.to_owned()];
     let native = |bytes: &[u8]| {
-        let event: serde_json::Value = serde_json::from_slice(bytes).unwrap();
-        let vetoed = matches!(event["method"].as_str(), Some("vm.delete" | "vm.stop"))
-            && event["params"]["id"].as_str() == Some(protected);
-        std::hint::black_box(vetoed)
+        let event: Payload = serde_json::from_slice(bytes).unwrap();
+        let vetoed = matches!(event.method, "vm.delete" | "vm.stop")
+            && event
+                .params
+                .id
+                .is_some_and(|id| protected_list.iter().any(|p| p == id));
+        let reason = vetoed.then(|| {
+            format!(
+                "VM {} is protected: {} refused",
+                event.params.id.unwrap(),
+                event.method
+            )
+        });
+        std::hint::black_box(reason)
     };
     let n = 2000;
     let t_native = per_iter(n * 10, 5, async || {
         native(&delete);
     })
     .await;
+    // Events are parsed once: this measures the hook, which parses the payload itself.
+    let event = Event::from_json(&delete).unwrap();
+    let unsubscribed = Event::from_json(&start).unwrap();
     let t_hook = per_iter(n, 5, async || {
-        let verdict = engine
-            .pre(Event::from_json(&delete).unwrap())
-            .await
-            .unwrap();
-        assert!(!verdict.allowed);
+        assert!(!engine.pre(event.clone()).await.unwrap().allowed);
     })
     .await;
     let t_unsubscribed = per_iter(n * 10, 5, async || {
-        let verdict = engine.pre(Event::from_json(&start).unwrap()).await.unwrap();
-        assert!(verdict.allowed);
+        assert!(engine.pre(unsubscribed.clone()).await.unwrap().allowed);
     })
     .await;
+    let one = throughput(&engine, &event, 1, 5 * n).await;
+    let two = throughput(&engine, &event, 2, 5 * n).await;
     println!("per-event: a pre event decided by the deny hook vs a native Rust closure");
     println!(
         "  native closure (parse + decide)         {:>9.2} µs",
@@ -287,6 +321,31 @@ async fn per_event() {
         micros(t_unsubscribed),
         t_unsubscribed.as_secs_f64() / t_native.as_secs_f64()
     );
+    println!("  throughput, 1 thread                    {one:>9.0} events/s");
+    println!(
+        "  throughput, 2 threads                   {two:>9.0} events/s  ({:.2}x one thread; target >= 1.8x)",
+        two / one
+    );
+}
+
+/// Events per second through `engine.pre` from `tasks` concurrent callers,
+/// on the 2-worker runtime: 1 caller keeps one thread busy, 2 keep both.
+async fn throughput(engine: &Engine, event: &Event, tasks: usize, n: u32) -> f64 {
+    let start = Instant::now();
+    let callers: Vec<_> = (0..tasks)
+        .map(|_| {
+            let (engine, event) = (engine.clone(), event.clone());
+            tokio::spawn(async move {
+                for _ in 0..n {
+                    engine.pre(event.clone()).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    (tasks as f64 * f64::from(n)) / start.elapsed().as_secs_f64()
 }
 
 fn micros(d: Duration) -> f64 {
@@ -309,4 +368,27 @@ fn raw_compile(epoch_interruption: bool) -> Duration {
             })
             .collect(),
     )
+}
+
+/// Three seconds of pre events through the deny hook, for profiling.
+async fn profile_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(guests::wasm("deny"), dir.path().join("deny.wasm")).unwrap();
+    std::fs::write(
+        dir.path().join("deny.toml"),
+        "[settings]\nprotected = [\"0a9b8c7d-6e5f-4a3b-2c1d-0e9f8a7b6c5d\"]\n",
+    )
+    .unwrap();
+    let engine = Engine::new(bench_config(dir.path())).await.unwrap();
+    let event = Event::from_json(&fixture("vm.delete.pre")).unwrap();
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs(3) {
+        engine.pre(event.clone()).await.unwrap();
+        n += 1;
+    }
+    println!(
+        "profile: {n} events, {:.2} µs each",
+        micros(start.elapsed()) / n as f64
+    );
 }

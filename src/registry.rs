@@ -27,6 +27,8 @@ pub(crate) struct LiveHook {
     pub prepared: Prepared,
     pub file: PathBuf,
     pub hash: String,
+    /// SHA-256 of the `.wasm` alone: the compiled component's key.
+    pub wasm_hash: String,
     pub config: HookConfig,
     pub subscription: Subscription,
     methods: Vec<WildMatch>,
@@ -314,6 +316,10 @@ impl Registry {
             changed = true;
         }
         if changed {
+            // Old versions leave memory once the last event using them ends;
+            // their compiled code stays only on disk.
+            self.sandbox
+                .retain_compiled(live.values().map(|h| h.wasm_hash.as_str()));
             self.snapshot.store(Arc::new(Snapshot::new(live, failed)));
             self.generation.send_modify(|g| *g += 1);
         }
@@ -434,6 +440,7 @@ impl Registry {
             stats: self.stats_for(&name),
             file: wasm,
             hash,
+            wasm_hash,
             config,
             subscription,
             methods,

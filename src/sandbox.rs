@@ -248,6 +248,15 @@ impl Sandbox {
         })
     }
 
+    /// Forgets compiled components other than these (by content hash).
+    pub fn retain_compiled<'a>(&self, keep: impl IntoIterator<Item = &'a str>) {
+        let keep: std::collections::HashSet<&str> = keep.into_iter().collect();
+        self.compiled
+            .lock()
+            .unwrap()
+            .retain(|hash, _| keep.contains(hash.as_str()));
+    }
+
     /// Compiles a component, once per content hash, on a blocking thread
     /// so the async runtime's workers stay free.
     pub async fn compile(&self, hash: &str, bytes: Vec<u8>) -> Result<Component, String> {

@@ -18,6 +18,19 @@ fn echo_toml(receiver: &Receiver, mark: &str) -> String {
     )
 }
 
+/// A hooks folder holding version 0 of an echo hook, and an engine serving it.
+async fn echo_hook(receiver: &Receiver, mark: &str) -> (tempfile::TempDir, Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    place(
+        dir.path(),
+        "echo.toml",
+        echo_toml(receiver, mark).as_bytes(),
+    );
+    place(dir.path(), "echo.wasm", &version(0));
+    let engine = engine(dir.path()).await;
+    (dir, engine)
+}
+
 /// Waits (up to 30 s) until the hooks' status satisfies `ready`, re-checking
 /// after each change the engine announces.
 async fn wait_hooks(
@@ -64,11 +77,8 @@ async fn wait_version(receiver: &Receiver, k: u32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replacing_a_hook_under_load_loses_no_event_and_handles_each_once() {
     let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, engine) = echo_hook(&receiver, "m").await;
     let d = dir.path();
-    place(d, "echo.toml", echo_toml(&receiver, "m").as_bytes());
-    place(d, "echo.wasm", &version(0));
-    let engine = engine(d).await;
 
     // A bounded, paced stream of post events, each with its own call id.
     let stop = Arc::new(AtomicBool::new(false));
@@ -231,11 +241,8 @@ async fn removing_a_hook_unloads_it_and_its_queued_deliveries_still_go_out() {
 #[tokio::test]
 async fn a_settings_change_re_inits_the_hook() {
     let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, engine) = echo_hook(&receiver, "first").await;
     let d = dir.path();
-    place(d, "echo.toml", echo_toml(&receiver, "first").as_bytes());
-    place(d, "echo.wasm", &version(0));
-    let engine = engine(d).await;
     let before = engine.hooks()[0].hash.clone();
 
     place(d, "echo.toml", echo_toml(&receiver, "second").as_bytes());
@@ -262,11 +269,8 @@ async fn a_settings_change_re_inits_the_hook() {
 #[tokio::test]
 async fn a_slow_in_place_write_is_never_loaded_half_written() {
     let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, engine) = echo_hook(&receiver, "m").await;
     let d = dir.path();
-    place(d, "echo.toml", echo_toml(&receiver, "m").as_bytes());
-    place(d, "echo.wasm", &version(0));
-    let engine = engine(d).await;
 
     // Rewrite the file in place, in chunks, with pauses, while events flow.
     let bytes = version(1);

@@ -105,6 +105,9 @@ pub struct DeliveryConfig {
     pub timeout_ms: u64,
     /// Most requests in flight at once, across all receivers.
     pub concurrency: usize,
+    /// Most requests in flight at once to one receiver (host and port). Keep
+    /// it well below `concurrency`, so a slow receiver cannot take every slot.
+    pub per_receiver_concurrency: usize,
     /// Most deliveries held in memory (waiting, in flight or backing off).
     /// When full, new events wait: backpressure rather than unbounded memory.
     pub queue_capacity: usize,
@@ -124,6 +127,7 @@ impl Default for DeliveryConfig {
             connect_timeout_ms: 5_000,
             timeout_ms: 15_000,
             concurrency: 64,
+            per_receiver_concurrency: 8,
             queue_capacity: 100_000,
             retry_schedule_ms: vec![
                 5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000,

@@ -4,7 +4,9 @@
 use crate::config::DeliveryConfig;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
@@ -81,6 +83,9 @@ pub(crate) struct Sender {
     client: reqwest::Client,
     config: DeliveryConfig,
     in_flight: Semaphore,
+    /// In-flight limit per receiver (host and port), so a slow or dead
+    /// receiver holds only its own slots, never everyone's.
+    per_receiver: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl Sender {
@@ -97,11 +102,14 @@ impl Sender {
             client,
             config: config.clone(),
             in_flight: Semaphore::new(config.concurrency.max(1)),
+            per_receiver: Mutex::default(),
         })
     }
 
     /// One POST, holding a concurrency permit only while it is in flight.
     pub async fn attempt(&self, delivery: &Delivery) -> Attempt {
+        let receiver = self.receiver_slots(&delivery.url);
+        let _receiver = receiver.acquire().await.expect("never closed");
         let _permit = self.in_flight.acquire().await.expect("never closed");
         let request = self
             .client
@@ -119,6 +127,24 @@ impl Sender {
                 retry_after: None,
             },
         }
+    }
+
+    fn receiver_slots(&self, url: &Url) -> Arc<Semaphore> {
+        let key = format!(
+            "{}:{}",
+            url.host_str().unwrap_or(""),
+            url.port_or_known_default().unwrap_or(0)
+        );
+        let limit = self.config.per_receiver_concurrency.max(1);
+        let mut receivers = self.per_receiver.lock().unwrap();
+        if receivers.len() >= 1024 && !receivers.contains_key(&key) {
+            // Hooks choose URLs: forget idle receivers rather than grow without bound.
+            receivers.retain(|_, slots| Arc::strong_count(slots) > 1);
+        }
+        receivers
+            .entry(key)
+            .or_insert_with(|| Arc::new(Semaphore::new(limit)))
+            .clone()
     }
 
     /// Sends with retries per the schedule. Returns the final status, or why it failed for good.

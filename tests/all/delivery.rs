@@ -118,3 +118,33 @@ async fn a_wait_hook_whose_delivery_fails_applies_on_error() {
     assert_eq!(verdict.failures[0].kind, "delivery");
     assert!(verdict.reason.unwrap().contains("410"));
 }
+
+#[tokio::test]
+async fn a_slow_receiver_does_not_delay_another() {
+    let slow = Receiver::stalled().await;
+    let fast = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    crate::install(dir.path(), "slow", "misbehave", Some(&echo(&slow, "")));
+    crate::install(dir.path(), "fast", "misbehave", Some(&echo(&fast, "")));
+    let mut config = crate::test_config(dir.path());
+    config.delivery.concurrency = 8;
+    config.delivery.per_receiver_concurrency = 4;
+    let engine = wasmhooks::Engine::new(config).await.unwrap();
+
+    // More deliveries to the stalled receiver than there are slots in all.
+    let events = 20;
+    for _ in 0..events {
+        engine.post(fixture("vm.start.post")).await.unwrap();
+    }
+    fast.wait_for(events).await;
+    assert_eq!(
+        slow.received().len(),
+        4,
+        "the stalled receiver holds only its own 4 slots"
+    );
+
+    slow.open();
+    slow.wait_for(events).await;
+    engine.drain().await;
+    assert_eq!(slow.received().len(), events);
+}

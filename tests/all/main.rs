@@ -104,6 +104,8 @@ struct ReceiverState {
     requests: Mutex<Vec<Received>>,
     count: watch::Sender<usize>,
     respond: Responder,
+    /// While false, requests are recorded but not answered: a slow receiver.
+    open: watch::Sender<bool>,
 }
 
 /// A real HTTP receiver on 127.0.0.1, port 0, that records every request.
@@ -129,12 +131,25 @@ impl Receiver {
             requests: Mutex::default(),
             count: watch::channel(0).0,
             respond: Box::new(respond),
+            open: watch::channel(true).0,
         });
         let app = Router::new().fallback(record).with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Receiver { addr, state }
+    }
+
+    /// A receiver that records requests but answers none until [`Receiver::open`].
+    pub async fn stalled() -> Receiver {
+        let receiver = Receiver::start().await;
+        receiver.state.open.send_replace(false);
+        receiver
+    }
+
+    /// Lets a stalled receiver answer, now and from now on.
+    pub fn open(&self) {
+        self.state.open.send_replace(true);
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -197,6 +212,7 @@ async fn record(State(state): State<Arc<ReceiverState>>, request: Request) -> im
         requests.len() - 1
     };
     let (status, headers) = (state.respond)(&received, before);
+    let _ = state.open.subscribe().wait_for(|open| *open).await;
     state.count.send_modify(|c| *c += 1);
     let mut response = status.into_response();
     for (name, value) in headers {

@@ -119,6 +119,10 @@ pub struct DeliveryConfig {
     pub jitter: f64,
     /// Longest `Retry-After` honoured, in ms; longer values are capped.
     pub max_retry_after_ms: u64,
+    /// Longest a pre event's caller waits for a `wait` hook's deliveries,
+    /// retries included, in ms. A delivery not through by then keeps being
+    /// retried in the background, and counts as the hook failing.
+    pub wait_budget_ms: u64,
 }
 
 impl Default for DeliveryConfig {
@@ -134,6 +138,7 @@ impl Default for DeliveryConfig {
             ],
             jitter: 0.2,
             max_retry_after_ms: 3_600_000,
+            wait_budget_ms: 15_000,
         }
     }
 }

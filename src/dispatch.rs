@@ -50,6 +50,8 @@ pub(crate) struct Dispatcher {
     pub outbox: Arc<dyn Outbox>,
     pub sender: Arc<Sender>,
     pub max_deliveries: usize,
+    /// Longest a pre event waits for a `wait` hook's deliveries, retries included.
+    pub wait_budget: std::time::Duration,
 }
 
 impl Dispatcher {
@@ -96,21 +98,38 @@ impl Dispatcher {
             .run(hook, event)
             .await
             .map_err(|e| failure(hook, e.kind(), e.to_string()))?;
-        if hook.config.wait {
-            for delivery in &decision.deliveries {
-                self.sender.deliver(delivery).await.map_err(|reason| {
-                    failure(
-                        hook,
-                        "delivery",
-                        format!(
-                            "delivery {} to {} failed: {reason}",
-                            delivery.id, delivery.url
-                        ),
-                    )
-                })?;
-            }
-        } else {
+        if !hook.config.wait {
             self.queue(hook, decision.deliveries).await;
+            return Ok(decision.deny);
+        }
+        // The caller is waiting, so retries get a bounded budget. What has
+        // not gone out by then is handed to the outbox: nothing is dropped.
+        let mut deliveries = decision.deliveries;
+        while !deliveries.is_empty() {
+            let delivery = deliveries.remove(0);
+            let reason = match tokio::time::timeout(
+                self.wait_budget,
+                self.sender.deliver(&delivery),
+            )
+            .await
+            {
+                Ok(Ok(_status)) => continue,
+                Ok(Err(reason)) => reason,
+                Err(_) => {
+                    let reason = format!(
+                        "not delivered within {:?}; retrying in the background",
+                        self.wait_budget
+                    );
+                    deliveries.insert(0, delivery.clone());
+                    reason
+                }
+            };
+            self.queue(hook, deliveries).await;
+            let message = format!(
+                "delivery {} to {} failed: {reason}",
+                delivery.id, delivery.url
+            );
+            return Err(failure(hook, "delivery", message));
         }
         Ok(decision.deny)
     }

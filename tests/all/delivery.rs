@@ -148,3 +148,39 @@ async fn a_slow_receiver_does_not_delay_another() {
     engine.drain().await;
     assert_eq!(slow.received().len(), events);
 }
+
+#[tokio::test]
+async fn a_wait_hook_waits_no_longer_than_its_budget_and_nothing_is_dropped() {
+    let receiver = Receiver::stalled().await;
+    let dir = tempfile::tempdir().unwrap();
+    crate::install(
+        dir.path(),
+        "echo",
+        "misbehave",
+        Some(&echo(&receiver, "wait = true")),
+    );
+    let mut config = crate::test_config(dir.path());
+    config.delivery.wait_budget_ms = 200;
+    let engine = wasmhooks::Engine::new(config).await.unwrap();
+
+    let verdict = engine.pre(fixture("vm.start.pre")).await.unwrap();
+    assert!(verdict.allowed, "on_error defaults to allow");
+    assert!(
+        verdict.failures[0]
+            .message
+            .contains("retrying in the background"),
+        "{verdict:?}"
+    );
+
+    // The receiver comes back: the delivery that timed out goes out, same id.
+    receiver.open();
+    receiver
+        .wait_until("the retried delivery", |got| got.len() >= 2)
+        .await;
+    engine.drain().await;
+    let got = receiver.received();
+    assert!(
+        got.iter()
+            .all(|r| r.header("webhook-id") == got[0].header("webhook-id"))
+    );
+}

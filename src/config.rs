@@ -32,9 +32,13 @@ pub struct Config {
     /// `"* obfuscated *"` before any hook sees it, because it is a secret
     /// (`token.create` returns the new token in clear).
     pub redact_results: Vec<String>,
-    /// Most deliveries one hook may ask for on one event; the rest are
-    /// dropped and logged.
+    /// Most deliveries one hook may ask for on one event. A hook asking
+    /// for more fails on that event (`CallError::BadOutcome`), logged and
+    /// counted, and nothing of its outcome is sent.
     pub max_deliveries_per_event: usize,
+    /// Largest body one delivery may have, in bytes. Larger is a bad
+    /// outcome, like too many deliveries.
+    pub max_body_bytes: usize,
     /// How deliveries are sent.
     pub delivery: DeliveryConfig,
 }
@@ -51,6 +55,7 @@ impl Default for Config {
             max_concurrent_calls: 128,
             redact_results: vec!["token.create".into()],
             max_deliveries_per_event: 32,
+            max_body_bytes: 1024 * 1024,
             delivery: DeliveryConfig::default(),
         }
     }

@@ -50,6 +50,7 @@ pub(crate) struct Dispatcher {
     pub outbox: Arc<dyn Outbox>,
     pub sender: Arc<Sender>,
     pub max_deliveries: usize,
+    pub max_body_bytes: usize,
     /// Longest a pre event waits for a `wait` hook's deliveries, retries included.
     pub wait_budget: std::time::Duration,
 }
@@ -190,6 +191,21 @@ impl Dispatcher {
             },
         });
         let decision = outcome.and_then(|o| {
+            if let Some(d) = o
+                .deliveries
+                .iter()
+                .find(|d| d.body.len() > self.max_body_bytes)
+            {
+                return Err(CallError::BadOutcome {
+                    site: site(),
+                    message: format!(
+                        "a delivery to {} has a body of {} bytes; at most {} are allowed",
+                        d.url,
+                        d.body.len(),
+                        self.max_body_bytes
+                    ),
+                });
+            }
             if o.deliveries.len() > self.max_deliveries {
                 return Err(CallError::BadOutcome {
                     site: site(),

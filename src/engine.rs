@@ -75,6 +75,7 @@ impl Engine {
             outbox,
             sender,
             max_deliveries: config.max_deliveries_per_event,
+            max_body_bytes: config.max_body_bytes,
             wait_budget: Duration::from_millis(config.delivery.wait_budget_ms),
         });
         let redact = config
@@ -229,6 +230,7 @@ pub async fn dry_run(
             sandbox,
             sender,
             max_deliveries: config.max_deliveries_per_event,
+            max_body_bytes: config.max_body_bytes,
             wait_budget: Duration::from_millis(config.delivery.wait_budget_ms),
         };
         let decision = dispatcher.run(&hook, event).await?;

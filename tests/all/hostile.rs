@@ -125,3 +125,25 @@ async fn dry_run_reports_each_failure_as_its_variant() {
         other => panic!("error: {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn an_oversized_delivery_is_a_bad_outcome() {
+    let mut config = test_config(std::path::Path::new("."));
+    config.max_body_bytes = 64; // the fixture event is larger
+    let echo = "[settings]\nmode = \"echo\"\nurl = \"http://127.0.0.1:9/big\"\n";
+    let settings = HookConfig::from_toml(echo).unwrap();
+    match wasmhooks::dry_run(
+        &config,
+        &wasm("misbehave"),
+        Some(settings),
+        &fixture("vm.start.post"),
+    )
+    .await
+    {
+        Err(Error::Call(CallError::BadOutcome { site, message })) => {
+            assert_eq!(site.hook, "misbehave");
+            assert!(message.contains("at most 64"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

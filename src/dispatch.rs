@@ -7,7 +7,7 @@ use crate::delivery::{Delivery, Sender};
 use crate::error::{CallError, CallSite};
 use crate::event::Event;
 use crate::outbox::Outbox;
-use crate::registry::{LiveHook, Registry};
+use crate::registry::{Hooks, LiveHook, Registry};
 use crate::sandbox::{Failure, Sandbox};
 use serde::Serialize;
 use std::sync::Arc;
@@ -58,7 +58,7 @@ pub(crate) struct Dispatcher {
 impl Dispatcher {
     /// Runs the pre event through every subscribed hook at once and decides.
     pub async fn pre(&self, event: Event) -> Verdict {
-        let hooks = self.registry.snapshot().matching(&event);
+        let hooks = self.matching(&event);
         // Concurrently within this task: a busy hook yields at every epoch
         // tick, so none holds up the others, and a single hook costs no
         // hand-off to another thread.
@@ -105,9 +105,8 @@ impl Dispatcher {
         }
         // The caller is waiting, so retries get a bounded budget. What has
         // not gone out by then is handed to the outbox: nothing is dropped.
-        let mut deliveries = decision.deliveries;
-        while !deliveries.is_empty() {
-            let delivery = deliveries.remove(0);
+        let mut deliveries = std::collections::VecDeque::from(decision.deliveries);
+        while let Some(delivery) = deliveries.pop_front() {
             let reason = match tokio::time::timeout(
                 self.wait_budget,
                 self.sender.deliver(&delivery),
@@ -121,11 +120,11 @@ impl Dispatcher {
                         "not delivered within {:?}; retrying in the background",
                         self.wait_budget
                     );
-                    deliveries.insert(0, delivery.clone());
+                    deliveries.push_front(delivery.clone());
                     reason
                 }
             };
-            self.queue(hook, deliveries).await;
+            self.queue(hook, deliveries.into()).await;
             let message = format!(
                 "delivery {} to {} failed: {reason}",
                 delivery.id, delivery.url
@@ -135,21 +134,20 @@ impl Dispatcher {
         Ok(decision.deny)
     }
 
-    /// Runs a post event through every subscribed hook and queues the
-    /// deliveries. Called off the caller's path.
-    pub async fn post(&self, event: Event) {
-        let hooks = self.registry.snapshot().matching(&event);
+    /// The live hooks subscribed to this event, from the current snapshot.
+    pub fn matching(&self, event: &Event) -> Hooks {
+        self.registry.snapshot().matching(event)
+    }
+
+    /// Runs a post event through the hooks that were subscribed to it when
+    /// it was accepted, and queues the deliveries. Called off the caller's path.
+    pub async fn post(&self, hooks: Hooks, event: Event) {
         let runs = hooks.iter().map(|hook| async {
             if let Ok(decision) = self.run(hook, &event).await {
                 self.queue(hook, decision.deliveries).await;
             }
         });
         futures::future::join_all(runs).await;
-    }
-
-    /// Whether any live hook wants this event (if none, no WASM runs).
-    pub fn wanted(&self, event: &Event) -> bool {
-        !self.registry.snapshot().matching(event).is_empty()
     }
 
     async fn queue(&self, hook: &LiveHook, deliveries: Vec<Delivery>) {

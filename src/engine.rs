@@ -108,8 +108,9 @@ impl Engine {
     /// too many post events are already in progress.
     pub async fn post(&self, mut event: Event) -> Result<(), Error> {
         expect_phase(&event, Phase::Post)?;
-        if !self.inner.dispatcher.wanted(&event) {
-            return Ok(());
+        let hooks = self.inner.dispatcher.matching(&event);
+        if hooks.is_empty() {
+            return Ok(()); // no WASM call for an event nobody wants
         }
         if self.inner.redact.iter().any(|m| m.matches(event.method())) {
             event.redact_result("* obfuscated *");
@@ -123,7 +124,7 @@ impl Engine {
             .expect("never closed");
         let dispatcher = self.inner.dispatcher.clone();
         tokio::spawn(async move {
-            dispatcher.post(event).await;
+            dispatcher.post(hooks, event).await;
             drop(permit);
         });
         Ok(())

@@ -23,6 +23,15 @@ pub struct Config {
     /// Folder for compiled hooks, keyed by content hash and engine
     /// fingerprint, so a restart does not recompile. `None` turns it off.
     pub cache_dir: Option<PathBuf>,
+    /// Folder for the durable queue (`wasmhooks.db`, SQLite): accepted post
+    /// events and pending deliveries survive a crash or restart there. One
+    /// engine at a time may use a folder. `None` keeps the queue in memory:
+    /// then a crash loses what was pending.
+    pub state_dir: Option<PathBuf>,
+    /// Wait for the disk on every commit (SQLite `synchronous = FULL`), so an
+    /// accepted event survives a power loss too; `false` survives a crash of
+    /// the process only, and commits faster.
+    pub fsync: bool,
     /// Limits for hooks whose `NAME.toml` does not set its own.
     pub limits: Limits,
     /// How many WASM calls may run at once. Sizes the instance pool; more
@@ -51,6 +60,8 @@ impl Default for Config {
             settle_ms: 2_000,
             rescan_ms: 30_000,
             cache_dir: default_cache_dir(),
+            state_dir: default_state_dir(),
+            fsync: true,
             limits: Limits::default(),
             max_concurrent_calls: 128,
             redact_results: vec!["token.create".into()],
@@ -59,6 +70,15 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
         }
     }
+}
+
+/// `$XDG_STATE_HOME/wasmhooks`, else `$HOME/.local/state/wasmhooks`, else none.
+pub fn default_state_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
+    Some(base.join("wasmhooks"))
 }
 
 /// `$XDG_CACHE_HOME/wasmhooks`, else `$HOME/.cache/wasmhooks`, else none.
@@ -113,9 +133,13 @@ pub struct DeliveryConfig {
     /// Most requests in flight at once to one receiver (host and port). Keep
     /// it well below `concurrency`, so a slow receiver cannot take every slot.
     pub per_receiver_concurrency: usize,
-    /// Most deliveries held in memory (waiting, in flight or backing off).
-    /// When full, new events wait: backpressure rather than unbounded memory.
-    pub queue_capacity: usize,
+    /// Failed attempts in a row to one receiver that open its circuit: its
+    /// deliveries pause, then one probe is sent; success resumes them.
+    pub breaker_failures: u32,
+    /// First pause of an open circuit, in ms; it doubles after each failed probe.
+    pub breaker_cooldown_ms: u64,
+    /// Longest pause of an open circuit, in ms.
+    pub breaker_max_cooldown_ms: u64,
     /// Delay before each retry, in ms; the first attempt is immediate. The
     /// delivery fails for good once the list is spent. Each delay gets
     /// ±`jitter` of itself at random.
@@ -137,7 +161,9 @@ impl Default for DeliveryConfig {
             timeout_ms: 15_000,
             concurrency: 64,
             per_receiver_concurrency: 8,
-            queue_capacity: 100_000,
+            breaker_failures: 5,
+            breaker_cooldown_ms: 30_000,
+            breaker_max_cooldown_ms: 600_000,
             retry_schedule_ms: vec![
                 5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000,
             ],

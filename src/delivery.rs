@@ -29,6 +29,7 @@ impl Delivery {
     /// Checks a hook's raw delivery: an absolute http(s) URL and valid headers.
     /// Adds `content-type: application/json` unless the hook set one.
     pub(crate) fn new(
+        id: String,
         hook: Arc<str>,
         url: &str,
         headers: Vec<(String, String)>,
@@ -50,18 +51,51 @@ impl Delivery {
             map.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
         Ok(Delivery {
-            id: new_id(),
+            id,
             hook,
             url,
             headers: map,
             body: body.into(),
         })
     }
+    /// The receiver, as `host:port`: the unit of concurrency limits and
+    /// circuit breaking.
+    pub fn receiver(&self) -> String {
+        format!(
+            "{}:{}",
+            self.url.host_str().unwrap_or(""),
+            self.url.port_or_known_default().unwrap_or(0)
+        )
+    }
 }
 
-/// A fresh delivery id: `msg_` and 128 random bits.
-fn new_id() -> String {
-    format!("msg_{:032x}", fastrand::u128(..))
+/// A fresh random id for an event as it is accepted.
+pub(crate) fn new_uid() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}
+
+/// The id of a hook's `index`-th delivery for the event accepted as `uid`:
+/// `msg_` and 128 bits of a hash. Derived rather than random, so running
+/// the event again after a crash yields the same `webhook-id`s.
+pub(crate) fn delivery_id(uid: &str, hook: &str, index: usize) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(uid.as_bytes());
+    h.update([0]);
+    h.update(hook.as_bytes());
+    h.update([0]);
+    h.update(index.to_le_bytes());
+    let digest = h.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("msg_{hex}")
+}
+
+/// Now, in Unix ms.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
 }
 
 /// How one attempt ended.
@@ -72,10 +106,14 @@ pub(crate) enum Attempt {
     /// Worth trying again: connect error, timeout, 408, 429 or 5xx.
     Retry {
         reason: String,
+        status: Option<StatusCode>,
         retry_after: Option<Duration>,
     },
     /// Not worth trying again: 410 Gone, other 3xx/4xx, or a request that can't be built.
-    Permanent(String),
+    Permanent {
+        reason: String,
+        status: Option<StatusCode>,
+    },
 }
 
 /// Sends deliveries. One per engine; cheap to share.
@@ -106,9 +144,13 @@ impl Sender {
         })
     }
 
+    pub fn config(&self) -> &DeliveryConfig {
+        &self.config
+    }
+
     /// One POST, holding a concurrency permit only while it is in flight.
     pub async fn attempt(&self, delivery: &Delivery) -> Attempt {
-        let receiver = self.receiver_slots(&delivery.url);
+        let receiver = self.receiver_slots(delivery.receiver());
         let _receiver = receiver.acquire().await.expect("never closed");
         let _permit = self.in_flight.acquire().await.expect("never closed");
         let request = self
@@ -119,22 +161,19 @@ impl Sender {
             .body(delivery.body.clone());
         match request.send().await {
             Ok(response) => classify(response.status(), response.headers()),
-            Err(e) if e.is_builder() => {
-                Attempt::Permanent(format!("request could not be built: {e}"))
-            }
+            Err(e) if e.is_builder() => Attempt::Permanent {
+                reason: format!("request could not be built: {e}"),
+                status: None,
+            },
             Err(e) => Attempt::Retry {
                 reason: describe(&e),
+                status: None,
                 retry_after: None,
             },
         }
     }
 
-    fn receiver_slots(&self, url: &Url) -> Arc<Semaphore> {
-        let key = format!(
-            "{}:{}",
-            url.host_str().unwrap_or(""),
-            url.port_or_known_default().unwrap_or(0)
-        );
+    fn receiver_slots(&self, key: String) -> Arc<Semaphore> {
         let limit = self.config.per_receiver_concurrency.max(1);
         let mut receivers = self.per_receiver.lock().unwrap();
         if receivers.len() >= 1024 && !receivers.contains_key(&key) {
@@ -147,44 +186,50 @@ impl Sender {
             .clone()
     }
 
-    /// Sends with retries per the schedule. Returns the final status, or why it failed for good.
+    /// Sends now, retrying per the schedule, for a caller that waits (a
+    /// `wait` hook's pre event). Returns the final status, or why it failed
+    /// for good.
     pub async fn deliver(&self, delivery: &Delivery) -> Result<StatusCode, String> {
-        let schedule = &self.config.retry_schedule_ms;
-        for attempt in 0..=schedule.len() {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
             match self.attempt(delivery).await {
-                Attempt::Delivered(status) => {
-                    tracing::debug!(hook = %delivery.hook, id = %delivery.id, url = %delivery.url, %status, attempt = attempt + 1, "delivered");
-                    return Ok(status);
-                }
-                Attempt::Permanent(reason) => return Err(reason),
+                Attempt::Delivered(status) => return Ok(status),
+                Attempt::Permanent { reason, .. } => return Err(reason),
                 Attempt::Retry {
                     reason,
                     retry_after,
+                    ..
                 } => {
-                    let Some(&delay_ms) = schedule.get(attempt) else {
-                        return Err(format!(
-                            "gave up after {} attempts; last: {reason}",
-                            attempt + 1
-                        ));
+                    let Some(delay) = self.retry_delay(attempts, retry_after) else {
+                        return Err(gave_up(attempts, &reason));
                     };
-                    let delay = self.delay(delay_ms, retry_after);
-                    tracing::info!(hook = %delivery.hook, id = %delivery.id, url = %delivery.url, attempt = attempt + 1, "{reason}; retrying in {delay:?}");
+                    tracing::info!(hook = %delivery.hook, id = %delivery.id, url = %delivery.url, attempts, "{reason}; retrying in {delay:?}");
                     tokio::time::sleep(delay).await;
                 }
             }
         }
-        unreachable!("the loop returns on its last attempt")
     }
 
-    /// The wait before a retry: the schedule's delay with jitter, or the
-    /// receiver's `Retry-After` (capped) if that is longer.
-    fn delay(&self, scheduled_ms: u64, retry_after: Option<Duration>) -> Duration {
+    /// The wait before the next try, after `attempts` tries: the schedule's
+    /// delay with jitter, or the receiver's `Retry-After` (capped) if that is
+    /// longer. `None` once the schedule is spent.
+    pub fn retry_delay(&self, attempts: u32, retry_after: Option<Duration>) -> Option<Duration> {
+        let scheduled_ms = *self
+            .config
+            .retry_schedule_ms
+            .get(attempts.checked_sub(1)? as usize)?;
         let jitter = self.config.jitter.clamp(0.0, 1.0);
         let factor = 1.0 + jitter * (fastrand::f64() * 2.0 - 1.0);
         let scheduled = Duration::from_millis((scheduled_ms as f64 * factor) as u64);
         let cap = Duration::from_millis(self.config.max_retry_after_ms);
-        scheduled.max(retry_after.map(|r| r.min(cap)).unwrap_or_default())
+        Some(scheduled.max(retry_after.map(|r| r.min(cap)).unwrap_or_default()))
     }
+}
+
+/// Why a delivery went to dead letters after its schedule was spent.
+pub(crate) fn gave_up(attempts: u32, last: &str) -> String {
+    format!("gave up after {attempts} attempts; last: {last}")
 }
 
 /// Sorts a response into delivered, retry or permanent failure.
@@ -196,18 +241,22 @@ pub(crate) fn classify(status: StatusCode, headers: &HeaderMap) -> Attempt {
         || status == StatusCode::TOO_MANY_REQUESTS
         || status.is_server_error();
     if retryable {
-        Attempt::Retry {
+        return Attempt::Retry {
             reason: format!("receiver answered {status}"),
+            status: Some(status),
             retry_after: retry_after(headers),
-        }
-    } else if status == StatusCode::GONE {
-        Attempt::Permanent("receiver answered 410 Gone: it wants no more deliveries".into())
+        };
+    }
+    let reason = if status == StatusCode::GONE {
+        "receiver answered 410 Gone: it wants no more deliveries".to_owned()
     } else if status.is_redirection() {
-        Attempt::Permanent(format!(
-            "receiver answered {status}; redirects are not followed, use the final URL"
-        ))
+        format!("receiver answered {status}; redirects are not followed, use the final URL")
     } else {
-        Attempt::Permanent(format!("receiver answered {status}, which is not retried"))
+        format!("receiver answered {status}, which is not retried")
+    };
+    Attempt::Permanent {
+        reason,
+        status: Some(status),
     }
 }
 
@@ -263,15 +312,15 @@ mod tests {
         ));
         assert!(matches!(
             classify(StatusCode::GONE, &h),
-            Attempt::Permanent(_)
+            Attempt::Permanent { .. }
         ));
         assert!(matches!(
             classify(StatusCode::BAD_REQUEST, &h),
-            Attempt::Permanent(_)
+            Attempt::Permanent { .. }
         ));
         assert!(matches!(
             classify(StatusCode::FOUND, &h),
-            Attempt::Permanent(_)
+            Attempt::Permanent { .. }
         ));
         let mut h = HeaderMap::new();
         h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
@@ -286,10 +335,12 @@ mod tests {
     #[test]
     fn rejects_bad_deliveries() {
         let hook: Arc<str> = "h".into();
-        assert!(Delivery::new(hook.clone(), "ftp://x/", vec![], vec![]).is_err());
-        assert!(Delivery::new(hook.clone(), "not a url", vec![], vec![]).is_err());
+        let id = || "msg_1".to_owned();
+        assert!(Delivery::new(id(), hook.clone(), "ftp://x/", vec![], vec![]).is_err());
+        assert!(Delivery::new(id(), hook.clone(), "not a url", vec![], vec![]).is_err());
         assert!(
             Delivery::new(
+                id(),
                 hook.clone(),
                 "http://x/",
                 vec![("bad name".into(), "v".into())],
@@ -298,6 +349,7 @@ mod tests {
             .is_err()
         );
         let d = Delivery::new(
+            id(),
             hook,
             "http://x/",
             vec![("content-type".into(), "text/plain".into())],

@@ -3,12 +3,13 @@
 //! and turn pre-event vetoes into a verdict.
 
 use crate::config::OnError;
-use crate::delivery::{Delivery, Sender};
+use crate::delivery::{Delivery, Sender, delivery_id, new_uid};
 use crate::error::{CallError, CallSite};
 use crate::event::Event;
 use crate::outbox::Outbox;
 use crate::registry::{Hooks, LiveHook, Registry};
 use crate::sandbox::{Failure, Sandbox};
+use crate::workers::Workers;
 use serde::Serialize;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -48,6 +49,7 @@ pub(crate) struct Dispatcher {
     pub registry: Arc<Registry>,
     pub sandbox: Arc<Sandbox>,
     pub outbox: Arc<dyn Outbox>,
+    pub workers: Option<Arc<Workers>>,
     pub sender: Arc<Sender>,
     pub max_deliveries: usize,
     pub max_body_bytes: usize,
@@ -59,11 +61,13 @@ impl Dispatcher {
     /// Runs the pre event through every subscribed hook at once and decides.
     pub async fn pre(&self, event: Event) -> Verdict {
         let hooks = self.matching(&event);
+        let uid = new_uid();
         // Concurrently within this task: a busy hook yields at every epoch
         // tick, so none holds up the others, and a single hook costs no
         // hand-off to another thread.
         let results =
-            futures::future::join_all(hooks.iter().map(|hook| self.pre_one(hook, &event))).await;
+            futures::future::join_all(hooks.iter().map(|hook| self.pre_one(hook, &event, &uid)))
+                .await;
         let mut verdict = Verdict {
             allowed: true,
             denied_by: None,
@@ -94,9 +98,14 @@ impl Dispatcher {
     }
 
     /// One hook on a pre event: its veto, or why it failed.
-    async fn pre_one(&self, hook: &LiveHook, event: &Event) -> Result<Option<String>, HookFailure> {
+    async fn pre_one(
+        &self,
+        hook: &LiveHook,
+        event: &Event,
+        uid: &str,
+    ) -> Result<Option<String>, HookFailure> {
         let decision = self
-            .run(hook, event)
+            .run(hook, event, uid)
             .await
             .map_err(|e| failure(hook, e.kind(), e.to_string()))?;
         if !hook.config.wait {
@@ -139,29 +148,52 @@ impl Dispatcher {
         self.registry.snapshot().matching(event)
     }
 
-    /// Runs a post event through the hooks that were subscribed to it when
-    /// it was accepted, and queues the deliveries. Called off the caller's path.
-    pub async fn post(&self, hooks: Hooks, event: Event) {
-        let runs = hooks.iter().map(|hook| async {
-            if let Ok(decision) = self.run(hook, &event).await {
-                self.queue(hook, decision.deliveries).await;
-            }
-        });
-        futures::future::join_all(runs).await;
+    /// Runs a journaled post event through the hooks that were subscribed
+    /// to it when it was accepted, then commits all their deliveries and
+    /// retires the event in one transaction. Called off the caller's path.
+    pub async fn post(&self, hooks: Hooks, event: Event, ticket: i64, uid: String) {
+        let runs = hooks.iter().map(|hook| self.run(hook, &event, &uid));
+        let deliveries: Vec<Delivery> = futures::future::join_all(runs)
+            .await
+            .into_iter()
+            .flatten()
+            .flat_map(|decision| decision.deliveries)
+            .collect();
+        match self.outbox.commit(Some(ticket), deliveries).await {
+            Ok(()) => self.wake(),
+            Err(e) => tracing::error!(
+                method = event.method(),
+                call_id = event.call_id(),
+                "cannot queue the event's deliveries ({e}); it stays journaled and runs again at restart"
+            ),
+        }
     }
 
+    /// Queues a pre event's deliveries; returns once they are committed.
     async fn queue(&self, hook: &LiveHook, deliveries: Vec<Delivery>) {
         if deliveries.is_empty() {
             return;
         }
-        if let Err(e) = self.outbox.enqueue(deliveries).await {
-            tracing::error!(hook = hook.name(), "deliveries dropped: {e}");
+        match self.outbox.commit(None, deliveries).await {
+            Ok(()) => self.wake(),
+            Err(e) => tracing::error!(hook = hook.name(), "deliveries not queued: {e}"),
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(workers) = &self.workers {
+            workers.wake();
         }
     }
 
     /// Calls the hook, counts the call, logs and returns a failure, and
     /// checks its outcome.
-    pub async fn run(&self, hook: &LiveHook, event: &Event) -> Result<Decision, CallError> {
+    pub async fn run(
+        &self,
+        hook: &LiveHook,
+        event: &Event,
+        uid: &str,
+    ) -> Result<Decision, CallError> {
         hook.stats.calls.fetch_add(1, Ordering::Relaxed);
         let result = self.sandbox.handle(&hook.prepared, event).await;
         let site = || CallSite {
@@ -217,7 +249,11 @@ impl Dispatcher {
             let deliveries = o
                 .deliveries
                 .into_iter()
-                .map(|d| Delivery::new(hook.prepared.name.clone(), &d.url, d.headers, d.body))
+                .enumerate()
+                .map(|(i, d)| {
+                    let id = delivery_id(uid, hook.name(), i);
+                    Delivery::new(id, hook.prepared.name.clone(), &d.url, d.headers, d.body)
+                })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|message| CallError::BadOutcome {
                     site: site(),

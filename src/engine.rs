@@ -1,14 +1,15 @@
 //! [`Engine`]: the library's front door.
 
 use crate::config::{Config, HookConfig};
-use crate::delivery::Sender;
+use crate::delivery::{Sender, new_uid};
 use crate::dispatch::{Dispatcher, Verdict};
 use crate::error::Error;
 use crate::event::{Event, Phase};
-use crate::outbox::MemoryOutbox;
-use crate::registry::{HookStatus, Registry};
+use crate::outbox::{DeliveryInfo, Filter, Outbox, Retry, SqliteOutbox};
+use crate::registry::{HookStatus, Hooks, Registry};
 use crate::sandbox::{Sandbox, Subscription};
 use crate::watch::{Watch, WatchOptions};
+use crate::workers::{Breaker, Workers};
 use serde::Serialize;
 use std::collections::HashSet;
 use std::path::Path;
@@ -30,6 +31,7 @@ pub struct Engine {
 struct Inner {
     config: Config,
     dispatcher: Arc<Dispatcher>,
+    workers: Arc<Workers>,
     redact: Vec<WildMatch>,
     posts: Arc<Semaphore>,
     _watch: Option<Watch>,
@@ -65,14 +67,23 @@ impl Engine {
             .reconcile(dir, &HashSet::new(), &HashSet::new(), Duration::ZERO)
             .await?;
         let sender = Arc::new(Sender::new(&config.delivery).map_err(Error::Config)?);
-        let outbox = Arc::new(MemoryOutbox::new(
-            sender.clone(),
-            config.delivery.queue_capacity,
-        ));
+        let (state_dir, fsync) = (config.state_dir.clone(), config.fsync);
+        let outbox: Arc<dyn Outbox> =
+            tokio::task::spawn_blocking(move || SqliteOutbox::open(state_dir.as_deref(), fsync))
+                .await
+                .map_err(|e| Error::Runtime(e.to_string()))??;
+        let d = &config.delivery;
+        let breaker = Breaker {
+            failures: d.breaker_failures.max(1),
+            cooldown_ms: d.breaker_cooldown_ms,
+            max_cooldown_ms: d.breaker_max_cooldown_ms.max(d.breaker_cooldown_ms),
+        };
+        let workers = Workers::start(outbox.clone(), sender.clone(), breaker);
         let dispatcher = Arc::new(Dispatcher {
             registry,
             sandbox,
             outbox,
+            workers: Some(workers.clone()),
             sender,
             max_deliveries: config.max_deliveries_per_event,
             max_body_bytes: config.max_body_bytes,
@@ -83,15 +94,76 @@ impl Engine {
             .iter()
             .map(|m| WildMatch::new(m))
             .collect();
-        Ok(Engine {
+        let engine = Engine {
             inner: Arc::new(Inner {
                 config,
                 dispatcher,
+                workers,
                 redact,
                 posts: Arc::new(Semaphore::new(MAX_POSTS_IN_FLIGHT)),
                 _watch: watch,
             }),
-        })
+        };
+        engine.resume_journal().await?;
+        Ok(engine)
+    }
+
+    /// Runs again the post events accepted before a crash whose hooks had
+    /// not finished, on the hooks of the same names as now loaded.
+    async fn resume_journal(&self) -> Result<(), Error> {
+        let dispatcher = &self.inner.dispatcher;
+        let unfinished = dispatcher.outbox.unfinished().await?;
+        if !unfinished.is_empty() {
+            tracing::info!(
+                events = unfinished.len(),
+                "running again the post events accepted before the last stop"
+            );
+        }
+        let snapshot = dispatcher.registry.snapshot();
+        for journaled in unfinished {
+            let event = match Event::from_json(journaled.payload.as_bytes()) {
+                Ok(event) => event,
+                Err(e) => {
+                    tracing::error!(ticket = journaled.ticket, "journaled event dropped: {e}");
+                    dispatcher
+                        .outbox
+                        .commit(Some(journaled.ticket), vec![])
+                        .await?;
+                    continue;
+                }
+            };
+            let hooks: Hooks = journaled
+                .hooks
+                .iter()
+                .filter_map(|name| {
+                    let hook = snapshot.live.get(name).cloned();
+                    if hook.is_none() {
+                        tracing::warn!(hook = %name, method = event.method(), call_id = event.call_id(), "hook is no longer loaded; it misses an event accepted before the last stop");
+                    }
+                    hook
+                })
+                .collect();
+            self.spawn_post(hooks, event, journaled.ticket, journaled.uid)
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Runs a journaled post event in the background, bounded by the
+    /// posts-in-flight limit.
+    async fn spawn_post(&self, hooks: Hooks, event: Event, ticket: i64, uid: String) {
+        let permit = self
+            .inner
+            .posts
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        let dispatcher = self.inner.dispatcher.clone();
+        tokio::spawn(async move {
+            dispatcher.post(hooks, event, ticket, uid).await;
+            drop(permit);
+        });
     }
 
     /// Runs a pre event through the hooks subscribed to it, concurrently,
@@ -103,9 +175,10 @@ impl Engine {
         Ok(self.inner.dispatcher.pre(event).await)
     }
 
-    /// Hands a post event to the hooks subscribed to it and returns at once;
-    /// hooks run and deliveries go out in the background. Waits only when
-    /// too many post events are already in progress.
+    /// Accepts a post event for the hooks subscribed to it: returns once it
+    /// is committed to the durable queue, so it survives a crash from then
+    /// on. Hooks run and deliveries go out in the background. Waits only
+    /// when too many post events are already in progress.
     pub async fn post(&self, mut event: Event) -> Result<(), Error> {
         expect_phase(&event, Phase::Post)?;
         let hooks = self.inner.dispatcher.matching(&event);
@@ -115,18 +188,15 @@ impl Engine {
         if self.inner.redact.iter().any(|m| m.matches(event.method())) {
             event.redact_result("* obfuscated *");
         }
-        let permit = self
+        let uid = new_uid();
+        let names = hooks.iter().map(|h| h.name().to_owned()).collect();
+        let ticket = self
             .inner
-            .posts
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
-        let dispatcher = self.inner.dispatcher.clone();
-        tokio::spawn(async move {
-            dispatcher.post(hooks, event).await;
-            drop(permit);
-        });
+            .dispatcher
+            .outbox
+            .journal(uid.clone(), names, event.payload().to_owned())
+            .await?;
+        self.spawn_post(hooks, event, ticket, uid).await;
         Ok(())
     }
 
@@ -142,9 +212,27 @@ impl Engine {
         self.inner.dispatcher.registry.changes()
     }
 
-    /// Deliveries queued and not yet delivered or failed for good.
-    pub fn pending_deliveries(&self) -> usize {
-        self.inner.dispatcher.outbox.pending()
+    /// Deliveries queued and not yet delivered or dead, plus post events
+    /// whose hooks have not finished.
+    pub async fn backlog(&self) -> Result<usize, Error> {
+        Ok(self.inner.dispatcher.outbox.backlog().await?)
+    }
+
+    /// Queued deliveries, oldest first: pending, failed at least once, or dead.
+    pub async fn deliveries(
+        &self,
+        filter: Filter,
+        limit: usize,
+    ) -> Result<Vec<DeliveryInfo>, Error> {
+        Ok(self.inner.dispatcher.outbox.list(filter, limit).await?)
+    }
+
+    /// Sends dead letters again (one, or all) with a fresh retry schedule.
+    /// Returns how many were requeued.
+    pub async fn retry(&self, which: Retry) -> Result<usize, Error> {
+        let n = self.inner.dispatcher.outbox.retry(which).await?;
+        self.inner.workers.wake();
+        Ok(n)
     }
 
     /// Waits until every post event accepted so far has run through its
@@ -157,12 +245,18 @@ impl Engine {
             .await
             .expect("never closed");
         drop(posts);
-        self.inner.dispatcher.outbox.drained().await;
+        self.inner.workers.drained().await;
     }
 
     /// The settings the engine runs with.
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.workers.stop();
     }
 }
 
@@ -227,14 +321,15 @@ pub async fn dry_run(
         let sender = Arc::new(Sender::new(&config.delivery).map_err(Error::Config)?);
         let dispatcher = Dispatcher {
             registry: Arc::new(registry),
-            outbox: Arc::new(MemoryOutbox::new(sender.clone(), 1)),
+            outbox: SqliteOutbox::open(None, false)?,
+            workers: None,
             sandbox,
             sender,
             max_deliveries: config.max_deliveries_per_event,
             max_body_bytes: config.max_body_bytes,
             wait_budget: Duration::from_millis(config.delivery.wait_budget_ms),
         };
-        let decision = dispatcher.run(&hook, event).await?;
+        let decision = dispatcher.run(&hook, event, &new_uid()).await?;
         Some(DryOutcome {
             deliveries: decision
                 .deliveries

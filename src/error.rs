@@ -42,6 +42,9 @@ pub enum Error {
     /// The WebAssembly runtime could not be set up.
     #[error("cannot set up the WebAssembly runtime: {0}")]
     Runtime(String),
+    /// The durable queue (state database) failed: the event was not accepted.
+    #[error(transparent)]
+    Outbox(#[from] crate::outbox::OutboxError),
 }
 
 /// The step at which loading a hook failed.

@@ -33,7 +33,13 @@
 //! use wasmhooks::{Config, Engine, Event};
 //!
 //! let hooks = tempfile::tempdir()?;
-//! let engine = Engine::new(Config { hooks_dir: hooks.path().into(), ..Config::default() }).await?;
+//! let config = Config {
+//!     hooks_dir: hooks.path().into(),
+//!     // The durable queue's folder; `None` keeps it in memory, for this example.
+//!     state_dir: None,
+//!     ..Config::default()
+//! };
+//! let engine = Engine::new(config).await?;
 //! assert!(engine.hooks().is_empty());
 //!
 //! let pre = Event::from_json(br#"{"callId":"c1","method":"vm.start","type":"pre","timestamp":1}"#)?;
@@ -60,6 +66,7 @@ mod registry;
 mod sandbox;
 pub mod server;
 mod watch;
+mod workers;
 
 pub use config::{Config, HookConfig, OnError};
 pub use delivery::Delivery;
@@ -67,5 +74,6 @@ pub use dispatch::{HookFailure, Verdict};
 pub use engine::{DryDelivery, DryOutcome, DryRun, Engine, dry_run};
 pub use error::{CallError, CallSite, Error, LoadError, Stage};
 pub use event::{Event, EventError, Phase};
+pub use outbox::{DeliveryInfo, Filter, Retry};
 pub use registry::{HookState, HookStatus};
 pub use sandbox::Subscription;

@@ -7,7 +7,8 @@ use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use wasmhooks::{Config, Engine, Event, HookConfig, HookState};
+use wasmhooks::outbox::{Outbox, SqliteOutbox};
+use wasmhooks::{Config, Engine, Event, Filter, HookConfig, HookState, Retry};
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +32,45 @@ enum Command {
     Run(RunArgs),
     /// Load and init every hook of a folder, print a table, exit non-zero if any fails.
     Check(CheckArgs),
+    /// Inspect or retry the queued deliveries in a state folder (the engine may be running).
+    Deliveries(DeliveriesArgs),
+}
+
+#[derive(Args)]
+struct DeliveriesArgs {
+    /// The engine's state folder. Defaults to `$XDG_STATE_HOME/wasmhooks` or `~/.local/state/wasmhooks`.
+    #[arg(long, env = "WASMHOOKS_STATE", global = true)]
+    state: Option<PathBuf>,
+    #[command(subcommand)]
+    command: DeliveriesCommand,
+}
+
+#[derive(Subcommand)]
+enum DeliveriesCommand {
+    /// List queued deliveries, oldest first (pending by default).
+    List {
+        /// Only those that failed at least once and are waiting to be retried.
+        #[arg(long, conflicts_with = "dead")]
+        failed: bool,
+        /// Only dead letters: deliveries that failed for good.
+        #[arg(long)]
+        dead: bool,
+        /// Most rows shown.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send dead letters again, with a fresh retry schedule.
+    Retry {
+        /// The delivery (its webhook-id, `msg_…`).
+        #[arg(required_unless_present = "all_dead", conflicts_with = "all_dead")]
+        id: Option<String>,
+        /// Every dead letter.
+        #[arg(long)]
+        all_dead: bool,
+    },
 }
 
 #[derive(Args)]
@@ -48,6 +88,11 @@ struct ServeArgs {
     /// Defaults to `$XDG_CACHE_HOME/wasmhooks` or `~/.cache/wasmhooks`.
     #[arg(long, env = "WASMHOOKS_CACHE")]
     cache: Option<PathBuf>,
+    /// Folder for the durable queue (`wasmhooks.db`): accepted events and pending
+    /// deliveries survive restarts there. Defaults to `$XDG_STATE_HOME/wasmhooks`
+    /// or `~/.local/state/wasmhooks`.
+    #[arg(long, env = "WASMHOOKS_STATE")]
+    state: Option<PathBuf>,
     /// Do not hot-reload: load the hooks folder once at start.
     #[arg(long, env = "WASMHOOKS_NO_WATCH")]
     no_watch: bool,
@@ -88,6 +133,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
     let result = runtime.block_on(async {
@@ -95,6 +141,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
             Command::Run(args) => run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Check(args) => check(args).await,
+            Command::Deliveries(args) => deliveries(args).await.map(|()| ExitCode::SUCCESS),
         }
     });
     result.unwrap_or_else(|e| {
@@ -118,6 +165,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     config.watch = !args.no_watch;
     if let Some(cache) = args.cache {
         config.cache_dir = Some(cache);
+    }
+    if let Some(state) = args.state {
+        config.state_dir = Some(state);
     }
     let engine = Engine::new(config)
         .await
@@ -146,6 +196,70 @@ async fn serve(args: ServeArgs) -> Result<()> {
         })
         .await
         .context("server failed")?;
+    Ok(())
+}
+
+async fn deliveries(args: DeliveriesArgs) -> Result<()> {
+    let Some(dir) = args.state.or_else(wasmhooks::config::default_state_dir) else {
+        bail!("no state folder: pass --state DIR");
+    };
+    let outbox = SqliteOutbox::inspect(&dir)?;
+    match args.command {
+        DeliveriesCommand::List {
+            failed,
+            dead,
+            limit,
+            json,
+        } => {
+            let filter = match (failed, dead) {
+                (true, _) => Filter::Failed,
+                (_, true) => Filter::Dead,
+                _ => Filter::Pending,
+            };
+            let rows = outbox.list(filter, limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(());
+            }
+            println!(
+                "{:<36} {:<14} {:<7} {:>8} {:>9}  URL / LAST ERROR",
+                "ID", "HOOK", "STATE", "ATTEMPTS", "AGE"
+            );
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or_default();
+            for d in &rows {
+                let age = std::time::Duration::from_secs(now.saturating_sub(d.created_ms) / 1000);
+                println!(
+                    "{:<36} {:<14} {:<7} {:>8} {:>9}  {}",
+                    d.id,
+                    d.hook,
+                    d.state,
+                    d.attempts,
+                    humantime::format_duration(age).to_string(),
+                    d.url
+                );
+                if let Some(error) = &d.last_error {
+                    println!("{:>78}{error}", "");
+                }
+            }
+            if rows.is_empty() {
+                println!("(none)");
+            }
+        }
+        DeliveriesCommand::Retry { id, all_dead } => {
+            let which = match id {
+                Some(id) if !all_dead => Retry::Id(id),
+                _ => Retry::AllDead,
+            };
+            let n = outbox.retry(which.clone()).await?;
+            if let (Retry::Id(id), 0) = (&which, n) {
+                bail!("{id} is not a dead letter in {}", dir.display());
+            }
+            println!("{n} dead letters requeued; a running engine sends them within a second");
+        }
+    }
     Ok(())
 }
 
@@ -179,6 +293,7 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
     }
     config.hooks_dir = args.dir;
     config.watch = false;
+    config.state_dir = None; // sends nothing, and must not lock a running engine's state
     let engine = Engine::new(config).await?;
     let hooks = engine.hooks();
     println!("{:<16} {:<7} {:<13} DETAIL", "HOOK", "STATE", "VERSION");

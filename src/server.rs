@@ -3,10 +3,13 @@
 //! - `POST /v1/events`: one event. A pre event gets the verdict (200), a post
 //!   event 202 once accepted. A malformed event gets 400 naming the field.
 //! - `GET /v1/hooks`: status, version and last error of every hook.
+//! - `GET /v1/deliveries?state=pending|failed|dead&limit=N`: queued deliveries.
+//! - `POST /v1/deliveries/retry` with `{"id": "msg_…"}` or `{"all_dead": true}`:
+//!   send dead letters again.
 //! - `GET /healthz`: liveness.
 
-use crate::{Engine, Error, Event, Phase};
-use axum::extract::{DefaultBodyLimit, State};
+use crate::{Engine, Error, Event, Filter, Phase, Retry};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,6 +25,8 @@ pub fn router(engine: Engine) -> Router {
     Router::new()
         .route("/v1/events", post(ingest))
         .route("/v1/hooks", get(hooks))
+        .route("/v1/deliveries", get(deliveries))
+        .route("/v1/deliveries/retry", post(retry))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(MAX_EVENT_BYTES))
         .with_state(engine)
@@ -42,11 +47,61 @@ async fn ingest(State(engine): State<Engine>, body: Bytes) -> Response {
             .await
             .map(|()| (StatusCode::ACCEPTED, Json(json!({"accepted": true}))).into_response()),
     };
-    result.unwrap_or_else(|e: Error| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    result.unwrap_or_else(|e: Error| {
+        // The queue could not take it: the sender should retry later.
+        let status = match e {
+            Error::Outbox(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        error(status, e.to_string())
+    })
 }
 
 async fn hooks(State(engine): State<Engine>) -> Response {
     Json(engine.hooks()).into_response()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default)]
+    state: Filter,
+    limit: Option<usize>,
+}
+
+async fn deliveries(State(engine): State<Engine>, Query(q): Query<ListQuery>) -> Response {
+    match engine.deliveries(q.state, q.limit.unwrap_or(100)).await {
+        Ok(rows) => Json(rows).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryRequest {
+    id: Option<String>,
+    #[serde(default)]
+    all_dead: bool,
+}
+
+async fn retry(State(engine): State<Engine>, Json(r): Json<RetryRequest>) -> Response {
+    let which = match (r.id, r.all_dead) {
+        (Some(id), false) => Retry::Id(id),
+        (None, true) => Retry::AllDead,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "give either \"id\" or \"all_dead\": true".into(),
+            );
+        }
+    };
+    match engine.retry(which.clone()).await {
+        Ok(0) if matches!(which, Retry::Id(_)) => {
+            error(StatusCode::NOT_FOUND, "no dead letter with that id".into())
+        }
+        Ok(n) => Json(json!({ "requeued": n })).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 fn error(status: StatusCode, message: String) -> Response {

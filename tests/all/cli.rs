@@ -106,3 +106,78 @@ fn check_prints_a_table_and_fails_on_a_broken_hook() {
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn deliveries_lists_and_retries_dead_letters_in_a_state_folder() {
+    let receiver = crate::Receiver::with(|_, _| (axum::http::StatusCode::GONE, vec![])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[settings]\nmode = \"echo\"\nurl = \"{}\"\n",
+        receiver.url("/gone")
+    );
+    install(dir.path(), "echo", "misbehave", Some(&toml));
+    let config = crate::test_config(dir.path());
+    let state = config.state_dir.clone().unwrap();
+    let engine = wasmhooks::Engine::new(config).await.unwrap();
+    engine.post(crate::fixture("vm.start.post")).await.unwrap();
+    engine.drain().await;
+    drop(engine);
+
+    let deliveries = |args: &[&str]| {
+        let out = wasmhooks()
+            .arg("deliveries")
+            .arg("--state")
+            .arg(&state)
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.success(), stdout, stderr)
+    };
+    let (ok, out, err) = deliveries(&["list", "--dead", "--json"]);
+    assert!(ok, "{err}");
+    let dead: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(dead.as_array().unwrap().len(), 1);
+    assert_eq!(dead[0]["hook"], "echo");
+    assert_eq!(dead[0]["last_status"], 410);
+    let id = dead[0]["id"].as_str().unwrap();
+
+    let (ok, out, err) = deliveries(&["list", "--dead"]);
+    assert!(
+        ok && out.contains(id) && out.contains("410 Gone"),
+        "{out}{err}"
+    );
+
+    let (ok, _, err) = deliveries(&["retry", "msg_nope"]);
+    assert!(
+        !ok && err.contains("msg_nope is not a dead letter"),
+        "{err}"
+    );
+    let (ok, out, err) = deliveries(&["retry", "--all-dead"]);
+    assert!(
+        ok && out.starts_with("1 dead letters requeued"),
+        "{out}{err}"
+    );
+    let (_, out, _) = deliveries(&["list", "--json"]);
+    let pending: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(pending[0]["id"], id);
+    assert_eq!(pending[0]["attempts"], 0);
+
+    let (ok, _, err) = wasmhooks_deliveries_missing(dir.path());
+    assert!(!ok && err.contains("no such file"), "{err}");
+}
+
+fn wasmhooks_deliveries_missing(dir: &std::path::Path) -> (bool, String, String) {
+    let out = wasmhooks()
+        .args(["deliveries", "--state"])
+        .arg(dir.join("nowhere"))
+        .arg("list")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,8 +1,11 @@
 //! Delivery behaviour against a real receiver: retries, permanent failures,
 //! and `wait` hooks.
 
-use crate::{Receiver, fixture, one_hook};
+use crate::{Receiver, eventually, fixture, free_port, install, one_hook, test_config};
 use axum::http::StatusCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use wasmhooks::{Engine, Filter, Retry};
 
 fn echo(receiver: &Receiver, extra: &str) -> String {
     format!(
@@ -30,7 +33,7 @@ async fn retries_5xx_then_delivers_with_the_same_id() {
         got.iter()
             .all(|r| r.header("webhook-id") == got[0].header("webhook-id"))
     );
-    assert_eq!(engine.pending_deliveries(), 0);
+    assert_eq!(engine.backlog().await.unwrap(), 0);
 }
 
 #[tokio::test]
@@ -183,4 +186,139 @@ async fn a_wait_hook_waits_no_longer_than_its_budget_and_nothing_is_dropped() {
         got.iter()
             .all(|r| r.header("webhook-id") == got[0].header("webhook-id"))
     );
+}
+
+#[tokio::test]
+async fn a_receiver_down_then_up_gets_the_delivery() {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/late");
+    let toml = format!("[settings]\nmode = \"echo\"\nurl = \"{url}\"\n");
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "echo", "misbehave", Some(&toml));
+    let mut config = test_config(dir.path());
+    config.delivery.retry_schedule_ms = vec![10, 20, 40, 80, 160, 320, 640, 1280, 2560];
+    let engine = Engine::new(config).await.unwrap();
+    engine.post(fixture("vm.start.post")).await.unwrap();
+    eventually("a failed attempt", || async {
+        let failed = engine.deliveries(Filter::Failed, 10).await.unwrap();
+        failed.first().is_some_and(|d| d.attempts >= 2)
+    })
+    .await;
+    let failed = engine.deliveries(Filter::Failed, 10).await.unwrap();
+    assert!(
+        failed[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("could not connect"),
+        "{failed:?}"
+    );
+
+    let receiver = Receiver::on(port, |_, _| (StatusCode::OK, vec![])).await;
+    let got = receiver.wait_for(1).await;
+    assert_eq!(got[0].header("webhook-id"), failed[0].id);
+    engine.drain().await;
+    assert_eq!(engine.backlog().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_spent_schedule_makes_a_dead_letter_that_can_be_retried() {
+    let up = Arc::new(AtomicBool::new(false));
+    let answer = up.clone();
+    let receiver = Receiver::with(move |_, _| match answer.load(Ordering::SeqCst) {
+        true => (StatusCode::OK, vec![]),
+        false => (StatusCode::INTERNAL_SERVER_ERROR, vec![]),
+    })
+    .await;
+    let (_dir, engine) = one_hook("echo", "misbehave", &echo(&receiver, "")).await;
+    engine.post(fixture("vm.start.post")).await.unwrap();
+    engine.drain().await; // sent or dead: here dead, after 1 + 3 attempts
+    let dead = engine.deliveries(Filter::Dead, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts, 4);
+    assert_eq!(dead[0].last_status, Some(500));
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("gave up after 4 attempts")
+    );
+    assert_eq!(receiver.received().len(), 4);
+
+    up.store(true, Ordering::SeqCst);
+    assert_eq!(engine.retry(Retry::Id("msg_nope".into())).await.unwrap(), 0);
+    assert_eq!(
+        engine.retry(Retry::Id(dead[0].id.clone())).await.unwrap(),
+        1
+    );
+    let got = receiver.wait_for(5).await;
+    assert_eq!(got[4].header("webhook-id"), dead[0].id);
+    engine.drain().await;
+    assert!(
+        engine
+            .deliveries(Filter::Dead, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_failing_receiver_is_paused_then_probed_then_resumed() {
+    let up = Arc::new(AtomicBool::new(false));
+    let answer = up.clone();
+    let receiver = Receiver::with(move |_, _| match answer.load(Ordering::SeqCst) {
+        true => (StatusCode::OK, vec![]),
+        false => (StatusCode::SERVICE_UNAVAILABLE, vec![]),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "echo", "misbehave", Some(&echo(&receiver, "")));
+    let mut config = test_config(dir.path());
+    config.delivery.retry_schedule_ms = vec![10; 20];
+    config.delivery.per_receiver_concurrency = 1;
+    config.delivery.breaker_failures = 3;
+    config.delivery.breaker_cooldown_ms = 400;
+    let engine = Engine::new(config).await.unwrap();
+    for _ in 0..10 {
+        engine.post(fixture("vm.start.post")).await.unwrap();
+    }
+    // Three failures in a row open the circuit: the receiver's pending
+    // deliveries are held back, none spends its schedule meanwhile.
+    eventually("the circuit to open", || async {
+        let pending = engine.deliveries(Filter::Pending, 100).await.unwrap();
+        let now = now_ms();
+        pending.len() == 10
+            && pending
+                .iter()
+                .filter(|d| d.next_ms.unwrap() > now + 100)
+                .count()
+                >= 7
+    })
+    .await;
+    let while_open = receiver.received().len();
+    assert!(
+        while_open <= 4,
+        "{while_open} attempts before the circuit opened"
+    );
+
+    up.store(true, Ordering::SeqCst);
+    // After the pause, one probe succeeds and the rest follow.
+    let got = receiver.wait_for(while_open + 10).await;
+    let ids: std::collections::HashSet<_> = got.iter().map(|r| r.header("webhook-id")).collect();
+    assert_eq!(ids.len(), 10);
+    engine.drain().await;
+    assert_eq!(
+        receiver.received().len(),
+        while_open + 10,
+        "no more attempts than needed"
+    );
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }

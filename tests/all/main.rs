@@ -3,6 +3,7 @@
 
 mod bad_files;
 mod cli;
+mod crash;
 mod delivery;
 mod examples;
 mod hostile;
@@ -51,6 +52,9 @@ pub fn install(dir: &Path, name: &str, guest: &str, toml: Option<&str>) {
 pub fn test_config(dir: &Path) -> Config {
     let mut config = Config {
         hooks_dir: dir.to_owned(),
+        // A real SQLite file, hidden so the hooks folder ignores it.
+        state_dir: Some(dir.join(".state")),
+        fsync: false,
         ..Config::default()
     };
     config.limits.deadline_ms = 2_000;
@@ -73,6 +77,28 @@ pub async fn one_hook(name: &str, guest: &str, toml: &str) -> (tempfile::TempDir
     install(dir.path(), name, guest, Some(toml));
     let engine = engine(dir.path()).await;
     (dir, engine)
+}
+
+/// A loopback port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Re-checks `ready` (every 10 ms, up to 30 s) until it holds: for state
+/// that has no change notification, such as a delivery's attempts.
+pub async fn eventually<F: std::future::Future<Output = bool>>(what: &str, ready: impl Fn() -> F) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !ready().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// One request the receiver got.
@@ -127,6 +153,17 @@ impl Receiver {
         + Sync
         + 'static,
     ) -> Receiver {
+        Receiver::on(0, respond).await
+    }
+
+    /// Like [`Receiver::with`], on a given loopback port (0 for any).
+    pub async fn on(
+        port: u16,
+        respond: impl Fn(&Received, usize) -> (StatusCode, Vec<(&'static str, String)>)
+        + Send
+        + Sync
+        + 'static,
+    ) -> Receiver {
         let state = Arc::new(ReceiverState {
             requests: Mutex::default(),
             count: watch::channel(0).0,
@@ -134,7 +171,9 @@ impl Receiver {
             open: watch::channel(true).0,
         });
         let app = Router::new().fallback(record).with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Receiver { addr, state }
@@ -156,7 +195,8 @@ impl Receiver {
         format!("http://{}{path}", self.addr)
     }
 
-    /// Waits until at least `n` requests arrived (failing after 30 s) and returns them all.
+    /// Waits until at least `n` requests arrived (answered or not; failing
+    /// after 30 s) and returns them all.
     pub async fn wait_for(&self, n: usize) -> Vec<Received> {
         let mut rx = self.state.count.subscribe();
         tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|c| *c >= n))
@@ -211,9 +251,9 @@ async fn record(State(state): State<Arc<ReceiverState>>, request: Request) -> im
         requests.push(received.clone());
         requests.len() - 1
     };
+    state.count.send_modify(|c| *c += 1);
     let (status, headers) = (state.respond)(&received, before);
     let _ = state.open.subscribe().wait_for(|open| *open).await;
-    state.count.send_modify(|c| *c += 1);
     let mut response = status.into_response();
     for (name, value) in headers {
         response.headers_mut().insert(name, value.parse().unwrap());

@@ -309,7 +309,9 @@ async fn the_folder_may_appear_and_be_replaced_after_start() {
     let receiver = Receiver::start().await;
     let parent = tempfile::tempdir().unwrap();
     let d = parent.path().join("hooks");
-    let engine = engine(&d).await;
+    let mut config = test_config(&d);
+    config.state_dir = Some(parent.path().join("state"));
+    let engine = Engine::new(config).await.unwrap();
     assert!(engine.hooks().is_empty());
 
     // Created after start.
@@ -402,6 +404,7 @@ async fn compiled_hooks_are_cached_on_disk_and_a_corrupt_entry_is_recompiled() {
     );
 
     // Garbage of the right name is no better.
+    drop(engine); // one engine per state folder
     std::fs::write(&files[0], b"nonsense").unwrap();
     let engine = Engine::new(config()).await.unwrap();
     assert!(!engine.pre(fixture("vm.delete.pre")).await.unwrap().allowed);

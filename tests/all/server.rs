@@ -96,4 +96,24 @@ async fn events_in_verdicts_and_status_out() {
 
     let health = client.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
+
+    let get = |path: &str| client.get(format!("{base}{path}")).send();
+    let r = get("/v1/deliveries?state=dead").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), serde_json::json!([]));
+    assert_eq!(
+        get("/v1/deliveries?state=lost").await.unwrap().status(),
+        400
+    );
+    let retry = |body: Value| {
+        client
+            .post(format!("{base}/v1/deliveries/retry"))
+            .json(&body)
+            .send()
+    };
+    let r = retry(serde_json::json!({"all_dead": true})).await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["requeued"], 0);
+    let r = retry(serde_json::json!({"id": "msg_nope"})).await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(retry(serde_json::json!({})).await.unwrap().status(), 400);
 }

@@ -19,7 +19,8 @@ fn version() -> &'static str {
 #[derive(Clone, Copy, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum Mode {
-    /// One delivery of the payload to `url`, headers `x-mark`, `x-call-id` and `x-version`.
+    /// One delivery of the payload to `url`, headers `x-mark`, `x-call-id`
+    /// and `x-version`, after `delay_ms` if set.
     Echo,
     /// Spins forever.
     Loop,
@@ -40,6 +41,7 @@ struct Settings {
     mode: Mode,
     url: Option<String>,
     mark: Option<String>,
+    delay_ms: Option<u64>,
     init_error: Option<String>,
     #[serde(default = "wasmhooks_sdk::all_methods")]
     methods: Vec<String>,
@@ -54,6 +56,7 @@ struct Misbehave {
     mode: Mode,
     url: String,
     mark: String,
+    delay: Option<Duration>,
 }
 
 impl Hook for Misbehave {
@@ -72,19 +75,25 @@ impl Hook for Misbehave {
             mode: s.mode,
             url,
             mark: s.mark.unwrap_or_default(),
+            delay: s.delay_ms.map(Duration::from_millis),
         };
         Ok((hook, Subscription::new(s.methods, s.phases)))
     }
 
     fn handle(&self, event: &Event) -> Result<Outcome, String> {
         match self.mode {
-            Mode::Echo => Ok(Outcome::deliver(vec![
+            Mode::Echo => {
+                if let Some(delay) = self.delay {
+                    std::thread::sleep(delay);
+                }
+                Ok(Outcome::deliver(vec![
                 event
                     .forward_to(&self.url)
                     .with_header("x-mark", self.mark.as_str())
                     .with_header("x-call-id", event.call_id.as_str())
                     .with_header("x-version", version()),
-            ])),
+                ]))
+            }
             Mode::Loop => {
                 let mut n = 0u64;
                 loop {

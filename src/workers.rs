@@ -1,0 +1,279 @@
+//! Delivery workers: claim due deliveries from the outbox, send them, record
+//! how each attempt ended. A circuit breaker pauses a receiver that keeps
+//! failing and probes it with one delivery once the pause is over.
+
+use crate::delivery::{Attempt, Sender, gave_up, now_ms};
+use crate::outbox::{Claimed, Finish, Outbox};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+
+/// Longest the pump sleeps without looking at the outbox, so that changes
+/// from outside (`wasmhooks deliveries retry` in another process) are seen.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Most deliveries claimed in one go.
+const CLAIM_BATCH: usize = 512;
+
+/// What the workers know about one receiver.
+#[derive(Debug, Default)]
+struct ReceiverState {
+    in_flight: usize,
+    /// Failed attempts in a row (retryable failures only: a 4xx means it is up).
+    failures: u32,
+    /// While set and in the future, its circuit is open: nothing is sent.
+    open_until: Option<u64>,
+    /// The current pause; doubles each time a probe fails.
+    cooldown_ms: u64,
+}
+
+/// Breaker settings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Breaker {
+    /// Failed attempts in a row that open a receiver's circuit.
+    pub failures: u32,
+    pub cooldown_ms: u64,
+    pub max_cooldown_ms: u64,
+}
+
+pub(crate) struct Workers {
+    outbox: Arc<dyn Outbox>,
+    sender: Arc<Sender>,
+    breaker: Breaker,
+    receivers: Mutex<HashMap<String, ReceiverState>>,
+    in_flight: Mutex<usize>,
+    wake: Notify,
+    /// Stops the pump when the engine is dropped.
+    stop: tokio_util::sync::CancellationToken,
+    /// Bumped whenever an attempt finishes, for [`Workers::drained`].
+    progress: watch::Sender<u64>,
+}
+
+impl Workers {
+    /// Starts the pump on the current tokio runtime.
+    pub fn start(outbox: Arc<dyn Outbox>, sender: Arc<Sender>, breaker: Breaker) -> Arc<Workers> {
+        let workers = Arc::new(Workers {
+            outbox,
+            sender,
+            breaker,
+            receivers: Mutex::default(),
+            in_flight: Mutex::new(0),
+            wake: Notify::new(),
+            stop: tokio_util::sync::CancellationToken::new(),
+            progress: watch::channel(0).0,
+        });
+        tokio::spawn(workers.clone().pump());
+        workers
+    }
+
+    /// Stops claiming deliveries; attempts in flight finish and are recorded.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Tells the pump that deliveries may be due (new ones were committed).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Resolves once the outbox holds nothing pending: every delivery sent or dead.
+    pub async fn drained(&self) {
+        let mut progress = self.progress.subscribe();
+        loop {
+            match self.outbox.backlog().await {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!("cannot read the outbox: {e}");
+                    return;
+                }
+            }
+            let _ = tokio::time::timeout(POLL, progress.changed()).await;
+        }
+    }
+
+    async fn pump(self: Arc<Self>) {
+        let stop = self.stop.clone();
+        stop.run_until_cancelled(self.clone().pump_loop()).await;
+    }
+
+    async fn pump_loop(self: Arc<Self>) {
+        let concurrency = self.sender.config().concurrency.max(1);
+        loop {
+            let free = concurrency.saturating_sub(*self.in_flight.lock().unwrap());
+            let mut full_batch = false;
+            if free > 0 {
+                let limit = free.min(CLAIM_BATCH);
+                let (room, default_room) = self.room();
+                match self.outbox.claim(now_ms(), limit, room, default_room).await {
+                    Ok(claimed) => {
+                        full_batch = claimed.len() == limit;
+                        for c in claimed {
+                            self.clone().launch(c);
+                        }
+                    }
+                    Err(e) => tracing::error!("cannot claim deliveries: {e}"),
+                }
+            }
+            if full_batch {
+                continue; // more may be due right away
+            }
+            let wait = match self.outbox.next_due().await {
+                // Due now, yet nothing was claimable: every due delivery's
+                // receiver is busy. A finishing attempt wakes us.
+                Ok(Some(at)) if at <= now_ms() => POLL,
+                Ok(Some(at)) => Duration::from_millis(at.saturating_sub(now_ms())).min(POLL),
+                _ => POLL,
+            };
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// How many more deliveries each receiver may take now.
+    fn room(&self) -> (HashMap<String, usize>, usize) {
+        let per_receiver = self.sender.config().per_receiver_concurrency.max(1);
+        let now = now_ms();
+        let mut receivers = self.receivers.lock().unwrap();
+        receivers.retain(|_, r| r.in_flight > 0 || r.failures > 0);
+        let room = receivers
+            .iter()
+            .map(|(name, r)| {
+                let room = match r.open_until {
+                    Some(until) if until > now => 0,
+                    // Half open: one probe at a time until one succeeds.
+                    _ if r.failures >= self.breaker.failures => usize::from(r.in_flight == 0),
+                    _ => per_receiver.saturating_sub(r.in_flight),
+                };
+                (name.clone(), room)
+            })
+            .collect();
+        (room, per_receiver)
+    }
+
+    fn launch(self: Arc<Self>, claimed: Claimed) {
+        let receiver = claimed.delivery.receiver();
+        *self.in_flight.lock().unwrap() += 1;
+        self.receivers
+            .lock()
+            .unwrap()
+            .entry(receiver.clone())
+            .or_default()
+            .in_flight += 1;
+        tokio::spawn(async move {
+            let up = self.attempt(claimed).await;
+            self.done(receiver, up).await;
+        });
+    }
+
+    /// One attempt, recorded. Returns whether the receiver looked up.
+    async fn attempt(&self, claimed: Claimed) -> bool {
+        let Claimed {
+            delivery: d,
+            attempts,
+        } = claimed;
+        let attempts = attempts + 1;
+        let (finish, up) = match self.sender.attempt(&d).await {
+            Attempt::Delivered(status) => {
+                tracing::debug!(hook = %d.hook, id = %d.id, url = %d.url, %status, attempts, "delivered");
+                (Finish::Delivered, true)
+            }
+            Attempt::Permanent { reason, status } => {
+                tracing::error!(hook = %d.hook, id = %d.id, url = %d.url, "delivery failed for good, kept as a dead letter: {reason}");
+                let status = status.map(|s| s.as_u16());
+                (
+                    Finish::Dead {
+                        error: reason,
+                        status,
+                    },
+                    true,
+                )
+            }
+            Attempt::Retry {
+                reason,
+                status,
+                retry_after,
+            } => {
+                let status = status.map(|s| s.as_u16());
+                match self.sender.retry_delay(attempts, retry_after) {
+                    Some(delay) => {
+                        tracing::info!(hook = %d.hook, id = %d.id, url = %d.url, attempts, "{reason}; retrying in {delay:?}");
+                        let at_ms = now_ms() + delay.as_millis() as u64;
+                        let error = reason;
+                        (
+                            Finish::Retry {
+                                at_ms,
+                                error,
+                                status,
+                            },
+                            false,
+                        )
+                    }
+                    None => {
+                        let error = gave_up(attempts, &reason);
+                        tracing::error!(hook = %d.hook, id = %d.id, url = %d.url, "delivery kept as a dead letter: {error}");
+                        (Finish::Dead { error, status }, false)
+                    }
+                }
+            }
+        };
+        if let Err(e) = self.outbox.finish(d.id.clone(), attempts, finish).await {
+            tracing::error!(id = %d.id, "cannot record a delivery attempt ({e}); it will be sent again");
+        }
+        up
+    }
+
+    /// Frees the slot and updates the receiver's breaker.
+    async fn done(&self, receiver: String, up: bool) {
+        let postpone = {
+            let mut receivers = self.receivers.lock().unwrap();
+            let r = receivers.entry(receiver.clone()).or_default();
+            r.in_flight -= 1;
+            self.breaker_update(&receiver, r, up)
+        };
+        if let Some(until) = postpone
+            && let Err(e) = self.outbox.postpone(receiver, until).await
+        {
+            tracing::error!("cannot pause a receiver: {e}");
+        }
+        *self.in_flight.lock().unwrap() -= 1;
+        self.progress.send_modify(|n| *n += 1);
+        self.wake();
+    }
+
+    /// Counts a success or failure; returns when to resume if the circuit opens now.
+    fn breaker_update(&self, name: &str, r: &mut ReceiverState, up: bool) -> Option<u64> {
+        let now = now_ms();
+        if up {
+            if r.failures >= self.breaker.failures {
+                tracing::info!(receiver = name, "receiver is back; resuming its deliveries");
+            }
+            *r = ReceiverState {
+                in_flight: r.in_flight,
+                ..ReceiverState::default()
+            };
+            return None;
+        }
+        r.failures += 1;
+        if r.failures < self.breaker.failures || r.open_until.is_some_and(|u| u > now) {
+            return None;
+        }
+        r.cooldown_ms = if r.cooldown_ms == 0 {
+            self.breaker.cooldown_ms
+        } else {
+            (r.cooldown_ms * 2).min(self.breaker.max_cooldown_ms)
+        };
+        let until = now + r.cooldown_ms;
+        r.open_until = Some(until);
+        tracing::warn!(
+            receiver = name,
+            failures = r.failures,
+            "receiver keeps failing; pausing its deliveries for {:?}",
+            Duration::from_millis(r.cooldown_ms)
+        );
+        Some(until)
+    }
+}

@@ -1,0 +1,154 @@
+//! At-least-once across a crash: `wasmhooks serve` as a child process,
+//! killed with SIGKILL while deliveries are pending and in flight.
+
+use crate::{Receiver, fixture_json, install};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+/// A `wasmhooks serve` child, killed when dropped.
+struct Serve {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Serve {
+    fn start(hooks: &Path, state: &Path, config: &Path) -> Serve {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wasmhooks"))
+            .args(["serve", "--no-watch", "--listen", "127.0.0.1:0"])
+            .arg("--hooks")
+            .arg(hooks)
+            .arg("--state")
+            .arg(state)
+            .arg("--config")
+            .arg(config)
+            .env("WASMHOOKS_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("wasmhooks serve starts");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = log.clone();
+        // Keep reading, so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split(':').take(2).collect::<Vec<_>>().join(":");
+                    let _ = tx.send(addr);
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the engine says where it listens");
+        Serve {
+            child,
+            addr: addr.parse().unwrap(),
+            log,
+        }
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_engine_loses_no_accepted_event() {
+    const N: usize = 200;
+    let receiver = Receiver::stalled().await;
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = dir.path().join("hooks");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&hooks).unwrap();
+    let toml = format!(
+        "deadline_ms = 10000\n[settings]\nmode = \"echo\"\nurl = \"{}\"\ndelay_ms = 100\n",
+        receiver.url("/crash")
+    );
+    install(&hooks, "echo", "misbehave", Some(&toml));
+    let config = dir.path().join("engine.toml");
+    std::fs::write(
+        &config,
+        "[delivery]\nretry_schedule_ms = [100, 200, 400, 800, 1600, 3200, 6400]\ntimeout_ms = 120000\n",
+    )
+    .unwrap();
+
+    let engine = Serve::start(&hooks, &state, &config);
+    let client = reqwest::Client::new();
+    let mut event = fixture_json("vm.start.post");
+    for i in 0..N {
+        event["callId"] = format!("crash-{i}").into();
+        let response = client
+            .post(format!("http://{}/v1/events", engine.addr))
+            .json(&event)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202, "event {i} accepted");
+    }
+    // The hook takes 100 ms per event, so when the first delivery reaches
+    // the receiver (which holds it: in flight), most events are still in
+    // their hook (journaled) or their deliveries are pending.
+    receiver.wait_for(1).await;
+    engine.kill();
+    let before = receiver.received().len();
+
+    let engine = Serve::start(&hooks, &state, &config);
+    receiver.open();
+    receiver
+        .wait_until("every accepted event's delivery", |got| {
+            unique_ids(got).len() == N
+        })
+        .await;
+    let got = receiver.received();
+    let ids = unique_ids(&got);
+    let duplicates: usize = ids.values().map(|n| n - 1).sum();
+    // The restarted engine said how many events it found journaled.
+    let rerun: usize = engine
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|l| {
+            let n = l.split("events=").nth(1)?;
+            n.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or(0);
+    println!(
+        "crash test: {N} events accepted; {before} requests reached the receiver before \
+         SIGKILL; {rerun} events ran again from the journal after restart; \
+         {} unique webhook-ids, {duplicates} duplicates",
+        ids.len()
+    );
+    assert!(rerun > 0, "the kill came while hooks were still running");
+    assert_eq!(ids.len(), N);
+    // Only deliveries that were in flight at the kill go out twice.
+    assert!(
+        duplicates <= before,
+        "{duplicates} duplicates, {before} in flight"
+    );
+    drop(engine);
+}
+
+fn unique_ids(got: &[crate::Received]) -> HashMap<String, usize> {
+    let mut ids = HashMap::new();
+    for r in got {
+        *ids.entry(r.header("webhook-id").to_owned()).or_insert(0) += 1;
+    }
+    ids
+}

@@ -148,6 +148,9 @@ pub struct DeliveryConfig {
     pub jitter: f64,
     /// Longest `Retry-After` honoured, in ms; longer values are capped.
     pub max_retry_after_ms: u64,
+    /// Where every hook's deliveries may go beyond public addresses (added
+    /// to each hook's own `allow_hosts`): hostnames, IPs and CIDRs.
+    pub allow_hosts: Vec<String>,
     /// Longest a pre event's caller waits for a `wait` hook's deliveries,
     /// retries included, in ms. A delivery not through by then keeps being
     /// retried in the background, and counts as the hook failing.
@@ -169,6 +172,7 @@ impl Default for DeliveryConfig {
             ],
             jitter: 0.2,
             max_retry_after_ms: 3_600_000,
+            allow_hosts: Vec::new(),
             wait_budget_ms: 15_000,
         }
     }
@@ -205,6 +209,70 @@ pub struct HookConfig {
     /// What a pre event's verdict does when this hook fails.
     #[serde(default)]
     pub on_error: OnError,
+    /// Where this hook's deliveries may go beyond public addresses:
+    /// hostnames (`cmdb.internal`, `*.corp.example`), IPs and CIDRs
+    /// (`10.0.0.0/8`). Loopback, private, link-local and other non-public
+    /// addresses are refused otherwise.
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
+    /// Signs this hook's deliveries per Standard Webhooks: a `whsec_…`
+    /// secret (HMAC-SHA256) or a `whsk_…` key (ed25519), or a list of them
+    /// while rotating (each one signs). Never logged.
+    #[serde(default, skip_serializing)]
+    pub secret: Secrets,
+}
+
+/// One signing secret, or several during a rotation.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Secrets {
+    /// No signing.
+    #[default]
+    None,
+    /// One secret.
+    One(String),
+    /// Several: each one signs every delivery.
+    Many(Vec<String>),
+}
+
+impl Secrets {
+    /// The secrets, in order.
+    pub fn list(&self) -> Vec<&str> {
+        match self {
+            Secrets::None => vec![],
+            Secrets::One(s) => vec![s],
+            Secrets::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{} secrets, redacted]", self.list().len())
+    }
+}
+
+/// Hides anything that looks like a signing secret (a TOML error quotes
+/// the line at fault, which may hold one).
+fn redact_secrets(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = ["whsec_", "whsk_"]
+        .iter()
+        .filter_map(|p| rest.find(p).map(|i| (i, p.len())))
+        .min()
+    {
+        let (i, prefix) = at;
+        out.push_str(&rest[..i + prefix]);
+        out.push('…');
+        rest = &rest[i + prefix..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || "+/=_-".contains(c)))
+            .unwrap_or(rest.len());
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A hook's limits, resolved against the engine's defaults and maxima.
@@ -217,7 +285,7 @@ pub(crate) struct HookLimits {
 impl HookConfig {
     /// Parses `NAME.toml` text.
     pub fn from_toml(text: &str) -> Result<HookConfig, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        toml::from_str(text).map_err(|e| redact_secrets(&e.to_string()))
     }
 
     /// The settings as the JSON text `init` receives.

@@ -2,6 +2,8 @@
 //! and retries with exponential back-off and jitter.
 
 use crate::config::DeliveryConfig;
+use crate::egress::{Egress, Refused};
+use crate::signing::Signer;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 use std::collections::HashMap;
@@ -23,7 +25,41 @@ pub struct Delivery {
     pub headers: HeaderMap,
     /// The request body.
     pub body: bytes::Bytes,
+    /// Whether the hook had a signing secret when it asked for this
+    /// delivery: if so, it is never sent unsigned.
+    pub signed: bool,
 }
+
+/// What the operator decided for a hook's deliveries (from its `NAME.toml`).
+#[derive(Debug, Default)]
+pub(crate) struct DeliveryPolicy {
+    /// Where its deliveries may go beyond public addresses.
+    pub egress: Egress,
+    /// Its signing secrets.
+    pub signer: Option<Signer>,
+}
+
+impl DeliveryPolicy {
+    pub fn new(config: &crate::HookConfig) -> Result<DeliveryPolicy, String> {
+        let egress = Egress::parse(&config.allow_hosts)?;
+        let secrets = config.secret.list();
+        let signer = if secrets.is_empty() {
+            None
+        } else {
+            Some(Signer::parse(&secrets).map_err(|e| format!("secret: {e}"))?)
+        };
+        Ok(DeliveryPolicy { egress, signer })
+    }
+}
+
+/// Headers the host sets itself; a hook may not.
+const RESERVED_HEADERS: [&str; 5] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "webhook-id",
+];
 
 impl Delivery {
     /// Checks a hook's raw delivery: an absolute http(s) URL and valid headers.
@@ -43,6 +79,11 @@ impl Delivery {
         for (name, value) in headers {
             let header = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| format!("delivery header name {name:?} is not valid"))?;
+            if RESERVED_HEADERS.contains(&header.as_str()) {
+                return Err(format!(
+                    "delivery header {name:?} is set by the engine, not by hooks"
+                ));
+            }
             let value = HeaderValue::from_str(&value)
                 .map_err(|_| format!("delivery header {name:?} has a value that is not valid"))?;
             map.append(header, value);
@@ -56,6 +97,7 @@ impl Delivery {
             url,
             headers: map,
             body: body.into(),
+            signed: false,
         })
     }
     /// The receiver, as `host:port`: the unit of concurrency limits and
@@ -116,10 +158,20 @@ pub(crate) enum Attempt {
     },
 }
 
+/// Finds a hook's delivery policy by name (from the live hooks).
+pub(crate) type PolicyLookup = Box<dyn Fn(&str) -> Option<Arc<DeliveryPolicy>> + Send + Sync>;
+
 /// Sends deliveries. One per engine; cheap to share.
 pub(crate) struct Sender {
-    client: reqwest::Client,
     config: DeliveryConfig,
+    /// What every hook may reach (`delivery.allow_hosts`).
+    global: Egress,
+    /// One HTTP client per distinct egress policy: the policy lives in the
+    /// client's resolver, and each keeps its own connection pool.
+    clients: Mutex<HashMap<String, reqwest::Client>>,
+    lookup: PolicyLookup,
+    /// The last policy seen per hook, for deliveries of a hook since removed.
+    known: Mutex<HashMap<String, Arc<DeliveryPolicy>>>,
     in_flight: Semaphore,
     /// In-flight limit per receiver (host and port), so a slow or dead
     /// receiver holds only its own slots, never everyone's.
@@ -127,48 +179,115 @@ pub(crate) struct Sender {
 }
 
 impl Sender {
-    pub fn new(config: &DeliveryConfig) -> Result<Sender, String> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
-            .timeout(Duration::from_millis(config.timeout_ms))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("wasmhooks/", env!("CARGO_PKG_VERSION")))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        Ok(Sender {
-            client,
+    pub fn new(config: &DeliveryConfig, lookup: PolicyLookup) -> Result<Sender, String> {
+        let global =
+            Egress::parse(&config.allow_hosts).map_err(|e| format!("delivery.allow_hosts: {e}"))?;
+        let sender = Sender {
             config: config.clone(),
+            global,
+            clients: Mutex::default(),
+            lookup,
+            known: Mutex::default(),
             in_flight: Semaphore::new(config.concurrency.max(1)),
             per_receiver: Mutex::default(),
-        })
+        };
+        sender.client(&sender.global)?; // fail now if a client cannot be built
+        Ok(sender)
     }
 
     pub fn config(&self) -> &DeliveryConfig {
         &self.config
     }
 
+    fn client(&self, egress: &Egress) -> Result<reqwest::Client, String> {
+        let key = egress.key();
+        if let Some(client) = self.clients.lock().unwrap().get(&key) {
+            return Ok(client.clone());
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(self.config.connect_timeout_ms))
+            .timeout(Duration::from_millis(self.config.timeout_ms))
+            .redirect(reqwest::redirect::Policy::none())
+            // A proxy would connect for us, past the guard.
+            .no_proxy()
+            .dns_resolver(Arc::new(egress.clone()).resolver())
+            .user_agent(concat!("wasmhooks/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let mut clients = self.clients.lock().unwrap();
+        if clients.len() >= 256 {
+            clients.clear(); // policies come from hook files: stay bounded
+        }
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// The hook's current policy, else the last one seen.
+    fn policy(&self, hook: &str) -> Option<Arc<DeliveryPolicy>> {
+        let mut known = self.known.lock().unwrap();
+        match (self.lookup)(hook) {
+            Some(policy) => {
+                known.insert(hook.to_owned(), policy.clone());
+                Some(policy)
+            }
+            None => known.get(hook).cloned(),
+        }
+    }
+
     /// One POST, holding a concurrency permit only while it is in flight.
     pub async fn attempt(&self, delivery: &Delivery) -> Attempt {
+        let permanent = |reason: String| Attempt::Permanent {
+            reason,
+            status: None,
+        };
+        let policy = self.policy(&delivery.hook);
+        let egress = match &policy {
+            Some(p) => self.global.with(&p.egress),
+            None => self.global.clone(),
+        };
+        if let Some(refused) = refused_literal(&egress, &delivery.url) {
+            return permanent(format!("hook {}: {refused}", delivery.hook));
+        }
+        let client = match self.client(&egress) {
+            Ok(client) => client,
+            Err(e) => return permanent(e),
+        };
+        let mut headers = delivery.headers.clone();
+        headers.insert("webhook-id", header_value(&delivery.id));
+        match (policy.as_ref().map(|p| &p.signer), delivery.signed) {
+            (Some(Some(signer)), _) => {
+                let timestamp = now_ms() / 1000;
+                let signature = signer.sign(&delivery.id, timestamp, &delivery.body);
+                headers.insert("webhook-timestamp", header_value(&timestamp.to_string()));
+                headers.insert("webhook-signature", header_value(&signature));
+            }
+            (None, true) => {
+                return permanent(format!(
+                    "hook {} is not loaded, so its signing secret is unknown and the delivery \
+                     cannot be signed; load the hook again, then retry this dead letter",
+                    delivery.hook
+                ));
+            }
+            _ => {}
+        }
         let receiver = self.receiver_slots(delivery.receiver());
         let _receiver = receiver.acquire().await.expect("never closed");
         let _permit = self.in_flight.acquire().await.expect("never closed");
-        let request = self
-            .client
+        let request = client
             .post(delivery.url.clone())
-            .headers(delivery.headers.clone())
-            .header("webhook-id", &delivery.id)
+            .headers(headers)
             .body(delivery.body.clone());
         match request.send().await {
             Ok(response) => classify(response.status(), response.headers()),
-            Err(e) if e.is_builder() => Attempt::Permanent {
-                reason: format!("request could not be built: {e}"),
-                status: None,
-            },
-            Err(e) => Attempt::Retry {
-                reason: describe(&e),
-                status: None,
-                retry_after: None,
+            Err(e) if e.is_builder() => permanent(format!("request could not be built: {e}")),
+            Err(e) => match refused_in(&e) {
+                Some(refused) => permanent(format!("hook {}: {refused}", delivery.hook)),
+                None => Attempt::Retry {
+                    reason: describe(&e),
+                    status: None,
+                    retry_after: None,
+                },
             },
         }
     }
@@ -271,6 +390,32 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         at.duration_since(std::time::SystemTime::now())
             .unwrap_or_default(),
     )
+}
+
+/// A URL whose host is an IP address never reaches the resolver: check it here.
+fn refused_literal(egress: &Egress, url: &Url) -> Option<Refused> {
+    let ip = match url.host()? {
+        url::Host::Ipv4(ip) => std::net::IpAddr::V4(ip),
+        url::Host::Ipv6(ip) => std::net::IpAddr::V6(ip),
+        url::Host::Domain(_) => return None,
+    };
+    egress.check(url.host_str().unwrap_or(""), ip).err()
+}
+
+/// The guard's refusal, if that is why the request failed.
+fn refused_in(e: &reqwest::Error) -> Option<Refused> {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(refused) = cause.downcast_ref::<Refused>() {
+            return Some(refused.clone());
+        }
+        source = cause.source();
+    }
+    None
+}
+
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).expect("ids, timestamps and base64 are valid header values")
 }
 
 /// A transport error with its cause, e.g. "connect error: Connection refused".

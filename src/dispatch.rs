@@ -252,7 +252,12 @@ impl Dispatcher {
                 .enumerate()
                 .map(|(i, d)| {
                     let id = delivery_id(uid, hook.name(), i);
-                    Delivery::new(id, hook.prepared.name.clone(), &d.url, d.headers, d.body)
+                    let delivery =
+                        Delivery::new(id, hook.prepared.name.clone(), &d.url, d.headers, d.body);
+                    delivery.map(|d| Delivery {
+                        signed: hook.policy.signer.is_some(),
+                        ..d
+                    })
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|message| CallError::BadOutcome {

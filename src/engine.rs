@@ -1,7 +1,7 @@
 //! [`Engine`]: the library's front door.
 
 use crate::config::{Config, HookConfig};
-use crate::delivery::{Sender, new_uid};
+use crate::delivery::{PolicyLookup, Sender, new_uid};
 use crate::dispatch::{Dispatcher, Verdict};
 use crate::error::Error;
 use crate::event::{Event, Phase};
@@ -66,7 +66,10 @@ impl Engine {
         registry
             .reconcile(dir, &HashSet::new(), &HashSet::new(), Duration::ZERO)
             .await?;
-        let sender = Arc::new(Sender::new(&config.delivery).map_err(Error::Config)?);
+        let live = registry.clone();
+        let lookup: PolicyLookup =
+            Box::new(move |hook| Some(live.snapshot().live.get(hook)?.policy.clone()));
+        let sender = Arc::new(Sender::new(&config.delivery, lookup).map_err(Error::Config)?);
         let (state_dir, fsync) = (config.state_dir.clone(), config.fsync);
         let outbox: Arc<dyn Outbox> =
             tokio::task::spawn_blocking(move || SqliteOutbox::open(state_dir.as_deref(), fsync))
@@ -318,7 +321,8 @@ pub async fn dry_run(
     let hook = registry.load(wasm, settings).await?;
     let matches = hook.wants(event);
     let outcome = if matches {
-        let sender = Arc::new(Sender::new(&config.delivery).map_err(Error::Config)?);
+        let sender =
+            Arc::new(Sender::new(&config.delivery, Box::new(|_| None)).map_err(Error::Config)?);
         let dispatcher = Dispatcher {
             registry: Arc::new(registry),
             outbox: SqliteOutbox::open(None, false)?,

@@ -58,6 +58,7 @@
 pub mod config;
 mod delivery;
 mod dispatch;
+mod egress;
 mod engine;
 mod error;
 mod event;
@@ -65,6 +66,7 @@ pub mod outbox;
 mod registry;
 mod sandbox;
 pub mod server;
+mod signing;
 mod watch;
 mod workers;
 

@@ -2,6 +2,7 @@
 //! immutable snapshot of them that swaps atomically.
 
 use crate::config::{HookConfig, HookLimits, Limits, OnError};
+use crate::delivery::DeliveryPolicy;
 use crate::error::{Error, LoadError, Stage};
 use crate::event::{Event, Phase};
 use crate::sandbox::{Failure, Prepared, Sandbox, Subscription};
@@ -30,6 +31,8 @@ pub(crate) struct LiveHook {
     /// SHA-256 of the `.wasm` alone: the compiled component's key.
     pub wasm_hash: String,
     pub config: HookConfig,
+    /// Egress and signing, from `NAME.toml`.
+    pub policy: Arc<DeliveryPolicy>,
     pub subscription: Subscription,
     methods: Vec<WildMatch>,
     pub loaded_at: SystemTime,
@@ -373,6 +376,9 @@ impl Registry {
         let limits = config
             .limits(&self.limits)
             .map_err(|e| fail(&toml_path, Stage::Settings, e))?;
+        let policy = DeliveryPolicy::new(&config)
+            .map(Arc::new)
+            .map_err(|e| fail(&toml_path, Stage::Settings, e))?;
         let wasm_hash = hex(&Sha256::digest(&bytes));
         let hash = hex(&Sha256::new()
             .chain_update(&bytes)
@@ -386,6 +392,7 @@ impl Registry {
             hash,
             config,
             limits,
+            policy,
         })
     }
 
@@ -399,6 +406,7 @@ impl Registry {
             hash,
             config,
             limits,
+            policy,
         } = files;
         let fail = |stage, reason| LoadError {
             hook: name.clone(),
@@ -442,6 +450,7 @@ impl Registry {
             hash,
             wasm_hash,
             config,
+            policy,
             subscription,
             methods,
             loaded_at: SystemTime::now(),
@@ -499,6 +508,7 @@ struct HookFiles {
     hash: String,
     config: HookConfig,
     limits: HookLimits,
+    policy: Arc<DeliveryPolicy>,
 }
 
 /// The `*.wasm` files of a folder, sorted; hidden files are skipped.

@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     url         TEXT NOT NULL,
     headers     TEXT NOT NULL,     -- JSON array of [name, value]
     body        BLOB NOT NULL,
+    signed      INTEGER NOT NULL,  -- the hook had a secret: never send unsigned
     dead        INTEGER NOT NULL DEFAULT 0,
     claimed     INTEGER NOT NULL DEFAULT 0,
     attempts    INTEGER NOT NULL DEFAULT 0,
@@ -272,8 +273,9 @@ impl Outbox for SqliteOutbox {
         self.call(move |conn| {
             let now = to_sql(now_ms());
             let mut insert = conn.prepare_cached(
-                "INSERT OR IGNORE INTO deliveries (id, hook, receiver, url, headers, body, created_ms, next_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                "INSERT OR IGNORE INTO deliveries
+                   (id, hook, receiver, url, headers, body, signed, created_ms, next_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
             )?;
             for d in &deliveries {
                 insert.execute(params![
@@ -283,6 +285,7 @@ impl Outbox for SqliteOutbox {
                     d.url.as_str(),
                     headers_to_json(&d.headers),
                     &d.body[..],
+                    d.signed,
                     now
                 ])?;
             }
@@ -340,18 +343,19 @@ impl Outbox for SqliteOutbox {
             }
             let mut mark = conn.prepare_cached("UPDATE deliveries SET claimed = 1 WHERE id = ?1")?;
             let mut load = conn.prepare_cached(
-                "SELECT hook, url, headers, body, attempts FROM deliveries WHERE id = ?1",
+                "SELECT hook, url, headers, body, attempts, signed FROM deliveries WHERE id = ?1",
             )?;
             let mut claimed = Vec::with_capacity(picked.len());
             for id in picked {
                 mark.execute([&id])?;
-                let (hook, url, headers, body, attempts) = load.query_row([&id], |r| {
+                let (hook, url, headers, body, attempts, signed) = load.query_row([&id], |r| {
                     Ok((
                         r.get::<_, String>(0)?,
                         r.get::<_, String>(1)?,
                         r.get::<_, String>(2)?,
                         r.get::<_, Vec<u8>>(3)?,
                         r.get::<_, u32>(4)?,
+                        r.get::<_, bool>(5)?,
                     ))
                 })?;
                 let Ok(url) = reqwest::Url::parse(&url) else {
@@ -369,6 +373,7 @@ impl Outbox for SqliteOutbox {
                         url,
                         headers: headers_from_json(&headers),
                         body: body.into(),
+                        signed,
                     },
                     attempts,
                 });

@@ -84,7 +84,7 @@ async fn a_sigkilled_engine_loses_no_accepted_event() {
     let config = dir.path().join("engine.toml");
     std::fs::write(
         &config,
-        "[delivery]\nretry_schedule_ms = [100, 200, 400, 800, 1600, 3200, 6400]\ntimeout_ms = 120000\n",
+        "[delivery]\nallow_hosts = [\"127.0.0.1\"]\nretry_schedule_ms = [100, 200, 400, 800, 1600, 3200, 6400]\ntimeout_ms = 120000\n",
     )
     .unwrap();
 

@@ -8,6 +8,7 @@ mod delivery;
 mod examples;
 mod hostile;
 mod reload;
+mod safety;
 mod server;
 
 use axum::Router;
@@ -60,6 +61,8 @@ pub fn test_config(dir: &Path) -> Config {
     config.limits.deadline_ms = 2_000;
     config.delivery = DeliveryConfig {
         retry_schedule_ms: vec![10, 20, 40],
+        // Receivers run on loopback, which the SSRF guard refuses by default.
+        allow_hosts: vec!["127.0.0.1".into()],
         ..DeliveryConfig::default()
     };
     config

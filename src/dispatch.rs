@@ -12,7 +12,6 @@ use crate::sandbox::{Failure, Sandbox};
 use crate::workers::Workers;
 use serde::Serialize;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 /// The answer to a pre event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -194,8 +193,10 @@ impl Dispatcher {
         event: &Event,
         uid: &str,
     ) -> Result<Decision, CallError> {
-        hook.stats.calls.fetch_add(1, Ordering::Relaxed);
+        hook.stats.calls.inc();
+        let started = std::time::Instant::now();
         let result = self.sandbox.handle(&hook.prepared, event).await;
+        hook.stats.duration.observe(started.elapsed().as_secs_f64());
         let site = || CallSite {
             hook: hook.name().to_owned(),
             method: event.method().to_owned(),
@@ -270,9 +271,9 @@ impl Dispatcher {
             })
         });
         if let Err(e) = &decision {
-            hook.stats.errors.fetch_add(1, Ordering::Relaxed);
+            hook.stats.errors.inc();
             if matches!(e, CallError::Timeout { .. }) {
-                hook.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                hook.stats.timeouts.inc();
             }
             tracing::warn!("{e}");
         }

@@ -5,6 +5,7 @@ use crate::delivery::{PolicyLookup, Sender, new_uid};
 use crate::dispatch::{Dispatcher, Verdict};
 use crate::error::Error;
 use crate::event::{Event, Phase};
+use crate::metrics::Metrics;
 use crate::outbox::{DeliveryInfo, Filter, Outbox, Retry, SqliteOutbox};
 use crate::registry::{HookStatus, Hooks, Registry};
 use crate::sandbox::{Sandbox, Subscription};
@@ -32,6 +33,7 @@ struct Inner {
     config: Config,
     dispatcher: Arc<Dispatcher>,
     workers: Arc<Workers>,
+    metrics: Arc<Metrics>,
     redact: Vec<WildMatch>,
     posts: Arc<Semaphore>,
     _watch: Option<Watch>,
@@ -45,7 +47,12 @@ impl Engine {
     /// or the runtime can't be set up.
     pub async fn new(config: Config) -> Result<Engine, Error> {
         let sandbox = Arc::new(Sandbox::new(&config).map_err(Error::Runtime)?);
-        let registry = Arc::new(Registry::new(sandbox.clone(), config.limits.clone()));
+        let metrics = Arc::new(Metrics::default());
+        let registry = Arc::new(Registry::new(
+            sandbox.clone(),
+            config.limits.clone(),
+            metrics.clone(),
+        ));
         let dir = &config.hooks_dir;
         if !config.watch && !dir.is_dir() {
             let source = std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder");
@@ -81,7 +88,7 @@ impl Engine {
             cooldown_ms: d.breaker_cooldown_ms,
             max_cooldown_ms: d.breaker_max_cooldown_ms.max(d.breaker_cooldown_ms),
         };
-        let workers = Workers::start(outbox.clone(), sender.clone(), breaker);
+        let workers = Workers::start(outbox.clone(), sender.clone(), breaker, metrics.clone());
         let dispatcher = Arc::new(Dispatcher {
             registry,
             sandbox,
@@ -102,6 +109,7 @@ impl Engine {
                 config,
                 dispatcher,
                 workers,
+                metrics,
                 redact,
                 posts: Arc::new(Semaphore::new(MAX_POSTS_IN_FLIGHT)),
                 _watch: watch,
@@ -230,6 +238,12 @@ impl Engine {
         Ok(self.inner.dispatcher.outbox.list(filter, limit).await?)
     }
 
+    /// The metrics in Prometheus text format (what `GET /metrics` serves).
+    pub async fn metrics(&self) -> Result<String, Error> {
+        let depth = self.inner.dispatcher.outbox.depth().await?;
+        Ok(self.inner.metrics.encode(&depth, crate::delivery::now_ms()))
+    }
+
     /// Sends dead letters again (one, or all) with a fresh retry schedule.
     /// Returns how many were requeued.
     pub async fn retry(&self, which: Retry) -> Result<usize, Error> {
@@ -317,7 +331,7 @@ pub async fn dry_run(
     event: &Event,
 ) -> Result<DryRun, Error> {
     let sandbox = Arc::new(Sandbox::new(config).map_err(Error::Runtime)?);
-    let registry = Registry::new(sandbox.clone(), config.limits.clone());
+    let registry = Registry::new(sandbox.clone(), config.limits.clone(), Default::default());
     let hook = registry.load(wasm, settings).await?;
     let matches = hook.wants(event);
     let outcome = if matches {

@@ -62,6 +62,7 @@ mod egress;
 mod engine;
 mod error;
 mod event;
+mod metrics;
 pub mod outbox;
 mod registry;
 mod sandbox;

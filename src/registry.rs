@@ -5,13 +5,13 @@ use crate::config::{HookConfig, HookLimits, Limits, OnError};
 use crate::delivery::DeliveryPolicy;
 use crate::error::{Error, LoadError, Stage};
 use crate::event::{Event, Phase};
+use crate::metrics::{HookStats, Metrics};
 use crate::sandbox::{Failure, Prepared, Sandbox, Subscription};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
@@ -49,16 +49,6 @@ impl LiveHook {
         self.subscription.phases.contains(&event.phase())
             && self.methods.iter().any(|m| m.matches(event.method()))
     }
-}
-
-/// Counters per hook name; they survive reloads.
-#[derive(Debug, Default)]
-pub(crate) struct HookStats {
-    pub calls: AtomicU64,
-    pub errors: AtomicU64,
-    pub timeouts: AtomicU64,
-    pub loads: AtomicU64,
-    pub load_failures: AtomicU64,
 }
 
 /// One immutable view of the hooks. Readers hold it for a whole event, so a
@@ -177,6 +167,7 @@ pub(crate) struct Registry {
     limits: Limits,
     snapshot: ArcSwap<Snapshot>,
     stats: Mutex<BTreeMap<String, Arc<HookStats>>>,
+    metrics: Arc<Metrics>,
     /// Serialises writers; holds the file signatures seen at the last look.
     writer: tokio::sync::Mutex<HashMap<String, HookSigs>>,
     /// Bumped after every swap, so callers can wait for a change.
@@ -184,10 +175,11 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    pub fn new(sandbox: Arc<Sandbox>, limits: Limits) -> Registry {
+    pub fn new(sandbox: Arc<Sandbox>, limits: Limits, metrics: Arc<Metrics>) -> Registry {
         Registry {
             sandbox,
             limits,
+            metrics,
             snapshot: ArcSwap::default(),
             stats: Mutex::default(),
             writer: tokio::sync::Mutex::default(),
@@ -277,7 +269,7 @@ impl Registry {
             match result {
                 Ok(None) => changed |= failed.remove(&name).is_some(),
                 Ok(Some(hook)) => {
-                    hook.stats.loads.fetch_add(1, Ordering::Relaxed);
+                    hook.stats.loads.inc();
                     match &old {
                         None => {
                             tracing::info!(hook = %name, hash = %short(&hook.hash), subscription = ?hook.subscription, "hook loaded")
@@ -292,9 +284,7 @@ impl Registry {
                     changed = true;
                 }
                 Err(err) => {
-                    self.stats_for(&name)
-                        .load_failures
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.stats_for(&name).load_failures.inc();
                     match &old {
                         Some(old) => tracing::error!("{err}; version {} keeps serving", short(old)),
                         None => tracing::error!("{err}"),
@@ -334,7 +324,7 @@ impl Registry {
             .lock()
             .unwrap()
             .entry(name.to_owned())
-            .or_default()
+            .or_insert_with(|| Arc::new(self.metrics.hook(name)))
             .clone()
     }
 
@@ -488,11 +478,11 @@ impl Registry {
                     on_error: live.map(|h| h.config.on_error),
                     wait: live.map(|h| h.config.wait),
                     last_error,
-                    calls: counters.calls.load(Ordering::Relaxed),
-                    errors: counters.errors.load(Ordering::Relaxed),
-                    timeouts: counters.timeouts.load(Ordering::Relaxed),
-                    loads: counters.loads.load(Ordering::Relaxed),
-                    load_failures: counters.load_failures.load(Ordering::Relaxed),
+                    calls: counters.calls.get(),
+                    errors: counters.errors.get(),
+                    timeouts: counters.timeouts.get(),
+                    loads: counters.loads.get(),
+                    load_failures: counters.load_failures.get(),
                 }
             })
             .collect()

@@ -6,6 +6,7 @@
 //! - `GET /v1/deliveries?state=pending|failed|dead&limit=N`: queued deliveries.
 //! - `POST /v1/deliveries/retry` with `{"id": "msg_…"}` or `{"all_dead": true}`:
 //!   send dead letters again.
+//! - `GET /metrics`: Prometheus metrics.
 //! - `GET /healthz`: liveness.
 
 use crate::{Engine, Error, Event, Filter, Phase, Retry};
@@ -27,6 +28,7 @@ pub fn router(engine: Engine) -> Router {
         .route("/v1/hooks", get(hooks))
         .route("/v1/deliveries", get(deliveries))
         .route("/v1/deliveries/retry", post(retry))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(MAX_EVENT_BYTES))
         .with_state(engine)
@@ -59,6 +61,20 @@ async fn ingest(State(engine): State<Engine>, body: Bytes) -> Response {
 
 async fn hooks(State(engine): State<Engine>) -> Response {
     Json(engine.hooks()).into_response()
+}
+
+async fn metrics(State(engine): State<Engine>) -> Response {
+    match engine.metrics().await {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 #[derive(serde::Deserialize)]

@@ -3,6 +3,7 @@
 //! failing and probes it with one delivery once the pause is over.
 
 use crate::delivery::{Attempt, Sender, gave_up, now_ms};
+use crate::metrics::{AttemptResult, Metrics};
 use crate::outbox::{Claimed, Finish, Outbox};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -41,6 +42,7 @@ pub(crate) struct Workers {
     outbox: Arc<dyn Outbox>,
     sender: Arc<Sender>,
     breaker: Breaker,
+    metrics: Arc<Metrics>,
     receivers: Mutex<HashMap<String, ReceiverState>>,
     in_flight: Mutex<usize>,
     wake: Notify,
@@ -52,11 +54,17 @@ pub(crate) struct Workers {
 
 impl Workers {
     /// Starts the pump on the current tokio runtime.
-    pub fn start(outbox: Arc<dyn Outbox>, sender: Arc<Sender>, breaker: Breaker) -> Arc<Workers> {
+    pub fn start(
+        outbox: Arc<dyn Outbox>,
+        sender: Arc<Sender>,
+        breaker: Breaker,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Workers> {
         let workers = Arc::new(Workers {
             outbox,
             sender,
             breaker,
+            metrics,
             receivers: Mutex::default(),
             in_flight: Mutex::new(0),
             wake: Notify::new(),
@@ -220,6 +228,12 @@ impl Workers {
                 }
             }
         };
+        let counted = match &finish {
+            Finish::Delivered => AttemptResult::Delivered,
+            Finish::Retry { .. } => AttemptResult::Retry,
+            Finish::Dead { .. } => AttemptResult::Dead,
+        };
+        self.metrics.attempt(&d.receiver(), counted);
         if let Err(e) = self.outbox.finish(d.id.clone(), attempts, finish).await {
             tracing::error!(id = %d.id, "cannot record a delivery attempt ({e}); it will be sent again");
         }

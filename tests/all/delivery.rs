@@ -245,6 +245,16 @@ async fn a_spent_schedule_makes_a_dead_letter_that_can_be_retried() {
             .contains("gave up after 4 attempts")
     );
     assert_eq!(receiver.received().len(), 4);
+    let metrics = engine.metrics().await.unwrap();
+    let label = format!("{{receiver=\"{}\"}}", receiver.addr);
+    for line in [
+        format!("wasmhooks_delivery_failures_total{label} 4"),
+        format!("wasmhooks_delivery_retries_total{label} 3"),
+        format!("wasmhooks_dead_letters_total{label} 1"),
+        format!("wasmhooks_queue_depth{label} 0"),
+    ] {
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
 
     up.store(true, Ordering::SeqCst);
     assert_eq!(engine.retry(Retry::Id("msg_nope".into())).await.unwrap(), 0);

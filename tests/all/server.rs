@@ -35,7 +35,8 @@ async fn events_in_verdicts_and_status_out() {
         )),
     );
     std::fs::write(dir.path().join("broken.wasm"), b"\0asm garbage").unwrap();
-    let base = serve(Engine::new(test_config(dir.path())).await.unwrap()).await;
+    let engine = Engine::new(test_config(dir.path())).await.unwrap();
+    let base = serve(engine.clone()).await;
     let client = reqwest::Client::new();
     let send = |body: Vec<u8>| client.post(format!("{base}/v1/events")).body(body).send();
 
@@ -116,4 +117,17 @@ async fn events_in_verdicts_and_status_out() {
     let r = retry(serde_json::json!({"id": "msg_nope"})).await.unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(retry(serde_json::json!({})).await.unwrap().status(), 400);
+
+    engine.drain().await;
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    let receiver_label = format!("receiver=\"{}\"", receiver.addr);
+    for line in [
+        "wasmhooks_hook_calls_total{hook=\"slack\"} 3".to_owned(),
+        "wasmhooks_hook_errors_total{hook=\"slack\"} 0".to_owned(),
+        "wasmhooks_hook_duration_seconds_count{hook=\"deny\"} 1".to_owned(),
+        "wasmhooks_hook_load_failures_total{hook=\"broken\"} 1".to_owned(),
+        format!("wasmhooks_deliveries_total{{{receiver_label}}} 3"),
+    ] {
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
 }

@@ -1,0 +1,227 @@
+//! Prometheus metrics, served at `GET /metrics`.
+//!
+//! Per hook: calls, errors, timeouts, loads, refused versions, and a
+//! duration histogram. Per receiver (host:port): deliveries, failed
+//! attempts, retries, dead letters, and, read from the outbox at scrape
+//! time, queue depth and the age of the oldest pending delivery.
+
+use crate::outbox::Depth;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
+/// Distinct receivers tracked at most; hooks choose URLs, so the rest are
+/// counted under `receiver="other"`.
+const MAX_RECEIVERS: usize = 1000;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HookLabel {
+    hook: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReceiverLabel {
+    receiver: String,
+}
+
+fn duration_histogram() -> Histogram {
+    // 10 µs to about 10 s.
+    Histogram::new(exponential_buckets(0.000_01, 4.0, 11))
+}
+
+/// One hook's counters. They survive reloads, and are the metrics
+/// themselves: the status API reads the same numbers.
+#[derive(Debug, Clone)]
+pub(crate) struct HookStats {
+    pub calls: Counter,
+    pub errors: Counter,
+    pub timeouts: Counter,
+    pub loads: Counter,
+    pub load_failures: Counter,
+    pub duration: Histogram,
+}
+
+impl Default for HookStats {
+    fn default() -> Self {
+        HookStats {
+            calls: Counter::default(),
+            errors: Counter::default(),
+            timeouts: Counter::default(),
+            loads: Counter::default(),
+            load_failures: Counter::default(),
+            duration: duration_histogram(),
+        }
+    }
+}
+
+/// The engine's metrics.
+pub(crate) struct Metrics {
+    registry: Registry,
+    calls: Family<HookLabel, Counter>,
+    errors: Family<HookLabel, Counter>,
+    timeouts: Family<HookLabel, Counter>,
+    loads: Family<HookLabel, Counter>,
+    load_failures: Family<HookLabel, Counter>,
+    duration: Family<HookLabel, Histogram, fn() -> Histogram>,
+    delivered: Family<ReceiverLabel, Counter>,
+    failed: Family<ReceiverLabel, Counter>,
+    retried: Family<ReceiverLabel, Counter>,
+    dead: Family<ReceiverLabel, Counter>,
+    depth: Family<ReceiverLabel, Gauge>,
+    oldest: Family<ReceiverLabel, Gauge<f64, AtomicU64>>,
+    receivers: Mutex<HashSet<String>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("wasmhooks"),
+            calls: Family::default(),
+            errors: Family::default(),
+            timeouts: Family::default(),
+            loads: Family::default(),
+            load_failures: Family::default(),
+            duration: Family::new_with_constructor(duration_histogram),
+            delivered: Family::default(),
+            failed: Family::default(),
+            retried: Family::default(),
+            dead: Family::default(),
+            depth: Family::default(),
+            oldest: Family::default(),
+            receivers: Mutex::default(),
+        };
+        let r = &mut m.registry;
+        r.register("hook_calls", "Events handed to a hook", m.calls.clone());
+        r.register(
+            "hook_errors",
+            "Events a hook failed on (trap, timeout, memory cap, error, bad outcome)",
+            m.errors.clone(),
+        );
+        r.register(
+            "hook_timeouts",
+            "Events a hook did not finish within its deadline",
+            m.timeouts.clone(),
+        );
+        r.register("hook_loads", "Versions of a hook loaded", m.loads.clone());
+        r.register(
+            "hook_load_failures",
+            "Versions of a hook refused (the last good one kept serving)",
+            m.load_failures.clone(),
+        );
+        r.register(
+            "hook_duration_seconds",
+            "Time to run a hook on one event, instantiation included",
+            m.duration.clone(),
+        );
+        r.register(
+            "deliveries",
+            "Deliveries a receiver accepted (2xx)",
+            m.delivered.clone(),
+        );
+        r.register(
+            "delivery_failures",
+            "Delivery attempts that failed",
+            m.failed.clone(),
+        );
+        r.register(
+            "delivery_retries",
+            "Failed attempts scheduled for a retry",
+            m.retried.clone(),
+        );
+        r.register(
+            "dead_letters",
+            "Deliveries that failed for good",
+            m.dead.clone(),
+        );
+        r.register(
+            "queue_depth",
+            "Deliveries pending per receiver",
+            m.depth.clone(),
+        );
+        r.register(
+            "oldest_pending_age_seconds",
+            "Age of the oldest pending delivery per receiver",
+            m.oldest.clone(),
+        );
+        m
+    }
+}
+
+/// How an attempt ended, for the receiver's counters.
+pub(crate) enum AttemptResult {
+    Delivered,
+    Retry,
+    Dead,
+}
+
+impl Metrics {
+    /// The counters of the hook called `name`, shared with the metrics.
+    pub fn hook(&self, name: &str) -> HookStats {
+        let label = HookLabel {
+            hook: name.to_owned(),
+        };
+        HookStats {
+            calls: self.calls.get_or_create_owned(&label),
+            errors: self.errors.get_or_create_owned(&label),
+            timeouts: self.timeouts.get_or_create_owned(&label),
+            loads: self.loads.get_or_create_owned(&label),
+            load_failures: self.load_failures.get_or_create_owned(&label),
+            duration: self.duration.get_or_create_owned(&label),
+        }
+    }
+
+    fn receiver_label(&self, receiver: &str) -> ReceiverLabel {
+        let mut known = self.receivers.lock().unwrap();
+        let receiver = if known.contains(receiver) || known.len() < MAX_RECEIVERS {
+            known.insert(receiver.to_owned());
+            receiver.to_owned()
+        } else {
+            "other".to_owned()
+        };
+        ReceiverLabel { receiver }
+    }
+
+    /// Counts one delivery attempt to `receiver`.
+    pub fn attempt(&self, receiver: &str, result: AttemptResult) {
+        let label = self.receiver_label(receiver);
+        match result {
+            AttemptResult::Delivered => {
+                self.delivered.get_or_create(&label).inc();
+            }
+            AttemptResult::Retry => {
+                self.failed.get_or_create(&label).inc();
+                self.retried.get_or_create(&label).inc();
+            }
+            AttemptResult::Dead => {
+                self.failed.get_or_create(&label).inc();
+                self.dead.get_or_create(&label).inc();
+            }
+        }
+    }
+
+    /// The text exposition, with queue gauges set from `depth`.
+    pub fn encode(&self, depth: &HashMap<String, Depth>, now_ms: u64) -> String {
+        self.depth.clear();
+        self.oldest.clear();
+        for (receiver, d) in depth {
+            let label = ReceiverLabel {
+                receiver: receiver.clone(),
+            };
+            self.depth.get_or_create(&label).set(d.pending as i64);
+            if let Some(oldest) = d.oldest_ms {
+                let age = now_ms.saturating_sub(oldest) as f64 / 1000.0;
+                self.oldest.get_or_create(&label).set(age);
+            }
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String does not fail");
+        text
+    }
+}

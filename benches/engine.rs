@@ -8,6 +8,8 @@
 mod guests;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use wasmhooks::{Config, Engine, Event};
 
@@ -44,6 +46,9 @@ fn main() {
     if wanted("many-hooks") {
         runtime.block_on(many_hooks());
     }
+    if wanted("delivery") {
+        runtime.block_on(delivery());
+    }
 }
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -71,6 +76,7 @@ fn bench_config(dir: &Path) -> Config {
     Config {
         hooks_dir: dir.to_owned(),
         cache_dir: None,
+        state_dir: None,
         ..Config::default()
     }
 }
@@ -391,4 +397,202 @@ async fn profile_loop() {
         "profile: {n} events, {:.2} µs each",
         micros(start.elapsed()) / n as f64
     );
+}
+
+/// A local receiver that answers 200 and counts, for the delivery section.
+struct Sink {
+    url: String,
+    count: Arc<AtomicUsize>,
+    reached: Arc<tokio::sync::Notify>,
+    target: Arc<AtomicUsize>,
+}
+
+impl Sink {
+    async fn start() -> Sink {
+        let count = Arc::new(AtomicUsize::new(0));
+        let reached = Arc::new(tokio::sync::Notify::new());
+        let target = Arc::new(AtomicUsize::new(usize::MAX));
+        let (c, r, t) = (count.clone(), reached.clone(), target.clone());
+        let app = axum::Router::new().fallback(move || {
+            let (c, r, t) = (c.clone(), r.clone(), t.clone());
+            async move {
+                if c.fetch_add(1, Ordering::SeqCst) + 1 == t.load(Ordering::SeqCst) {
+                    r.notify_one();
+                }
+                "ok"
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/sink", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Sink {
+            url,
+            count,
+            reached,
+            target,
+        }
+    }
+
+    /// Resolves once `n` more requests than now have arrived.
+    async fn expect(&self, n: usize) -> impl Future<Output = ()> + use<> {
+        let target = self.count.load(Ordering::SeqCst) + n;
+        self.target.store(target, Ordering::SeqCst);
+        let (reached, count) = (self.reached.clone(), self.count.clone());
+        async move {
+            while count.load(Ordering::SeqCst) < target {
+                let _ = tokio::time::timeout(Duration::from_millis(50), reached.notified()).await;
+            }
+        }
+    }
+}
+
+/// Peak resident memory (VmHWM) of this process, in MiB.
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Deliveries per second end to end (event in → hook → durable outbox →
+/// POST → 2xx), against a raw reqwest keep-alive POST loop to the same
+/// receiver at the same concurrency; then a 100k-event burst's peak memory
+/// and file descriptors.
+async fn delivery() {
+    let sink = Sink::start().await;
+    let body = fixture("vm.start.post");
+    let concurrency = 64;
+    let n = 20_000;
+
+    // Baseline: raw reqwest, `concurrency` tasks sharing one client.
+    let client = reqwest::Client::new();
+    let raw = async |n: usize| {
+        let done = sink.expect(n).await;
+        let start = Instant::now();
+        let left = Arc::new(AtomicUsize::new(n));
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let (client, url, body) = (client.clone(), sink.url.clone(), body.clone());
+                let left = left.clone();
+                tokio::spawn(async move {
+                    while left
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| l.checked_sub(1))
+                        .is_ok()
+                    {
+                        let r = client.post(&url).body(body.clone()).send().await.unwrap();
+                        assert!(r.status().is_success());
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        done.await;
+        n as f64 / start.elapsed().as_secs_f64()
+    };
+    raw(2_000).await; // warm-up
+    let raw_rate = raw(n).await;
+
+    println!("delivery: post events → forward hook → SQLite outbox → POST → 200, vs raw reqwest");
+    println!("  raw reqwest loop, {concurrency} in flight          {raw_rate:>9.0} req/s");
+    for fsync in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (rate, _) = engine_burst(&sink, dir.path(), fsync, n, concurrency).await;
+        println!(
+            "  engine, fsync = {fsync:<5}, {concurrency} in flight  {rate:>9.0} deliveries/s  ({:.0} % of raw; target >= 60 %)",
+            100.0 * rate / raw_rate
+        );
+    }
+
+    // A burst of 100k events: memory and descriptors stay bounded.
+    let dir = tempfile::tempdir().unwrap();
+    let _ = std::fs::write("/proc/self/clear_refs", "5"); // reset VmHWM
+    let before = peak_rss_mib();
+    let (rate, fds) = engine_burst(&sink, dir.path(), false, 100_000, concurrency).await;
+    let db = std::fs::metadata(dir.path().join("state/wasmhooks.db"))
+        .map(|m| m.len() as f64 / 1048576.0)
+        .unwrap_or(0.0);
+    println!(
+        "  100k-event burst: {rate:.0} deliveries/s; peak RSS {:.0} MiB (from {before:.0} MiB before); \
+         at most {fds} open fds; database {db:.1} MiB after",
+        peak_rss_mib()
+    );
+}
+
+/// Posts `n` events to an engine with the `forward` hook pointing at the
+/// sink, and waits for all `n` deliveries. Returns deliveries/s and the
+/// most file descriptors seen open meanwhile.
+async fn engine_burst(
+    sink: &Sink,
+    dir: &Path,
+    fsync: bool,
+    n: usize,
+    concurrency: usize,
+) -> (f64, usize) {
+    let hooks = dir.join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    std::fs::copy(guests::wasm("forward"), hooks.join("forward.wasm")).unwrap();
+    std::fs::write(
+        hooks.join("forward.toml"),
+        format!(
+            "allow_hosts = [\"127.0.0.1\"]\n[settings]\nurl = \"{}\"\nmethods = [\"vm.*\"]\nphases = [\"post\"]\n",
+            sink.url
+        ),
+    )
+    .unwrap();
+    let mut config = bench_config(&hooks);
+    config.state_dir = Some(dir.join("state"));
+    config.fsync = fsync;
+    config.watch = false;
+    config.delivery.concurrency = concurrency;
+    config.delivery.per_receiver_concurrency = concurrency; // one receiver: let it have all
+    let engine = Engine::new(config).await.unwrap();
+    let event = Event::from_json(&fixture("vm.start.post")).unwrap();
+    let max_fds = Arc::new(AtomicUsize::new(open_fds()));
+    let sampling = {
+        let max_fds = max_fds.clone();
+        tokio::spawn(async move {
+            loop {
+                max_fds.fetch_max(open_fds(), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let done = sink.expect(n).await;
+    let start = Instant::now();
+    // As many callers as the raw loop has requests in flight: each post
+    // waits for its commit, so fewer callers would measure commit latency.
+    let posters: Vec<_> = (0..concurrency)
+        .map(|i| {
+            let (engine, event) = (engine.clone(), event.clone());
+            tokio::spawn(async move {
+                for _ in 0..(n + i) / concurrency {
+                    engine.post(event.clone()).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for p in posters {
+        p.await.unwrap();
+    }
+    let posted = start.elapsed().as_secs_f64();
+    done.await;
+    let elapsed = start.elapsed().as_secs_f64();
+    println!(
+        "    ({n} events: all accepted after {posted:.2} s, all delivered after {elapsed:.2} s)"
+    );
+    let rate = n as f64 / elapsed;
+    engine.drain().await;
+    sampling.abort();
+    (rate, max_fds.load(Ordering::Relaxed))
 }

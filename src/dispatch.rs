@@ -6,7 +6,7 @@ use crate::config::OnError;
 use crate::delivery::{Delivery, Sender, delivery_id, new_uid};
 use crate::error::{CallError, CallSite};
 use crate::event::Event;
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, OutboxError};
 use crate::registry::{Hooks, LiveHook, Registry};
 use crate::sandbox::{Failure, Sandbox};
 use crate::workers::Workers;
@@ -158,8 +158,8 @@ impl Dispatcher {
             .flatten()
             .flat_map(|decision| decision.deliveries)
             .collect();
-        match self.outbox.commit(Some(ticket), deliveries).await {
-            Ok(()) => self.wake(),
+        match self.submit(Some(ticket), deliveries).await {
+            Ok(()) => {}
             Err(e) => tracing::error!(
                 method = event.method(),
                 call_id = event.call_id(),
@@ -173,15 +173,20 @@ impl Dispatcher {
         if deliveries.is_empty() {
             return;
         }
-        match self.outbox.commit(None, deliveries).await {
-            Ok(()) => self.wake(),
-            Err(e) => tracing::error!(hook = hook.name(), "deliveries not queued: {e}"),
+        if let Err(e) = self.submit(None, deliveries).await {
+            tracing::error!(hook = hook.name(), "deliveries not queued: {e}");
         }
     }
 
-    fn wake(&self) {
-        if let Some(workers) = &self.workers {
-            workers.wake();
+    /// Commits deliveries; the workers send at once those they have room for.
+    async fn submit(
+        &self,
+        ticket: Option<i64>,
+        deliveries: Vec<Delivery>,
+    ) -> Result<(), OutboxError> {
+        match &self.workers {
+            Some(workers) => workers.submit(ticket, deliveries).await,
+            None => self.outbox.commit(ticket, vec![], deliveries).await,
         }
     }
 

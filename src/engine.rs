@@ -138,7 +138,7 @@ impl Engine {
                     tracing::error!(ticket = journaled.ticket, "journaled event dropped: {e}");
                     dispatcher
                         .outbox
-                        .commit(Some(journaled.ticket), vec![])
+                        .commit(Some(journaled.ticket), vec![], vec![])
                         .await?;
                     continue;
                 }

@@ -148,8 +148,15 @@ pub trait Outbox: Send + Sync + 'static {
     /// Journals an accepted post event with the hooks that will run on it.
     fn journal(&self, uid: String, hooks: Vec<String>, payload: String) -> Fut<'_, i64>;
     /// Queues deliveries and, in the same transaction, retires the journaled
-    /// event they came from. A delivery id already queued is ignored.
-    fn commit(&self, ticket: Option<i64>, deliveries: Vec<Delivery>) -> Fut<'_, ()>;
+    /// event they came from. `claimed` ones are being sent by the caller
+    /// already (as if [`Outbox::claim`]ed); `queued` ones wait to be claimed.
+    /// A delivery id already queued is ignored.
+    fn commit(
+        &self,
+        ticket: Option<i64>,
+        claimed: Vec<Delivery>,
+        queued: Vec<Delivery>,
+    ) -> Fut<'_, ()>;
     /// Journaled events never retired: accepted before a crash.
     fn unfinished(&self) -> Fut<'_, Vec<Journaled>>;
     /// Takes up to `limit` deliveries due at `now_ms`, oldest first, each

@@ -2,9 +2,9 @@
 //! how each attempt ended. A circuit breaker pauses a receiver that keeps
 //! failing and probes it with one delivery once the pause is over.
 
-use crate::delivery::{Attempt, Sender, gave_up, now_ms};
+use crate::delivery::{Attempt, Delivery, Sender, gave_up, now_ms};
 use crate::metrics::{AttemptResult, Metrics};
-use crate::outbox::{Claimed, Finish, Outbox};
+use crate::outbox::{Claimed, Finish, Outbox, OutboxError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -118,6 +118,7 @@ impl Workers {
                     Ok(claimed) => {
                         full_batch = claimed.len() == limit;
                         for c in claimed {
+                            self.take_slot(&c.delivery.receiver());
                             self.clone().launch(c);
                         }
                     }
@@ -143,42 +144,110 @@ impl Workers {
 
     /// How many more deliveries each receiver may take now.
     fn room(&self) -> (HashMap<String, usize>, usize) {
-        let per_receiver = self.sender.config().per_receiver_concurrency.max(1);
         let now = now_ms();
         let mut receivers = self.receivers.lock().unwrap();
         receivers.retain(|_, r| r.in_flight > 0 || r.failures > 0);
         let room = receivers
             .iter()
-            .map(|(name, r)| {
-                let room = match r.open_until {
-                    Some(until) if until > now => 0,
-                    // Half open: one probe at a time until one succeeds.
-                    _ if r.failures >= self.breaker.failures => usize::from(r.in_flight == 0),
-                    _ => per_receiver.saturating_sub(r.in_flight),
-                };
-                (name.clone(), room)
-            })
+            .map(|(name, r)| (name.clone(), self.room_of(r, now)))
             .collect();
-        (room, per_receiver)
+        (room, self.per_receiver())
     }
 
-    fn launch(self: Arc<Self>, claimed: Claimed) {
-        let receiver = claimed.delivery.receiver();
+    fn per_receiver(&self) -> usize {
+        self.sender.config().per_receiver_concurrency.max(1)
+    }
+
+    fn room_of(&self, r: &ReceiverState, now: u64) -> usize {
+        match r.open_until {
+            Some(until) if until > now => 0,
+            // Half open: one probe at a time until one succeeds.
+            _ if r.failures >= self.breaker.failures => usize::from(r.in_flight == 0),
+            _ => self.per_receiver().saturating_sub(r.in_flight),
+        }
+    }
+
+    /// Takes a sending slot for `receiver` if it and the engine have room.
+    fn try_take_slot(&self, receiver: &str) -> bool {
+        let mut total = self.in_flight.lock().unwrap();
+        if *total >= self.sender.config().concurrency.max(1) {
+            return false;
+        }
+        let mut receivers = self.receivers.lock().unwrap();
+        let r = receivers.entry(receiver.to_owned()).or_default();
+        if self.room_of(r, now_ms()) == 0 {
+            return false;
+        }
+        r.in_flight += 1;
+        *total += 1;
+        true
+    }
+
+    /// Takes a slot the outbox already checked there was room for.
+    fn take_slot(&self, receiver: &str) {
         *self.in_flight.lock().unwrap() += 1;
-        self.receivers
-            .lock()
-            .unwrap()
-            .entry(receiver.clone())
-            .or_default()
-            .in_flight += 1;
+        let mut receivers = self.receivers.lock().unwrap();
+        receivers.entry(receiver.to_owned()).or_default().in_flight += 1;
+    }
+
+    /// Gives a slot back; with `up`, updates the receiver's breaker too.
+    /// Returns when to resume if the receiver's circuit opens now.
+    fn release_slot(&self, receiver: &str, up: Option<bool>) -> Option<u64> {
+        let postpone = {
+            let mut receivers = self.receivers.lock().unwrap();
+            let r = receivers.entry(receiver.to_owned()).or_default();
+            r.in_flight -= 1;
+            up.and_then(|up| self.breaker_update(receiver, r, up))
+        };
+        *self.in_flight.lock().unwrap() -= 1;
+        self.wake();
+        postpone
+    }
+
+    /// Queues deliveries durably (and retires the journaled event they came
+    /// from). Those whose receiver has room go out at once, claimed in the
+    /// same commit, without a trip through the pump; the rest wait for it.
+    pub async fn submit(
+        self: &Arc<Self>,
+        ticket: Option<i64>,
+        deliveries: Vec<Delivery>,
+    ) -> Result<(), OutboxError> {
+        let (now, later): (Vec<Delivery>, Vec<Delivery>) = deliveries
+            .into_iter()
+            .partition(|d| self.try_take_slot(&d.receiver()));
+        let has_later = !later.is_empty();
+        match self.outbox.commit(ticket, now.clone(), later).await {
+            Ok(()) => {
+                for delivery in now {
+                    self.clone().launch(Claimed {
+                        delivery,
+                        attempts: 0,
+                    });
+                }
+                if has_later {
+                    self.wake();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                for d in &now {
+                    self.release_slot(&d.receiver(), None);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends a claimed delivery whose slot is taken.
+    fn launch(self: Arc<Self>, claimed: Claimed) {
         tokio::spawn(async move {
-            let up = self.attempt(claimed).await;
-            self.done(receiver, up).await;
+            self.attempt(claimed).await;
+            self.progress.send_modify(|n| *n += 1);
         });
     }
 
-    /// One attempt, recorded. Returns whether the receiver looked up.
-    async fn attempt(&self, claimed: Claimed) -> bool {
+    /// One attempt: send, give the slot back, record the result.
+    async fn attempt(&self, claimed: Claimed) {
         let Claimed {
             delivery: d,
             attempts,
@@ -228,6 +297,11 @@ impl Workers {
                 }
             }
         };
+        if let Some(until) = self.release_slot(&d.receiver(), Some(up))
+            && let Err(e) = self.outbox.postpone(d.receiver(), until).await
+        {
+            tracing::error!("cannot pause a receiver: {e}");
+        }
         let counted = match &finish {
             Finish::Delivered => AttemptResult::Delivered,
             Finish::Retry { .. } => AttemptResult::Retry,
@@ -237,25 +311,6 @@ impl Workers {
         if let Err(e) = self.outbox.finish(d.id.clone(), attempts, finish).await {
             tracing::error!(id = %d.id, "cannot record a delivery attempt ({e}); it will be sent again");
         }
-        up
-    }
-
-    /// Frees the slot and updates the receiver's breaker.
-    async fn done(&self, receiver: String, up: bool) {
-        let postpone = {
-            let mut receivers = self.receivers.lock().unwrap();
-            let r = receivers.entry(receiver.clone()).or_default();
-            r.in_flight -= 1;
-            self.breaker_update(&receiver, r, up)
-        };
-        if let Some(until) = postpone
-            && let Err(e) = self.outbox.postpone(receiver, until).await
-        {
-            tracing::error!("cannot pause a receiver: {e}");
-        }
-        *self.in_flight.lock().unwrap() -= 1;
-        self.progress.send_modify(|n| *n += 1);
-        self.wake();
     }
 
     /// Counts a success or failure; returns when to resume if the circuit opens now.

@@ -44,7 +44,6 @@ CREATE TABLE IF NOT EXISTS deliveries (
     last_status INTEGER
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_ms) WHERE dead = 0 AND claimed = 0;
-CREATE INDEX IF NOT EXISTS deliveries_receiver ON deliveries (receiver, created_ms) WHERE dead = 0;
 CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries (created_ms) WHERE dead = 1;
 ";
 
@@ -210,7 +209,7 @@ fn run(conn: Connection, jobs: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let begin = conn.execute_batch("BEGIN IMMEDIATE");
+        let begin = exec(&conn, "BEGIN IMMEDIATE");
         if let Err(e) = begin {
             tracing::warn!("state database: cannot group writes ({e}); committing one by one");
             for job in batch {
@@ -221,9 +220,9 @@ fn run(conn: Connection, jobs: mpsc::Receiver<Job>) {
             continue;
         }
         let replies: Vec<Reply> = batch.into_iter().map(|job| job(&conn)).collect();
-        let commit_error = conn.execute_batch("COMMIT").err().map(|e| e.to_string());
+        let commit_error = exec(&conn, "COMMIT").err().map(|e| e.to_string());
         if commit_error.is_some() {
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = exec(&conn, "ROLLBACK");
         }
         for reply in replies {
             reply(commit_error.as_deref());
@@ -236,17 +235,24 @@ fn in_savepoint<R>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> rusqlite::Result<R>,
 ) -> rusqlite::Result<R> {
-    conn.execute_batch("SAVEPOINT job")?;
+    exec(conn, "SAVEPOINT job")?;
     match f(conn) {
         Ok(value) => {
-            conn.execute_batch("RELEASE job")?;
+            exec(conn, "RELEASE job")?;
             Ok(value)
         }
         Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+            let _ = exec(conn, "ROLLBACK TO job");
+            let _ = exec(conn, "RELEASE job");
             Err(e)
         }
     }
+}
+
+/// Runs one statement from the statement cache: these run for every job,
+/// so they are parsed once.
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
 fn now_ms() -> u64 {
@@ -269,15 +275,24 @@ impl Outbox for SqliteOutbox {
         })
     }
 
-    fn commit(&self, ticket: Option<i64>, deliveries: Vec<Delivery>) -> Fut<'_, ()> {
+    fn commit(
+        &self,
+        ticket: Option<i64>,
+        claimed: Vec<Delivery>,
+        queued: Vec<Delivery>,
+    ) -> Fut<'_, ()> {
         self.call(move |conn| {
             let now = to_sql(now_ms());
             let mut insert = conn.prepare_cached(
                 "INSERT OR IGNORE INTO deliveries
-                   (id, hook, receiver, url, headers, body, signed, created_ms, next_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+                   (id, hook, receiver, url, headers, body, signed, claimed, created_ms, next_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
             )?;
-            for d in &deliveries {
+            let all = claimed
+                .iter()
+                .map(|d| (d, true))
+                .chain(queued.iter().map(|d| (d, false)));
+            for (d, claimed) in all {
                 insert.execute(params![
                     d.id,
                     &*d.hook,
@@ -286,6 +301,7 @@ impl Outbox for SqliteOutbox {
                     headers_to_json(&d.headers),
                     &d.body[..],
                     d.signed,
+                    claimed,
                     now
                 ])?;
             }

@@ -223,13 +223,7 @@ async fn a_receiver_down_then_up_gets_the_delivery() {
 
 #[tokio::test]
 async fn a_spent_schedule_makes_a_dead_letter_that_can_be_retried() {
-    let up = Arc::new(AtomicBool::new(false));
-    let answer = up.clone();
-    let receiver = Receiver::with(move |_, _| match answer.load(Ordering::SeqCst) {
-        true => (StatusCode::OK, vec![]),
-        false => (StatusCode::INTERNAL_SERVER_ERROR, vec![]),
-    })
-    .await;
+    let (up, receiver) = failing_until_up(StatusCode::INTERNAL_SERVER_ERROR).await;
     let (_dir, engine) = one_hook("echo", "misbehave", &echo(&receiver, "")).await;
     engine.post(fixture("vm.start.post")).await.unwrap();
     engine.drain().await; // sent or dead: here dead, after 1 + 3 attempts
@@ -276,13 +270,7 @@ async fn a_spent_schedule_makes_a_dead_letter_that_can_be_retried() {
 
 #[tokio::test]
 async fn a_failing_receiver_is_paused_then_probed_then_resumed() {
-    let up = Arc::new(AtomicBool::new(false));
-    let answer = up.clone();
-    let receiver = Receiver::with(move |_, _| match answer.load(Ordering::SeqCst) {
-        true => (StatusCode::OK, vec![]),
-        false => (StatusCode::SERVICE_UNAVAILABLE, vec![]),
-    })
-    .await;
+    let (up, receiver) = failing_until_up(StatusCode::SERVICE_UNAVAILABLE).await;
     let dir = tempfile::tempdir().unwrap();
     install(dir.path(), "echo", "misbehave", Some(&echo(&receiver, "")));
     let mut config = test_config(dir.path());
@@ -324,6 +312,18 @@ async fn a_failing_receiver_is_paused_then_probed_then_resumed() {
         while_open + 10,
         "no more attempts than needed"
     );
+}
+
+/// A receiver that answers `down` until the flag is set, then 200.
+async fn failing_until_up(down: StatusCode) -> (Arc<AtomicBool>, Receiver) {
+    let up = Arc::new(AtomicBool::new(false));
+    let answer = up.clone();
+    let receiver = Receiver::with(move |_, _| match answer.load(Ordering::SeqCst) {
+        true => (StatusCode::OK, vec![]),
+        false => (down, vec![]),
+    })
+    .await;
+    (up, receiver)
 }
 
 fn now_ms() -> u64 {

@@ -32,6 +32,11 @@ pub struct Config {
     /// accepted event survives a power loss too; `false` survives a crash of
     /// the process only, and commits faster.
     pub fsync: bool,
+    /// How long `post()` waits for the hooks to finish (ms), so that their
+    /// deliveries are committed in one write before it returns. Slower
+    /// hooks get the event journaled instead (one more write), and finish
+    /// in the background. 0 journals every event.
+    pub post_inline_ms: u64,
     /// Limits for hooks whose `NAME.toml` does not set its own.
     pub limits: Limits,
     /// How many WASM calls may run at once. Sizes the instance pool; more
@@ -62,6 +67,7 @@ impl Default for Config {
             cache_dir: default_cache_dir(),
             state_dir: default_state_dir(),
             fsync: true,
+            post_inline_ms: 20,
             limits: Limits::default(),
             max_concurrent_calls: 128,
             redact_results: vec!["token.create".into()],

@@ -151,13 +151,24 @@ impl Dispatcher {
     /// to it when it was accepted, then commits all their deliveries and
     /// retires the event in one transaction. Called off the caller's path.
     pub async fn post(&self, hooks: Hooks, event: Event, ticket: i64, uid: String) {
-        let runs = hooks.iter().map(|hook| self.run(hook, &event, &uid));
-        let deliveries: Vec<Delivery> = futures::future::join_all(runs)
+        let deliveries = self.run_post(&hooks, &event, &uid).await;
+        self.post_commit(ticket, &event, deliveries).await;
+    }
+
+    /// Runs a post event through its hooks, concurrently; returns all
+    /// their deliveries (a failing hook has been logged and counted).
+    pub async fn run_post(&self, hooks: &Hooks, event: &Event, uid: &str) -> Vec<Delivery> {
+        let runs = hooks.iter().map(|hook| self.run(hook, event, uid));
+        futures::future::join_all(runs)
             .await
             .into_iter()
             .flatten()
             .flat_map(|decision| decision.deliveries)
-            .collect();
+            .collect()
+    }
+
+    /// Commits a journaled post event's deliveries and retires the event.
+    pub async fn post_commit(&self, ticket: i64, event: &Event, deliveries: Vec<Delivery>) {
         match self.submit(Some(ticket), deliveries).await {
             Ok(()) => {}
             Err(e) => tracing::error!(
@@ -179,7 +190,7 @@ impl Dispatcher {
     }
 
     /// Commits deliveries; the workers send at once those they have room for.
-    async fn submit(
+    pub async fn submit(
         &self,
         ticket: Option<i64>,
         deliveries: Vec<Delivery>,

@@ -188,8 +188,11 @@ impl Engine {
 
     /// Accepts a post event for the hooks subscribed to it: returns once it
     /// is committed to the durable queue, so it survives a crash from then
-    /// on. Hooks run and deliveries go out in the background. Waits only
-    /// when too many post events are already in progress.
+    /// on. If the hooks finish within `post_inline_ms`, what is committed
+    /// is their deliveries; otherwise the event itself is journaled, its
+    /// hooks finish in the background, and a crash meanwhile runs it again
+    /// at start. Deliveries go out in the background. Waits only when too
+    /// many post events are already in progress.
     pub async fn post(&self, mut event: Event) -> Result<(), Error> {
         expect_phase(&event, Phase::Post)?;
         let hooks = self.inner.dispatcher.matching(&event);
@@ -199,15 +202,42 @@ impl Engine {
         if self.inner.redact.iter().any(|m| m.matches(event.method())) {
             event.redact_result("* obfuscated *");
         }
-        let uid = new_uid();
-        let names = hooks.iter().map(|h| h.name().to_owned()).collect();
-        let ticket = self
+        let permit = self
             .inner
-            .dispatcher
-            .outbox
-            .journal(uid.clone(), names, event.payload().to_owned())
-            .await?;
-        self.spawn_post(hooks, event, ticket, uid).await;
+            .posts
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        let uid = new_uid();
+        let names: Vec<String> = hooks.iter().map(|h| h.name().to_owned()).collect();
+        let dispatcher = self.inner.dispatcher.clone();
+        let mut run = tokio::spawn({
+            let (dispatcher, event, uid) = (dispatcher.clone(), event.clone(), uid.clone());
+            async move { dispatcher.run_post(&hooks, &event, &uid).await }
+        });
+        // Hooks that finish quickly: their deliveries are the one write.
+        let window = Duration::from_millis(self.inner.config.post_inline_ms);
+        if let Ok(joined) = tokio::time::timeout(window, &mut run).await {
+            let deliveries = joined.map_err(|e| Error::Runtime(e.to_string()))?;
+            return Ok(dispatcher.submit(None, deliveries).await?);
+        }
+        // Slower ones: journal the event, so it survives a crash, and return.
+        let payload = event.payload().to_owned();
+        let ticket = match dispatcher.outbox.journal(uid, names, payload).await {
+            Ok(ticket) => ticket,
+            Err(e) => {
+                run.abort(); // not accepted: its deliveries must not go out
+                return Err(e.into());
+            }
+        };
+        tokio::spawn(async move {
+            match run.await {
+                Ok(deliveries) => dispatcher.post_commit(ticket, &event, deliveries).await,
+                Err(e) => tracing::error!("post event task failed ({e}); it runs again at restart"),
+            }
+            drop(permit);
+        });
         Ok(())
     }
 

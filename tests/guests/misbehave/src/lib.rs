@@ -87,11 +87,11 @@ impl Hook for Misbehave {
                     std::thread::sleep(delay);
                 }
                 Ok(Outcome::deliver(vec![
-                event
-                    .forward_to(&self.url)
-                    .with_header("x-mark", self.mark.as_str())
-                    .with_header("x-call-id", event.call_id.as_str())
-                    .with_header("x-version", version()),
+                    event
+                        .forward_to(&self.url)
+                        .with_header("x-mark", self.mark.as_str())
+                        .with_header("x-call-id", event.call_id.as_str())
+                        .with_header("x-version", version()),
                 ]))
             }
             Mode::Loop => {

@@ -110,13 +110,17 @@ impl Workers {
         let concurrency = self.sender.config().concurrency.max(1);
         loop {
             let free = concurrency.saturating_sub(*self.in_flight.lock().unwrap());
-            let mut full_batch = false;
+            let mut claimed_any = false;
             if free > 0 {
                 let limit = free.min(CLAIM_BATCH);
                 let (room, default_room) = self.room();
                 match self.outbox.claim(now_ms(), limit, room, default_room).await {
                     Ok(claimed) => {
-                        full_batch = claimed.len() == limit;
+                        if claimed.len() == limit {
+                            // Possibly more due right away.
+                            self.wake.notify_one();
+                        }
+                        claimed_any = !claimed.is_empty();
                         for c in claimed {
                             self.take_slot(&c.delivery.receiver());
                             self.clone().launch(c);
@@ -125,8 +129,13 @@ impl Workers {
                     Err(e) => tracing::error!("cannot claim deliveries: {e}"),
                 }
             }
-            if full_batch {
-                continue; // more may be due right away
+            if free == 0 || claimed_any {
+                // Busy: the next slot to free up wakes us (or new work does).
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(POLL) => {}
+                }
+                continue;
             }
             let wait = match self.outbox.next_due().await {
                 // Due now, yet nothing was claimable: every due delivery's

@@ -201,6 +201,7 @@ fn open_connection(path: Option<&Path>, fsync: bool) -> Result<Connection, Strin
 
 /// The outbox thread: takes every waiting job into one transaction.
 fn run(conn: Connection, jobs: mpsc::Receiver<Job>) {
+    let (mut transactions, mut grouped, mut since) = (0u64, 0u64, std::time::Instant::now());
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < GROUP {
@@ -208,6 +209,17 @@ fn run(conn: Connection, jobs: mpsc::Receiver<Job>) {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
+        }
+        transactions += 1;
+        grouped += batch.len() as u64;
+        if since.elapsed() >= std::time::Duration::from_secs(5) {
+            let per_second = transactions as f64 / since.elapsed().as_secs_f64();
+            tracing::debug!(
+                transactions_per_second = per_second as u64,
+                jobs_per_transaction = grouped as f64 / transactions as f64,
+                "outbox group commits"
+            );
+            (transactions, grouped, since) = (0, 0, std::time::Instant::now());
         }
         let begin = exec(&conn, "BEGIN IMMEDIATE");
         if let Err(e) = begin {

@@ -180,6 +180,8 @@ fn open_connection(path: Option<&Path>, fsync: bool) -> Result<Connection, Strin
     .map_err(|e| e.to_string())?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(|e| e.to_string())?;
+    // Every statement here runs often: keep them all prepared.
+    conn.set_prepared_statement_cache_capacity(64);
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(|e| format!("{e}; is it a SQLite database?"))?;

@@ -224,6 +224,19 @@ impl Workers {
         let (now, later): (Vec<Delivery>, Vec<Delivery>) = deliveries
             .into_iter()
             .partition(|d| self.try_take_slot(&d.receiver()));
+        // New deliveries to a paused receiver wait for its circuit too.
+        let paused: HashMap<String, u64> = {
+            let now_ms = now_ms();
+            let receivers = self.receivers.lock().unwrap();
+            later
+                .iter()
+                .filter_map(|d| {
+                    let receiver = d.receiver();
+                    let until = receivers.get(&receiver)?.open_until?;
+                    (until > now_ms).then_some((receiver, until))
+                })
+                .collect()
+        };
         let has_later = !later.is_empty();
         match self.outbox.commit(ticket, now.clone(), later).await {
             Ok(()) => {
@@ -232,6 +245,11 @@ impl Workers {
                         delivery,
                         attempts: 0,
                     });
+                }
+                for (receiver, until) in paused {
+                    if let Err(e) = self.outbox.postpone(receiver, until).await {
+                        tracing::error!("cannot pause a receiver: {e}");
+                    }
                 }
                 if has_later {
                     self.wake();

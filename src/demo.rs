@@ -48,8 +48,13 @@ pub fn receiver() -> Router {
                     .get("webhook-id")
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("-");
+                let signed = if headers.contains_key("webhook-signature") {
+                    " (signed)"
+                } else {
+                    ""
+                };
                 println!(
-                    "  <- receiver /{path} got {id}: {}",
+                    "  <- receiver /{path} got {id}{signed}: {}",
                     String::from_utf8_lossy(&body)
                 );
                 "ok"

@@ -185,7 +185,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
             )
         })?;
     let addr = listener.local_addr()?;
-    tracing::info!("listening on http://{addr}: POST /v1/events, GET /v1/hooks, GET /healthz");
+    tracing::info!(
+        "listening on http://{addr}: POST /v1/events, GET /v1/hooks, GET /v1/deliveries, \
+         GET /metrics, GET /healthz"
+    );
     if args.demo {
         tokio::spawn(demo::send_samples(addr));
     }

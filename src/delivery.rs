@@ -35,6 +35,8 @@ pub struct Delivery {
 pub(crate) struct DeliveryPolicy {
     /// Where its deliveries may go beyond public addresses.
     pub egress: Egress,
+    /// `egress.key()`, computed once: which HTTP client its deliveries use.
+    pub egress_key: String,
     /// Its signing secrets.
     pub signer: Option<Signer>,
 }
@@ -48,7 +50,11 @@ impl DeliveryPolicy {
         } else {
             Some(Signer::parse(&secrets).map_err(|e| format!("secret: {e}"))?)
         };
-        Ok(DeliveryPolicy { egress, signer })
+        Ok(DeliveryPolicy {
+            egress_key: egress.key(),
+            egress,
+            signer,
+        })
     }
 }
 
@@ -70,6 +76,7 @@ impl Delivery {
         url: &str,
         headers: Vec<(String, String)>,
         body: Vec<u8>,
+        signed: bool,
     ) -> Result<Delivery, String> {
         let url = Url::parse(url).map_err(|e| format!("delivery URL {url:?} is not valid: {e}"))?;
         if !matches!(url.scheme(), "http" | "https") {
@@ -97,7 +104,7 @@ impl Delivery {
             url,
             headers: map,
             body: body.into(),
-            signed: false,
+            signed,
         })
     }
     /// The receiver, as `host:port`: the unit of concurrency limits and
@@ -158,6 +165,13 @@ pub(crate) enum Attempt {
     },
 }
 
+/// Where one egress policy's deliveries go out.
+struct Route {
+    client: reqwest::Client,
+    /// The hook's `allow_hosts` plus `delivery.allow_hosts`.
+    egress: Egress,
+}
+
 /// Finds a hook's delivery policy by name (from the live hooks).
 pub(crate) type PolicyLookup = Box<dyn Fn(&str) -> Option<Arc<DeliveryPolicy>> + Send + Sync>;
 
@@ -166,9 +180,10 @@ pub(crate) struct Sender {
     config: DeliveryConfig,
     /// What every hook may reach (`delivery.allow_hosts`).
     global: Egress,
-    /// One HTTP client per distinct egress policy: the policy lives in the
-    /// client's resolver, and each keeps its own connection pool.
-    clients: Mutex<HashMap<String, reqwest::Client>>,
+    /// One route per distinct hook egress policy (by `egress_key`; "" for
+    /// none), built on first use: the guard lives in the client's resolver,
+    /// and each client keeps its own connection pool.
+    routes: Mutex<HashMap<String, Arc<Route>>>,
     lookup: PolicyLookup,
     /// The last policy seen per hook, for deliveries of a hook since removed.
     known: Mutex<HashMap<String, Arc<DeliveryPolicy>>>,
@@ -185,13 +200,13 @@ impl Sender {
         let sender = Sender {
             config: config.clone(),
             global,
-            clients: Mutex::default(),
+            routes: Mutex::default(),
             lookup,
             known: Mutex::default(),
             in_flight: Semaphore::new(config.concurrency.max(1)),
             per_receiver: Mutex::default(),
         };
-        sender.client(&sender.global)?; // fail now if a client cannot be built
+        sender.route(None)?; // fail now if a client cannot be built
         Ok(sender)
     }
 
@@ -199,11 +214,17 @@ impl Sender {
         &self.config
     }
 
-    fn client(&self, egress: &Egress) -> Result<reqwest::Client, String> {
-        let key = egress.key();
-        if let Some(client) = self.clients.lock().unwrap().get(&key) {
-            return Ok(client.clone());
+    /// The client and merged egress policy for a hook's policy (or for
+    /// hooks without one).
+    fn route(&self, policy: Option<&DeliveryPolicy>) -> Result<Arc<Route>, String> {
+        let key = policy.map_or("", |p| p.egress_key.as_str());
+        if let Some(route) = self.routes.lock().unwrap().get(key) {
+            return Ok(route.clone());
         }
+        let egress = match policy {
+            Some(p) => self.global.with(&p.egress),
+            None => self.global.clone(),
+        };
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(self.config.connect_timeout_ms))
             .timeout(Duration::from_millis(self.config.timeout_ms))
@@ -215,24 +236,25 @@ impl Sender {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        let mut clients = self.clients.lock().unwrap();
-        if clients.len() >= 256 {
-            clients.clear(); // policies come from hook files: stay bounded
+        let route = Arc::new(Route { client, egress });
+        let mut routes = self.routes.lock().unwrap();
+        if routes.len() >= 256 {
+            routes.clear(); // policies come from hook files: stay bounded
         }
-        clients.insert(key, client.clone());
-        Ok(client)
+        routes.insert(key.to_owned(), route.clone());
+        Ok(route)
     }
 
     /// The hook's current policy, else the last one seen.
     fn policy(&self, hook: &str) -> Option<Arc<DeliveryPolicy>> {
         let mut known = self.known.lock().unwrap();
-        match (self.lookup)(hook) {
-            Some(policy) => {
-                known.insert(hook.to_owned(), policy.clone());
-                Some(policy)
-            }
-            None => known.get(hook).cloned(),
+        let Some(policy) = (self.lookup)(hook) else {
+            return known.get(hook).cloned();
+        };
+        if !known.get(hook).is_some_and(|k| Arc::ptr_eq(k, &policy)) {
+            known.insert(hook.to_owned(), policy.clone());
         }
+        Some(policy)
     }
 
     /// One POST, holding a concurrency permit only while it is in flight.
@@ -242,17 +264,13 @@ impl Sender {
             status: None,
         };
         let policy = self.policy(&delivery.hook);
-        let egress = match &policy {
-            Some(p) => self.global.with(&p.egress),
-            None => self.global.clone(),
-        };
-        if let Some(refused) = refused_literal(&egress, &delivery.url) {
-            return permanent(format!("hook {}: {refused}", delivery.hook));
-        }
-        let client = match self.client(&egress) {
-            Ok(client) => client,
+        let route = match self.route(policy.as_deref()) {
+            Ok(route) => route,
             Err(e) => return permanent(e),
         };
+        if let Some(refused) = refused_literal(&route.egress, &delivery.url) {
+            return permanent(format!("hook {}: {refused}", delivery.hook));
+        }
         let mut headers = delivery.headers.clone();
         headers.insert("webhook-id", header_value(&delivery.id));
         match (policy.as_ref().map(|p| &p.signer), delivery.signed) {
@@ -274,7 +292,8 @@ impl Sender {
         let receiver = self.receiver_slots(delivery.receiver());
         let _receiver = receiver.acquire().await.expect("never closed");
         let _permit = self.in_flight.acquire().await.expect("never closed");
-        let request = client
+        let request = route
+            .client
             .post(delivery.url.clone())
             .headers(headers)
             .body(delivery.body.clone());
@@ -481,15 +500,16 @@ mod tests {
     fn rejects_bad_deliveries() {
         let hook: Arc<str> = "h".into();
         let id = || "msg_1".to_owned();
-        assert!(Delivery::new(id(), hook.clone(), "ftp://x/", vec![], vec![]).is_err());
-        assert!(Delivery::new(id(), hook.clone(), "not a url", vec![], vec![]).is_err());
+        assert!(Delivery::new(id(), hook.clone(), "ftp://x/", vec![], vec![], false).is_err());
+        assert!(Delivery::new(id(), hook.clone(), "not a url", vec![], vec![], false).is_err());
         assert!(
             Delivery::new(
                 id(),
                 hook.clone(),
                 "http://x/",
                 vec![("bad name".into(), "v".into())],
-                vec![]
+                vec![],
+                false,
             )
             .is_err()
         );
@@ -499,6 +519,7 @@ mod tests {
             "http://x/",
             vec![("content-type".into(), "text/plain".into())],
             vec![],
+            false,
         )
         .unwrap();
         assert_eq!(d.headers[CONTENT_TYPE], "text/plain");

@@ -44,14 +44,19 @@ pub(crate) struct Decision {
     pub deny: Option<String>,
 }
 
-pub(crate) struct Dispatcher {
-    pub registry: Arc<Registry>,
+/// Calls hooks and checks what they return: all a dry run needs.
+pub(crate) struct Runner {
     pub sandbox: Arc<Sandbox>,
-    pub outbox: Arc<dyn Outbox>,
-    pub workers: Option<Arc<Workers>>,
-    pub sender: Arc<Sender>,
     pub max_deliveries: usize,
     pub max_body_bytes: usize,
+}
+
+pub(crate) struct Dispatcher {
+    pub registry: Arc<Registry>,
+    pub runner: Runner,
+    pub outbox: Arc<dyn Outbox>,
+    pub workers: Arc<Workers>,
+    pub sender: Arc<Sender>,
     /// Longest a pre event waits for a `wait` hook's deliveries, retries included.
     pub wait_budget: std::time::Duration,
 }
@@ -195,9 +200,20 @@ impl Dispatcher {
         ticket: Option<i64>,
         deliveries: Vec<Delivery>,
     ) -> Result<(), OutboxError> {
-        match &self.workers {
-            Some(workers) => workers.submit(ticket, deliveries).await,
-            None => self.outbox.commit(ticket, vec![], deliveries).await,
+        self.workers.submit(ticket, deliveries).await
+    }
+
+    async fn run(&self, hook: &LiveHook, event: &Event, uid: &str) -> Result<Decision, CallError> {
+        self.runner.run(hook, event, uid).await
+    }
+}
+
+impl Runner {
+    pub fn new(sandbox: Arc<Sandbox>, config: &crate::Config) -> Runner {
+        Runner {
+            sandbox,
+            max_deliveries: config.max_deliveries_per_event,
+            max_body_bytes: config.max_body_bytes,
         }
     }
 
@@ -269,12 +285,9 @@ impl Dispatcher {
                 .enumerate()
                 .map(|(i, d)| {
                     let id = delivery_id(uid, hook.name(), i);
-                    let delivery =
-                        Delivery::new(id, hook.prepared.name.clone(), &d.url, d.headers, d.body);
-                    delivery.map(|d| Delivery {
-                        signed: hook.policy.signer.is_some(),
-                        ..d
-                    })
+                    let signed = hook.policy.signer.is_some();
+                    let name = hook.prepared.name.clone();
+                    Delivery::new(id, name, &d.url, d.headers, d.body, signed)
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|message| CallError::BadOutcome {

@@ -2,7 +2,7 @@
 
 use crate::config::{Config, HookConfig};
 use crate::delivery::{PolicyLookup, Sender, new_uid};
-use crate::dispatch::{Dispatcher, Verdict};
+use crate::dispatch::{Dispatcher, Runner, Verdict};
 use crate::error::Error;
 use crate::event::{Event, Phase};
 use crate::metrics::Metrics;
@@ -91,12 +91,10 @@ impl Engine {
         let workers = Workers::start(outbox.clone(), sender.clone(), breaker, metrics.clone());
         let dispatcher = Arc::new(Dispatcher {
             registry,
-            sandbox,
+            runner: Runner::new(sandbox, &config),
             outbox,
-            workers: Some(workers.clone()),
+            workers: workers.clone(),
             sender,
-            max_deliveries: config.max_deliveries_per_event,
-            max_body_bytes: config.max_body_bytes,
             wait_budget: Duration::from_millis(config.delivery.wait_budget_ms),
         });
         let redact = config
@@ -163,18 +161,19 @@ impl Engine {
     /// Runs a journaled post event in the background, bounded by the
     /// posts-in-flight limit.
     async fn spawn_post(&self, hooks: Hooks, event: Event, ticket: i64, uid: String) {
-        let permit = self
-            .inner
-            .posts
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
+        let permit = self.post_permit().await;
         let dispatcher = self.inner.dispatcher.clone();
         tokio::spawn(async move {
             dispatcher.post(hooks, event, ticket, uid).await;
             drop(permit);
         });
+    }
+
+    /// A place among the post events in progress; waits while there are
+    /// `MAX_POSTS_IN_FLIGHT`.
+    async fn post_permit(&self) -> tokio::sync::OwnedSemaphorePermit {
+        let posts = self.inner.posts.clone();
+        posts.acquire_owned().await.expect("never closed")
     }
 
     /// Runs a pre event through the hooks subscribed to it, concurrently,
@@ -202,18 +201,12 @@ impl Engine {
         if self.inner.redact.iter().any(|m| m.matches(event.method())) {
             event.redact_result("* obfuscated *");
         }
-        let permit = self
-            .inner
-            .posts
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
+        let permit = self.post_permit().await;
         let uid = new_uid();
-        let names: Vec<String> = hooks.iter().map(|h| h.name().to_owned()).collect();
         let dispatcher = self.inner.dispatcher.clone();
         let mut run = tokio::spawn({
-            let (dispatcher, event, uid) = (dispatcher.clone(), event.clone(), uid.clone());
+            let (dispatcher, hooks) = (dispatcher.clone(), hooks.clone());
+            let (event, uid) = (event.clone(), uid.clone());
             async move { dispatcher.run_post(&hooks, &event, &uid).await }
         });
         // Hooks that finish quickly: their deliveries are the one write.
@@ -223,6 +216,7 @@ impl Engine {
             return Ok(dispatcher.submit(None, deliveries).await?);
         }
         // Slower ones: journal the event, so it survives a crash, and return.
+        let names = hooks.iter().map(|h| h.name().to_owned()).collect();
         let payload = event.payload().to_owned();
         let ticket = match dispatcher.outbox.journal(uid, names, payload).await {
             Ok(ticket) => ticket,
@@ -365,19 +359,9 @@ pub async fn dry_run(
     let hook = registry.load(wasm, settings).await?;
     let matches = hook.wants(event);
     let outcome = if matches {
-        let sender =
-            Arc::new(Sender::new(&config.delivery, Box::new(|_| None)).map_err(Error::Config)?);
-        let dispatcher = Dispatcher {
-            registry: Arc::new(registry),
-            outbox: SqliteOutbox::open(None, false)?,
-            workers: None,
-            sandbox,
-            sender,
-            max_deliveries: config.max_deliveries_per_event,
-            max_body_bytes: config.max_body_bytes,
-            wait_budget: Duration::from_millis(config.delivery.wait_budget_ms),
-        };
-        let decision = dispatcher.run(&hook, event, &new_uid()).await?;
+        let decision = Runner::new(sandbox, config)
+            .run(&hook, event, &new_uid())
+            .await?;
         Some(DryOutcome {
             deliveries: decision
                 .deliveries

@@ -228,12 +228,8 @@ async fn deliveries(args: DeliveriesArgs) -> Result<()> {
                 "{:<36} {:<14} {:<7} {:>8} {:>9}  URL / LAST ERROR",
                 "ID", "HOOK", "STATE", "ATTEMPTS", "AGE"
             );
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or_default();
             for d in &rows {
-                let age = std::time::Duration::from_secs(now.saturating_sub(d.created_ms) / 1000);
+                let age = std::time::Duration::from_secs(d.age().as_secs());
                 println!(
                     "{:<36} {:<14} {:<7} {:>8} {:>9}  {}",
                     d.id,

@@ -131,6 +131,25 @@ pub struct DeliveryInfo {
     pub body_bytes: usize,
 }
 
+impl DeliveryInfo {
+    /// Time since it was queued.
+    pub fn age(&self) -> std::time::Duration {
+        let now = crate::delivery::now_ms();
+        std::time::Duration::from_millis(now.saturating_sub(self.created_ms))
+    }
+}
+
+/// What each receiver may take in one [`Outbox::claim`].
+#[derive(Debug, Clone, Default)]
+pub struct Room {
+    /// Deliveries a receiver may take, by receiver (`host:port`).
+    pub per_receiver: HashMap<String, usize>,
+    /// For a receiver not in `per_receiver`.
+    pub default: usize,
+    /// Receivers whose circuit is open, with when it closes (Unix ms).
+    pub paused: HashMap<String, u64>,
+}
+
 /// Queue depth per receiver, for metrics.
 #[derive(Debug, Clone, Default)]
 pub struct Depth {
@@ -160,20 +179,13 @@ pub trait Outbox: Send + Sync + 'static {
     /// Journaled events never retired: accepted before a crash.
     fn unfinished(&self) -> Fut<'_, Vec<Journaled>>;
     /// Takes up to `limit` deliveries due at `now_ms`, oldest first, each
-    /// for a receiver with room left: `room[receiver]`, or `default_room`
-    /// for one not in the map. Claimed deliveries are not handed out again
-    /// until finished (or the engine restarts).
-    fn claim(
-        &self,
-        now_ms: u64,
-        limit: usize,
-        room: HashMap<String, usize>,
-        default_room: usize,
-    ) -> Fut<'_, Vec<Claimed>>;
+    /// for a receiver with [`Room`] left. Due deliveries of a paused
+    /// receiver are rescheduled to when it resumes instead. Claimed
+    /// deliveries are not handed out again until finished (or the engine
+    /// restarts).
+    fn claim(&self, now_ms: u64, limit: usize, room: Room) -> Fut<'_, Vec<Claimed>>;
     /// Records how an attempt ended.
     fn finish(&self, id: String, attempts: u32, how: Finish) -> Fut<'_, ()>;
-    /// Holds back a receiver's pending deliveries until `until_ms` (its circuit is open).
-    fn postpone(&self, receiver: String, until_ms: u64) -> Fut<'_, ()>;
     /// When the next unclaimed pending delivery is due, if there is one.
     fn next_due(&self) -> Fut<'_, Option<u64>>;
     /// Pending deliveries, claimed or not, and journaled events.

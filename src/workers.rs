@@ -4,7 +4,7 @@
 
 use crate::delivery::{Attempt, Delivery, Sender, gave_up, now_ms};
 use crate::metrics::{AttemptResult, Metrics};
-use crate::outbox::{Claimed, Finish, Outbox, OutboxError};
+use crate::outbox::{Claimed, Finish, Outbox, OutboxError, Room};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,6 +29,13 @@ struct ReceiverState {
     cooldown_ms: u64,
 }
 
+/// Deliveries being sent, in all and per receiver, under one lock.
+#[derive(Debug, Default)]
+struct Slots {
+    total: usize,
+    receivers: HashMap<String, ReceiverState>,
+}
+
 /// Breaker settings.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Breaker {
@@ -43,8 +50,7 @@ pub(crate) struct Workers {
     sender: Arc<Sender>,
     breaker: Breaker,
     metrics: Arc<Metrics>,
-    receivers: Mutex<HashMap<String, ReceiverState>>,
-    in_flight: Mutex<usize>,
+    slots: Mutex<Slots>,
     wake: Notify,
     /// Stops the pump when the engine is dropped.
     stop: tokio_util::sync::CancellationToken,
@@ -65,8 +71,7 @@ impl Workers {
             sender,
             breaker,
             metrics,
-            receivers: Mutex::default(),
-            in_flight: Mutex::new(0),
+            slots: Mutex::default(),
             wake: Notify::new(),
             stop: tokio_util::sync::CancellationToken::new(),
             progress: watch::channel(0).0,
@@ -109,12 +114,11 @@ impl Workers {
     async fn pump_loop(self: Arc<Self>) {
         let concurrency = self.sender.config().concurrency.max(1);
         loop {
-            let free = concurrency.saturating_sub(*self.in_flight.lock().unwrap());
+            let free = concurrency.saturating_sub(self.slots.lock().unwrap().total);
             let mut claimed_any = false;
             if free > 0 {
                 let limit = free.min(CLAIM_BATCH);
-                let (room, default_room) = self.room();
-                match self.outbox.claim(now_ms(), limit, room, default_room).await {
+                match self.outbox.claim(now_ms(), limit, self.room()).await {
                     Ok(claimed) => {
                         if claimed.len() == limit {
                             // Possibly more due right away.
@@ -151,16 +155,24 @@ impl Workers {
         }
     }
 
-    /// How many more deliveries each receiver may take now.
-    fn room(&self) -> (HashMap<String, usize>, usize) {
+    /// How many more deliveries each receiver may take now, and which are paused.
+    fn room(&self) -> Room {
         let now = now_ms();
-        let mut receivers = self.receivers.lock().unwrap();
-        receivers.retain(|_, r| r.in_flight > 0 || r.failures > 0);
-        let room = receivers
-            .iter()
-            .map(|(name, r)| (name.clone(), self.room_of(r, now)))
-            .collect();
-        (room, self.per_receiver())
+        let mut slots = self.slots.lock().unwrap();
+        slots
+            .receivers
+            .retain(|_, r| r.in_flight > 0 || r.failures > 0);
+        let mut room = Room {
+            default: self.per_receiver(),
+            ..Room::default()
+        };
+        for (name, r) in &slots.receivers {
+            room.per_receiver.insert(name.clone(), self.room_of(r, now));
+            if let Some(until) = r.open_until.filter(|&until| until > now) {
+                room.paused.insert(name.clone(), until);
+            }
+        }
+        room
     }
 
     fn per_receiver(&self) -> usize {
@@ -178,39 +190,43 @@ impl Workers {
 
     /// Takes a sending slot for `receiver` if it and the engine have room.
     fn try_take_slot(&self, receiver: &str) -> bool {
-        let mut total = self.in_flight.lock().unwrap();
-        if *total >= self.sender.config().concurrency.max(1) {
+        let mut slots = self.slots.lock().unwrap();
+        if slots.total >= self.sender.config().concurrency.max(1) {
             return false;
         }
-        let mut receivers = self.receivers.lock().unwrap();
-        let r = receivers.entry(receiver.to_owned()).or_default();
+        let r = slots.receivers.entry(receiver.to_owned()).or_default();
         if self.room_of(r, now_ms()) == 0 {
             return false;
         }
         r.in_flight += 1;
-        *total += 1;
+        slots.total += 1;
         true
     }
 
     /// Takes a slot the outbox already checked there was room for.
     fn take_slot(&self, receiver: &str) {
-        *self.in_flight.lock().unwrap() += 1;
-        let mut receivers = self.receivers.lock().unwrap();
-        receivers.entry(receiver.to_owned()).or_default().in_flight += 1;
+        let mut slots = self.slots.lock().unwrap();
+        slots.total += 1;
+        slots
+            .receivers
+            .entry(receiver.to_owned())
+            .or_default()
+            .in_flight += 1;
     }
 
     /// Gives a slot back; with `up`, updates the receiver's breaker too.
-    /// Returns when to resume if the receiver's circuit opens now.
-    fn release_slot(&self, receiver: &str, up: Option<bool>) -> Option<u64> {
-        let postpone = {
-            let mut receivers = self.receivers.lock().unwrap();
-            let r = receivers.entry(receiver.to_owned()).or_default();
+    fn release_slot(&self, receiver: &str, up: Option<bool>) {
+        {
+            let mut slots = self.slots.lock().unwrap();
+            slots.total -= 1;
+            let r = slots.receivers.entry(receiver.to_owned()).or_default();
             r.in_flight -= 1;
-            up.and_then(|up| self.breaker_update(receiver, r, up))
-        };
-        *self.in_flight.lock().unwrap() -= 1;
+            if let Some(up) = up {
+                self.breaker_update(receiver, r, up);
+            }
+        }
+        // The pump claims more, or holds back a paused receiver's deliveries.
         self.wake();
-        postpone
     }
 
     /// Queues deliveries durably (and retires the journaled event they came
@@ -224,19 +240,6 @@ impl Workers {
         let (now, later): (Vec<Delivery>, Vec<Delivery>) = deliveries
             .into_iter()
             .partition(|d| self.try_take_slot(&d.receiver()));
-        // New deliveries to a paused receiver wait for its circuit too.
-        let paused: HashMap<String, u64> = {
-            let now_ms = now_ms();
-            let receivers = self.receivers.lock().unwrap();
-            later
-                .iter()
-                .filter_map(|d| {
-                    let receiver = d.receiver();
-                    let until = receivers.get(&receiver)?.open_until?;
-                    (until > now_ms).then_some((receiver, until))
-                })
-                .collect()
-        };
         let has_later = !later.is_empty();
         match self.outbox.commit(ticket, now.clone(), later).await {
             Ok(()) => {
@@ -245,11 +248,6 @@ impl Workers {
                         delivery,
                         attempts: 0,
                     });
-                }
-                for (receiver, until) in paused {
-                    if let Err(e) = self.outbox.postpone(receiver, until).await {
-                        tracing::error!("cannot pause a receiver: {e}");
-                    }
                 }
                 if has_later {
                     self.wake();
@@ -324,11 +322,7 @@ impl Workers {
                 }
             }
         };
-        if let Some(until) = self.release_slot(&d.receiver(), Some(up))
-            && let Err(e) = self.outbox.postpone(d.receiver(), until).await
-        {
-            tracing::error!("cannot pause a receiver: {e}");
-        }
+        self.release_slot(&d.receiver(), Some(up));
         let counted = match &finish {
             Finish::Delivered => AttemptResult::Delivered,
             Finish::Retry { .. } => AttemptResult::Retry,
@@ -340,8 +334,8 @@ impl Workers {
         }
     }
 
-    /// Counts a success or failure; returns when to resume if the circuit opens now.
-    fn breaker_update(&self, name: &str, r: &mut ReceiverState, up: bool) -> Option<u64> {
+    /// Counts a success or failure; opens the circuit after too many failures.
+    fn breaker_update(&self, name: &str, r: &mut ReceiverState, up: bool) {
         let now = now_ms();
         if up {
             if r.failures >= self.breaker.failures {
@@ -351,25 +345,23 @@ impl Workers {
                 in_flight: r.in_flight,
                 ..ReceiverState::default()
             };
-            return None;
+            return;
         }
         r.failures += 1;
         if r.failures < self.breaker.failures || r.open_until.is_some_and(|u| u > now) {
-            return None;
+            return;
         }
         r.cooldown_ms = if r.cooldown_ms == 0 {
             self.breaker.cooldown_ms
         } else {
             (r.cooldown_ms * 2).min(self.breaker.max_cooldown_ms)
         };
-        let until = now + r.cooldown_ms;
-        r.open_until = Some(until);
+        r.open_until = Some(now + r.cooldown_ms);
         tracing::warn!(
             receiver = name,
             failures = r.failures,
             "receiver keeps failing; pausing its deliveries for {:?}",
             Duration::from_millis(r.cooldown_ms)
         );
-        Some(until)
     }
 }

@@ -5,9 +5,9 @@
 //! the cost of a commit is shared by everything that arrived meanwhile.
 
 use super::{
-    Claimed, DeliveryInfo, Depth, Filter, Finish, Fut, Journaled, Outbox, OutboxError, Retry,
+    Claimed, DeliveryInfo, Depth, Filter, Finish, Fut, Journaled, Outbox, OutboxError, Retry, Room,
 };
-use crate::delivery::Delivery;
+use crate::delivery::{Delivery, now_ms};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashMap;
@@ -269,10 +269,6 @@ fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
-fn now_ms() -> u64 {
-    crate::delivery::now_ms()
-}
-
 fn to_sql(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -344,15 +340,10 @@ impl Outbox for SqliteOutbox {
         })
     }
 
-    fn claim(
-        &self,
-        now_ms: u64,
-        limit: usize,
-        mut room: HashMap<String, usize>,
-        default_room: usize,
-    ) -> Fut<'_, Vec<Claimed>> {
+    fn claim(&self, now_ms: u64, limit: usize, mut room: Room) -> Fut<'_, Vec<Claimed>> {
         self.call(move |conn| {
             let mut picked = Vec::new();
+            let mut held = Vec::new();
             {
                 let mut due = conn.prepare_cached(
                     "SELECT id, receiver FROM deliveries
@@ -364,21 +355,31 @@ impl Outbox for SqliteOutbox {
                     let Some(row) = rows.next()? else { break };
                     scanned += 1;
                     let receiver: String = row.get(1)?;
-                    let left = room.entry(receiver).or_insert(default_room);
+                    if let Some(&until) = room.paused.get(&receiver) {
+                        held.push((row.get::<_, String>(0)?, until));
+                        continue;
+                    }
+                    let left = room.per_receiver.entry(receiver).or_insert(room.default);
                     if *left > 0 {
                         *left -= 1;
                         picked.push(row.get::<_, String>(0)?);
                     }
                 }
             }
-            let mut mark = conn.prepare_cached("UPDATE deliveries SET claimed = 1 WHERE id = ?1")?;
-            let mut load = conn.prepare_cached(
-                "SELECT hook, url, headers, body, attempts, signed FROM deliveries WHERE id = ?1",
+            // Out of the due range until the receiver resumes, so later
+            // claims do not scan them again.
+            let mut hold =
+                conn.prepare_cached("UPDATE deliveries SET next_ms = ?2 WHERE id = ?1")?;
+            for (id, until) in held {
+                hold.execute(params![id, to_sql(until)])?;
+            }
+            let mut claim = conn.prepare_cached(
+                "UPDATE deliveries SET claimed = 1 WHERE id = ?1
+                 RETURNING hook, url, headers, body, attempts, signed",
             )?;
             let mut claimed = Vec::with_capacity(picked.len());
             for id in picked {
-                mark.execute([&id])?;
-                let (hook, url, headers, body, attempts, signed) = load.query_row([&id], |r| {
+                let (hook, url, headers, body, attempts, signed) = claim.query_row([&id], |r| {
                     Ok((
                         r.get::<_, String>(0)?,
                         r.get::<_, String>(1)?,
@@ -444,17 +445,6 @@ impl Outbox for SqliteOutbox {
                     .execute(params![id, attempts, error, status])?;
                 }
             }
-            Ok(())
-        })
-    }
-
-    fn postpone(&self, receiver: String, until_ms: u64) -> Fut<'_, ()> {
-        self.call(move |conn| {
-            conn.prepare_cached(
-                "UPDATE deliveries SET next_ms = ?2
-                 WHERE receiver = ?1 AND dead = 0 AND claimed = 0 AND next_ms < ?2",
-            )?
-            .execute(params![receiver, to_sql(until_ms)])?;
             Ok(())
         })
     }

@@ -462,6 +462,24 @@ fn peak_rss_mib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// CPU time (user + system) this process has used so far, in seconds.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is the
+    // 12th, stime the 13th, in clock ticks (100 per second on Linux).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .map(|d| d.count())
@@ -482,7 +500,7 @@ async fn delivery() {
     let client = reqwest::Client::new();
     let raw = async |n: usize| {
         let done = sink.expect(n).await;
-        let start = Instant::now();
+        let (start, cpu) = (Instant::now(), cpu_seconds());
         let left = Arc::new(AtomicUsize::new(n));
         let tasks: Vec<_> = (0..concurrency)
             .map(|_| {
@@ -503,19 +521,25 @@ async fn delivery() {
             t.await.unwrap();
         }
         done.await;
-        n as f64 / start.elapsed().as_secs_f64()
+        let cpu_us = 1e6 * (cpu_seconds() - cpu) / n as f64;
+        (n as f64 / start.elapsed().as_secs_f64(), cpu_us)
     };
     raw(2_000).await; // warm-up
-    let raw_rate = raw(n).await;
+    let (raw_rate, raw_cpu) = raw(n).await;
 
     println!("delivery: post events → forward hook → SQLite outbox → POST → 200, vs raw reqwest");
-    println!("  raw reqwest loop, {concurrency} in flight          {raw_rate:>9.0} req/s");
+    println!(
+        "  raw reqwest loop, {concurrency} in flight          {raw_rate:>9.0} req/s          ({raw_cpu:.0} µs CPU each, both ends)"
+    );
     for fsync in [false, true] {
         let dir = tempfile::tempdir().unwrap();
+        let cpu = cpu_seconds();
         let (rate, _) = engine_burst(&sink, dir.path(), fsync, n, concurrency).await;
+        let cpu_us = 1e6 * (cpu_seconds() - cpu) / n as f64;
         println!(
-            "  engine, fsync = {fsync:<5}, {concurrency} in flight  {rate:>9.0} deliveries/s  ({:.0} % of raw; target >= 60 %)",
-            100.0 * rate / raw_rate
+            "  engine, fsync = {fsync:<5}, {concurrency} in flight  {rate:>9.0} deliveries/s  ({:.0} % of raw; target >= 60 %; {cpu_us:.0} µs CPU each, {:.1}x raw)",
+            100.0 * rate / raw_rate,
+            cpu_us / raw_cpu
         );
     }
 
@@ -536,7 +560,8 @@ async fn delivery() {
 
 /// Posts `n` events to an engine with the `forward` hook pointing at the
 /// sink, and waits for all `n` deliveries. Returns deliveries/s and the
-/// most file descriptors seen open meanwhile.
+/// most file descriptors seen open meanwhile. `BENCH_MEMORY=1` keeps the
+/// outbox in an in-memory SQLite database, to tell file I/O from the rest.
 async fn engine_burst(
     sink: &Sink,
     dir: &Path,
@@ -556,7 +581,9 @@ async fn engine_burst(
     )
     .unwrap();
     let mut config = bench_config(&hooks);
-    config.state_dir = Some(dir.join("state"));
+    config.state_dir = std::env::var_os("BENCH_MEMORY")
+        .is_none()
+        .then(|| dir.join("state"));
     config.fsync = fsync;
     config.watch = false;
     config.delivery.concurrency = concurrency;

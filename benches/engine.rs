@@ -201,7 +201,7 @@ async fn cold_start() {
         assert!(engine.hooks().iter().all(|h| h.last_error.is_none()));
     }
     let warm = median(warm);
-    println!("cold-start: Engine::new with 100 distinct hooks (compile + link + init each)");
+    println!("cold-start: Engine::new with 100 distinct hooks (compile + link + setup each)");
     println!("  no cache                    {:>8.1} ms", millis(no_cache));
     println!(
         "  warm disk cache             {:>8.1} ms   ({:.1}x faster; target <= 500 ms)",
@@ -252,7 +252,7 @@ async fn many_hooks() {
     );
 }
 
-/// A pre event through the `deny` hook (fresh instance, init with its
+/// A pre event through the `deny` hook (fresh instance, setup with its
 /// settings, handle, which parses the event), against the same decision as a
 /// native Rust closure; then throughput from one caller and from two.
 async fn per_event() {

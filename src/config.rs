@@ -104,7 +104,7 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Wall-clock time one event may take in a hook, `init` included, in ms.
+    /// Wall-clock time one event may take in a hook, `setup` included, in ms.
     pub deadline_ms: u64,
     /// Memory one hook instance may use, in MiB.
     pub memory_mib: u32,
@@ -200,7 +200,7 @@ pub enum OnError {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HookConfig {
-    /// Handed to the hook's `init` as JSON text.
+    /// Handed to the hook's `setup` as JSON text.
     #[serde(default)]
     pub settings: toml::Table,
     /// Wall-clock deadline per event, in ms. Defaults to the engine's.
@@ -294,7 +294,7 @@ impl HookConfig {
         toml::from_str(text).map_err(|e| redact_secrets(&e.to_string()))
     }
 
-    /// The settings as the JSON text `init` receives.
+    /// The settings as the JSON text `setup` receives.
     pub fn settings_json(&self) -> String {
         serde_json::to_string(&self.settings).expect("TOML values always convert to JSON")
     }

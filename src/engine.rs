@@ -318,7 +318,7 @@ fn expect_phase(event: &Event, expected: Phase) -> Result<(), Error> {
 pub struct DryRun {
     /// The hook's name.
     pub hook: String,
-    /// What `init` returned.
+    /// What `setup` returned.
     pub subscription: Subscription,
     /// Whether the event matches the subscription.
     pub matches: bool,
@@ -347,7 +347,7 @@ pub struct DryDelivery {
 }
 
 /// Loads one hook file with its `NAME.toml` (or `settings` if given), runs
-/// `init` and, if the event matches, `handle`. Sends nothing.
+/// `setup` and, if the event matches, `handle`. Sends nothing.
 pub async fn dry_run(
     config: &Config,
     wasm: &Path,

@@ -59,8 +59,8 @@ pub enum Stage {
     Compile,
     /// Linking: the component does not implement the `hook` world.
     Link,
-    /// Instantiating or calling `init`: a trap, a timeout, or settings it refused.
-    Init,
+    /// Instantiating or calling `setup`: a trap, a timeout, or settings it refused.
+    Setup,
 }
 
 impl fmt::Display for Stage {
@@ -70,7 +70,7 @@ impl fmt::Display for Stage {
             Stage::Settings => "settings",
             Stage::Compile => "compile",
             Stage::Link => "link",
-            Stage::Init => "init",
+            Stage::Setup => "setup",
         })
     }
 }
@@ -143,7 +143,7 @@ pub enum CallError {
         /// The trap and, where known, the guest backtrace.
         message: String,
     },
-    /// The hook returned an error from `handle` (or `init` refused its settings).
+    /// The hook returned an error from `handle` (or `setup` refused its settings).
     #[error("{site}: returned an error: {message}")]
     Returned {
         /// Where.

@@ -30,7 +30,7 @@ enum Command {
     Serve(ServeArgs),
     /// Dry-run one hook on one event: print its subscription and outcome as JSON; send nothing.
     Run(RunArgs),
-    /// Load and init every hook of a folder, print a table, exit non-zero if any fails.
+    /// Load and set up every hook of a folder, print a table, exit non-zero if any fails.
     Check(CheckArgs),
     /// Inspect or retry the queued deliveries in a state folder (the engine may be running).
     Deliveries(DeliveriesArgs),

@@ -23,7 +23,7 @@ pub(crate) type Hooks = Arc<[Arc<LiveHook>]>;
 /// Most (method, phase) pairs whose matching hooks a snapshot remembers.
 const INDEX_CAPACITY: usize = 4096;
 
-/// A live hook: compiled, linked, `init`-ed, and taking events.
+/// A live hook: compiled, linked, set up, and taking events.
 pub(crate) struct LiveHook {
     pub prepared: Prepared,
     pub file: PathBuf,
@@ -328,7 +328,7 @@ impl Registry {
             .clone()
     }
 
-    /// Loads one hook off to the side: read, compile, link, `init`. Its
+    /// Loads one hook off to the side: read, compile, link, `setup`. Its
     /// config comes from `NAME.toml` beside it unless `config` is given.
     pub async fn load(
         &self,
@@ -386,7 +386,7 @@ impl Registry {
         })
     }
 
-    /// Compiles, links and `init`s a hook.
+    /// Compiles, links and sets a hook up.
     async fn build(&self, files: HookFiles) -> Result<LiveHook, LoadError> {
         let HookFiles {
             name,
@@ -419,14 +419,14 @@ impl Registry {
             settings_json: config.settings_json().into(),
             limits,
         };
-        let subscription = self.sandbox.init(&prepared).await.map_err(|f| {
+        let subscription = self.sandbox.setup(&prepared).await.map_err(|f| {
             let reason = match f {
-                Failure::Returned(message) => format!("init refused the settings: {message}"),
-                Failure::Timeout(d) => format!("init did not finish within the deadline of {d:?}"),
-                Failure::MemoryCap(mib) => format!("init exceeded the memory cap of {mib} MiB"),
-                Failure::Trap(message) => format!("init trapped: {message}"),
+                Failure::Returned(message) => format!("setup refused the settings: {message}"),
+                Failure::Timeout(d) => format!("setup did not finish within the deadline of {d:?}"),
+                Failure::MemoryCap(mib) => format!("setup exceeded the memory cap of {mib} MiB"),
+                Failure::Trap(message) => format!("setup trapped: {message}"),
             };
-            fail(Stage::Init, reason)
+            fail(Stage::Setup, reason)
         })?;
         let methods = subscription
             .methods

@@ -47,7 +47,7 @@ const MAX_LOG_LINES: u32 = 100;
 /// Longest log line kept; the rest is cut.
 const MAX_LOG_LINE: usize = 4096;
 
-/// A hook's subscription, as returned by `init`.
+/// A hook's subscription, as returned by `setup`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Subscription {
     /// Method globs.
@@ -309,14 +309,14 @@ impl Sandbox {
             )
         })?;
         HookPre::new(instance_pre)
-            .map_err(|e| format!("{e:#}; a hook must export `init` and `handle` of wasmhooks:hook/hook (see wit/hook.wit)"))
+            .map_err(|e| format!("{e:#}; a hook must export `setup` and `handle` of the wasmhooks:hook@0.2.0 `hook` world (see wit/hook.wit)"))
     }
 
-    /// Instantiates the hook and runs `init` with its settings.
-    pub async fn init(&self, hook: &Prepared) -> Result<Subscription, Failure> {
+    /// Instantiates the hook and runs its `setup` with its settings.
+    pub async fn setup(&self, hook: &Prepared) -> Result<Subscription, Failure> {
         self.call(hook, async |store, instance| {
             Ok(instance
-                .call_init(&mut *store, &hook.settings_json)
+                .call_setup(&mut *store, &hook.settings_json)
                 .await?
                 .map(|s| Subscription {
                     methods: s.methods,
@@ -326,7 +326,7 @@ impl Sandbox {
         .await
     }
 
-    /// Runs one event through a fresh instance: `init`, then `handle`.
+    /// Runs one event through a fresh instance: `setup`, then `handle`.
     pub async fn handle(&self, hook: &Prepared, event: &Event) -> Result<RawOutcome, Failure> {
         let wit_event = wit::Event {
             call_id: event.call_id().to_owned(),
@@ -336,8 +336,11 @@ impl Sandbox {
             payload: event.payload().to_owned(),
         };
         self.call(hook, async |store, instance| {
-            if let Err(message) = instance.call_init(&mut *store, &hook.settings_json).await? {
-                return Ok(Err(format!("init refused its settings: {message}")));
+            if let Err(message) = instance
+                .call_setup(&mut *store, &hook.settings_json)
+                .await?
+            {
+                return Ok(Err(format!("setup refused its settings: {message}")));
             }
             Ok(instance
                 .call_handle(&mut *store, &wit_event)

@@ -67,11 +67,11 @@ async fn broken_files_are_reported_and_the_good_hook_serves() {
     };
     expect("garbage", Stage::Compile, "garbage.wasm", "not WebAssembly");
     expect("core", Stage::Compile, "core.wasm", "not a component");
-    expect("wrongworld", Stage::Link, "wrongworld.wasm", "init");
+    expect("wrongworld", Stage::Link, "wrongworld.wasm", "setup");
     expect("badtoml", Stage::Settings, "badtoml.toml", "extra");
     expect("unknownkey", Stage::Settings, "unknownkey.toml", "deadline");
     expect("toolong", Stage::Settings, "toolong.toml", "deadline_ms");
-    expect("nourl", Stage::Init, "nourl.wasm", "url");
+    expect("nourl", Stage::Setup, "nourl.wasm", "url");
     assert_eq!(status(&all, "good").state, HookState::Live);
     assert_eq!(all.len(), 8, "notes.txt is not a hook");
 

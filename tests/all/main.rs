@@ -7,6 +7,7 @@ mod crash;
 mod delivery;
 mod examples;
 mod hostile;
+mod languages;
 mod reload;
 mod safety;
 mod server;

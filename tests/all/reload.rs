@@ -260,7 +260,7 @@ async fn a_settings_change_re_inits_the_hook() {
         h[0].last_error.is_some()
     })
     .await;
-    assert_eq!(hooks[0].last_error.as_ref().unwrap().stage, Stage::Init);
+    assert_eq!(hooks[0].last_error.as_ref().unwrap().stage, Stage::Setup);
     engine.post(fixture("vm.start.post")).await.unwrap();
     let got = receiver.wait_for(2).await;
     assert_eq!(got[1].header("x-mark"), "second");

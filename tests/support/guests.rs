@@ -78,3 +78,50 @@ pub fn place(dir: &std::path::Path, file: &str, bytes: &[u8]) {
     std::fs::write(&tmp, bytes).unwrap();
     std::fs::rename(&tmp, dir.join(file)).unwrap();
 }
+
+/// The folder `scripts/install-guest-toolchains.sh` installs into.
+pub fn toolchains() -> PathBuf {
+    std::env::var_os("WASMHOOKS_TOOLCHAINS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".toolchains"))
+}
+
+/// The example hook of `guest-examples/LANG/`, built from source by its
+/// `build.sh` with the project's guest toolchains, once per process. Fails,
+/// naming the install script, when a tool it needs is missing.
+pub fn example(lang: &str, tools: &[&str]) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, path)) = built.iter().find(|(l, _)| l == lang) {
+        return path.clone();
+    }
+    let bin = toolchains().join("bin");
+    for tool in tools {
+        assert!(
+            bin.join(tool).exists(),
+            "`{tool}` (needed to build guest-examples/{lang}) is not in {}: \
+             run scripts/install-guest-toolchains.sh first",
+            bin.display()
+        );
+    }
+    let out_dir = root().join("target/guests");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = out_dir.join(format!("{lang}.wasm"));
+    let path = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .unwrap();
+    let output = Command::new(root().join(format!("guest-examples/{lang}/build.sh")))
+        .arg(&out)
+        .env("PATH", path)
+        .output()
+        .expect("running the example's build.sh");
+    assert!(
+        output.status.success() && out.is_file(),
+        "building guest-examples/{lang} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    built.push((lang.to_owned(), out.clone()));
+    out
+}

@@ -37,7 +37,7 @@ struct Deny {
 impl Hook for Deny {
     type Settings = Settings;
 
-    fn init(s: Settings) -> Result<(Self, Subscription), String> {
+    fn setup(s: Settings) -> Result<(Self, Subscription), String> {
         let subscription = Subscription::new(["vm.delete", "vm.stop"], [Phase::Pre]);
         Ok((
             Deny {
@@ -68,20 +68,20 @@ wasmhooks_sdk::hook!(Deny);
 #[cfg(test)]
 mod tests {
     use super::Deny;
-    use wasmhooks_sdk::testing::{fixture, handle, init};
+    use wasmhooks_sdk::testing::{fixture, handle, setup};
 
     const DELETED: &str = "0a9b8c7d-6e5f-4a3b-2c1d-0e9f8a7b6c5d";
 
     #[test]
     fn denies_protected_only() {
-        let sub = init::<Deny>(&format!(r#"{{"protected": ["{DELETED}"]}}"#)).unwrap();
+        let sub = setup::<Deny>(&format!(r#"{{"protected": ["{DELETED}"]}}"#)).unwrap();
         assert_eq!(sub.methods, ["vm.delete", "vm.stop"]);
         let out = handle::<Deny>(&fixture("vm.delete.pre")).unwrap();
         assert!(out.deliveries.is_empty());
         let reason = out.deny.unwrap();
         assert!(reason.contains(DELETED), "{reason}");
 
-        init::<Deny>(r#"{"protected": ["1e1f1c5a-6b3d-4c2e-9a8f-7d6c5b4a3e21"]}"#).unwrap();
+        setup::<Deny>(r#"{"protected": ["1e1f1c5a-6b3d-4c2e-9a8f-7d6c5b4a3e21"]}"#).unwrap();
         let out = handle::<Deny>(&fixture("vm.delete.pre")).unwrap();
         assert_eq!(out.deny, None);
         // vm.start is not vetoed, even on a protected VM.
@@ -91,13 +91,13 @@ mod tests {
 
     #[test]
     fn settings() {
-        init::<Deny>(r#"{"protected": []}"#).unwrap();
+        setup::<Deny>(r#"{"protected": []}"#).unwrap();
         assert_eq!(
-            init::<Deny>("{}").unwrap_err(),
+            setup::<Deny>("{}").unwrap_err(),
             "settings: missing field `protected`"
         );
         assert!(
-            init::<Deny>(r#"{"protected": "x"}"#)
+            setup::<Deny>(r#"{"protected": "x"}"#)
                 .unwrap_err()
                 .starts_with("settings: protected: invalid type")
         );

@@ -20,7 +20,7 @@ struct Fanout {
 impl Hook for Fanout {
     type Settings = Settings;
 
-    fn init(s: Settings) -> Result<(Self, Subscription), String> {
+    fn setup(s: Settings) -> Result<(Self, Subscription), String> {
         wasmhooks_sdk::check_url("cmdb_url", &s.cmdb_url)?;
         wasmhooks_sdk::check_url("billing_url", &s.billing_url)?;
         let subscription = Subscription::new(["vm.create"], [Phase::Post]);
@@ -76,13 +76,13 @@ wasmhooks_sdk::hook!(Fanout);
 mod tests {
     use super::Fanout;
     use serde_json::json;
-    use wasmhooks_sdk::testing::{bodies, fixture, handle, init};
+    use wasmhooks_sdk::testing::{bodies, fixture, handle, setup};
 
     const SETTINGS: &str = r#"{"cmdb_url": "https://cmdb.example/api/vms", "billing_url": "https://billing.example/events"}"#;
 
     #[test]
     fn two_records() {
-        init::<Fanout>(SETTINGS).unwrap();
+        setup::<Fanout>(SETTINGS).unwrap();
         let out = handle::<Fanout>(&fixture("vm.create.post")).unwrap();
         let bodies = bodies(&out);
         assert_eq!(
@@ -115,7 +115,7 @@ mod tests {
 
     #[test]
     fn skips_failures_and_other_events() {
-        init::<Fanout>(SETTINGS).unwrap();
+        setup::<Fanout>(SETTINGS).unwrap();
         let mut failed = fixture("vm.migrate.post.error");
         failed.method = "vm.create".into();
         assert!(handle::<Fanout>(&failed).unwrap().deliveries.is_empty());
@@ -126,7 +126,7 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(
-            init::<Fanout>(r#"{"cmdb_url": "https://cmdb.example"}"#).unwrap_err(),
+            setup::<Fanout>(r#"{"cmdb_url": "https://cmdb.example"}"#).unwrap_err(),
             "settings: missing field `billing_url`"
         );
     }

@@ -17,7 +17,7 @@ struct Filter {
 impl Hook for Filter {
     type Settings = Settings;
 
-    fn init(s: Settings) -> Result<(Self, Subscription), String> {
+    fn setup(s: Settings) -> Result<(Self, Subscription), String> {
         wasmhooks_sdk::check_url("url", &s.url)?;
         let subscription = Subscription::new(wasmhooks_sdk::all_methods(), [Phase::Post]);
         Ok((Filter { url: s.url }, subscription))
@@ -36,11 +36,11 @@ wasmhooks_sdk::hook!(Filter);
 #[cfg(test)]
 mod tests {
     use super::Filter;
-    use wasmhooks_sdk::testing::{fixture, handle, init};
+    use wasmhooks_sdk::testing::{fixture, handle, setup};
 
     #[test]
     fn pages_failures_only() {
-        let sub = init::<Filter>(r#"{"url": "https://pager.example/alert"}"#).unwrap();
+        let sub = setup::<Filter>(r#"{"url": "https://pager.example/alert"}"#).unwrap();
         assert_eq!(sub.phases, [wasmhooks_sdk::Phase::Post]);
         let failed = fixture("vm.migrate.post.error");
         let out = handle::<Filter>(&failed).unwrap();

@@ -24,7 +24,7 @@ struct Forward {
 impl Hook for Forward {
     type Settings = Settings;
 
-    fn init(s: Settings) -> Result<(Self, Subscription), String> {
+    fn setup(s: Settings) -> Result<(Self, Subscription), String> {
         wasmhooks_sdk::check_url("url", &s.url)?;
         if s.methods.is_empty() {
             return Err(settings_error(
@@ -50,11 +50,11 @@ wasmhooks_sdk::hook!(Forward);
 #[cfg(test)]
 mod tests {
     use super::Forward;
-    use wasmhooks_sdk::testing::{fixture, handle, init};
+    use wasmhooks_sdk::testing::{fixture, handle, setup};
 
     #[test]
     fn forwards_payload_unchanged() {
-        init::<Forward>(r#"{"url": "https://xo.example/hook"}"#).unwrap();
+        setup::<Forward>(r#"{"url": "https://xo.example/hook"}"#).unwrap();
         let event = fixture("vm.start.pre");
         let out = handle::<Forward>(&event).unwrap();
         assert_eq!(out.deliveries.len(), 1);
@@ -66,7 +66,7 @@ mod tests {
 
     #[test]
     fn only_matching_methods_and_phases() {
-        let sub = init::<Forward>(
+        let sub = setup::<Forward>(
             r#"{"url": "http://127.0.0.1:9/x", "methods": ["vm.st?rt", "backupNg.*"], "phases": ["post"]}"#,
         )
         .unwrap();
@@ -81,7 +81,7 @@ mod tests {
 
     #[test]
     fn bad_settings() {
-        let err = |s| init::<Forward>(s).unwrap_err();
+        let err = |s| setup::<Forward>(s).unwrap_err();
         assert_eq!(err("{}"), "settings: missing field `url`");
         assert_eq!(
             err(r#"{"url": 1}"#),

@@ -20,7 +20,7 @@ struct Slack {
 impl Hook for Slack {
     type Settings = Settings;
 
-    fn init(s: Settings) -> Result<(Self, Subscription), String> {
+    fn setup(s: Settings) -> Result<(Self, Subscription), String> {
         wasmhooks_sdk::check_url("url", &s.url)?;
         let subscription = Subscription::new(["vm.*"], [Phase::Pre, Phase::Post]);
         Ok((Slack { url: s.url }, subscription))
@@ -91,10 +91,10 @@ wasmhooks_sdk::hook!(Slack);
 #[cfg(test)]
 mod tests {
     use super::Slack;
-    use wasmhooks_sdk::testing::{bodies, event, fixture, handle, init};
+    use wasmhooks_sdk::testing::{bodies, event, fixture, handle, setup};
 
     fn text(name: &str) -> String {
-        init::<Slack>(r#"{"url": "https://hooks.slack.com/services/T/B/X"}"#).unwrap();
+        setup::<Slack>(r#"{"url": "https://hooks.slack.com/services/T/B/X"}"#).unwrap();
         let out = handle::<Slack>(&fixture(name)).unwrap();
         let bodies = bodies(&out);
         assert_eq!(bodies.len(), 1);
@@ -124,7 +124,7 @@ mod tests {
 
     #[test]
     fn fallbacks_and_escaping() {
-        init::<Slack>(r#"{"url": "https://hooks.slack.com/services/T/B/X"}"#).unwrap();
+        setup::<Slack>(r#"{"url": "https://hooks.slack.com/services/T/B/X"}"#).unwrap();
         let ev =
             event(r#"{"callId":"a","method":"vm.<b>","params":{},"timestamp":1,"type":"pre"}"#);
         let out = handle::<Slack>(&ev).unwrap();
@@ -142,11 +142,11 @@ mod tests {
 
     #[test]
     fn only_vm_methods() {
-        init::<Slack>(r#"{"url": "https://hooks.slack.com/services/T/B/X"}"#).unwrap();
+        setup::<Slack>(r#"{"url": "https://hooks.slack.com/services/T/B/X"}"#).unwrap();
         let out = handle::<Slack>(&fixture("host.shutdown.pre")).unwrap();
         assert!(out.deliveries.is_empty());
         assert_eq!(
-            init::<Slack>("{}").unwrap_err(),
+            setup::<Slack>("{}").unwrap_err(),
             "settings: missing field `url`"
         );
     }

@@ -20,7 +20,7 @@ struct Teams {
 impl Hook for Teams {
     type Settings = Settings;
 
-    fn init(s: Settings) -> Result<(Self, Subscription), String> {
+    fn setup(s: Settings) -> Result<(Self, Subscription), String> {
         wasmhooks_sdk::check_url("url", &s.url)?;
         Ok((Teams { url: s.url }, Subscription::all()))
     }
@@ -59,10 +59,10 @@ wasmhooks_sdk::hook!(Teams);
 mod tests {
     use super::Teams;
     use serde_json::json;
-    use wasmhooks_sdk::testing::{bodies, fixture, handle, init};
+    use wasmhooks_sdk::testing::{bodies, fixture, handle, setup};
 
     fn card(name: &str) -> serde_json::Value {
-        init::<Teams>(r#"{"url": "https://example.webhook.office.com/webhookb2/x"}"#).unwrap();
+        setup::<Teams>(r#"{"url": "https://example.webhook.office.com/webhookb2/x"}"#).unwrap();
         let out = handle::<Teams>(&fixture(name)).unwrap();
         let mut bodies = bodies(&out);
         assert_eq!(bodies.len(), 1);

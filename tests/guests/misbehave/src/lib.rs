@@ -62,7 +62,7 @@ struct Misbehave {
 impl Hook for Misbehave {
     type Settings = Settings;
 
-    fn init(s: Settings) -> Result<(Self, Subscription), String> {
+    fn setup(s: Settings) -> Result<(Self, Subscription), String> {
         if let Some(err) = s.init_error {
             return Err(err);
         }

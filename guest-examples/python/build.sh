@@ -1,0 +1,7 @@
+#!/bin/sh
+# Builds the Python `slack` hook: build.sh [OUT.wasm] (default slack.wasm here).
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+out=${1:-$here/slack.wasm}
+cd "$here"
+componentize-py -d ../../wit -w hook componentize app -o "$out"

@@ -1,0 +1,147 @@
+//! The example hooks in languages other than Rust (`guest-examples/LANG/`),
+//! each built from source with the project's guest toolchains
+//! (`scripts/install-guest-toolchains.sh`) and run in the engine on fixture
+//! events, checked at a real receiver.
+
+use crate::{Receiver, engine, fixture, guests};
+use wasmhooks::{Engine, HookState, Stage};
+
+/// An engine serving `guest-examples/LANG`'s hook as `name`, with `toml`.
+async fn lang_hook(
+    lang: &str,
+    tools: &[&str],
+    name: &str,
+    toml: &str,
+) -> (tempfile::TempDir, Engine) {
+    let wasm = guests::example(lang, tools);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(format!("{name}.toml")), toml).unwrap();
+    std::fs::copy(&wasm, dir.path().join(format!("{name}.wasm"))).unwrap();
+    let engine = engine(dir.path()).await;
+    (dir, engine)
+}
+
+/// The Slack message text each `slack` example sends for these fixtures.
+const SLACK_TEXTS: [(&str, &str); 3] = [
+    (
+        "vm.start.post",
+        "alice@example.org called vm.start on VM 1e1f1c5a-6b3d-4c2e-9a8f-7d6c5b4a3e21: succeeded in 5608 ms",
+    ),
+    (
+        "vm.migrate.post.error",
+        "alice@example.org called vm.migrate on VM 1e1f1c5a-6b3d-4c2e-9a8f-7d6c5b4a3e21: failed: no such object",
+    ),
+    (
+        "vm.start.pre",
+        "alice@example.org called vm.start on VM 1e1f1c5a-6b3d-4c2e-9a8f-7d6c5b4a3e21: requested",
+    ),
+];
+
+async fn slack_sends_the_same_messages_as_the_rust_one(lang: &str, tools: &[&str]) {
+    let receiver = Receiver::start().await;
+    let toml = format!("[settings]\nurl = \"{}\"\n", receiver.url("/slack"));
+    let (_dir, engine) = lang_hook(lang, tools, "slack", &toml).await;
+    assert_eq!(
+        engine.hooks()[0].state,
+        HookState::Live,
+        "{:?}",
+        engine.hooks()
+    );
+
+    for (name, _) in SLACK_TEXTS {
+        let event = fixture(name);
+        if name.ends_with(".pre") {
+            let verdict = engine.pre(event).await.unwrap();
+            assert!(
+                verdict.allowed && verdict.failures.is_empty(),
+                "{verdict:?}"
+            );
+        } else {
+            engine.post(event).await.unwrap();
+        }
+    }
+    let got = receiver.wait_for(SLACK_TEXTS.len()).await;
+    let mut texts: Vec<String> = got
+        .iter()
+        .map(|r| {
+            assert_eq!(r.path, "/slack");
+            assert_eq!(r.header("content-type"), "application/json");
+            r.json()["text"]
+                .as_str()
+                .expect("a message has text")
+                .to_owned()
+        })
+        .collect();
+    texts.sort();
+    let mut want: Vec<String> = SLACK_TEXTS.iter().map(|(_, t)| t.to_string()).collect();
+    want.sort();
+    assert_eq!(texts, want);
+}
+
+async fn slack_refuses_settings_without_a_url(lang: &str, tools: &[&str]) {
+    let (_dir, engine) = lang_hook(lang, tools, "slack", "[settings]\nchannel = \"ops\"\n").await;
+    let status = &engine.hooks()[0];
+    assert_eq!(status.state, HookState::Failed, "{status:?}");
+    let error = status.last_error.as_ref().expect("a load error");
+    assert_eq!(error.stage, Stage::Setup, "{error:?}");
+    assert_eq!(error.hook, "slack");
+    assert!(
+        error.reason.contains("url"),
+        "the error names the setting: {error:?}"
+    );
+}
+
+async fn deny_vetoes_only_protected_vms(lang: &str, tools: &[&str]) {
+    let protected = "0a9b8c7d-6e5f-4a3b-2c1d-0e9f8a7b6c5d";
+    let toml = format!("[settings]\nprotected = [\"{protected}\"]\n");
+    let (_dir, engine) = lang_hook(lang, tools, "deny", &toml).await;
+
+    let verdict = engine.pre(fixture("vm.delete.pre")).await.unwrap();
+    assert!(!verdict.allowed, "{verdict:?}");
+    assert_eq!(verdict.denied_by.as_deref(), Some("deny"));
+    assert_eq!(
+        verdict.reason.as_deref(),
+        Some(format!("VM {protected} is protected: vm.delete refused by the deny hook").as_str())
+    );
+    let verdict = engine.pre(fixture("vm.start.pre")).await.unwrap();
+    assert!(verdict.allowed, "vm.start is not subscribed: {verdict:?}");
+
+    let toml = "[settings]\nprotected = [\"another-vm\"]\n";
+    let (_dir, engine) = lang_hook(lang, tools, "deny", toml).await;
+    let verdict = engine.pre(fixture("vm.delete.pre")).await.unwrap();
+    assert!(
+        verdict.allowed && verdict.failures.is_empty(),
+        "{verdict:?}"
+    );
+}
+
+const PYTHON: &[&str] = &["componentize-py"];
+const JS: &[&str] = &["jco"];
+
+#[tokio::test]
+async fn python_slack() {
+    slack_sends_the_same_messages_as_the_rust_one("python", PYTHON).await;
+    slack_refuses_settings_without_a_url("python", PYTHON).await;
+}
+
+#[tokio::test]
+async fn js_deny() {
+    deny_vetoes_only_protected_vms("js", JS).await;
+}
+
+/// The examples' folders each have a README with the install and build commands.
+#[test]
+fn every_language_example_documents_its_toolchain() {
+    for lang in ["python", "js"] {
+        let readme = guests::root().join(format!("guest-examples/{lang}/README.md"));
+        let text = std::fs::read_to_string(&readme)
+            .unwrap_or_else(|e| panic!("{}: {e}", readme.display()));
+        for needle in ["scripts/install-guest-toolchains.sh", "build.sh"] {
+            assert!(
+                text.contains(needle),
+                "{} lacks {needle:?}",
+                readme.display()
+            );
+        }
+    }
+}

@@ -54,6 +54,9 @@ fn main() {
     if wanted("delivery") {
         runtime.block_on(delivery());
     }
+    if wanted("languages") {
+        runtime.block_on(languages());
+    }
 }
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -627,4 +630,73 @@ async fn engine_burst(
     engine.drain().await;
     sampling.abort();
     (rate, max_fds.load(Ordering::Relaxed))
+}
+
+/// Per-event cost of the same hook in each language, through `engine.pre`
+/// (fresh instance, `setup`, `handle`), against the Rust example in the same
+/// run. The `deny` examples veto a protected VM; the `slack` examples each
+/// queue one delivery (to a local sink, in an in-memory outbox).
+async fn languages() {
+    let sink = Sink::start().await;
+    let deny = "[settings]\nprotected = [\"0a9b8c7d-6e5f-4a3b-2c1d-0e9f8a7b6c5d\"]\n".to_owned();
+    let slack = format!(
+        "allow_hosts = [\"127.0.0.1\"]\n[settings]\nurl = \"{}\"\n",
+        sink.url
+    );
+    println!("languages: engine.pre per event, fresh instance (same hook in Rust = 1x)");
+    type Build = fn() -> std::path::PathBuf;
+    let cases: [(&str, &str, Build, &str, &str); 4] = [
+        (
+            "deny",
+            "Rust",
+            || guests::wasm("deny"),
+            &deny,
+            "vm.delete.pre",
+        ),
+        (
+            "deny",
+            "JavaScript (QuickJS)",
+            || guests::example("js", &["jco"]),
+            &deny,
+            "vm.delete.pre",
+        ),
+        (
+            "slack",
+            "Rust",
+            || guests::wasm("slack"),
+            &slack,
+            "vm.start.pre",
+        ),
+        (
+            "slack",
+            "Python",
+            || guests::example("python", &["componentize-py"]),
+            &slack,
+            "vm.start.pre",
+        ),
+    ];
+    let mut rust = Duration::ZERO;
+    for (hook, lang, wasm, toml, event) in cases {
+        let wasm = wasm();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(&wasm, dir.path().join(format!("{hook}.wasm"))).unwrap();
+        std::fs::write(dir.path().join(format!("{hook}.toml")), toml).unwrap();
+        let engine = Engine::new(bench_config(dir.path())).await.unwrap();
+        let event = Event::from_json(&fixture(event)).unwrap();
+        let n = if lang == "Rust" { 2_000 } else { 200 };
+        let per = per_iter(n, 5, async || {
+            engine.pre(event.clone()).await.unwrap();
+        })
+        .await;
+        if lang == "Rust" {
+            rust = per;
+        }
+        let size = std::fs::metadata(&wasm).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
+        println!(
+            "  {hook:<6} {lang:<22} {:>9.1} µs/event  {:>6.1}x   {size:>6.2} MB",
+            micros(per),
+            per.as_secs_f64() / rust.as_secs_f64()
+        );
+        engine.drain().await;
+    }
 }

@@ -632,20 +632,27 @@ async fn engine_burst(
     (rate, max_fds.load(Ordering::Relaxed))
 }
 
-/// Per-event cost of the same hook in each language, through `engine.pre`
-/// (fresh instance, `setup`, `handle`), against the Rust example in the same
-/// run. The `deny` examples veto a protected VM; the `slack` examples each
-/// queue one delivery (to a local sink, in an in-memory outbox).
+/// Per-event cost of the same hook in each language (fresh instance per
+/// event), against the Rust example in the same run. Pre events go through
+/// `engine.pre`; post events through `engine.post` (which also commits to an
+/// in-memory outbox). The `deny` examples veto a protected VM; `slack` and
+/// `forward` each queue one delivery to a local sink; `filter` skips a
+/// successful operation.
 async fn languages() {
     let sink = Sink::start().await;
     let deny = "[settings]\nprotected = [\"0a9b8c7d-6e5f-4a3b-2c1d-0e9f8a7b6c5d\"]\n".to_owned();
-    let slack = format!(
+    let deny_command = format!(
+        "{deny}[subscription]\nmethods = [\"vm.delete\", \"vm.stop\"]\nphases = [\"pre\"]\n"
+    );
+    let to_sink = format!(
         "allow_hosts = [\"127.0.0.1\"]\n[settings]\nurl = \"{}\"\n",
         sink.url
     );
-    println!("languages: engine.pre per event, fresh instance (same hook in Rust = 1x)");
+    let forward_rust = format!("{to_sink}methods = [\"vm.*\"]\nphases = [\"post\"]\n");
+    let filter_zig = format!("{to_sink}[subscription]\nmethods = [\"*\"]\nphases = [\"post\"]\n");
+    println!("languages: per event, fresh instance (the same hook in Rust = 1x)");
     type Build = fn() -> std::path::PathBuf;
-    let cases: [(&str, &str, Build, &str, &str); 4] = [
+    let cases: [(&str, &str, Build, &str, &str); 9] = [
         (
             "deny",
             "Rust",
@@ -661,18 +668,53 @@ async fn languages() {
             "vm.delete.pre",
         ),
         (
+            "deny",
+            "AssemblyScript (cmd)",
+            || guests::example("assemblyscript", &["asc"]),
+            &deny_command,
+            "vm.delete.pre",
+        ),
+        (
             "slack",
             "Rust",
             || guests::wasm("slack"),
-            &slack,
+            &to_sink,
             "vm.start.pre",
         ),
         (
             "slack",
             "Python",
             || guests::example("python", &["componentize-py"]),
-            &slack,
+            &to_sink,
             "vm.start.pre",
+        ),
+        (
+            "forward",
+            "Rust",
+            || guests::wasm("forward"),
+            &forward_rust,
+            "vm.start.post",
+        ),
+        (
+            "forward",
+            "C",
+            || guests::example("c", &["clang", "wit-bindgen", "wasm-tools"]),
+            &to_sink,
+            "vm.start.post",
+        ),
+        (
+            "filter",
+            "Rust",
+            || guests::wasm("filter"),
+            &to_sink,
+            "vm.start.post",
+        ),
+        (
+            "filter",
+            "Zig (cmd)",
+            || guests::example("zig", &["zig"]),
+            &filter_zig,
+            "vm.start.post",
         ),
     ];
     let mut rust = Duration::ZERO;
@@ -682,10 +724,19 @@ async fn languages() {
         std::fs::copy(&wasm, dir.path().join(format!("{hook}.wasm"))).unwrap();
         std::fs::write(dir.path().join(format!("{hook}.toml")), toml).unwrap();
         let engine = Engine::new(bench_config(dir.path())).await.unwrap();
+        assert!(
+            engine.hooks()[0].last_error.is_none(),
+            "{lang} {hook}: {:?}",
+            engine.hooks()[0].last_error
+        );
         let event = Event::from_json(&fixture(event)).unwrap();
         let n = if lang == "Rust" { 2_000 } else { 200 };
         let per = per_iter(n, 5, async || {
-            engine.pre(event.clone()).await.unwrap();
+            if event.phase() == wasmhooks::Phase::Pre {
+                engine.pre(event.clone()).await.unwrap();
+            } else {
+                engine.post(event.clone()).await.unwrap();
+            }
         })
         .await;
         if lang == "Rust" {
@@ -693,9 +744,14 @@ async fn languages() {
         }
         let size = std::fs::metadata(&wasm).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
         println!(
-            "  {hook:<6} {lang:<22} {:>9.1} µs/event  {:>6.1}x   {size:>6.2} MB",
+            "  {hook:<8} {lang:<22} {:>9.1} µs/event  {:>6.1}x   {size:>6.2} MB",
             micros(per),
             per.as_secs_f64() / rust.as_secs_f64()
+        );
+        assert_eq!(
+            engine.hooks()[0].errors,
+            0,
+            "{lang} {hook} failed on its events"
         );
         engine.drain().await;
     }

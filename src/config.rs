@@ -226,6 +226,19 @@ pub struct HookConfig {
     /// while rotating (each one signs). Never logged.
     #[serde(default, skip_serializing)]
     pub secret: Secrets,
+    /// For a WASI command hook only, which has no `setup` to say so: the
+    /// events it wants. A component hook's `setup` returns its own.
+    pub subscription: Option<SubscriptionConfig>,
+}
+
+/// `[subscription]` of a WASI command hook's `NAME.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionConfig {
+    /// Method globs, e.g. `["vm.*", "backupNg.runJob"]`.
+    pub methods: Vec<String>,
+    /// Phases wanted: `["pre"]`, `["post"]` or both.
+    pub phases: Vec<crate::event::Phase>,
 }
 
 /// One signing secret, or several during a rotation.

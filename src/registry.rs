@@ -6,7 +6,7 @@ use crate::delivery::DeliveryPolicy;
 use crate::error::{Error, LoadError, Stage};
 use crate::event::{Event, Phase};
 use crate::metrics::{HookStats, Metrics};
-use crate::sandbox::{Failure, Prepared, Sandbox, Subscription};
+use crate::sandbox::{Failure, Pre, Prepared, Sandbox, Subscription};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -419,15 +419,48 @@ impl Registry {
             settings_json: config.settings_json().into(),
             limits,
         };
-        let subscription = self.sandbox.setup(&prepared).await.map_err(|f| {
-            let reason = match f {
-                Failure::Returned(message) => format!("setup refused the settings: {message}"),
-                Failure::Timeout(d) => format!("setup did not finish within the deadline of {d:?}"),
-                Failure::MemoryCap(mib) => format!("setup exceeded the memory cap of {mib} MiB"),
-                Failure::Trap(message) => format!("setup trapped: {message}"),
-            };
-            fail(Stage::Setup, reason)
-        })?;
+        let subscription = match (&prepared.pre, &config.subscription) {
+            (Pre::Command(_), Some(s)) => Subscription {
+                methods: s.methods.clone(),
+                phases: s.phases.clone(),
+            },
+            (Pre::Command(_), None) => {
+                return Err(LoadError {
+                    file: wasm.with_extension("toml"),
+                    ..fail(
+                        Stage::Setup,
+                        "a WASI command hook takes its subscription from its NAME.toml: \
+                         add `[subscription]` with `methods = [\"vm.*\"]` and \
+                         `phases = [\"post\"]` (say which)"
+                            .into(),
+                    )
+                });
+            }
+            (Pre::Hook(_), Some(_)) => {
+                return Err(LoadError {
+                    file: wasm.with_extension("toml"),
+                    ..fail(
+                        Stage::Setup,
+                        "`[subscription]` is for WASI command hooks; this component's \
+                         `setup` returns its own: remove the table"
+                            .into(),
+                    )
+                });
+            }
+            (Pre::Hook(_), None) => self.sandbox.setup(&prepared).await.map_err(|f| {
+                let reason = match f {
+                    Failure::Returned(message) => format!("setup refused the settings: {message}"),
+                    Failure::Timeout(d) => {
+                        format!("setup did not finish within the deadline of {d:?}")
+                    }
+                    Failure::MemoryCap(mib) => {
+                        format!("setup exceeded the memory cap of {mib} MiB")
+                    }
+                    Failure::Trap(message) => format!("setup trapped: {message}"),
+                };
+                fail(Stage::Setup, reason)
+            })?,
+        };
         let methods = subscription
             .methods
             .iter()

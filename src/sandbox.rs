@@ -19,8 +19,11 @@ use wasmtime::{
     Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
     UpdateDeadline,
 };
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxView, WasiView};
+
+pub(crate) mod command;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -42,6 +45,8 @@ pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
 const HOST_CALL_GRACE: Duration = Duration::from_millis(25);
 /// Captured stdout and stderr per call, each; further output is dropped.
 const STDIO_CAPACITY: usize = 16 * 1024;
+/// A command hook's stdout (its outcome), at most.
+const COMMAND_OUTPUT_CAPACITY: usize = 8 * 1024 * 1024;
 /// Log lines one call may emit through the `log` import.
 const MAX_LOG_LINES: u32 = 100;
 /// Longest log line kept; the rest is cut.
@@ -84,9 +89,18 @@ pub(crate) enum Failure {
 #[derive(Clone)]
 pub(crate) struct Prepared {
     pub name: Arc<str>,
-    pub pre: HookPre<HostState>,
+    pub pre: Pre,
     pub settings_json: Arc<str>,
     pub limits: HookLimits,
+}
+
+/// A linked hook of either ABI.
+#[derive(Clone)]
+pub(crate) enum Pre {
+    /// A component of the `hook` world: `setup`, then `handle`.
+    Hook(HookPre<HostState>),
+    /// A WASI command: event on stdin, outcome on stdout.
+    Command(CommandPre<HostState>),
 }
 
 /// The process-wide WebAssembly runtime.
@@ -278,6 +292,11 @@ impl Sandbox {
                 return Ok(component);
             }
             let started = Instant::now();
+            let bytes = if command::is_core_module(&bytes) {
+                command::componentize(&bytes)?
+            } else {
+                bytes
+            };
             let component = Component::from_binary(&engine, &bytes)
                 .map_err(|e| compile_hint(&format!("{e:#}")))?;
             let compiled = started.elapsed();
@@ -301,20 +320,36 @@ impl Sandbox {
         Ok(component)
     }
 
-    /// Links a component against the `hook` world, once per load.
-    pub fn link(&self, component: &Component) -> Result<HookPre<HostState>, String> {
+    /// Links a component, once per load: a component of the `hook` world,
+    /// or a WASI command (exporting `wasi:cli/run`).
+    pub fn link(&self, component: &Component) -> Result<Pre, String> {
         let instance_pre = self.linker.instantiate_pre(component).map_err(|e| {
             format!(
                 "{e:#}; a hook may import only WASI and the `hook` world's `log` (see wit/hook.wit)"
             )
         })?;
-        HookPre::new(instance_pre)
-            .map_err(|e| format!("{e:#}; a hook must export `setup` and `handle` of the wasmhooks:hook@0.2.0 `hook` world (see wit/hook.wit)"))
+        match HookPre::new(instance_pre.clone()) {
+            Ok(pre) => Ok(Pre::Hook(pre)),
+            Err(hook_error) => CommandPre::new(instance_pre)
+                .map(Pre::Command)
+                .map_err(|_| {
+                    format!(
+                        "{hook_error:#}; a hook must be a component exporting `setup` and `handle` \
+                     of the wasmhooks:hook@0.2.0 `hook` world (see wit/hook.wit), or a WASI \
+                     command (a wasm32-wasip1 module with `_start`, or a component exporting \
+                     wasi:cli/run) that reads the event on stdin (see docs/writing-hooks.md)"
+                    )
+                }),
+        }
     }
 
     /// Instantiates the hook and runs its `setup` with its settings.
     pub async fn setup(&self, hook: &Prepared) -> Result<Subscription, Failure> {
-        self.call(hook, async |store, instance| {
+        let Pre::Hook(pre) = &hook.pre else {
+            unreachable!("a command hook's subscription comes from its NAME.toml")
+        };
+        self.call(hook, None, async |store, _| {
+            let instance: Hook = pre.instantiate_async(&mut *store).await?;
             Ok(instance
                 .call_setup(&mut *store, &hook.settings_json)
                 .await?
@@ -328,6 +363,10 @@ impl Sandbox {
 
     /// Runs one event through a fresh instance: `setup`, then `handle`.
     pub async fn handle(&self, hook: &Prepared, event: &Event) -> Result<RawOutcome, Failure> {
+        let pre = match &hook.pre {
+            Pre::Hook(pre) => pre,
+            Pre::Command(pre) => return self.run_command(hook, pre, event).await,
+        };
         let wit_event = wit::Event {
             call_id: event.call_id().to_owned(),
             phase: event.phase().into(),
@@ -335,7 +374,8 @@ impl Sandbox {
             timestamp_ms: event.timestamp_ms(),
             payload: event.payload().to_owned(),
         };
-        self.call(hook, async |store, instance| {
+        self.call(hook, None, async |store, _| {
+            let instance: Hook = pre.instantiate_async(&mut *store).await?;
             if let Err(message) = instance
                 .call_setup(&mut *store, &hook.settings_json)
                 .await?
@@ -361,24 +401,73 @@ impl Sandbox {
         .await
     }
 
-    /// One limited call in a fresh store: takes a pool slot, instantiates,
-    /// runs `body` under the deadline, logs captured stdio, classifies failure.
+    /// Runs a WASI command hook on one event: the event on stdin, the
+    /// settings in the environment, the outcome read from stdout.
+    async fn run_command(
+        &self,
+        hook: &Prepared,
+        pre: &CommandPre<HostState>,
+        event: &Event,
+    ) -> Result<RawOutcome, Failure> {
+        self.call(hook, Some(command::input(event)), async |store, stdout| {
+            let instance = pre.instantiate_async(&mut *store).await?;
+            let status = match instance.wasi_cli_run().call_run(&mut *store).await {
+                Ok(Ok(())) => 0,
+                Ok(Err(())) => 1,
+                Err(e) => match e.downcast_ref::<I32Exit>() {
+                    Some(I32Exit(code)) => *code,
+                    None => return Err(e),
+                },
+            };
+            let out = stdout.contents();
+            if status != 0 {
+                return Ok(Err(format!("exited with status {status}")));
+            }
+            if out.len() >= COMMAND_OUTPUT_CAPACITY {
+                return Ok(Err(format!(
+                    "its stdout exceeded {} MiB",
+                    COMMAND_OUTPUT_CAPACITY >> 20
+                )));
+            }
+            Ok(command::output(&out))
+        })
+        .await
+    }
+
+    /// One limited call in a fresh store: takes a pool slot, runs `body`
+    /// (which instantiates) under the deadline, logs captured stdio,
+    /// classifies failure. With `stdin`, the call is a command's: the bytes
+    /// are its stdin, the settings are in its environment, and its stdout
+    /// is `body`'s to read rather than logged.
     async fn call<R>(
         &self,
         hook: &Prepared,
-        body: impl AsyncFnOnce(&mut Store<HostState>, &Hook) -> wasmtime::Result<Result<R, String>>,
+        stdin: Option<Vec<u8>>,
+        body: impl AsyncFnOnce(
+            &mut Store<HostState>,
+            &MemoryOutputPipe,
+        ) -> wasmtime::Result<Result<R, String>>,
     ) -> Result<R, Failure> {
         let _slot = self
             .slots
             .acquire()
             .await
             .expect("the slot semaphore is never closed");
-        let stdout = MemoryOutputPipe::new(STDIO_CAPACITY);
+        let is_command = stdin.is_some();
+        let stdout = MemoryOutputPipe::new(if is_command {
+            COMMAND_OUTPUT_CAPACITY
+        } else {
+            STDIO_CAPACITY
+        });
         let stderr = MemoryOutputPipe::new(STDIO_CAPACITY);
-        let wasi = WasiCtx::builder()
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .build();
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(stdout.clone()).stderr(stderr.clone());
+        if let Some(stdin) = stdin {
+            wasi.stdin(MemoryInputPipe::new(stdin))
+                .arg(&*hook.name)
+                .env(command::SETTINGS_ENV, &*hook.settings_json);
+        }
+        let wasi = wasi.build();
         let state = HostState {
             wasi,
             table: ResourceTable::new(),
@@ -402,12 +491,9 @@ impl Sandbox {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        let run = async {
-            let instance = hook.pre.instantiate_async(&mut store).await?;
-            body(&mut store, &instance).await
-        };
+        let run = body(&mut store, &stdout);
         let result = tokio::time::timeout(deadline + HOST_CALL_GRACE, run).await;
-        let stderr_tail = log_stdio(&hook.name, &stdout, &stderr);
+        let stderr_tail = log_stdio(&hook.name, (!is_command).then_some(&stdout), &stderr);
         let memory_cap = || Failure::MemoryCap(hook.limits.memory_bytes / (1024 * 1024));
         match result {
             Err(_elapsed) if store.data().limiter.exceeded => Err(memory_cap()),
@@ -432,8 +518,12 @@ impl Sandbox {
 /// Logs a call's captured stdout (info) and stderr (warn) line by line under
 /// the hook's name; returns stderr's last line, which for a Rust guest is
 /// usually the panic message.
-fn log_stdio(hook: &str, stdout: &MemoryOutputPipe, stderr: &MemoryOutputPipe) -> Option<String> {
-    let out = stdout.contents();
+fn log_stdio(
+    hook: &str,
+    stdout: Option<&MemoryOutputPipe>,
+    stderr: &MemoryOutputPipe,
+) -> Option<String> {
+    let out = stdout.map(|s| s.contents()).unwrap_or_default();
     for line in String::from_utf8_lossy(&out)
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -562,12 +652,8 @@ fn spawn_epoch_ticker(engine: &Engine) {
 
 /// Adds what to do to the compiler's message for the usual mistakes.
 fn compile_hint(message: &str) -> String {
-    let hint = if message.contains("parse a wasm module with a component parser")
-        || message.contains("attempted to parse a wasm module")
-    {
-        "; this is a core WebAssembly module, not a component: build with --target wasm32-wasip2, \
-         or wrap it with `wasm-tools component new`"
-    } else if message.contains("unexpected end") || message.contains("out of bounds") {
+    // (A core module never gets here: it is run as a WASI command.)
+    let hint = if message.contains("unexpected end") || message.contains("out of bounds") {
         "; the file is truncated (write hooks to a temporary file and rename it into place)"
     } else {
         ""

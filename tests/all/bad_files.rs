@@ -66,7 +66,12 @@ async fn broken_files_are_reported_and_the_good_hook_serves() {
         );
     };
     expect("garbage", Stage::Compile, "garbage.wasm", "not WebAssembly");
-    expect("core", Stage::Compile, "core.wasm", "not a component");
+    expect(
+        "core",
+        Stage::Compile,
+        "core.wasm",
+        "does not export `_start`",
+    );
     expect("wrongworld", Stage::Link, "wrongworld.wasm", "setup");
     expect("badtoml", Stage::Settings, "badtoml.toml", "extra");
     expect("unknownkey", Stage::Settings, "unknownkey.toml", "deadline");

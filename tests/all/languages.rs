@@ -3,7 +3,7 @@
 //! (`scripts/install-guest-toolchains.sh`) and run in the engine on fixture
 //! events, checked at a real receiver.
 
-use crate::{Receiver, engine, fixture, guests};
+use crate::{Receiver, engine, fixture, fixture_json, guests};
 use wasmhooks::{Engine, HookState, Stage};
 
 /// An engine serving `guest-examples/LANG`'s hook as `name`, with `toml`.
@@ -91,9 +91,10 @@ async fn slack_refuses_settings_without_a_url(lang: &str, tools: &[&str]) {
     );
 }
 
-async fn deny_vetoes_only_protected_vms(lang: &str, tools: &[&str]) {
+/// `extra` is appended to each `deny.toml` (a command hook's subscription).
+async fn deny_vetoes_only_protected_vms(lang: &str, tools: &[&str], extra: &str) {
     let protected = "0a9b8c7d-6e5f-4a3b-2c1d-0e9f8a7b6c5d";
-    let toml = format!("[settings]\nprotected = [\"{protected}\"]\n");
+    let toml = format!("[settings]\nprotected = [\"{protected}\"]\n{extra}");
     let (_dir, engine) = lang_hook(lang, tools, "deny", &toml).await;
 
     let verdict = engine.pre(fixture("vm.delete.pre")).await.unwrap();
@@ -106,8 +107,8 @@ async fn deny_vetoes_only_protected_vms(lang: &str, tools: &[&str]) {
     let verdict = engine.pre(fixture("vm.start.pre")).await.unwrap();
     assert!(verdict.allowed, "vm.start is not subscribed: {verdict:?}");
 
-    let toml = "[settings]\nprotected = [\"another-vm\"]\n";
-    let (_dir, engine) = lang_hook(lang, tools, "deny", toml).await;
+    let toml = format!("[settings]\nprotected = [\"another-vm\"]\n{extra}");
+    let (_dir, engine) = lang_hook(lang, tools, "deny", &toml).await;
     let verdict = engine.pre(fixture("vm.delete.pre")).await.unwrap();
     assert!(
         verdict.allowed && verdict.failures.is_empty(),
@@ -115,7 +116,82 @@ async fn deny_vetoes_only_protected_vms(lang: &str, tools: &[&str]) {
     );
 }
 
+async fn forward_posts_post_events_unchanged_for_its_methods(lang: &str, tools: &[&str]) {
+    let receiver = Receiver::start().await;
+    let toml = format!(
+        "[settings]\nurl = \"{}\"\nmethods = [\"vm.*\", \"backupNg.runJob\"]\n",
+        receiver.url("/ci")
+    );
+    let (_dir, engine) = lang_hook(lang, tools, "forward", &toml).await;
+    let status = &engine.hooks()[0];
+    assert_eq!(status.state, HookState::Live, "{status:?}");
+
+    engine.pre(fixture("vm.start.pre")).await.unwrap(); // phase not subscribed
+    engine.post(fixture("token.create.post")).await.unwrap(); // method not subscribed
+    engine.post(fixture("vm.start.post")).await.unwrap();
+    engine.post(fixture("backupNg.runJob.post")).await.unwrap();
+    let mut got = receiver.wait_for(2).await;
+    engine.drain().await;
+    assert_eq!(receiver.received().len(), 2, "{:?}", receiver.received());
+    got.sort_by_key(|r| r.json()["method"].as_str().unwrap_or_default().to_owned());
+    assert_eq!(got[0].path, "/ci");
+    assert_eq!(got[0].json(), fixture_json("backupNg.runJob.post"));
+    assert_eq!(got[1].json(), fixture_json("vm.start.post"));
+
+    let (_dir, engine) = lang_hook(lang, tools, "forward", "[settings]\nurl = \"ftp://x\"\n").await;
+    let error = engine.hooks()[0].last_error.clone().expect("a load error");
+    assert_eq!(error.stage, Stage::Setup, "{error:?}");
+    assert!(error.reason.contains("url"), "{error:?}");
+}
+
+/// The `filter` example as a WASI command hook: pages post events that
+/// carry an `error`, skips the rest.
+async fn filter_pages_only_failed_post_events(lang: &str, tools: &[&str]) {
+    let receiver = Receiver::start().await;
+    let toml = format!(
+        "[settings]\nurl = \"{}\"\n[subscription]\nmethods = [\"*\"]\nphases = [\"post\"]\n",
+        receiver.url("/pager")
+    );
+    let (_dir, engine) = lang_hook(lang, tools, "filter", &toml).await;
+    let status = &engine.hooks()[0];
+    assert_eq!(status.state, HookState::Live, "{status:?}");
+
+    engine.post(fixture("vm.start.post")).await.unwrap(); // succeeded: skipped
+    engine.post(fixture("vm.migrate.post.error")).await.unwrap();
+    let got = receiver.wait_for(1).await;
+    engine.drain().await;
+    assert_eq!(receiver.received().len(), 1, "{:?}", receiver.received());
+    assert_eq!(got[0].path, "/pager");
+    assert_eq!(got[0].json(), fixture_json("vm.migrate.post.error"));
+    let status = &engine.hooks()[0];
+    assert_eq!((status.calls, status.errors), (2, 0), "{status:?}");
+
+    // Without a URL it reports an error (`{"error": …}` on stdout) per event.
+    let toml = "[settings]\n[subscription]\nmethods = [\"*\"]\nphases = [\"post\"]\n";
+    let (_dir, engine) = lang_hook(lang, tools, "filter", toml).await;
+    engine.post(fixture("vm.migrate.post.error")).await.unwrap();
+    engine.drain().await;
+    let status = &engine.hooks()[0];
+    assert_eq!((status.calls, status.errors), (1, 1), "{status:?}");
+
+    // A command hook must say what it subscribes to.
+    let (_dir, engine) = lang_hook(
+        lang,
+        tools,
+        "filter",
+        "[settings]\nurl = \"https://x.example\"\n",
+    )
+    .await;
+    let error = engine.hooks()[0].last_error.clone().expect("a load error");
+    assert_eq!(error.stage, Stage::Setup, "{error:?}");
+    assert!(error.file.ends_with("filter.toml"), "{error:?}");
+    assert!(error.reason.contains("[subscription]"), "{error:?}");
+}
+
 const PYTHON: &[&str] = &["componentize-py"];
+const ZIG: &[&str] = &["zig"];
+const ASSEMBLYSCRIPT: &[&str] = &["asc"];
+const C: &[&str] = &["clang", "wit-bindgen", "wasm-tools"];
 const JS: &[&str] = &["jco"];
 
 #[tokio::test]
@@ -126,13 +202,30 @@ async fn python_slack() {
 
 #[tokio::test]
 async fn js_deny() {
-    deny_vetoes_only_protected_vms("js", JS).await;
+    deny_vetoes_only_protected_vms("js", JS, "").await;
+}
+
+#[tokio::test]
+async fn c_forward() {
+    forward_posts_post_events_unchanged_for_its_methods("c", C).await;
+}
+
+#[tokio::test]
+async fn zig_filter_as_a_wasi_command() {
+    filter_pages_only_failed_post_events("zig", ZIG).await;
+}
+
+#[tokio::test]
+async fn assemblyscript_deny_as_a_wasi_command() {
+    let subscription =
+        "[subscription]\nmethods = [\"vm.delete\", \"vm.stop\"]\nphases = [\"pre\"]\n";
+    deny_vetoes_only_protected_vms("assemblyscript", ASSEMBLYSCRIPT, subscription).await;
 }
 
 /// The examples' folders each have a README with the install and build commands.
 #[test]
 fn every_language_example_documents_its_toolchain() {
-    for lang in ["python", "js"] {
+    for lang in ["python", "js", "c", "zig", "assemblyscript"] {
         let readme = guests::root().join(format!("guest-examples/{lang}/README.md"));
         let text = std::fs::read_to_string(&readme)
             .unwrap_or_else(|e| panic!("{}: {e}", readme.display()));

@@ -1,0 +1,192 @@
+//! The second ABI: a hook that is a WASI command (a `wasm32-wasip1` core
+//! module with `_start`, or a `wasi:cli/command` component). It reads the
+//! event as JSON on stdin, finds its settings (JSON) in the environment
+//! variable [`SETTINGS_ENV`], and writes the outcome as JSON on stdout.
+//! Its subscription comes from its `NAME.toml`. The JSON shapes are the
+//! `hook` world's records (see `docs/writing-hooks.md`).
+
+use super::{RawDelivery, RawOutcome};
+use crate::event::{Event, Phase};
+use serde::Deserialize;
+
+/// The environment variable that holds a command hook's settings as JSON.
+pub const SETTINGS_ENV: &str = "WASMHOOKS_SETTINGS";
+
+/// Whether `bytes` is a core WebAssembly module (not a component).
+pub fn is_core_module(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes.starts_with(b"\0asm") && bytes[4..8] == [1, 0, 0, 0]
+}
+
+/// Turns a `wasm32-wasip1` command module into a `wasi:cli/command`
+/// component, with the preview1 command adapter.
+pub fn componentize(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let hint = "a core module hook must be a WASI preview1 command \
+                (wasm32-wasip1, exporting `_start`)";
+    if !exports_start(bytes)? {
+        return Err(format!(
+            "this core module does not export `_start`; {hint}: build it as an \
+             executable, not a library or reactor"
+        ));
+    }
+    wit_component::ComponentEncoder::default()
+        .module(bytes)
+        .and_then(|e| {
+            e.adapter(
+                "wasi_snapshot_preview1",
+                wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
+            )
+        })
+        .and_then(|e| e.validate(true).encode())
+        .map_err(|e| format!("{e:#}; {hint}"))
+}
+
+/// Whether a core module exports a function named `_start`.
+fn exports_start(bytes: &[u8]) -> Result<bool, String> {
+    let broken = |e: wasmparser::BinaryReaderError| {
+        format!(
+            "{e}; the file is truncated or corrupt (write hooks to a temporary \
+             file and rename it into place)"
+        )
+    };
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        if let wasmparser::Payload::ExportSection(exports) = payload.map_err(broken)? {
+            for export in exports {
+                let export = export.map_err(broken)?;
+                if export.name == "_start" && export.kind == wasmparser::ExternalKind::Func {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// The event as a command hook reads it on stdin. The payload is embedded
+/// as JSON, not as a string of JSON as in the WIT record.
+pub fn input(event: &Event) -> Vec<u8> {
+    use serde_json::value::RawValue;
+    // An accepted event's payload is valid JSON; `null` is only a fallback.
+    let payload: Box<RawValue> = serde_json::from_str(event.payload())
+        .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON"));
+    serde_json::to_vec(&serde_json::json!({
+        "call_id": event.call_id(),
+        "phase": match event.phase() { Phase::Pre => "pre", Phase::Post => "post" },
+        "method": event.method(),
+        "timestamp_ms": event.timestamp_ms(),
+        "payload": payload,
+    }))
+    .expect("an event serializes")
+}
+
+/// What a command hook writes on stdout.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Output {
+    #[serde(default)]
+    deliveries: Vec<OutputDelivery>,
+    #[serde(default)]
+    deny: Option<String>,
+    /// The hook failed: the same as `handle` returning an error.
+    #[serde(default)]
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutputDelivery {
+    url: String,
+    #[serde(default)]
+    headers: Headers,
+    /// A string is sent as is; any other JSON value is sent serialized.
+    #[serde(default)]
+    body: Option<serde_json::Value>,
+}
+
+/// `[["name", "value"], …]` as in the WIT record, or `{"name": "value"}`.
+#[derive(Deserialize, Default)]
+#[serde(untagged)]
+enum Headers {
+    #[default]
+    None,
+    Pairs(Vec<(String, String)>),
+    Map(serde_json::Map<String, serde_json::Value>),
+}
+
+/// Reads a command hook's stdout: empty output skips the event.
+pub fn output(stdout: &[u8]) -> Result<RawOutcome, String> {
+    if stdout.iter().all(u8::is_ascii_whitespace) {
+        return Ok(RawOutcome {
+            deliveries: Vec::new(),
+            deny: None,
+        });
+    }
+    let output: Output = serde_json::from_slice(stdout).map_err(|e| {
+        format!(
+            "its stdout is not an outcome ({e}); expected JSON like \
+             {{\"deliveries\": [{{\"url\": \"https://…\", \"body\": …}}], \"deny\": null}}"
+        )
+    })?;
+    if let Some(error) = output.error {
+        return Err(error);
+    }
+    let deliveries = output
+        .deliveries
+        .into_iter()
+        .map(|d| {
+            let headers = match d.headers {
+                Headers::None => Vec::new(),
+                Headers::Pairs(pairs) => pairs,
+                Headers::Map(map) => map
+                    .into_iter()
+                    .map(|(k, v)| match v {
+                        serde_json::Value::String(s) => Ok((k, s)),
+                        other => Err(format!("header `{k}`: expected a string, got {other}")),
+                    })
+                    .collect::<Result<_, _>>()?,
+            };
+            let body = match d.body {
+                None | Some(serde_json::Value::Null) => Vec::new(),
+                Some(serde_json::Value::String(s)) => s.into_bytes(),
+                Some(value) => serde_json::to_vec(&value).expect("a JSON value serializes"),
+            };
+            Ok(RawDelivery {
+                url: d.url,
+                headers,
+                body,
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(RawOutcome {
+        deliveries,
+        deny: output.deny,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs() {
+        assert!(output(b"").unwrap().deliveries.is_empty());
+        let o = output(
+            br#"{"deliveries":[{"url":"https://a.example/x","headers":{"x-k":"v"},"body":{"n":1}},
+                 {"url":"https://b.example","headers":[["a","b"]],"body":"plain"}],"deny":"no"}"#,
+        )
+        .unwrap();
+        assert_eq!(o.deny.as_deref(), Some("no"));
+        assert_eq!(
+            o.deliveries[0].headers,
+            [("x-k".to_owned(), "v".to_owned())]
+        );
+        assert_eq!(o.deliveries[0].body, br#"{"n":1}"#);
+        assert_eq!(o.deliveries[1].body, b"plain");
+        assert_eq!(output(br#"{"error":"bad"}"#).unwrap_err(), "bad");
+        assert!(
+            output(br#"{"delivery":[]}"#)
+                .unwrap_err()
+                .contains("unknown field")
+        );
+        assert!(output(b"hello").unwrap_err().contains("not an outcome"));
+    }
+}

@@ -1,6 +1,7 @@
 //! The `wasmhooks` command: clap → Config → library.
 
 mod demo;
+mod scaffold;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -34,6 +35,21 @@ enum Command {
     Check(CheckArgs),
     /// Inspect or retry the queued deliveries in a state folder (the engine may be running).
     Deliveries(DeliveriesArgs),
+    /// Create a hook folder in a language of your choice that builds with `./build.sh`
+    /// and runs on the sample event it comes with.
+    New(NewArgs),
+}
+
+#[derive(Args)]
+struct NewArgs {
+    /// The hook's language.
+    #[arg(long, env = "WASMHOOKS_LANG", value_enum)]
+    lang: scaffold::Lang,
+    /// The hook's name: the folder, and `NAME.wasm` once built.
+    name: String,
+    /// Where to create the folder.
+    #[arg(long, env = "WASMHOOKS_NEW_DIR", default_value = ".")]
+    dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -140,6 +156,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
             Command::Run(args) => run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::New(args) => new(args).map(|()| ExitCode::SUCCESS),
             Command::Check(args) => check(args).await,
             Command::Deliveries(args) => deliveries(args).await.map(|()| ExitCode::SUCCESS),
         }
@@ -325,4 +342,14 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn new(args: NewArgs) -> Result<()> {
+    let dir = scaffold::new(args.lang, &args.name, &args.dir)?;
+    println!(
+        "created {dir}\nnext: cd {dir} && ./build.sh && wasmhooks run {name}.wasm --event event.json",
+        dir = dir.display(),
+        name = args.name
+    );
+    Ok(())
 }

@@ -10,8 +10,11 @@ out=${1:-$here/forward.wasm}
 adapter=${WASI_ADAPTER:-$(dirname "$(command -v wit-bindgen)")/wasi_snapshot_preview1.reactor.wasm}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# The WIT: in this folder (a `wasmhooks new` scaffold) or the repository's.
+wit=$here/wit
+[ -d "$wit" ] || wit=$here/../../wit
 cd "$here"
-wit-bindgen c ../../wit --world hook --out-dir gen >/dev/null 2>&1
+wit-bindgen c "$wit" --world hook --out-dir gen >/dev/null 2>&1
 clang --target=wasm32-wasi --sysroot=/usr -mexec-model=reactor -O2 -Wall -Werror \
   -o "$work/core.wasm" forward.c gen/hook.c gen/hook_component_type.o
 wasm-tools component new "$work/core.wasm" --adapt "wasi_snapshot_preview1=$adapter" -o "$out"

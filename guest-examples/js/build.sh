@@ -6,7 +6,9 @@
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-$here/deny.wasm}
-root=$(cd "$here/../.." && pwd)
-# jco reads the WIT only from inside its working directory: the repository root.
+# The WIT: in this folder (a `wasmhooks new` scaffold) or the repository's.
+# jco reads it only from inside its working directory, hence --cwd.
+root=$here
+[ -d "$root/wit" ] || root=$(cd "$here/../.." && pwd)
 jco componentize "$here/deny.js" --cwd "$root" --wit "$root/wit" --world-name hook \
   --backend qjs --backend-qjs-disable-async --backend-qjs-stub-wasi -o "$out"

@@ -181,3 +181,82 @@ fn wasmhooks_deliveries_missing(dir: &std::path::Path) -> (bool, String, String)
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// `wasmhooks new` in every language: the folder builds with `./build.sh`
+/// and its hook passes `wasmhooks run` on the sample event it comes with.
+#[test]
+fn new_scaffolds_a_hook_that_builds_and_runs_in_every_language() {
+    let parent = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[&str], bool); 6] = [
+        // (language, tools, whether its sample outcome is a veto)
+        ("rust", &[], false),
+        ("python", &["componentize-py"], false),
+        ("js", &["jco"], true),
+        ("c", &["clang", "wit-bindgen", "wasm-tools"], false),
+        ("zig", &["zig"], false),
+        ("assemblyscript", &["asc"], true),
+    ];
+    for (lang, tools, vetoes) in cases {
+        crate::guests::require_tools(&format!("a `wasmhooks new --lang {lang}` hook"), tools);
+        let name = format!("my-{lang}");
+        let out = wasmhooks()
+            .args(["new", "--lang", lang, &name, "--dir"])
+            .arg(parent.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{lang}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = parent.path().join(&name);
+        let built = Command::new(dir.join("build.sh"))
+            .current_dir(&dir)
+            .env("PATH", crate::guests::toolchain_path())
+            .output()
+            .unwrap();
+        assert!(
+            built.status.success(),
+            "{lang}: ./build.sh failed:\n{}{}",
+            String::from_utf8_lossy(&built.stdout),
+            String::from_utf8_lossy(&built.stderr)
+        );
+        let ran = wasmhooks()
+            .args(["run", &format!("{name}.wasm"), "--event", "event.json"])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            ran.status.success(),
+            "{lang}: {}",
+            String::from_utf8_lossy(&ran.stderr)
+        );
+        let dry: serde_json::Value = serde_json::from_slice(&ran.stdout).unwrap();
+        assert_eq!(dry["matches"], true, "{lang}: {dry}");
+        if vetoes {
+            assert!(dry["outcome"]["deny"].is_string(), "{lang}: {dry}");
+        } else {
+            assert_eq!(
+                dry["outcome"]["deliveries"].as_array().map(Vec::len),
+                Some(1),
+                "{lang}: {dry}"
+            );
+        }
+    }
+
+    // A name that cannot be a file name, and an existing folder, are refused.
+    let out = wasmhooks()
+        .args(["new", "--lang", "zig", "Bad Name", "--dir"])
+        .arg(parent.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lowercase"));
+    let out = wasmhooks()
+        .args(["new", "--lang", "zig", "my-zig", "--dir"])
+        .arg(parent.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+}

@@ -86,6 +86,29 @@ pub fn toolchains() -> PathBuf {
         .unwrap_or_else(|| root().join(".toolchains"))
 }
 
+/// Fails, naming the install script, unless every tool is installed.
+pub fn require_tools(what: &str, tools: &[&str]) {
+    let bin = toolchains().join("bin");
+    for tool in tools {
+        assert!(
+            bin.join(tool).exists(),
+            "`{tool}` (needed to build {what}) is not in {}: \
+             run scripts/install-guest-toolchains.sh first",
+            bin.display()
+        );
+    }
+}
+
+/// `PATH` with the guest toolchains first.
+pub fn toolchain_path() -> std::ffi::OsString {
+    std::env::join_paths(
+        std::iter::once(toolchains().join("bin")).chain(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        )),
+    )
+    .unwrap()
+}
+
 /// The example hook of `guest-examples/LANG/`, built from source by its
 /// `build.sh` with the project's guest toolchains, once per process. Fails,
 /// naming the install script, when a tool it needs is missing.
@@ -95,25 +118,13 @@ pub fn example(lang: &str, tools: &[&str]) -> PathBuf {
     if let Some((_, path)) = built.iter().find(|(l, _)| l == lang) {
         return path.clone();
     }
-    let bin = toolchains().join("bin");
-    for tool in tools {
-        assert!(
-            bin.join(tool).exists(),
-            "`{tool}` (needed to build guest-examples/{lang}) is not in {}: \
-             run scripts/install-guest-toolchains.sh first",
-            bin.display()
-        );
-    }
+    require_tools(&format!("guest-examples/{lang}"), tools);
     let out_dir = root().join("target/guests");
     std::fs::create_dir_all(&out_dir).unwrap();
     let out = out_dir.join(format!("{lang}.wasm"));
-    let path = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    )))
-    .unwrap();
     let output = Command::new(root().join(format!("guest-examples/{lang}/build.sh")))
         .arg(&out)
-        .env("PATH", path)
+        .env("PATH", toolchain_path())
         .output()
         .expect("running the example's build.sh");
     assert!(

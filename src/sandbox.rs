@@ -499,7 +499,11 @@ impl Sandbox {
             Err(_elapsed) if store.data().limiter.exceeded => Err(memory_cap()),
             Err(_elapsed) => Err(Failure::Timeout(deadline)),
             Ok(Ok(Ok(value))) => Ok(value),
-            Ok(Ok(Err(message))) => Err(Failure::Returned(message)),
+            // A command says why it failed on stderr, if anywhere.
+            Ok(Ok(Err(message))) => Err(Failure::Returned(match &stderr_tail {
+                Some(tail) if is_command => format!("{message}; its stderr ends: {tail}"),
+                _ => message,
+            })),
             Ok(Err(err)) => Err(if store.data().limiter.exceeded {
                 memory_cap()
             } else if err.is::<DeadlineReached>() {

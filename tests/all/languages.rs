@@ -222,6 +222,67 @@ async fn assemblyscript_deny_as_a_wasi_command() {
     deny_vetoes_only_protected_vms("assemblyscript", ASSEMBLYSCRIPT, subscription).await;
 }
 
+/// The command ABI with a `wasi:cli/command` component (a Rust binary for
+/// wasm32-wasip2): the event on stdin, the settings and nothing else in the
+/// environment, the outcome on stdout; a non-zero exit and output that is
+/// not an outcome are failures that say so.
+#[tokio::test]
+async fn a_command_component_gets_the_event_on_stdin_and_its_settings_in_env() {
+    let receiver = Receiver::start().await;
+    let subscription = "[subscription]\nmethods = [\"vm.*\"]\nphases = [\"pre\", \"post\"]\n";
+    let toml = format!(
+        "[settings]\nurl = \"{}\"\n{subscription}",
+        receiver.url("/cmd")
+    );
+    let (_dir, engine) = crate::one_hook("cmd", "command", &toml).await;
+    assert_eq!(
+        engine.hooks()[0].state,
+        HookState::Live,
+        "{:?}",
+        engine.hooks()
+    );
+
+    engine.post(fixture("vm.start.post")).await.unwrap();
+    let got = receiver.wait_for(1).await;
+    assert_eq!(got[0].path, "/cmd");
+    assert_eq!(got[0].header("x-hook"), "command");
+    let body = got[0].json();
+    let event = fixture_json("vm.start.post");
+    assert_eq!(body["method"], "vm.start");
+    assert_eq!(body["phase"], "post");
+    assert_eq!(body["call_id"], event["callId"]);
+    assert_eq!(body["timestamp_ms"], event["timestamp"]);
+    assert_eq!(
+        body["payload_method"], "vm.start",
+        "the payload is embedded as JSON"
+    );
+    assert_eq!(body["settings"]["url"], receiver.url("/cmd"));
+    assert_eq!(body["args"], serde_json::json!(["cmd"]));
+    assert_eq!(
+        body["env"],
+        serde_json::json!(["WASMHOOKS_SETTINGS"]),
+        "nothing else of the host's environment"
+    );
+
+    // (WASI 0.2's exit carries only success or failure: status 3 arrives as 1.)
+    for (mode, says) in [
+        (
+            "exit",
+            "exited with status 1; its stderr ends: command hook: giving up on \"vm.start\"",
+        ),
+        ("garbage", "not an outcome"),
+    ] {
+        let toml = format!("[settings]\nmode = \"{mode}\"\n{subscription}");
+        let (_dir, engine) = crate::one_hook("cmd", "command", &toml).await;
+        let verdict = engine.pre(fixture("vm.start.pre")).await.unwrap();
+        assert!(verdict.allowed, "on_error defaults to allow: {verdict:?}");
+        let failure = &verdict.failures[0];
+        assert_eq!(failure.hook, "cmd");
+        assert!(failure.message.contains(says), "{mode}: {failure:?}");
+        assert_eq!(engine.hooks()[0].errors, 1);
+    }
+}
+
 /// The examples' folders each have a README with the install and build commands.
 #[test]
 fn every_language_example_documents_its_toolchain() {

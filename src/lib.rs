@@ -78,5 +78,5 @@ pub use engine::{DryDelivery, DryOutcome, DryRun, Engine, dry_run};
 pub use error::{CallError, CallSite, Error, LoadError, Stage};
 pub use event::{Event, EventError, Phase};
 pub use outbox::{DeliveryInfo, Filter, Retry};
-pub use registry::{HookState, HookStatus};
+pub use registry::{Abi, HookState, HookStatus};
 pub use sandbox::Subscription;

@@ -319,7 +319,11 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
             (Some(e), _) => format!("{} failed ({}): {}", e.stage, e.file.display(), e.reason),
             (None, Some(s)) => {
                 let phases: Vec<String> = s.phases.iter().map(|p| p.to_string()).collect();
-                format!("{} [{}]", s.methods.join(", "), phases.join(", "))
+                let abi = match hook.abi {
+                    Some(wasmhooks::Abi::Command) => " (WASI command)",
+                    _ => "",
+                };
+                format!("{} [{}]{abi}", s.methods.join(", "), phases.join(", "))
             }
             (None, None) => String::new(),
         };

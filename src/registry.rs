@@ -104,6 +104,16 @@ pub enum HookState {
     Failed,
 }
 
+/// How a hook talks to the engine (see docs/writing-hooks.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Abi {
+    /// A component of the `hook` world.
+    Component,
+    /// A WASI command: event on stdin, outcome on stdout.
+    Command,
+}
+
 /// What the status API and `check` show for one hook.
 #[derive(Debug, Clone, Serialize)]
 pub struct HookStatus {
@@ -117,6 +127,8 @@ pub struct HookStatus {
     pub hash: Option<String>,
     /// When the live version was loaded, RFC 3339.
     pub loaded_at: Option<String>,
+    /// The live version's ABI.
+    pub abi: Option<Abi>,
     /// What the live version subscribed to.
     pub subscription: Option<Subscription>,
     /// What a pre verdict does when this hook fails.
@@ -507,6 +519,10 @@ impl Registry {
                     hash: live.map(|h| h.hash.clone()),
                     loaded_at: live
                         .map(|h| humantime::format_rfc3339_millis(h.loaded_at).to_string()),
+                    abi: live.map(|h| match h.prepared.pre {
+                        Pre::Hook(_) => Abi::Component,
+                        Pre::Command(_) => Abi::Command,
+                    }),
                     subscription: live.map(|h| h.subscription.clone()),
                     on_error: live.map(|h| h.config.on_error),
                     wait: live.map(|h| h.config.wait),

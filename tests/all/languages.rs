@@ -4,7 +4,7 @@
 //! events, checked at a real receiver.
 
 use crate::{Receiver, engine, fixture, fixture_json, guests};
-use wasmhooks::{Engine, HookState, Stage};
+use wasmhooks::{Abi, Engine, HookState, Stage};
 
 /// An engine serving `guest-examples/LANG`'s hook as `name`, with `toml`.
 async fn lang_hook(
@@ -125,6 +125,7 @@ async fn forward_posts_post_events_unchanged_for_its_methods(lang: &str, tools: 
     let (_dir, engine) = lang_hook(lang, tools, "forward", &toml).await;
     let status = &engine.hooks()[0];
     assert_eq!(status.state, HookState::Live, "{status:?}");
+    assert_eq!(status.abi, Some(Abi::Component));
 
     engine.pre(fixture("vm.start.pre")).await.unwrap(); // phase not subscribed
     engine.post(fixture("token.create.post")).await.unwrap(); // method not subscribed
@@ -155,6 +156,7 @@ async fn filter_pages_only_failed_post_events(lang: &str, tools: &[&str]) {
     let (_dir, engine) = lang_hook(lang, tools, "filter", &toml).await;
     let status = &engine.hooks()[0];
     assert_eq!(status.state, HookState::Live, "{status:?}");
+    assert_eq!(status.abi, Some(Abi::Command));
 
     engine.post(fixture("vm.start.post")).await.unwrap(); // succeeded: skipped
     engine.post(fixture("vm.migrate.post.error")).await.unwrap();

@@ -632,8 +632,9 @@ async fn engine_burst(
     (rate, max_fds.load(Ordering::Relaxed))
 }
 
-/// Per-event cost of the same hook in each language (fresh instance per
-/// event), against the Rust example in the same run. Pre events go through
+/// Per-event cost of the same hook in each language, with a fresh instance
+/// per event and with `[reuse]` (components only), against the Rust example
+/// in the same run. Pre events go through
 /// `engine.pre`; post events through `engine.post` (which also commits to an
 /// in-memory outbox). The `deny` examples veto a protected VM; `slack` and
 /// `forward` each queue one delivery to a local sink; `filter` skips a
@@ -650,7 +651,7 @@ async fn languages() {
     );
     let forward_rust = format!("{to_sink}methods = [\"vm.*\"]\nphases = [\"post\"]\n");
     let filter_zig = format!("{to_sink}[subscription]\nmethods = [\"*\"]\nphases = [\"post\"]\n");
-    println!("languages: per event, fresh instance (the same hook in Rust = 1x)");
+    println!("languages: per event (the same hook in Rust = 1x)");
     type Build = fn() -> std::path::PathBuf;
     let cases: [(&str, &str, Build, &str, &str); 9] = [
         (
@@ -717,42 +718,73 @@ async fn languages() {
             "vm.start.post",
         ),
     ];
-    let mut rust = Duration::ZERO;
+    println!(
+        "  {:<8} {:<22} {:>14} {:>8} {:>16} {:>8}  {:>7}",
+        "hook", "language", "fresh µs/event", "vs Rust", "reused µs/event", "vs Rust", "size"
+    );
+    let (mut rust, mut rust_reused) = (Duration::ZERO, Duration::ZERO);
     for (hook, lang, wasm, toml, event) in cases {
         let wasm = wasm();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::copy(&wasm, dir.path().join(format!("{hook}.wasm"))).unwrap();
-        std::fs::write(dir.path().join(format!("{hook}.toml")), toml).unwrap();
-        let engine = Engine::new(bench_config(dir.path())).await.unwrap();
-        assert!(
-            engine.hooks()[0].last_error.is_none(),
-            "{lang} {hook}: {:?}",
-            engine.hooks()[0].last_error
-        );
         let event = Event::from_json(&fixture(event)).unwrap();
         let n = if lang == "Rust" { 2_000 } else { 200 };
-        let per = per_iter(n, 5, async || {
-            if event.phase() == wasmhooks::Phase::Pre {
-                engine.pre(event.clone()).await.unwrap();
+        // Reuse is for components; a WASI command runs once per instance.
+        let modes: &[bool] = if toml.contains("[subscription]") {
+            &[false]
+        } else {
+            &[false, true]
+        };
+        let mut per = [None, None];
+        for &reuse in modes {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::copy(&wasm, dir.path().join(format!("{hook}.wasm"))).unwrap();
+            let toml = if reuse {
+                format!("{toml}[reuse]\nevents = 100000\n")
             } else {
-                engine.post(event.clone()).await.unwrap();
-            }
-        })
-        .await;
+                toml.to_owned()
+            };
+            std::fs::write(dir.path().join(format!("{hook}.toml")), toml).unwrap();
+            let engine = Engine::new(bench_config(dir.path())).await.unwrap();
+            assert!(
+                engine.hooks()[0].last_error.is_none(),
+                "{lang} {hook}: {:?}",
+                engine.hooks()[0].last_error
+            );
+            per[reuse as usize] = Some(
+                per_iter(n, 5, async || {
+                    if event.phase() == wasmhooks::Phase::Pre {
+                        engine.pre(event.clone()).await.unwrap();
+                    } else {
+                        engine.post(event.clone()).await.unwrap();
+                    }
+                })
+                .await,
+            );
+            assert_eq!(
+                engine.hooks()[0].errors,
+                0,
+                "{lang} {hook} failed on its events"
+            );
+            engine.drain().await;
+        }
         if lang == "Rust" {
-            rust = per;
+            rust = per[0].unwrap();
+            rust_reused = per[1].unwrap_or_default();
         }
         let size = std::fs::metadata(&wasm).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
+        let fresh = per[0].unwrap();
+        let reused = per[1]
+            .map(|d| {
+                format!(
+                    "{:>16.1} {:>7.1}x",
+                    micros(d),
+                    d.as_secs_f64() / rust_reused.as_secs_f64()
+                )
+            })
+            .unwrap_or_else(|| format!("{:>16} {:>8}", "-", "-"));
         println!(
-            "  {hook:<8} {lang:<22} {:>9.1} µs/event  {:>6.1}x   {size:>6.2} MB",
-            micros(per),
-            per.as_secs_f64() / rust.as_secs_f64()
+            "  {hook:<8} {lang:<22} {:>14.1} {:>7.1}x {reused}  {size:>5.2} MB",
+            micros(fresh),
+            fresh.as_secs_f64() / rust.as_secs_f64()
         );
-        assert_eq!(
-            engine.hooks()[0].errors,
-            0,
-            "{lang} {hook} failed on its events"
-        );
-        engine.drain().await;
     }
 }

@@ -42,6 +42,10 @@ pub struct Config {
     /// How many WASM calls may run at once. Sizes the instance pool; more
     /// calls wait for a free slot rather than fail.
     pub max_concurrent_calls: u32,
+    /// Warm instances kept across all hooks that opt into `[reuse]`, on top
+    /// of `max_concurrent_calls` in the instance pool. When they are all
+    /// taken, a reusing hook runs fresh instances instead.
+    pub max_warm_instances: u32,
     /// Methods (globs) whose post event `result` is replaced by
     /// `"* obfuscated *"` before any hook sees it, because it is a secret
     /// (`token.create` returns the new token in clear).
@@ -70,6 +74,7 @@ impl Default for Config {
             post_inline_ms: 20,
             limits: Limits::default(),
             max_concurrent_calls: 128,
+            max_warm_instances: 16,
             redact_results: vec!["token.create".into()],
             max_deliveries_per_event: 32,
             max_body_bytes: 1024 * 1024,
@@ -229,6 +234,26 @@ pub struct HookConfig {
     /// For a WASI command hook only, which has no `setup` to say so: the
     /// events it wants. A component hook's `setup` returns its own.
     pub subscription: Option<SubscriptionConfig>,
+    /// Serve events from warm instances instead of a fresh one per event
+    /// (component hooks only). Faster for heavy runtimes (Python, JS), at
+    /// the cost of isolation: state left by one event is seen by the next.
+    pub reuse: Option<ReuseConfig>,
+}
+
+/// `[reuse]` of a hook's `NAME.toml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReuseConfig {
+    /// Events one instance serves before it is replaced (1..=100000). It is
+    /// replaced sooner after a trap, a timeout or hitting the memory cap.
+    pub events: u32,
+    /// Warm instances kept for this hook (1..=16).
+    #[serde(default = "one")]
+    pub instances: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// `[subscription]` of a WASI command hook's `NAME.toml`.
@@ -326,6 +351,14 @@ impl HookConfig {
             return Err(format!(
                 "memory_mib = {memory_mib} is outside 1..={}",
                 engine.max_memory_mib
+            ));
+        }
+        if let Some(r) = self.reuse
+            && (!(1..=100_000).contains(&r.events) || !(1..=16).contains(&r.instances))
+        {
+            return Err(format!(
+                "[reuse] events = {} and instances = {} must be within 1..=100000 and 1..=16",
+                r.events, r.instances
             ));
         }
         Ok(HookLimits {

@@ -71,7 +71,7 @@ mod signing;
 mod watch;
 mod workers;
 
-pub use config::{Config, HookConfig, OnError};
+pub use config::{Config, HookConfig, OnError, ReuseConfig};
 pub use delivery::Delivery;
 pub use dispatch::{HookFailure, Verdict};
 pub use engine::{DryDelivery, DryOutcome, DryRun, Engine, dry_run};

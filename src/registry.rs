@@ -6,7 +6,7 @@ use crate::delivery::DeliveryPolicy;
 use crate::error::{Error, LoadError, Stage};
 use crate::event::{Event, Phase};
 use crate::metrics::{HookStats, Metrics};
-use crate::sandbox::{Failure, Pre, Prepared, Sandbox, Subscription};
+use crate::sandbox::{Failure, Pre, Prepared, Sandbox, Subscription, WarmPool};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -425,11 +425,23 @@ impl Registry {
             .sandbox
             .link(&component)
             .map_err(|e| fail(Stage::Link, e))?;
+        if matches!(pre, Pre::Command(_)) && config.reuse.is_some() {
+            return Err(LoadError {
+                file: wasm.with_extension("toml"),
+                ..fail(
+                    Stage::Setup,
+                    "`[reuse]` is for component hooks; a WASI command runs once per \
+                     instance: remove the table"
+                        .into(),
+                )
+            });
+        }
         let prepared = Prepared {
             name: name.as_str().into(),
             pre,
             settings_json: config.settings_json().into(),
             limits,
+            warm: config.reuse.map(|r| Arc::new(WarmPool::new(r))),
         };
         let subscription = match (&prepared.pre, &config.subscription) {
             (Pre::Command(_), Some(s)) => Subscription {

@@ -92,6 +92,36 @@ pub(crate) struct Prepared {
     pub pre: Pre,
     pub settings_json: Arc<str>,
     pub limits: HookLimits,
+    /// Warm instances, for a hook that opted into `[reuse]`.
+    pub warm: Option<Arc<WarmPool>>,
+}
+
+/// The idle warm instances of one version of one hook.
+pub(crate) struct WarmPool {
+    idle: Mutex<Vec<Warm>>,
+    /// Events one instance serves before it is replaced.
+    events: u32,
+    /// Idle instances kept.
+    instances: usize,
+}
+
+impl WarmPool {
+    pub fn new(reuse: crate::config::ReuseConfig) -> WarmPool {
+        WarmPool {
+            idle: Mutex::default(),
+            events: reuse.events,
+            instances: reuse.instances as usize,
+        }
+    }
+}
+
+/// An instance kept between events: its store, its exports, and a permit
+/// for its place in the instance pool.
+struct Warm {
+    session: Session,
+    instance: Hook,
+    served: u32,
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// A linked hook of either ABI.
@@ -113,6 +143,8 @@ pub(crate) struct Sandbox {
     disk: Option<Arc<DiskCache>>,
     /// One permit per pool slot: callers wait for a slot instead of failing.
     slots: Semaphore,
+    /// One permit per warm instance the pool has room for.
+    warm_slots: Arc<Semaphore>,
 }
 
 /// Per-call state inside a `Store`.
@@ -214,13 +246,15 @@ impl Sandbox {
     /// else on-demand with a warning), the linker, and the epoch ticker.
     pub fn new(config: &Config) -> Result<Sandbox, String> {
         let slots = config.max_concurrent_calls.max(1);
+        // Warm instances stay allocated between calls: room for them too.
+        let instances = slots + config.max_warm_instances;
         let max_memory = config.limits.max_memory_mib as usize * 1024 * 1024;
         let mut pool = PoolingAllocationConfig::new();
-        pool.total_component_instances(slots)
-            .total_core_instances(slots * 8)
-            .total_memories(slots * 2)
-            .total_tables(slots * 4)
-            .total_stacks(slots)
+        pool.total_component_instances(instances)
+            .total_core_instances(instances * 8)
+            .total_memories(instances * 2)
+            .total_tables(instances * 4)
+            .total_stacks(instances)
             .max_memory_size(max_memory)
             // Reset memory in place (memset, or only the dirty pages with
             // pagemap_scan) instead of decommitting it: a fresh instance per
@@ -259,6 +293,7 @@ impl Sandbox {
             compiled: Mutex::default(),
             disk,
             slots: Semaphore::new(slots as usize),
+            warm_slots: Arc::new(Semaphore::new(config.max_warm_instances as usize)),
         })
     }
 
@@ -374,6 +409,9 @@ impl Sandbox {
             timestamp_ms: event.timestamp_ms(),
             payload: event.payload().to_owned(),
         };
+        if let Some(pool) = &hook.warm {
+            return self.handle_warm(hook, pre, pool, &wit_event).await;
+        }
         self.call(hook, None, async |store, _| {
             let instance: Hook = pre.instantiate_async(&mut *store).await?;
             if let Err(message) = instance
@@ -382,23 +420,80 @@ impl Sandbox {
             {
                 return Ok(Err(format!("setup refused its settings: {message}")));
             }
-            Ok(instance
-                .call_handle(&mut *store, &wit_event)
-                .await?
-                .map(|o| RawOutcome {
-                    deliveries: o
-                        .deliveries
-                        .into_iter()
-                        .map(|d| RawDelivery {
-                            url: d.url,
-                            headers: d.headers,
-                            body: d.body,
-                        })
-                        .collect(),
-                    deny: o.deny,
-                }))
+            call_handle(&instance, store, &wit_event).await
         })
         .await
+    }
+
+    /// Runs one event on a warm instance of the hook, making one (`setup`
+    /// included) if none is idle. An instance goes back to the pool unless
+    /// it trapped, timed out, hit its memory cap or served its events. With
+    /// no room left for warm instances, the event gets a fresh one.
+    async fn handle_warm(
+        &self,
+        hook: &Prepared,
+        pre: &HookPre<HostState>,
+        pool: &WarmPool,
+        wit_event: &wit::Event,
+    ) -> Result<RawOutcome, Failure> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .expect("the slot semaphore is never closed");
+        let idle = pool.idle.lock().unwrap().pop();
+        let mut warm = match idle {
+            Some(warm) => warm,
+            None => {
+                let setup = async |store: &mut Store<HostState>| {
+                    let instance: Hook = pre.instantiate_async(&mut *store).await?;
+                    Ok(
+                        match instance
+                            .call_setup(&mut *store, &hook.settings_json)
+                            .await?
+                        {
+                            Ok(_) => Ok(instance),
+                            Err(m) => Err(format!("setup refused its settings: {m}")),
+                        },
+                    )
+                };
+                let mut session = self.session(hook, None);
+                let Ok(permit) = self.warm_slots.clone().try_acquire_owned() else {
+                    // No room for another warm instance: a fresh one.
+                    return session
+                        .run(hook, async |store, _| match setup(store).await? {
+                            Ok(instance) => call_handle(&instance, store, wit_event).await,
+                            Err(message) => Ok(Err(message)),
+                        })
+                        .await;
+                };
+                let instance = session
+                    .run(hook, async |store, _| setup(store).await)
+                    .await?;
+                Warm {
+                    session,
+                    instance,
+                    served: 0,
+                    _permit: permit,
+                }
+            }
+        };
+        let instance = &warm.instance;
+        let result = warm
+            .session
+            .run(hook, async |store, _| {
+                call_handle(instance, store, wit_event).await
+            })
+            .await;
+        warm.served += 1;
+        let healthy = matches!(result, Ok(_) | Err(Failure::Returned(_)));
+        if healthy && warm.served < pool.events {
+            let mut idle = pool.idle.lock().unwrap();
+            if idle.len() < pool.instances {
+                idle.push(warm);
+            }
+        }
+        result
     }
 
     /// Runs a WASI command hook on one event: the event on stdin, the
@@ -453,6 +548,13 @@ impl Sandbox {
             .acquire()
             .await
             .expect("the slot semaphore is never closed");
+        self.session(hook, stdin).run(hook, body).await
+    }
+
+    /// A fresh store for `hook`, with its stdio captured. With `stdin`, the
+    /// store is a command's: the bytes are its stdin and the settings are in
+    /// its environment.
+    fn session(&self, hook: &Prepared, stdin: Option<Vec<u8>>) -> Session {
         let is_command = stdin.is_some();
         let stdout = MemoryOutputPipe::new(if is_command {
             COMMAND_OUTPUT_CAPACITY
@@ -467,9 +569,8 @@ impl Sandbox {
                 .arg(&*hook.name)
                 .env(command::SETTINGS_ENV, &*hook.settings_json);
         }
-        let wasi = wasi.build();
         let state = HostState {
-            wasi,
+            wasi: wasi.build(),
             table: ResourceTable::new(),
             limiter: MemoryLimiter {
                 cap: hook.limits.memory_bytes,
@@ -481,22 +582,60 @@ impl Sandbox {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
+        Session {
+            store,
+            stdout,
+            stderr,
+            is_command,
+            logged: (0, 0),
+        }
+    }
+}
+
+/// A store and its captured stdio: used for one call (a fresh instance), or
+/// for every call of a warm instance.
+struct Session {
+    store: Store<HostState>,
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+    /// A command's stdout is its outcome, not log lines.
+    is_command: bool,
+    /// Bytes of stdout and stderr already logged (the pipes accumulate).
+    logged: (usize, usize),
+}
+
+impl Session {
+    /// Runs `body` under the hook's deadline, logs the stdio it wrote, and
+    /// classifies a failure.
+    async fn run<R>(
+        &mut self,
+        hook: &Prepared,
+        body: impl AsyncFnOnce(
+            &mut Store<HostState>,
+            &MemoryOutputPipe,
+        ) -> wasmtime::Result<Result<R, String>>,
+    ) -> Result<R, Failure> {
+        let state = self.store.data_mut();
+        state.limiter.exceeded = false;
+        state.log_lines = 0;
         let deadline = hook.limits.deadline;
         let until = Instant::now() + deadline;
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
+        self.store.set_epoch_deadline(1);
+        self.store.epoch_deadline_callback(move |_| {
             if Instant::now() >= until {
                 Err(wasmtime::Error::new(DeadlineReached))
             } else {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        let run = body(&mut store, &stdout);
+        let run = body(&mut self.store, &self.stdout);
         let result = tokio::time::timeout(deadline + HOST_CALL_GRACE, run).await;
-        let stderr_tail = log_stdio(&hook.name, (!is_command).then_some(&stdout), &stderr);
+        let stderr_tail = self.log_stdio(&hook.name);
+        let is_command = self.is_command;
+        let exceeded = self.store.data().limiter.exceeded;
         let memory_cap = || Failure::MemoryCap(hook.limits.memory_bytes / (1024 * 1024));
         match result {
-            Err(_elapsed) if store.data().limiter.exceeded => Err(memory_cap()),
+            Err(_elapsed) if exceeded => Err(memory_cap()),
             Err(_elapsed) => Err(Failure::Timeout(deadline)),
             Ok(Ok(Ok(value))) => Ok(value),
             // A command says why it failed on stderr, if anywhere.
@@ -504,7 +643,7 @@ impl Sandbox {
                 Some(tail) if is_command => format!("{message}; its stderr ends: {tail}"),
                 _ => message,
             })),
-            Ok(Err(err)) => Err(if store.data().limiter.exceeded {
+            Ok(Err(err)) => Err(if exceeded {
                 memory_cap()
             } else if err.is::<DeadlineReached>() {
                 Failure::Timeout(deadline)
@@ -517,32 +656,58 @@ impl Sandbox {
             }),
         }
     }
+
+    /// Logs what the call wrote to stdout (info; not a command's, which is
+    /// its outcome) and stderr (warn), line by line under the hook's name;
+    /// returns stderr's last line, which for a Rust guest is usually the
+    /// panic message.
+    fn log_stdio(&mut self, hook: &str) -> Option<String> {
+        let out = self.stdout.contents();
+        let out = out.get(self.logged.0..).unwrap_or_default();
+        self.logged.0 += out.len();
+        if !self.is_command {
+            for line in String::from_utf8_lossy(out)
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+            {
+                guest_log(hook, wit::Level::Info, line);
+            }
+        }
+        let err = self.stderr.contents();
+        let err = err.get(self.logged.1..).unwrap_or_default();
+        self.logged.1 += err.len();
+        let err = String::from_utf8_lossy(err);
+        for line in err.lines().filter(|l| !l.trim().is_empty()) {
+            guest_log(hook, wit::Level::Warn, line);
+        }
+        err.lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(|l| truncate(l, 1024).to_owned())
+    }
 }
 
-/// Logs a call's captured stdout (info) and stderr (warn) line by line under
-/// the hook's name; returns stderr's last line, which for a Rust guest is
-/// usually the panic message.
-fn log_stdio(
-    hook: &str,
-    stdout: Option<&MemoryOutputPipe>,
-    stderr: &MemoryOutputPipe,
-) -> Option<String> {
-    let out = stdout.map(|s| s.contents()).unwrap_or_default();
-    for line in String::from_utf8_lossy(&out)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-    {
-        guest_log(hook, wit::Level::Info, line);
-    }
-    let err = stderr.contents();
-    let err = String::from_utf8_lossy(&err);
-    for line in err.lines().filter(|l| !l.trim().is_empty()) {
-        guest_log(hook, wit::Level::Warn, line);
-    }
-    err.lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .map(|l| truncate(l, 1024).to_owned())
+/// `handle` on an instance whose `setup` has run.
+async fn call_handle(
+    instance: &Hook,
+    store: &mut Store<HostState>,
+    event: &wit::Event,
+) -> wasmtime::Result<Result<RawOutcome, String>> {
+    Ok(instance
+        .call_handle(&mut *store, event)
+        .await?
+        .map(|o| RawOutcome {
+            deliveries: o
+                .deliveries
+                .into_iter()
+                .map(|d| RawDelivery {
+                    url: d.url,
+                    headers: d.headers,
+                    body: d.body,
+                })
+                .collect(),
+            deny: o.deny,
+        }))
 }
 
 /// Compiled components on disk: `HASH-ENGINE.cwasm`, where HASH is the

@@ -9,6 +9,7 @@ mod examples;
 mod hostile;
 mod languages;
 mod reload;
+mod reuse;
 mod safety;
 mod server;
 

@@ -34,7 +34,14 @@ enum Mode {
     Deny,
     /// Sleeps for an hour.
     Sleep,
+    /// Denies with the number of events this instance has handled (so "1"
+    /// on every event in a fresh instance per event); traps on the
+    /// `trap_at`-th one if set. For instance reuse.
+    Count,
 }
+
+/// Events this instance handled (Count mode).
+static HANDLED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 #[derive(Deserialize)]
 struct Settings {
@@ -43,6 +50,7 @@ struct Settings {
     mark: Option<String>,
     delay_ms: Option<u64>,
     init_error: Option<String>,
+    trap_at: Option<u32>,
     #[serde(default = "wasmhooks_sdk::all_methods")]
     methods: Vec<String>,
     #[serde(
@@ -57,6 +65,7 @@ struct Misbehave {
     url: String,
     mark: String,
     delay: Option<Duration>,
+    trap_at: Option<u32>,
 }
 
 impl Hook for Misbehave {
@@ -76,6 +85,7 @@ impl Hook for Misbehave {
             url,
             mark: s.mark.unwrap_or_default(),
             delay: s.delay_ms.map(Duration::from_millis),
+            trap_at: s.trap_at,
         };
         Ok((hook, Subscription::new(s.methods, s.phases)))
     }
@@ -114,6 +124,13 @@ impl Hook for Misbehave {
             Mode::Sleep => {
                 std::thread::sleep(Duration::from_secs(3600));
                 Ok(Outcome::skip())
+            }
+            Mode::Count => {
+                let n = HANDLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if self.trap_at == Some(n) {
+                    panic!("misbehave: trap on event {n} of this instance");
+                }
+                Ok(Outcome::deny(n.to_string()))
             }
         }
     }

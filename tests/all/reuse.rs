@@ -1,0 +1,72 @@
+//! Instance reuse (`[reuse]` in NAME.toml): a fresh instance per event by
+//! default; warm instances when a hook opts in, replaced after N events or
+//! a trap.
+
+use crate::{fixture, one_hook};
+use wasmhooks::{Engine, HookState, Stage};
+
+/// The reasons (`misbehave` in count mode: how many events its instance
+/// has handled) of `n` pre events sent one after another, or `trap`.
+async fn counts(engine: &Engine, n: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    for _ in 0..n {
+        let verdict = engine.pre(fixture("vm.start.pre")).await.unwrap();
+        seen.push(match (&verdict.reason, verdict.failures.first()) {
+            (Some(reason), _) => reason.clone(),
+            (None, Some(f)) if f.kind == "trap" => "trap".to_owned(),
+            _ => panic!("unexpected verdict {verdict:?}"),
+        });
+    }
+    seen
+}
+
+#[tokio::test]
+async fn each_event_gets_a_fresh_instance_unless_the_hook_opts_into_reuse() {
+    let (_dir, engine) = one_hook("count", "misbehave", "[settings]\nmode = \"count\"\n").await;
+    assert_eq!(
+        counts(&engine, 4).await,
+        ["1", "1", "1", "1"],
+        "no state carries over"
+    );
+
+    let toml = "[reuse]\nevents = 3\n[settings]\nmode = \"count\"\n";
+    let (_dir, engine) = one_hook("count", "misbehave", toml).await;
+    assert_eq!(engine.hooks()[0].state, HookState::Live);
+    assert_eq!(
+        counts(&engine, 7).await,
+        ["1", "2", "3", "1", "2", "3", "1"],
+        "one warm instance serves 3 events, then a new one takes over"
+    );
+}
+
+#[tokio::test]
+async fn a_warm_instance_that_traps_is_replaced() {
+    let toml = "[reuse]\nevents = 100\n[settings]\nmode = \"count\"\ntrap_at = 3\n";
+    let (_dir, engine) = one_hook("count", "misbehave", toml).await;
+    assert_eq!(
+        counts(&engine, 6).await,
+        ["1", "2", "trap", "1", "2", "trap"],
+        "the instance that trapped is not used again"
+    );
+    assert_eq!(engine.hooks()[0].errors, 2);
+}
+
+#[tokio::test]
+async fn reuse_settings_are_checked() {
+    let (_dir, engine) = one_hook(
+        "count",
+        "misbehave",
+        "[reuse]\nevents = 0\n[settings]\nmode = \"count\"\n",
+    )
+    .await;
+    let error = engine.hooks()[0].last_error.clone().expect("a load error");
+    assert_eq!(error.stage, Stage::Settings, "{error:?}");
+    assert!(error.reason.contains("[reuse]"), "{error:?}");
+
+    // A WASI command runs once per instance: reuse is refused.
+    let toml = "[reuse]\nevents = 10\n[subscription]\nmethods = [\"*\"]\nphases = [\"pre\"]\n";
+    let (_dir, engine) = one_hook("cmd", "command", toml).await;
+    let error = engine.hooks()[0].last_error.clone().expect("a load error");
+    assert_eq!(error.stage, Stage::Setup, "{error:?}");
+    assert!(error.reason.contains("[reuse]"), "{error:?}");
+}

@@ -409,72 +409,59 @@ impl Sandbox {
             timestamp_ms: event.timestamp_ms(),
             payload: event.payload().to_owned(),
         };
-        if let Some(pool) = &hook.warm {
-            return self.handle_warm(hook, pre, pool, &wit_event).await;
+        if let Some(pool) = &hook.warm
+            && let Some(result) = self.handle_warm(hook, pre, pool, &wit_event).await
+        {
+            return result;
         }
         self.call(hook, None, async |store, _| {
-            let instance: Hook = pre.instantiate_async(&mut *store).await?;
-            if let Err(message) = instance
-                .call_setup(&mut *store, &hook.settings_json)
-                .await?
-            {
-                return Ok(Err(format!("setup refused its settings: {message}")));
+            match setup_instance(pre, store, &hook.settings_json).await? {
+                Ok(instance) => call_handle(&instance, store, &wit_event).await,
+                Err(message) => Ok(Err(message)),
             }
-            call_handle(&instance, store, &wit_event).await
         })
         .await
     }
 
     /// Runs one event on a warm instance of the hook, making one (`setup`
     /// included) if none is idle. An instance goes back to the pool unless
-    /// it trapped, timed out, hit its memory cap or served its events. With
-    /// no room left for warm instances, the event gets a fresh one.
+    /// it trapped, timed out, hit its memory cap or served its events.
+    /// `None` when there is no room for another warm instance: the caller
+    /// then uses a fresh one.
     async fn handle_warm(
         &self,
         hook: &Prepared,
         pre: &HookPre<HostState>,
         pool: &WarmPool,
         wit_event: &wit::Event,
-    ) -> Result<RawOutcome, Failure> {
+    ) -> Option<Result<RawOutcome, Failure>> {
+        let idle = pool.idle.lock().unwrap().pop();
+        let permit = match idle {
+            Some(_) => None,
+            None => Some(self.warm_slots.clone().try_acquire_owned().ok()?),
+        };
         let _slot = self
             .slots
             .acquire()
             .await
             .expect("the slot semaphore is never closed");
-        let idle = pool.idle.lock().unwrap().pop();
-        let mut warm = match idle {
-            Some(warm) => warm,
-            None => {
-                let setup = async |store: &mut Store<HostState>| {
-                    let instance: Hook = pre.instantiate_async(&mut *store).await?;
-                    Ok(
-                        match instance
-                            .call_setup(&mut *store, &hook.settings_json)
-                            .await?
-                        {
-                            Ok(_) => Ok(instance),
-                            Err(m) => Err(format!("setup refused its settings: {m}")),
-                        },
-                    )
-                };
+        let mut warm = match (idle, permit) {
+            (Some(warm), _) => warm,
+            (None, permit) => {
                 let mut session = self.session(hook, None);
-                let Ok(permit) = self.warm_slots.clone().try_acquire_owned() else {
-                    // No room for another warm instance: a fresh one.
-                    return session
-                        .run(hook, async |store, _| match setup(store).await? {
-                            Ok(instance) => call_handle(&instance, store, wit_event).await,
-                            Err(message) => Ok(Err(message)),
-                        })
-                        .await;
-                };
-                let instance = session
-                    .run(hook, async |store, _| setup(store).await)
-                    .await?;
+                let setup = session
+                    .run(hook, async |store, _| {
+                        setup_instance(pre, store, &hook.settings_json).await
+                    })
+                    .await;
                 Warm {
+                    instance: match setup {
+                        Ok(instance) => instance,
+                        Err(failure) => return Some(Err(failure)),
+                    },
                     session,
-                    instance,
                     served: 0,
-                    _permit: permit,
+                    _permit: permit.expect("taken above when no instance was idle"),
                 }
             }
         };
@@ -493,7 +480,7 @@ impl Sandbox {
                 idle.push(warm);
             }
         }
-        result
+        Some(result)
     }
 
     /// Runs a WASI command hook on one event: the event on stdin, the
@@ -685,6 +672,19 @@ impl Session {
             .find(|l| !l.trim().is_empty())
             .map(|l| truncate(l, 1024).to_owned())
     }
+}
+
+/// A new instance with `setup` run on the hook's settings.
+async fn setup_instance(
+    pre: &HookPre<HostState>,
+    store: &mut Store<HostState>,
+    settings: &str,
+) -> wasmtime::Result<Result<Hook, String>> {
+    let instance = pre.instantiate_async(&mut *store).await?;
+    Ok(match instance.call_setup(&mut *store, settings).await? {
+        Ok(_) => Ok(instance),
+        Err(message) => Err(format!("setup refused its settings: {message}")),
+    })
 }
 
 /// `handle` on an instance whose `setup` has run.

@@ -65,12 +65,35 @@ if [ -n "$missing" ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 
-# crates.io: wit-bindgen-cli (C and Go bindings), and the WASI preview1
-# reactor adapter that turns a wasip1 core module into a component.
+# crates.io: wit-bindgen-cli (C and Go bindings); the Go package that its Go
+# bindings import (go.bytecodealliance.org/pkg, shipped inside the
+# wit-bindgen-go crate, so no Go module proxy is needed); and the WASI
+# preview1 reactor adapter that turns a wasip1 core module into a component.
 if ! stamped wit-bindgen "$WIT_BINDGEN"; then
   step "crates.io: wit-bindgen-cli $WIT_BINDGEN"
   cargo install --quiet --locked --root "$dir/cargo" "wit-bindgen-cli@$WIT_BINDGEN"
   stamp wit-bindgen "$WIT_BINDGEN"
+fi
+if ! stamped go-pkg "$WIT_BINDGEN"; then
+  step "crates.io: go.bytecodealliance.org/pkg, from wit-bindgen-go $WIT_BINDGEN"
+  mkdir -p "$dir/go-pkg-crate/src"
+  cat >"$dir/go-pkg-crate/Cargo.toml" <<EOF
+[package]
+name = "fetch-go-pkg"
+version = "0.0.0"
+edition = "2024"
+publish = false
+[dependencies]
+wit-bindgen-go = "=$WIT_BINDGEN"
+[workspace]
+EOF
+  touch "$dir/go-pkg-crate/src/lib.rs"
+  # `cargo metadata` downloads the crate and says where its source is.
+  manifest=$(cargo metadata --quiet --format-version 1 --manifest-path "$dir/go-pkg-crate/Cargo.toml" |
+    python3 -c 'import json, sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "wit-bindgen-go"))')
+  rm -rf "$dir/go-pkg"
+  cp -R "$(dirname "$manifest")/src/pkg" "$dir/go-pkg"
+  stamp go-pkg "$WIT_BINDGEN"
 fi
 if ! stamped adapter "$ADAPTER"; then
   step "crates.io: wasi-preview1-component-adapter-provider $ADAPTER"
@@ -118,4 +141,5 @@ chmod +x "$dir/bin/zig"
 go=$(find "$dir/venv" -path '*/bin/go' -type f 2>/dev/null | head -n 1)
 [ -n "$go" ] && ln -sf "$go" "$dir/bin/go"
 ln -sf "$dir/wasi_snapshot_preview1.reactor.wasm" "$dir/bin/wasi_snapshot_preview1.reactor.wasm"
+ln -sfn "$dir/go-pkg" "$dir/bin/go-pkg"
 echo "guest toolchains ready in $dir/bin" >&2

@@ -416,6 +416,18 @@ impl Registry {
             stage,
             reason,
         };
+        let refuse_reuse = |why: &str| {
+            Err(LoadError {
+                file: wasm.with_extension("toml"),
+                ..fail(Stage::Setup, format!("`[reuse]`: {why}: remove the table"))
+            })
+        };
+        if config.reuse.is_some() && crate::sandbox::built_by_go(&bytes) {
+            return refuse_reuse(
+                "a Go hook cannot serve more than one event per instance (Go's \
+                 garbage collector breaks a reused instance)",
+            );
+        }
         let component = self
             .sandbox
             .compile(&wasm_hash, bytes)
@@ -426,15 +438,9 @@ impl Registry {
             .link(&component)
             .map_err(|e| fail(Stage::Link, e))?;
         if matches!(pre, Pre::Command(_)) && config.reuse.is_some() {
-            return Err(LoadError {
-                file: wasm.with_extension("toml"),
-                ..fail(
-                    Stage::Setup,
-                    "`[reuse]` is for component hooks; a WASI command runs once per \
-                     instance: remove the table"
-                        .into(),
-                )
-            });
+            return refuse_reuse(
+                "it is for component hooks; a WASI command runs once per instance",
+            );
         }
         let prepared = Prepared {
             name: name.as_str().into(),

@@ -115,6 +115,18 @@ impl WarmPool {
     }
 }
 
+/// Whether `bytes` was built by Go's toolchain: a core module inside
+/// carries Go's `go:buildid` section. Go instances cannot serve a second
+/// event reliably: under the bindings' runtime (`wit-bindgen go` 0.63,
+/// Go 1.27) a garbage collection between calls eventually leaves the
+/// instance broken (a `sigpanic` loop until the stack runs out).
+pub(crate) fn built_by_go(bytes: &[u8]) -> bool {
+    wasmparser::Parser::new(0)
+        .parse_all(bytes)
+        .map_while(Result::ok)
+        .any(|payload| matches!(payload, wasmparser::Payload::CustomSection(c) if c.name() == "go:buildid"))
+}
+
 /// An instance kept between events: its store, its exports, and a permit
 /// for its place in the instance pool.
 struct Warm {
@@ -635,7 +647,13 @@ impl Session {
             } else if err.is::<DeadlineReached>() {
                 Failure::Timeout(deadline)
             } else {
-                let mut message = format!("{err:?}");
+                // The trap and the guest's frames; not the host's backtrace,
+                // which `{err:?}` adds under RUST_BACKTRACE and means
+                // nothing to a hook's author.
+                let mut message = err.root_cause().to_string();
+                if let Some(frames) = err.downcast_ref::<wasmtime::WasmBacktrace>() {
+                    message = format!("{message}; {frames}");
+                }
                 if let Some(tail) = stderr_tail {
                     message = format!("{tail} ({message})");
                 }

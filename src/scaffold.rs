@@ -13,6 +13,7 @@ pub enum Lang {
     Python,
     Js,
     C,
+    Go,
     Zig,
     Assemblyscript,
 }
@@ -99,6 +100,16 @@ pub fn new(lang: Lang, name: &str, parent: &Path) -> Result<PathBuf> {
             ),
             (".gitignore", "gen/\n".to_owned()),
         ],
+        Lang::Go => vec![
+            (
+                "export_wit_world/slack.go",
+                include_str!("../guest-examples/go/export_wit_world/slack.go").to_owned(),
+            ),
+            (
+                "build.sh",
+                build(include_str!("../guest-examples/go/build.sh"), "slack.wasm"),
+            ),
+        ],
         Lang::Zig => vec![
             (
                 "filter.zig",
@@ -132,7 +143,7 @@ pub fn new(lang: Lang, name: &str, parent: &Path) -> Result<PathBuf> {
             include_str!("../tests/fixtures/xo/vm.start.post.json"),
             "forwards each vm.* post event's payload to `url`",
         ),
-        Lang::Python => (
+        Lang::Python | Lang::Go => (
             "[settings]\nurl = \"https://hooks.slack.com/services/T000/B000/XXXX\"\n".to_owned(),
             include_str!("../tests/fixtures/xo/vm.start.post.json"),
             "sends one Slack message per vm.* call",

@@ -187,12 +187,13 @@ fn wasmhooks_deliveries_missing(dir: &std::path::Path) -> (bool, String, String)
 #[test]
 fn new_scaffolds_a_hook_that_builds_and_runs_in_every_language() {
     let parent = tempfile::tempdir().unwrap();
-    let cases: [(&str, &[&str], bool); 6] = [
+    let cases: [(&str, &[&str], bool); 7] = [
         // (language, tools, whether its sample outcome is a veto)
         ("rust", &[], false),
         ("python", &["componentize-py"], false),
         ("js", &["jco"], true),
         ("c", &["clang", "wit-bindgen", "wasm-tools"], false),
+        ("go", &["go", "wit-bindgen", "wasm-tools"], false),
         ("zig", &["zig"], false),
         ("assemblyscript", &["asc"], true),
     ];

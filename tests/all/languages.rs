@@ -195,11 +195,27 @@ const ZIG: &[&str] = &["zig"];
 const ASSEMBLYSCRIPT: &[&str] = &["asc"];
 const C: &[&str] = &["clang", "wit-bindgen", "wasm-tools"];
 const JS: &[&str] = &["jco"];
+const GO: &[&str] = &["go", "wit-bindgen", "wasm-tools"];
 
 #[tokio::test]
 async fn python_slack() {
     slack_sends_the_same_messages_as_the_rust_one("python", PYTHON).await;
     slack_refuses_settings_without_a_url("python", PYTHON).await;
+}
+
+#[tokio::test]
+async fn go_slack() {
+    slack_sends_the_same_messages_as_the_rust_one("go", GO).await;
+    slack_refuses_settings_without_a_url("go", GO).await;
+
+    // A Go instance cannot be reused: `[reuse]` is refused at load, naming
+    // the .toml, rather than failing now and then at run time.
+    let toml = "[reuse]\nevents = 100\n[settings]\nurl = \"https://x.example\"\n";
+    let (_dir, engine) = lang_hook("go", GO, "slack", toml).await;
+    let error = engine.hooks()[0].last_error.clone().expect("a load error");
+    assert_eq!(error.stage, Stage::Setup, "{error:?}");
+    assert!(error.file.ends_with("slack.toml"), "{error:?}");
+    assert!(error.reason.contains("Go"), "{error:?}");
 }
 
 #[tokio::test]
@@ -288,7 +304,7 @@ async fn a_command_component_gets_the_event_on_stdin_and_its_settings_in_env() {
 /// The examples' folders each have a README with the install and build commands.
 #[test]
 fn every_language_example_documents_its_toolchain() {
-    for lang in ["python", "js", "c", "zig", "assemblyscript"] {
+    for lang in ["python", "js", "c", "go", "zig", "assemblyscript"] {
         let readme = guests::root().join(format!("guest-examples/{lang}/README.md"));
         let text = std::fs::read_to_string(&readme)
             .unwrap_or_else(|e| panic!("{}: {e}", readme.display()));

@@ -142,13 +142,15 @@ impl SqliteOutbox {
     }
 
     /// Runs `f` in the next group transaction; resolves after the commit.
+    /// A job of one write statement is atomic as it is (SQLite undoes a
+    /// failed statement); one of several wraps them in [`atomically`].
     fn call<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
     ) -> Fut<'_, R> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
-            let result = in_savepoint(conn, f);
+            let result = f(conn);
             Box::new(move |commit_error: Option<&str>| {
                 let result = match (result, commit_error) {
                     (Err(e), _) => Err(OutboxError::Store(e.to_string())),
@@ -244,8 +246,9 @@ fn run(conn: Connection, jobs: mpsc::Receiver<Job>) {
     }
 }
 
-/// Runs `f` so that its writes are all or nothing, inside the group transaction.
-fn in_savepoint<R>(
+/// Runs `f` so that its writes are all or nothing, inside the group
+/// transaction: for jobs of more than one write statement.
+fn atomically<R>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> rusqlite::Result<R>,
 ) -> rusqlite::Result<R> {
@@ -291,35 +294,15 @@ impl Outbox for SqliteOutbox {
         claimed: Vec<Delivery>,
         queued: Vec<Delivery>,
     ) -> Fut<'_, ()> {
+        let writes = claimed.len() + queued.len() + usize::from(ticket.is_some());
         self.call(move |conn| {
-            let now = to_sql(now_ms());
-            let mut insert = conn.prepare_cached(
-                "INSERT OR IGNORE INTO deliveries
-                   (id, hook, receiver, url, headers, body, signed, claimed, created_ms, next_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
-            )?;
-            let all = claimed
-                .iter()
-                .map(|d| (d, true))
-                .chain(queued.iter().map(|d| (d, false)));
-            for (d, claimed) in all {
-                insert.execute(params![
-                    d.id,
-                    &*d.hook,
-                    d.receiver(),
-                    d.url.as_str(),
-                    headers_to_json(&d.headers),
-                    &d.body[..],
-                    d.signed,
-                    claimed,
-                    now
-                ])?;
+            if writes > 1 {
+                atomically(conn, |conn| {
+                    insert_deliveries(conn, ticket, &claimed, &queued)
+                })
+            } else {
+                insert_deliveries(conn, ticket, &claimed, &queued)
             }
-            if let Some(ticket) = ticket {
-                conn.prepare_cached("DELETE FROM events WHERE ticket = ?1")?
-                    .execute([ticket])?;
-            }
-            Ok(())
         })
     }
 
@@ -340,77 +323,8 @@ impl Outbox for SqliteOutbox {
         })
     }
 
-    fn claim(&self, now_ms: u64, limit: usize, mut room: Room) -> Fut<'_, Vec<Claimed>> {
-        self.call(move |conn| {
-            let mut picked = Vec::new();
-            let mut held = Vec::new();
-            {
-                let mut due = conn.prepare_cached(
-                    "SELECT id, receiver FROM deliveries
-                     WHERE dead = 0 AND claimed = 0 AND next_ms <= ?1 ORDER BY next_ms",
-                )?;
-                let mut rows = due.query([to_sql(now_ms)])?;
-                let mut scanned = 0;
-                while picked.len() < limit && scanned < CLAIM_SCAN {
-                    let Some(row) = rows.next()? else { break };
-                    scanned += 1;
-                    let receiver: String = row.get(1)?;
-                    if let Some(&until) = room.paused.get(&receiver) {
-                        held.push((row.get::<_, String>(0)?, until));
-                        continue;
-                    }
-                    let left = room.per_receiver.entry(receiver).or_insert(room.default);
-                    if *left > 0 {
-                        *left -= 1;
-                        picked.push(row.get::<_, String>(0)?);
-                    }
-                }
-            }
-            // Out of the due range until the receiver resumes, so later
-            // claims do not scan them again.
-            let mut hold =
-                conn.prepare_cached("UPDATE deliveries SET next_ms = ?2 WHERE id = ?1")?;
-            for (id, until) in held {
-                hold.execute(params![id, to_sql(until)])?;
-            }
-            let mut claim = conn.prepare_cached(
-                "UPDATE deliveries SET claimed = 1 WHERE id = ?1
-                 RETURNING hook, url, headers, body, attempts, signed",
-            )?;
-            let mut claimed = Vec::with_capacity(picked.len());
-            for id in picked {
-                let (hook, url, headers, body, attempts, signed) = claim.query_row([&id], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, Vec<u8>>(3)?,
-                        r.get::<_, u32>(4)?,
-                        r.get::<_, bool>(5)?,
-                    ))
-                })?;
-                let Ok(url) = reqwest::Url::parse(&url) else {
-                    // Only a hand-edited database gets here.
-                    conn.execute(
-                        "UPDATE deliveries SET dead = 1, claimed = 0, last_error = 'URL is not valid' WHERE id = ?1",
-                        [&id],
-                    )?;
-                    continue;
-                };
-                claimed.push(Claimed {
-                    delivery: Delivery {
-                        id,
-                        hook: hook.into(),
-                        url,
-                        headers: headers_from_json(&headers),
-                        body: body.into(),
-                        signed,
-                    },
-                    attempts,
-                });
-            }
-            Ok(claimed)
-        })
+    fn claim(&self, now_ms: u64, limit: usize, room: Room) -> Fut<'_, Vec<Claimed>> {
+        self.call(move |conn| atomically(conn, |conn| claim_due(conn, now_ms, limit, room)))
     }
 
     fn finish(&self, id: String, attempts: u32, how: Finish) -> Fut<'_, ()> {
@@ -541,6 +455,121 @@ impl Outbox for SqliteOutbox {
             rows.collect()
         })
     }
+}
+
+/// Claims up to `limit` due deliveries, within each receiver's room; those
+/// of a paused receiver are held until it resumes.
+fn claim_due(
+    conn: &Connection,
+    now_ms: u64,
+    limit: usize,
+    mut room: Room,
+) -> rusqlite::Result<Vec<Claimed>> {
+    let mut picked = Vec::new();
+    let mut held = Vec::new();
+    {
+        let mut due = conn.prepare_cached(
+            "SELECT id, receiver FROM deliveries
+             WHERE dead = 0 AND claimed = 0 AND next_ms <= ?1 ORDER BY next_ms",
+        )?;
+        let mut rows = due.query([to_sql(now_ms)])?;
+        let mut scanned = 0;
+        while picked.len() < limit && scanned < CLAIM_SCAN {
+            let Some(row) = rows.next()? else { break };
+            scanned += 1;
+            let receiver: String = row.get(1)?;
+            if let Some(&until) = room.paused.get(&receiver) {
+                held.push((row.get::<_, String>(0)?, until));
+                continue;
+            }
+            let left = room.per_receiver.entry(receiver).or_insert(room.default);
+            if *left > 0 {
+                *left -= 1;
+                picked.push(row.get::<_, String>(0)?);
+            }
+        }
+    }
+    // Out of the due range until the receiver resumes, so later
+    // claims do not scan them again.
+    let mut hold = conn.prepare_cached("UPDATE deliveries SET next_ms = ?2 WHERE id = ?1")?;
+    for (id, until) in held {
+        hold.execute(params![id, to_sql(until)])?;
+    }
+    let mut claim = conn.prepare_cached(
+        "UPDATE deliveries SET claimed = 1 WHERE id = ?1
+         RETURNING hook, url, headers, body, attempts, signed",
+    )?;
+    let mut claimed = Vec::with_capacity(picked.len());
+    for id in picked {
+        let (hook, url, headers, body, attempts, signed) = claim.query_row([&id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+                r.get::<_, u32>(4)?,
+                r.get::<_, bool>(5)?,
+            ))
+        })?;
+        let Ok(url) = reqwest::Url::parse(&url) else {
+            // Only a hand-edited database gets here.
+            conn.execute(
+                "UPDATE deliveries SET dead = 1, claimed = 0, last_error = 'URL is not valid' WHERE id = ?1",
+                [&id],
+            )?;
+            continue;
+        };
+        claimed.push(Claimed {
+            delivery: Delivery {
+                id,
+                hook: hook.into(),
+                url,
+                headers: headers_from_json(&headers),
+                body: body.into(),
+                signed,
+            },
+            attempts,
+        });
+    }
+    Ok(claimed)
+}
+
+/// Queues `claimed` (being sent now) and `queued` deliveries, and retires
+/// the journaled event `ticket`.
+fn insert_deliveries(
+    conn: &Connection,
+    ticket: Option<i64>,
+    claimed: &[Delivery],
+    queued: &[Delivery],
+) -> rusqlite::Result<()> {
+    let now = to_sql(now_ms());
+    let mut insert = conn.prepare_cached(
+        "INSERT OR IGNORE INTO deliveries
+           (id, hook, receiver, url, headers, body, signed, claimed, created_ms, next_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+    )?;
+    let all = claimed
+        .iter()
+        .map(|d| (d, true))
+        .chain(queued.iter().map(|d| (d, false)));
+    for (d, claimed) in all {
+        insert.execute(params![
+            d.id,
+            &*d.hook,
+            d.receiver(),
+            d.url.as_str(),
+            headers_to_json(&d.headers),
+            &d.body[..],
+            d.signed,
+            claimed,
+            now
+        ])?;
+    }
+    if let Some(ticket) = ticket {
+        conn.prepare_cached("DELETE FROM events WHERE ticket = ?1")?
+            .execute([ticket])?;
+    }
+    Ok(())
 }
 
 fn headers_to_json(headers: &HeaderMap) -> String {

@@ -54,6 +54,10 @@ fn main() {
     if wanted("delivery") {
         runtime.block_on(delivery());
     }
+    if sections.iter().any(|s| s == "delivery-profile") {
+        // Not part of the default run: the delivery path alone, for `perf record`.
+        runtime.block_on(delivery_profile());
+    }
     if wanted("languages") {
         runtime.block_on(languages());
     }
@@ -562,6 +566,19 @@ async fn delivery() {
          at most {fds} open fds; database {db:.1} MiB after",
         peak_rss_mib()
     );
+}
+
+/// The delivery path alone (`BENCH_REUSE=1`: with a warm `forward`), for a
+/// profiler: 50k events, and the CPU each delivery cost.
+async fn delivery_profile() {
+    let sink = Sink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let reuse = std::env::var_os("BENCH_REUSE").is_some();
+    let n = 50_000;
+    let cpu = cpu_seconds();
+    let (rate, _) = engine_burst(&sink, dir.path(), false, reuse, n, 64).await;
+    let cpu_us = 1e6 * (cpu_seconds() - cpu) / n as f64;
+    println!("delivery-profile (reuse: {reuse}): {rate:.0} deliveries/s, {cpu_us:.0} µs CPU each");
 }
 
 /// Posts `n` events to an engine with the `forward` hook pointing at the

@@ -250,10 +250,18 @@ pub struct ReuseConfig {
     /// Warm instances kept for this hook (1..=16).
     #[serde(default = "one")]
     pub instances: u32,
+    /// Seconds a warm instance may sit idle (1..=86400, default 60). Then it
+    /// is dropped and its memory given back; the next event sets up a new one.
+    #[serde(default = "a_minute")]
+    pub idle_secs: u32,
 }
 
 fn one() -> u32 {
     1
+}
+
+fn a_minute() -> u32 {
+    60
 }
 
 /// `[subscription]` of a WASI command hook's `NAME.toml`.
@@ -354,11 +362,14 @@ impl HookConfig {
             ));
         }
         if let Some(r) = self.reuse
-            && (!(1..=100_000).contains(&r.events) || !(1..=16).contains(&r.instances))
+            && (!(1..=100_000).contains(&r.events)
+                || !(1..=16).contains(&r.instances)
+                || !(1..=86_400).contains(&r.idle_secs))
         {
             return Err(format!(
-                "[reuse] events = {} and instances = {} must be within 1..=100000 and 1..=16",
-                r.events, r.instances
+                "[reuse] events = {}, instances = {} and idle_secs = {} must be within \
+                 1..=100000, 1..=16 and 1..=86400",
+                r.events, r.instances, r.idle_secs
             ));
         }
         Ok(HookLimits {

@@ -6,7 +6,7 @@ use crate::delivery::DeliveryPolicy;
 use crate::error::{Error, LoadError, Stage};
 use crate::event::{Event, Phase};
 use crate::metrics::{HookStats, Metrics};
-use crate::sandbox::{Failure, Pre, Prepared, Sandbox, Subscription, WarmPool};
+use crate::sandbox::{Failure, Pre, Prepared, Sandbox, Subscription};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -129,6 +129,8 @@ pub struct HookStatus {
     pub loaded_at: Option<String>,
     /// The live version's ABI.
     pub abi: Option<Abi>,
+    /// Warm instances idle now, for a live version with `[reuse]`.
+    pub warm: Option<usize>,
     /// What the live version subscribed to.
     pub subscription: Option<Subscription>,
     /// What a pre verdict does when this hook fails.
@@ -447,7 +449,7 @@ impl Registry {
             pre,
             settings_json: config.settings_json().into(),
             limits,
-            warm: config.reuse.map(|r| Arc::new(WarmPool::new(r))),
+            warm: config.reuse.map(|r| self.sandbox.warm_pool(r)),
         };
         let subscription = match (&prepared.pre, &config.subscription) {
             (Pre::Command(_), Some(s)) => Subscription {
@@ -541,6 +543,7 @@ impl Registry {
                         Pre::Hook(_) => Abi::Component,
                         Pre::Command(_) => Abi::Command,
                     }),
+                    warm: live.and_then(|h| h.prepared.warm.as_ref().map(|p| p.idle())),
                     subscription: live.map(|h| h.subscription.clone()),
                     on_error: live.map(|h| h.config.on_error),
                     wait: live.map(|h| h.config.wait),

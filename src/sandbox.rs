@@ -96,24 +96,39 @@ pub(crate) struct Prepared {
     pub warm: Option<Arc<WarmPool>>,
 }
 
-/// The idle warm instances of one version of one hook.
+/// The idle warm instances of one version of one hook, most recently used
+/// last.
 pub(crate) struct WarmPool {
     idle: Mutex<Vec<Warm>>,
     /// Events one instance serves before it is replaced.
     events: u32,
     /// Idle instances kept.
     instances: usize,
+    /// How long an instance may sit idle before it is dropped.
+    idle_for: Duration,
 }
 
 impl WarmPool {
-    pub fn new(reuse: crate::config::ReuseConfig) -> WarmPool {
-        WarmPool {
-            idle: Mutex::default(),
-            events: reuse.events,
-            instances: reuse.instances as usize,
-        }
+    /// Warm instances idle now.
+    pub fn idle(&self) -> usize {
+        self.idle.lock().unwrap().len()
+    }
+
+    /// Takes out the instances idle for longer than `idle_for`, to be
+    /// dropped by the caller outside the lock.
+    fn expired(&self, now: Instant) -> Vec<Warm> {
+        let mut idle = self.idle.lock().unwrap();
+        // Most recently used last: the expired ones are a prefix.
+        let fresh = idle.partition_point(|w| now.duration_since(w.idle_since) >= self.idle_for);
+        idle.drain(..fresh).collect()
     }
 }
+
+/// Every warm pool, for the sweeper thread that drops idle instances.
+type WarmPools = Mutex<Vec<std::sync::Weak<WarmPool>>>;
+
+/// How often idle warm instances are looked for.
+const WARM_SWEEP: Duration = Duration::from_millis(250);
 
 /// Whether `bytes` was built by Go's toolchain: a core module inside
 /// carries Go's `go:buildid` section. Go instances cannot serve a second
@@ -133,6 +148,8 @@ struct Warm {
     session: Session,
     instance: Hook,
     served: u32,
+    /// When it last went back to the pool.
+    idle_since: Instant,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
@@ -157,6 +174,8 @@ pub(crate) struct Sandbox {
     slots: Semaphore,
     /// One permit per warm instance the pool has room for.
     warm_slots: Arc<Semaphore>,
+    /// Every hook version's warm pool, swept for idle instances.
+    warm_pools: Arc<WarmPools>,
 }
 
 /// Per-call state inside a `Store`.
@@ -295,6 +314,8 @@ impl Sandbox {
         Hook::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| format!("{e:#}"))?;
         spawn_epoch_ticker(&engine);
+        let warm_pools = Arc::new(WarmPools::default());
+        spawn_warm_sweeper(&warm_pools);
         let disk = config
             .cache_dir
             .as_ref()
@@ -306,7 +327,23 @@ impl Sandbox {
             disk,
             slots: Semaphore::new(slots as usize),
             warm_slots: Arc::new(Semaphore::new(config.max_warm_instances as usize)),
+            warm_pools,
         })
+    }
+
+    /// A warm pool for a hook version with `[reuse]`; its idle instances
+    /// are dropped after `idle_secs`.
+    pub fn warm_pool(&self, reuse: crate::config::ReuseConfig) -> Arc<WarmPool> {
+        let pool = Arc::new(WarmPool {
+            idle: Mutex::default(),
+            events: reuse.events,
+            instances: reuse.instances as usize,
+            idle_for: Duration::from_secs(reuse.idle_secs.into()),
+        });
+        let mut pools = self.warm_pools.lock().unwrap();
+        pools.retain(|p| p.strong_count() > 0);
+        pools.push(Arc::downgrade(&pool));
+        pool
     }
 
     /// Forgets compiled components other than these (by content hash).
@@ -473,6 +510,7 @@ impl Sandbox {
                     },
                     session,
                     served: 0,
+                    idle_since: Instant::now(),
                     _permit: permit.expect("taken above when no instance was idle"),
                 }
             }
@@ -487,6 +525,7 @@ impl Sandbox {
         warm.served += 1;
         let healthy = matches!(result, Ok(_) | Err(Failure::Returned(_)));
         if healthy && warm.served < pool.events {
+            warm.idle_since = Instant::now();
             let mut idle = pool.idle.lock().unwrap();
             if idle.len() < pool.instances {
                 idle.push(warm);
@@ -820,6 +859,31 @@ impl DiskCache {
             );
         }
     }
+}
+
+/// Drops warm instances that sat idle too long, every [`WARM_SWEEP`], until
+/// the sandbox is dropped.
+fn spawn_warm_sweeper(pools: &Arc<WarmPools>) {
+    let pools = Arc::downgrade(pools);
+    std::thread::Builder::new()
+        .name("wasmhooks-warm".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(WARM_SWEEP);
+                let Some(pools) = pools.upgrade() else { return };
+                let live: Vec<Arc<WarmPool>> = pools
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|p| p.upgrade())
+                    .collect();
+                let now = Instant::now();
+                // Dropped here, outside every lock.
+                let expired: Vec<Warm> = live.iter().flat_map(|p| p.expired(now)).collect();
+                drop(expired);
+            }
+        })
+        .expect("spawning the warm-instance sweeper");
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.

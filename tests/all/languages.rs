@@ -3,7 +3,7 @@
 //! (`scripts/install-guest-toolchains.sh`) and run in the engine on fixture
 //! events, checked at a real receiver.
 
-use crate::{Receiver, engine, fixture, fixture_json, guests};
+use crate::{Receiver, fixture, fixture_json, guests};
 use wasmhooks::{Abi, Engine, HookState, Stage};
 
 /// An engine serving `guest-examples/LANG`'s hook as `name`, with `toml`.
@@ -13,12 +13,7 @@ async fn lang_hook(
     name: &str,
     toml: &str,
 ) -> (tempfile::TempDir, Engine) {
-    let wasm = guests::example(lang, tools);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join(format!("{name}.toml")), toml).unwrap();
-    std::fs::copy(&wasm, dir.path().join(format!("{name}.wasm"))).unwrap();
-    let engine = engine(dir.path()).await;
-    (dir, engine)
+    crate::one_hook_file(name, &guests::example(lang, tools), toml).await
 }
 
 /// The Slack message text each `slack` example sends for these fixtures.

@@ -78,8 +78,14 @@ pub async fn engine(dir: &Path) -> Engine {
 /// `name`, with `toml` as its settings), and an engine serving it. Keep the
 /// folder alive as long as the engine.
 pub async fn one_hook(name: &str, guest: &str, toml: &str) -> (tempfile::TempDir, Engine) {
+    one_hook_file(name, &wasm(guest), toml).await
+}
+
+/// [`one_hook`] with any `.wasm` file.
+pub async fn one_hook_file(name: &str, wasm: &Path, toml: &str) -> (tempfile::TempDir, Engine) {
     let dir = tempfile::tempdir().unwrap();
-    install(dir.path(), name, guest, Some(toml));
+    std::fs::write(dir.path().join(format!("{name}.toml")), toml).unwrap();
+    std::fs::copy(wasm, dir.path().join(format!("{name}.wasm"))).unwrap();
     let engine = engine(dir.path()).await;
     (dir, engine)
 }

@@ -2,7 +2,7 @@
 //! default; warm instances when a hook opts in, replaced after N events or
 //! a trap.
 
-use crate::{fixture, one_hook};
+use crate::{eventually, fixture, one_hook};
 use wasmhooks::{Engine, HookState, Stage};
 
 /// The reasons (`misbehave` in count mode: how many events its instance
@@ -39,6 +39,30 @@ async fn each_event_gets_a_fresh_instance_unless_the_hook_opts_into_reuse() {
     );
 }
 
+/// An instance idle for `idle_secs` is dropped (its memory given back); the
+/// next event sets up a new one.
+#[tokio::test]
+async fn an_idle_warm_instance_is_dropped() {
+    let toml = "[reuse]\nevents = 100\nidle_secs = 1\n[settings]\nmode = \"count\"\n";
+    let (_dir, engine) = one_hook("count", "misbehave", toml).await;
+    assert_eq!(
+        engine.hooks()[0].warm,
+        Some(0),
+        "none before the first event"
+    );
+    assert_eq!(counts(&engine, 2).await, ["1", "2"]);
+    assert_eq!(engine.hooks()[0].warm, Some(1));
+    eventually("the idle instance is dropped", || async {
+        engine.hooks()[0].warm == Some(0)
+    })
+    .await;
+    assert_eq!(counts(&engine, 1).await, ["1"], "a new instance");
+
+    // A fresh-instance hook has no warm pool to show.
+    let (_dir, engine) = one_hook("count", "misbehave", "[settings]\nmode = \"count\"\n").await;
+    assert_eq!(engine.hooks()[0].warm, None);
+}
+
 #[tokio::test]
 async fn a_warm_instance_that_traps_is_replaced() {
     let toml = "[reuse]\nevents = 100\n[settings]\nmode = \"count\"\ntrap_at = 3\n";
@@ -62,6 +86,15 @@ async fn reuse_settings_are_checked() {
     let error = engine.hooks()[0].last_error.clone().expect("a load error");
     assert_eq!(error.stage, Stage::Settings, "{error:?}");
     assert!(error.reason.contains("[reuse]"), "{error:?}");
+    let (_dir, engine) = one_hook(
+        "count",
+        "misbehave",
+        "[reuse]\nevents = 10\nidle_secs = 0\n[settings]\nmode = \"count\"\n",
+    )
+    .await;
+    let error = engine.hooks()[0].last_error.clone().expect("a load error");
+    assert_eq!(error.stage, Stage::Settings, "{error:?}");
+    assert!(error.reason.contains("idle_secs"), "{error:?}");
 
     // A WASI command runs once per instance: reuse is refused.
     let toml = "[reuse]\nevents = 10\n[subscription]\nmethods = [\"*\"]\nphases = [\"pre\"]\n";

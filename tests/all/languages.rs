@@ -135,7 +135,7 @@ async fn forward_posts_post_events_unchanged_for_its_methods(lang: &str, tools: 
     assert_eq!(got[1].json(), fixture_json("vm.start.post"));
 
     let (_dir, engine) = lang_hook(lang, tools, "forward", "[settings]\nurl = \"ftp://x\"\n").await;
-    let error = engine.hooks()[0].last_error.clone().expect("a load error");
+    let error = crate::load_error(&engine);
     assert_eq!(error.stage, Stage::Setup, "{error:?}");
     assert!(error.reason.contains("url"), "{error:?}");
 }
@@ -179,7 +179,7 @@ async fn filter_pages_only_failed_post_events(lang: &str, tools: &[&str]) {
         "[settings]\nurl = \"https://x.example\"\n",
     )
     .await;
-    let error = engine.hooks()[0].last_error.clone().expect("a load error");
+    let error = crate::load_error(&engine);
     assert_eq!(error.stage, Stage::Setup, "{error:?}");
     assert!(error.file.ends_with("filter.toml"), "{error:?}");
     assert!(error.reason.contains("[subscription]"), "{error:?}");
@@ -207,7 +207,7 @@ async fn go_slack() {
     // the .toml, rather than failing now and then at run time.
     let toml = "[reuse]\nevents = 100\n[settings]\nurl = \"https://x.example\"\n";
     let (_dir, engine) = lang_hook("go", GO, "slack", toml).await;
-    let error = engine.hooks()[0].last_error.clone().expect("a load error");
+    let error = crate::load_error(&engine);
     assert_eq!(error.stage, Stage::Setup, "{error:?}");
     assert!(error.file.ends_with("slack.toml"), "{error:?}");
     assert!(error.reason.contains("Go"), "{error:?}");

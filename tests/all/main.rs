@@ -90,6 +90,11 @@ pub async fn one_hook_file(name: &str, wasm: &Path, toml: &str) -> (tempfile::Te
     (dir, engine)
 }
 
+/// Why the engine's first hook failed to load; panics if it did not.
+pub fn load_error(engine: &Engine) -> wasmhooks::LoadError {
+    engine.hooks()[0].last_error.clone().expect("a load error")
+}
+
 /// A loopback port nothing listens on (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -2,7 +2,7 @@
 //! default; warm instances when a hook opts in, replaced after N events or
 //! a trap.
 
-use crate::{eventually, fixture, one_hook};
+use crate::{eventually, fixture, load_error, one_hook};
 use wasmhooks::{Engine, HookState, Stage};
 
 /// The reasons (`misbehave` in count mode: how many events its instance
@@ -77,29 +77,24 @@ async fn a_warm_instance_that_traps_is_replaced() {
 
 #[tokio::test]
 async fn reuse_settings_are_checked() {
-    let (_dir, engine) = one_hook(
-        "count",
-        "misbehave",
-        "[reuse]\nevents = 0\n[settings]\nmode = \"count\"\n",
-    )
-    .await;
-    let error = engine.hooks()[0].last_error.clone().expect("a load error");
-    assert_eq!(error.stage, Stage::Settings, "{error:?}");
-    assert!(error.reason.contains("[reuse]"), "{error:?}");
-    let (_dir, engine) = one_hook(
-        "count",
-        "misbehave",
-        "[reuse]\nevents = 10\nidle_secs = 0\n[settings]\nmode = \"count\"\n",
-    )
-    .await;
-    let error = engine.hooks()[0].last_error.clone().expect("a load error");
-    assert_eq!(error.stage, Stage::Settings, "{error:?}");
-    assert!(error.reason.contains("idle_secs"), "{error:?}");
-
+    let count = "[settings]\nmode = \"count\"\n";
     // A WASI command runs once per instance: reuse is refused.
-    let toml = "[reuse]\nevents = 10\n[subscription]\nmethods = [\"*\"]\nphases = [\"pre\"]\n";
-    let (_dir, engine) = one_hook("cmd", "command", toml).await;
-    let error = engine.hooks()[0].last_error.clone().expect("a load error");
-    assert_eq!(error.stage, Stage::Setup, "{error:?}");
-    assert!(error.reason.contains("[reuse]"), "{error:?}");
+    let command = "[subscription]\nmethods = [\"*\"]\nphases = [\"pre\"]\n";
+    for (guest, reuse, settings, stage, says) in [
+        ("misbehave", "events = 0", count, Stage::Settings, "[reuse]"),
+        (
+            "misbehave",
+            "events = 10\nidle_secs = 0",
+            count,
+            Stage::Settings,
+            "idle_secs",
+        ),
+        ("command", "events = 10", command, Stage::Setup, "[reuse]"),
+    ] {
+        let toml = format!("[reuse]\n{reuse}\n{settings}");
+        let (_dir, engine) = one_hook("h", guest, &toml).await;
+        let error = load_error(&engine);
+        assert_eq!(error.stage, stage, "{toml}: {error:?}");
+        assert!(error.reason.contains(says), "{toml}: {error:?}");
+    }
 }

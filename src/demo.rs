@@ -64,12 +64,16 @@ pub fn receiver() -> Router {
 }
 
 /// Posts the sample events to the engine's own API, one every two seconds, forever.
-pub async fn send_samples(addr: SocketAddr) {
+pub async fn send_samples(addr: SocketAddr, token: Option<String>) {
     let client = reqwest::Client::new();
     let url = format!("http://{addr}/v1/events");
     for (name, body) in SAMPLES.iter().cycle() {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let answer = match client.post(&url).body(*body).send().await {
+        let mut request = client.post(&url).body(*body);
+        if let Some(token) = &token {
+            request = request.bearer_auth(token);
+        }
+        let answer = match request.send().await {
             Ok(r) => format!("{} {}", r.status(), r.text().await.unwrap_or_default()),
             Err(e) => format!("failed: {e}"),
         };

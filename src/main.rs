@@ -109,6 +109,11 @@ struct ServeArgs {
     /// or `~/.local/state/wasmhooks`.
     #[arg(long, env = "WASMHOOKS_STATE")]
     state: Option<PathBuf>,
+    /// Require `Authorization: Bearer TOKEN` on the API (all but /healthz).
+    /// At least 16 characters; prefer the environment variable to the flag,
+    /// which other users can see in the process list.
+    #[arg(long, env = "WASMHOOKS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Do not hot-reload: load the hooks folder once at start.
     #[arg(long, env = "WASMHOOKS_NO_WATCH")]
     no_watch: bool,
@@ -177,6 +182,12 @@ fn load_config(file: Option<&Path>) -> Result<Config> {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
+    if let Some(token) = &args.token {
+        // Before anything starts: a bad token is a setup mistake.
+        wasmhooks::server::check_token(token)
+            .map_err(anyhow::Error::msg)
+            .context("--token / WASMHOOKS_TOKEN")?;
+    }
     let mut config = load_config(args.config.as_deref())?;
     config.hooks_dir = args.hooks;
     config.watch = !args.no_watch;
@@ -190,6 +201,16 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .await
         .context("cannot start the engine")?;
     let mut app = wasmhooks::server::router(engine.clone());
+    if let Some(token) = &args.token {
+        app = wasmhooks::server::require_token(app, token).map_err(anyhow::Error::msg)?;
+    } else if !args.listen.ip().is_loopback() {
+        tracing::warn!(
+            "listening on {} without --token: anyone who can reach it may post events \
+             and retry deliveries; set WASMHOOKS_TOKEN",
+            args.listen
+        );
+    }
+    // The demo receiver stays open: it stands for a third-party system.
     if args.demo {
         app = app.merge(demo::receiver());
     }
@@ -207,7 +228,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
          GET /metrics, GET /healthz"
     );
     if args.demo {
-        tokio::spawn(demo::send_samples(addr));
+        tokio::spawn(demo::send_samples(addr, args.token.clone()));
     }
     axum::serve(listener, app)
         .with_graceful_shutdown(async {

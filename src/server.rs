@@ -8,6 +8,9 @@
 //!   send dead letters again.
 //! - `GET /metrics`: Prometheus metrics.
 //! - `GET /healthz`: liveness.
+//!
+//! With [`require_token`], every route but `/healthz` wants
+//! `Authorization: Bearer TOKEN`.
 
 use crate::{Engine, Error, Event, Filter, Phase, Retry};
 use axum::extract::{DefaultBodyLimit, Query, State};
@@ -17,6 +20,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 /// Largest event body accepted, in bytes.
 pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
@@ -32,6 +36,57 @@ pub fn router(engine: Engine) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(MAX_EVENT_BYTES))
         .with_state(engine)
+}
+
+/// Shortest API token [`require_token`] accepts.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+/// Whether `token` will do as the API token: at least [`MIN_TOKEN_CHARS`]
+/// characters, no whitespace.
+pub fn check_token(token: &str) -> Result<(), String> {
+    if token.chars().count() < MIN_TOKEN_CHARS || token.contains(char::is_whitespace) {
+        return Err(format!(
+            "the API token must be at least {MIN_TOKEN_CHARS} characters, without spaces \
+             (e.g. the output of `openssl rand -hex 32`)"
+        ));
+    }
+    Ok(())
+}
+
+/// Puts `router` behind a bearer token: every route but `/healthz` answers
+/// 401 unless the request has `Authorization: Bearer TOKEN`. Refuses a
+/// token shorter than [`MIN_TOKEN_CHARS`] or with whitespace in it.
+pub fn require_token(router: Router, token: &str) -> Result<Router, String> {
+    check_token(token)?;
+    // Compared as digests, so the time taken says nothing about the token.
+    let expected: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    Ok(router.layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| async move {
+            let given = request
+                .headers()
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            let allowed = request.uri().path() == "/healthz"
+                || given
+                    .is_some_and(|t| <[u8; 32]>::from(Sha256::digest(t.as_bytes())) == expected);
+            if allowed {
+                next.run(request).await
+            } else {
+                let mut response = error(
+                    StatusCode::UNAUTHORIZED,
+                    "this API wants `Authorization: Bearer TOKEN`, with the token \
+                     `wasmhooks serve` was started with (--token or WASMHOOKS_TOKEN)"
+                        .into(),
+                );
+                response.headers_mut().insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer"),
+                );
+                response
+            }
+        },
+    )))
 }
 
 async fn ingest(State(engine): State<Engine>, body: Bytes) -> Response {

@@ -77,6 +77,29 @@ fn run_explains_a_bad_event_file() {
 }
 
 #[test]
+fn serve_refuses_a_short_token_before_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = wasmhooks()
+        .args(["serve", "--listen", "127.0.0.1:0", "--hooks"])
+        .arg(dir.path())
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .env("WASMHOOKS_TOKEN", "short")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("WASMHOOKS_TOKEN") && stderr.contains("16 characters"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("short"),
+        "the token is not echoed: {stderr}"
+    );
+}
+
+#[test]
 fn check_prints_a_table_and_fails_on_a_broken_hook() {
     let dir = tempfile::tempdir().unwrap();
     install(

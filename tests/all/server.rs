@@ -5,14 +5,77 @@ use serde_json::Value;
 use wasmhooks::Engine;
 
 async fn serve(engine: Engine) -> String {
+    serve_app(wasmhooks::server::router(engine)).await
+}
+
+async fn serve_app(app: axum::Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, wasmhooks::server::router(engine))
-            .await
-            .unwrap()
-    });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     format!("http://{addr}")
+}
+
+/// Behind `require_token`, only requests with the bearer token get through
+/// (and `/healthz`, for liveness probes); a short token is refused.
+#[tokio::test]
+async fn the_api_can_require_a_bearer_token() {
+    let dir = tempfile::tempdir().unwrap();
+    install(
+        dir.path(),
+        "deny",
+        "deny",
+        Some("[settings]\nprotected = []\n"),
+    );
+    let engine = Engine::new(test_config(dir.path())).await.unwrap();
+    let router = || wasmhooks::server::router(engine.clone());
+    assert!(wasmhooks::server::require_token(router(), "short").is_err());
+    assert!(wasmhooks::server::require_token(router(), "has a space in it!!").is_err());
+    let token = "0123456789abcdef0123456789abcdef";
+    let base = serve_app(wasmhooks::server::require_token(router(), token).unwrap()).await;
+    let client = reqwest::Client::new();
+    let event = || {
+        client
+            .post(format!("{base}/v1/events"))
+            .body(fixture_bytes("vm.start.pre"))
+    };
+
+    for (request, what) in [
+        (event(), "no token"),
+        (
+            event().bearer_auth("0123456789abcdef0123456789abcdeX"),
+            "a wrong token",
+        ),
+        (event().basic_auth("user", Some(token)), "another scheme"),
+        (
+            client.get(format!("{base}/v1/hooks")),
+            "no token, on /v1/hooks",
+        ),
+        (
+            client.get(format!("{base}/metrics")),
+            "no token, on /metrics",
+        ),
+    ] {
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), 401, "{what}");
+        assert_eq!(r.headers()["www-authenticate"], "Bearer", "{what}");
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["error"].as_str().unwrap().contains("Bearer"),
+            "{what}: {body}"
+        );
+    }
+    let r = event().bearer_auth(token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["allowed"], true);
+    let r = client
+        .get(format!("{base}/v1/hooks"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "liveness needs no token");
 }
 
 #[tokio::test]

@@ -19,14 +19,7 @@ async fn serve_app(app: axum::Router) -> String {
 /// (and `/healthz`, for liveness probes); a short token is refused.
 #[tokio::test]
 async fn the_api_can_require_a_bearer_token() {
-    let dir = tempfile::tempdir().unwrap();
-    install(
-        dir.path(),
-        "deny",
-        "deny",
-        Some("[settings]\nprotected = []\n"),
-    );
-    let engine = Engine::new(test_config(dir.path())).await.unwrap();
+    let (_dir, engine) = crate::one_hook("deny", "deny", "[settings]\nprotected = []\n").await;
     let router = || wasmhooks::server::router(engine.clone());
     assert!(wasmhooks::server::require_token(router(), "short").is_err());
     assert!(wasmhooks::server::require_token(router(), "has a space in it!!").is_err());

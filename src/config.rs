@@ -166,6 +166,10 @@ pub struct DeliveryConfig {
     /// retries included, in ms. A delivery not through by then keeps being
     /// retried in the background, and counts as the hook failing.
     pub wait_budget_ms: u64,
+    /// Days a dead letter is kept (counted from when its delivery was
+    /// queued) for inspection and `retry`; older ones are deleted, hourly.
+    /// 0 keeps them until deleted by hand (`wasmhooks deliveries purge`).
+    pub dead_letter_days: u32,
 }
 
 impl Default for DeliveryConfig {
@@ -185,6 +189,7 @@ impl Default for DeliveryConfig {
             max_retry_after_ms: 3_600_000,
             allow_hosts: Vec::new(),
             wait_budget_ms: 15_000,
+            dead_letter_days: 30,
         }
     }
 }

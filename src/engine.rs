@@ -276,6 +276,14 @@ impl Engine {
         Ok(n)
     }
 
+    /// Deletes dead letters whose delivery was queued more than `older_than`
+    /// ago. Returns how many. (The engine does this hourly for
+    /// `delivery.dead_letter_days`.)
+    pub async fn purge_dead(&self, older_than: Duration) -> Result<usize, Error> {
+        let before = crate::delivery::now_ms().saturating_sub(older_than.as_millis() as u64);
+        Ok(self.inner.dispatcher.outbox.purge_dead(before).await?)
+    }
+
     /// Waits until every post event accepted so far has run through its
     /// hooks and every delivery queued so far is delivered or failed.
     pub async fn drain(&self) {

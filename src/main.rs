@@ -87,6 +87,13 @@ enum DeliveriesCommand {
         #[arg(long)]
         all_dead: bool,
     },
+    /// Delete dead letters whose delivery was queued more than N days ago
+    /// (a running engine does this hourly for `delivery.dead_letter_days`).
+    Purge {
+        /// Age in days; 0 deletes every dead letter.
+        #[arg(long, env = "WASMHOOKS_OLDER_THAN_DAYS")]
+        older_than_days: u32,
+    },
 }
 
 #[derive(Args)]
@@ -295,6 +302,13 @@ async fn deliveries(args: DeliveriesArgs) -> Result<()> {
                 bail!("{id} is not a dead letter in {}", dir.display());
             }
             println!("{n} dead letters requeued; a running engine sends them within a second");
+        }
+        DeliveriesCommand::Purge { older_than_days } => {
+            let age_ms = u64::from(older_than_days) * 86_400_000;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+            let before = (now.as_millis() as u64).saturating_sub(age_ms);
+            let n = outbox.purge_dead(before).await?;
+            println!("{n} dead letters deleted");
         }
     }
     Ok(())

@@ -197,6 +197,9 @@ pub trait Outbox: Send + Sync + 'static {
     fn retry(&self, which: Retry) -> Fut<'_, usize>;
     /// Queue depth per receiver.
     fn depth(&self) -> Fut<'_, HashMap<String, Depth>>;
+    /// Deletes dead letters queued at or before `before_ms` (Unix ms).
+    /// Returns how many.
+    fn purge_dead(&self, before_ms: u64) -> Fut<'_, usize>;
 }
 
 /// What [`Outbox`] methods return.

@@ -17,6 +17,9 @@ const POLL: Duration = Duration::from_secs(1);
 /// Most deliveries claimed in one go.
 const CLAIM_BATCH: usize = 512;
 
+/// How often dead letters past `delivery.dead_letter_days` are deleted.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
 /// What the workers know about one receiver.
 #[derive(Debug, Default)]
 struct ReceiverState {
@@ -77,7 +80,32 @@ impl Workers {
             progress: watch::channel(0).0,
         });
         tokio::spawn(workers.clone().pump());
+        tokio::spawn(workers.clone().purge_old_dead_letters());
         workers
+    }
+
+    /// Deletes dead letters older than `delivery.dead_letter_days`, at start
+    /// and then hourly, so the state folder does not grow without bound.
+    async fn purge_old_dead_letters(self: Arc<Self>) {
+        let days = self.sender.config().dead_letter_days;
+        if days == 0 {
+            return;
+        }
+        let keep_ms = u64::from(days) * 86_400_000;
+        let stop = self.stop.clone();
+        stop.run_until_cancelled(async {
+            loop {
+                match self.outbox.purge_dead(now_ms().saturating_sub(keep_ms)).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        "deleted {n} dead letters older than {days} days (delivery.dead_letter_days)"
+                    ),
+                    Err(e) => tracing::warn!("cannot delete old dead letters: {e}"),
+                }
+                tokio::time::sleep(PURGE_EVERY).await;
+            }
+        })
+        .await;
     }
 
     /// Stops claiming deliveries; attempts in flight finish and are recorded.

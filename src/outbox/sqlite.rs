@@ -436,6 +436,13 @@ impl Outbox for SqliteOutbox {
         })
     }
 
+    fn purge_dead(&self, before_ms: u64) -> Fut<'_, usize> {
+        self.call(move |conn| {
+            conn.prepare_cached("DELETE FROM deliveries WHERE dead = 1 AND created_ms <= ?1")?
+                .execute([to_sql(before_ms)])
+        })
+    }
+
     fn depth(&self) -> Fut<'_, HashMap<String, Depth>> {
         self.call(|conn| {
             let mut stmt = conn.prepare(

@@ -172,6 +172,12 @@ async fn deliveries_lists_and_retries_dead_letters_in_a_state_folder() {
         "{out}{err}"
     );
 
+    let (ok, out, err) = deliveries(&["purge", "--older-than-days", "1"]);
+    assert!(
+        ok && out.starts_with("0 dead letters deleted"),
+        "{out}{err}"
+    );
+
     let (ok, _, err) = deliveries(&["retry", "msg_nope"]);
     assert!(
         !ok && err.contains("msg_nope is not a dead letter"),

@@ -74,6 +74,18 @@ async fn gone_and_other_4xx_are_not_retried() {
         receiver.wait_for(1).await;
         engine.drain().await;
         assert_eq!(receiver.received().len(), 1, "{status} is not retried");
+
+        // Dead letters are kept for `dead_letter_days`, then deleted.
+        let dead = || async { engine.deliveries(Filter::Dead, 10).await.unwrap().len() };
+        assert_eq!(dead().await, 1);
+        let day = std::time::Duration::from_secs(86_400);
+        assert_eq!(engine.purge_dead(day).await.unwrap(), 0, "too recent");
+        assert_eq!(dead().await, 1);
+        assert_eq!(
+            engine.purge_dead(std::time::Duration::ZERO).await.unwrap(),
+            1
+        );
+        assert_eq!(dead().await, 0);
     }
 }
 

@@ -1,7 +1,7 @@
 //! Settings: the engine's [`Config`] and each hook's `NAME.toml` ([`HookConfig`]).
 
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The engine's settings. Every field has a default; a TOML or JSON file with
@@ -233,7 +233,8 @@ pub struct HookConfig {
     pub allow_hosts: Vec<String>,
     /// Signs this hook's deliveries per Standard Webhooks: a `whsec_…`
     /// secret (HMAC-SHA256) or a `whsk_…` key (ed25519), or a list of them
-    /// while rotating (each one signs). Never logged.
+    /// while rotating (each one signs). Each may instead be `env:NAME` or
+    /// `file:PATH`, read at load. Never logged.
     #[serde(default, skip_serializing)]
     pub secret: Secrets,
     /// For a WASI command hook only, which has no `setup` to say so: the
@@ -293,13 +294,37 @@ pub enum Secrets {
 }
 
 impl Secrets {
-    /// The secrets, in order.
+    /// The secrets, in order, as written.
     pub fn list(&self) -> Vec<&str> {
         match self {
             Secrets::None => vec![],
             Secrets::One(s) => vec![s],
             Secrets::Many(v) => v.iter().map(String::as_str).collect(),
         }
+    }
+
+    /// The secrets, with references read: `env:NAME` is the environment
+    /// variable NAME, `file:PATH` the content of a file (trimmed; a relative
+    /// PATH is in `dir`, the hooks folder). So `NAME.toml` need not hold a
+    /// secret itself. Read when the hook loads.
+    pub fn resolve(&self, dir: &Path) -> Result<Vec<String>, String> {
+        self.list()
+            .into_iter()
+            .map(|secret| {
+                if let Some(var) = secret.strip_prefix("env:") {
+                    std::env::var(var).map_err(|_| {
+                        format!("secret: the environment variable {var} is not set (or not UTF-8)")
+                    })
+                } else if let Some(file) = secret.strip_prefix("file:") {
+                    let path = dir.join(file);
+                    std::fs::read_to_string(&path)
+                        .map(|text| text.trim().to_owned())
+                        .map_err(|e| format!("secret: cannot read {}: {e}", path.display()))
+                } else {
+                    Ok(secret.to_owned())
+                }
+            })
+            .collect()
     }
 }
 

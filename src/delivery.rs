@@ -42,12 +42,17 @@ pub(crate) struct DeliveryPolicy {
 }
 
 impl DeliveryPolicy {
-    pub fn new(config: &crate::HookConfig) -> Result<DeliveryPolicy, String> {
+    /// `dir` is where a `file:` secret's relative path starts.
+    pub fn new(
+        config: &crate::HookConfig,
+        dir: &std::path::Path,
+    ) -> Result<DeliveryPolicy, String> {
         let egress = Egress::parse(&config.allow_hosts)?;
-        let secrets = config.secret.list();
+        let secrets = config.secret.resolve(dir)?;
         let signer = if secrets.is_empty() {
             None
         } else {
+            let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
             Some(Signer::parse(&secrets).map_err(|e| format!("secret: {e}"))?)
         };
         Ok(DeliveryPolicy {

@@ -380,7 +380,7 @@ impl Registry {
         let limits = config
             .limits(&self.limits)
             .map_err(|e| fail(&toml_path, Stage::Settings, e))?;
-        let policy = DeliveryPolicy::new(&config)
+        let policy = DeliveryPolicy::new(&config, toml_path.parent().unwrap_or(Path::new(".")))
             .map(Arc::new)
             .map_err(|e| fail(&toml_path, Stage::Settings, e))?;
         let wasm_hash = hex(&Sha256::digest(&bytes));

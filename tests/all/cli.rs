@@ -99,6 +99,38 @@ fn serve_refuses_a_short_token_before_starting() {
     );
 }
 
+/// `secret = "env:NAME"` reads the engine's environment at load.
+#[test]
+fn a_secret_from_the_environment_is_read_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = "secret = \"env:SIGNING_SECRET\"\n[settings]\nprotected = []\n";
+    install(dir.path(), "deny", "deny", Some(toml));
+    let check = |secret: Option<&str>| {
+        let mut command = wasmhooks();
+        command
+            .arg("check")
+            .arg(dir.path())
+            .env_remove("SIGNING_SECRET");
+        if let Some(secret) = secret {
+            command.env("SIGNING_SECRET", secret);
+        }
+        let out = command.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, stdout) = check(Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
+    assert!(ok, "{stdout}");
+    let (ok, stdout) = check(None);
+    assert!(
+        !ok && stdout.contains("SIGNING_SECRET is not set"),
+        "{stdout}"
+    );
+    let (ok, stdout) = check(Some("not-a-secret"));
+    assert!(!ok && stdout.contains("secret"), "{stdout}");
+}
+
 #[test]
 fn check_prints_a_table_and_fails_on_a_broken_hook() {
     let dir = tempfile::tempdir().unwrap();

@@ -138,6 +138,57 @@ async fn deliveries_are_signed_per_standard_webhooks_with_every_secret() {
     assert_eq!(signature.split(' ').count(), 3, "one signature per secret");
 }
 
+/// `file:PATH` (relative to the hooks folder) and `env:NAME` keep the secret
+/// itself out of `NAME.toml`; a reference that cannot be read is a
+/// settings error naming it.
+#[tokio::test]
+async fn a_secret_can_live_in_a_file_or_the_environment() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("signed.secret"), format!("{HMAC_NEW}\n")).unwrap();
+    let extra = "secret = \"file:signed.secret\"";
+    install(
+        dir.path(),
+        "signed",
+        "misbehave",
+        Some(&echo_to(&receiver.url("/signed"), extra)),
+    );
+    for (name, secret) in [
+        ("nofile", "file:missing.secret"),
+        ("noenv", "env:WASMHOOKS_TEST_NEVER_SET"),
+    ] {
+        let extra = format!("secret = \"{secret}\"");
+        install(
+            dir.path(),
+            name,
+            "misbehave",
+            Some(&echo_to(&receiver.url("/x"), &extra)),
+        );
+    }
+    let engine = Engine::new(test_config(dir.path())).await.unwrap();
+    engine.post(fixture("vm.start.post")).await.unwrap();
+    let got = receiver.wait_for(1).await;
+    assert_eq!(
+        got[0].path, "/signed",
+        "only the hook whose secret was read is live"
+    );
+    standardwebhooks::Webhook::new(HMAC_NEW)
+        .unwrap()
+        .verify(&got[0].body, &got[0].headers)
+        .expect("signed with the secret from the file");
+
+    for (name, says) in [
+        ("nofile", "missing.secret"),
+        ("noenv", "WASMHOOKS_TEST_NEVER_SET"),
+    ] {
+        let status = engine.hooks().into_iter().find(|h| h.name == name).unwrap();
+        let error = status.last_error.expect("fails to load");
+        assert_eq!(error.stage, wasmhooks::Stage::Settings, "{error:?}");
+        assert!(error.file.ends_with(format!("{name}.toml")), "{error:?}");
+        assert!(error.reason.contains(says), "{error:?}");
+    }
+}
+
 #[tokio::test]
 async fn secrets_never_appear_in_errors() {
     let dir = tempfile::tempdir().unwrap();

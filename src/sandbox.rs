@@ -316,10 +316,11 @@ impl Sandbox {
         spawn_epoch_ticker(&engine);
         let warm_pools = Arc::new(WarmPools::default());
         spawn_warm_sweeper(&warm_pools);
-        let disk = config
-            .cache_dir
-            .as_ref()
-            .map(|dir| Arc::new(DiskCache::new(dir.clone(), &engine)));
+        let disk = config.cache_dir.as_ref().map(|dir| {
+            let disk = DiskCache::new(dir.clone(), &engine);
+            disk.prune();
+            Arc::new(disk)
+        });
         Ok(Sandbox {
             engine,
             linker,
@@ -782,6 +783,10 @@ struct DiskCache {
 
 const CACHE_MAGIC: &[u8; 8] = b"WHCACHE1";
 
+/// A compiled-hook cache entry unused this long is deleted when an engine
+/// starts: hooks change, and each version leaves its own entry.
+const CACHE_UNUSED: Duration = Duration::from_secs(30 * 86_400);
+
 impl DiskCache {
     fn new(dir: PathBuf, engine: &Engine) -> DiskCache {
         struct Hasher(Sha256);
@@ -804,10 +809,45 @@ impl DiskCache {
         self.dir.join(format!("{hash}-{}.cwasm", self.fingerprint))
     }
 
+    /// Deletes entries no engine has used for [`CACHE_UNUSED`] (their
+    /// modification time is refreshed on every use), and temporary files
+    /// left by a crash. Other files in the folder are left alone.
+    fn prune(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return; // not created yet
+        };
+        let now = std::time::SystemTime::now();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let max_age = if name.ends_with(".cwasm") {
+                CACHE_UNUSED
+            } else if name.starts_with('.') && name.ends_with(".tmp") {
+                Duration::from_secs(3600)
+            } else {
+                continue;
+            };
+            let unused = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|modified| now.duration_since(modified).ok())
+                .is_some_and(|age| age > max_age);
+            if unused && let Err(e) = std::fs::remove_file(entry.path()) {
+                tracing::warn!("cannot prune {}: {e}", entry.path().display());
+            }
+        }
+    }
+
     /// The cached component, or `None` if absent, corrupt or stale (logged).
     fn load(&self, engine: &Engine, hash: &str) -> Option<Component> {
         let path = self.path(hash);
         let bytes = std::fs::read(&path).ok()?;
+        // In use: not to be pruned (best effort; a failure only costs a recompile later).
+        let _ = std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
         let artifact = match bytes.split_at_checked(CACHE_MAGIC.len() + 32) {
             Some((head, artifact))
                 if &head[..8] == CACHE_MAGIC && head[8..] == Sha256::digest(artifact)[..] =>

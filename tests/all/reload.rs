@@ -408,4 +408,51 @@ async fn compiled_hooks_are_cached_on_disk_and_a_corrupt_entry_is_recompiled() {
     std::fs::write(&files[0], b"nonsense").unwrap();
     let engine = Engine::new(config()).await.unwrap();
     assert!(!engine.pre(fixture("vm.delete.pre")).await.unwrap().allowed);
+    drop(engine);
+
+    // At start, entries unused for 30 days and temporary files older than
+    // an hour go; other files stay. An entry is touched whenever it is used.
+    let set_age = |path: &std::path::Path, days: u64| {
+        let then = std::time::SystemTime::now() - std::time::Duration::from_secs(days * 86_400);
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(then)
+            .unwrap();
+    };
+    let old_entry = cache.path().join("0123abcd-0000000000000000.cwasm");
+    let recent_entry = cache.path().join("4567abcd-0000000000000000.cwasm");
+    let old_tmp = cache.path().join(".0123abcd.42.tmp");
+    let other = cache.path().join("notes.txt");
+    for file in [&old_entry, &recent_entry, &old_tmp, &other] {
+        std::fs::write(file, b"x").unwrap();
+        set_age(file, 40);
+    }
+    set_age(&recent_entry, 29);
+    let engine = Engine::new(config()).await.unwrap();
+    assert!(!engine.pre(fixture("vm.delete.pre")).await.unwrap().allowed);
+    let left = entries();
+    assert!(
+        !left.contains(&old_entry) && !left.contains(&old_tmp),
+        "{left:?}"
+    );
+    assert!(
+        left.contains(&recent_entry) && left.contains(&other),
+        "{left:?}"
+    );
+    drop(engine);
+    set_age(&files[0], 10);
+    let engine = Engine::new(config()).await.unwrap();
+    let age = std::fs::metadata(&files[0])
+        .unwrap()
+        .modified()
+        .unwrap()
+        .elapsed()
+        .unwrap();
+    assert!(
+        age < std::time::Duration::from_secs(86_400),
+        "touched on use: {age:?}"
+    );
+    drop(engine);
 }

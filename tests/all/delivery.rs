@@ -233,6 +233,41 @@ async fn a_receiver_down_then_up_gets_the_delivery() {
     assert_eq!(engine.backlog().await.unwrap(), 0);
 }
 
+/// An engine deletes, as it starts (and hourly), the dead letters older
+/// than `delivery.dead_letter_days`; younger ones stay.
+#[tokio::test]
+async fn dead_letters_past_their_retention_are_deleted() {
+    let receiver = Receiver::with(|_, _| (StatusCode::GONE, vec![])).await;
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "echo", "misbehave", Some(&echo(&receiver, "")));
+    let config = test_config(dir.path());
+    let db = config.state_dir.clone().unwrap().join("wasmhooks.db");
+    let engine = Engine::new(config.clone()).await.unwrap();
+    for _ in 0..2 {
+        engine.post(fixture("vm.start.post")).await.unwrap();
+    }
+    engine.drain().await;
+    assert_eq!(engine.deliveries(Filter::Dead, 10).await.unwrap().len(), 2);
+    drop(engine);
+
+    // Age one of them to 31 days, straight in the state file.
+    let day_ms = 86_400_000i64;
+    let aged = rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute(
+            "UPDATE deliveries SET created_ms = created_ms - ?1
+             WHERE id = (SELECT min(id) FROM deliveries)",
+            [31 * day_ms],
+        )
+        .unwrap();
+    assert_eq!(aged, 1);
+    let engine = Engine::new(config).await.unwrap(); // dead_letter_days = 30
+    eventually("the old dead letter is deleted", || async {
+        engine.deliveries(Filter::Dead, 10).await.unwrap().len() == 1
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_spent_schedule_makes_a_dead_letter_that_can_be_retried() {
     let (up, receiver) = failing_until_up(StatusCode::INTERNAL_SERVER_ERROR).await;

@@ -265,7 +265,15 @@ impl Engine {
     /// The metrics in Prometheus text format (what `GET /metrics` serves).
     pub async fn metrics(&self) -> Result<String, Error> {
         let depth = self.inner.dispatcher.outbox.depth().await?;
-        Ok(self.inner.metrics.encode(&depth, crate::delivery::now_ms()))
+        let warm: Vec<(String, usize)> = self
+            .hooks()
+            .into_iter()
+            .filter_map(|h| Some((h.name, h.warm?)))
+            .collect();
+        Ok(self
+            .inner
+            .metrics
+            .encode(&depth, &warm, crate::delivery::now_ms()))
     }
 
     /// Sends dead letters again (one, or all) with a fresh retry schedule.

@@ -69,6 +69,7 @@ pub(crate) struct Metrics {
     loads: Family<HookLabel, Counter>,
     load_failures: Family<HookLabel, Counter>,
     duration: Family<HookLabel, Histogram, fn() -> Histogram>,
+    warm: Family<HookLabel, Gauge>,
     delivered: Family<ReceiverLabel, Counter>,
     failed: Family<ReceiverLabel, Counter>,
     retried: Family<ReceiverLabel, Counter>,
@@ -88,6 +89,7 @@ impl Default for Metrics {
             loads: Family::default(),
             load_failures: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
+            warm: Family::default(),
             delivered: Family::default(),
             failed: Family::default(),
             retried: Family::default(),
@@ -118,6 +120,11 @@ impl Default for Metrics {
             "hook_duration_seconds",
             "Time to run a hook on one event, instantiation included",
             m.duration.clone(),
+        );
+        r.register(
+            "hook_warm_instances",
+            "Warm instances idle, for a hook with [reuse]",
+            m.warm.clone(),
         );
         r.register(
             "deliveries",
@@ -205,8 +212,19 @@ impl Metrics {
         }
     }
 
-    /// The text exposition, with queue gauges set from `depth`.
-    pub fn encode(&self, depth: &HashMap<String, Depth>, now_ms: u64) -> String {
+    /// The text exposition, with queue gauges set from `depth` and the
+    /// warm-instance gauges from `warm` (hook, idle instances).
+    pub fn encode(
+        &self,
+        depth: &HashMap<String, Depth>,
+        warm: &[(String, usize)],
+        now_ms: u64,
+    ) -> String {
+        self.warm.clear();
+        for (hook, idle) in warm {
+            let label = HookLabel { hook: hook.clone() };
+            self.warm.get_or_create(&label).set(*idle as i64);
+        }
         self.depth.clear();
         self.oldest.clear();
         for (receiver, d) in depth {

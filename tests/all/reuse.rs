@@ -52,6 +52,11 @@ async fn an_idle_warm_instance_is_dropped() {
     );
     assert_eq!(counts(&engine, 2).await, ["1", "2"]);
     assert_eq!(engine.hooks()[0].warm, Some(1));
+    let metrics = engine.metrics().await.unwrap();
+    assert!(
+        metrics.contains("wasmhooks_hook_warm_instances{hook=\"count\"} 1"),
+        "{metrics}"
+    );
     eventually("the idle instance is dropped", || async {
         engine.hooks()[0].warm == Some(0)
     })

@@ -43,7 +43,10 @@ pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// Only matters for a guest blocked in a host call; CPU-bound guests are
 /// stopped by the epoch check first.
 const HOST_CALL_GRACE: Duration = Duration::from_millis(25);
-/// Captured stdout and stderr per call, each; further output is dropped.
+/// Captured stdout and stderr per call, each; a guest that writes more
+/// traps. A warm instance's pipes hold twice this, and the instance is
+/// retired once less than this is left, so each of its calls has as much
+/// room as a fresh instance.
 const STDIO_CAPACITY: usize = 16 * 1024;
 /// A command hook's stdout (its outcome), at most.
 const COMMAND_OUTPUT_CAPACITY: usize = 8 * 1024 * 1024;
@@ -498,7 +501,7 @@ impl Sandbox {
         let mut warm = match (idle, permit) {
             (Some(warm), _) => warm,
             (None, permit) => {
-                let mut session = self.session(hook, None);
+                let mut session = self.session(hook, None, 2 * STDIO_CAPACITY);
                 let setup = session
                     .run(hook, async |store, _| {
                         setup_instance(pre, store, &hook.settings_json).await
@@ -525,7 +528,8 @@ impl Sandbox {
             .await;
         warm.served += 1;
         let healthy = matches!(result, Ok(_) | Err(Failure::Returned(_)));
-        if healthy && warm.served < pool.events {
+        let room = warm.session.logged.0.max(warm.session.logged.1) <= STDIO_CAPACITY;
+        if healthy && room && warm.served < pool.events {
             warm.idle_since = Instant::now();
             let mut idle = pool.idle.lock().unwrap();
             if idle.len() < pool.instances {
@@ -587,20 +591,23 @@ impl Sandbox {
             .acquire()
             .await
             .expect("the slot semaphore is never closed");
-        self.session(hook, stdin).run(hook, body).await
+        self.session(hook, stdin, STDIO_CAPACITY)
+            .run(hook, body)
+            .await
     }
 
-    /// A fresh store for `hook`, with its stdio captured. With `stdin`, the
-    /// store is a command's: the bytes are its stdin and the settings are in
-    /// its environment.
-    fn session(&self, hook: &Prepared, stdin: Option<Vec<u8>>) -> Session {
+    /// A fresh store for `hook`, with its stdio captured (`capacity` bytes
+    /// each). With `stdin`, the store is a command's: the bytes are its
+    /// stdin, its stdout is its outcome, and the settings are in its
+    /// environment.
+    fn session(&self, hook: &Prepared, stdin: Option<Vec<u8>>, capacity: usize) -> Session {
         let is_command = stdin.is_some();
         let stdout = MemoryOutputPipe::new(if is_command {
             COMMAND_OUTPUT_CAPACITY
         } else {
-            STDIO_CAPACITY
+            capacity
         });
-        let stderr = MemoryOutputPipe::new(STDIO_CAPACITY);
+        let stderr = MemoryOutputPipe::new(capacity);
         let mut wasi = WasiCtx::builder();
         wasi.stdout(stdout.clone()).stderr(stderr.clone());
         if let Some(stdin) = stdin {

@@ -39,6 +39,22 @@ async fn each_event_gets_a_fresh_instance_unless_the_hook_opts_into_reuse() {
     );
 }
 
+/// A warm instance's stdio fills up across its events: it is retired before
+/// a call could have less room than a fresh instance's, instead of
+/// trapping on a write.
+#[tokio::test]
+async fn a_warm_instance_that_writes_a_lot_is_retired_before_its_output_fills() {
+    // 4 KiB a call: after the 5th, less than a fresh instance's 16 KiB is left.
+    let toml = "[reuse]\nevents = 100\n[settings]\nmode = \"count\"\nprint_bytes = 4096\n";
+    let (_dir, engine) = one_hook("count", "misbehave", toml).await;
+    assert_eq!(
+        counts(&engine, 10).await,
+        ["1", "2", "3", "4", "5", "1", "2", "3", "4", "5"],
+        "no call traps for want of room"
+    );
+    assert_eq!(engine.hooks()[0].errors, 0);
+}
+
 /// An instance idle for `idle_secs` is dropped (its memory given back); the
 /// next event sets up a new one.
 #[tokio::test]

@@ -36,7 +36,8 @@ enum Mode {
     Sleep,
     /// Denies with the number of events this instance has handled (so "1"
     /// on every event in a fresh instance per event); traps on the
-    /// `trap_at`-th one if set. For instance reuse.
+    /// `trap_at`-th one if set, and prints `print_bytes` to stdout on each
+    /// if set. For instance reuse.
     Count,
 }
 
@@ -51,6 +52,7 @@ struct Settings {
     delay_ms: Option<u64>,
     init_error: Option<String>,
     trap_at: Option<u32>,
+    print_bytes: Option<usize>,
     #[serde(default = "wasmhooks_sdk::all_methods")]
     methods: Vec<String>,
     #[serde(
@@ -66,6 +68,7 @@ struct Misbehave {
     mark: String,
     delay: Option<Duration>,
     trap_at: Option<u32>,
+    print_bytes: usize,
 }
 
 impl Hook for Misbehave {
@@ -86,6 +89,7 @@ impl Hook for Misbehave {
             mark: s.mark.unwrap_or_default(),
             delay: s.delay_ms.map(Duration::from_millis),
             trap_at: s.trap_at,
+            print_bytes: s.print_bytes.unwrap_or(0),
         };
         Ok((hook, Subscription::new(s.methods, s.phases)))
     }
@@ -129,6 +133,9 @@ impl Hook for Misbehave {
                 let n = HANDLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 if self.trap_at == Some(n) {
                     panic!("misbehave: trap on event {n} of this instance");
+                }
+                if self.print_bytes > 0 {
+                    println!("{}", "x".repeat(self.print_bytes - 1));
                 }
                 Ok(Outcome::deny(n.to_string()))
             }

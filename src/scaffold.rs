@@ -39,7 +39,23 @@ pub fn new(lang: Lang, name: &str, parent: &Path) -> Result<PathBuf> {
         );
     }
     let wasm = format!("{name}.wasm");
-    let build = |script: &str, example_out: &str| script.replace(example_out, &wasm);
+    // The example's source, and its build.sh writing NAME.wasm instead of
+    // the example's own output.
+    macro_rules! example {
+        ($lang:literal, $source:literal, $out:literal) => {
+            vec![
+                (
+                    $source,
+                    include_str!(concat!("../guest-examples/", $lang, "/", $source)).to_owned(),
+                ),
+                (
+                    "build.sh",
+                    include_str!(concat!("../guest-examples/", $lang, "/build.sh"))
+                        .replace($out, &wasm),
+                ),
+            ]
+        };
+    }
     let mut files: Vec<(&str, String)> = match lang {
         Lang::Rust => vec![
             (
@@ -66,76 +82,16 @@ pub fn new(lang: Lang, name: &str, parent: &Path) -> Result<PathBuf> {
                     .replace("CRATE", &name.replace('-', "_")),
             ),
         ],
-        Lang::Python => vec![
-            (
-                "app.py",
-                include_str!("../guest-examples/python/app.py").to_owned(),
-            ),
-            (
-                "build.sh",
-                build(
-                    include_str!("../guest-examples/python/build.sh"),
-                    "slack.wasm",
-                ),
-            ),
-        ],
-        Lang::Js => vec![
-            (
-                "deny.js",
-                include_str!("../guest-examples/js/deny.js").to_owned(),
-            ),
-            (
-                "build.sh",
-                build(include_str!("../guest-examples/js/build.sh"), "deny.wasm"),
-            ),
-        ],
-        Lang::C => vec![
-            (
-                "forward.c",
-                include_str!("../guest-examples/c/forward.c").to_owned(),
-            ),
-            (
-                "build.sh",
-                build(include_str!("../guest-examples/c/build.sh"), "forward.wasm"),
-            ),
-            (".gitignore", "gen/\n".to_owned()),
-        ],
-        Lang::Go => vec![
-            (
-                "export_wit_world/slack.go",
-                include_str!("../guest-examples/go/export_wit_world/slack.go").to_owned(),
-            ),
-            (
-                "build.sh",
-                build(include_str!("../guest-examples/go/build.sh"), "slack.wasm"),
-            ),
-        ],
-        Lang::Zig => vec![
-            (
-                "filter.zig",
-                include_str!("../guest-examples/zig/filter.zig").to_owned(),
-            ),
-            (
-                "build.sh",
-                build(
-                    include_str!("../guest-examples/zig/build.sh"),
-                    "filter.wasm",
-                ),
-            ),
-        ],
-        Lang::Assemblyscript => vec![
-            (
-                "deny.ts",
-                include_str!("../guest-examples/assemblyscript/deny.ts").to_owned(),
-            ),
-            (
-                "build.sh",
-                build(
-                    include_str!("../guest-examples/assemblyscript/build.sh"),
-                    "deny.wasm",
-                ),
-            ),
-        ],
+        Lang::Python => example!("python", "app.py", "slack.wasm"),
+        Lang::Js => example!("js", "deny.js", "deny.wasm"),
+        Lang::C => {
+            let mut files = example!("c", "forward.c", "forward.wasm");
+            files.push((".gitignore", "gen/\n".to_owned()));
+            files
+        }
+        Lang::Go => example!("go", "export_wit_world/slack.go", "slack.wasm"),
+        Lang::Zig => example!("zig", "filter.zig", "filter.wasm"),
+        Lang::Assemblyscript => example!("assemblyscript", "deny.ts", "deny.wasm"),
     };
     let (settings, event, what) = match lang {
         Lang::Rust | Lang::C => (

@@ -28,6 +28,15 @@ pub struct Config {
     /// engine at a time may use a folder. `None` keeps the queue in memory:
     /// then a crash loses what was pending.
     pub state_dir: Option<PathBuf>,
+    /// Which queue holds accepted events and deliveries: `"sqlite"` (the
+    /// default: `wasmhooks.db` in `state_dir`, or in memory without one) or
+    /// `"memory"` (SQLite in memory: a crash loses what was pending).
+    pub queue: QueueConfig,
+    /// How long an accepted event is recognised when it is sent again (a
+    /// client retrying after a timeout), in seconds: the same method, call
+    /// id and phase within this window is answered as the first one was,
+    /// with no second set of deliveries. 0 accepts every copy.
+    pub dedup_window_secs: u64,
     /// Wait for the disk on every commit (SQLite `synchronous = FULL`), so an
     /// accepted event survives a power loss too; `false` survives a crash of
     /// the process only, and commits faster.
@@ -70,6 +79,8 @@ impl Default for Config {
             rescan_ms: 30_000,
             cache_dir: default_cache_dir(),
             state_dir: default_state_dir(),
+            queue: QueueConfig::Sqlite,
+            dedup_window_secs: 6 * 3600,
             fsync: true,
             post_inline_ms: 20,
             limits: Limits::default(),
@@ -80,6 +91,47 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             delivery: DeliveryConfig::default(),
         }
+    }
+}
+
+/// Which queue backend an engine uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum QueueConfig {
+    /// SQLite: `wasmhooks.db` in `state_dir` (in memory if that is `None`).
+    #[default]
+    Sqlite,
+    /// SQLite in memory, whatever `state_dir` says.
+    Memory,
+}
+
+/// Longest dedup window: a week.
+const MAX_DEDUP_WINDOW_SECS: u64 = 7 * 86_400;
+
+impl Config {
+    /// Checks the settings that no type can: called once, by [`crate::Engine::new`].
+    pub fn validate(&self) -> Result<(), String> {
+        if self.dedup_window_secs > MAX_DEDUP_WINDOW_SECS {
+            return Err(format!(
+                "dedup_window_secs = {} is more than a week ({MAX_DEDUP_WINDOW_SECS})",
+                self.dedup_window_secs
+            ));
+        }
+        let d = &self.delivery;
+        if d.concurrency == 0 || d.per_receiver_concurrency == 0 {
+            return Err(
+                "delivery.concurrency and delivery.per_receiver_concurrency must be at least 1"
+                    .into(),
+            );
+        }
+        if d.per_receiver_concurrency > d.concurrency {
+            return Err(format!(
+                "delivery.per_receiver_concurrency = {} is more than delivery.concurrency = {}: \
+                 one receiver could then take every slot",
+                d.per_receiver_concurrency, d.concurrency
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -162,9 +214,11 @@ pub struct DeliveryConfig {
     /// Where every hook's deliveries may go beyond public addresses (added
     /// to each hook's own `allow_hosts`): hostnames, IPs and CIDRs.
     pub allow_hosts: Vec<String>,
-    /// Longest a pre event's caller waits for a `wait` hook's deliveries,
-    /// retries included, in ms. A delivery not through by then keeps being
-    /// retried in the background, and counts as the hook failing.
+    /// Longest a pre event's caller waits for a `wait` hook's deliveries to
+    /// be delivered or fail for good, retries included, in ms. They are sent
+    /// like every other delivery (same slots, breaker, schedule); one not
+    /// through by then carries on in the background, and counts as the hook
+    /// failing.
     pub wait_budget_ms: u64,
     /// Days a dead letter is kept (counted from when its delivery was
     /// queued) for inspection and `retry`; older ones are deleted, hourly.

@@ -63,13 +63,20 @@ pub fn receiver() -> Router {
     )
 }
 
-/// Posts the sample events to the engine's own API, one every two seconds, forever.
+/// Posts the sample events to the engine's own API, one every two seconds,
+/// forever. Each round gets its own call ids (the engine accepts an event
+/// sent twice only once).
 pub async fn send_samples(addr: SocketAddr, token: Option<String>) {
     let client = reqwest::Client::new();
     let url = format!("http://{addr}/v1/events");
-    for (name, body) in SAMPLES.iter().cycle() {
+    for (i, (name, body)) in SAMPLES.iter().cycle().enumerate() {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let mut request = client.post(&url).body(*body);
+        let round = i / SAMPLES.len();
+        let mut event: serde_json::Value = serde_json::from_str(body).expect("samples are JSON");
+        if let Some(call) = event["callId"].as_str() {
+            event["callId"] = format!("{call}-{round}").into();
+        }
+        let mut request = client.post(&url).json(&event);
         if let Some(token) = &token {
             request = request.bearer_auth(token);
         }

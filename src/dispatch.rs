@@ -1,15 +1,14 @@
-//! From an event to outcomes: run the subscribed hooks concurrently, check
-//! what they return, queue (or, for `wait` hooks, send) their deliveries,
-//! and turn pre-event vetoes into a verdict.
+//! From an event to decisions: run the subscribed hooks concurrently,
+//! check what they return, and turn pre-event vetoes into a verdict.
+//! Queueing what they decided is [`ingest`](crate::ingest)'s job.
 
 use crate::config::OnError;
-use crate::delivery::{Delivery, Sender, delivery_id, new_uid};
+use crate::delivery::{Delivery, QueuedUnder, delivery_id};
 use crate::error::{CallError, CallSite};
 use crate::event::Event;
-use crate::outbox::{Outbox, OutboxError};
-use crate::registry::{Hooks, LiveHook, Registry};
+use crate::registry::{Hooks, LiveHook};
 use crate::sandbox::{Failure, Sandbox};
-use crate::workers::Workers;
+use futures::FutureExt;
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -32,7 +31,9 @@ pub struct Verdict {
 pub struct HookFailure {
     /// The hook.
     pub hook: String,
-    /// `timeout`, `memory`, `trap`, `error`, `bad-outcome` or `delivery`.
+    /// `timeout`, `memory`, `trap`, `error`, `bad-outcome`, `internal`,
+    /// `delivery` (a `wait` delivery failed or is late) or `queue` (its
+    /// deliveries could not be queued yet).
     pub kind: String,
     /// What happened.
     pub message: String,
@@ -51,160 +52,108 @@ pub(crate) struct Runner {
     pub max_body_bytes: usize,
 }
 
-pub(crate) struct Dispatcher {
-    pub registry: Arc<Registry>,
-    pub runner: Runner,
-    pub outbox: Arc<dyn Outbox>,
-    pub workers: Arc<Workers>,
-    pub sender: Arc<Sender>,
-    /// Longest a pre event waits for a `wait` hook's deliveries, retries included.
-    pub wait_budget: std::time::Duration,
+/// The hooks' decisions on one event, each hook's alone: a hook that
+/// fails, or that makes the engine panic while its outcome is processed,
+/// fails by itself.
+pub(crate) async fn run_all(
+    runner: &Runner,
+    hooks: &Hooks,
+    event: &Event,
+    uid: &str,
+) -> Vec<Result<Decision, CallError>> {
+    // Concurrently within this task: a busy hook yields at every epoch
+    // tick, so none holds up the others, and a single hook costs no
+    // hand-off to another thread.
+    let runs = hooks.iter().map(|hook| {
+        let run = std::panic::AssertUnwindSafe(runner.run(hook, event, uid));
+        async move {
+            run.catch_unwind().await.unwrap_or_else(|panic| {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                hook.stats.errors.inc();
+                let e = CallError::Internal {
+                    site: site(hook, event),
+                    message,
+                };
+                tracing::error!("{e}");
+                Err(e)
+            })
+        }
+    });
+    futures::future::join_all(runs).await
 }
 
-impl Dispatcher {
-    /// Runs the pre event through every subscribed hook at once and decides.
-    pub async fn pre(&self, event: Event) -> Verdict {
-        let hooks = self.matching(&event);
-        let uid = new_uid();
-        // Concurrently within this task: a busy hook yields at every epoch
-        // tick, so none holds up the others, and a single hook costs no
-        // hand-off to another thread.
-        let results =
-            futures::future::join_all(hooks.iter().map(|hook| self.pre_one(hook, &event, &uid)))
-                .await;
-        let mut verdict = Verdict {
+/// What a pre event's hooks decided, before their deliveries are queued.
+pub(crate) struct PreDecisions {
+    pub verdict: Verdict,
+    /// Deliveries of hooks without `wait`.
+    pub queued: Vec<Delivery>,
+    /// Deliveries of each `wait` hook.
+    pub waiting: Vec<(Arc<LiveHook>, Vec<Delivery>)>,
+}
+
+/// Turns a pre event's decisions into a verdict: the first veto (in hook
+/// name order) wins; a failed hook counts as its `on_error` says.
+pub(crate) fn decide(hooks: &Hooks, results: Vec<Result<Decision, CallError>>) -> PreDecisions {
+    let mut decided = PreDecisions {
+        verdict: Verdict {
             allowed: true,
             denied_by: None,
             reason: None,
             failures: Vec::new(),
-        };
-        for (hook, result) in hooks.iter().zip(results) {
-            let deny = match result {
-                Ok(deny) => deny,
-                Err(failure) => {
-                    let deny = (hook.config.on_error == OnError::Deny).then(|| {
-                        format!("hook failed and its on_error is deny: {}", failure.message)
-                    });
-                    verdict.failures.push(failure);
-                    deny
+        },
+        queued: Vec::new(),
+        waiting: Vec::new(),
+    };
+    for (hook, result) in hooks.iter().zip(results) {
+        let deny = match result {
+            Ok(decision) => {
+                if hook.config.wait {
+                    decided.waiting.push((hook.clone(), decision.deliveries));
+                } else {
+                    decided.queued.extend(decision.deliveries);
                 }
-            };
-            if let (Some(reason), true) = (deny, verdict.allowed) {
-                verdict = Verdict {
-                    allowed: false,
-                    denied_by: Some(hook.name().to_owned()),
-                    reason: Some(reason),
-                    ..verdict
-                };
+                decision.deny
             }
-        }
-        verdict
+            Err(e) => decided.verdict.fail(hook, e.kind(), e.to_string()),
+        };
+        decided.verdict.deny(hook, deny);
+    }
+    decided
+}
+
+impl Verdict {
+    /// Records that `hook` failed; returns the veto its `on_error` makes of it.
+    pub(crate) fn fail(&mut self, hook: &LiveHook, kind: &str, message: String) -> Option<String> {
+        let deny = (hook.config.on_error == OnError::Deny)
+            .then(|| format!("hook failed and its on_error is deny: {message}"));
+        self.failures.push(HookFailure {
+            hook: hook.name().to_owned(),
+            kind: kind.to_owned(),
+            message,
+        });
+        deny
     }
 
-    /// One hook on a pre event: its veto, or why it failed.
-    async fn pre_one(
-        &self,
-        hook: &LiveHook,
-        event: &Event,
-        uid: &str,
-    ) -> Result<Option<String>, HookFailure> {
-        let decision = self
-            .run(hook, event, uid)
-            .await
-            .map_err(|e| failure(hook, e.kind(), e.to_string()))?;
-        if !hook.config.wait {
-            self.queue(hook, decision.deliveries).await;
-            return Ok(decision.deny);
-        }
-        // The caller is waiting, so retries get a bounded budget. What has
-        // not gone out by then is handed to the outbox: nothing is dropped.
-        let mut deliveries = std::collections::VecDeque::from(decision.deliveries);
-        while let Some(delivery) = deliveries.pop_front() {
-            let reason = match tokio::time::timeout(
-                self.wait_budget,
-                self.sender.deliver(&delivery),
-            )
-            .await
-            {
-                Ok(Ok(_status)) => continue,
-                Ok(Err(reason)) => reason,
-                Err(_) => {
-                    let reason = format!(
-                        "not delivered within {:?}; retrying in the background",
-                        self.wait_budget
-                    );
-                    deliveries.push_front(delivery.clone());
-                    reason
-                }
-            };
-            self.queue(hook, deliveries.into()).await;
-            let message = format!(
-                "delivery {} to {} failed: {reason}",
-                delivery.id, delivery.url
-            );
-            return Err(failure(hook, "delivery", message));
-        }
-        Ok(decision.deny)
-    }
-
-    /// The live hooks subscribed to this event, from the current snapshot.
-    pub fn matching(&self, event: &Event) -> Hooks {
-        self.registry.snapshot().matching(event)
-    }
-
-    /// Runs a journaled post event through the hooks that were subscribed
-    /// to it when it was accepted, then commits all their deliveries and
-    /// retires the event in one transaction. Called off the caller's path.
-    pub async fn post(&self, hooks: Hooks, event: Event, ticket: i64, uid: String) {
-        let deliveries = self.run_post(&hooks, &event, &uid).await;
-        self.post_commit(ticket, &event, deliveries).await;
-    }
-
-    /// Runs a post event through its hooks, concurrently; returns all
-    /// their deliveries (a failing hook has been logged and counted).
-    pub async fn run_post(&self, hooks: &Hooks, event: &Event, uid: &str) -> Vec<Delivery> {
-        let runs = hooks.iter().map(|hook| self.run(hook, event, uid));
-        futures::future::join_all(runs)
-            .await
-            .into_iter()
-            .flatten()
-            .flat_map(|decision| decision.deliveries)
-            .collect()
-    }
-
-    /// Commits a journaled post event's deliveries and retires the event.
-    pub async fn post_commit(&self, ticket: i64, event: &Event, deliveries: Vec<Delivery>) {
-        match self.submit(Some(ticket), deliveries).await {
-            Ok(()) => {}
-            Err(e) => tracing::error!(
-                method = event.method(),
-                call_id = event.call_id(),
-                "cannot queue the event's deliveries ({e}); it stays journaled and runs again at restart"
-            ),
+    /// Applies `hook`'s veto, unless an earlier hook vetoed already.
+    pub(crate) fn deny(&mut self, hook: &LiveHook, reason: Option<String>) {
+        if let (Some(reason), true) = (reason, self.allowed) {
+            self.allowed = false;
+            self.denied_by = Some(hook.name().to_owned());
+            self.reason = Some(reason);
         }
     }
+}
 
-    /// Queues a pre event's deliveries; returns once they are committed.
-    async fn queue(&self, hook: &LiveHook, deliveries: Vec<Delivery>) {
-        if deliveries.is_empty() {
-            return;
-        }
-        if let Err(e) = self.submit(None, deliveries).await {
-            tracing::error!(hook = hook.name(), "deliveries not queued: {e}");
-        }
-    }
-
-    /// Commits deliveries; the workers send at once those they have room for.
-    pub async fn submit(
-        &self,
-        ticket: Option<i64>,
-        deliveries: Vec<Delivery>,
-    ) -> Result<(), OutboxError> {
-        self.workers.submit(ticket, deliveries).await
-    }
-
-    async fn run(&self, hook: &LiveHook, event: &Event, uid: &str) -> Result<Decision, CallError> {
-        self.runner.run(hook, event, uid).await
+fn site(hook: &LiveHook, event: &Event) -> CallSite {
+    CallSite {
+        hook: hook.name().to_owned(),
+        method: event.method().to_owned(),
+        call_id: event.call_id().to_owned(),
+        phase: event.phase(),
     }
 }
 
@@ -229,12 +178,7 @@ impl Runner {
         let started = std::time::Instant::now();
         let result = self.sandbox.handle(&hook.prepared, event).await;
         hook.stats.duration.observe(started.elapsed().as_secs_f64());
-        let site = || CallSite {
-            hook: hook.name().to_owned(),
-            method: event.method().to_owned(),
-            call_id: event.call_id().to_owned(),
-            phase: event.phase(),
-        };
+        let site = || site(hook, event);
         let outcome = result.map_err(|f| match f {
             Failure::Timeout(deadline) => CallError::Timeout {
                 site: site(),
@@ -285,9 +229,9 @@ impl Runner {
                 .enumerate()
                 .map(|(i, d)| {
                     let id = delivery_id(uid, hook.name(), i);
-                    let signed = hook.policy.signer.is_some();
                     let name = hook.prepared.name.clone();
-                    Delivery::new(id, name, &d.url, d.headers, d.body, signed)
+                    let queued = QueuedUnder::of(&hook.policy);
+                    Delivery::new(id, name, &d.url, d.headers, d.body, queued)
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|message| CallError::BadOutcome {
@@ -307,13 +251,5 @@ impl Runner {
             tracing::warn!("{e}");
         }
         decision
-    }
-}
-
-fn failure(hook: &LiveHook, kind: &str, message: String) -> HookFailure {
-    HookFailure {
-        hook: hook.name().to_owned(),
-        kind: kind.to_owned(),
-        message,
     }
 }

@@ -92,11 +92,35 @@ impl Egress {
             }),
         }
     }
+}
 
-    /// A resolver for reqwest that returns only the addresses this policy allows.
+/// Several policies that must all allow a connection: the one a delivery
+/// was queued under and the hook's current one.
+#[derive(Debug)]
+pub(crate) struct Guard {
+    all: Vec<Egress>,
+}
+
+impl Guard {
+    pub fn new(all: Vec<Egress>) -> Guard {
+        Guard { all }
+    }
+
+    /// Checks one address `host` resolved to (or is) against every policy:
+    /// each must trust the hostname or allow the address.
+    pub fn check(&self, host: &str, addr: IpAddr) -> Result<(), Refused> {
+        for egress in &self.all {
+            if !egress.allows_host(host) {
+                egress.check(host, addr)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A resolver for reqwest that returns only the addresses every policy allows.
     pub fn resolver(self: &Arc<Self>) -> Arc<GuardedResolver> {
         Arc::new(GuardedResolver {
-            egress: self.clone(),
+            guard: self.clone(),
         })
     }
 }
@@ -174,23 +198,20 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
 
 /// The resolver every delivery client uses: system DNS, then the guard.
 pub(crate) struct GuardedResolver {
-    egress: Arc<Egress>,
+    guard: Arc<Guard>,
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
-        let egress = self.egress.clone();
+        let guard = self.guard.clone();
         Box::pin(async move {
             let host = name.as_str().to_owned();
             let addrs: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if egress.allows_host(&host) {
-                return Ok(Box::new(addrs.into_iter()) as Addrs);
-            }
             let mut refused = None;
             let allowed: Vec<SocketAddr> = addrs
                 .into_iter()
-                .filter(|a| match egress.check(&host, a.ip()) {
+                .filter(|a| match guard.check(&host, a.ip()) {
                     Ok(()) => true,
                     Err(r) => {
                         refused.get_or_insert(r);

@@ -1,13 +1,14 @@
 //! [`Engine`]: the library's front door.
 
 use crate::config::{Config, HookConfig};
-use crate::delivery::{PolicyLookup, Sender, new_uid};
-use crate::dispatch::{Dispatcher, Runner, Verdict};
+use crate::delivery::{Sender, new_uid};
+use crate::dispatch::{Runner, Verdict};
 use crate::error::Error;
 use crate::event::{Event, Phase};
+use crate::ingest::{Ingest, MAX_POSTS_IN_FLIGHT};
 use crate::metrics::Metrics;
-use crate::outbox::{DeliveryInfo, Filter, Outbox, Retry, SqliteOutbox};
-use crate::registry::{HookStatus, Hooks, Registry};
+use crate::queue::{DeliveryInfo, Filter, Queue, Retry};
+use crate::registry::{HookStatus, Registry};
 use crate::sandbox::{Sandbox, Subscription};
 use crate::watch::{Watch, WatchOptions};
 use crate::workers::{Breaker, Workers};
@@ -19,9 +20,6 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use wildmatch::WildMatch;
 
-/// Post events handed to hooks and not yet finished; past this, `post()` waits.
-const MAX_POSTS_IN_FLIGHT: usize = 4096;
-
 /// The webhook engine: loaded hooks, the sandbox they run in, and the
 /// delivery queue. Cheap to clone; clones share everything.
 #[derive(Clone)]
@@ -31,11 +29,11 @@ pub struct Engine {
 
 struct Inner {
     config: Config,
-    dispatcher: Arc<Dispatcher>,
+    ingest: Arc<Ingest>,
+    registry: Arc<Registry>,
+    queue: Arc<dyn Queue>,
     workers: Arc<Workers>,
     metrics: Arc<Metrics>,
-    redact: Vec<WildMatch>,
-    posts: Arc<Semaphore>,
     _watch: Option<Watch>,
 }
 
@@ -43,9 +41,11 @@ impl Engine {
     /// Sets up the runtime and loads every hook in `config.hooks_dir`.
     ///
     /// A hook that fails to load is reported in [`Engine::hooks`] and the
-    /// log; the others still load. Fails only if the folder can't be read
-    /// or the runtime can't be set up.
+    /// log; the others still load. Fails only if the settings are wrong,
+    /// the folder can't be read, the queue can't be opened or the runtime
+    /// can't be set up.
     pub async fn new(config: Config) -> Result<Engine, Error> {
+        config.validate().map_err(Error::Config)?;
         let sandbox = Arc::new(Sandbox::new(&config).map_err(Error::Runtime)?);
         let metrics = Arc::new(Metrics::default());
         let registry = Arc::new(Registry::new(
@@ -73,116 +73,68 @@ impl Engine {
         registry
             .reconcile(dir, &HashSet::new(), &HashSet::new(), Duration::ZERO)
             .await?;
-        let live = registry.clone();
-        let lookup: PolicyLookup =
-            Box::new(move |hook| Some(live.snapshot().live.get(hook)?.policy.clone()));
-        let sender = Arc::new(Sender::new(&config.delivery, lookup).map_err(Error::Config)?);
-        let (state_dir, fsync) = (config.state_dir.clone(), config.fsync);
-        let outbox: Arc<dyn Outbox> =
-            tokio::task::spawn_blocking(move || SqliteOutbox::open(state_dir.as_deref(), fsync))
-                .await
-                .map_err(|e| Error::Runtime(e.to_string()))??;
+        let sender = Sender::new(&config.delivery).map_err(Error::Config)?;
+        let opening = config.clone();
+        let queue = tokio::task::spawn_blocking(move || crate::queue::open(&opening))
+            .await
+            .map_err(|e| Error::Runtime(e.to_string()))??;
         let d = &config.delivery;
         let breaker = Breaker {
             failures: d.breaker_failures.max(1),
             cooldown_ms: d.breaker_cooldown_ms,
             max_cooldown_ms: d.breaker_max_cooldown_ms.max(d.breaker_cooldown_ms),
         };
-        let workers = Workers::start(outbox.clone(), sender.clone(), breaker, metrics.clone());
-        let dispatcher = Arc::new(Dispatcher {
-            registry,
-            runner: Runner::new(sandbox, &config),
-            outbox,
-            workers: workers.clone(),
+        let dedup_window = Duration::from_secs(config.dedup_window_secs);
+        let workers = Workers::start(
+            queue.clone(),
             sender,
+            registry.clone(),
+            breaker,
+            metrics.clone(),
+            dedup_window.as_millis() as u64,
+        );
+        let ingest = Arc::new(Ingest {
+            registry: registry.clone(),
+            runner: Runner::new(sandbox, &config),
+            queue: queue.clone(),
+            workers: workers.clone(),
+            redact: config
+                .redact_results
+                .iter()
+                .map(|m| WildMatch::new(m))
+                .collect(),
+            posts: Arc::new(Semaphore::new(MAX_POSTS_IN_FLIGHT)),
+            inline: Duration::from_millis(config.post_inline_ms),
             wait_budget: Duration::from_millis(config.delivery.wait_budget_ms),
+            dedup_window,
+            recent: Default::default(),
         });
-        let redact = config
-            .redact_results
-            .iter()
-            .map(|m| WildMatch::new(m))
-            .collect();
-        let engine = Engine {
+        ingest.resume_journal().await?;
+        Ok(Engine {
             inner: Arc::new(Inner {
                 config,
-                dispatcher,
+                ingest,
+                registry,
+                queue,
                 workers,
                 metrics,
-                redact,
-                posts: Arc::new(Semaphore::new(MAX_POSTS_IN_FLIGHT)),
                 _watch: watch,
             }),
-        };
-        engine.resume_journal().await?;
-        Ok(engine)
-    }
-
-    /// Runs again the post events accepted before a crash whose hooks had
-    /// not finished, on the hooks of the same names as now loaded.
-    async fn resume_journal(&self) -> Result<(), Error> {
-        let dispatcher = &self.inner.dispatcher;
-        let unfinished = dispatcher.outbox.unfinished().await?;
-        if !unfinished.is_empty() {
-            tracing::info!(
-                events = unfinished.len(),
-                "running again the post events accepted before the last stop"
-            );
-        }
-        let snapshot = dispatcher.registry.snapshot();
-        for journaled in unfinished {
-            let event = match Event::from_json(journaled.payload.as_bytes()) {
-                Ok(event) => event,
-                Err(e) => {
-                    tracing::error!(ticket = journaled.ticket, "journaled event dropped: {e}");
-                    dispatcher
-                        .outbox
-                        .commit(Some(journaled.ticket), vec![], vec![])
-                        .await?;
-                    continue;
-                }
-            };
-            let hooks: Hooks = journaled
-                .hooks
-                .iter()
-                .filter_map(|name| {
-                    let hook = snapshot.live.get(name).cloned();
-                    if hook.is_none() {
-                        tracing::warn!(hook = %name, method = event.method(), call_id = event.call_id(), "hook is no longer loaded; it misses an event accepted before the last stop");
-                    }
-                    hook
-                })
-                .collect();
-            self.spawn_post(hooks, event, journaled.ticket, journaled.uid)
-                .await;
-        }
-        Ok(())
-    }
-
-    /// Runs a journaled post event in the background, bounded by the
-    /// posts-in-flight limit.
-    async fn spawn_post(&self, hooks: Hooks, event: Event, ticket: i64, uid: String) {
-        let permit = self.post_permit().await;
-        let dispatcher = self.inner.dispatcher.clone();
-        tokio::spawn(async move {
-            dispatcher.post(hooks, event, ticket, uid).await;
-            drop(permit);
-        });
-    }
-
-    /// A place among the post events in progress; waits while there are
-    /// `MAX_POSTS_IN_FLIGHT`.
-    async fn post_permit(&self) -> tokio::sync::OwnedSemaphorePermit {
-        let posts = self.inner.posts.clone();
-        posts.acquire_owned().await.expect("never closed")
+        })
     }
 
     /// Runs a pre event through the hooks subscribed to it, concurrently,
     /// each within its deadline, and returns the verdict: allowed, or denied
     /// by a hook with its reason. A hook that fails counts as its `on_error`
-    /// says (allow by default).
+    /// says (allow by default). Returns once the hooks' deliveries are
+    /// queued (those it could not queue are in `failures`) and `wait`
+    /// hooks' deliveries are through (or the wait budget is spent).
+    ///
+    /// Cancellation-safe: dropping the future only stops waiting. The same
+    /// event sent again within `dedup_window_secs` gets the first verdict.
     pub async fn pre(&self, event: Event) -> Result<Verdict, Error> {
         expect_phase(&event, Phase::Pre)?;
-        Ok(self.inner.dispatcher.pre(event).await)
+        self.inner.ingest.pre(event).await
     }
 
     /// Accepts a post event for the hooks subscribed to it: returns once it
@@ -192,65 +144,30 @@ impl Engine {
     /// hooks finish in the background, and a crash meanwhile runs it again
     /// at start. Deliveries go out in the background. Waits only when too
     /// many post events are already in progress.
-    pub async fn post(&self, mut event: Event) -> Result<(), Error> {
+    ///
+    /// Cancellation-safe: dropping the future only stops waiting. The same
+    /// event sent again within `dedup_window_secs` is accepted once.
+    pub async fn post(&self, event: Event) -> Result<(), Error> {
         expect_phase(&event, Phase::Post)?;
-        let hooks = self.inner.dispatcher.matching(&event);
-        if hooks.is_empty() {
-            return Ok(()); // no WASM call for an event nobody wants
-        }
-        if self.inner.redact.iter().any(|m| m.matches(event.method())) {
-            event.redact_result("* obfuscated *");
-        }
-        let permit = self.post_permit().await;
-        let uid = new_uid();
-        let dispatcher = self.inner.dispatcher.clone();
-        let mut run = tokio::spawn({
-            let (dispatcher, hooks) = (dispatcher.clone(), hooks.clone());
-            let (event, uid) = (event.clone(), uid.clone());
-            async move { dispatcher.run_post(&hooks, &event, &uid).await }
-        });
-        // Hooks that finish quickly: their deliveries are the one write.
-        let window = Duration::from_millis(self.inner.config.post_inline_ms);
-        if let Ok(joined) = tokio::time::timeout(window, &mut run).await {
-            let deliveries = joined.map_err(|e| Error::Runtime(e.to_string()))?;
-            return Ok(dispatcher.submit(None, deliveries).await?);
-        }
-        // Slower ones: journal the event, so it survives a crash, and return.
-        let names = hooks.iter().map(|h| h.name().to_owned()).collect();
-        let payload = event.payload().to_owned();
-        let ticket = match dispatcher.outbox.journal(uid, names, payload).await {
-            Ok(ticket) => ticket,
-            Err(e) => {
-                run.abort(); // not accepted: its deliveries must not go out
-                return Err(e.into());
-            }
-        };
-        tokio::spawn(async move {
-            match run.await {
-                Ok(deliveries) => dispatcher.post_commit(ticket, &event, deliveries).await,
-                Err(e) => tracing::error!("post event task failed ({e}); it runs again at restart"),
-            }
-            drop(permit);
-        });
-        Ok(())
+        self.inner.ingest.post(event).await
     }
 
     /// Status of every hook: live or failed, version, last error, counters.
     pub fn hooks(&self) -> Vec<HookStatus> {
-        self.inner.dispatcher.registry.statuses()
+        self.inner.registry.statuses()
     }
 
     /// A receiver whose value changes each time the set of hooks does (a
     /// hook loaded, reloaded, unloaded, or a new version failing), for
     /// callers that want to react to hot reloads.
     pub fn hook_changes(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.inner.dispatcher.registry.changes()
+        self.inner.registry.changes()
     }
 
     /// Deliveries queued and not yet delivered or dead, plus post events
     /// whose hooks have not finished.
     pub async fn backlog(&self) -> Result<usize, Error> {
-        Ok(self.inner.dispatcher.outbox.backlog().await?)
+        Ok(self.inner.queue.backlog().await?)
     }
 
     /// Queued deliveries, oldest first: pending, failed at least once, or dead.
@@ -259,27 +176,28 @@ impl Engine {
         filter: Filter,
         limit: usize,
     ) -> Result<Vec<DeliveryInfo>, Error> {
-        Ok(self.inner.dispatcher.outbox.list(filter, limit).await?)
+        Ok(self.inner.queue.list(filter, limit).await?)
     }
 
     /// The metrics in Prometheus text format (what `GET /metrics` serves).
     pub async fn metrics(&self) -> Result<String, Error> {
-        let depth = self.inner.dispatcher.outbox.depth().await?;
+        let depth = self.inner.queue.depth().await?;
         let warm: Vec<(String, usize)> = self
             .hooks()
             .into_iter()
             .filter_map(|h| Some((h.name, h.warm?)))
             .collect();
+        let receivers = self.inner.workers.receivers();
         Ok(self
             .inner
             .metrics
-            .encode(&depth, &warm, crate::delivery::now_ms()))
+            .encode(&depth, &warm, &receivers, crate::delivery::now_ms()))
     }
 
     /// Sends dead letters again (one, or all) with a fresh retry schedule.
     /// Returns how many were requeued.
     pub async fn retry(&self, which: Retry) -> Result<usize, Error> {
-        let n = self.inner.dispatcher.outbox.retry(which).await?;
+        let n = self.inner.queue.retry(which).await?;
         self.inner.workers.wake();
         Ok(n)
     }
@@ -289,19 +207,14 @@ impl Engine {
     /// `delivery.dead_letter_days`.)
     pub async fn purge_dead(&self, older_than: Duration) -> Result<usize, Error> {
         let before = crate::delivery::now_ms().saturating_sub(older_than.as_millis() as u64);
-        Ok(self.inner.dispatcher.outbox.purge_dead(before).await?)
+        Ok(self.inner.queue.purge_dead(before).await?)
     }
 
     /// Waits until every post event accepted so far has run through its
-    /// hooks and every delivery queued so far is delivered or failed.
+    /// hooks and is committed, and every delivery queued so far is
+    /// delivered or dead.
     pub async fn drain(&self) {
-        let posts = self
-            .inner
-            .posts
-            .acquire_many(MAX_POSTS_IN_FLIGHT as u32)
-            .await
-            .expect("never closed");
-        drop(posts);
+        self.inner.ingest.settled().await;
         self.inner.workers.drained().await;
     }
 

@@ -44,7 +44,7 @@ pub enum Error {
     Runtime(String),
     /// The durable queue (state database) failed: the event was not accepted.
     #[error(transparent)]
-    Outbox(#[from] crate::outbox::OutboxError),
+    Queue(#[from] crate::queue::QueueError),
 }
 
 /// The step at which loading a hook failed.
@@ -159,6 +159,17 @@ pub enum CallError {
         /// What was wrong.
         message: String,
     },
+    /// The engine itself failed (panicked) on this hook's outcome: a bug in
+    /// wasmhooks, contained to this hook and this event.
+    #[error(
+        "{site}: the engine failed on this hook's outcome (a bug in wasmhooks; please report it): {message}"
+    )]
+    Internal {
+        /// Where.
+        site: CallSite,
+        /// The panic's message.
+        message: String,
+    },
 }
 
 impl CallError {
@@ -169,7 +180,8 @@ impl CallError {
             | CallError::MemoryCap { site, .. }
             | CallError::Trap { site, .. }
             | CallError::Returned { site, .. }
-            | CallError::BadOutcome { site, .. } => site,
+            | CallError::BadOutcome { site, .. }
+            | CallError::Internal { site, .. } => site,
         }
     }
 
@@ -181,6 +193,7 @@ impl CallError {
             CallError::Trap { .. } => "trap",
             CallError::Returned { .. } => "error",
             CallError::BadOutcome { .. } => "bad-outcome",
+            CallError::Internal { .. } => "internal",
         }
     }
 }

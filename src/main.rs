@@ -8,7 +8,6 @@ use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use wasmhooks::outbox::{Outbox, SqliteOutbox};
 use wasmhooks::{Config, Engine, Event, Filter, HookConfig, HookState, Retry};
 
 #[derive(Parser)]
@@ -251,7 +250,7 @@ async fn deliveries(args: DeliveriesArgs) -> Result<()> {
     let Some(dir) = args.state.or_else(wasmhooks::config::default_state_dir) else {
         bail!("no state folder: pass --state DIR");
     };
-    let outbox = SqliteOutbox::inspect(&dir)?;
+    let admin = wasmhooks::DeliveryAdmin::open(&dir)?;
     match args.command {
         DeliveriesCommand::List {
             failed,
@@ -264,7 +263,7 @@ async fn deliveries(args: DeliveriesArgs) -> Result<()> {
                 (_, true) => Filter::Dead,
                 _ => Filter::Pending,
             };
-            let rows = outbox.list(filter, limit).await?;
+            let rows = admin.list(filter, limit).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
                 return Ok(());
@@ -297,17 +296,15 @@ async fn deliveries(args: DeliveriesArgs) -> Result<()> {
                 Some(id) if !all_dead => Retry::Id(id),
                 _ => Retry::AllDead,
             };
-            let n = outbox.retry(which.clone()).await?;
+            let n = admin.retry(which.clone()).await?;
             if let (Retry::Id(id), 0) = (&which, n) {
                 bail!("{id} is not a dead letter in {}", dir.display());
             }
             println!("{n} dead letters requeued; a running engine sends them within a second");
         }
         DeliveriesCommand::Purge { older_than_days } => {
-            let age_ms = u64::from(older_than_days) * 86_400_000;
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-            let before = (now.as_millis() as u64).saturating_sub(age_ms);
-            let n = outbox.purge_dead(before).await?;
+            let age = std::time::Duration::from_secs(u64::from(older_than_days) * 86_400);
+            let n = admin.purge_dead(age).await?;
             println!("{n} dead letters deleted");
         }
     }

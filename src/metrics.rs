@@ -2,10 +2,10 @@
 //!
 //! Per hook: calls, errors, timeouts, loads, refused versions, and a
 //! duration histogram. Per receiver (host:port): deliveries, failed
-//! attempts, retries, dead letters, and, read from the outbox at scrape
+//! attempts, retries, dead letters, and, read from the queue at scrape
 //! time, queue depth and the age of the oldest pending delivery.
 
-use crate::outbox::Depth;
+use crate::queue::Depth;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -75,6 +75,8 @@ pub(crate) struct Metrics {
     retried: Family<ReceiverLabel, Counter>,
     dead: Family<ReceiverLabel, Counter>,
     depth: Family<ReceiverLabel, Gauge>,
+    in_flight: Family<ReceiverLabel, Gauge>,
+    circuit_open: Family<ReceiverLabel, Gauge>,
     oldest: Family<ReceiverLabel, Gauge<f64, AtomicU64>>,
     receivers: Mutex<HashSet<String>>,
 }
@@ -95,6 +97,8 @@ impl Default for Metrics {
             retried: Family::default(),
             dead: Family::default(),
             depth: Family::default(),
+            in_flight: Family::default(),
+            circuit_open: Family::default(),
             oldest: Family::default(),
             receivers: Mutex::default(),
         };
@@ -150,6 +154,16 @@ impl Default for Metrics {
             "queue_depth",
             "Deliveries pending per receiver",
             m.depth.clone(),
+        );
+        r.register(
+            "deliveries_in_flight",
+            "Delivery attempts in flight per receiver (each holds one of its slots)",
+            m.in_flight.clone(),
+        );
+        r.register(
+            "receiver_circuit_open",
+            "1 while a receiver's circuit is open (its deliveries wait after repeated failures)",
+            m.circuit_open.clone(),
         );
         r.register(
             "oldest_pending_age_seconds",
@@ -218,8 +232,20 @@ impl Metrics {
         &self,
         depth: &HashMap<String, Depth>,
         warm: &[(String, usize)],
+        receivers: &[crate::workers::ReceiverView],
         now_ms: u64,
     ) -> String {
+        self.in_flight.clear();
+        self.circuit_open.clear();
+        for r in receivers {
+            let label = self.receiver_label(&r.name);
+            self.in_flight
+                .get_or_create(&label)
+                .inc_by(r.in_flight as i64);
+            if r.open {
+                self.circuit_open.get_or_create(&label).set(1);
+            }
+        }
         self.warm.clear();
         for (hook, idle) in warm {
             let label = HookLabel { hook: hook.clone() };

@@ -107,7 +107,7 @@ async fn ingest(State(engine): State<Engine>, body: Bytes) -> Response {
     result.unwrap_or_else(|e: Error| {
         // The queue could not take it: the sender should retry later.
         let status = match e {
-            Error::Outbox(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Queue(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         error(status, e.to_string())

@@ -1,23 +1,27 @@
-//! Delivery workers: claim due deliveries from the outbox, send them, record
-//! how each attempt ended. A circuit breaker pauses a receiver that keeps
-//! failing and probes it with one delivery once the pause is over.
+//! The one delivery path. Every delivery, a `wait` hook's included, is
+//! committed to the queue and sent from here: claim (owned by this engine
+//! run), attempt (route, guard, sign, POST, classify), record. Per-receiver
+//! slots and the circuit breaker live here and nowhere else, so a slow or
+//! failing receiver holds up only its own deliveries.
 
-use crate::delivery::{Attempt, Delivery, Sender, gave_up, now_ms};
+use crate::delivery::schedule::{gave_up, retry_delay};
+use crate::delivery::{Attempt, Delivery, DeliveryPolicy, Sender, now_ms};
 use crate::metrics::{AttemptResult, Metrics};
-use crate::outbox::{Claimed, Finish, Outbox, OutboxError, Room};
+use crate::queue::{Batch, Claimed, Committed, Finish, Queue, QueueError, Room};
+use crate::registry::Registry;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, oneshot, watch};
 
-/// Longest the pump sleeps without looking at the outbox, so that changes
+/// Longest the pump sleeps without looking at the queue, so that changes
 /// from outside (`wasmhooks deliveries retry` in another process) are seen.
 const POLL: Duration = Duration::from_secs(1);
 
 /// Most deliveries claimed in one go.
 const CLAIM_BATCH: usize = 512;
 
-/// How often dead letters past `delivery.dead_letter_days` are deleted.
+/// How often dead letters and accepted keys past their retention are deleted.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 /// What the workers know about one receiver.
@@ -48,59 +52,133 @@ pub(crate) struct Breaker {
     pub max_cooldown_ms: u64,
 }
 
+/// What the metrics show of a receiver.
+pub(crate) struct ReceiverView {
+    pub name: String,
+    pub in_flight: usize,
+    /// Its circuit is open: its deliveries wait.
+    pub open: bool,
+}
+
+/// How a `wait` delivery's wait ended: delivered, or why not.
+pub(crate) type WaitOutcome = Result<(), String>;
+
+/// Each hook's policy now, for attempts: the live hook's, or for a hook
+/// since unloaded the last one this run saw.
+struct Policies {
+    registry: Arc<Registry>,
+    known: Mutex<HashMap<String, Arc<DeliveryPolicy>>>,
+}
+
+impl Policies {
+    fn current(&self, hook: &str) -> Option<Arc<DeliveryPolicy>> {
+        let live = self
+            .registry
+            .snapshot()
+            .live
+            .get(hook)
+            .map(|h| h.policy.clone());
+        let mut known = self.known.lock().unwrap();
+        match live {
+            Some(policy) => {
+                if !known.get(hook).is_some_and(|k| Arc::ptr_eq(k, &policy)) {
+                    if known.len() >= 4096 {
+                        known.clear(); // hook names come from files: stay bounded
+                    }
+                    known.insert(hook.to_owned(), policy.clone());
+                }
+                Some(policy)
+            }
+            None => known.get(hook).cloned(),
+        }
+    }
+}
+
 pub(crate) struct Workers {
-    outbox: Arc<dyn Outbox>,
-    sender: Arc<Sender>,
+    queue: Arc<dyn Queue>,
+    sender: Sender,
+    policies: Policies,
     breaker: Breaker,
     metrics: Arc<Metrics>,
     slots: Mutex<Slots>,
+    /// Callers waiting for a delivery's first final outcome, by id.
+    waiters: Mutex<HashMap<String, Vec<oneshot::Sender<WaitOutcome>>>>,
     wake: Notify,
     /// Stops the pump when the engine is dropped.
     stop: tokio_util::sync::CancellationToken,
     /// Bumped whenever an attempt finishes, for [`Workers::drained`].
     progress: watch::Sender<u64>,
+    /// How long accepted events' keys are kept (ms); 0: not at all.
+    keys_ms: u64,
+}
+
+/// A sending slot for one receiver, given back when dropped (with the
+/// attempt's result for the breaker, if it got that far), so a task that
+/// is cancelled or panics never leaks one.
+struct Slot {
+    workers: Arc<Workers>,
+    receiver: String,
+    up: Option<bool>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.workers.release_slot(&self.receiver, self.up);
+    }
 }
 
 impl Workers {
     /// Starts the pump on the current tokio runtime.
     pub fn start(
-        outbox: Arc<dyn Outbox>,
-        sender: Arc<Sender>,
+        queue: Arc<dyn Queue>,
+        sender: Sender,
+        registry: Arc<Registry>,
         breaker: Breaker,
         metrics: Arc<Metrics>,
+        keys_ms: u64,
     ) -> Arc<Workers> {
         let workers = Arc::new(Workers {
-            outbox,
+            queue,
             sender,
+            policies: Policies {
+                registry,
+                known: Mutex::default(),
+            },
             breaker,
             metrics,
             slots: Mutex::default(),
+            waiters: Mutex::default(),
             wake: Notify::new(),
             stop: tokio_util::sync::CancellationToken::new(),
             progress: watch::channel(0).0,
+            keys_ms,
         });
         tokio::spawn(workers.clone().pump());
-        tokio::spawn(workers.clone().purge_old_dead_letters());
+        tokio::spawn(workers.clone().purge_old());
         workers
     }
 
-    /// Deletes dead letters older than `delivery.dead_letter_days`, at start
-    /// and then hourly, so the state folder does not grow without bound.
-    async fn purge_old_dead_letters(self: Arc<Self>) {
+    /// Deletes dead letters older than `delivery.dead_letter_days`, and
+    /// the keys of events accepted longer ago than the window, at start and
+    /// then hourly, so the state folder does not grow without bound.
+    async fn purge_old(self: Arc<Self>) {
         let days = self.sender.config().dead_letter_days;
-        if days == 0 {
-            return;
-        }
         let keep_ms = u64::from(days) * 86_400_000;
         let stop = self.stop.clone();
         stop.run_until_cancelled(async {
             loop {
-                match self.outbox.purge_dead(now_ms().saturating_sub(keep_ms)).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(
-                        "deleted {n} dead letters older than {days} days (delivery.dead_letter_days)"
-                    ),
-                    Err(e) => tracing::warn!("cannot delete old dead letters: {e}"),
+                if days > 0 {
+                    match self.queue.purge_dead(now_ms().saturating_sub(keep_ms)).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(
+                            "deleted {n} dead letters older than {days} days (delivery.dead_letter_days)"
+                        ),
+                        Err(e) => tracing::warn!("cannot delete old dead letters: {e}"),
+                    }
+                }
+                let before = now_ms().saturating_sub(self.keys_ms);
+                if let Err(e) = self.queue.forget_keys(before).await {
+                    tracing::warn!("cannot forget old accepted events: {e}");
                 }
                 tokio::time::sleep(PURGE_EVERY).await;
             }
@@ -118,20 +196,36 @@ impl Workers {
         self.wake.notify_one();
     }
 
-    /// Resolves once the outbox holds nothing pending: every delivery sent or dead.
+    /// Resolves once the queue holds nothing pending: every delivery sent or dead.
     pub async fn drained(&self) {
         let mut progress = self.progress.subscribe();
         loop {
-            match self.outbox.backlog().await {
+            match self.queue.backlog().await {
                 Ok(0) => return,
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::error!("cannot read the outbox: {e}");
+                    tracing::error!("cannot read the queue: {e}");
                     return;
                 }
             }
             let _ = tokio::time::timeout(POLL, progress.changed()).await;
         }
+    }
+
+    /// Per receiver being sent to or failing: attempts in flight, and
+    /// whether its circuit is open. For metrics.
+    pub fn receivers(&self) -> Vec<ReceiverView> {
+        let now = now_ms();
+        let slots = self.slots.lock().unwrap();
+        slots
+            .receivers
+            .iter()
+            .map(|(name, r)| ReceiverView {
+                name: name.clone(),
+                in_flight: r.in_flight,
+                open: r.open_until.is_some_and(|until| until > now),
+            })
+            .collect()
     }
 
     async fn pump(self: Arc<Self>) {
@@ -143,39 +237,28 @@ impl Workers {
         let concurrency = self.sender.config().concurrency.max(1);
         loop {
             let free = concurrency.saturating_sub(self.slots.lock().unwrap().total);
-            let mut claimed_any = false;
+            let mut wait = POLL;
             if free > 0 {
                 let limit = free.min(CLAIM_BATCH);
-                match self.outbox.claim(now_ms(), limit, self.room()).await {
-                    Ok(claimed) => {
-                        if claimed.len() == limit {
-                            // Possibly more due right away.
-                            self.wake.notify_one();
+                match self.queue.claim(now_ms(), limit, self.room()).await {
+                    Ok(claim) => {
+                        if claim.claimed.len() == limit {
+                            wait = Duration::ZERO; // possibly more due right away
+                        } else if let Some(at) = claim.next_due {
+                            wait = Duration::from_millis(at.saturating_sub(now_ms())).min(POLL);
                         }
-                        claimed_any = !claimed.is_empty();
-                        for c in claimed {
-                            self.take_slot(&c.delivery.receiver());
-                            self.clone().launch(c);
+                        for c in claim.claimed {
+                            let slot = self.slot(c.delivery.receiver());
+                            self.launch(c, slot);
                         }
                     }
                     Err(e) => tracing::error!("cannot claim deliveries: {e}"),
                 }
             }
-            if free == 0 || claimed_any {
-                // Busy: the next slot to free up wakes us (or new work does).
-                tokio::select! {
-                    _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(POLL) => {}
-                }
+            if wait.is_zero() {
                 continue;
             }
-            let wait = match self.outbox.next_due().await {
-                // Due now, yet nothing was claimable: every due delivery's
-                // receiver is busy. A finishing attempt wakes us.
-                Ok(Some(at)) if at <= now_ms() => POLL,
-                Ok(Some(at)) => Duration::from_millis(at.saturating_sub(now_ms())).min(POLL),
-                _ => POLL,
-            };
+            // A finishing attempt, new work or the next due time wakes us.
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
@@ -217,29 +300,40 @@ impl Workers {
     }
 
     /// Takes a sending slot for `receiver` if it and the engine have room.
-    fn try_take_slot(&self, receiver: &str) -> bool {
+    fn try_slot(self: &Arc<Self>, receiver: String) -> Option<Slot> {
         let mut slots = self.slots.lock().unwrap();
         if slots.total >= self.sender.config().concurrency.max(1) {
-            return false;
+            return None;
         }
-        let r = slots.receivers.entry(receiver.to_owned()).or_default();
+        let r = slots.receivers.entry(receiver.clone()).or_default();
         if self.room_of(r, now_ms()) == 0 {
-            return false;
+            return None;
         }
         r.in_flight += 1;
         slots.total += 1;
-        true
+        drop(slots);
+        Some(self.guard(receiver))
     }
 
-    /// Takes a slot the outbox already checked there was room for.
-    fn take_slot(&self, receiver: &str) {
+    /// Takes a slot the queue already checked there was room for.
+    fn slot(self: &Arc<Self>, receiver: String) -> Slot {
         let mut slots = self.slots.lock().unwrap();
         slots.total += 1;
         slots
             .receivers
-            .entry(receiver.to_owned())
+            .entry(receiver.clone())
             .or_default()
             .in_flight += 1;
+        drop(slots);
+        self.guard(receiver)
+    }
+
+    fn guard(self: &Arc<Self>, receiver: String) -> Slot {
+        Slot {
+            workers: self.clone(),
+            receiver,
+            up: None,
+        }
     }
 
     /// Gives a slot back; with `up`, updates the receiver's breaker too.
@@ -257,56 +351,96 @@ impl Workers {
         self.wake();
     }
 
-    /// Queues deliveries durably (and retires the journaled event they came
-    /// from). Those whose receiver has room go out at once, claimed in the
-    /// same commit, without a trip through the pump; the rest wait for it.
-    pub async fn submit(
+    /// Queues a batch durably and returns once it is committed. Those of
+    /// its deliveries whose receiver has room go out at once, claimed in
+    /// the same commit, without a trip through the pump; the rest wait for
+    /// it. The work runs in a task of its own: a caller that stops waiting
+    /// changes nothing, and no slot or claimed row is left behind.
+    pub async fn submit(self: &Arc<Self>, batch: Batch) -> Result<Committed, QueueError> {
+        let workers = self.clone();
+        tokio::spawn(async move { workers.commit_and_launch(batch).await })
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// [`Workers::submit`] for a `wait` hook's deliveries: also returns, per
+    /// delivery, a receiver of its first final outcome (delivered, or failed
+    /// for good), however many attempts that takes.
+    pub async fn submit_waiting(
         self: &Arc<Self>,
-        ticket: Option<i64>,
         deliveries: Vec<Delivery>,
-    ) -> Result<(), OutboxError> {
-        let (now, later): (Vec<Delivery>, Vec<Delivery>) = deliveries
-            .into_iter()
-            .partition(|d| self.try_take_slot(&d.receiver()));
-        let has_later = !later.is_empty();
-        match self.outbox.commit(ticket, now.clone(), later).await {
-            Ok(()) => {
-                for delivery in now {
-                    self.clone().launch(Claimed {
-                        delivery,
-                        attempts: 0,
-                    });
-                }
-                if has_later {
-                    self.wake();
-                }
-                Ok(())
+    ) -> Result<Vec<(Delivery, oneshot::Receiver<WaitOutcome>)>, QueueError> {
+        let mut waits = Vec::with_capacity(deliveries.len());
+        {
+            let mut waiters = self.waiters.lock().unwrap();
+            for d in &deliveries {
+                let (tx, rx) = oneshot::channel();
+                waiters.entry(d.id.clone()).or_default().push(tx);
+                waits.push((d.clone(), rx));
             }
+        }
+        let batch = Batch {
+            queued: deliveries,
+            ..Batch::default()
+        };
+        match self.submit(batch).await {
+            Ok(_) => Ok(waits),
             Err(e) => {
-                for d in &now {
-                    self.release_slot(&d.receiver(), None);
+                let mut waiters = self.waiters.lock().unwrap();
+                for (d, _) in &waits {
+                    waiters.remove(&d.id);
                 }
                 Err(e)
             }
         }
     }
 
+    async fn commit_and_launch(self: Arc<Self>, mut batch: Batch) -> Result<Committed, QueueError> {
+        let mut now = Vec::new();
+        for d in std::mem::take(&mut batch.queued) {
+            match self.try_slot(d.receiver()) {
+                Some(slot) => now.push((d, slot)),
+                None => batch.queued.push(d),
+            }
+        }
+        batch.claimed = now.iter().map(|(d, _)| d.clone()).collect();
+        let has_queued = !batch.queued.is_empty();
+        // On failure the slots drop with `now`.
+        let committed = self.queue.commit(batch).await?;
+        if committed == Committed::Done {
+            for (delivery, slot) in now {
+                let claimed = Claimed {
+                    delivery,
+                    attempts: 0,
+                };
+                self.launch(claimed, slot);
+            }
+            if has_queued {
+                self.wake();
+            }
+        }
+        Ok(committed)
+    }
+
     /// Sends a claimed delivery whose slot is taken.
-    fn launch(self: Arc<Self>, claimed: Claimed) {
+    fn launch(self: &Arc<Self>, claimed: Claimed, slot: Slot) {
+        let workers = self.clone();
         tokio::spawn(async move {
-            self.attempt(claimed).await;
-            self.progress.send_modify(|n| *n += 1);
+            workers.attempt(claimed, slot).await;
+            workers.progress.send_modify(|n| *n += 1);
         });
     }
 
-    /// One attempt: send, give the slot back, record the result.
-    async fn attempt(&self, claimed: Claimed) {
+    /// One attempt: send, give the slot back, record the result, tell a
+    /// waiting caller.
+    async fn attempt(&self, claimed: Claimed, mut slot: Slot) {
         let Claimed {
             delivery: d,
             attempts,
         } = claimed;
         let attempts = attempts + 1;
-        let (finish, up) = match self.sender.attempt(&d).await {
+        let policy = self.policies.current(&d.hook);
+        let (finish, up) = match self.sender.attempt(&d, policy.as_deref()).await {
             Attempt::Delivered(status) => {
                 tracing::debug!(hook = %d.hook, id = %d.id, url = %d.url, %status, attempts, "delivered");
                 (Finish::Delivered, true)
@@ -314,13 +448,8 @@ impl Workers {
             Attempt::Permanent { reason, status } => {
                 tracing::error!(hook = %d.hook, id = %d.id, url = %d.url, "delivery failed for good, kept as a dead letter: {reason}");
                 let status = status.map(|s| s.as_u16());
-                (
-                    Finish::Dead {
-                        error: reason,
-                        status,
-                    },
-                    true,
-                )
+                let error = reason;
+                (Finish::Dead { error, status }, true)
             }
             Attempt::Retry {
                 reason,
@@ -328,7 +457,7 @@ impl Workers {
                 retry_after,
             } => {
                 let status = status.map(|s| s.as_u16());
-                match self.sender.retry_delay(attempts, retry_after) {
+                match retry_delay(self.sender.config(), attempts, retry_after) {
                     Some(delay) => {
                         tracing::info!(hook = %d.hook, id = %d.id, url = %d.url, attempts, "{reason}; retrying in {delay:?}");
                         let at_ms = now_ms() + delay.as_millis() as u64;
@@ -350,15 +479,44 @@ impl Workers {
                 }
             }
         };
-        self.release_slot(&d.receiver(), Some(up));
+        slot.up = Some(up);
+        drop(slot);
         let counted = match &finish {
             Finish::Delivered => AttemptResult::Delivered,
             Finish::Retry { .. } => AttemptResult::Retry,
             Finish::Dead { .. } => AttemptResult::Dead,
         };
         self.metrics.attempt(&d.receiver(), counted);
-        if let Err(e) = self.outbox.finish(d.id.clone(), attempts, finish).await {
+        let outcome = match &finish {
+            Finish::Delivered => Some(Ok(())),
+            Finish::Dead { error, .. } => Some(Err(error.clone())),
+            Finish::Retry { .. } => None,
+        };
+        if let Err(e) = self.queue.finish(d.id.clone(), attempts, finish).await {
             tracing::error!(id = %d.id, "cannot record a delivery attempt ({e}); it will be sent again");
+        }
+        if let Some(outcome) = outcome {
+            self.tell_waiters(&d.id, outcome);
+        }
+    }
+
+    fn tell_waiters(&self, id: &str, outcome: WaitOutcome) {
+        let waiting = self.waiters.lock().unwrap().remove(id);
+        for tx in waiting.into_iter().flatten() {
+            let _ = tx.send(outcome.clone());
+        }
+    }
+
+    /// Forgets the waiters of deliveries whose caller stopped waiting.
+    pub fn stop_waiting(&self, ids: impl IntoIterator<Item = String>) {
+        let mut waiters = self.waiters.lock().unwrap();
+        for id in ids {
+            if let Some(list) = waiters.get_mut(&id) {
+                list.retain(|tx| !tx.is_closed());
+                if list.is_empty() {
+                    waiters.remove(&id);
+                }
+            }
         }
     }
 

@@ -152,6 +152,70 @@ async fn a_sigkilled_engine_loses_no_accepted_event() {
     drop(engine);
 }
 
+/// `wait` deliveries are queued like the rest: killed while pre callers
+/// wait for them, the engine sends them after restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_engine_sends_wait_deliveries_after_restart() {
+    const N: usize = 40;
+    let receiver = Receiver::stalled().await;
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = dir.path().join("hooks");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&hooks).unwrap();
+    let toml = format!(
+        "wait = true\n[settings]\nmode = \"echo\"\nurl = \"{}\"\nphases = [\"pre\"]\n",
+        receiver.url("/gate")
+    );
+    install(&hooks, "gate", "misbehave", Some(&toml));
+    let config = dir.path().join("engine.toml");
+    std::fs::write(
+        &config,
+        "[delivery]\nallow_hosts = [\"127.0.0.1\"]\nwait_budget_ms = 60000\ntimeout_ms = 120000\n",
+    )
+    .unwrap();
+
+    let engine = Serve::start(&hooks, &state, &config);
+    let client = reqwest::Client::new();
+    let mut event = fixture_json("vm.start.pre");
+    // The callers wait for their verdicts, which wait for the deliveries.
+    let waiting: Vec<_> = (0..N)
+        .map(|i| {
+            event["callId"] = format!("wait-{i}").into();
+            tokio::spawn(
+                client
+                    .post(format!("http://{}/v1/events", engine.addr))
+                    .json(&event)
+                    .send(),
+            )
+        })
+        .collect();
+    let admin = wasmhooks::DeliveryAdmin::open(&state).unwrap();
+    crate::eventually("every wait delivery queued", || async {
+        admin
+            .list(wasmhooks::Filter::Pending, 1000)
+            .await
+            .unwrap()
+            .len()
+            == N
+    })
+    .await;
+    receiver.wait_for(1).await;
+    engine.kill();
+    for caller in waiting {
+        assert!(
+            caller.await.unwrap().is_err(),
+            "no verdict from a killed engine"
+        );
+    }
+
+    let engine = Serve::start(&hooks, &state, &config);
+    receiver.open();
+    receiver
+        .wait_until("every wait delivery", |got| unique_ids(got).len() == N)
+        .await;
+    drop(engine);
+}
+
 fn unique_ids(got: &[crate::Received]) -> HashMap<String, usize> {
     let mut ids = HashMap::new();
     for r in got {

@@ -8,6 +8,7 @@ mod delivery;
 mod examples;
 mod hostile;
 mod languages;
+mod pipeline;
 mod reload;
 mod reuse;
 mod safety;
@@ -58,6 +59,9 @@ pub fn test_config(dir: &Path) -> Config {
         // A real SQLite file, hidden so the hooks folder ignores it.
         state_dir: Some(dir.join(".state")),
         fsync: false,
+        // Tests send the same fixture many times; the tests of recognising
+        // an event sent twice turn this on.
+        dedup_window_secs: 0,
         ..Config::default()
     };
     config.limits.deadline_ms = 2_000;
@@ -148,6 +152,8 @@ struct ReceiverState {
     respond: Responder,
     /// While false, requests are recorded but not answered: a slow receiver.
     open: watch::Sender<bool>,
+    /// How long each answer takes, in ms.
+    delay_ms: std::sync::atomic::AtomicU64,
 }
 
 /// A real HTTP receiver on 127.0.0.1, port 0, that records every request.
@@ -185,6 +191,7 @@ impl Receiver {
             count: watch::channel(0).0,
             respond: Box::new(respond),
             open: watch::channel(true).0,
+            delay_ms: Default::default(),
         });
         let app = Router::new().fallback(record).with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
@@ -199,6 +206,17 @@ impl Receiver {
     pub async fn stalled() -> Receiver {
         let receiver = Receiver::start().await;
         receiver.state.open.send_replace(false);
+        receiver
+    }
+
+    /// A receiver that answers 200 to everything, each after `delay`.
+    pub async fn slow(delay: Duration) -> Receiver {
+        let receiver = Receiver::start().await;
+        let ms = delay.as_millis() as u64;
+        receiver
+            .state
+            .delay_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
         receiver
     }
 
@@ -270,6 +288,11 @@ async fn record(State(state): State<Arc<ReceiverState>>, request: Request) -> im
     state.count.send_modify(|c| *c += 1);
     let (status, headers) = (state.respond)(&received, before);
     let _ = state.open.subscribe().wait_for(|open| *open).await;
+    let delay = state.delay_ms.load(std::sync::atomic::Ordering::Relaxed);
+    if delay > 0 {
+        // A slow receiver: the delay is what is under test, not a wait for it.
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     let mut response = status.into_response();
     for (name, value) in headers {
         response.headers_mut().insert(name, value.parse().unwrap());

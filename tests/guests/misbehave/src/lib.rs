@@ -20,7 +20,8 @@ fn version() -> &'static str {
 #[serde(rename_all = "lowercase")]
 enum Mode {
     /// One delivery of the payload to `url`, headers `x-mark`, `x-call-id`
-    /// and `x-version`, after `delay_ms` if set.
+    /// and `x-version`, after `delay_ms` if set, and `headers` more
+    /// distinct ones if set.
     Echo,
     /// Spins forever.
     Loop,
@@ -53,6 +54,7 @@ struct Settings {
     init_error: Option<String>,
     trap_at: Option<u32>,
     print_bytes: Option<usize>,
+    headers: Option<usize>,
     #[serde(default = "wasmhooks_sdk::all_methods")]
     methods: Vec<String>,
     #[serde(
@@ -69,6 +71,7 @@ struct Misbehave {
     delay: Option<Duration>,
     trap_at: Option<u32>,
     print_bytes: usize,
+    headers: usize,
 }
 
 impl Hook for Misbehave {
@@ -90,6 +93,7 @@ impl Hook for Misbehave {
             delay: s.delay_ms.map(Duration::from_millis),
             trap_at: s.trap_at,
             print_bytes: s.print_bytes.unwrap_or(0),
+            headers: s.headers.unwrap_or(0),
         };
         Ok((hook, Subscription::new(s.methods, s.phases)))
     }
@@ -100,13 +104,15 @@ impl Hook for Misbehave {
                 if let Some(delay) = self.delay {
                     std::thread::sleep(delay);
                 }
-                Ok(Outcome::deliver(vec![
-                    event
-                        .forward_to(&self.url)
-                        .with_header("x-mark", self.mark.as_str())
-                        .with_header("x-call-id", event.call_id.as_str())
-                        .with_header("x-version", version()),
-                ]))
+                let mut delivery = event
+                    .forward_to(&self.url)
+                    .with_header("x-mark", self.mark.as_str())
+                    .with_header("x-call-id", event.call_id.as_str())
+                    .with_header("x-version", version());
+                for i in 0..self.headers {
+                    delivery = delivery.with_header(format!("x-bomb-{i}"), "1");
+                }
+                Ok(Outcome::deliver(vec![delivery]))
             }
             Mode::Loop => {
                 let mut n = 0u64;

@@ -1,15 +1,17 @@
-//! The outbox in SQLite: one file in the state folder, in WAL mode.
+//! The queue in SQLite: one file in the state folder, in WAL mode, or a
+//! database in memory.
 //!
 //! One thread owns the connection. Callers send it jobs; it runs every job
 //! that is waiting in one transaction and commits once (group commit), so
 //! the cost of a commit is shared by everything that arrived meanwhile.
 
 use super::{
-    Claimed, DeliveryInfo, Depth, Filter, Finish, Fut, Journaled, Outbox, OutboxError, Retry, Room,
+    Batch, Claim, Claimed, Committed, DeliveryInfo, Depth, Filter, Finish, Fut, Journaled, Queue,
+    QueueError, Retry, Room,
 };
-use crate::delivery::{Delivery, now_ms};
+use crate::delivery::{Delivery, QueuedUnder, now_ms};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,8 +19,10 @@ use std::sync::mpsc;
 use tokio::sync::oneshot;
 
 /// The schema this build writes. Bump it, with a migration, on any change.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
+/// Schema 2. `claimed` holds the id of the engine run that claimed a row
+/// (0: not claimed); `allow` the hook's `allow_hosts` when it was queued.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
     ticket      INTEGER PRIMARY KEY,
@@ -41,21 +45,34 @@ CREATE TABLE IF NOT EXISTS deliveries (
     created_ms  INTEGER NOT NULL,
     next_ms     INTEGER NOT NULL,
     last_error  TEXT,
-    last_status INTEGER
+    last_status INTEGER,
+    allow       TEXT               -- allow_hosts when queued; NULL: before schema 2
 );
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (next_ms) WHERE dead = 0 AND claimed = 0;
+CREATE INDEX IF NOT EXISTS deliveries_ready ON deliveries (receiver, next_ms) WHERE dead = 0 AND claimed = 0;
 CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries (created_ms) WHERE dead = 1;
+CREATE TABLE IF NOT EXISTS accepted (
+    key         TEXT PRIMARY KEY,  -- method, call id and phase of an accepted event
+    at_ms       INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS accepted_at ON accepted (at_ms);
+";
+
+/// From schema 1: the `allow` column, the per-receiver index, the keys.
+const MIGRATE_1: &str = "
+ALTER TABLE deliveries ADD COLUMN allow TEXT;
+DROP INDEX IF EXISTS deliveries_due;
 ";
 
 /// The database's file name in the state folder.
 const DB_FILE: &str = "wasmhooks.db";
 
 /// Takes the state folder's lock file, so two engines never share a queue.
-fn lock(dir: &Path) -> Result<std::fs::File, OutboxError> {
+fn lock(dir: &Path) -> Result<std::fs::File, QueueError> {
     let path = dir.join("wasmhooks.lock");
-    let open_error = |reason: String| OutboxError::Open {
+    let open_error = |reason: String| QueueError::Open {
         path: path.clone(),
         reason,
+        source: None,
     };
     std::fs::create_dir_all(dir)
         .map_err(|e| open_error(format!("cannot create the folder: {e}")))?;
@@ -83,62 +100,87 @@ fn lock(dir: &Path) -> Result<std::fs::File, OutboxError> {
 /// How long opening waits for the state folder's lock.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Rows looked at per claim at most, so a receiver with a huge backlog of
-/// due deliveries (and no room) costs a bounded scan.
-const CLAIM_SCAN: usize = 20_000;
+/// Receivers looked at per claim at most: hooks choose URLs, so a claim's
+/// cost stays bounded however many receivers have deliveries waiting.
+const CLAIM_RECEIVERS: usize = 4096;
 
 /// Jobs taken into one transaction at most.
 const GROUP: usize = 4096;
 
-type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
+type Reply = Box<dyn FnOnce(Option<&Arc<rusqlite::Error>>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> Reply + Send>;
 
-/// The SQLite outbox. Cheap to share; the connection lives on its own thread.
-pub struct SqliteOutbox {
+/// The SQLite queue. Cheap to share; the connection lives on its own thread.
+pub(crate) struct SqliteQueue {
     jobs: mpsc::Sender<Job>,
+    /// This engine run's id, written into the rows it claims.
+    run: i64,
     /// Held while the engine runs: one engine per state folder.
     _lock: Option<std::fs::File>,
 }
 
-impl SqliteOutbox {
-    /// Opens (or creates) `wasmhooks.db` in `dir`, or an in-memory database
-    /// if `dir` is `None` (nothing survives a restart then).
+impl SqliteQueue {
+    /// Opens (or creates, or upgrades) `wasmhooks.db` in `dir` for an engine
+    /// run, taking the folder's lock, or an in-memory database if `dir` is
+    /// `None` (nothing survives a restart then). Holding the lock, it
+    /// reclaims the rows that earlier runs claimed and never finished.
     ///
     /// With `fsync`, each commit waits for the disk (survives power loss);
     /// without it, commits survive a crash of the process but not of the machine.
-    pub fn open(dir: Option<&Path>, fsync: bool) -> Result<Arc<SqliteOutbox>, OutboxError> {
+    pub fn open(dir: Option<&Path>, fsync: bool) -> Result<Arc<SqliteQueue>, QueueError> {
         let lock = dir.map(lock).transpose()?;
-        SqliteOutbox::start(dir, fsync, lock)
+        let path = dir.map(|d| d.join(DB_FILE));
+        let conn = open_connection(path.as_deref(), fsync)?;
+        migrate(&conn, path.as_deref())?;
+        SqliteQueue::start(conn, lock)
     }
 
-    /// Opens the state folder of an engine that may be running, for operator
-    /// commands (list, retry): no lock is taken.
-    pub fn inspect(dir: &Path) -> Result<Arc<SqliteOutbox>, OutboxError> {
-        if !dir.join(DB_FILE).is_file() {
-            return Err(OutboxError::Open {
-                path: dir.join(DB_FILE),
+    /// Opens the state folder of an engine that may be running, for
+    /// operator commands: no lock is taken, the schema is not changed and
+    /// no claim is touched.
+    pub fn inspect(dir: &Path) -> Result<Arc<SqliteQueue>, QueueError> {
+        let path = dir.join(DB_FILE);
+        if !path.is_file() {
+            return Err(QueueError::Open {
+                path,
                 reason: "no such file; is --state the folder the engine uses?".into(),
+                source: None,
             });
         }
-        SqliteOutbox::start(Some(dir), true, None)
+        let conn = open_connection(Some(&path), true)?;
+        let version = schema_version(&conn).map_err(|e| open_error(Some(&path), e))?;
+        if version != SCHEMA_VERSION {
+            return Err(QueueError::Open {
+                path,
+                reason: format!(
+                    "it has schema version {version}, and this build reads {SCHEMA_VERSION}; \
+                     start this build's engine on it once to upgrade it, or use the \
+                     wasmhooks that wrote it"
+                ),
+                source: None,
+            });
+        }
+        SqliteQueue::start(conn, None)
     }
 
     fn start(
-        dir: Option<&Path>,
-        fsync: bool,
+        conn: Connection,
         lock: Option<std::fs::File>,
-    ) -> Result<Arc<SqliteOutbox>, OutboxError> {
-        let path = dir.map(|d| d.join(DB_FILE));
-        let conn = open_connection(path.as_deref(), fsync).map_err(|reason| OutboxError::Open {
-            path: path.clone().unwrap_or_else(|| PathBuf::from(":memory:")),
-            reason,
-        })?;
+    ) -> Result<Arc<SqliteQueue>, QueueError> {
         let (jobs, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
-            .name("wasmhooks-outbox".into())
+            .name("wasmhooks-queue".into())
             .spawn(move || run(conn, rx))
-            .map_err(|e| OutboxError::Store(format!("cannot start the outbox thread: {e}")))?;
-        Ok(Arc::new(SqliteOutbox { jobs, _lock: lock }))
+            .map_err(|e| QueueError::Open {
+                path: PathBuf::from(DB_FILE),
+                reason: format!("cannot start the queue thread: {e}"),
+                source: None,
+            })?;
+        Ok(Arc::new(SqliteQueue {
+            jobs,
+            run: fastrand::i64(1..),
+            _lock: lock,
+        }))
     }
 
     /// Runs `f` in the next group transaction; resolves after the commit.
@@ -151,10 +193,10 @@ impl SqliteOutbox {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
             let result = f(conn);
-            Box::new(move |commit_error: Option<&str>| {
+            Box::new(move |commit_error: Option<&Arc<rusqlite::Error>>| {
                 let result = match (result, commit_error) {
-                    (Err(e), _) => Err(OutboxError::Store(e.to_string())),
-                    (Ok(_), Some(e)) => Err(OutboxError::Store(format!("commit failed: {e}"))),
+                    (Err(e), _) => Err(QueueError::from(e)),
+                    (Ok(_), Some(e)) => Err(QueueError::Store(e.clone())),
                     (Ok(value), None) => Ok(value),
                 };
                 let _ = tx.send(result);
@@ -162,48 +204,79 @@ impl SqliteOutbox {
         });
         let sent = self.jobs.send(job);
         Box::pin(async move {
-            sent.map_err(|_| OutboxError::Closed)?;
-            rx.await.map_err(|_| OutboxError::Closed)?
+            sent.map_err(|_| QueueError::Closed)?;
+            rx.await.map_err(|_| QueueError::Closed)?
         })
     }
 }
 
-fn open_connection(path: Option<&Path>, fsync: bool) -> Result<Connection, String> {
+fn open_error(path: Option<&Path>, e: rusqlite::Error) -> QueueError {
+    QueueError::Open {
+        path: path.map_or_else(|| PathBuf::from(":memory:"), Path::to_owned),
+        reason: e.to_string(),
+        source: Some(e),
+    }
+}
+
+fn open_connection(path: Option<&Path>, fsync: bool) -> Result<Connection, QueueError> {
     let conn = match path {
         Some(path) => {
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| format!("cannot create the state folder: {e}"))?;
+                std::fs::create_dir_all(dir).map_err(|e| QueueError::Open {
+                    path: path.to_owned(),
+                    reason: format!("cannot create the state folder: {e}"),
+                    source: None,
+                })?;
             }
             Connection::open(path)
         }
         None => Connection::open_in_memory(),
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| open_error(path, e))?;
+    let synchronous = if fsync { "FULL" } else { "NORMAL" };
     conn.busy_timeout(std::time::Duration::from_secs(10))
-        .map_err(|e| e.to_string())?;
+        .and_then(|()| {
+            conn.execute_batch(&format!(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous};"
+            ))
+        })
+        .map_err(|e| open_error(path, e))?;
     // Every statement here runs often: keep them all prepared.
     conn.set_prepared_statement_cache_capacity(64);
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(|e| format!("{e}; is it a SQLite database?"))?;
-    if version > SCHEMA_VERSION {
-        return Err(format!(
-            "it has schema version {version}, newer than this build's {SCHEMA_VERSION}; \
-             run a newer wasmhooks or point --state elsewhere"
-        ));
-    }
-    let synchronous = if fsync { "FULL" } else { "NORMAL" };
-    conn.execute_batch(&format!(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous};
-         BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION};
-         UPDATE deliveries SET claimed = 0 WHERE claimed = 1; COMMIT;"
-    ))
-    .map_err(|e| e.to_string())?;
     Ok(conn)
 }
 
-/// The outbox thread: takes every waiting job into one transaction.
+fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
+/// Creates or upgrades the schema, and reclaims every claim: the caller
+/// holds the folder's lock, so the runs that claimed them are gone.
+fn migrate(conn: &Connection, path: Option<&Path>) -> Result<(), QueueError> {
+    let version = schema_version(conn).map_err(|e| QueueError::Open {
+        path: path.map_or_else(|| PathBuf::from(":memory:"), Path::to_owned),
+        reason: format!("{e}; is it a SQLite database?"),
+        source: Some(e),
+    })?;
+    if version > SCHEMA_VERSION {
+        return Err(QueueError::Open {
+            path: path.map_or_else(|| PathBuf::from(":memory:"), Path::to_owned),
+            reason: format!(
+                "it has schema version {version}, newer than this build's {SCHEMA_VERSION}; \
+                 run a newer wasmhooks or point --state elsewhere"
+            ),
+            source: None,
+        });
+    }
+    let upgrade = if version == 1 { MIGRATE_1 } else { "" };
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE; {upgrade} {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION};
+         UPDATE deliveries SET claimed = 0 WHERE claimed != 0; COMMIT;"
+    ))
+    .map_err(|e| open_error(path, e))
+}
+
+/// The queue thread: takes every waiting job into one transaction.
 fn run(conn: Connection, jobs: mpsc::Receiver<Job>) {
     let (mut transactions, mut grouped, mut since) = (0u64, 0u64, std::time::Instant::now());
     while let Ok(first) = jobs.recv() {
@@ -221,7 +294,7 @@ fn run(conn: Connection, jobs: mpsc::Receiver<Job>) {
             tracing::debug!(
                 transactions_per_second = per_second as u64,
                 jobs_per_transaction = grouped as f64 / transactions as f64,
-                "outbox group commits"
+                "queue group commits"
             );
             (transactions, grouped, since) = (0, 0, std::time::Instant::now());
         }
@@ -229,19 +302,18 @@ fn run(conn: Connection, jobs: mpsc::Receiver<Job>) {
         if let Err(e) = begin {
             tracing::warn!("state database: cannot group writes ({e}); committing one by one");
             for job in batch {
-                // Outside a transaction, a savepoint is a transaction of
-                // its own: each job commits (or fails) alone.
+                // Outside a transaction, each statement commits (or fails) alone.
                 job(&conn)(None);
             }
             continue;
         }
         let replies: Vec<Reply> = batch.into_iter().map(|job| job(&conn)).collect();
-        let commit_error = exec(&conn, "COMMIT").err().map(|e| e.to_string());
+        let commit_error = exec(&conn, "COMMIT").err().map(Arc::new);
         if commit_error.is_some() {
             let _ = exec(&conn, "ROLLBACK");
         }
         for reply in replies {
-            reply(commit_error.as_deref());
+            reply(commit_error.as_ref());
         }
     }
 }
@@ -276,32 +348,53 @@ fn to_sql(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-impl Outbox for SqliteOutbox {
-    fn journal(&self, uid: String, hooks: Vec<String>, payload: String) -> Fut<'_, i64> {
+fn from_sql(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+/// Records `key` as accepted now; false if it already was.
+fn accept_key(conn: &Connection, key: &str) -> rusqlite::Result<bool> {
+    let inserted = conn
+        .prepare_cached("INSERT INTO accepted (key, at_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?
+        .execute(params![key, to_sql(now_ms())])?;
+    Ok(inserted == 1)
+}
+
+impl Queue for SqliteQueue {
+    fn journal(&self, event: Journaled) -> Fut<'_, Option<i64>> {
         self.call(move |conn| {
-            let hooks = serde_json::to_string(&hooks).expect("strings serialize");
-            conn.prepare_cached(
-                "INSERT INTO events (uid, hooks, payload, accepted_ms) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![uid, hooks, payload, to_sql(now_ms())])?;
-            Ok(conn.last_insert_rowid())
+            atomically(conn, |conn| {
+                if let Some(key) = &event.key
+                    && !accept_key(conn, key)?
+                {
+                    return Ok(None);
+                }
+                let hooks = serde_json::to_string(&event.hooks).expect("strings serialize");
+                conn.prepare_cached(
+                    "INSERT INTO events (uid, hooks, payload, accepted_ms) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![
+                    event.uid,
+                    hooks,
+                    event.payload,
+                    to_sql(now_ms())
+                ])?;
+                Ok(Some(conn.last_insert_rowid()))
+            })
         })
     }
 
-    fn commit(
-        &self,
-        ticket: Option<i64>,
-        claimed: Vec<Delivery>,
-        queued: Vec<Delivery>,
-    ) -> Fut<'_, ()> {
-        let writes = claimed.len() + queued.len() + usize::from(ticket.is_some());
+    fn commit(&self, batch: Batch) -> Fut<'_, Committed> {
+        let run = self.run;
+        let writes = batch.claimed.len()
+            + batch.queued.len()
+            + usize::from(batch.ticket.is_some())
+            + usize::from(batch.key.is_some());
         self.call(move |conn| {
             if writes > 1 {
-                atomically(conn, |conn| {
-                    insert_deliveries(conn, ticket, &claimed, &queued)
-                })
+                atomically(conn, |conn| write_batch(conn, run, &batch))
             } else {
-                insert_deliveries(conn, ticket, &claimed, &queued)
+                write_batch(conn, run, &batch)
             }
         })
     }
@@ -315,6 +408,7 @@ impl Outbox for SqliteOutbox {
                 Ok(Journaled {
                     ticket: r.get(0)?,
                     uid: r.get(1)?,
+                    key: None,
                     hooks: serde_json::from_str(&hooks).unwrap_or_default(),
                     payload: r.get(3)?,
                 })
@@ -323,8 +417,9 @@ impl Outbox for SqliteOutbox {
         })
     }
 
-    fn claim(&self, now_ms: u64, limit: usize, room: Room) -> Fut<'_, Vec<Claimed>> {
-        self.call(move |conn| atomically(conn, |conn| claim_due(conn, now_ms, limit, room)))
+    fn claim(&self, now_ms: u64, limit: usize, room: Room) -> Fut<'_, Claim> {
+        let run = self.run;
+        self.call(move |conn| atomically(conn, |conn| claim_due(conn, run, now_ms, limit, &room)))
     }
 
     fn finish(&self, id: String, attempts: u32, how: Finish) -> Fut<'_, ()> {
@@ -363,19 +458,6 @@ impl Outbox for SqliteOutbox {
         })
     }
 
-    fn next_due(&self) -> Fut<'_, Option<u64>> {
-        self.call(|conn| {
-            let next: Option<i64> = conn
-                .prepare_cached(
-                    "SELECT next_ms FROM deliveries WHERE dead = 0 AND claimed = 0
-                     ORDER BY next_ms LIMIT 1",
-                )?
-                .query_row([], |r| r.get(0))
-                .optional()?;
-            Ok(next.map(|n| n.max(0) as u64))
-        })
-    }
-
     fn backlog(&self) -> Fut<'_, usize> {
         self.call(|conn| {
             conn.query_row(
@@ -384,7 +466,7 @@ impl Outbox for SqliteOutbox {
                 [],
                 |r| r.get::<_, i64>(0),
             )
-            .map(|n| n.max(0) as usize)
+            .map(|n| from_sql(n) as usize)
         })
     }
 
@@ -408,14 +490,11 @@ impl Outbox for SqliteOutbox {
                     url: r.get(2)?,
                     state: if dead { "dead" } else { "pending" },
                     attempts: r.get(4)?,
-                    created_ms: r.get::<_, i64>(5)?.max(0) as u64,
-                    next_ms: (!dead)
-                        .then(|| r.get::<_, i64>(6))
-                        .transpose()?
-                        .map(|n| n.max(0) as u64),
+                    created_ms: from_sql(r.get(5)?),
+                    next_ms: (!dead).then(|| r.get(6)).transpose()?.map(from_sql),
                     last_error: r.get(7)?,
                     last_status: r.get(8)?,
-                    body_bytes: r.get::<_, i64>(9)?.max(0) as usize,
+                    body_bytes: from_sql(r.get(9)?) as usize,
                 })
             })?;
             rows.collect()
@@ -425,7 +504,8 @@ impl Outbox for SqliteOutbox {
     fn retry(&self, which: Retry) -> Fut<'_, usize> {
         self.call(move |conn| {
             let now = to_sql(now_ms());
-            let set = "UPDATE deliveries SET dead = 0, claimed = 0, attempts = 0, next_ms = ?1";
+            // Dead letters are never claimed: this touches no claim.
+            let set = "UPDATE deliveries SET dead = 0, attempts = 0, next_ms = ?1";
             match which {
                 Retry::Id(id) => conn.execute(
                     &format!("{set} WHERE id = ?2 AND dead = 1"),
@@ -443,6 +523,13 @@ impl Outbox for SqliteOutbox {
         })
     }
 
+    fn forget_keys(&self, before_ms: u64) -> Fut<'_, usize> {
+        self.call(move |conn| {
+            conn.prepare_cached("DELETE FROM accepted WHERE at_ms <= ?1")?
+                .execute([to_sql(before_ms)])
+        })
+    }
+
     fn depth(&self) -> Fut<'_, HashMap<String, Depth>> {
         self.call(|conn| {
             let mut stmt = conn.prepare(
@@ -453,9 +540,9 @@ impl Outbox for SqliteOutbox {
                 Ok((
                     r.get::<_, String>(0)?,
                     Depth {
-                        pending: r.get::<_, i64>(1)?.max(0) as u64,
-                        dead: r.get::<_, i64>(2)?.max(0) as u64,
-                        oldest_ms: r.get::<_, Option<i64>>(3)?.map(|n| n.max(0) as u64),
+                        pending: from_sql(r.get(1)?),
+                        dead: from_sql(r.get(2)?),
+                        oldest_ms: r.get::<_, Option<i64>>(3)?.map(from_sql),
                     },
                 ))
             })?;
@@ -464,51 +551,78 @@ impl Outbox for SqliteOutbox {
     }
 }
 
-/// Claims up to `limit` due deliveries, within each receiver's room; those
-/// of a paused receiver are held until it resumes.
+/// Claims up to `limit` due deliveries, within each receiver's room. The
+/// receivers with unclaimed rows are found by skipping through the
+/// `deliveries_ready` index (one seek per receiver), and each one with room
+/// is asked for its oldest due rows: the cost depends on the receivers
+/// and the rows taken, never on how many wait.
 fn claim_due(
     conn: &Connection,
+    run: i64,
     now_ms: u64,
     limit: usize,
-    mut room: Room,
-) -> rusqlite::Result<Vec<Claimed>> {
-    let mut picked = Vec::new();
-    let mut held = Vec::new();
-    {
-        let mut due = conn.prepare_cached(
-            "SELECT id, receiver FROM deliveries
-             WHERE dead = 0 AND claimed = 0 AND next_ms <= ?1 ORDER BY next_ms",
+    room: &Room,
+) -> rusqlite::Result<Claim> {
+    let receivers: Vec<String> = {
+        let mut stmt = conn.prepare_cached(
+            "WITH RECURSIVE r(receiver) AS (
+               SELECT (SELECT receiver FROM deliveries WHERE dead = 0 AND claimed = 0
+                       ORDER BY receiver LIMIT 1)
+               UNION ALL
+               SELECT (SELECT receiver FROM deliveries WHERE dead = 0 AND claimed = 0
+                       AND receiver > r.receiver ORDER BY receiver LIMIT 1)
+               FROM r WHERE r.receiver IS NOT NULL
+             )
+             SELECT receiver FROM r WHERE receiver IS NOT NULL LIMIT ?1",
         )?;
-        let mut rows = due.query([to_sql(now_ms)])?;
-        let mut scanned = 0;
-        while picked.len() < limit && scanned < CLAIM_SCAN {
-            let Some(row) = rows.next()? else { break };
-            scanned += 1;
-            let receiver: String = row.get(1)?;
-            if let Some(&until) = room.paused.get(&receiver) {
-                held.push((row.get::<_, String>(0)?, until));
-                continue;
+        stmt.query_map([CLAIM_RECEIVERS as i64], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?
+    };
+    let mut next_due: Option<u64> = None;
+    let mut due_soonest = |at: u64| next_due = Some(next_due.map_or(at, |n| n.min(at)));
+    let mut picked = Vec::new();
+    // Start at a random receiver, so that when `limit` runs out first no
+    // receiver is always last.
+    let offset = fastrand::usize(..receivers.len().max(1));
+    let mut oldest = conn.prepare_cached(
+        "SELECT id, next_ms FROM deliveries WHERE dead = 0 AND claimed = 0 AND receiver = ?1
+         ORDER BY next_ms LIMIT ?2",
+    )?;
+    for receiver in receivers.iter().cycle().skip(offset).take(receivers.len()) {
+        if let Some(&until) = room.paused.get(receiver) {
+            due_soonest(until);
+            continue;
+        }
+        let take = room.of(receiver).min(limit - picked.len());
+        if take == 0 {
+            continue; // full: a finishing attempt wakes the pump
+        }
+        // One row more than it may take, to learn when its next one is due.
+        let mut rows = oldest.query(params![receiver, (take + 1) as i64])?;
+        let mut taken = 0;
+        while let Some(row) = rows.next()? {
+            let next_ms = from_sql(row.get(1)?);
+            if next_ms > now_ms || taken == take {
+                due_soonest(next_ms);
+                break;
             }
-            let left = room.per_receiver.entry(receiver).or_insert(room.default);
-            if *left > 0 {
-                *left -= 1;
-                picked.push(row.get::<_, String>(0)?);
-            }
+            picked.push(row.get::<_, String>(0)?);
+            taken += 1;
+        }
+        if picked.len() == limit {
+            break;
         }
     }
-    // Out of the due range until the receiver resumes, so later
-    // claims do not scan them again.
-    let mut hold = conn.prepare_cached("UPDATE deliveries SET next_ms = ?2 WHERE id = ?1")?;
-    for (id, until) in held {
-        hold.execute(params![id, to_sql(until)])?;
-    }
-    let mut claim = conn.prepare_cached(
-        "UPDATE deliveries SET claimed = 1 WHERE id = ?1
-         RETURNING hook, url, headers, body, attempts, signed",
+    let mut claim = Claim {
+        claimed: Vec::with_capacity(picked.len()),
+        next_due,
+    };
+    let mut take = conn.prepare_cached(
+        "UPDATE deliveries SET claimed = ?2 WHERE id = ?1
+         RETURNING hook, url, headers, body, attempts, signed, allow",
     )?;
-    let mut claimed = Vec::with_capacity(picked.len());
     for id in picked {
-        let (hook, url, headers, body, attempts, signed) = claim.query_row([&id], |r| {
+        let row = take.query_row(params![id, run], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
@@ -516,8 +630,10 @@ fn claim_due(
                 r.get::<_, Vec<u8>>(3)?,
                 r.get::<_, u32>(4)?,
                 r.get::<_, bool>(5)?,
+                r.get::<_, Option<String>>(6)?,
             ))
         })?;
+        let (hook, url, headers, body, attempts, signed, allow) = row;
         let Ok(url) = reqwest::Url::parse(&url) else {
             // Only a hand-edited database gets here.
             conn.execute(
@@ -526,39 +642,43 @@ fn claim_due(
             )?;
             continue;
         };
-        claimed.push(Claimed {
+        claim.claimed.push(Claimed {
             delivery: Delivery {
                 id,
                 hook: hook.into(),
                 url,
                 headers: headers_from_json(&headers),
                 body: body.into(),
-                signed,
+                queued: QueuedUnder {
+                    signed,
+                    allow: allow.map(Into::into),
+                },
             },
             attempts,
         });
     }
-    Ok(claimed)
+    Ok(claim)
 }
 
-/// Queues `claimed` (being sent now) and `queued` deliveries, and retires
-/// the journaled event `ticket`.
-fn insert_deliveries(
-    conn: &Connection,
-    ticket: Option<i64>,
-    claimed: &[Delivery],
-    queued: &[Delivery],
-) -> rusqlite::Result<()> {
+/// Writes a batch: its key, its deliveries (those `claimed` as claimed by
+/// `run`), and retires its journaled event.
+fn write_batch(conn: &Connection, run: i64, batch: &Batch) -> rusqlite::Result<Committed> {
+    if let Some(key) = &batch.key
+        && !accept_key(conn, key)?
+    {
+        return Ok(Committed::Duplicate);
+    }
     let now = to_sql(now_ms());
     let mut insert = conn.prepare_cached(
         "INSERT OR IGNORE INTO deliveries
-           (id, hook, receiver, url, headers, body, signed, claimed, created_ms, next_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+           (id, hook, receiver, url, headers, body, signed, allow, claimed, created_ms, next_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
     )?;
-    let all = claimed
+    let all = batch
+        .claimed
         .iter()
-        .map(|d| (d, true))
-        .chain(queued.iter().map(|d| (d, false)));
+        .map(|d| (d, run))
+        .chain(batch.queued.iter().map(|d| (d, 0)));
     for (d, claimed) in all {
         insert.execute(params![
             d.id,
@@ -567,16 +687,17 @@ fn insert_deliveries(
             d.url.as_str(),
             headers_to_json(&d.headers),
             &d.body[..],
-            d.signed,
+            d.queued.signed,
+            d.queued.allow.as_deref(),
             claimed,
             now
         ])?;
     }
-    if let Some(ticket) = ticket {
+    if let Some(ticket) = batch.ticket {
         conn.prepare_cached("DELETE FROM events WHERE ticket = ?1")?
             .execute([ticket])?;
     }
-    Ok(())
+    Ok(Committed::Done)
 }
 
 fn headers_to_json(headers: &HeaderMap) -> String {
@@ -595,7 +716,7 @@ fn headers_from_json(text: &str) -> HeaderMap {
             HeaderName::from_bytes(k.as_bytes()),
             HeaderValue::from_str(&v),
         ) {
-            map.append(k, v);
+            let _ = map.try_append(k, v);
         }
     }
     map

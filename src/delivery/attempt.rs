@@ -1,0 +1,222 @@
+//! One HTTP attempt: route (the egress guard), sign, POST, classify. It is
+//! stateless: concurrency limits, the breaker and retries live in the
+//! workers, which call this for every delivery.
+
+use super::{Delivery, DeliveryPolicy, now_ms, schedule};
+use crate::config::DeliveryConfig;
+use crate::egress::{Egress, Guard, Refused};
+use reqwest::StatusCode;
+use reqwest::Url;
+use reqwest::header::HeaderValue;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How one attempt ended.
+#[derive(Debug)]
+pub(crate) enum Attempt {
+    /// 2xx.
+    Delivered(StatusCode),
+    /// Worth trying again: connect error, timeout, 408, 429 or 5xx.
+    Retry {
+        reason: String,
+        status: Option<StatusCode>,
+        retry_after: Option<Duration>,
+    },
+    /// Not worth trying again: 410 Gone, other 3xx/4xx, a refused address,
+    /// a signature that cannot be made, or a request that can't be built.
+    Permanent {
+        reason: String,
+        status: Option<StatusCode>,
+    },
+}
+
+/// Where deliveries under one pair of policies go out.
+struct Route {
+    client: reqwest::Client,
+    guard: Arc<Guard>,
+}
+
+/// Most routes kept; they come from hook files, so stay bounded.
+const MAX_ROUTES: usize = 256;
+
+/// Sends deliveries. One per engine; cheap to share.
+pub(crate) struct Sender {
+    config: DeliveryConfig,
+    /// What every hook may reach (`delivery.allow_hosts`).
+    global: Egress,
+    /// One route per (queued, current) egress pair, built on first use: the
+    /// guard lives in the client's resolver, and each client keeps its own
+    /// connection pool.
+    routes: Mutex<HashMap<String, Arc<Route>>>,
+}
+
+impl Sender {
+    pub fn new(config: &DeliveryConfig) -> Result<Sender, String> {
+        let global =
+            Egress::parse(&config.allow_hosts).map_err(|e| format!("delivery.allow_hosts: {e}"))?;
+        let sender = Sender {
+            config: config.clone(),
+            global,
+            routes: Mutex::default(),
+        };
+        sender.route(None, None)?; // fail now if a client cannot be built
+        Ok(sender)
+    }
+
+    pub fn config(&self) -> &DeliveryConfig {
+        &self.config
+    }
+
+    /// The client for deliveries queued under `queued` (an `allow_hosts`
+    /// key) and sent under `current`: its guard lets through only what both
+    /// allow, each with `delivery.allow_hosts` added.
+    fn route(&self, queued: Option<&str>, current: Option<&Egress>) -> Result<Arc<Route>, String> {
+        let key = format!(
+            "{}|{}",
+            queued.unwrap_or("*"),
+            current.map_or("*".to_owned(), Egress::key)
+        );
+        if let Some(route) = self.routes.lock().unwrap().get(&key) {
+            return Ok(route.clone());
+        }
+        let mut all = Vec::new();
+        if let Some(queued) = queued {
+            let entries: Vec<String> = queued
+                .split(',')
+                .filter(|e| !e.is_empty())
+                .map(str::to_owned)
+                .collect();
+            let queued = Egress::parse(&entries).map_err(|e| format!("queued allow_hosts: {e}"))?;
+            all.push(self.global.with(&queued));
+        }
+        if let Some(current) = current {
+            all.push(self.global.with(current));
+        }
+        if all.is_empty() {
+            all.push(self.global.clone());
+        }
+        let guard = Arc::new(Guard::new(all));
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(self.config.connect_timeout_ms))
+            .timeout(Duration::from_millis(self.config.timeout_ms))
+            .redirect(reqwest::redirect::Policy::none())
+            // A proxy would connect for us, past the guard.
+            .no_proxy()
+            .dns_resolver(guard.resolver())
+            .user_agent(concat!("wasmhooks/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let route = Arc::new(Route { client, guard });
+        let mut routes = self.routes.lock().unwrap();
+        if routes.len() >= MAX_ROUTES {
+            routes.clear();
+        }
+        routes.insert(key, route.clone());
+        Ok(route)
+    }
+
+    /// One POST of `delivery`, under the policy it was queued with and
+    /// `current`, the hook's policy now (`None` if it is not loaded).
+    pub async fn attempt(&self, delivery: &Delivery, current: Option<&DeliveryPolicy>) -> Attempt {
+        let permanent = |reason: String| Attempt::Permanent {
+            reason,
+            status: None,
+        };
+        let route = match self.route(delivery.queued.allow.as_deref(), current.map(|p| &p.egress)) {
+            Ok(route) => route,
+            Err(e) => return permanent(e),
+        };
+        if let Some(refused) = refused_literal(&route.guard, &delivery.url) {
+            return permanent(format!("hook {}: {refused}", delivery.hook));
+        }
+        let mut headers = delivery.headers.clone();
+        headers.insert("webhook-id", header_value(&delivery.id));
+        match (current.map(|p| &p.signer), delivery.queued.signed) {
+            (Some(Some(signer)), _) => {
+                let timestamp = now_ms() / 1000;
+                let signature = signer.sign(&delivery.id, timestamp, &delivery.body);
+                headers.insert("webhook-timestamp", header_value(&timestamp.to_string()));
+                headers.insert("webhook-signature", header_value(&signature));
+            }
+            (None, true) => {
+                return permanent(format!(
+                    "hook {} is not loaded, so its signing secret is unknown and this signed \
+                     delivery cannot be signed; load the hook again, then retry this dead letter",
+                    delivery.hook
+                ));
+            }
+            (Some(None), true) => {
+                return permanent(format!(
+                    "hook {} was queued with a signing secret, but its current NAME.toml has \
+                     none, and a signed delivery is never sent unsigned; give the hook its \
+                     `secret` again, then retry this dead letter",
+                    delivery.hook
+                ));
+            }
+            (_, false) => {}
+        }
+        let request = route
+            .client
+            .post(delivery.url.clone())
+            .headers(headers)
+            .body(delivery.body.clone());
+        match request.send().await {
+            Ok(response) => schedule::classify(response.status(), response.headers()),
+            Err(e) if e.is_builder() => permanent(format!("request could not be built: {e}")),
+            Err(e) => match refused_in(&e) {
+                Some(refused) => permanent(format!("hook {}: {refused}", delivery.hook)),
+                None => Attempt::Retry {
+                    reason: describe(&e),
+                    status: None,
+                    retry_after: None,
+                },
+            },
+        }
+    }
+}
+
+/// A URL whose host is an IP address never reaches the resolver: check it here.
+fn refused_literal(guard: &Guard, url: &Url) -> Option<Refused> {
+    let ip = match url.host()? {
+        url::Host::Ipv4(ip) => std::net::IpAddr::V4(ip),
+        url::Host::Ipv6(ip) => std::net::IpAddr::V6(ip),
+        url::Host::Domain(_) => return None,
+    };
+    guard.check(url.host_str().unwrap_or(""), ip).err()
+}
+
+/// The guard's refusal, if that is why the request failed.
+fn refused_in(e: &reqwest::Error) -> Option<Refused> {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(refused) = cause.downcast_ref::<Refused>() {
+            return Some(refused.clone());
+        }
+        source = cause.source();
+    }
+    None
+}
+
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).expect("ids, timestamps and base64 are valid header values")
+}
+
+/// A transport error with its cause, e.g. "connect error: Connection refused".
+fn describe(e: &reqwest::Error) -> String {
+    let kind = if e.is_connect() {
+        "could not connect"
+    } else if e.is_timeout() {
+        "timed out"
+    } else {
+        "request failed"
+    };
+    let mut message = format!("{kind}: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    message
+}

@@ -1,0 +1,222 @@
+//! Deliveries: the record a hook's outcome becomes ([`Delivery`]), its ids,
+//! the policy it travels with, one HTTP attempt ([`attempt`]) and the retry
+//! schedule ([`schedule`]).
+
+mod attempt;
+pub(crate) mod schedule;
+
+pub(crate) use attempt::{Attempt, Sender};
+
+use crate::egress::Egress;
+use crate::signing::Signer;
+use reqwest::Url;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use std::sync::Arc;
+
+/// One HTTP POST a hook decided on, checked and ready to send.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    /// Stable id, sent as `webhook-id` on every attempt so receivers can deduplicate.
+    pub id: String,
+    /// The hook that asked for it.
+    pub hook: Arc<str>,
+    /// The receiver.
+    pub url: Url,
+    /// Request headers, `content-type` included.
+    pub headers: HeaderMap,
+    /// The request body.
+    pub body: bytes::Bytes,
+    /// The policy it was queued under; it is never sent under a weaker one.
+    pub queued: QueuedUnder,
+}
+
+/// What a delivery was queued under, recorded with it: an attempt must
+/// satisfy this as well as the hook's policy at the time of the attempt.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct QueuedUnder {
+    /// The hook had a signing secret: the delivery is never sent unsigned.
+    pub signed: bool,
+    /// The hook's `allow_hosts` (as [`Egress::key`]). `None` for deliveries
+    /// queued before this was recorded (state schema 1): then only the
+    /// hook's current policy applies.
+    pub allow: Option<Arc<str>>,
+}
+
+impl QueuedUnder {
+    /// What a delivery of a hook with this policy is queued under.
+    pub fn of(policy: &DeliveryPolicy) -> QueuedUnder {
+        QueuedUnder {
+            signed: policy.signer.is_some(),
+            allow: Some(policy.egress_key.as_str().into()),
+        }
+    }
+}
+
+/// What the operator decided for a hook's deliveries (from its `NAME.toml`).
+#[derive(Debug, Default)]
+pub(crate) struct DeliveryPolicy {
+    /// Where its deliveries may go beyond public addresses.
+    pub egress: Egress,
+    /// `egress.key()`, computed once: which HTTP client its deliveries use.
+    pub egress_key: String,
+    /// Its signing secrets.
+    pub signer: Option<Signer>,
+}
+
+impl DeliveryPolicy {
+    /// `dir` is where a `file:` secret's relative path starts.
+    pub fn new(
+        config: &crate::HookConfig,
+        dir: &std::path::Path,
+    ) -> Result<DeliveryPolicy, String> {
+        let egress = Egress::parse(&config.allow_hosts)?;
+        let secrets = config.secret.resolve(dir)?;
+        let signer = if secrets.is_empty() {
+            None
+        } else {
+            let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+            Some(Signer::parse(&secrets).map_err(|e| format!("secret: {e}"))?)
+        };
+        Ok(DeliveryPolicy {
+            egress_key: egress.key(),
+            egress,
+            signer,
+        })
+    }
+}
+
+/// Headers the host sets itself; a hook may not.
+const RESERVED_HEADERS: [&str; 5] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "webhook-id",
+];
+
+impl Delivery {
+    /// Checks a hook's raw delivery: an absolute http(s) URL and valid headers.
+    /// Adds `content-type: application/json` unless the hook set one.
+    pub(crate) fn new(
+        id: String,
+        hook: Arc<str>,
+        url: &str,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        queued: QueuedUnder,
+    ) -> Result<Delivery, String> {
+        let url = Url::parse(url).map_err(|e| format!("delivery URL {url:?} is not valid: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("delivery URL {url} must be http or https"));
+        }
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            let header = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("delivery header name {name:?} is not valid"))?;
+            if RESERVED_HEADERS.contains(&header.as_str()) {
+                return Err(format!(
+                    "delivery header {name:?} is set by the engine, not by hooks"
+                ));
+            }
+            let value = HeaderValue::from_str(&value)
+                .map_err(|_| format!("delivery header {name:?} has a value that is not valid"))?;
+            map.try_append(header, value)
+                .map_err(|_| "the delivery has more headers than an HTTP request can carry")?;
+        }
+        if !map.contains_key(CONTENT_TYPE) {
+            map.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        Ok(Delivery {
+            id,
+            hook,
+            url,
+            headers: map,
+            body: body.into(),
+            queued,
+        })
+    }
+
+    /// The receiver, as `host:port`: the unit of concurrency limits and
+    /// circuit breaking.
+    pub fn receiver(&self) -> String {
+        format!(
+            "{}:{}",
+            self.url.host_str().unwrap_or(""),
+            self.url.port_or_known_default().unwrap_or(0)
+        )
+    }
+}
+
+/// A fresh random id for an event as it is accepted.
+pub(crate) fn new_uid() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}
+
+/// The id of an event recognised by its `key` (method, call id and phase):
+/// the same event sent again gets the same id, and so the same
+/// `webhook-id`s.
+pub(crate) fn uid_of(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex(&Sha256::digest(key.as_bytes())[..16])
+}
+
+/// The id of a hook's `index`-th delivery for the event accepted as `uid`:
+/// `msg_` and 128 bits of a hash. Derived rather than random, so running
+/// the event again after a crash yields the same `webhook-id`s.
+pub(crate) fn delivery_id(uid: &str, hook: &str, index: usize) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(uid.as_bytes());
+    h.update([0]);
+    h.update(hook.as_bytes());
+    h.update([0]);
+    h.update(index.to_le_bytes());
+    format!("msg_{}", hex(&h.finalize()[..16]))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Now, in Unix ms.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_deliveries() {
+        let hook: Arc<str> = "h".into();
+        let id = || "msg_1".to_owned();
+        let q = QueuedUnder::default;
+        assert!(Delivery::new(id(), hook.clone(), "ftp://x/", vec![], vec![], q()).is_err());
+        assert!(Delivery::new(id(), hook.clone(), "not a url", vec![], vec![], q()).is_err());
+        assert!(
+            Delivery::new(
+                id(),
+                hook.clone(),
+                "http://x/",
+                vec![("bad name".into(), "v".into())],
+                vec![],
+                q(),
+            )
+            .is_err()
+        );
+        let d = Delivery::new(
+            id(),
+            hook,
+            "http://x/",
+            vec![("content-type".into(), "text/plain".into())],
+            vec![],
+            q(),
+        )
+        .unwrap();
+        assert_eq!(d.headers[CONTENT_TYPE], "text/plain");
+    }
+}

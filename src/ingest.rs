@@ -1,0 +1,442 @@
+//! Acceptance: the one place an event enters the engine.
+//!
+//! Once the engine decides to take an event, the rest runs in a task of its
+//! own, and the caller only awaits its answer: a caller that goes away (a
+//! client that disconnects, a timeout) stops waiting and changes nothing
+//! else. An event is committed once, under one id:
+//!
+//! - An event recognised as sent before (same method, call id and phase,
+//!   within `dedup_window_secs`) is answered as the first one was, without
+//!   a second set of deliveries: a post event by its key in the queue, a pre
+//!   event by its verdict, kept in memory.
+//! - A post event is acknowledged only once what it became is committed:
+//!   its hooks' deliveries if they finish within `post_inline_ms`, else the
+//!   event itself (journaled). A journaled event's deliveries are committed
+//!   when its hooks finish, retried with back-off while the queue fails
+//!   (a full disk), so what was acknowledged is never dropped.
+//! - A pre event's verdict waits for the hooks' vetoes, for the commit of
+//!   their deliveries, and for `wait` hooks' deliveries' first final
+//!   outcome (within `wait_budget_ms`). Deliveries it could not queue are
+//!   named in the verdict's `failures`, and queued in the background.
+
+use crate::delivery::{Delivery, new_uid, uid_of};
+use crate::dispatch::{self, HookFailure, Runner, Verdict};
+use crate::error::Error;
+use crate::event::Event;
+use crate::queue::{Batch, Journaled, Queue, QueueError};
+use crate::registry::{Hooks, LiveHook, Registry};
+use crate::workers::Workers;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
+use wildmatch::WildMatch;
+
+/// Post events handed to hooks and not yet committed; past this, `post()` waits.
+pub(crate) const MAX_POSTS_IN_FLIGHT: usize = 4096;
+
+/// Pre verdicts remembered for recognising a pre event sent again.
+const MAX_RECENT_VERDICTS: usize = 16_384;
+
+/// First and longest pause between tries of a commit that failed.
+const COMMIT_RETRY: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(10));
+
+pub(crate) struct Ingest {
+    pub registry: Arc<Registry>,
+    pub runner: Runner,
+    pub queue: Arc<dyn Queue>,
+    pub workers: Arc<Workers>,
+    pub redact: Vec<WildMatch>,
+    /// Post events in progress: each holds a permit until it is committed.
+    pub posts: Arc<Semaphore>,
+    pub inline: Duration,
+    pub wait_budget: Duration,
+    /// How long an event is recognised when sent again; zero: never.
+    pub dedup_window: Duration,
+    pub recent: Mutex<HashMap<String, Recent>>,
+}
+
+/// A pre event seen lately: its verdict, once known.
+pub(crate) struct Recent {
+    at: Instant,
+    verdict: watch::Receiver<Option<Verdict>>,
+}
+
+impl Ingest {
+    /// The key that recognises an event sent again, and the id its
+    /// deliveries' ids derive from.
+    fn identify(&self, event: &Event) -> (Option<String>, String) {
+        if self.dedup_window.is_zero() {
+            return (None, new_uid());
+        }
+        let key = format!("{}\n{}\n{}", event.method(), event.call_id(), event.phase());
+        let uid = uid_of(&key);
+        (Some(key), uid)
+    }
+
+    /// Runs a pre event through the hooks subscribed to it and returns the
+    /// verdict (see the module's doc).
+    pub async fn pre(self: &Arc<Self>, event: Event) -> Result<Verdict, Error> {
+        let (key, uid) = self.identify(&event);
+        let publish = match &key {
+            Some(key) => match self.remember(key) {
+                Ok(publish) => Some(publish),
+                Err(mut seen) => {
+                    let verdict = seen.wait_for(Option::is_some).await;
+                    return match verdict {
+                        Ok(verdict) => Ok(verdict.clone().expect("waited for it")),
+                        Err(_) => Err(Error::Runtime(
+                            "the first copy of this pre event failed; send it again".into(),
+                        )),
+                    };
+                }
+            },
+            None => None,
+        };
+        let (tx, rx) = oneshot::channel();
+        let ingest = self.clone();
+        tokio::spawn(async move {
+            let hooks = ingest.registry.snapshot().matching(&event);
+            let results = dispatch::run_all(&ingest.runner, &hooks, &event, &uid).await;
+            let decided = dispatch::decide(&hooks, results);
+            let (verdict, unqueued) = ingest.queue_pre(&hooks, decided).await;
+            if let Some(publish) = publish {
+                publish.send_replace(Some(verdict.clone()));
+            }
+            let _ = tx.send(verdict);
+            if !unqueued.is_empty() {
+                ingest
+                    .commit_until_done(Batch {
+                        queued: unqueued,
+                        ..Batch::default()
+                    })
+                    .await;
+            }
+        });
+        rx.await
+            .map_err(|_| Error::Runtime("the pre event's task failed".into()))
+    }
+
+    /// Remembers that the pre event `key` is being decided. `Err` with the
+    /// first copy's verdict if it was seen within the window.
+    fn remember(
+        &self,
+        key: &str,
+    ) -> Result<watch::Sender<Option<Verdict>>, watch::Receiver<Option<Verdict>>> {
+        let mut recent = self.recent.lock().unwrap();
+        // A first copy whose task died without a verdict does not count.
+        if let Some(seen) = recent.get(key)
+            && seen.at.elapsed() < self.dedup_window
+            && (seen.verdict.borrow().is_some() || seen.verdict.has_changed().is_ok())
+        {
+            return Err(seen.verdict.clone());
+        }
+        if recent.len() >= MAX_RECENT_VERDICTS {
+            let window = self.dedup_window;
+            recent.retain(|_, r| r.at.elapsed() < window);
+            if recent.len() >= MAX_RECENT_VERDICTS {
+                recent.clear(); // a flood of distinct events: forget, stay bounded
+            }
+        }
+        let (tx, rx) = watch::channel(None);
+        let seen = Recent {
+            at: Instant::now(),
+            verdict: rx,
+        };
+        recent.insert(key.to_owned(), seen);
+        Ok(tx)
+    }
+
+    /// Queues a pre event's deliveries and waits for its `wait` hooks'
+    /// ones. Returns the final verdict and the deliveries that could not
+    /// be queued yet.
+    async fn queue_pre(
+        &self,
+        hooks: &Hooks,
+        decided: dispatch::PreDecisions,
+    ) -> (Verdict, Vec<Delivery>) {
+        let dispatch::PreDecisions {
+            mut verdict,
+            queued,
+            waiting,
+        } = decided;
+        let plain = async {
+            if queued.is_empty() {
+                return Ok(());
+            }
+            let batch = Batch {
+                queued: queued.clone(),
+                ..Batch::default()
+            };
+            self.workers.submit(batch).await.map(drop)
+        };
+        let waits = futures::future::join_all(
+            waiting
+                .into_iter()
+                .map(|(hook, deliveries)| self.wait_for(hook, deliveries)),
+        );
+        let (plain, waits) = futures::join!(plain, waits);
+        let mut unqueued = Vec::new();
+        if let Err(e) = plain {
+            for hook in hooks.iter() {
+                if queued.iter().any(|d| *d.hook == *hook.name()) {
+                    verdict.failures.push(HookFailure {
+                        hook: hook.name().to_owned(),
+                        kind: "queue".into(),
+                        message: format!(
+                            "its deliveries could not be queued ({e}); retrying in the background"
+                        ),
+                    });
+                }
+            }
+            unqueued = queued;
+        }
+        for (hook, failed) in waits {
+            if let Some((kind, message)) = failed {
+                let deny = verdict.fail(&hook, kind, message);
+                verdict.deny(&hook, deny);
+            }
+        }
+        (verdict, unqueued)
+    }
+
+    /// Queues a `wait` hook's deliveries and waits for each one's first
+    /// final outcome, within the wait budget. Returns the hook and, if it
+    /// failed, the failure's kind and message.
+    async fn wait_for(
+        &self,
+        hook: Arc<LiveHook>,
+        deliveries: Vec<Delivery>,
+    ) -> (Arc<LiveHook>, Option<(&'static str, String)>) {
+        if deliveries.is_empty() {
+            return (hook, None);
+        }
+        let waits = match self.workers.submit_waiting(deliveries).await {
+            Ok(waits) => waits,
+            Err(e) => {
+                let message = format!("its deliveries could not be queued: {e}");
+                return (hook, Some(("queue", message)));
+            }
+        };
+        let deadline = tokio::time::Instant::now() + self.wait_budget;
+        let mut failed = None;
+        let mut ids = Vec::new();
+        for (delivery, outcome) in waits {
+            ids.push(delivery.id.clone());
+            if failed.is_some() {
+                continue;
+            }
+            let reason = match tokio::time::timeout_at(deadline, outcome).await {
+                Ok(Ok(Ok(()))) => continue,
+                Ok(Ok(Err(reason))) => reason,
+                Ok(Err(_)) => "the engine is shutting down".to_owned(),
+                Err(_) => format!(
+                    "not delivered within {:?}; retrying in the background",
+                    self.wait_budget
+                ),
+            };
+            let message = format!(
+                "delivery {} to {} failed: {reason}",
+                delivery.id, delivery.url
+            );
+            failed = Some(("delivery", message));
+        }
+        self.workers.stop_waiting(ids);
+        (hook, failed)
+    }
+
+    /// Accepts a post event (see the module's doc). Waits only when too
+    /// many post events are already in progress.
+    pub async fn post(self: &Arc<Self>, mut event: Event) -> Result<(), Error> {
+        let hooks = self.registry.snapshot().matching(&event);
+        if hooks.is_empty() {
+            return Ok(()); // no WASM call for an event nobody wants
+        }
+        if self.redact.iter().any(|m| m.matches(event.method())) {
+            event.redact_result("* obfuscated *");
+        }
+        let permit = self
+            .posts
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        let (key, uid) = self.identify(&event);
+        let (tx, rx) = oneshot::channel();
+        let ingest = self.clone();
+        tokio::spawn(async move {
+            ingest.accept_post(hooks, event, key, uid, tx).await;
+            drop(permit);
+        });
+        rx.await
+            .map_err(|_| Error::Runtime("the post event's task failed".into()))?
+    }
+
+    async fn accept_post(
+        self: Arc<Self>,
+        hooks: Hooks,
+        event: Event,
+        key: Option<String>,
+        uid: String,
+        accepted: oneshot::Sender<Result<(), Error>>,
+    ) {
+        let mut run = tokio::spawn({
+            let (ingest, hooks, event, uid) =
+                (self.clone(), hooks.clone(), event.clone(), uid.clone());
+            async move { ingest.run_post(&hooks, &event, &uid).await }
+        });
+        // Hooks that finish quickly: their deliveries are the one write.
+        if let Ok(joined) = tokio::time::timeout(self.inline, &mut run).await {
+            let deliveries = joined.unwrap_or_default();
+            let batch = Batch {
+                key,
+                queued: deliveries,
+                ..Batch::default()
+            };
+            let _ = accepted.send(
+                self.workers
+                    .submit(batch)
+                    .await
+                    .map(drop)
+                    .map_err(Into::into),
+            );
+            return;
+        }
+        // Slower ones: journal the event, so it survives a crash, and answer.
+        let journaled = Journaled {
+            ticket: 0,
+            uid,
+            key,
+            hooks: hooks.iter().map(|h| h.name().to_owned()).collect(),
+            payload: event.payload().to_owned(),
+        };
+        let ticket = match self.queue.journal(journaled).await {
+            Ok(Some(ticket)) => ticket,
+            Ok(None) => {
+                run.abort(); // sent before: its deliveries are queued already
+                let _ = accepted.send(Ok(()));
+                return;
+            }
+            Err(e) => {
+                run.abort(); // not accepted: its deliveries must not go out
+                let _ = accepted.send(Err(e.into()));
+                return;
+            }
+        };
+        let _ = accepted.send(Ok(()));
+        let deliveries = run.await.unwrap_or_default();
+        self.commit_until_done(Batch {
+            ticket: Some(ticket),
+            queued: deliveries,
+            ..Batch::default()
+        })
+        .await;
+    }
+
+    /// Runs a post event through its hooks, concurrently; returns all
+    /// their deliveries (a failing hook has been logged and counted).
+    async fn run_post(&self, hooks: &Hooks, event: &Event, uid: &str) -> Vec<Delivery> {
+        dispatch::run_all(&self.runner, hooks, event, uid)
+            .await
+            .into_iter()
+            .flatten()
+            .flat_map(|decision| decision.deliveries)
+            .collect()
+    }
+
+    /// Commits a batch of what was already acknowledged, trying again with
+    /// back-off while the queue fails (a full disk, an I/O error), until it
+    /// is in or the engine stops (then a journaled event runs again at the
+    /// next start).
+    async fn commit_until_done(&self, batch: Batch) {
+        let mut pause = COMMIT_RETRY.0;
+        loop {
+            let attempt = Batch {
+                ticket: batch.ticket,
+                key: batch.key.clone(),
+                claimed: Vec::new(),
+                queued: batch.queued.clone(),
+            };
+            match self.workers.submit(attempt).await {
+                Ok(_) => return,
+                Err(QueueError::Closed) => return,
+                Err(e) => {
+                    tracing::error!(
+                        deliveries = batch.queued.len(),
+                        "cannot queue deliveries already accepted ({e}); trying again in {pause:?}"
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(COMMIT_RETRY.1);
+                }
+            }
+        }
+    }
+
+    /// Runs again the post events accepted before a crash whose hooks had
+    /// not finished, on the hooks of the same names as now loaded.
+    pub async fn resume_journal(self: &Arc<Self>) -> Result<(), Error> {
+        let unfinished = self.queue.unfinished().await?;
+        if !unfinished.is_empty() {
+            tracing::info!(
+                events = unfinished.len(),
+                "running again the post events accepted before the last stop"
+            );
+        }
+        let snapshot = self.registry.snapshot();
+        for journaled in unfinished {
+            let ticket = Some(journaled.ticket);
+            let event = match Event::from_json(journaled.payload.as_bytes()) {
+                Ok(event) => event,
+                Err(e) => {
+                    tracing::error!(ticket = journaled.ticket, "journaled event dropped: {e}");
+                    self.commit_until_done(Batch {
+                        ticket,
+                        ..Batch::default()
+                    })
+                    .await;
+                    continue;
+                }
+            };
+            let hooks: Hooks = journaled
+                .hooks
+                .iter()
+                .filter_map(|name| {
+                    let hook = snapshot.live.get(name).cloned();
+                    if hook.is_none() {
+                        tracing::warn!(hook = %name, method = event.method(), call_id = event.call_id(), "hook is no longer loaded; it misses an event accepted before the last stop");
+                    }
+                    hook
+                })
+                .collect();
+            let permit: OwnedSemaphorePermit = self
+                .posts
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed");
+            let ingest = self.clone();
+            tokio::spawn(async move {
+                let queued = ingest.run_post(&hooks, &event, &journaled.uid).await;
+                ingest
+                    .commit_until_done(Batch {
+                        ticket,
+                        queued,
+                        ..Batch::default()
+                    })
+                    .await;
+                drop(permit);
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits until every post event accepted so far is committed.
+    pub async fn settled(&self) {
+        let all = self
+            .posts
+            .acquire_many(MAX_POSTS_IN_FLIGHT as u32)
+            .await
+            .expect("never closed");
+        drop(all);
+    }
+}

@@ -1,0 +1,356 @@
+//! The queue conformance suite: what every [`Queue`] backend must do, run
+//! against each one. A new backend adds a [`Backend`] and one line to the
+//! `backends!` list at the bottom.
+
+use super::*;
+use crate::delivery::{Delivery, QueuedUnder, now_ms};
+
+/// How the suite gets queues of one backend.
+trait Backend: Send {
+    /// A queue for a new engine run on this backend's store (the same store
+    /// on every call). The previous run's queue is dropped first.
+    fn open(&mut self) -> Arc<dyn Queue>;
+    /// Whether what was committed survives the next [`Backend::open`].
+    fn durable(&self) -> bool;
+    /// An operator's handle on the store while an engine runs, if the
+    /// backend has one.
+    fn admin(&self) -> Option<DeliveryAdmin>;
+}
+
+struct SqliteFile(tempfile::TempDir);
+
+impl Backend for SqliteFile {
+    fn open(&mut self) -> Arc<dyn Queue> {
+        SqliteQueue::open(Some(self.0.path()), false).expect("opens")
+    }
+    fn durable(&self) -> bool {
+        true
+    }
+    fn admin(&self) -> Option<DeliveryAdmin> {
+        Some(DeliveryAdmin::open(self.0.path()).expect("opens"))
+    }
+}
+
+struct SqliteMemory;
+
+impl Backend for SqliteMemory {
+    fn open(&mut self) -> Arc<dyn Queue> {
+        SqliteQueue::open(None, false).expect("opens")
+    }
+    fn durable(&self) -> bool {
+        false
+    }
+    fn admin(&self) -> Option<DeliveryAdmin> {
+        None
+    }
+}
+
+fn delivery(id: &str, receiver: &str) -> Delivery {
+    Delivery::new(
+        id.to_owned(),
+        "hook".into(),
+        &format!("http://{receiver}/path"),
+        vec![("x-one".into(), "1".into())],
+        b"{\"n\":1}".to_vec(),
+        QueuedUnder {
+            signed: true,
+            allow: Some("127.0.0.1/32".into()),
+        },
+    )
+    .unwrap()
+}
+
+fn room(default: usize) -> Room {
+    Room {
+        default,
+        ..Room::default()
+    }
+}
+
+fn queued(deliveries: Vec<Delivery>) -> Batch {
+    Batch {
+        queued: deliveries,
+        ..Batch::default()
+    }
+}
+
+async fn claim_ids(queue: &dyn Queue, limit: usize, room: Room) -> Vec<String> {
+    let claim = queue.claim(now_ms(), limit, room).await.unwrap();
+    claim.claimed.into_iter().map(|c| c.delivery.id).collect()
+}
+
+async fn commit_then_claim_round_trips_a_delivery(mut b: impl Backend) {
+    let queue = b.open();
+    let d = delivery("msg_a", "a.test:80");
+    assert_eq!(
+        queue.commit(queued(vec![d.clone()])).await.unwrap(),
+        Committed::Done
+    );
+    let claim = queue.claim(now_ms(), 10, room(8)).await.unwrap();
+    assert_eq!(claim.claimed.len(), 1);
+    let got = &claim.claimed[0];
+    assert_eq!(got.attempts, 0);
+    assert_eq!(got.delivery.id, d.id);
+    assert_eq!(got.delivery.url, d.url);
+    assert_eq!(got.delivery.headers, d.headers);
+    assert_eq!(got.delivery.body, d.body);
+    assert_eq!(got.delivery.queued, d.queued, "the policy travels with it");
+    // Claimed: not handed out again.
+    assert!(claim_ids(&*queue, 10, room(8)).await.is_empty());
+    queue
+        .finish(d.id.clone(), 1, Finish::Delivered)
+        .await
+        .unwrap();
+    assert_eq!(queue.backlog().await.unwrap(), 0);
+}
+
+async fn a_delivery_id_is_queued_once(mut b: impl Backend) {
+    let queue = b.open();
+    let d = delivery("msg_a", "a.test:80");
+    queue.commit(queued(vec![d.clone()])).await.unwrap();
+    queue.commit(queued(vec![d])).await.unwrap();
+    assert_eq!(queue.backlog().await.unwrap(), 1);
+}
+
+async fn a_key_is_accepted_once_until_forgotten(mut b: impl Backend) {
+    let queue = b.open();
+    let batch = |id: &str| Batch {
+        key: Some("vm.start\nc1\npost".into()),
+        queued: vec![delivery(id, "a.test:80")],
+        ..Batch::default()
+    };
+    assert_eq!(queue.commit(batch("msg_1")).await.unwrap(), Committed::Done);
+    assert_eq!(
+        queue.commit(batch("msg_2")).await.unwrap(),
+        Committed::Duplicate
+    );
+    let journaled = Journaled {
+        ticket: 0,
+        uid: "u".into(),
+        key: Some("vm.start\nc1\npost".into()),
+        hooks: vec!["hook".into()],
+        payload: "{}".into(),
+    };
+    assert_eq!(
+        queue.journal(journaled.clone()).await.unwrap(),
+        None,
+        "journal sees the key too"
+    );
+    assert_eq!(
+        queue.backlog().await.unwrap(),
+        1,
+        "nothing of a duplicate is written"
+    );
+    assert_eq!(queue.forget_keys(now_ms()).await.unwrap(), 1);
+    assert!(queue.journal(journaled).await.unwrap().is_some());
+}
+
+async fn claims_respect_room_and_pauses_and_tell_when_next_is_due(mut b: impl Backend) {
+    let queue = b.open();
+    let mut batch = Vec::new();
+    for i in 0..5 {
+        batch.push(delivery(&format!("msg_a{i}"), "a.test:80"));
+        batch.push(delivery(&format!("msg_b{i}"), "b.test:80"));
+        batch.push(delivery(&format!("msg_c{i}"), "c.test:80"));
+    }
+    queue.commit(queued(batch)).await.unwrap();
+    let mut r = room(2);
+    r.per_receiver.insert("b.test:80".into(), 0); // full
+    r.paused.insert("c.test:80".into(), now_ms() + 60_000);
+    let ids = claim_ids(&*queue, 100, r.clone()).await;
+    assert_eq!(ids, ["msg_a0", "msg_a1"], "oldest first, within room");
+    // The limit caps the total.
+    let claim = queue.claim(now_ms(), 1, room(8)).await.unwrap();
+    assert_eq!(claim.claimed.len(), 1);
+    // Not due yet: nothing claimed, and when it is due is said.
+    let later = Batch {
+        queued: vec![delivery("msg_d", "d.test:80")],
+        ..Batch::default()
+    };
+    queue.commit(later).await.unwrap();
+    let mut r = room(8);
+    for full in ["a.test:80", "b.test:80", "c.test:80"] {
+        r.per_receiver.insert(full.into(), 0);
+    }
+    let early = queue.claim(now_ms() - 10_000, 10, r.clone()).await.unwrap();
+    assert!(early.claimed.is_empty());
+    assert!(early.next_due.is_some_and(|at| at > now_ms() - 10_000));
+}
+
+async fn finish_retry_reschedules_and_dead_letters_can_be_retried_and_purged(mut b: impl Backend) {
+    let queue = b.open();
+    queue
+        .commit(queued(vec![delivery("msg_a", "a.test:80")]))
+        .await
+        .unwrap();
+    assert_eq!(claim_ids(&*queue, 1, room(1)).await, ["msg_a"]);
+    let at_ms = now_ms() + 60_000;
+    let retry = Finish::Retry {
+        at_ms,
+        error: "receiver answered 503".into(),
+        status: Some(503),
+    };
+    queue.finish("msg_a".into(), 1, retry).await.unwrap();
+    assert!(
+        claim_ids(&*queue, 1, room(1)).await.is_empty(),
+        "not due yet"
+    );
+    let failed = queue.list(Filter::Failed, 10).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!((failed[0].attempts, failed[0].last_status), (1, Some(503)));
+    assert_eq!(failed[0].next_ms, Some(at_ms));
+    let claim = queue.claim(at_ms, 1, room(1)).await.unwrap();
+    assert_eq!(claim.claimed[0].attempts, 1);
+    let dead = Finish::Dead {
+        error: "receiver answered 410 Gone".into(),
+        status: Some(410),
+    };
+    queue.finish("msg_a".into(), 2, dead).await.unwrap();
+    assert_eq!(queue.backlog().await.unwrap(), 0);
+    let dead = queue.list(Filter::Dead, 10).await.unwrap();
+    assert_eq!((dead[0].state, dead[0].attempts), ("dead", 2));
+    assert_eq!(queue.retry(Retry::Id("msg_none".into())).await.unwrap(), 0);
+    assert_eq!(queue.retry(Retry::AllDead).await.unwrap(), 1);
+    let claim = queue.claim(now_ms(), 1, room(1)).await.unwrap();
+    assert_eq!(claim.claimed[0].attempts, 0, "a fresh schedule");
+    let dead = Finish::Dead {
+        error: "gone".into(),
+        status: None,
+    };
+    queue.finish("msg_a".into(), 1, dead).await.unwrap();
+    assert_eq!(
+        queue.purge_dead(now_ms() - 60_000).await.unwrap(),
+        0,
+        "too recent"
+    );
+    assert_eq!(queue.purge_dead(now_ms()).await.unwrap(), 1);
+    assert!(queue.list(Filter::Dead, 10).await.unwrap().is_empty());
+}
+
+async fn depth_counts_per_receiver(mut b: impl Backend) {
+    let queue = b.open();
+    let ds = vec![
+        delivery("msg_1", "a.test:80"),
+        delivery("msg_2", "a.test:80"),
+        delivery("msg_3", "b.test:80"),
+    ];
+    queue.commit(queued(ds)).await.unwrap();
+    let depth = queue.depth().await.unwrap();
+    assert_eq!(depth["a.test:80"].pending, 2);
+    assert_eq!(depth["b.test:80"].pending, 1);
+    assert!(depth["a.test:80"].oldest_ms.is_some());
+}
+
+async fn a_new_run_reclaims_the_last_runs_claims_and_journal(mut b: impl Backend) {
+    if !b.durable() {
+        return;
+    }
+    let queue = b.open();
+    let claimed = Batch {
+        claimed: vec![delivery("msg_sending", "a.test:80")],
+        queued: vec![delivery("msg_waiting", "a.test:80")],
+        ..Batch::default()
+    };
+    queue.commit(claimed).await.unwrap();
+    let journaled = Journaled {
+        ticket: 0,
+        uid: "u1".into(),
+        key: None,
+        hooks: vec!["a".into(), "b".into()],
+        payload: "{\"x\":1}".into(),
+    };
+    let ticket = queue.journal(journaled.clone()).await.unwrap().unwrap();
+    assert_eq!(claim_ids(&*queue, 10, room(8)).await, ["msg_waiting"]);
+    drop(queue); // the engine dies with both claimed
+
+    let queue = b.open();
+    let mut ids = claim_ids(&*queue, 10, room(8)).await;
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["msg_sending", "msg_waiting"],
+        "sent again: at least once"
+    );
+    let unfinished = queue.unfinished().await.unwrap();
+    assert_eq!(
+        unfinished,
+        [Journaled {
+            ticket,
+            ..journaled
+        }]
+    );
+    // Its deliveries, committed with the ticket, retire it.
+    let batch = Batch {
+        ticket: Some(ticket),
+        queued: vec![delivery("msg_late", "a.test:80")],
+        ..Batch::default()
+    };
+    queue.commit(batch).await.unwrap();
+    assert!(queue.unfinished().await.unwrap().is_empty());
+}
+
+async fn operators_never_touch_claims(mut b: impl Backend) {
+    let queue = b.open();
+    let Some(admin) = b.admin() else { return };
+    queue
+        .commit(queued(vec![delivery("msg_a", "a.test:80")]))
+        .await
+        .unwrap();
+    assert_eq!(claim_ids(&*queue, 10, room(8)).await, ["msg_a"]);
+    for _ in 0..3 {
+        let listed = admin.list(Filter::Pending, 10).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        let again = DeliveryAdmin::open_for_test(&b);
+        drop(again);
+        assert_eq!(admin.retry(Retry::AllDead).await.unwrap(), 0);
+        assert_eq!(
+            admin.purge_dead(std::time::Duration::ZERO).await.unwrap(),
+            0
+        );
+    }
+    assert!(
+        claim_ids(&*queue, 10, room(8)).await.is_empty(),
+        "still claimed by the engine run: not handed out twice"
+    );
+}
+
+impl DeliveryAdmin {
+    /// Another operator command opening the store.
+    fn open_for_test(b: &impl Backend) -> Option<DeliveryAdmin> {
+        b.admin()
+    }
+}
+
+/// One test per (backend, check).
+macro_rules! backends {
+    ($($backend:ident => $make:expr;)*) => {
+        $(
+            mod $backend {
+                use super::*;
+                backends!(@checks $make;
+                    commit_then_claim_round_trips_a_delivery,
+                    a_delivery_id_is_queued_once,
+                    a_key_is_accepted_once_until_forgotten,
+                    claims_respect_room_and_pauses_and_tell_when_next_is_due,
+                    finish_retry_reschedules_and_dead_letters_can_be_retried_and_purged,
+                    depth_counts_per_receiver,
+                    a_new_run_reclaims_the_last_runs_claims_and_journal,
+                    operators_never_touch_claims,
+                );
+            }
+        )*
+    };
+    (@checks $make:expr; $($check:ident,)*) => {
+        $(
+            #[tokio::test]
+            async fn $check() {
+                super::$check($make).await;
+            }
+        )*
+    };
+}
+
+backends! {
+    sqlite_file => SqliteFile(tempfile::tempdir().unwrap());
+    sqlite_memory => SqliteMemory;
+}

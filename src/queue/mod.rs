@@ -1,0 +1,320 @@
+//! The durable queue between hooks and receivers.
+//!
+//! It holds three things: the journal of accepted post events whose hooks
+//! have not finished yet, the deliveries waiting to be sent, and the keys of
+//! recently accepted events (so an event sent twice is accepted once).
+//! Everything the engine has acknowledged is in here, so a crash loses
+//! nothing: at start, journaled events run again, and deliveries claimed by
+//! the run that died are sent again (at least once; receivers deduplicate
+//! on `webhook-id`).
+//!
+//! Backends implement [`Queue`]; the engine picks one from
+//! [`QueueConfig`](crate::config::QueueConfig). [`SqliteQueue`] is the
+//! embedded one (a file, or in memory). Every backend passes the same
+//! conformance suite (`conformance.rs`). Operators reach a state folder
+//! through [`DeliveryAdmin`], which never touches claims.
+
+#[cfg(test)]
+mod conformance;
+mod sqlite;
+
+pub(crate) use sqlite::SqliteQueue;
+
+use crate::delivery::Delivery;
+use futures::future::BoxFuture;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Why the queue failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The engine is shutting down.
+    #[error("the queue is closed: the engine is shutting down")]
+    Closed,
+    /// The state database could not be opened.
+    #[error("cannot open the state database {}: {reason}", path.display())]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// What went wrong, and what to do.
+        reason: String,
+        /// The underlying error, if SQLite gave one.
+        #[source]
+        source: Option<rusqlite::Error>,
+    },
+    /// The state database failed a read or a write (a full disk, an I/O
+    /// error…). Nothing of that write was committed.
+    #[error("state database: {0}")]
+    Store(#[source] Arc<rusqlite::Error>),
+}
+
+impl From<rusqlite::Error> for QueueError {
+    fn from(e: rusqlite::Error) -> QueueError {
+        QueueError::Store(Arc::new(e))
+    }
+}
+
+/// An accepted post event whose hooks have not all finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Journaled {
+    /// The journal's key for it (0 before it is journaled).
+    pub ticket: i64,
+    /// Fixed at acceptance; delivery ids derive from it, so a re-run after
+    /// a crash produces the same `webhook-id`s.
+    pub uid: String,
+    /// The event's key (method, call id, phase), recorded as accepted in
+    /// the same write, if the engine recognises events sent twice.
+    pub key: Option<String>,
+    /// The hooks subscribed when it was accepted.
+    pub hooks: Vec<String>,
+    /// The event as accepted (already redacted).
+    pub payload: String,
+}
+
+/// One write: deliveries to queue, the journaled event they came from, or
+/// the key of the event they came from.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    /// The journaled event to retire in the same write.
+    pub ticket: Option<i64>,
+    /// The event's key, recorded as accepted in the same write. If it was
+    /// already accepted, nothing of the batch is written.
+    pub key: Option<String>,
+    /// Being sent by this engine run already (as if [`Queue::claim`]ed).
+    pub claimed: Vec<Delivery>,
+    /// Waiting to be claimed.
+    pub queued: Vec<Delivery>,
+}
+
+/// Whether a write took effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Committed {
+    /// Written.
+    Done,
+    /// The batch's key was accepted before: nothing was written.
+    Duplicate,
+}
+
+/// A delivery taken from the queue to be attempted.
+#[derive(Debug, Clone)]
+pub(crate) struct Claimed {
+    /// The delivery.
+    pub delivery: Delivery,
+    /// Attempts made before this one.
+    pub attempts: u32,
+}
+
+/// What one [`Queue::claim`] took.
+#[derive(Debug, Default)]
+pub(crate) struct Claim {
+    /// The deliveries, now claimed by this engine run.
+    pub claimed: Vec<Claimed>,
+    /// When the next delivery not taken is due (Unix ms), for a receiver
+    /// that had room or is paused (as of when its pause ends); `None` if
+    /// nothing else is waiting.
+    pub next_due: Option<u64>,
+}
+
+/// How an attempt ended, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Finish {
+    /// The receiver took it: the delivery leaves the queue.
+    Delivered,
+    /// Try again at `at_ms` (Unix ms).
+    Retry {
+        /// When.
+        at_ms: u64,
+        /// Why this attempt failed.
+        error: String,
+        /// The receiver's status, if it answered.
+        status: Option<u16>,
+    },
+    /// Failed for good: the delivery becomes a dead letter.
+    Dead {
+        /// Why.
+        error: String,
+        /// The receiver's status, if it answered.
+        status: Option<u16>,
+    },
+}
+
+/// Which deliveries to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Filter {
+    /// Waiting to be sent, retries included.
+    #[default]
+    Pending,
+    /// Waiting, with at least one failed attempt.
+    Failed,
+    /// Dead letters: failed for good.
+    Dead,
+}
+
+/// Which dead letters to send again.
+#[derive(Debug, Clone)]
+pub enum Retry {
+    /// One delivery, by id.
+    Id(String),
+    /// Every dead letter.
+    AllDead,
+}
+
+/// A queued delivery, as operators see it (no body).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DeliveryInfo {
+    /// The `webhook-id`.
+    pub id: String,
+    /// The hook that asked for it.
+    pub hook: String,
+    /// The receiver's URL.
+    pub url: String,
+    /// `pending` or `dead`.
+    pub state: &'static str,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When it was queued (Unix ms).
+    pub created_ms: u64,
+    /// When it is next tried (Unix ms); none for a dead letter.
+    pub next_ms: Option<u64>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// The receiver's last status, if it answered.
+    pub last_status: Option<u16>,
+    /// Body size in bytes.
+    pub body_bytes: usize,
+}
+
+impl DeliveryInfo {
+    /// Time since it was queued.
+    pub fn age(&self) -> std::time::Duration {
+        let now = crate::delivery::now_ms();
+        std::time::Duration::from_millis(now.saturating_sub(self.created_ms))
+    }
+}
+
+/// What each receiver may take in one [`Queue::claim`].
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Room {
+    /// Deliveries a receiver may take, by receiver (`host:port`).
+    pub per_receiver: HashMap<String, usize>,
+    /// For a receiver not in `per_receiver`.
+    pub default: usize,
+    /// Receivers whose circuit is open, with when it closes (Unix ms).
+    pub paused: HashMap<String, u64>,
+}
+
+impl Room {
+    /// How many `receiver` may take now.
+    fn of(&self, receiver: &str) -> usize {
+        if self.paused.contains_key(receiver) {
+            return 0;
+        }
+        self.per_receiver
+            .get(receiver)
+            .copied()
+            .unwrap_or(self.default)
+    }
+}
+
+/// Queue depth per receiver, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Depth {
+    /// Pending deliveries.
+    pub pending: u64,
+    /// Dead letters.
+    pub dead: u64,
+    /// When its oldest pending delivery was queued (Unix ms).
+    pub oldest_ms: Option<u64>,
+}
+
+/// A durable queue of journaled events and deliveries, owned by one engine
+/// run: what it claims is claimed by that run. Every method that writes
+/// returns once the write is committed.
+pub(crate) trait Queue: Send + Sync + 'static {
+    /// Journals an accepted post event with the hooks that will run on it.
+    /// Returns its ticket, or `None` if its key was accepted before (then
+    /// nothing is written).
+    fn journal(&self, event: Journaled) -> Fut<'_, Option<i64>>;
+    /// Writes a [`Batch`] in one transaction. A delivery id already queued
+    /// is ignored.
+    fn commit(&self, batch: Batch) -> Fut<'_, Committed>;
+    /// Journaled events never retired: accepted before a crash.
+    fn unfinished(&self) -> Fut<'_, Vec<Journaled>>;
+    /// Takes up to `limit` deliveries due at `now_ms`, oldest first per
+    /// receiver, each for a receiver with [`Room`] left; a paused
+    /// receiver's wait. Its cost does not grow with the backlog. Claimed
+    /// deliveries are not handed out again until finished (or until the
+    /// next engine run reclaims them).
+    fn claim(&self, now_ms: u64, limit: usize, room: Room) -> Fut<'_, Claim>;
+    /// Records how an attempt ended.
+    fn finish(&self, id: String, attempts: u32, how: Finish) -> Fut<'_, ()>;
+    /// Pending deliveries, claimed or not, and journaled events.
+    fn backlog(&self) -> Fut<'_, usize>;
+    /// Deliveries matching `filter`, oldest first.
+    fn list(&self, filter: Filter, limit: usize) -> Fut<'_, Vec<DeliveryInfo>>;
+    /// Makes dead letters pending again, due now, with a fresh schedule.
+    /// Returns how many.
+    fn retry(&self, which: Retry) -> Fut<'_, usize>;
+    /// Queue depth per receiver.
+    fn depth(&self) -> Fut<'_, HashMap<String, Depth>>;
+    /// Deletes dead letters queued at or before `before_ms` (Unix ms).
+    /// Returns how many.
+    fn purge_dead(&self, before_ms: u64) -> Fut<'_, usize>;
+    /// Forgets the keys of events accepted at or before `before_ms`: sent
+    /// again after that, an event is accepted anew.
+    fn forget_keys(&self, before_ms: u64) -> Fut<'_, usize>;
+}
+
+/// What [`Queue`] methods return.
+pub(crate) type Fut<'a, T> = BoxFuture<'a, Result<T, QueueError>>;
+
+/// Opens the queue `config` names, for an engine run.
+pub(crate) fn open(config: &crate::Config) -> Result<Arc<dyn Queue>, QueueError> {
+    use crate::config::QueueConfig;
+    let dir = match config.queue {
+        QueueConfig::Sqlite => config.state_dir.as_deref(),
+        QueueConfig::Memory => None,
+    };
+    Ok(SqliteQueue::open(dir, config.fsync)?)
+}
+
+/// The queued deliveries of a state folder, for operators (`wasmhooks
+/// deliveries`): list, retry and purge dead letters, also while an engine
+/// runs on the folder. It never takes or resets a claim, so it never
+/// disturbs the engine's deliveries in flight.
+pub struct DeliveryAdmin {
+    queue: Arc<SqliteQueue>,
+}
+
+impl DeliveryAdmin {
+    /// Opens the queue in the state folder `dir`.
+    pub fn open(dir: &Path) -> Result<DeliveryAdmin, QueueError> {
+        Ok(DeliveryAdmin {
+            queue: SqliteQueue::inspect(dir)?,
+        })
+    }
+
+    /// Deliveries matching `filter`, oldest first.
+    pub async fn list(
+        &self,
+        filter: Filter,
+        limit: usize,
+    ) -> Result<Vec<DeliveryInfo>, QueueError> {
+        self.queue.list(filter, limit).await
+    }
+
+    /// Makes dead letters pending again, due now; a running engine picks
+    /// them up within a second. Returns how many.
+    pub async fn retry(&self, which: Retry) -> Result<usize, QueueError> {
+        self.queue.retry(which).await
+    }
+
+    /// Deletes dead letters queued more than `older_than` ago. Returns how many.
+    pub async fn purge_dead(&self, older_than: std::time::Duration) -> Result<usize, QueueError> {
+        let before = crate::delivery::now_ms().saturating_sub(older_than.as_millis() as u64);
+        self.queue.purge_dead(before).await
+    }
+}

@@ -35,8 +35,9 @@ use wildmatch::WildMatch;
 /// Post events handed to hooks and not yet committed; past this, `post()` waits.
 pub(crate) const MAX_POSTS_IN_FLIGHT: usize = 4096;
 
-/// Pre verdicts remembered for recognising a pre event sent again.
-const MAX_RECENT_VERDICTS: usize = 16_384;
+/// Pre verdicts remembered for recognising a pre event sent again; past
+/// this, the oldest are forgotten first.
+const MAX_RECENT_VERDICTS: usize = 65_536;
 
 /// First and longest pause between tries of a commit that failed.
 const COMMIT_RETRY: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(10));
@@ -53,7 +54,14 @@ pub(crate) struct Ingest {
     pub wait_budget: Duration,
     /// How long an event is recognised when sent again; zero: never.
     pub dedup_window: Duration,
-    pub recent: Mutex<HashMap<String, Recent>>,
+    pub recent: Mutex<RecentVerdicts>,
+}
+
+/// The pre events seen lately, by key, and their keys oldest first.
+#[derive(Default)]
+pub(crate) struct RecentVerdicts {
+    by_key: HashMap<String, Recent>,
+    order: std::collections::VecDeque<(Instant, String)>,
 }
 
 /// A pre event seen lately: its verdict, once known.
@@ -69,8 +77,18 @@ impl Ingest {
         if self.dedup_window.is_zero() {
             return (None, new_uid());
         }
-        let key = format!("{}\n{}\n{}", event.method(), event.call_id(), event.phase());
-        let uid = uid_of(&key);
+        let (method, call) = (event.method(), event.call_id());
+        let key = format!(
+            "{}:{method}{}:{call}{}",
+            method.len(),
+            call.len(),
+            event.phase()
+        );
+        // The id is the key's within one window-long period: copies that
+        // slip past recognition still share `webhook-id`s, and the same
+        // event sent again much later (a new acceptance) gets new ones.
+        let period = crate::delivery::now_ms() / (self.dedup_window.as_millis() as u64).max(1);
+        let uid = uid_of(&format!("{key}@{period}"));
         (Some(key), uid)
     }
 
@@ -95,6 +113,13 @@ impl Ingest {
         };
         let (tx, rx) = oneshot::channel();
         let ingest = self.clone();
+        // Held until its deliveries are committed, so drain() waits for them.
+        let permit = self
+            .posts
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
         tokio::spawn(async move {
             let hooks = ingest.registry.snapshot().matching(&event);
             let results = dispatch::run_all(&ingest.runner, &hooks, &event, &uid).await;
@@ -112,6 +137,7 @@ impl Ingest {
                     })
                     .await;
             }
+            drop(permit);
         });
         rx.await
             .map_err(|_| Error::Runtime("the pre event's task failed".into()))
@@ -124,26 +150,30 @@ impl Ingest {
         key: &str,
     ) -> Result<watch::Sender<Option<Verdict>>, watch::Receiver<Option<Verdict>>> {
         let mut recent = self.recent.lock().unwrap();
+        let recent = &mut *recent;
+        // Forget the expired, and the oldest past the bound.
+        while let Some((at, _)) = recent.order.front() {
+            if at.elapsed() < self.dedup_window && recent.order.len() < MAX_RECENT_VERDICTS {
+                break;
+            }
+            let (at, key) = recent.order.pop_front().expect("not empty");
+            if recent.by_key.get(&key).is_some_and(|r| r.at == at) {
+                recent.by_key.remove(&key);
+            }
+        }
         // A first copy whose task died without a verdict does not count.
-        if let Some(seen) = recent.get(key)
+        if let Some(seen) = recent.by_key.get(key)
             && seen.at.elapsed() < self.dedup_window
             && (seen.verdict.borrow().is_some() || seen.verdict.has_changed().is_ok())
         {
             return Err(seen.verdict.clone());
         }
-        if recent.len() >= MAX_RECENT_VERDICTS {
-            let window = self.dedup_window;
-            recent.retain(|_, r| r.at.elapsed() < window);
-            if recent.len() >= MAX_RECENT_VERDICTS {
-                recent.clear(); // a flood of distinct events: forget, stay bounded
-            }
-        }
         let (tx, rx) = watch::channel(None);
-        let seen = Recent {
-            at: Instant::now(),
-            verdict: rx,
-        };
-        recent.insert(key.to_owned(), seen);
+        let at = Instant::now();
+        recent
+            .by_key
+            .insert(key.to_owned(), Recent { at, verdict: rx });
+        recent.order.push_back((at, key.to_owned()));
         Ok(tx)
     }
 
@@ -359,7 +389,9 @@ impl Ingest {
             };
             match self.workers.submit(attempt).await {
                 Ok(_) => return,
+                // Going away: a journaled event runs again at the next start.
                 Err(QueueError::Closed) => return,
+                Err(_) if self.workers.stopped() => return,
                 Err(e) => {
                     tracing::error!(
                         deliveries = batch.queued.len(),
@@ -430,7 +462,8 @@ impl Ingest {
         Ok(())
     }
 
-    /// Waits until every post event accepted so far is committed.
+    /// Waits until every event accepted so far is committed: post events,
+    /// and pre events' deliveries.
     pub async fn settled(&self) {
         let all = self
             .posts

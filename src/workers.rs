@@ -9,6 +9,7 @@ use crate::delivery::{Attempt, Delivery, DeliveryPolicy, Sender, now_ms};
 use crate::metrics::{AttemptResult, Metrics};
 use crate::queue::{Batch, Claimed, Committed, Finish, Queue, QueueError, Room};
 use crate::registry::Registry;
+use futures::FutureExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,6 +21,9 @@ const POLL: Duration = Duration::from_secs(1);
 
 /// Most deliveries claimed in one go.
 const CLAIM_BATCH: usize = 512;
+
+/// First and longest pause between tries of recording an attempt.
+const FINISH_RETRY: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(10));
 
 /// How often dead letters and accepted keys past their retention are deleted.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
@@ -191,6 +195,11 @@ impl Workers {
         self.stop.cancel();
     }
 
+    /// Whether [`Workers::stop`] was called: the engine is going away.
+    pub fn stopped(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
     /// Tells the pump that deliveries may be due (new ones were committed).
     pub fn wake(&self) {
         self.wake.notify_one();
@@ -209,6 +218,8 @@ impl Workers {
                 }
             }
             let _ = tokio::time::timeout(POLL, progress.changed()).await;
+            // Counting the backlog scans it: not after every attempt.
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -406,9 +417,14 @@ impl Workers {
         batch.claimed = now.iter().map(|(d, _)| d.clone()).collect();
         let has_queued = !batch.queued.is_empty();
         // On failure the slots drop with `now`.
-        let committed = self.queue.commit(batch).await?;
-        if committed == Committed::Done {
+        let written = self.queue.commit(batch).await?;
+        if let Committed::Done { claimed } = &written {
+            // Only the rows this commit wrote: an id queued before belongs
+            // to whoever queued it (the slot of one not written drops here).
             for (delivery, slot) in now {
+                if !claimed.contains(&delivery.id) {
+                    continue;
+                }
                 let claimed = Claimed {
                     delivery,
                     attempts: 0,
@@ -419,7 +435,7 @@ impl Workers {
                 self.wake();
             }
         }
-        Ok(committed)
+        Ok(written)
     }
 
     /// Sends a claimed delivery whose slot is taken.
@@ -440,16 +456,29 @@ impl Workers {
         } = claimed;
         let attempts = attempts + 1;
         let policy = self.policies.current(&d.hook);
-        let (finish, up) = match self.sender.attempt(&d, policy.as_deref()).await {
+        // A panic while attempting (a bug) fails this delivery alone.
+        let sent = std::panic::AssertUnwindSafe(self.sender.attempt(&d, policy.as_deref()))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| Attempt::Permanent {
+                reason: "the engine failed while sending it (a bug in wasmhooks; please \
+                         report it); retry this dead letter once fixed"
+                    .into(),
+                status: None,
+            });
+        let (finish, up) = match sent {
             Attempt::Delivered(status) => {
                 tracing::debug!(hook = %d.hook, id = %d.id, url = %d.url, %status, attempts, "delivered");
-                (Finish::Delivered, true)
+                (Finish::Delivered, Some(true))
             }
             Attempt::Permanent { reason, status } => {
                 tracing::error!(hook = %d.hook, id = %d.id, url = %d.url, "delivery failed for good, kept as a dead letter: {reason}");
+                // An answer means the receiver is up; no answer (refused by
+                // the guard, cannot be signed) says nothing about it.
+                let up = status.is_some().then_some(true);
                 let status = status.map(|s| s.as_u16());
                 let error = reason;
-                (Finish::Dead { error, status }, true)
+                (Finish::Dead { error, status }, up)
             }
             Attempt::Retry {
                 reason,
@@ -468,18 +497,18 @@ impl Workers {
                                 error,
                                 status,
                             },
-                            false,
+                            Some(false),
                         )
                     }
                     None => {
                         let error = gave_up(attempts, &reason);
                         tracing::error!(hook = %d.hook, id = %d.id, url = %d.url, "delivery kept as a dead letter: {error}");
-                        (Finish::Dead { error, status }, false)
+                        (Finish::Dead { error, status }, Some(false))
                     }
                 }
             }
         };
-        slot.up = Some(up);
+        slot.up = up;
         drop(slot);
         let counted = match &finish {
             Finish::Delivered => AttemptResult::Delivered,
@@ -492,8 +521,20 @@ impl Workers {
             Finish::Dead { error, .. } => Some(Err(error.clone())),
             Finish::Retry { .. } => None,
         };
-        if let Err(e) = self.queue.finish(d.id.clone(), attempts, finish).await {
-            tracing::error!(id = %d.id, "cannot record a delivery attempt ({e}); it will be sent again");
+        // The row stays claimed by this run until recorded: keep trying
+        // (a full disk), or it would wait for the next start.
+        let mut pause = FINISH_RETRY.0;
+        while let Err(e) = self
+            .queue
+            .finish(d.id.clone(), attempts, finish.clone())
+            .await
+        {
+            if matches!(e, QueueError::Closed) || self.stop.is_cancelled() {
+                break; // the next run reclaims it and sends it again
+            }
+            tracing::error!(id = %d.id, "cannot record a delivery attempt ({e}); trying again in {pause:?}");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(FINISH_RETRY.1);
         }
         if let Some(outcome) = outcome {
             self.tell_waiters(&d.id, outcome);

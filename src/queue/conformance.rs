@@ -82,10 +82,8 @@ async fn claim_ids(queue: &dyn Queue, limit: usize, room: Room) -> Vec<String> {
 async fn commit_then_claim_round_trips_a_delivery(mut b: impl Backend) {
     let queue = b.open();
     let d = delivery("msg_a", "a.test:80");
-    assert_eq!(
-        queue.commit(queued(vec![d.clone()])).await.unwrap(),
-        Committed::Done
-    );
+    let written = queue.commit(queued(vec![d.clone()])).await.unwrap();
+    assert_eq!(written, Committed::Done { claimed: vec![] });
     let claim = queue.claim(now_ms(), 10, room(8)).await.unwrap();
     assert_eq!(claim.claimed.len(), 1);
     let got = &claim.claimed[0];
@@ -108,8 +106,26 @@ async fn a_delivery_id_is_queued_once(mut b: impl Backend) {
     let queue = b.open();
     let d = delivery("msg_a", "a.test:80");
     queue.commit(queued(vec![d.clone()])).await.unwrap();
-    queue.commit(queued(vec![d])).await.unwrap();
+    queue.commit(queued(vec![d.clone()])).await.unwrap();
     assert_eq!(queue.backlog().await.unwrap(), 1);
+    // Claimed by a commit, an id already queued is not taken from its row.
+    let again = Batch {
+        claimed: vec![d.clone(), delivery("msg_b", "a.test:80")],
+        ..Batch::default()
+    };
+    let written = queue.commit(again).await.unwrap();
+    assert_eq!(
+        written,
+        Committed::Done {
+            claimed: vec!["msg_b".into()]
+        }
+    );
+    // Recording an attempt needs the claim: the unclaimed row is left alone.
+    queue
+        .finish(d.id.clone(), 1, Finish::Delivered)
+        .await
+        .unwrap();
+    assert_eq!(claim_ids(&*queue, 10, room(8)).await, ["msg_a"]);
 }
 
 async fn a_key_is_accepted_once_until_forgotten(mut b: impl Backend) {
@@ -119,7 +135,8 @@ async fn a_key_is_accepted_once_until_forgotten(mut b: impl Backend) {
         queued: vec![delivery(id, "a.test:80")],
         ..Batch::default()
     };
-    assert_eq!(queue.commit(batch("msg_1")).await.unwrap(), Committed::Done);
+    let written = queue.commit(batch("msg_1")).await.unwrap();
+    assert!(matches!(written, Committed::Done { .. }));
     assert_eq!(
         queue.commit(batch("msg_2")).await.unwrap(),
         Committed::Duplicate

@@ -89,10 +89,12 @@ pub(crate) struct Batch {
 }
 
 /// Whether a write took effect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Committed {
-    /// Written.
-    Done,
+    /// Written. `claimed`: the ids of the batch's claimed deliveries that
+    /// were written (an id already queued is left as it was), which the
+    /// caller, and only it, now sends.
+    Done { claimed: Vec<String> },
     /// The batch's key was accepted before: nothing was written.
     Duplicate,
 }
@@ -249,7 +251,8 @@ pub(crate) trait Queue: Send + Sync + 'static {
     /// deliveries are not handed out again until finished (or until the
     /// next engine run reclaims them).
     fn claim(&self, now_ms: u64, limit: usize, room: Room) -> Fut<'_, Claim>;
-    /// Records how an attempt ended.
+    /// Records how an attempt ended, for a delivery this run claimed (a
+    /// row claimed by no one, or another run, is left alone).
     fn finish(&self, id: String, attempts: u32, how: Finish) -> Fut<'_, ()>;
     /// Pending deliveries, claimed or not, and journaled events.
     fn backlog(&self) -> Fut<'_, usize>;

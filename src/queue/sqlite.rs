@@ -115,6 +115,9 @@ pub(crate) struct SqliteQueue {
     jobs: mpsc::Sender<Job>,
     /// This engine run's id, written into the rows it claims.
     run: i64,
+    /// The receiver the last claim looked at last: the next one starts
+    /// after it, so past [`CLAIM_RECEIVERS`] every receiver gets its turn.
+    cursor: Arc<std::sync::Mutex<String>>,
     /// Held while the engine runs: one engine per state folder.
     _lock: Option<std::fs::File>,
 }
@@ -179,6 +182,7 @@ impl SqliteQueue {
         Ok(Arc::new(SqliteQueue {
             jobs,
             run: fastrand::i64(1..),
+            cursor: Arc::default(),
             _lock: lock,
         }))
     }
@@ -279,16 +283,22 @@ fn migrate(conn: &Connection, path: Option<&Path>) -> Result<(), QueueError> {
 /// The queue thread: takes every waiting job into one transaction.
 fn run(conn: Connection, jobs: mpsc::Receiver<Job>) {
     let (mut transactions, mut grouped, mut since) = (0u64, 0u64, std::time::Instant::now());
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        while batch.len() < GROUP {
+    let mut waiting = std::collections::VecDeque::new();
+    loop {
+        if waiting.is_empty() {
+            match jobs.recv() {
+                Ok(job) => waiting.push_back(job),
+                Err(_) => return, // every sender is gone
+            }
+        }
+        while waiting.len() < GROUP {
             match jobs.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(job) => waiting.push_back(job),
                 Err(_) => break,
             }
         }
         transactions += 1;
-        grouped += batch.len() as u64;
+        grouped += waiting.len() as u64;
         if since.elapsed() >= std::time::Duration::from_secs(5) {
             let per_second = transactions as f64 / since.elapsed().as_secs_f64();
             tracing::debug!(
@@ -298,18 +308,35 @@ fn run(conn: Connection, jobs: mpsc::Receiver<Job>) {
             );
             (transactions, grouped, since) = (0, 0, std::time::Instant::now());
         }
-        let begin = exec(&conn, "BEGIN IMMEDIATE");
-        if let Err(e) = begin {
+        if let Err(e) = exec(&conn, "BEGIN IMMEDIATE") {
             tracing::warn!("state database: cannot group writes ({e}); committing one by one");
-            for job in batch {
+            for job in waiting.drain(..) {
                 // Outside a transaction, each statement commits (or fails) alone.
                 job(&conn)(None);
             }
             continue;
         }
-        let replies: Vec<Reply> = batch.into_iter().map(|job| job(&conn)).collect();
-        let commit_error = exec(&conn, "COMMIT").err().map(Arc::new);
-        if commit_error.is_some() {
+        let mut replies: Vec<Reply> = Vec::with_capacity(waiting.len());
+        let mut rolled_back = None;
+        while let Some(job) = waiting.pop_front() {
+            replies.push(job(&conn));
+            // After some errors (a full disk, an I/O error) SQLite rolls the
+            // whole transaction back by itself: what the jobs before wrote
+            // is gone, and the jobs after would run outside any transaction.
+            // Those before fail; those after wait for the next transaction.
+            if conn.is_autocommit() {
+                rolled_back = Some(Arc::new(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                    Some("the transaction was rolled back by an error in it".into()),
+                )));
+                break;
+            }
+        }
+        let commit_error = match rolled_back {
+            Some(e) => Some(e),
+            None => exec(&conn, "COMMIT").err().map(Arc::new),
+        };
+        if commit_error.is_some() && !conn.is_autocommit() {
             let _ = exec(&conn, "ROLLBACK");
         }
         for reply in replies {
@@ -418,16 +445,22 @@ impl Queue for SqliteQueue {
     }
 
     fn claim(&self, now_ms: u64, limit: usize, room: Room) -> Fut<'_, Claim> {
-        let run = self.run;
-        self.call(move |conn| atomically(conn, |conn| claim_due(conn, run, now_ms, limit, &room)))
+        let (run, cursor) = (self.run, self.cursor.clone());
+        self.call(move |conn| {
+            let mut cursor = cursor.lock().unwrap();
+            atomically(conn, |conn| {
+                claim_due(conn, run, now_ms, limit, &room, &mut cursor)
+            })
+        })
     }
 
     fn finish(&self, id: String, attempts: u32, how: Finish) -> Fut<'_, ()> {
+        let run = self.run;
         self.call(move |conn| {
             match how {
                 Finish::Delivered => {
-                    conn.prepare_cached("DELETE FROM deliveries WHERE id = ?1")?
-                        .execute([id])?;
+                    conn.prepare_cached("DELETE FROM deliveries WHERE id = ?1 AND claimed = ?2")?
+                        .execute(params![id, run])?;
                 }
                 Finish::Retry {
                     at_ms,
@@ -449,9 +482,9 @@ impl Queue for SqliteQueue {
                 Finish::Dead { error, status } => {
                     conn.prepare_cached(
                         "UPDATE deliveries SET claimed = 0, dead = 1, attempts = ?2,
-                         last_error = ?3, last_status = ?4 WHERE id = ?1",
+                         last_error = ?3, last_status = ?4 WHERE id = ?1 AND claimed = ?5",
                     )?
-                    .execute(params![id, attempts, error, status])?;
+                    .execute(params![id, attempts, error, status, run])?;
                 }
             }
             Ok(())
@@ -562,33 +595,29 @@ fn claim_due(
     now_ms: u64,
     limit: usize,
     room: &Room,
+    cursor: &mut String,
 ) -> rusqlite::Result<Claim> {
-    let receivers: Vec<String> = {
-        let mut stmt = conn.prepare_cached(
-            "WITH RECURSIVE r(receiver) AS (
-               SELECT (SELECT receiver FROM deliveries WHERE dead = 0 AND claimed = 0
-                       ORDER BY receiver LIMIT 1)
-               UNION ALL
-               SELECT (SELECT receiver FROM deliveries WHERE dead = 0 AND claimed = 0
-                       AND receiver > r.receiver ORDER BY receiver LIMIT 1)
-               FROM r WHERE r.receiver IS NOT NULL
-             )
-             SELECT receiver FROM r WHERE receiver IS NOT NULL LIMIT ?1",
-        )?;
-        stmt.query_map([CLAIM_RECEIVERS as i64], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?
-    };
+    // The receivers after the cursor, then from the start up to it.
+    let mut receivers = receivers_after(conn, cursor, CLAIM_RECEIVERS)?;
+    if receivers.len() < CLAIM_RECEIVERS {
+        let wrapped = receivers_after(conn, "", CLAIM_RECEIVERS - receivers.len())?;
+        receivers.extend(
+            wrapped
+                .into_iter()
+                .take_while(|r| r.as_str() <= cursor.as_str()),
+        );
+    }
     let mut next_due: Option<u64> = None;
     let mut due_soonest = |at: u64| next_due = Some(next_due.map_or(at, |n| n.min(at)));
     let mut picked = Vec::new();
-    // Start at a random receiver, so that when `limit` runs out first no
-    // receiver is always last.
-    let offset = fastrand::usize(..receivers.len().max(1));
     let mut oldest = conn.prepare_cached(
         "SELECT id, next_ms FROM deliveries WHERE dead = 0 AND claimed = 0 AND receiver = ?1
          ORDER BY next_ms LIMIT ?2",
     )?;
-    for receiver in receivers.iter().cycle().skip(offset).take(receivers.len()) {
+    for receiver in &receivers {
+        // The next claim starts after this one: when `limit` runs out
+        // first, no receiver is always last.
+        cursor.clone_from(receiver);
         if let Some(&until) = room.paused.get(receiver) {
             due_soonest(until);
             continue;
@@ -660,6 +689,24 @@ fn claim_due(
     Ok(claim)
 }
 
+/// Up to `n` receivers with unclaimed rows, in order, after `after`:
+/// one index seek each through `deliveries_ready`.
+fn receivers_after(conn: &Connection, after: &str, n: usize) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "WITH RECURSIVE r(receiver) AS (
+           SELECT (SELECT receiver FROM deliveries WHERE dead = 0 AND claimed = 0
+                   AND receiver > ?1 ORDER BY receiver LIMIT 1)
+           UNION ALL
+           SELECT (SELECT receiver FROM deliveries WHERE dead = 0 AND claimed = 0
+                   AND receiver > r.receiver ORDER BY receiver LIMIT 1)
+           FROM r WHERE r.receiver IS NOT NULL LIMIT ?2
+         )
+         SELECT receiver FROM r WHERE receiver IS NOT NULL",
+    )?;
+    stmt.query_map(params![after, n as i64], |r| r.get(0))?
+        .collect()
+}
+
 /// Writes a batch: its key, its deliveries (those `claimed` as claimed by
 /// `run`), and retires its journaled event.
 fn write_batch(conn: &Connection, run: i64, batch: &Batch) -> rusqlite::Result<Committed> {
@@ -679,8 +726,9 @@ fn write_batch(conn: &Connection, run: i64, batch: &Batch) -> rusqlite::Result<C
         .iter()
         .map(|d| (d, run))
         .chain(batch.queued.iter().map(|d| (d, 0)));
+    let mut written = Vec::new();
     for (d, claimed) in all {
-        insert.execute(params![
+        let inserted = insert.execute(params![
             d.id,
             &*d.hook,
             d.receiver(),
@@ -692,12 +740,15 @@ fn write_batch(conn: &Connection, run: i64, batch: &Batch) -> rusqlite::Result<C
             claimed,
             now
         ])?;
+        if inserted == 1 && claimed != 0 {
+            written.push(d.id.clone());
+        }
     }
     if let Some(ticket) = batch.ticket {
         conn.prepare_cached("DELETE FROM events WHERE ticket = ?1")?
             .execute([ticket])?;
     }
-    Ok(Committed::Done)
+    Ok(Committed::Done { claimed: written })
 }
 
 fn headers_to_json(headers: &HeaderMap) -> String {

@@ -162,6 +162,45 @@ pub fn output(stdout: &[u8]) -> Result<RawOutcome, String> {
     })
 }
 
+use super::{COMMAND_OUTPUT_CAPACITY, Failure, HostState, Prepared, Sandbox};
+use wasmtime_wasi::I32Exit;
+use wasmtime_wasi::p2::bindings::CommandPre;
+
+impl Sandbox {
+    /// Runs a WASI command hook on one event: the event on stdin, the
+    /// settings in the environment, the outcome read from stdout.
+    pub(super) async fn run_command(
+        &self,
+        hook: &Prepared,
+        pre: &CommandPre<HostState>,
+        event: &Event,
+    ) -> Result<RawOutcome, Failure> {
+        self.call(hook, Some(input(event)), async |store, stdout| {
+            let instance = pre.instantiate_async(&mut *store).await?;
+            let status = match instance.wasi_cli_run().call_run(&mut *store).await {
+                Ok(Ok(())) => 0,
+                Ok(Err(())) => 1,
+                Err(e) => match e.downcast_ref::<I32Exit>() {
+                    Some(I32Exit(code)) => *code,
+                    None => return Err(e),
+                },
+            };
+            let out = stdout.contents();
+            if status != 0 {
+                return Ok(Err(format!("exited with status {status}")));
+            }
+            if out.len() >= COMMAND_OUTPUT_CAPACITY {
+                return Ok(Err(format!(
+                    "its stdout exceeded {} MiB",
+                    COMMAND_OUTPUT_CAPACITY >> 20
+                )));
+            }
+            Ok(output(&out))
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

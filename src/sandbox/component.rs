@@ -1,0 +1,118 @@
+//! The `hook` world's ABI: its bindings, `setup` and `handle` on a component.
+
+use super::{Failure, Prepared, RawDelivery, RawOutcome, Sandbox, Subscription};
+use super::{HostState, Pre};
+use crate::event::{Event, Phase};
+use wasmtime::Store;
+
+pub(super) mod bindings {
+    wasmtime::component::bindgen!({
+        path: "wit",
+        world: "hook",
+        exports: { default: async },
+    });
+}
+
+pub(super) use bindings::wasmhooks::hook::types as wit;
+pub(crate) use bindings::{Hook, HookPre};
+
+impl Sandbox {
+    /// Instantiates the hook and runs its `setup` with its settings.
+    pub async fn setup(&self, hook: &Prepared) -> Result<Subscription, Failure> {
+        let Pre::Hook(pre) = &hook.pre else {
+            unreachable!("a command hook's subscription comes from its NAME.toml")
+        };
+        self.call(hook, None, async |store, _| {
+            let instance: Hook = pre.instantiate_async(&mut *store).await?;
+            Ok(instance
+                .call_setup(&mut *store, &hook.settings_json)
+                .await?
+                .map(|s| Subscription {
+                    methods: s.methods,
+                    phases: s.phases.into_iter().map(Phase::from).collect(),
+                }))
+        })
+        .await
+    }
+
+    /// Runs one event through a fresh instance: `setup`, then `handle`.
+    pub async fn handle(&self, hook: &Prepared, event: &Event) -> Result<RawOutcome, Failure> {
+        let pre = match &hook.pre {
+            Pre::Hook(pre) => pre,
+            Pre::Command(pre) => return self.run_command(hook, pre, event).await,
+        };
+        let wit_event = wit::Event {
+            call_id: event.call_id().to_owned(),
+            phase: event.phase().into(),
+            method: event.method().to_owned(),
+            timestamp_ms: event.timestamp_ms(),
+            payload: event.payload().to_owned(),
+        };
+        if let Some(pool) = &hook.warm
+            && let Some(result) = self.handle_warm(hook, pre, pool, &wit_event).await
+        {
+            return result;
+        }
+        self.call(hook, None, async |store, _| {
+            match setup_instance(pre, store, &hook.settings_json).await? {
+                Ok(instance) => call_handle(&instance, store, &wit_event).await,
+                Err(message) => Ok(Err(message)),
+            }
+        })
+        .await
+    }
+}
+
+/// A new instance with `setup` run on the hook's settings.
+pub(super) async fn setup_instance(
+    pre: &HookPre<HostState>,
+    store: &mut Store<HostState>,
+    settings: &str,
+) -> wasmtime::Result<Result<Hook, String>> {
+    let instance = pre.instantiate_async(&mut *store).await?;
+    Ok(match instance.call_setup(&mut *store, settings).await? {
+        Ok(_) => Ok(instance),
+        Err(message) => Err(format!("setup refused its settings: {message}")),
+    })
+}
+
+/// `handle` on an instance whose `setup` has run.
+pub(super) async fn call_handle(
+    instance: &Hook,
+    store: &mut Store<HostState>,
+    event: &wit::Event,
+) -> wasmtime::Result<Result<RawOutcome, String>> {
+    Ok(instance
+        .call_handle(&mut *store, event)
+        .await?
+        .map(|o| RawOutcome {
+            deliveries: o
+                .deliveries
+                .into_iter()
+                .map(|d| RawDelivery {
+                    url: d.url,
+                    headers: d.headers,
+                    body: d.body,
+                })
+                .collect(),
+            deny: o.deny,
+        }))
+}
+
+impl From<wit::Phase> for Phase {
+    fn from(p: wit::Phase) -> Phase {
+        match p {
+            wit::Phase::Pre => Phase::Pre,
+            wit::Phase::Post => Phase::Post,
+        }
+    }
+}
+
+impl From<Phase> for wit::Phase {
+    fn from(p: Phase) -> wit::Phase {
+        match p {
+            Phase::Pre => wit::Phase::Pre,
+            Phase::Post => wit::Phase::Post,
+        }
+    }
+}

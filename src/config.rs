@@ -1,5 +1,6 @@
 //! Settings: the engine's [`Config`] and each hook's `NAME.toml` ([`HookConfig`]).
 
+use crate::error::SettingsError;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -110,25 +111,36 @@ const MAX_DEDUP_WINDOW_SECS: u64 = 7 * 86_400;
 
 impl Config {
     /// Checks the settings that no type can: called once, by [`crate::Engine::new`].
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SettingsError> {
         if self.dedup_window_secs > MAX_DEDUP_WINDOW_SECS {
-            return Err(format!(
-                "dedup_window_secs = {} is more than a week ({MAX_DEDUP_WINDOW_SECS})",
-                self.dedup_window_secs
+            return Err(SettingsError::field(
+                "dedup_window_secs",
+                format!(
+                    "{} is more than a week ({MAX_DEDUP_WINDOW_SECS})",
+                    self.dedup_window_secs
+                ),
             ));
         }
         let d = &self.delivery;
-        if d.concurrency == 0 || d.per_receiver_concurrency == 0 {
-            return Err(
-                "delivery.concurrency and delivery.per_receiver_concurrency must be at least 1"
-                    .into(),
-            );
+        for (field, value) in [
+            ("delivery.concurrency", d.concurrency),
+            (
+                "delivery.per_receiver_concurrency",
+                d.per_receiver_concurrency,
+            ),
+        ] {
+            if value == 0 {
+                return Err(SettingsError::field(field, "must be at least 1"));
+            }
         }
         if d.per_receiver_concurrency > d.concurrency {
-            return Err(format!(
-                "delivery.per_receiver_concurrency = {} is more than delivery.concurrency = {}: \
-                 one receiver could then take every slot",
-                d.per_receiver_concurrency, d.concurrency
+            return Err(SettingsError::field(
+                "delivery.per_receiver_concurrency",
+                format!(
+                    "{} is more than delivery.concurrency = {}: one receiver could then take \
+                     every slot",
+                    d.per_receiver_concurrency, d.concurrency
+                ),
             ));
         }
         Ok(())
@@ -361,19 +373,23 @@ impl Secrets {
     /// variable NAME, `file:PATH` the content of a file (trimmed; a relative
     /// PATH is in `dir`, the hooks folder). So `NAME.toml` need not hold a
     /// secret itself. Read when the hook loads.
-    pub fn resolve(&self, dir: &Path) -> Result<Vec<String>, String> {
+    pub fn resolve(&self, dir: &Path) -> Result<Vec<String>, SettingsError> {
         self.list()
             .into_iter()
             .map(|secret| {
                 if let Some(var) = secret.strip_prefix("env:") {
                     std::env::var(var).map_err(|_| {
-                        format!("secret: the environment variable {var} is not set (or not UTF-8)")
+                        SettingsError::Secret(format!(
+                            "the environment variable {var} is not set (or not UTF-8)"
+                        ))
                     })
                 } else if let Some(file) = secret.strip_prefix("file:") {
                     let path = dir.join(file);
                     std::fs::read_to_string(&path)
                         .map(|text| text.trim().to_owned())
-                        .map_err(|e| format!("secret: cannot read {}: {e}", path.display()))
+                        .map_err(|e| {
+                            SettingsError::Secret(format!("cannot read {}: {e}", path.display()))
+                        })
                 } else {
                     Ok(secret.to_owned())
                 }
@@ -420,8 +436,8 @@ pub(crate) struct HookLimits {
 
 impl HookConfig {
     /// Parses `NAME.toml` text.
-    pub fn from_toml(text: &str) -> Result<HookConfig, String> {
-        toml::from_str(text).map_err(|e| redact_secrets(&e.to_string()))
+    pub fn from_toml(text: &str) -> Result<HookConfig, SettingsError> {
+        toml::from_str(text).map_err(|e| SettingsError::Toml(redact_secrets(&e.to_string())))
     }
 
     /// The settings as the JSON text `setup` receives.

@@ -45,7 +45,7 @@ impl Engine {
     /// the folder can't be read, the queue can't be opened or the runtime
     /// can't be set up.
     pub async fn new(config: Config) -> Result<Engine, Error> {
-        config.validate().map_err(Error::Config)?;
+        config.validate()?;
         let sandbox = Arc::new(Sandbox::new(&config).map_err(Error::Runtime)?);
         let metrics = Arc::new(Metrics::default());
         let registry = Arc::new(Registry::new(
@@ -73,7 +73,7 @@ impl Engine {
         registry
             .reconcile(dir, &HashSet::new(), &HashSet::new(), Duration::ZERO)
             .await?;
-        let sender = Sender::new(&config.delivery).map_err(Error::Config)?;
+        let sender = Sender::new(&config.delivery)?;
         let opening = config.clone();
         let queue = tokio::task::spawn_blocking(move || crate::queue::open(&opening))
             .await

@@ -75,7 +75,7 @@ mod workers;
 pub use config::{Config, HookConfig, OnError, QueueConfig, ReuseConfig};
 pub use dispatch::{HookFailure, Verdict};
 pub use engine::{DryDelivery, DryOutcome, DryRun, Engine, dry_run};
-pub use error::{CallError, CallSite, Error, LoadError, Stage};
+pub use error::{CallError, CallSite, Error, LoadError, SettingsError, Stage};
 pub use event::{Event, EventError, Phase};
 pub use queue::{DeliveryAdmin, DeliveryInfo, Filter, QueueError, Retry};
 pub use registry::{Abi, HookState, HookStatus};

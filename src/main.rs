@@ -190,9 +190,7 @@ fn load_config(file: Option<&Path>) -> Result<Config> {
 async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(token) = &args.token {
         // Before anything starts: a bad token is a setup mistake.
-        wasmhooks::server::check_token(token)
-            .map_err(anyhow::Error::msg)
-            .context("--token / WASMHOOKS_TOKEN")?;
+        wasmhooks::server::check_token(token).context("--token / WASMHOOKS_TOKEN")?;
     }
     let mut config = load_config(args.config.as_deref())?;
     config.hooks_dir = args.hooks;
@@ -208,7 +206,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .context("cannot start the engine")?;
     let mut app = wasmhooks::server::router(engine.clone());
     if let Some(token) = &args.token {
-        app = wasmhooks::server::require_token(app, token).map_err(anyhow::Error::msg)?;
+        app = wasmhooks::server::require_token(app, token)?;
     } else if !args.listen.ip().is_loopback() {
         tracing::warn!(
             "listening on {} without --token: anyone who can reach it may post events \
@@ -324,7 +322,6 @@ async fn run(args: RunArgs) -> Result<()> {
                 .with_context(|| format!("cannot read settings file {}", file.display()))?;
             Some(
                 HookConfig::from_toml(&text)
-                    .map_err(anyhow::Error::msg)
                     .with_context(|| format!("settings file {} is not valid", file.display()))?,
             )
         }

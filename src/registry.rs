@@ -368,7 +368,7 @@ impl Registry {
             None => match std::fs::read_to_string(&toml_path) {
                 Ok(text) => (
                     HookConfig::from_toml(&text)
-                        .map_err(|e| fail(&toml_path, Stage::Settings, e))?,
+                        .map_err(|e| fail(&toml_path, Stage::Settings, e.to_string()))?,
                     text,
                 ),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

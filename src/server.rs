@@ -12,7 +12,7 @@
 //! With [`require_token`], every route but `/healthz` wants
 //! `Authorization: Bearer TOKEN`.
 
-use crate::{Engine, Error, Event, Filter, Phase, Retry};
+use crate::{Engine, Error, Event, Filter, Phase, Retry, SettingsError};
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -43,12 +43,11 @@ pub const MIN_TOKEN_CHARS: usize = 16;
 
 /// Whether `token` will do as the API token: at least [`MIN_TOKEN_CHARS`]
 /// characters, no whitespace.
-pub fn check_token(token: &str) -> Result<(), String> {
+pub fn check_token(token: &str) -> Result<(), SettingsError> {
     if token.chars().count() < MIN_TOKEN_CHARS || token.contains(char::is_whitespace) {
-        return Err(format!(
-            "the API token must be at least {MIN_TOKEN_CHARS} characters, without spaces \
-             (e.g. the output of `openssl rand -hex 32`)"
-        ));
+        return Err(SettingsError::Token {
+            min: MIN_TOKEN_CHARS,
+        });
     }
     Ok(())
 }
@@ -56,7 +55,7 @@ pub fn check_token(token: &str) -> Result<(), String> {
 /// Puts `router` behind a bearer token: every route but `/healthz` answers
 /// 401 unless the request has `Authorization: Bearer TOKEN`. Refuses a
 /// token shorter than [`MIN_TOKEN_CHARS`] or with whitespace in it.
-pub fn require_token(router: Router, token: &str) -> Result<Router, String> {
+pub fn require_token(router: Router, token: &str) -> Result<Router, SettingsError> {
     check_token(token)?;
     // Compared as digests, so the time taken says nothing about the token.
     let expected: [u8; 32] = Sha256::digest(token.as_bytes()).into();

@@ -28,10 +28,18 @@ const FINISH_RETRY: (Duration, Duration) = (Duration::from_millis(50), Duration:
 /// How often dead letters and accepted keys past their retention are deleted.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
+/// Deliveries kept claimed in memory per receiver, as a multiple of
+/// `per_receiver_concurrency` (in flight included), so that a finishing
+/// attempt hands its slot to the next one without a trip to the queue: one
+/// claim serves many deliveries, whatever the backlog.
+const READY_FACTOR: usize = 3;
+
 /// What the workers know about one receiver.
 #[derive(Debug, Default)]
 struct ReceiverState {
     in_flight: usize,
+    /// Claimed deliveries waiting for one of its slots, oldest first.
+    ready: std::collections::VecDeque<Claimed>,
     /// Failed attempts in a row (retryable failures only: a 4xx means it is up).
     failures: u32,
     /// While set and in the future, its circuit is open: nothing is sent.
@@ -44,6 +52,8 @@ struct ReceiverState {
 #[derive(Debug, Default)]
 struct Slots {
     total: usize,
+    /// Claimed deliveries waiting in `ready` queues, in all.
+    ready: usize,
     receivers: HashMap<String, ReceiverState>,
 }
 
@@ -127,7 +137,8 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.workers.release_slot(&self.receiver, self.up);
+        let workers = self.workers.clone();
+        workers.release_slot(&self.receiver, self.up);
     }
 }
 
@@ -247,8 +258,17 @@ impl Workers {
     async fn pump_loop(self: Arc<Self>) {
         let concurrency = self.sender.config().concurrency.max(1);
         loop {
-            let free = concurrency.saturating_sub(self.slots.lock().unwrap().total);
-            let mut wait = POLL;
+            // Receivers whose pause ended send what they hold first.
+            let resumes = self.launch_ready();
+            let held = {
+                let slots = self.slots.lock().unwrap();
+                slots.total + slots.ready
+            };
+            // In flight plus held in memory: at most twice `concurrency`.
+            let free = (2 * concurrency).saturating_sub(held);
+            let mut wait = resumes.map_or(POLL, |at| {
+                Duration::from_millis(at.saturating_sub(now_ms())).min(POLL)
+            });
             if free > 0 {
                 let limit = free.min(CLAIM_BATCH);
                 match self.queue.claim(now_ms(), limit, self.room()).await {
@@ -256,11 +276,11 @@ impl Workers {
                         if claim.claimed.len() == limit {
                             wait = Duration::ZERO; // possibly more due right away
                         } else if let Some(at) = claim.next_due {
-                            wait = Duration::from_millis(at.saturating_sub(now_ms())).min(POLL);
+                            let due = Duration::from_millis(at.saturating_sub(now_ms()));
+                            wait = wait.min(due);
                         }
                         for c in claim.claimed {
-                            let slot = self.slot(c.delivery.receiver());
-                            self.launch(c, slot);
+                            self.dispatch(c);
                         }
                     }
                     Err(e) => tracing::error!("cannot claim deliveries: {e}"),
@@ -283,13 +303,14 @@ impl Workers {
         let mut slots = self.slots.lock().unwrap();
         slots
             .receivers
-            .retain(|_, r| r.in_flight > 0 || r.failures > 0);
+            .retain(|_, r| r.in_flight > 0 || r.failures > 0 || !r.ready.is_empty());
         let mut room = Room {
-            default: self.per_receiver(),
+            default: READY_FACTOR * self.per_receiver(),
             ..Room::default()
         };
         for (name, r) in &slots.receivers {
-            room.per_receiver.insert(name.clone(), self.room_of(r, now));
+            room.per_receiver
+                .insert(name.clone(), self.claimable(r, now));
             if let Some(until) = r.open_until.filter(|&until| until > now) {
                 room.paused.insert(name.clone(), until);
             }
@@ -299,6 +320,66 @@ impl Workers {
 
     fn per_receiver(&self) -> usize {
         self.sender.config().per_receiver_concurrency.max(1)
+    }
+
+    /// How many more `r` may have claimed: in flight plus held, up to
+    /// [`READY_FACTOR`] times its slots; one at a time while half open.
+    fn claimable(&self, r: &ReceiverState, now: u64) -> usize {
+        let held = r.in_flight + r.ready.len();
+        match r.open_until {
+            Some(until) if until > now => 0,
+            _ if r.failures >= self.breaker.failures => usize::from(held == 0),
+            _ => (READY_FACTOR * self.per_receiver()).saturating_sub(held),
+        }
+    }
+
+    /// Sends a claimed delivery now if its receiver and the engine have a
+    /// slot, else holds it in the receiver's ready queue.
+    fn dispatch(self: &Arc<Self>, claimed: Claimed) {
+        let receiver = claimed.delivery.receiver();
+        let mut slots = self.slots.lock().unwrap();
+        let full = slots.total >= self.sender.config().concurrency.max(1);
+        let r = slots.receivers.entry(receiver.clone()).or_default();
+        if !full && self.room_of(r, now_ms()) > 0 {
+            r.in_flight += 1;
+            slots.total += 1;
+            drop(slots);
+            let slot = self.guard(receiver);
+            self.launch(claimed, slot);
+        } else {
+            r.ready.push_back(claimed);
+            slots.ready += 1;
+        }
+    }
+
+    /// Launches held deliveries of every receiver with a free slot; returns
+    /// when the next paused receiver holding some resumes.
+    fn launch_ready(self: &Arc<Self>) -> Option<u64> {
+        let now = now_ms();
+        let concurrency = self.sender.config().concurrency.max(1);
+        let mut go = Vec::new();
+        let mut resumes: Option<u64> = None;
+        {
+            let mut slots = self.slots.lock().unwrap();
+            let slots = &mut *slots;
+            for (name, r) in slots.receivers.iter_mut() {
+                while slots.total < concurrency && !r.ready.is_empty() && self.room_of(r, now) > 0 {
+                    let next = r.ready.pop_front().expect("not empty");
+                    r.in_flight += 1;
+                    slots.total += 1;
+                    slots.ready -= 1;
+                    go.push((name.clone(), next));
+                }
+                if let Some(until) = r.open_until.filter(|&u| u > now && !r.ready.is_empty()) {
+                    resumes = Some(resumes.map_or(until, |n| n.min(until)));
+                }
+            }
+        }
+        for (receiver, claimed) in go {
+            let slot = self.guard(receiver);
+            self.launch(claimed, slot);
+        }
+        resumes
     }
 
     fn room_of(&self, r: &ReceiverState, now: u64) -> usize {
@@ -326,19 +407,6 @@ impl Workers {
         Some(self.guard(receiver))
     }
 
-    /// Takes a slot the queue already checked there was room for.
-    fn slot(self: &Arc<Self>, receiver: String) -> Slot {
-        let mut slots = self.slots.lock().unwrap();
-        slots.total += 1;
-        slots
-            .receivers
-            .entry(receiver.clone())
-            .or_default()
-            .in_flight += 1;
-        drop(slots);
-        self.guard(receiver)
-    }
-
     fn guard(self: &Arc<Self>, receiver: String) -> Slot {
         Slot {
             workers: self.clone(),
@@ -347,19 +415,39 @@ impl Workers {
         }
     }
 
-    /// Gives a slot back; with `up`, updates the receiver's breaker too.
-    fn release_slot(&self, receiver: &str, up: Option<bool>) {
-        {
+    /// Gives a slot back (with `up`, updating the receiver's breaker too)
+    /// and hands it to the receiver's next held delivery, if it may send.
+    fn release_slot(self: &Arc<Self>, receiver: &str, up: Option<bool>) {
+        let (next, refill) = {
             let mut slots = self.slots.lock().unwrap();
+            let slots = &mut *slots;
             slots.total -= 1;
             let r = slots.receivers.entry(receiver.to_owned()).or_default();
             r.in_flight -= 1;
             if let Some(up) = up {
                 self.breaker_update(receiver, r, up);
             }
+            let next = if self.room_of(r, now_ms()) > 0 {
+                r.ready.pop_front()
+            } else {
+                None
+            };
+            if next.is_some() {
+                r.in_flight += 1;
+                slots.total += 1;
+                slots.ready -= 1;
+            }
+            // Claim more once it holds less than a round of its slots (so a
+            // claim serves many deliveries), or if this slot went unused.
+            (next, r.ready.len() < self.per_receiver())
+        };
+        if let Some(claimed) = next {
+            let slot = self.guard(receiver.to_owned());
+            self.launch(claimed, slot);
         }
-        // The pump claims more, or holds back a paused receiver's deliveries.
-        self.wake();
+        if refill {
+            self.wake();
+        }
     }
 
     /// Queues a batch durably and returns once it is committed. Those of
@@ -568,10 +656,9 @@ impl Workers {
             if r.failures >= self.breaker.failures {
                 tracing::info!(receiver = name, "receiver is back; resuming its deliveries");
             }
-            *r = ReceiverState {
-                in_flight: r.in_flight,
-                ..ReceiverState::default()
-            };
+            r.failures = 0;
+            r.open_until = None;
+            r.cooldown_ms = 0;
             return;
         }
         r.failures += 1;

@@ -5,6 +5,7 @@
 use super::{Delivery, DeliveryPolicy, now_ms, schedule};
 use crate::config::DeliveryConfig;
 use crate::egress::{Egress, Guard, Refused};
+use crate::error::SettingsError;
 use reqwest::StatusCode;
 use reqwest::Url;
 use reqwest::header::HeaderValue;
@@ -52,15 +53,18 @@ pub(crate) struct Sender {
 }
 
 impl Sender {
-    pub fn new(config: &DeliveryConfig) -> Result<Sender, String> {
-        let global =
-            Egress::parse(&config.allow_hosts).map_err(|e| format!("delivery.allow_hosts: {e}"))?;
+    pub fn new(config: &DeliveryConfig) -> Result<Sender, SettingsError> {
+        let global = Egress::parse(&config.allow_hosts)
+            .map_err(|e| SettingsError::field("delivery.allow_hosts", e))?;
         let sender = Sender {
             config: config.clone(),
             global,
             routes: Mutex::default(),
         };
-        sender.route(None, None)?; // fail now if a client cannot be built
+        // Fail now if a client cannot be built.
+        sender
+            .route(None, None)
+            .map_err(|e| SettingsError::field("delivery", e))?;
         Ok(sender)
     }
 

@@ -70,7 +70,7 @@ impl DeliveryPolicy {
         dir: &std::path::Path,
     ) -> Result<DeliveryPolicy, String> {
         let egress = Egress::parse(&config.allow_hosts)?;
-        let secrets = config.secret.resolve(dir)?;
+        let secrets = config.secret.resolve(dir).map_err(|e| e.to_string())?;
         let signer = if secrets.is_empty() {
             None
         } else {

@@ -283,8 +283,12 @@ fn new_scaffolds_a_hook_that_builds_and_runs_in_every_language() {
             String::from_utf8_lossy(&built.stdout),
             String::from_utf8_lossy(&built.stderr)
         );
+        // A generous deadline: the other tests load this 2-core machine,
+        // and a fresh JS or Python instance can miss 100 ms then.
+        std::fs::write(dir.join("loaded.toml"), "[limits]\ndeadline_ms = 5000\n").unwrap();
         let ran = wasmhooks()
             .args(["run", &format!("{name}.wasm"), "--event", "event.json"])
+            .args(["--config", "loaded.toml"])
             .current_dir(&dir)
             .output()
             .unwrap();

@@ -68,27 +68,50 @@ impl Drop for Serve {
     }
 }
 
+/// A temporary folder with `hooks/` (the `misbehave` hook with `toml`),
+/// `state/`, and `engine.toml` allowing loopback receivers, with long
+/// request timeouts and `delivery` added to its `[delivery]`.
+struct Folders {
+    _dir: tempfile::TempDir,
+    hooks: std::path::PathBuf,
+    state: std::path::PathBuf,
+    config: std::path::PathBuf,
+}
+
+impl Folders {
+    fn new(toml: &str, delivery: &str) -> Folders {
+        let dir = tempfile::tempdir().unwrap();
+        let hooks = dir.path().join("hooks");
+        std::fs::create_dir(&hooks).unwrap();
+        install(&hooks, "hook", "misbehave", Some(toml));
+        let config = dir.path().join("engine.toml");
+        let engine =
+            format!("[delivery]\nallow_hosts = [\"127.0.0.1\"]\ntimeout_ms = 120000\n{delivery}\n");
+        std::fs::write(&config, engine).unwrap();
+        Folders {
+            state: dir.path().join("state"),
+            hooks,
+            config,
+            _dir: dir,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_engine_loses_no_accepted_event() {
     const N: usize = 200;
     let receiver = Receiver::stalled().await;
-    let dir = tempfile::tempdir().unwrap();
-    let hooks = dir.path().join("hooks");
-    let state = dir.path().join("state");
-    std::fs::create_dir(&hooks).unwrap();
     let toml = format!(
         "deadline_ms = 10000\n[settings]\nmode = \"echo\"\nurl = \"{}\"\ndelay_ms = 100\n",
         receiver.url("/crash")
     );
-    install(&hooks, "echo", "misbehave", Some(&toml));
-    let config = dir.path().join("engine.toml");
-    std::fs::write(
-        &config,
-        "[delivery]\nallow_hosts = [\"127.0.0.1\"]\nretry_schedule_ms = [100, 200, 400, 800, 1600, 3200, 6400]\ntimeout_ms = 120000\n",
-    )
-    .unwrap();
+    let folders = Folders::new(
+        &toml,
+        "retry_schedule_ms = [100, 200, 400, 800, 1600, 3200, 6400]",
+    );
+    let (hooks, state, config) = (&folders.hooks, &folders.state, &folders.config);
 
-    let engine = Serve::start(&hooks, &state, &config);
+    let engine = Serve::start(hooks, state, config);
     let client = reqwest::Client::new();
     let mut event = fixture_json("vm.start.post");
     // All at once, as an orchestrator with many operations would: the
@@ -115,7 +138,7 @@ async fn a_sigkilled_engine_loses_no_accepted_event() {
     engine.kill();
     let before = receiver.received().len();
 
-    let engine = Serve::start(&hooks, &state, &config);
+    let engine = Serve::start(hooks, state, config);
     receiver.open();
     receiver
         .wait_until("every accepted event's delivery", |got| {
@@ -158,23 +181,14 @@ async fn a_sigkilled_engine_loses_no_accepted_event() {
 async fn a_sigkilled_engine_sends_wait_deliveries_after_restart() {
     const N: usize = 40;
     let receiver = Receiver::stalled().await;
-    let dir = tempfile::tempdir().unwrap();
-    let hooks = dir.path().join("hooks");
-    let state = dir.path().join("state");
-    std::fs::create_dir(&hooks).unwrap();
     let toml = format!(
         "wait = true\n[settings]\nmode = \"echo\"\nurl = \"{}\"\nphases = [\"pre\"]\n",
         receiver.url("/gate")
     );
-    install(&hooks, "gate", "misbehave", Some(&toml));
-    let config = dir.path().join("engine.toml");
-    std::fs::write(
-        &config,
-        "[delivery]\nallow_hosts = [\"127.0.0.1\"]\nwait_budget_ms = 60000\ntimeout_ms = 120000\n",
-    )
-    .unwrap();
+    let folders = Folders::new(&toml, "wait_budget_ms = 60000");
+    let (hooks, state, config) = (&folders.hooks, &folders.state, &folders.config);
 
-    let engine = Serve::start(&hooks, &state, &config);
+    let engine = Serve::start(hooks, state, config);
     let client = reqwest::Client::new();
     let mut event = fixture_json("vm.start.pre");
     // The callers wait for their verdicts, which wait for the deliveries.
@@ -189,7 +203,7 @@ async fn a_sigkilled_engine_sends_wait_deliveries_after_restart() {
             )
         })
         .collect();
-    let admin = wasmhooks::DeliveryAdmin::open(&state).unwrap();
+    let admin = wasmhooks::DeliveryAdmin::open(state).unwrap();
     crate::eventually("every wait delivery queued", || async {
         admin
             .list(wasmhooks::Filter::Pending, 1000)
@@ -208,7 +222,7 @@ async fn a_sigkilled_engine_sends_wait_deliveries_after_restart() {
         );
     }
 
-    let engine = Serve::start(&hooks, &state, &config);
+    let engine = Serve::start(hooks, state, config);
     receiver.open();
     receiver
         .wait_until("every wait delivery", |got| unique_ids(got).len() == N)

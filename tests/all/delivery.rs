@@ -1,10 +1,11 @@
 //! Delivery behaviour against a real receiver: retries, permanent failures,
 //! and `wait` hooks.
 
-use crate::{Receiver, eventually, fixture, free_port, install, one_hook, test_config};
+use crate::{
+    Receiver, eventually, failing_until_up, fixture, free_port, install, one_hook, test_config,
+};
 use axum::http::StatusCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use wasmhooks::{Engine, Filter, Retry};
 
 fn echo(receiver: &Receiver, extra: &str) -> String {
@@ -359,16 +360,4 @@ async fn a_failing_receiver_is_paused_then_probed_then_resumed() {
         while_open + 10,
         "no more attempts than needed"
     );
-}
-
-/// A receiver that answers `down` until the flag is set, then 200.
-async fn failing_until_up(down: StatusCode) -> (Arc<AtomicBool>, Receiver) {
-    let up = Arc::new(AtomicBool::new(false));
-    let answer = up.clone();
-    let receiver = Receiver::with(move |_, _| match answer.load(Ordering::SeqCst) {
-        true => (StatusCode::OK, vec![]),
-        false => (down, vec![]),
-    })
-    .await;
-    (up, receiver)
 }

@@ -20,6 +20,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -141,6 +142,27 @@ impl Received {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_else(|| panic!("no {name} header"))
     }
+}
+
+/// A receiver that answers `down` until the returned flag is set, then 200.
+pub async fn failing_until_up(down: StatusCode) -> (Arc<AtomicBool>, Receiver) {
+    let up = Arc::new(AtomicBool::new(false));
+    let answer = up.clone();
+    let receiver = Receiver::with(move |_, _| match answer.load(Ordering::SeqCst) {
+        true => (StatusCode::OK, vec![]),
+        false => (down, vec![]),
+    })
+    .await;
+    (up, receiver)
+}
+
+/// A receiver that answers `first` to its first request, then 200.
+pub async fn failing_once(first: StatusCode) -> Receiver {
+    Receiver::with(move |_, n| match n {
+        0 => (first, vec![]),
+        _ => (StatusCode::OK, vec![]),
+    })
+    .await
 }
 
 type Responder =

@@ -3,11 +3,12 @@
 //! path, a signing secret removed under pending deliveries, a full disk,
 //! and events sent twice.
 
-use crate::{Receiver, eventually, fixture_json, install, test_config};
+use crate::{
+    Receiver, eventually, failing_once, failing_until_up, fixture_json, install, test_config,
+};
 use axum::http::StatusCode;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use wasmhooks::{Config, Engine, Event, Filter, Retry};
 
@@ -181,16 +182,7 @@ async fn operator_commands_while_deliveries_are_in_flight_send_nothing_twice() {
 /// sends it.
 #[tokio::test]
 async fn a_wait_hooks_failed_delivery_is_a_dead_letter_that_retry_sends() {
-    let fixed = Arc::new(AtomicBool::new(false));
-    let is_fixed = fixed.clone();
-    let receiver = Receiver::with(move |_, _| {
-        if is_fixed.load(Ordering::SeqCst) {
-            (StatusCode::OK, vec![])
-        } else {
-            (StatusCode::BAD_REQUEST, vec![])
-        }
-    })
-    .await;
+    let (fixed, receiver) = failing_until_up(StatusCode::BAD_REQUEST).await;
     let dir = tempfile::tempdir().unwrap();
     install(
         dir.path(),
@@ -245,14 +237,7 @@ async fn a_wait_hooks_failed_delivery_is_a_dead_letter_that_retry_sends() {
 /// it was sent straight away, past the breaker).
 #[tokio::test]
 async fn a_wait_hooks_delivery_waits_while_its_receivers_circuit_is_open() {
-    let receiver = Receiver::with(|_, n| {
-        if n == 0 {
-            (StatusCode::SERVICE_UNAVAILABLE, vec![])
-        } else {
-            (StatusCode::OK, vec![])
-        }
-    })
-    .await;
+    let receiver = failing_once(StatusCode::SERVICE_UNAVAILABLE).await;
     let dir = tempfile::tempdir().unwrap();
     let url = receiver.url("/c");
     let toml =
@@ -293,16 +278,7 @@ async fn a_wait_hooks_delivery_waits_while_its_receivers_circuit_is_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_queued_signed_are_never_sent_unsigned() {
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-    let up = Arc::new(AtomicBool::new(false));
-    let is_up = up.clone();
-    let receiver = Receiver::with(move |_, _| {
-        if is_up.load(Ordering::SeqCst) {
-            (StatusCode::OK, vec![])
-        } else {
-            (StatusCode::SERVICE_UNAVAILABLE, vec![])
-        }
-    })
-    .await;
+    let (up, receiver) = failing_until_up(StatusCode::SERVICE_UNAVAILABLE).await;
     let dir = tempfile::tempdir().unwrap();
     let url = receiver.url("/signed");
     let signed = echo(&url, &format!("secret = \"{SECRET}\""));

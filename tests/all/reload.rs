@@ -189,14 +189,7 @@ async fn replacing_a_hook_under_load_loses_no_event_and_handles_each_once() {
 async fn removing_a_hook_unloads_it_and_its_queued_deliveries_still_go_out() {
     // The first delivery attempt fails, so the delivery is queued for a retry
     // when the hook is removed.
-    let receiver = Receiver::with(|_, n| {
-        if n == 0 {
-            (StatusCode::SERVICE_UNAVAILABLE, vec![])
-        } else {
-            (StatusCode::OK, vec![])
-        }
-    })
-    .await;
+    let receiver = crate::failing_once(StatusCode::SERVICE_UNAVAILABLE).await;
     let dir = tempfile::tempdir().unwrap();
     let outside = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -21,8 +21,10 @@ async fn serve_app(app: axum::Router) -> String {
 async fn the_api_can_require_a_bearer_token() {
     let (_dir, engine) = crate::one_hook("deny", "deny", "[settings]\nprotected = []\n").await;
     let router = || wasmhooks::server::router(engine.clone());
-    assert!(wasmhooks::server::require_token(router(), "short").is_err());
-    assert!(wasmhooks::server::require_token(router(), "has a space in it!!").is_err());
+    for bad in ["short", "has a space in it!!"] {
+        let refused = wasmhooks::server::require_token(router(), bad).err();
+        assert_eq!(refused, Some(wasmhooks::SettingsError::Token { min: 16 }));
+    }
     let token = "0123456789abcdef0123456789abcdef";
     let base = serve_app(wasmhooks::server::require_token(router(), token).unwrap()).await;
     let client = reqwest::Client::new();

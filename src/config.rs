@@ -67,6 +67,11 @@ pub struct Config {
     /// Largest body one delivery may have, in bytes. Larger is a bad
     /// outcome, like too many deliveries.
     pub max_body_bytes: usize,
+    /// Most headers one delivery may have; more is a bad outcome.
+    pub max_headers_per_delivery: usize,
+    /// Most bytes of header names and values one delivery may have; more
+    /// is a bad outcome.
+    pub max_header_bytes: usize,
     /// How deliveries are sent.
     pub delivery: DeliveryConfig,
 }
@@ -90,6 +95,8 @@ impl Default for Config {
             redact_results: vec!["token.create".into()],
             max_deliveries_per_event: 32,
             max_body_bytes: 1024 * 1024,
+            max_headers_per_delivery: 64,
+            max_header_bytes: 16 * 1024,
             delivery: DeliveryConfig::default(),
         }
     }
@@ -385,11 +392,14 @@ impl Secrets {
                     })
                 } else if let Some(file) = secret.strip_prefix("file:") {
                     let path = dir.join(file);
-                    std::fs::read_to_string(&path)
+                    let unreadable = |why: String| {
+                        SettingsError::Secret(format!("cannot read {}: {why}", path.display()))
+                    };
+                    let bytes = crate::files::read_regular(&path, crate::files::MAX_SECRET_BYTES)
+                        .map_err(|e| unreadable(e.to_string()))?;
+                    String::from_utf8(bytes)
                         .map(|text| text.trim().to_owned())
-                        .map_err(|e| {
-                            SettingsError::Secret(format!("cannot read {}: {e}", path.display()))
-                        })
+                        .map_err(|_| unreadable("it is not UTF-8 text".into()))
                 } else {
                     Ok(secret.to_owned())
                 }

@@ -50,6 +50,8 @@ pub(crate) struct Runner {
     pub sandbox: Arc<Sandbox>,
     pub max_deliveries: usize,
     pub max_body_bytes: usize,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
 }
 
 /// The hooks' decisions on one event, each hook's alone: a hook that
@@ -163,7 +165,51 @@ impl Runner {
             sandbox,
             max_deliveries: config.max_deliveries_per_event,
             max_body_bytes: config.max_body_bytes,
+            max_headers: config.max_headers_per_delivery,
+            max_header_bytes: config.max_header_bytes,
         }
+    }
+
+    /// Checks a hook's outcome against the caps, before anything is built
+    /// from it: the hook decides what it returns, the engine how much.
+    fn check(&self, o: &crate::sandbox::RawOutcome) -> Result<(), String> {
+        if o.deliveries.len() > self.max_deliveries {
+            return Err(format!(
+                "asked for {} deliveries; at most {} are allowed per event \
+                 (max_deliveries_per_event)",
+                o.deliveries.len(),
+                self.max_deliveries
+            ));
+        }
+        for d in &o.deliveries {
+            if d.body.len() > self.max_body_bytes {
+                return Err(format!(
+                    "a delivery to {} has a body of {} bytes; at most {} are allowed \
+                     (max_body_bytes)",
+                    d.url,
+                    d.body.len(),
+                    self.max_body_bytes
+                ));
+            }
+            if d.headers.len() > self.max_headers {
+                return Err(format!(
+                    "a delivery to {} has {} headers; at most {} are allowed \
+                     (max_headers_per_delivery)",
+                    d.url,
+                    d.headers.len(),
+                    self.max_headers
+                ));
+            }
+            let bytes: usize = d.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+            if bytes > self.max_header_bytes {
+                return Err(format!(
+                    "a delivery to {} has {bytes} bytes of headers; at most {} are allowed \
+                     (max_header_bytes)",
+                    d.url, self.max_header_bytes
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Calls the hook, counts the call, logs and returns a failure, and
@@ -198,31 +244,10 @@ impl Runner {
             },
         });
         let decision = outcome.and_then(|o| {
-            if let Some(d) = o
-                .deliveries
-                .iter()
-                .find(|d| d.body.len() > self.max_body_bytes)
-            {
-                return Err(CallError::BadOutcome {
-                    site: site(),
-                    message: format!(
-                        "a delivery to {} has a body of {} bytes; at most {} are allowed",
-                        d.url,
-                        d.body.len(),
-                        self.max_body_bytes
-                    ),
-                });
-            }
-            if o.deliveries.len() > self.max_deliveries {
-                return Err(CallError::BadOutcome {
-                    site: site(),
-                    message: format!(
-                        "asked for {} deliveries; at most {} are allowed per event",
-                        o.deliveries.len(),
-                        self.max_deliveries
-                    ),
-                });
-            }
+            self.check(&o).map_err(|message| CallError::BadOutcome {
+                site: site(),
+                message,
+            })?;
             let deliveries = o
                 .deliveries
                 .into_iter()

@@ -218,6 +218,21 @@ impl Engine {
         self.inner.workers.drained().await;
     }
 
+    /// Stops the engine gracefully: no new delivery is claimed, the events
+    /// accepted so far are committed, and the attempts in flight finish and
+    /// are recorded, within `grace`. Deliveries claimed but not yet sent
+    /// stay queued for the next start. Returns whether everything finished
+    /// in time (what did not is sent again at the next start). Call it once
+    /// no more events come in; the engine sends nothing afterwards.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.inner.workers.stop();
+        let finish = async {
+            self.inner.ingest.settled().await;
+            self.inner.workers.idle().await;
+        };
+        tokio::time::timeout(grace, finish).await.is_ok()
+    }
+
     /// The settings the engine runs with.
     pub fn config(&self) -> &Config {
         &self.inner.config

@@ -40,6 +40,9 @@ pub enum EventError {
     },
 }
 
+/// Longest `method` and `callId` accepted, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+
 /// One orchestrator event, checked against the web-hook format.
 ///
 /// The common fields are lifted out; [`Event::payload`] keeps the whole
@@ -66,6 +69,16 @@ impl Event {
         };
         let call_id = required_str(&object, "callId")?.to_owned();
         let method = required_str(&object, "method")?.to_owned();
+        // Orchestrator ids and method names are short; these are kept in
+        // indexes and keys, so a long one is refused rather than stored.
+        for (name, value) in [("callId", &call_id), ("method", &method)] {
+            if value.is_empty() || value.len() > MAX_NAME_BYTES {
+                return Err(field(
+                    name,
+                    format!("must be 1 to {MAX_NAME_BYTES} bytes, got {}", value.len()),
+                ));
+            }
+        }
         let phase = match required_str(&object, "type")? {
             "pre" => Phase::Pre,
             "post" => Phase::Post,
@@ -198,8 +211,12 @@ mod tests {
 
     #[test]
     fn names_the_bad_field() {
-        let cases: [(&[u8], &str); 5] = [
+        let cases: [(&[u8], &str); 6] = [
             (br#"{"method":"m","type":"pre","timestamp":1}"#, "callId"),
+            (
+                br#"{"callId":"","method":"m","type":"pre","timestamp":1}"#,
+                "callId",
+            ),
             (
                 br#"{"callId":"c","method":"m","type":"during","timestamp":1}"#,
                 "type",
@@ -224,6 +241,18 @@ mod tests {
             }
         }
         assert!(matches!(Event::from_json(b"{"), Err(EventError::Json(_))));
+        // A long method name is refused, not kept in indexes and keys.
+        let long = format!(
+            r#"{{"callId":"c","method":"{}","type":"pre","timestamp":1}}"#,
+            "m".repeat(MAX_NAME_BYTES + 1)
+        );
+        assert!(matches!(
+            Event::from_json(long.as_bytes()),
+            Err(EventError::Field {
+                field: "method",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -62,6 +62,7 @@ mod egress;
 mod engine;
 mod error;
 mod event;
+mod files;
 mod ingest;
 mod metrics;
 mod queue;

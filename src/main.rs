@@ -120,6 +120,16 @@ struct ServeArgs {
     /// which other users can see in the process list.
     #[arg(long, env = "WASMHOOKS_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Listen beyond loopback without a token, on a network you trust
+    /// entirely: anyone who reaches the API can then read dead letters,
+    /// post events and retry deliveries.
+    #[arg(long, env = "WASMHOOKS_INSECURE_NO_TOKEN")]
+    insecure_no_token: bool,
+    /// On SIGTERM or SIGINT, how long to let requests, hook calls and
+    /// delivery attempts in flight finish (and commit what they produced)
+    /// before exiting, in seconds. A second signal exits at once.
+    #[arg(long, env = "WASMHOOKS_GRACE", default_value_t = 10)]
+    grace: u64,
     /// Do not hot-reload: load the hooks folder once at start.
     #[arg(long, env = "WASMHOOKS_NO_WATCH")]
     no_watch: bool,
@@ -188,9 +198,17 @@ fn load_config(file: Option<&Path>) -> Result<Config> {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
+    // Before anything starts: these are setup mistakes.
     if let Some(token) = &args.token {
-        // Before anything starts: a bad token is a setup mistake.
         wasmhooks::server::check_token(token).context("--token / WASMHOOKS_TOKEN")?;
+    } else if !args.listen.ip().is_loopback() && !args.insecure_no_token {
+        bail!(
+            "refusing to listen on {} without a token: anyone who can reach it could read \
+             dead letters (their URLs often hold secrets), post events and retry deliveries. \
+             Set WASMHOOKS_TOKEN (e.g. to the output of `openssl rand -hex 32`), listen on \
+             127.0.0.1, or pass --insecure-no-token if the network is trusted",
+            args.listen
+        );
     }
     let mut config = load_config(args.config.as_deref())?;
     config.hooks_dir = args.hooks;
@@ -209,8 +227,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         app = wasmhooks::server::require_token(app, token)?;
     } else if !args.listen.ip().is_loopback() {
         tracing::warn!(
-            "listening on {} without --token: anyone who can reach it may post events \
-             and retry deliveries; set WASMHOOKS_TOKEN",
+            "listening on {} without a token (--insecure-no-token): anyone who can reach it \
+             may read dead letters, post events and retry deliveries",
             args.listen
         );
     }
@@ -234,14 +252,62 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if args.demo {
         tokio::spawn(demo::send_samples(addr, args.token.clone()));
     }
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-            tracing::info!("shutting down");
-        })
-        .await
-        .context("server failed")?;
+    let grace = std::time::Duration::from_secs(args.grace);
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            stop_signal().await;
+            tracing::info!(
+                "stopping: no new requests; finishing what is in flight (up to {grace:?}); \
+                 a second signal stops at once"
+            );
+            stop.cancel();
+            stop_signal().await;
+            tracing::warn!(
+                "second signal: stopping now; what was in flight is sent again at the next start"
+            );
+            std::process::exit(1);
+        }
+    });
+    let started_stopping = async {
+        stop.cancelled().await;
+        std::time::Instant::now()
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+    let mut stopping_since = None;
+    tokio::select! {
+        served = server => served.context("server failed")?,
+        since = async {
+            let since = started_stopping.await;
+            tokio::time::sleep(grace).await;
+            since
+        } => {
+            stopping_since = Some(since);
+            tracing::warn!("requests still open after {grace:?}; closing them");
+        }
+    }
+    let left =
+        grace.saturating_sub(stopping_since.map_or(std::time::Duration::ZERO, |s| s.elapsed()));
+    if engine.shutdown(left).await {
+        tracing::info!("stopped: everything in flight finished and was recorded");
+    } else {
+        tracing::warn!(
+            "stopped with work in flight after {grace:?}; it is sent again at the next start \
+             (raise --grace to wait longer)"
+        );
+    }
     Ok(())
+}
+
+/// Resolves on SIGTERM (what systemd and Kubernetes send) or SIGINT (^C).
+async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 async fn deliveries(args: DeliveriesArgs) -> Result<()> {

@@ -253,12 +253,19 @@ impl Metrics {
         }
         self.depth.clear();
         self.oldest.clear();
+        // Receivers past the label cap (hooks pick URLs) add up under "other".
+        let mut capped: HashMap<ReceiverLabel, (u64, Option<u64>)> = HashMap::new();
         for (receiver, d) in depth {
-            let label = ReceiverLabel {
-                receiver: receiver.clone(),
+            let (pending, oldest) = capped.entry(self.receiver_label(receiver)).or_default();
+            *pending += d.pending;
+            *oldest = match (*oldest, d.oldest_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
             };
-            self.depth.get_or_create(&label).set(d.pending as i64);
-            if let Some(oldest) = d.oldest_ms {
+        }
+        for (label, (pending, oldest)) in capped {
+            self.depth.get_or_create(&label).set(pending as i64);
+            if let Some(oldest) = oldest {
                 let age = now_ms.saturating_sub(oldest) as f64 / 1000.0;
                 self.oldest.get_or_create(&label).set(age);
             }
@@ -267,5 +274,38 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String does not fail");
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hooks choose URLs: past `MAX_RECEIVERS`, queue gauges add up under
+    /// "other" instead of one series per receiver (before: unbounded).
+    #[test]
+    fn queue_gauges_are_capped_by_receivers() {
+        let metrics = Metrics::default();
+        let depth: HashMap<String, Depth> = (0..MAX_RECEIVERS + 100)
+            .map(|i| {
+                let d = Depth {
+                    pending: 1,
+                    dead: 0,
+                    oldest_ms: Some(1_000),
+                };
+                (format!("r{i}.test:80"), d)
+            })
+            .collect();
+        let text = metrics.encode(&depth, &[], &[], 2_000);
+        let series = |name: &str| text.lines().filter(|l| l.starts_with(name)).count();
+        assert_eq!(series("wasmhooks_queue_depth{"), MAX_RECEIVERS + 1);
+        assert_eq!(
+            series("wasmhooks_oldest_pending_age_seconds{"),
+            MAX_RECEIVERS + 1
+        );
+        assert!(
+            text.contains("wasmhooks_queue_depth{receiver=\"other\"} 100"),
+            "the rest add up under other"
+        );
     }
 }

@@ -5,6 +5,7 @@ use crate::config::{HookConfig, HookLimits, Limits, OnError};
 use crate::delivery::DeliveryPolicy;
 use crate::error::{Error, LoadError, Stage};
 use crate::event::{Event, Phase};
+use crate::files::{MAX_TOML_BYTES, MAX_WASM_BYTES, read_regular};
 use crate::metrics::{HookStats, Metrics};
 use crate::sandbox::{Failure, Pre, Prepared, Sandbox, Subscription};
 use arc_swap::ArcSwap;
@@ -264,7 +265,7 @@ impl Registry {
         let loads = candidates.iter().map(|(name, wasm, _)| {
             let live_hash = current.live.get(name).map(|h| h.hash.clone());
             async move {
-                let files = self.read(wasm, None)?;
+                let files = self.read(wasm, None).await?;
                 if live_hash.as_deref() == Some(files.hash.as_str()) {
                     return Ok(None); // touched, not changed
                 }
@@ -349,55 +350,26 @@ impl Registry {
         wasm: &Path,
         config: Option<HookConfig>,
     ) -> Result<LiveHook, LoadError> {
-        self.build(self.read(wasm, config)?).await
+        self.build(self.read(wasm, config).await?).await
     }
 
-    /// Reads a hook's files and hashes them.
-    fn read(&self, wasm: &Path, config: Option<HookConfig>) -> Result<HookFiles, LoadError> {
-        let name = hook_name(wasm);
-        let toml_path = wasm.with_extension("toml");
-        let fail = |file: &Path, stage, reason: String| LoadError {
-            hook: name.clone(),
-            file: file.to_owned(),
-            stage,
-            reason,
-        };
-        let bytes = std::fs::read(wasm).map_err(|e| fail(wasm, Stage::Read, e.to_string()))?;
-        let (config, toml_text) = match config {
-            Some(config) => (config, String::new()),
-            None => match std::fs::read_to_string(&toml_path) {
-                Ok(text) => (
-                    HookConfig::from_toml(&text)
-                        .map_err(|e| fail(&toml_path, Stage::Settings, e.to_string()))?,
-                    text,
-                ),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    (HookConfig::default(), String::new())
-                }
-                Err(e) => return Err(fail(&toml_path, Stage::Read, e.to_string())),
-            },
-        };
-        let limits = config
-            .limits(&self.limits)
-            .map_err(|e| fail(&toml_path, Stage::Settings, e))?;
-        let policy = DeliveryPolicy::new(&config, toml_path.parent().unwrap_or(Path::new(".")))
-            .map(Arc::new)
-            .map_err(|e| fail(&toml_path, Stage::Settings, e))?;
-        let wasm_hash = hex(&Sha256::digest(&bytes));
-        let hash = hex(&Sha256::new()
-            .chain_update(&bytes)
-            .chain_update(&toml_text)
-            .finalize());
-        Ok(HookFiles {
-            name,
-            wasm: wasm.to_owned(),
-            bytes,
-            wasm_hash,
-            hash,
-            config,
-            limits,
-            policy,
-        })
+    /// Reads a hook's files and hashes them, on a blocking thread: the
+    /// folder's files are the operator's, and reading one (or a `file:`
+    /// secret) must never stall the async runtime.
+    async fn read(&self, wasm: &Path, config: Option<HookConfig>) -> Result<HookFiles, LoadError> {
+        let (wasm, limits) = (wasm.to_owned(), self.limits.clone());
+        let name = hook_name(&wasm);
+        let file = wasm.clone();
+        tokio::task::spawn_blocking(move || read_files(&wasm, config, &limits))
+            .await
+            .unwrap_or_else(|e| {
+                Err(LoadError {
+                    hook: name,
+                    file,
+                    stage: Stage::Read,
+                    reason: format!("reading failed: {e}"),
+                })
+            })
     }
 
     /// Compiles, links and sets a hook up.
@@ -559,6 +531,60 @@ impl Registry {
     }
 }
 
+/// Reads `wasm` and its `NAME.toml` (unless `config` is given), checks
+/// the settings, and hashes them.
+fn read_files(
+    wasm: &Path,
+    config: Option<HookConfig>,
+    engine: &Limits,
+) -> Result<HookFiles, LoadError> {
+    let name = hook_name(wasm);
+    let toml_path = wasm.with_extension("toml");
+    let fail = |file: &Path, stage, reason: String| LoadError {
+        hook: name.clone(),
+        file: file.to_owned(),
+        stage,
+        reason,
+    };
+    let bytes =
+        read_regular(wasm, MAX_WASM_BYTES).map_err(|e| fail(wasm, Stage::Read, e.to_string()))?;
+    let (config, toml_text) = match config {
+        Some(config) => (config, String::new()),
+        None => match read_regular(&toml_path, MAX_TOML_BYTES) {
+            Ok(bytes) => {
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| fail(&toml_path, Stage::Read, "it is not UTF-8 text".into()))?;
+                let config = HookConfig::from_toml(&text)
+                    .map_err(|e| fail(&toml_path, Stage::Settings, e.to_string()))?;
+                (config, text)
+            }
+            Err(e) if e.is_not_found() => (HookConfig::default(), String::new()),
+            Err(e) => return Err(fail(&toml_path, Stage::Read, e.to_string())),
+        },
+    };
+    let limits = config
+        .limits(engine)
+        .map_err(|e| fail(&toml_path, Stage::Settings, e))?;
+    let policy = DeliveryPolicy::new(&config, toml_path.parent().unwrap_or(Path::new(".")))
+        .map(Arc::new)
+        .map_err(|e| fail(&toml_path, Stage::Settings, e))?;
+    let wasm_hash = hex(&Sha256::digest(&bytes));
+    let hash = hex(&Sha256::new()
+        .chain_update(&bytes)
+        .chain_update(&toml_text)
+        .finalize());
+    Ok(HookFiles {
+        name,
+        wasm: wasm.to_owned(),
+        bytes,
+        wasm_hash,
+        hash,
+        config,
+        limits,
+        policy,
+    })
+}
+
 /// A hook's files, read and hashed, not yet compiled.
 struct HookFiles {
     name: String,
@@ -580,7 +606,9 @@ pub(crate) fn hook_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
             .file_name()
             .and_then(|n| n.to_str())
             .is_none_or(|n| n.starts_with('.'));
-        if !hidden && path.extension().is_some_and(|e| e == "wasm") && path.is_file() {
+        // Whatever its type: a `NAME.wasm` that is not a regular file (a
+        // symlink to a folder, a FIFO) is a load error, not a removal.
+        if !hidden && path.extension().is_some_and(|e| e == "wasm") {
             files.push(path);
         }
     }

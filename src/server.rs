@@ -139,8 +139,18 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
+/// Most deliveries one `GET /v1/deliveries` lists.
+pub const MAX_LIST: usize = 1000;
+
 async fn deliveries(State(engine): State<Engine>, Query(q): Query<ListQuery>) -> Response {
-    match engine.deliveries(q.state, q.limit.unwrap_or(100)).await {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_LIST).contains(&limit) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be within 1..={MAX_LIST}"),
+        );
+    }
+    match engine.deliveries(q.state, limit).await {
         Ok(rows) => Json(rows).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

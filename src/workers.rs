@@ -122,6 +122,8 @@ pub(crate) struct Workers {
     stop: tokio_util::sync::CancellationToken,
     /// Bumped whenever an attempt finishes, for [`Workers::drained`].
     progress: watch::Sender<u64>,
+    /// Attempts launched and not yet recorded, for [`Workers::idle`].
+    running: watch::Sender<usize>,
     /// How long accepted events' keys are kept (ms); 0: not at all.
     keys_ms: u64,
 }
@@ -166,6 +168,7 @@ impl Workers {
             wake: Notify::new(),
             stop: tokio_util::sync::CancellationToken::new(),
             progress: watch::channel(0).0,
+            running: watch::channel(0).0,
             keys_ms,
         });
         tokio::spawn(workers.clone().pump());
@@ -427,7 +430,8 @@ impl Workers {
             if let Some(up) = up {
                 self.breaker_update(receiver, r, up);
             }
-            let next = if self.room_of(r, now_ms()) > 0 {
+            // Once stopping, held deliveries stay claimed for the next run.
+            let next = if self.room_of(r, now_ms()) > 0 && !self.stop.is_cancelled() {
                 r.ready.pop_front()
             } else {
                 None
@@ -506,7 +510,9 @@ impl Workers {
         let has_queued = !batch.queued.is_empty();
         // On failure the slots drop with `now`.
         let written = self.queue.commit(batch).await?;
-        if let Committed::Done { claimed } = &written {
+        if let Committed::Done { claimed } = &written
+            && !self.stop.is_cancelled()
+        {
             // Only the rows this commit wrote: an id queued before belongs
             // to whoever queued it (the slot of one not written drops here).
             for (delivery, slot) in now {
@@ -529,10 +535,18 @@ impl Workers {
     /// Sends a claimed delivery whose slot is taken.
     fn launch(self: &Arc<Self>, claimed: Claimed, slot: Slot) {
         let workers = self.clone();
+        self.running.send_modify(|n| *n += 1);
         tokio::spawn(async move {
             workers.attempt(claimed, slot).await;
+            workers.running.send_modify(|n| *n -= 1);
             workers.progress.send_modify(|n| *n += 1);
         });
+    }
+
+    /// Resolves once no attempt is in flight (each launched one recorded).
+    pub async fn idle(&self) {
+        let mut running = self.running.subscribe();
+        let _ = running.wait_for(|n| *n == 0).await;
     }
 
     /// One attempt: send, give the slot back, record the result, tell a

@@ -28,16 +28,26 @@ pub fn componentize(bytes: &[u8]) -> Result<Vec<u8>, String> {
              executable, not a library or reactor"
         ));
     }
-    wit_component::ComponentEncoder::default()
-        .module(bytes)
-        .and_then(|e| {
-            e.adapter(
-                "wasi_snapshot_preview1",
-                wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
-            )
-        })
-        .and_then(|e| e.validate(true).encode())
-        .map_err(|e| format!("{e:#}; {hint}"))
+    // wit-component panics on some malformed modules (a truncated code
+    // section): that is a bad file, not a reason to take a thread down.
+    let encoded = std::panic::catch_unwind(|| {
+        wit_component::ComponentEncoder::default()
+            .module(bytes)
+            .and_then(|e| {
+                e.adapter(
+                    "wasi_snapshot_preview1",
+                    wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
+                )
+            })
+            .and_then(|e| e.validate(true).encode())
+    });
+    match encoded {
+        Ok(encoded) => encoded.map_err(|e| format!("{e:#}; {hint}")),
+        Err(_) => Err(format!(
+            "this core module is malformed: the file is truncated or corrupt (write hooks \
+             to a temporary file and rename it into place); {hint}"
+        )),
+    }
 }
 
 /// Whether a core module exports a function named `_start`.

@@ -326,3 +326,28 @@ fn new_scaffolds_a_hook_that_builds_and_runs_in_every_language() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
 }
+
+/// Beyond loopback, `serve` wants a token, unless told otherwise in so
+/// many words (before: it only warned).
+#[test]
+fn serve_refuses_to_listen_beyond_loopback_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = wasmhooks()
+        .args(["serve", "--listen", "0.0.0.0:0", "--no-watch", "--hooks"])
+        .arg(dir.path())
+        .arg("--state")
+        .arg(dir.path().join(".state"))
+        .env_remove("WASMHOOKS_TOKEN")
+        .env_remove("WASMHOOKS_INSECURE_NO_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for says in [
+        "refusing to listen on 0.0.0.0:0",
+        "WASMHOOKS_TOKEN",
+        "--insecure-no-token",
+    ] {
+        assert!(stderr.contains(says), "{says} in: {stderr}");
+    }
+}

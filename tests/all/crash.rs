@@ -59,6 +59,13 @@ impl Serve {
         self.child.kill().unwrap(); // SIGKILL
         self.child.wait().unwrap();
     }
+
+    /// SIGTERM, as a process manager sends; returns how it exited.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id() as libc::pid_t;
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        self.child.wait().unwrap()
+    }
 }
 
 impl Drop for Serve {
@@ -236,4 +243,50 @@ fn unique_ids(got: &[crate::Received]) -> HashMap<String, usize> {
         *ids.entry(r.header("webhook-id").to_owned()).or_insert(0) += 1;
     }
     ids
+}
+
+/// SIGTERM with deliveries in flight to a slow receiver: they finish, the
+/// engine exits 0, and nothing is left to send again after a restart.
+/// Before: SIGTERM killed it at once (exit -15), and what was in flight
+/// went out again after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_deliveries_in_flight_finish_and_exits_0() {
+    const N: usize = 5;
+    let receiver = Receiver::slow(std::time::Duration::from_millis(1000)).await;
+    let toml = format!(
+        "[settings]\nmode = \"echo\"\nurl = \"{}\"\nphases = [\"post\"]\n",
+        receiver.url("/term")
+    );
+    let folders = Folders::new(&toml, "");
+    let (hooks, state, config) = (&folders.hooks, &folders.state, &folders.config);
+    let engine = Serve::start(hooks, state, config);
+    let client = reqwest::Client::new();
+    let mut event = fixture_json("vm.start.post");
+    for i in 0..N {
+        event["callId"] = format!("term-{i}").into();
+        let response = client
+            .post(format!("http://{}/v1/events", engine.addr))
+            .json(&event)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+    }
+    receiver.wait_for(N).await; // all in flight: the receiver answers in 1 s
+    let status = engine.terminate();
+    assert_eq!(status.code(), Some(0), "a clean stop");
+    assert_eq!(receiver.received().len(), N);
+    let admin = wasmhooks::DeliveryAdmin::open(state).unwrap();
+    let pending = admin.list(wasmhooks::Filter::Pending, 100).await.unwrap();
+    assert!(pending.is_empty(), "all recorded as delivered: {pending:?}");
+    // A restart finds nothing to send again.
+    let engine = Serve::start(hooks, state, config);
+    let r = client
+        .get(format!("http://{}/v1/deliveries", engine.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "[]");
+    assert_eq!(receiver.received().len(), N);
+    drop(engine);
 }

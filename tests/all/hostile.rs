@@ -147,3 +147,50 @@ async fn an_oversized_delivery_is_a_bad_outcome() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A hook that returns 30,000 distinct headers fails alone, with the cap
+/// it broke named. Before: `HeaderMap` panicked while its delivery was
+/// built, so the pre caller got no answer, the post event's other
+/// deliveries were lost, and the journaled event panicked again at every
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_bomb_fails_its_hook_alone() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bomb = format!(
+        "deadline_ms = 5000\n[settings]\nmode = \"echo\"\nurl = \"{}\"\nheaders = 30000\n",
+        receiver.url("/bomb")
+    );
+    install(dir.path(), "bomb", "misbehave", Some(&bomb));
+    let good = format!(
+        "[settings]\nmode = \"echo\"\nurl = \"{}\"\nmark = \"good\"\n",
+        receiver.url("/good")
+    );
+    install(dir.path(), "good", "misbehave", Some(&good));
+    let mut config = test_config(dir.path());
+    config.post_inline_ms = 0; // journaled first, as a slow hook's event is
+    let engine = wasmhooks::Engine::new(config.clone()).await.unwrap();
+
+    let verdict = engine.pre(fixture("vm.start.pre")).await.unwrap();
+    assert!(verdict.allowed);
+    let failure = &verdict.failures[0];
+    assert_eq!(
+        (failure.hook.as_str(), failure.kind.as_str()),
+        ("bomb", "bad-outcome")
+    );
+    assert!(
+        failure.message.contains("30003 headers")
+            && failure.message.contains("max_headers_per_delivery"),
+        "{failure:?}"
+    );
+    engine.post(fixture("vm.start.post")).await.unwrap();
+    engine.drain().await;
+    let got = receiver.received();
+    assert_eq!(got.len(), 2, "the good hook's pre and post deliveries");
+    assert!(got.iter().all(|r| r.header("x-mark") == "good"));
+
+    // Nothing is left to replay at the next start.
+    drop(engine);
+    let engine = wasmhooks::Engine::new(config).await.unwrap();
+    assert_eq!(engine.backlog().await.unwrap(), 0);
+}

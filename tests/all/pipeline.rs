@@ -3,6 +3,7 @@
 //! path, a signing secret removed under pending deliveries, a full disk,
 //! and events sent twice.
 
+use crate::server::serve;
 use crate::{
     Receiver, eventually, failing_once, failing_until_up, fixture_json, install, test_config,
 };
@@ -25,15 +26,6 @@ fn event_bytes(name: &str, call_id: &str) -> Vec<u8> {
 
 fn echo(url: &str, extra: &str) -> String {
     format!("{extra}\n[settings]\nmode = \"echo\"\nurl = \"{url}\"\n")
-}
-
-/// Serves the engine's HTTP API on a loopback port; returns its base URL.
-async fn serve(engine: Engine) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = wasmhooks::server::router(engine);
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}")
 }
 
 /// `webhook-id`s the receiver got, by the `x-call-id` the echo hook sets.

@@ -4,7 +4,8 @@ use crate::{Receiver, fixture_bytes, install, test_config};
 use serde_json::Value;
 use wasmhooks::Engine;
 
-async fn serve(engine: Engine) -> String {
+/// Serves the engine's HTTP API on a loopback port; returns its base URL.
+pub async fn serve(engine: Engine) -> String {
     serve_app(wasmhooks::server::router(engine)).await
 }
 
@@ -187,5 +188,26 @@ async fn events_in_verdicts_and_status_out() {
         format!("wasmhooks_deliveries_total{{{receiver_label}}} 3"),
     ] {
         assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
+}
+
+/// A list is bounded by the engine, not by the caller.
+#[tokio::test]
+async fn deliveries_are_listed_a_bounded_page_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = serve(Engine::new(test_config(dir.path())).await.unwrap()).await;
+    let client = reqwest::Client::new();
+    for (limit, status) in [
+        ("1000", 200),
+        ("1001", 400),
+        ("0", 400),
+        ("99999999999", 400),
+    ] {
+        let r = client
+            .get(format!("{base}/v1/deliveries?state=dead&limit={limit}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "limit={limit}");
     }
 }

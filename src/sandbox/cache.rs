@@ -1,7 +1,8 @@
 //! The compiled-hook cache on disk.
 
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -10,23 +11,45 @@ use wasmtime::component::Component;
 /// component's SHA-256 and ENGINE the engine's compatibility fingerprint, so
 /// a different wasmtime or setting never loads a stale artifact.
 ///
-/// Each file is a magic, a SHA-256 of the artifact, then the artifact: a
-/// corrupt file is detected before wasmtime sees it, and recompiled. Files
-/// are written to a temporary name and renamed, never rewritten in place,
-/// and read into memory rather than mapped.
+/// An artifact is native code: loading one runs it. So the folder is
+/// private (created 0700; refused if another user owns it or others may
+/// write to it), and each file is a magic, an HMAC-SHA256 of its name and
+/// the artifact under the cache's own key (`.key`, 0600, random), then the
+/// artifact: a corrupt, planted, edited or renamed file is recompiled,
+/// never loaded. Files are written to a temporary name and renamed, never
+/// rewritten in place, and read into memory rather than mapped.
 pub(super) struct DiskCache {
     pub(super) dir: PathBuf,
     pub(super) fingerprint: String,
+    key: [u8; 32],
 }
 
-pub(super) const CACHE_MAGIC: &[u8; 8] = b"WHCACHE1";
+pub(super) const CACHE_MAGIC: &[u8; 8] = b"WHCACHE2";
+
+/// The cache's key file, beside its entries.
+const KEY_FILE: &str = ".key";
 
 /// A compiled-hook cache entry unused this long is deleted when an engine
 /// starts: hooks change, and each version leaves its own entry.
 pub(super) const CACHE_UNUSED: Duration = Duration::from_secs(30 * 86_400);
 
 impl DiskCache {
-    pub(super) fn new(dir: PathBuf, engine: &Engine) -> DiskCache {
+    /// The cache in `dir`, made private if new; `None` (logged) if the
+    /// folder or its key cannot be trusted or made.
+    pub(super) fn open(dir: PathBuf, engine: &Engine) -> Option<DiskCache> {
+        match private_key(&dir) {
+            Ok(key) => Some(DiskCache::new(dir, engine, key)),
+            Err(why) => {
+                tracing::warn!(
+                    "not using the compiled-hook cache {}: {why}; hooks are compiled at every start",
+                    dir.display()
+                );
+                None
+            }
+        }
+    }
+
+    fn new(dir: PathBuf, engine: &Engine, key: [u8; 32]) -> DiskCache {
         struct Hasher(Sha256);
         impl std::hash::Hasher for Hasher {
             fn finish(&self) -> u64 {
@@ -40,7 +63,22 @@ impl DiskCache {
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
         let digest = hasher.0.finalize();
         let fingerprint = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-        DiskCache { dir, fingerprint }
+        DiskCache {
+            dir,
+            fingerprint,
+            key,
+        }
+    }
+
+    /// The MAC of an entry: its name (content hash and engine) and artifact.
+    fn mac(&self, hash: &str, artifact: &[u8]) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length");
+        mac.update(hash.as_bytes());
+        mac.update(b"\0");
+        mac.update(self.fingerprint.as_bytes());
+        mac.update(b"\0");
+        mac.update(artifact);
+        mac
     }
 
     pub(super) fn path(&self, hash: &str) -> PathBuf {
@@ -88,20 +126,22 @@ impl DiskCache {
             .and_then(|f| f.set_modified(std::time::SystemTime::now()));
         let artifact = match bytes.split_at_checked(CACHE_MAGIC.len() + 32) {
             Some((head, artifact))
-                if &head[..8] == CACHE_MAGIC && head[8..] == Sha256::digest(artifact)[..] =>
+                if &head[..8] == CACHE_MAGIC
+                    && self.mac(hash, artifact).verify_slice(&head[8..]).is_ok() =>
             {
                 artifact
             }
             _ => {
                 tracing::warn!(
-                    "compiled-hook cache entry {} is corrupt; recompiling",
+                    "compiled-hook cache entry {} is corrupt, or was not written by this \
+                     cache; recompiling",
                     path.display()
                 );
                 return None;
             }
         };
-        // SAFETY: the checksum shows these are the bytes we serialized with
-        // an engine of the same fingerprint.
+        // SAFETY: the MAC shows these are the bytes this cache serialized,
+        // for this content hash, with an engine of the same fingerprint.
         match unsafe { Component::deserialize(engine, artifact) } {
             Ok(component) => Some(component),
             Err(e) => {
@@ -122,7 +162,7 @@ impl DiskCache {
             let tmp = self.dir.join(format!(".{hash}.{}.tmp", fastrand::u64(..)));
             let mut file = Vec::with_capacity(artifact.len() + 40);
             file.extend_from_slice(CACHE_MAGIC);
-            file.extend_from_slice(&Sha256::digest(&artifact));
+            file.extend_from_slice(&self.mac(hash, &artifact).finalize().into_bytes());
             file.extend_from_slice(&artifact);
             std::fs::write(&tmp, &file).map_err(|e| e.to_string())?;
             std::fs::rename(&tmp, self.path(hash)).map_err(|e| {
@@ -136,5 +176,62 @@ impl DiskCache {
                 self.dir.display()
             );
         }
+    }
+}
+
+/// Makes `dir` (0700) if it is missing, checks that it is this user's and
+/// that no one else may write to it, and reads its key, or makes one.
+fn private_key(dir: &Path) -> Result<[u8; 32], String> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create it: {e}"))?;
+    let me = unsafe { libc::geteuid() };
+    let trusted = |path: &Path, what: &str, others: u32| -> Result<(), String> {
+        let meta = std::fs::symlink_metadata(path).map_err(|e| format!("{what}: {e}"))?;
+        if meta.uid() != me {
+            return Err(format!(
+                "{what} belongs to another user (uid {})",
+                meta.uid()
+            ));
+        }
+        if meta.mode() & others != 0 {
+            return Err(format!(
+                "{what} is open to other users (mode {:o}); chmod it to 700 (600 for .key)",
+                meta.mode() & 0o777
+            ));
+        }
+        Ok(())
+    };
+    trusted(dir, "the folder", 0o022)?;
+    let path = dir.join(KEY_FILE);
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(mut file) => {
+            let mut key = [0u8; 32];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut random| random.read_exact(&mut key))
+                .map_err(|e| format!("cannot make a key: {e}"))?;
+            file.write_all(&key)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            Ok(key)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            trusted(&path, "its .key", 0o077)?;
+            let bytes = crate::files::read_regular(&path, 32)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            bytes
+                .try_into()
+                .map_err(|_| format!("{} is not a key; delete it", path.display()))
+        }
+        Err(e) => Err(format!("cannot create {}: {e}", path.display())),
     }
 }

@@ -172,10 +172,10 @@ impl Sandbox {
         spawn_epoch_ticker(&engine);
         let warm_pools = Arc::new(WarmPools::default());
         spawn_warm_sweeper(&warm_pools);
-        let disk = config.cache_dir.as_ref().map(|dir| {
-            let disk = DiskCache::new(dir.clone(), &engine);
+        let disk = config.cache_dir.as_ref().and_then(|dir| {
+            let disk = DiskCache::open(dir.clone(), &engine)?;
             disk.prune();
-            Arc::new(disk)
+            Some(Arc::new(disk))
         });
         Ok(Sandbox {
             engine,

@@ -368,6 +368,7 @@ async fn compiled_hooks_are_cached_on_disk_and_a_corrupt_entry_is_recompiled() {
         let mut files: Vec<_> = std::fs::read_dir(cache.path())
             .unwrap()
             .map(|e| e.unwrap().path())
+            .filter(|p| !p.ends_with(".key"))
             .collect();
         files.sort();
         files
@@ -448,4 +449,80 @@ async fn compiled_hooks_are_cached_on_disk_and_a_corrupt_entry_is_recompiled() {
         "touched on use: {age:?}"
     );
     drop(engine);
+}
+
+/// A compiled artifact is native code. An entry planted in the cache (here:
+/// another hook's genuine artifact under this hook's name) is recompiled,
+/// never loaded; a cache folder others may write to is not used at all.
+/// Before: entries were checked with a plain SHA-256 of themselves, so the
+/// planted entry ran as the other hook.
+#[tokio::test]
+async fn a_planted_cache_entry_is_recompiled_and_an_open_cache_folder_unused() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().join("cache");
+    std::fs::copy(wasm("deny"), dir.path().join("a.wasm")).unwrap();
+    std::fs::write(dir.path().join("a.toml"), "[settings]\nprotected = []\n").unwrap();
+    std::fs::copy(wasm("misbehave"), dir.path().join("b.wasm")).unwrap();
+    std::fs::write(
+        dir.path().join("b.toml"),
+        "[settings]\nmode = \"deny\"\nmark = \"b\"\n",
+    )
+    .unwrap();
+    let config = || {
+        let mut config = test_config(dir.path());
+        config.cache_dir = Some(cache_dir.clone());
+        config
+    };
+    drop(Engine::new(config()).await.unwrap());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&cache_dir).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700, "created private");
+    let entry = |wasm: &str| {
+        let hash: String = sha2::Sha256::digest(std::fs::read(dir.path().join(wasm)).unwrap())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        std::fs::read_dir(&cache_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&hash))
+            .unwrap_or_else(|| panic!("no cache entry for {wasm}"))
+    };
+    // a's artifact planted as b's.
+    std::fs::copy(entry("a.wasm"), entry("b.wasm")).unwrap();
+    std::fs::remove_file(dir.path().join("a.wasm")).unwrap();
+    let engine = Engine::new(config()).await.unwrap();
+    let verdict = engine.pre(fixture("vm.delete.pre")).await.unwrap();
+    assert_eq!(
+        verdict.reason.as_deref(),
+        Some("b"),
+        "b runs its own code: {verdict:?}"
+    );
+    drop(engine);
+
+    // Open to other users: not used (nothing read or written there).
+    std::fs::set_permissions(
+        &cache_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let before: Vec<_> = std::fs::read_dir(&cache_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    std::fs::remove_file(entry("b.wasm")).unwrap();
+    let engine = Engine::new(config()).await.unwrap();
+    assert_eq!(engine.hooks()[0].state, HookState::Live);
+    let after: Vec<_> = std::fs::read_dir(&cache_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(
+        after.len(),
+        before.len() - 1,
+        "no entry written to an open folder"
+    );
 }

@@ -95,6 +95,11 @@ impl Ingest {
     /// Runs a pre event through the hooks subscribed to it and returns the
     /// verdict (see the module's doc).
     pub async fn pre(self: &Arc<Self>, event: Event) -> Result<Verdict, Error> {
+        let hooks = self.registry.snapshot().matching(&event);
+        if hooks.is_empty() {
+            // No WASM call, nothing to queue: nothing to recognise either.
+            return Ok(dispatch::decide(&hooks, Vec::new()).verdict);
+        }
         let (key, uid) = self.identify(&event);
         let publish = match &key {
             Some(key) => match self.remember(key) {
@@ -114,14 +119,8 @@ impl Ingest {
         let (tx, rx) = oneshot::channel();
         let ingest = self.clone();
         // Held until its deliveries are committed, so drain() waits for them.
-        let permit = self
-            .posts
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
+        let permit = self.place().await;
         tokio::spawn(async move {
-            let hooks = ingest.registry.snapshot().matching(&event);
             let results = dispatch::run_all(&ingest.runner, &hooks, &event, &uid).await;
             let decided = dispatch::decide(&hooks, results);
             let (verdict, unqueued) = ingest.queue_pre(&hooks, decided).await;
@@ -285,12 +284,7 @@ impl Ingest {
         if self.redact.iter().any(|m| m.matches(event.method())) {
             event.redact_result("* obfuscated *");
         }
-        let permit = self
-            .posts
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
+        let permit = self.place().await;
         let (key, uid) = self.identify(&event);
         let (tx, rx) = oneshot::channel();
         let ingest = self.clone();
@@ -440,12 +434,7 @@ impl Ingest {
                     hook
                 })
                 .collect();
-            let permit: OwnedSemaphorePermit = self
-                .posts
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("never closed");
+            let permit: OwnedSemaphorePermit = self.place().await;
             let ingest = self.clone();
             tokio::spawn(async move {
                 let queued = ingest.run_post(&hooks, &event, &journaled.uid).await;
@@ -460,6 +449,16 @@ impl Ingest {
             });
         }
         Ok(())
+    }
+
+    /// A place among the events in progress, held until what the event
+    /// became is committed; waits while there are `MAX_POSTS_IN_FLIGHT`.
+    async fn place(&self) -> OwnedSemaphorePermit {
+        self.posts
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed")
     }
 
     /// Waits until every event accepted so far is committed: post events,

@@ -109,7 +109,7 @@ async fn a_sigkilled_engine_loses_no_accepted_event() {
     const N: usize = 200;
     let receiver = Receiver::stalled().await;
     let toml = format!(
-        "deadline_ms = 10000\n[settings]\nmode = \"echo\"\nurl = \"{}\"\ndelay_ms = 100\n",
+        "deadline_ms = 10000\n[settings]\nmode = \"echo\"\nurl = \"{}\"\ndelay_ms = 300\n",
         receiver.url("/crash")
     );
     let folders = Folders::new(
@@ -138,9 +138,10 @@ async fn a_sigkilled_engine_loses_no_accepted_event() {
     {
         assert_eq!(response.unwrap().status(), 202, "event {i} accepted");
     }
-    // The hook takes 100 ms per event, so when the first delivery reaches
-    // the receiver (which holds it: in flight), most events are still in
-    // their hook (journaled) or their deliveries are pending.
+    // The hook takes 300 ms per event (200 events, 128 calls at a time),
+    // so when the first delivery reaches the receiver (which holds it: in
+    // flight), the second wave is still in its hook (journaled) and the
+    // first wave's deliveries are pending.
     receiver.wait_for(1).await;
     engine.kill();
     let before = receiver.received().len();

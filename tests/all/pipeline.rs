@@ -28,6 +28,11 @@ fn echo(url: &str, extra: &str) -> String {
     format!("{extra}\n[settings]\nmode = \"echo\"\nurl = \"{url}\"\n")
 }
 
+/// Installs the `misbehave` hook as `name`, echoing events to `url`.
+fn install_echo(dir: &std::path::Path, name: &str, url: impl AsRef<str>, extra: &str) {
+    install(dir, name, "misbehave", Some(&echo(url.as_ref(), extra)));
+}
+
 /// `webhook-id`s the receiver got, by the `x-call-id` the echo hook sets.
 fn ids_by_call(got: &[crate::Received]) -> HashMap<String, HashSet<String>> {
     let mut by_call: HashMap<String, HashSet<String>> = HashMap::new();
@@ -65,12 +70,7 @@ async fn clients_that_go_away_mid_request_leak_no_slot_and_lose_no_event() {
     for inline_ms in [20, 0] {
         let receiver = Receiver::slow(Duration::from_millis(5)).await;
         let dir = tempfile::tempdir().unwrap();
-        install(
-            dir.path(),
-            "echo",
-            "misbehave",
-            Some(&echo(&receiver.url("/r"), "")),
-        );
+        install_echo(dir.path(), "echo", receiver.url("/r"), "");
         let mut config = test_config(dir.path());
         config.dedup_window_secs = 3600; // the retries are the same events
         config.post_inline_ms = inline_ms;
@@ -121,12 +121,7 @@ async fn operator_commands_while_deliveries_are_in_flight_send_nothing_twice() {
     // 8 at a time, 100 ms each: about 6 s to send them all.
     let receiver = Receiver::slow(Duration::from_millis(100)).await;
     let dir = tempfile::tempdir().unwrap();
-    install(
-        dir.path(),
-        "echo",
-        "misbehave",
-        Some(&echo(&receiver.url("/r"), "")),
-    );
+    install_echo(dir.path(), "echo", receiver.url("/r"), "");
     let config = test_config(dir.path());
     let state = config.state_dir.clone().unwrap();
     let engine = Engine::new(config).await.unwrap();
@@ -176,12 +171,7 @@ async fn operator_commands_while_deliveries_are_in_flight_send_nothing_twice() {
 async fn a_wait_hooks_failed_delivery_is_a_dead_letter_that_retry_sends() {
     let (fixed, receiver) = failing_until_up(StatusCode::BAD_REQUEST).await;
     let dir = tempfile::tempdir().unwrap();
-    install(
-        dir.path(),
-        "gate",
-        "misbehave",
-        Some(&echo(&receiver.url("/w"), "wait = true")),
-    );
+    install_echo(dir.path(), "gate", receiver.url("/w"), "wait = true");
     let engine = Engine::new(test_config(dir.path())).await.unwrap();
     let verdict = engine.pre(event("vm.start.pre", "w1")).await.unwrap();
     assert!(verdict.allowed, "on_error defaults to allow");
@@ -335,12 +325,7 @@ async fn deliveries_queued_signed_are_never_sent_unsigned() {
 async fn an_event_sent_twice_is_delivered_once() {
     let receiver = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    install(
-        dir.path(),
-        "echo",
-        "misbehave",
-        Some(&echo(&receiver.url("/twice"), "")),
-    );
+    install_echo(dir.path(), "echo", receiver.url("/twice"), "");
     let mut config = test_config(dir.path());
     config.dedup_window_secs = 3600;
     config.post_inline_ms = 0; // journaled: the slower path

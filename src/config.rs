@@ -74,6 +74,8 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// How deliveries are sent.
     pub delivery: DeliveryConfig,
+    /// Limits on the HTTP API's clients.
+    pub http: HttpConfig,
 }
 
 impl Default for Config {
@@ -98,6 +100,36 @@ impl Default for Config {
             max_headers_per_delivery: 64,
             max_header_bytes: 16 * 1024,
             delivery: DeliveryConfig::default(),
+            http: HttpConfig::default(),
+        }
+    }
+}
+
+/// Limits on the HTTP API's clients ([`crate::server::serve`] and
+/// [`crate::server::router`]), so that slow or idle clients cannot hold it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Connections served at once. Past this, a few more
+    /// ([`crate::server::OVERFLOW_CONNECTIONS`]) get one short answer and are
+    /// closed: `/healthz` as usual, anything else 503 with `Retry-After`;
+    /// connections beyond those are closed at once.
+    pub max_connections: usize,
+    /// How long a client has to send a request's line and headers (ms),
+    /// from when its connection opens or its previous answer was sent: also
+    /// how long an idle keep-alive connection is kept. Then it is closed.
+    pub header_timeout_ms: u64,
+    /// How long a client has to send a request's body once its headers are
+    /// in (ms). Then it gets 408 and the connection is closed.
+    pub body_timeout_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_connections: 512,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
         }
     }
 }
@@ -135,6 +167,15 @@ impl Config {
                 "delivery.per_receiver_concurrency",
                 d.per_receiver_concurrency,
             ),
+        ] {
+            if value == 0 {
+                return Err(SettingsError::field(field, "must be at least 1"));
+            }
+        }
+        for (field, value) in [
+            ("http.max_connections", self.http.max_connections as u64),
+            ("http.header_timeout_ms", self.http.header_timeout_ms),
+            ("http.body_timeout_ms", self.http.body_timeout_ms),
         ] {
             if value == 0 {
                 return Err(SettingsError::field(field, "must be at least 1"));

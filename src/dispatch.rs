@@ -37,6 +37,10 @@ pub struct HookFailure {
     pub kind: String,
     /// What happened.
     pub message: String,
+    /// For a hook stopped at its deadline: how long it ran, in
+    /// milliseconds (waiting for a CPU while other hooks ran not counted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ran_ms: Option<u64>,
 }
 
 /// What one hook decided on one event, checked.
@@ -58,34 +62,65 @@ pub(crate) struct Runner {
 /// fails, or that makes the engine panic while its outcome is processed,
 /// fails by itself.
 pub(crate) async fn run_all(
-    runner: &Runner,
+    runner: &Arc<Runner>,
     hooks: &Hooks,
     event: &Event,
     uid: &str,
 ) -> Vec<Result<Decision, CallError>> {
-    // Concurrently within this task: a busy hook yields at every epoch
-    // tick, so none holds up the others, and a single hook costs no
-    // hand-off to another thread.
-    let runs = hooks.iter().map(|hook| {
-        let run = std::panic::AssertUnwindSafe(runner.run(hook, event, uid));
-        async move {
-            run.catch_unwind().await.unwrap_or_else(|panic| {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic".into());
-                hook.stats.errors.inc();
-                let e = CallError::Internal {
-                    site: site(hook, event),
-                    message,
-                };
-                tracing::error!("{e}");
-                Err(e)
+    if let [hook] = &hooks[..] {
+        // A single hook costs no hand-off to another thread.
+        return vec![caught(hook, event, runner.run(hook, event, uid)).await];
+    }
+    // A task per hook, so that the hooks of one event run on every worker
+    // thread, and one hook's host-side work (building its deliveries, say)
+    // never sits between another hook and its deadline. Aborted if the
+    // caller goes away.
+    let tasks: Vec<_> = hooks
+        .iter()
+        .map(|hook| {
+            let (runner, hook, event, uid) =
+                (runner.clone(), hook.clone(), event.clone(), uid.to_owned());
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+                caught(&hook, &event, runner.run(&hook, &event, &uid)).await
+            }))
+        })
+        .collect();
+    let mut results = Vec::with_capacity(tasks.len());
+    for (hook, task) in hooks.iter().zip(tasks) {
+        results.push(task.await.unwrap_or_else(|e| {
+            // Panics are caught inside; this is the runtime shutting down.
+            Err(CallError::Internal {
+                site: site(hook, event),
+                message: format!("the hook's task ended: {e}"),
             })
-        }
-    });
-    futures::future::join_all(runs).await
+        }));
+    }
+    results
+}
+
+/// `run`, with a panic turned into that hook's [`CallError::Internal`].
+async fn caught(
+    hook: &LiveHook,
+    event: &Event,
+    run: impl Future<Output = Result<Decision, CallError>>,
+) -> Result<Decision, CallError> {
+    std::panic::AssertUnwindSafe(run)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            hook.stats.errors.inc();
+            let e = CallError::Internal {
+                site: site(hook, event),
+                message,
+            };
+            tracing::error!("{e}");
+            Err(e)
+        })
 }
 
 /// What a pre event's hooks decided, before their deliveries are queued.
@@ -120,7 +155,15 @@ pub(crate) fn decide(hooks: &Hooks, results: Vec<Result<Decision, CallError>>) -
                 }
                 decision.deny
             }
-            Err(e) => decided.verdict.fail(hook, e.kind(), e.to_string()),
+            Err(e) => {
+                let deny = decided.verdict.fail(hook, e.kind(), e.to_string());
+                if let CallError::Timeout { ran, .. } = e
+                    && let Some(failure) = decided.verdict.failures.last_mut()
+                {
+                    failure.ran_ms = Some(ran.as_millis() as u64);
+                }
+                deny
+            }
         };
         decided.verdict.deny(hook, deny);
     }
@@ -136,6 +179,7 @@ impl Verdict {
             hook: hook.name().to_owned(),
             kind: kind.to_owned(),
             message,
+            ran_ms: None,
         });
         deny
     }
@@ -226,9 +270,10 @@ impl Runner {
         hook.stats.duration.observe(started.elapsed().as_secs_f64());
         let site = || site(hook, event);
         let outcome = result.map_err(|f| match f {
-            Failure::Timeout(deadline) => CallError::Timeout {
+            Failure::Timeout(deadline, ran) => CallError::Timeout {
                 site: site(),
                 deadline,
+                ran,
             },
             Failure::MemoryCap(cap_mib) => CallError::MemoryCap {
                 site: site(),

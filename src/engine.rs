@@ -95,7 +95,7 @@ impl Engine {
         );
         let ingest = Arc::new(Ingest {
             registry: registry.clone(),
-            runner: Runner::new(sandbox, &config),
+            runner: Arc::new(Runner::new(sandbox, &config)),
             queue: queue.clone(),
             workers: workers.clone(),
             redact: config

@@ -155,13 +155,17 @@ impl fmt::Display for CallSite {
 pub enum CallError {
     /// The hook ran past its deadline and was stopped.
     #[error(
-        "{site}: stopped at its deadline of {deadline:?} (raise `deadline_ms` in its .toml if it needs longer)"
+        "{site}: stopped at its deadline of {deadline:?}, after running {ran:.1?} (raise `deadline_ms` in its .toml if it needs longer)"
     )]
     Timeout {
         /// Where.
         site: CallSite,
         /// The deadline it had.
         deadline: Duration,
+        /// How long it ran until it was stopped: its deadline, plus the
+        /// little it takes to notice (time spent waiting for a CPU while
+        /// other calls ran does not count).
+        ran: Duration,
     },
     /// The hook tried to use more memory than its cap.
     #[error(

@@ -44,7 +44,7 @@ const COMMIT_RETRY: (Duration, Duration) = (Duration::from_millis(50), Duration:
 
 pub(crate) struct Ingest {
     pub registry: Arc<Registry>,
-    pub runner: Runner,
+    pub runner: Arc<Runner>,
     pub queue: Arc<dyn Queue>,
     pub workers: Arc<Workers>,
     pub redact: Vec<WildMatch>,
@@ -215,6 +215,7 @@ impl Ingest {
                         message: format!(
                             "its deliveries could not be queued ({e}); retrying in the background"
                         ),
+                        ran_ms: None,
                     });
                 }
             }

@@ -274,7 +274,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         stop.cancelled().await;
         std::time::Instant::now()
     };
-    let server = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+    let http = engine.config().http.clone();
+    let server = wasmhooks::server::serve(listener, app, &http, stop.clone().cancelled_owned());
     let mut stopping_since = None;
     tokio::select! {
         served = server => served.context("server failed")?,

@@ -454,7 +454,7 @@ impl Registry {
             (Pre::Hook(_), None) => self.sandbox.setup(&prepared).await.map_err(|f| {
                 let reason = match f {
                     Failure::Returned(message) => format!("setup refused the settings: {message}"),
-                    Failure::Timeout(d) => {
+                    Failure::Timeout(d, _) => {
                         format!("setup did not finish within the deadline of {d:?}")
                     }
                     Failure::MemoryCap(mib) => {

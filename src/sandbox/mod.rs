@@ -87,7 +87,8 @@ pub(crate) struct RawOutcome {
 /// Why one call failed, before the caller adds which hook and event.
 #[derive(Debug)]
 pub(crate) enum Failure {
-    Timeout(Duration),
+    /// Stopped at its deadline (the first), after running this long.
+    Timeout(Duration, Duration),
     MemoryCap(usize),
     Trap(String),
     Returned(String),
@@ -122,6 +123,9 @@ pub(crate) struct Sandbox {
     disk: Option<Arc<DiskCache>>,
     /// One permit per pool slot: callers wait for a slot instead of failing.
     slots: Semaphore,
+    /// One permit per CPU: a call runs, and its deadline counts, only while
+    /// it holds one (see [`Session::run`]).
+    cpus: Arc<Semaphore>,
     /// One permit per warm instance the pool has room for.
     warm_slots: Arc<Semaphore>,
     /// Every hook version's warm pool, swept for idle instances.
@@ -183,6 +187,7 @@ impl Sandbox {
             compiled: Mutex::default(),
             disk,
             slots: Semaphore::new(slots as usize),
+            cpus: Arc::new(Semaphore::new(cpus(slots))),
             warm_slots: Arc::new(Semaphore::new(config.max_warm_instances as usize)),
             warm_pools,
         })
@@ -327,12 +332,22 @@ impl Sandbox {
         store.limiter(|s| &mut s.limiter);
         Session {
             store,
+            cpus: self.cpus.clone(),
             stdout,
             stderr,
             is_command,
             logged: (0, 0),
         }
     }
+}
+
+/// Calls that run at once: one per CPU the process may use, so that a
+/// running call is not sharing its CPU with other calls (which would eat
+/// into its deadline), and at most `slots`.
+fn cpus(slots: u32) -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(slots as usize)
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.

@@ -3,7 +3,9 @@
 use super::component::wit;
 use super::host::{DeadlineReached, HostState, guest_log};
 use super::{Failure, HOST_CALL_GRACE, Prepared, truncate};
+use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::Semaphore;
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
@@ -11,6 +13,8 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 /// for every call of a warm instance.
 pub(super) struct Session {
     pub(super) store: Store<HostState>,
+    /// The sandbox's CPU permits.
+    pub(super) cpus: Arc<Semaphore>,
     pub(super) stdout: MemoryOutputPipe,
     pub(super) stderr: MemoryOutputPipe,
     /// A command's stdout is its outcome, not log lines.
@@ -33,8 +37,19 @@ impl Session {
         let state = self.store.data_mut();
         state.limiter.exceeded = false;
         state.log_lines = 0;
+        // The deadline counts from when the call has a CPU: a hook that
+        // waited while others ran has lost nothing, and one that runs is
+        // stopped on time however many others wait. Busy guests still
+        // yield at every epoch tick, for the runtime's other tasks.
+        let _cpu = self
+            .cpus
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the CPU semaphore is never closed");
         let deadline = hook.limits.deadline;
-        let until = Instant::now() + deadline;
+        let started = Instant::now();
+        let until = started + deadline;
         self.store.set_epoch_deadline(1);
         self.store.epoch_deadline_callback(move |_| {
             if Instant::now() >= until {
@@ -45,13 +60,14 @@ impl Session {
         });
         let run = body(&mut self.store, &self.stdout);
         let result = tokio::time::timeout(deadline + HOST_CALL_GRACE, run).await;
+        let ran = started.elapsed();
         let stderr_tail = self.log_stdio(&hook.name);
         let is_command = self.is_command;
         let exceeded = self.store.data().limiter.exceeded;
         let memory_cap = || Failure::MemoryCap(hook.limits.memory_bytes / (1024 * 1024));
         match result {
             Err(_elapsed) if exceeded => Err(memory_cap()),
-            Err(_elapsed) => Err(Failure::Timeout(deadline)),
+            Err(_elapsed) => Err(Failure::Timeout(deadline, ran)),
             Ok(Ok(Ok(value))) => Ok(value),
             // A command says why it failed on stderr, if anywhere.
             Ok(Ok(Err(message))) => Err(Failure::Returned(match &stderr_tail {
@@ -61,7 +77,7 @@ impl Session {
             Ok(Err(err)) => Err(if exceeded {
                 memory_cap()
             } else if err.is::<DeadlineReached>() {
-                Failure::Timeout(deadline)
+                Failure::Timeout(deadline, ran)
             } else {
                 // The trap and the guest's frames; not the host's backtrace,
                 // which `{err:?}` adds under RUST_BACKTRACE and means

@@ -3,6 +3,7 @@
 
 mod bad_files;
 mod cli;
+mod clients;
 mod crash;
 mod delivery;
 mod examples;

@@ -12,7 +12,9 @@ pub async fn serve(engine: Engine) -> String {
 async fn serve_app(app: axum::Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let http = wasmhooks::config::HttpConfig::default();
+    let forever = std::future::pending();
+    tokio::spawn(async move { wasmhooks::server::serve(listener, app, &http, forever).await });
     format!("http://{addr}")
 }
 

@@ -25,6 +25,10 @@ enum Mode {
     Echo,
     /// Spins forever.
     Loop,
+    /// Spins for `delay_ms` (wall clock), then skips, or with `body_bytes`
+    /// returns one delivery to `url` with a body that long (which the host
+    /// copies out of its memory in one go).
+    Busy,
     /// Allocates and touches memory without bound.
     Alloc,
     /// Panics, which traps.
@@ -55,6 +59,7 @@ struct Settings {
     trap_at: Option<u32>,
     print_bytes: Option<usize>,
     headers: Option<usize>,
+    body_bytes: Option<usize>,
     #[serde(default = "wasmhooks_sdk::all_methods")]
     methods: Vec<String>,
     #[serde(
@@ -72,6 +77,7 @@ struct Misbehave {
     trap_at: Option<u32>,
     print_bytes: usize,
     headers: usize,
+    body_bytes: usize,
 }
 
 impl Hook for Misbehave {
@@ -94,6 +100,7 @@ impl Hook for Misbehave {
             trap_at: s.trap_at,
             print_bytes: s.print_bytes.unwrap_or(0),
             headers: s.headers.unwrap_or(0),
+            body_bytes: s.body_bytes.unwrap_or(0),
         };
         Ok((hook, Subscription::new(s.methods, s.phases)))
     }
@@ -119,6 +126,19 @@ impl Hook for Misbehave {
                 loop {
                     n = black_box(n.wrapping_add(1));
                 }
+            }
+            Mode::Busy => {
+                let until = std::time::Instant::now() + self.delay.unwrap_or_default();
+                let mut n = 0u64;
+                while std::time::Instant::now() < until {
+                    n = black_box(n.wrapping_add(1));
+                }
+                Ok(match self.body_bytes {
+                    0 => Outcome::skip(),
+                    n => Outcome::deliver(vec![
+                        wasmhooks_sdk::Delivery::new(self.url.as_str(), vec![b'x'; n]),
+                    ]),
+                })
             }
             Mode::Alloc => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();

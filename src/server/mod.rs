@@ -10,23 +10,34 @@
 //! - `GET /healthz`: liveness.
 //!
 //! With [`require_token`], every route but `/healthz` wants
-//! `Authorization: Bearer TOKEN`.
+//! `Authorization: Bearer TOKEN`. [`serve`] serves it with connection
+//! limits and header timeouts; the router itself reads each body within
+//! [`HttpConfig::body_timeout_ms`](crate::config::HttpConfig::body_timeout_ms)
+//! and refuses more than [`MAX_EVENT_BYTES`].
+
+mod listen;
+
+pub use listen::{OVERFLOW_CONNECTIONS, serve};
 
 use crate::{Engine, Error, Event, Filter, Phase, Retry, SettingsError};
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use std::time::Duration;
 
 /// Largest event body accepted, in bytes.
 pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
 
-/// The API's routes, ready to serve or to merge into a bigger router.
+/// The API's routes, ready to [`serve`] or to merge into a bigger router.
 pub fn router(engine: Engine) -> Router {
+    let body_timeout = Duration::from_millis(engine.config().http.body_timeout_ms);
     Router::new()
         .route("/v1/events", post(ingest))
         .route("/v1/hooks", get(hooks))
@@ -34,8 +45,62 @@ pub fn router(engine: Engine) -> Router {
         .route("/v1/deliveries/retry", post(retry))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .layer(DefaultBodyLimit::max(MAX_EVENT_BYTES))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            read_body(body_timeout, request, next)
+        }))
         .with_state(engine)
+}
+
+/// Reads the request's body within `timeout` and up to [`MAX_EVENT_BYTES`]
+/// before any handler runs: one place for both limits, so a client that
+/// announces a large body, or sends it slowly, holds nothing for long.
+async fn read_body(timeout: Duration, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let too_large = || {
+        close(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a request body is at most {MAX_EVENT_BYTES} bytes"),
+        ))
+    };
+    let announced = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_EVENT_BYTES as u64) {
+        return too_large();
+    }
+    let limited = http_body_util::Limited::new(body, MAX_EVENT_BYTES);
+    let bytes = match tokio::time::timeout(timeout, http_body_util::BodyExt::collect(limited)).await
+    {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Ok(Err(e)) => {
+            return close(error(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the request body: {e}"),
+            ));
+        }
+        Err(_elapsed) => {
+            return close(error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {timeout:?} (http.body_timeout_ms)"
+                ),
+            ));
+        }
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+/// `response`, with the connection closed after it: what is left of the
+/// request's body is not worth reading.
+fn close(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// Shortest API token [`require_token`] accepts.

@@ -320,6 +320,19 @@ pub enum OnError {
     Deny,
 }
 
+/// Whether a hook's vetoes stop the operation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookMode {
+    /// A veto stops the operation (the default).
+    #[default]
+    Enforce,
+    /// A veto (its `on_error` included) is counted, logged and shown in the
+    /// verdict's `would_deny`, and the operation goes ahead: for trying a
+    /// new gate on live traffic before enforcing it.
+    Monitor,
+}
+
 /// A hook's `NAME.toml`: its settings, and what the operator decides for it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -339,6 +352,10 @@ pub struct HookConfig {
     /// What a pre event's verdict does when this hook fails.
     #[serde(default)]
     pub on_error: OnError,
+    /// `enforce` (the default) or `monitor`: whether this hook's vetoes stop
+    /// the operation, or are only counted and reported as `would_deny`.
+    #[serde(default)]
+    pub mode: HookMode,
     /// Where this hook's deliveries may go beyond public addresses:
     /// hostnames (`cmdb.internal`, `*.corp.example`), IPs and CIDRs
     /// (`10.0.0.0/8`). Loopback, private, link-local and other non-public

@@ -2,7 +2,7 @@
 //! check what they return, and turn pre-event vetoes into a verdict.
 //! Queueing what they decided is [`ingest`](crate::ingest)'s job.
 
-use crate::config::OnError;
+use crate::config::{HookMode, OnError};
 use crate::delivery::{Delivery, QueuedUnder, delivery_id};
 use crate::error::{CallError, CallSite};
 use crate::event::Event;
@@ -21,9 +21,21 @@ pub struct Verdict {
     pub denied_by: Option<String>,
     /// The hook's reason.
     pub reason: Option<String>,
+    /// Vetoes of hooks in monitor mode, which did not stop the operation.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub would_deny: Vec<WouldDeny>,
     /// Hooks that failed on this event (their `on_error` was applied).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<HookFailure>,
+}
+
+/// The veto a hook in monitor mode would have made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WouldDeny {
+    /// The hook.
+    pub hook: String,
+    /// Its reason.
+    pub reason: String,
 }
 
 /// A hook that failed on an event.
@@ -140,6 +152,7 @@ pub(crate) fn decide(hooks: &Hooks, results: Vec<Result<Decision, CallError>>) -
             allowed: true,
             denied_by: None,
             reason: None,
+            would_deny: Vec::new(),
             failures: Vec::new(),
         },
         queued: Vec::new(),
@@ -184,9 +197,21 @@ impl Verdict {
         deny
     }
 
-    /// Applies `hook`'s veto, unless an earlier hook vetoed already.
+    /// Applies `hook`'s veto (the first enforced one wins), or records it
+    /// in `would_deny` for a hook in monitor mode. Counted either way.
     pub(crate) fn deny(&mut self, hook: &LiveHook, reason: Option<String>) {
-        if let (Some(reason), true) = (reason, self.allowed) {
+        let Some(reason) = reason else { return };
+        if hook.config.mode == HookMode::Monitor {
+            hook.stats.would_deny.inc();
+            tracing::info!(hook = hook.name(), "would deny (monitor mode): {reason}");
+            self.would_deny.push(WouldDeny {
+                hook: hook.name().to_owned(),
+                reason,
+            });
+            return;
+        }
+        hook.stats.denials.inc();
+        if self.allowed {
             self.allowed = false;
             self.denied_by = Some(hook.name().to_owned());
             self.reason = Some(reason);

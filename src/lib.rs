@@ -73,8 +73,8 @@ mod signing;
 mod watch;
 mod workers;
 
-pub use config::{Config, HookConfig, OnError, QueueConfig, ReuseConfig};
-pub use dispatch::{HookFailure, Verdict};
+pub use config::{Config, HookConfig, HookMode, OnError, QueueConfig, ReuseConfig};
+pub use dispatch::{HookFailure, Verdict, WouldDeny};
 pub use engine::{DryDelivery, DryOutcome, DryRun, Engine, dry_run};
 pub use error::{CallError, CallSite, Error, LoadError, SettingsError, Stage};
 pub use event::{Event, EventError, Phase};

@@ -1,7 +1,7 @@
 //! Prometheus metrics, served at `GET /metrics`.
 //!
-//! Per hook: calls, errors, timeouts, loads, refused versions, and a
-//! duration histogram. Per receiver (host:port): deliveries, failed
+//! Per hook: calls, errors, timeouts, vetoes (enforced, and would-be in
+//! monitor mode), loads, refused versions, and a duration histogram. Per receiver (host:port): deliveries, failed
 //! attempts, retries, dead letters, and, read from the queue at scrape
 //! time, queue depth and the age of the oldest pending delivery.
 
@@ -42,6 +42,10 @@ pub(crate) struct HookStats {
     pub calls: Counter,
     pub errors: Counter,
     pub timeouts: Counter,
+    /// Pre events the hook vetoed (enforced).
+    pub denials: Counter,
+    /// Pre events a hook in monitor mode would have vetoed.
+    pub would_deny: Counter,
     pub loads: Counter,
     pub load_failures: Counter,
     pub duration: Histogram,
@@ -53,6 +57,8 @@ impl Default for HookStats {
             calls: Counter::default(),
             errors: Counter::default(),
             timeouts: Counter::default(),
+            denials: Counter::default(),
+            would_deny: Counter::default(),
             loads: Counter::default(),
             load_failures: Counter::default(),
             duration: duration_histogram(),
@@ -66,6 +72,8 @@ pub(crate) struct Metrics {
     calls: Family<HookLabel, Counter>,
     errors: Family<HookLabel, Counter>,
     timeouts: Family<HookLabel, Counter>,
+    denials: Family<HookLabel, Counter>,
+    would_deny: Family<HookLabel, Counter>,
     loads: Family<HookLabel, Counter>,
     load_failures: Family<HookLabel, Counter>,
     duration: Family<HookLabel, Histogram, fn() -> Histogram>,
@@ -88,6 +96,8 @@ impl Default for Metrics {
             calls: Family::default(),
             errors: Family::default(),
             timeouts: Family::default(),
+            denials: Family::default(),
+            would_deny: Family::default(),
             loads: Family::default(),
             load_failures: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
@@ -113,6 +123,16 @@ impl Default for Metrics {
             "hook_timeouts",
             "Events a hook did not finish within its deadline",
             m.timeouts.clone(),
+        );
+        r.register(
+            "hook_denials",
+            "Pre events a hook vetoed (its on_error included)",
+            m.denials.clone(),
+        );
+        r.register(
+            "hook_would_deny",
+            "Pre events a hook in monitor mode would have vetoed",
+            m.would_deny.clone(),
         );
         r.register("hook_loads", "Versions of a hook loaded", m.loads.clone());
         r.register(
@@ -191,6 +211,8 @@ impl Metrics {
             calls: self.calls.get_or_create_owned(&label),
             errors: self.errors.get_or_create_owned(&label),
             timeouts: self.timeouts.get_or_create_owned(&label),
+            denials: self.denials.get_or_create_owned(&label),
+            would_deny: self.would_deny.get_or_create_owned(&label),
             loads: self.loads.get_or_create_owned(&label),
             load_failures: self.load_failures.get_or_create_owned(&label),
             duration: self.duration.get_or_create_owned(&label),

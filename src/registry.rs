@@ -1,7 +1,7 @@
 //! The loaded hooks: load each `NAME.wasm` (+ `NAME.toml`), and serve an
 //! immutable snapshot of them that swaps atomically.
 
-use crate::config::{HookConfig, HookLimits, Limits, OnError};
+use crate::config::{HookConfig, HookLimits, HookMode, Limits, OnError};
 use crate::delivery::DeliveryPolicy;
 use crate::error::{Error, LoadError, Stage};
 use crate::event::{Event, Phase};
@@ -136,6 +136,9 @@ pub struct HookStatus {
     pub subscription: Option<Subscription>,
     /// What a pre verdict does when this hook fails.
     pub on_error: Option<OnError>,
+    /// Whether its vetoes stop the operation (`enforce`) or are only
+    /// reported (`monitor`).
+    pub mode: Option<HookMode>,
     /// Whether pre events wait for this hook's deliveries.
     pub wait: Option<bool>,
     /// Why the latest file failed to load, if it did.
@@ -146,6 +149,10 @@ pub struct HookStatus {
     pub errors: u64,
     /// Events on which the hook hit its deadline.
     pub timeouts: u64,
+    /// Pre events it vetoed (enforced).
+    pub denials: u64,
+    /// Pre events it would have vetoed, in monitor mode.
+    pub would_deny: u64,
     /// Versions of this hook loaded successfully since the engine started.
     pub loads: u64,
     /// Attempts to load a new version that failed since the engine started.
@@ -518,11 +525,14 @@ impl Registry {
                     warm: live.and_then(|h| h.prepared.warm.as_ref().map(|p| p.idle())),
                     subscription: live.map(|h| h.subscription.clone()),
                     on_error: live.map(|h| h.config.on_error),
+                    mode: live.map(|h| h.config.mode),
                     wait: live.map(|h| h.config.wait),
                     last_error,
                     calls: counters.calls.get(),
                     errors: counters.errors.get(),
                     timeouts: counters.timeouts.get(),
+                    denials: counters.denials.get(),
+                    would_deny: counters.would_deny.get(),
                     loads: counters.loads.get(),
                     load_failures: counters.load_failures.get(),
                 }

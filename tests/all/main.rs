@@ -9,6 +9,7 @@ mod delivery;
 mod examples;
 mod hostile;
 mod languages;
+mod monitor;
 mod pipeline;
 mod reload;
 mod reuse;

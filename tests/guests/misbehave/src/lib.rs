@@ -135,9 +135,10 @@ impl Hook for Misbehave {
                 }
                 Ok(match self.body_bytes {
                     0 => Outcome::skip(),
-                    n => Outcome::deliver(vec![
-                        wasmhooks_sdk::Delivery::new(self.url.as_str(), vec![b'x'; n]),
-                    ]),
+                    n => Outcome::deliver(vec![wasmhooks_sdk::Delivery::new(
+                        self.url.as_str(),
+                        vec![b'x'; n],
+                    )]),
                 })
             }
             Mode::Alloc => {

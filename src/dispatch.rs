@@ -49,8 +49,8 @@ pub struct HookFailure {
     pub kind: String,
     /// What happened.
     pub message: String,
-    /// For a hook stopped at its deadline: how long it ran, in
-    /// milliseconds (waiting for a CPU while other hooks ran not counted).
+    /// For a hook stopped at its deadline: the running time it was
+    /// charged, in milliseconds (see [`CallError::Timeout`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ran_ms: Option<u64>,
 }

@@ -162,9 +162,9 @@ pub enum CallError {
         site: CallSite,
         /// The deadline it had.
         deadline: Duration,
-        /// How long it ran until it was stopped: its deadline, plus the
-        /// little it takes to notice (time spent waiting for a CPU while
-        /// other calls ran does not count).
+        /// The running time it was charged when it was stopped: its
+        /// deadline, plus the little it takes to notice. Its wasm's CPU
+        /// time and its host calls count; waiting for a CPU does not.
         ran: Duration,
     },
     /// The hook tried to use more memory than its cap.

@@ -15,6 +15,7 @@ pub(crate) struct HostState {
     pub(super) limiter: MemoryLimiter,
     pub(super) hook: Arc<str>,
     pub(super) log_lines: u32,
+    pub(super) cpu: super::cpu::Cpu,
 }
 
 impl WasiView for HostState {

@@ -29,6 +29,7 @@ pub(crate) mod command;
 
 mod cache;
 mod component;
+mod cpu;
 mod host;
 mod session;
 mod warm;
@@ -123,8 +124,8 @@ pub(crate) struct Sandbox {
     disk: Option<Arc<DiskCache>>,
     /// One permit per pool slot: callers wait for a slot instead of failing.
     slots: Semaphore,
-    /// One permit per CPU: a call runs, and its deadline counts, only while
-    /// it holds one (see [`Session::run`]).
+    /// One permit per CPU: a call's wasm runs, and its deadline counts,
+    /// only while it holds one (see `cpu.rs`).
     cpus: Arc<Semaphore>,
     /// One permit per warm instance the pool has room for.
     warm_slots: Arc<Semaphore>,
@@ -327,12 +328,13 @@ impl Sandbox {
             },
             hook: hook.name.clone(),
             log_lines: 0,
+            cpu: cpu::Cpu::new(self.cpus.clone()),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
+        store.call_hook_async(cpu::Handoff);
         Session {
             store,
-            cpus: self.cpus.clone(),
             stdout,
             stderr,
             is_command,

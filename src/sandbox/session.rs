@@ -3,9 +3,6 @@
 use super::component::wit;
 use super::host::{DeadlineReached, HostState, guest_log};
 use super::{Failure, HOST_CALL_GRACE, Prepared, truncate};
-use std::sync::Arc;
-use std::time::Instant;
-use tokio::sync::Semaphore;
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
@@ -13,8 +10,6 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 /// for every call of a warm instance.
 pub(super) struct Session {
     pub(super) store: Store<HostState>,
-    /// The sandbox's CPU permits.
-    pub(super) cpus: Arc<Semaphore>,
     pub(super) stdout: MemoryOutputPipe,
     pub(super) stderr: MemoryOutputPipe,
     /// A command's stdout is its outcome, not log lines.
@@ -37,30 +32,26 @@ impl Session {
         let state = self.store.data_mut();
         state.limiter.exceeded = false;
         state.log_lines = 0;
-        // The deadline counts from when the call has a CPU: a hook that
-        // waited while others ran has lost nothing, and one that runs is
-        // stopped on time however many others wait. Busy guests still
-        // yield at every epoch tick, for the runtime's other tasks.
-        let _cpu = self
-            .cpus
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the CPU semaphore is never closed");
+        // The deadline counts the call's own running time (see cpu.rs).
+        let clock = self.store.data_mut().cpu.begin().await;
         let deadline = hook.limits.deadline;
-        let started = Instant::now();
-        let until = started + deadline;
         self.store.set_epoch_deadline(1);
-        self.store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= until {
+        let charged = clock.clone();
+        self.store.epoch_deadline_callback(move |mut store| {
+            if charged.ran() >= deadline {
                 Err(wasmtime::Error::new(DeadlineReached))
             } else {
+                store.data_mut().cpu.yielding();
                 Ok(UpdateDeadline::Yield(1))
             }
         });
         let run = body(&mut self.store, &self.stdout);
-        let result = tokio::time::timeout(deadline + HOST_CALL_GRACE, run).await;
-        let ran = started.elapsed();
+        let result = clock
+            .within(deadline + HOST_CALL_GRACE, run)
+            .await
+            .ok_or(());
+        self.store.data_mut().cpu.end();
+        let ran = clock.ran();
         let stderr_tail = self.log_stdio(&hook.name);
         let is_command = self.is_command;
         let exceeded = self.store.data().limiter.exceeded;

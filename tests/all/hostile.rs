@@ -110,7 +110,7 @@ async fn a_looping_hook_among_sixteen_busy_ones_is_stopped_on_time() {
     late_ms.sort();
     let (median, worst) = (late_ms[late_ms.len() / 2], late_ms[late_ms.len() - 1]);
     eprintln!(
-        "looping hook among 16 busy ones: stopped {median} ms late (median), {worst} ms (worst)"
+        "looping hook among 16 busy ones: stopped {median} ms late (median), {worst} ms (worst), of {late_ms:?}"
     );
     assert!(
         median <= 10,

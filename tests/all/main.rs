@@ -15,6 +15,7 @@ mod reload;
 mod reuse;
 mod safety;
 mod server;
+mod xo_plugin;
 
 use axum::Router;
 use axum::extract::{Request, State};

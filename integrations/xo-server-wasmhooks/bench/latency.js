@@ -1,0 +1,63 @@
+// The latency a guarded call adds (wrapper → wasmhooks → verdict), against
+// the same call unguarded, in the stand-in xo-server: p50 and p99.
+//
+//   cargo build --release && (cd guest-examples/rust && cargo build --release --target wasm32-wasip2 --target-dir ../../target/wasm)
+//   WASMHOOKS_BIN=target/release/wasmhooks WASMHOOKS_GUESTS=target/wasm/wasm32-wasip2/release \
+//     node integrations/xo-server-wasmhooks/bench/latency.js [CALLS]
+
+import { configure } from '@xen-orchestra/log/configure'
+import createPlugin from '../index.js'
+import { FakeXo, connection } from '../test/fake-xo.js'
+import { PROTECTED_VM, hooksFolder, startWasmhooks, tempDir } from '../test/helpers.js'
+
+configure(() => {})
+const calls = Number(process.argv[2] ?? 5000)
+const warmup = Math.min(500, calls)
+
+const xo = new FakeXo()
+xo.addUser({ id: 'u', email: 'bench@example.org', permission: 'admin' })
+xo.addApiMethod('vm.stop', async () => true, { permission: 'write', params: { id: { type: 'string' } } })
+const session = connection({ userId: 'u' })
+
+async function measure(label) {
+  const params = { id: '1e1f1c5a-6b3d-4c2e-9a8f-7d6c5b4a3e21' }
+  for (let i = 0; i < warmup; i++) {
+    await xo.callApiMethod(session, 'vm.stop', params)
+  }
+  const took = new Float64Array(calls)
+  const cpu = process.cpuUsage()
+  for (let i = 0; i < calls; i++) {
+    const started = process.hrtime.bigint()
+    await xo.callApiMethod(session, 'vm.stop', params)
+    took[i] = Number(process.hrtime.bigint() - started) / 1e3
+  }
+  const used = process.cpuUsage(cpu)
+  took.sort()
+  const at = q => took[Math.min(calls - 1, Math.floor(q * calls))]
+  const row = { p50: at(0.5), p99: at(0.99), cpu: (used.user + used.system) / calls }
+  console.log(
+    `${label.padEnd(10)} p50 ${row.p50.toFixed(0).padStart(6)} µs   p99 ${row.p99.toFixed(0).padStart(6)} µs   node CPU ${row.cpu.toFixed(0).padStart(4)} µs/call`
+  )
+  return row
+}
+
+const hooks = hooksFolder({ deny: { guest: 'deny', toml: `[settings]\nprotected = ["${PROTECTED_VM}"]\n` } })
+const state = tempDir('wasmhooks-bench-')
+const wasmhooks = await startWasmhooks({ hooks: hooks.path, state: state.path })
+try {
+  console.log(`${calls} sequential vm.stop calls (the deny hook runs on each, and allows it), after ${warmup} to warm up`)
+  const unguarded = await measure('unguarded')
+  const plugin = createPlugin({ xo })
+  await plugin.configure({ url: wasmhooks.url, guard: ['vm.stop'] })
+  await plugin.load()
+  const guarded = await measure('guarded')
+  await plugin.idle()
+  await plugin.unload()
+  console.log(
+    `added by the guard: p50 +${(guarded.p50 - unguarded.p50).toFixed(0)} µs, p99 +${(guarded.p99 - unguarded.p99).toFixed(0)} µs`
+  )
+} finally {
+  await wasmhooks.stop()
+  hooks.remove()
+  state.remove()
+}

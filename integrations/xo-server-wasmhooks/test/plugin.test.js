@@ -1,0 +1,297 @@
+// The plugin in a stand-in xo-server (fake-xo.js), against a real
+// `wasmhooks serve` with the Rust `deny` and `forward` examples and a real
+// receiver.
+
+import { configure } from '@xen-orchestra/log/configure'
+import assert from 'node:assert/strict'
+import { createServer } from 'node:net'
+import { after, before, describe, test } from 'node:test'
+import createPlugin from '../index.js'
+import { FakeXo, connection } from './fake-xo.js'
+import {
+  PROTECTED_VM,
+  captureLogs,
+  hooksFolder,
+  pendingDeliveries,
+  startReceiver,
+  startWasmhooks,
+  tempDir,
+} from './helpers.js'
+
+// Each test's bound: far past what it takes, so a hang fails it.
+const T = { timeout: 90_000 }
+const OTHER_VM = '1e1f1c5a-6b3d-4c2e-9a8f-7d6c5b4a3e21'
+const logs = captureLogs()
+configure(logs.transport)
+
+const DENY = `[settings]\nprotected = ["${PROTECTED_VM}"]\n`
+const forward = url => `allow_hosts = ["127.0.0.1"]\n[settings]\nurl = "${url}"\n`
+
+/** A stand-in XO with a user and the two methods the tests call. */
+function fakeXo() {
+  const xo = new FakeXo()
+  xo.addUser({ id: 'u-alice', email: 'alice@example.org', permission: 'admin' })
+  const vm = { id: { type: 'string' } }
+  xo.addApiMethod(
+    'vm.delete',
+    async function ({ id }) {
+      assert.equal(this, xo, 'xo-server calls a method with the app as this')
+      xo.ran.push(['vm.delete', id])
+    },
+    { permission: 'admin', params: vm, description: 'delete a VM' }
+  )
+  xo.addApiMethod(
+    'vm.start',
+    async ({ id }) => {
+      xo.ran.push(['vm.start', id])
+      return true
+    },
+    { permission: 'write', params: vm, description: 'start a VM' }
+  )
+  return xo
+}
+
+const alice = connection({ userId: 'u-alice', ip: '::ffff:192.0.2.44' })
+
+async function loaded(xo, configuration) {
+  const plugin = createPlugin({ xo, staticConfig: {}, getDataDir: async () => '/nonexistent' })
+  await plugin.configure(configuration)
+  await plugin.load()
+  return plugin
+}
+
+/** A loopback URL nothing listens on. */
+async function nobodyThere() {
+  const server = createServer().listen(0, '127.0.0.1')
+  await new Promise(resolve => server.once('listening', resolve))
+  const { port } = server.address()
+  await new Promise(resolve => server.close(resolve))
+  return `http://127.0.0.1:${port}`
+}
+
+function received(receiver, method) {
+  return receiver.received.filter(r => r.body.method === method)
+}
+
+describe('with deny and forward', () => {
+  let receiver, hooks, state, wasmhooks
+  before(async () => {
+    receiver = await startReceiver()
+    hooks = hooksFolder({
+      deny: { guest: 'deny', toml: DENY },
+      forward: { guest: 'forward', toml: forward(receiver.url('/forward')) },
+    })
+    state = tempDir('wasmhooks-state-')
+    wasmhooks = await startWasmhooks({ hooks: hooks.path, state: state.path })
+  }, T)
+  after(async () => {
+    await wasmhooks.stop()
+    await receiver.close()
+    hooks.remove()
+    state.remove()
+  })
+
+  test('a veto stops the call with the reason; an allowed call runs; each event is sent once', T, async () => {
+    const xo = fakeXo()
+    const plugin = await loaded(xo, { url: wasmhooks.url })
+    // forward subscribes to every method's pre event: all are guarded.
+    assert.deepEqual(plugin.guarded, ['vm.delete', 'vm.start'])
+
+    await assert.rejects(xo.callApiMethod(alice, 'vm.delete', { id: PROTECTED_VM }), error => {
+      assert.equal(error.code, 5, 'forbiddenOperation')
+      assert.equal(error.data.hook, 'deny')
+      assert.match(error.message, /^vm\.delete: refused by the wasmhooks hook deny: .*0a9b8c7d/)
+      assert.equal(typeof error.toJsonRpcError, 'function', 'XO sends it to the client as is')
+      return true
+    })
+    assert.deepEqual(xo.ran, [], 'the vetoed method never ran')
+
+    assert.equal(await xo.callApiMethod(alice, 'vm.start', { id: OTHER_VM }), true)
+    assert.deepEqual(xo.ran, [['vm.start', OTHER_VM]])
+
+    // Both calls' pre and post events reach the receiver through forward.
+    await receiver.until(() => received(receiver, 'vm.start').length >= 2 && received(receiver, 'vm.delete').length >= 2)
+    await plugin.idle()
+    assert.deepEqual(await pendingDeliveries(wasmhooks.url), [])
+    const starts = received(receiver, 'vm.start').map(r => r.body)
+    assert.deepEqual(starts.map(e => e.type).sort(), ['post', 'pre'], 'once each')
+    const [pre, post] = [starts.find(e => e.type === 'pre'), starts.find(e => e.type === 'post')]
+    assert.equal(pre.callId, post.callId, "the pre event is XO's own, with its callId")
+    assert.equal(pre.userName, 'alice@example.org')
+    assert.equal(pre.userIp, '::ffff:192.0.2.44')
+    assert.equal(post.result, true)
+    const deletes = received(receiver, 'vm.delete').map(r => r.body)
+    assert.deepEqual(deletes.map(e => e.type).sort(), ['post', 'pre'])
+    assert.equal(deletes.find(e => e.type === 'post').error.code, 5, 'the post event carries the veto')
+    assert.deepEqual(xo.listenerFailures, [])
+    await plugin.unload()
+  })
+
+  test('unload() puts the original methods back, and a second load() guards again', T, async () => {
+    const xo = fakeXo()
+    const originals = { ...xo.apiMethods }
+    const plugin = await loaded(xo, { url: wasmhooks.url })
+    assert.notEqual(xo.apiMethods['vm.delete'], originals['vm.delete'])
+    const wrapper = xo.apiMethods['vm.delete']
+    assert.equal(wrapper.permission, 'admin', 'the metadata is kept')
+    assert.deepEqual(wrapper.params, originals['vm.delete'].params)
+    assert.equal(wrapper.description, 'delete a VM')
+
+    await plugin.unload()
+    assert.equal(xo.apiMethods['vm.delete'], originals['vm.delete'])
+    assert.equal(xo.apiMethods['vm.start'], originals['vm.start'])
+    assert.equal(xo.listenerCount('xo:preCall') + xo.listenerCount('xo:postCall'), 0)
+    await xo.callApiMethod(alice, 'vm.delete', { id: PROTECTED_VM })
+    assert.deepEqual(xo.ran, [['vm.delete', PROTECTED_VM]], 'unguarded once unloaded')
+
+    await plugin.load()
+    await assert.rejects(xo.callApiMethod(alice, 'vm.delete', { id: PROTECTED_VM }), /refused by the wasmhooks hook deny/)
+    assert.equal(xo.ran.length, 1)
+    await plugin.unload()
+  })
+
+  test("XO's permission check still applies to a guarded method, before any pre event", T, async () => {
+    const xo = fakeXo()
+    xo.addUser({ id: 'u-bob', email: 'bob@example.org', permission: 'read' })
+    const plugin = await loaded(xo, { url: wasmhooks.url })
+    const bob = connection({ userId: 'u-bob' })
+    await assert.rejects(xo.callApiMethod(bob, 'vm.start', { id: 'bob-vm' }), { code: 2, message: 'not enough permissions' })
+    await assert.rejects(xo.callApiMethod(alice, 'vm.start', {}), { code: 10 })
+    await plugin.idle()
+    await receiver.until(() => receiver.received.some(r => r.body.params?.id === 'bob-vm'))
+    const bobs = receiver.received.filter(r => r.body.params?.id === 'bob-vm').map(r => r.body.type)
+    assert.deepEqual(bobs, ['post'], 'a refused call sends no pre event')
+    await plugin.unload()
+  })
+
+  test('backup events are forwarded', T, async () => {
+    const xo = fakeXo()
+    const plugin = await loaded(xo, { url: wasmhooks.url })
+    let ran = false
+    await xo.runBackupJob({ id: 'job-1', schedule: 'sched-1', vms: { id: OTHER_VM } }, async () => {
+      ran = true
+    })
+    assert.ok(ran)
+    await receiver.until(() => received(receiver, 'backupNg.runJob').length >= 2)
+    const events = received(receiver, 'backupNg.runJob').map(r => r.body)
+    assert.deepEqual(events.map(e => e.type).sort(), ['post', 'pre'])
+    assert.equal(events[0].params.id, 'job-1')
+    await plugin.unload()
+  })
+
+  test("test() sends a sample pre event and returns the verdict", T, async () => {
+    const xo = fakeXo()
+    const plugin = await loaded(xo, { url: wasmhooks.url })
+    const verdict = await plugin.test({ method: 'vm.delete', id: PROTECTED_VM })
+    assert.equal(verdict.allowed, false)
+    assert.equal(verdict.denied_by, 'deny')
+    assert.ok(logs.messages().some(m => m.startsWith('test: vm.delete would be refused by the hook deny')))
+    await plugin.unload()
+  })
+})
+
+describe('wasmhooks down', () => {
+  test('a guarded call fails closed, or goes ahead, as configured', T, async () => {
+    const url = await nobodyThere()
+    const xo = fakeXo()
+    let plugin = await loaded(xo, { url, guard: ['vm.delete'], failClosed: true, preTimeout: 500 })
+    assert.deepEqual(plugin.guarded, ['vm.delete'])
+    await assert.rejects(xo.callApiMethod(alice, 'vm.delete', { id: OTHER_VM }), error => {
+      assert.equal(error.code, 5)
+      assert.match(error.message, /wasmhooks gave no verdict \(wasmhooks at http:\/\/127\.0\.0\.1:\d+ cannot be reached/)
+      assert.match(error.message, /fail closed/)
+      return true
+    })
+    assert.deepEqual(xo.ran, [])
+    await plugin.unload()
+
+    plugin = await loaded(xo, { url, guard: ['vm.delete'], failClosed: false, preTimeout: 500 })
+    await xo.callApiMethod(alice, 'vm.delete', { id: OTHER_VM })
+    assert.deepEqual(xo.ran, [['vm.delete', OTHER_VM]])
+    assert.ok(logs.messages().some(m => m.startsWith('vm.delete goes ahead without a verdict')))
+    await plugin.unload()
+
+    await assert.rejects(plugin.test(), /cannot be reached/)
+  })
+
+  test('past maxQueued, events are dropped and counted in the log', T, async () => {
+    const xo = fakeXo()
+    const plugin = await loaded(xo, { url: await nobodyThere(), guard: ['none'], maxQueued: 100 })
+    for (let i = 0; i < 300; i++) {
+      xo.emit('xo:postCall', { callId: `c${i}`, method: 'vm.start', params: {}, timestamp: Date.now(), duration: 1, result: true })
+    }
+    assert.equal(plugin.stats.dropped, 200)
+    assert.ok(logs.messages().some(m => m.startsWith('queue full (100 events, maxQueued)')))
+    await plugin.unload()
+    assert.ok(logs.messages().some(m => m.startsWith('unloaded with 100 events not yet forwarded')))
+  })
+})
+
+describe('a gate in monitor mode', () => {
+  test('the call runs, and the would-be veto is logged and counted', T, async () => {
+    const hooks = hooksFolder({ deny: { guest: 'deny', toml: `mode = "monitor"\n${DENY}` } })
+    const state = tempDir('wasmhooks-state-')
+    const wasmhooks = await startWasmhooks({ hooks: hooks.path, state: state.path })
+    try {
+      const xo = fakeXo()
+      const plugin = await loaded(xo, { url: wasmhooks.url })
+      // deny subscribes to vm.delete and vm.stop.
+      assert.deepEqual(plugin.guarded, ['vm.delete'])
+      await xo.callApiMethod(alice, 'vm.delete', { id: PROTECTED_VM })
+      assert.deepEqual(xo.ran, [['vm.delete', PROTECTED_VM]])
+      assert.ok(logs.messages().some(m => /^monitor mode: the hook deny would refuse vm\.delete: .*0a9b8c7d/.test(m)))
+      const metrics = await (await fetch(`${wasmhooks.url}/metrics`)).text()
+      assert.match(metrics, /wasmhooks_hook_would_deny_total\{hook="deny"\} 1/)
+      await plugin.unload()
+    } finally {
+      await wasmhooks.stop()
+      hooks.remove()
+      state.remove()
+    }
+  })
+})
+
+describe('a burst while wasmhooks restarts', () => {
+  test('every post event arrives, retried', T, async () => {
+    const receiver = await startReceiver()
+    const hooks = hooksFolder({ forward: { guest: 'forward', toml: forward(receiver.url('/burst')) } })
+    const state = tempDir('wasmhooks-state-')
+    let wasmhooks = await startWasmhooks({ hooks: hooks.path, state: state.path })
+    const port = new URL(wasmhooks.url).port
+    const xo = fakeXo()
+    const plugin = await loaded(xo, { url: wasmhooks.url, guard: ['none'] })
+    const emit = i =>
+      xo.emit('xo:postCall', {
+        callId: `burst-${i}`,
+        userName: 'alice@example.org',
+        method: 'vm.start',
+        params: { id: OTHER_VM },
+        timestamp: Date.now(),
+        duration: 3,
+        result: true,
+      })
+    try {
+      for (let i = 0; i < 500; i++) {
+        emit(i)
+      }
+      await wasmhooks.stop()
+      for (let i = 500; i < 1000; i++) {
+        emit(i)
+      }
+      wasmhooks = await startWasmhooks({ hooks: hooks.path, state: state.path, port })
+      await plugin.idle()
+      await receiver.until(got => new Set(got.map(r => r.body.callId)).size === 1000)
+      const { stats } = plugin
+      const duplicates = receiver.received.length - 1000
+      console.log(`burst of 1000 across a restart: ${stats.retried} sends retried, ${duplicates} duplicates at the receiver`)
+      assert.equal(stats.dropped, 0)
+      assert.ok(stats.retried > 0, 'the restart was noticed')
+      await plugin.unload()
+    } finally {
+      await wasmhooks.stop()
+      await receiver.close()
+      hooks.remove()
+      state.remove()
+    }
+  })
+})

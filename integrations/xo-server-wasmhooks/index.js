@@ -135,6 +135,9 @@ class WasmhooksPlugin {
   }
 
   async unload() {
+    if (!this._loaded) {
+      return
+    }
     this._loaded = false
     clearInterval(this._timer)
     this._timer = undefined
@@ -161,11 +164,22 @@ class WasmhooksPlugin {
       type: 'pre',
     }
     const verdict = await this._client.postEvent(JSON.stringify(event), this._conf.preTimeout)
+    if (typeof verdict?.allowed !== 'boolean') {
+      throw new Error(`wasmhooks at ${this._conf.url} did not answer with a verdict: ${JSON.stringify(verdict)}`)
+    }
     const said = verdict.allowed
       ? `${method} would go ahead`
       : `${method} would be refused by the hook ${verdict.denied_by}: ${verdict.reason}`
     log.info(`test: ${said}`, { verdict })
     return verdict
+  }
+
+  /**
+   * Guards now what the configuration or the hooks ask for, as the
+   * periodic refresh does; resolves when done (a failure is logged).
+   */
+  refresh() {
+    return this._refresh()
   }
 
   /** The guarded methods, for tests and the curious. */
@@ -183,17 +197,27 @@ class WasmhooksPlugin {
     return { ...this._forwarder.stats, queued: this._forwarder.queued }
   }
 
+  // Also with an explicit `guard`: methods added (or re-added by another
+  // plugin) after load are guarded at the next refresh.
   _schedule() {
     clearInterval(this._timer)
-    this._timer = undefined
-    if (this._conf.guard.length === 0) {
-      this._timer = setInterval(() => this._refresh(), this._conf.refreshSeconds * 1000)
-    }
+    this._timer = setInterval(() => {
+      if (!this._busy) {
+        this._refresh()
+      }
+    }, this._conf.refreshSeconds * 1000)
+    this._timer.unref?.()
   }
 
   /** Guards the methods the configuration or the hooks ask for; one at a time. */
   _refresh() {
-    this._refreshing = this._refreshing.then(() => this._loaded && this._reconcile())
+    this._busy = true
+    this._refreshing = this._refreshing
+      .then(() => this._loaded && this._reconcile())
+      .catch(error => log.warn(`cannot update the guarded methods: ${error.message}`))
+      .finally(() => {
+        this._busy = false
+      })
     return this._refreshing
   }
 
@@ -221,8 +245,11 @@ class WasmhooksPlugin {
         return typeof own?.value === 'function' && patterns.some(pattern => globMatch(pattern, name))
       })
     )
-    for (const name of [...this._guarded.keys()]) {
-      if (!wanted.has(name)) {
+    for (const [name, { wrapper }] of [...this._guarded]) {
+      if (methods[name] !== wrapper) {
+        // Removed, or replaced by another plugin: ours is gone.
+        this._guarded.delete(name)
+      } else if (!wanted.has(name)) {
         this._unguard(name)
       }
     }
@@ -267,11 +294,14 @@ class WasmhooksPlugin {
   /** Asks wasmhooks about a guarded call; throws if it may not go ahead. */
   async _gate(name, params, app) {
     const context = app?.apiContext
-    const data = context === undefined ? undefined : this._pending.get(context)
+    const pending = context === undefined ? undefined : this._pending.get(context)
     let event
-    if (data !== undefined && data.method === name) {
+    if (pending !== undefined && pending.data.method === name) {
+      // XO's own pre event. If it was forwarded already (the method was
+      // guarded meanwhile), wasmhooks recognises the callId and answers
+      // with the first verdict, sending nothing twice.
       this._pending.delete(context)
-      event = { ...data, type: 'pre' }
+      event = { ...pending.data, type: 'pre' }
     } else {
       // Called without XO's pre event (another caller than the API).
       event = {
@@ -286,10 +316,20 @@ class WasmhooksPlugin {
       }
     }
     let verdict
+    let body
     try {
-      verdict = await this._client.postEvent(JSON.stringify(event), this._conf.preTimeout)
+      body = JSON.stringify(event)
+      verdict = await this._client.postEvent(body, this._conf.preTimeout)
+      if (typeof verdict?.allowed !== 'boolean') {
+        throw new Error(`not a verdict: ${JSON.stringify(verdict)?.slice(0, 200)}`)
+      }
     } catch (error) {
-      // Unreachable, timed out, refused, or params that are not JSON.
+      // Unreachable, timed out, refused, not a verdict, or params that are
+      // not JSON. The hooks still get the event, later (a copy that did
+      // arrive is recognised by its callId).
+      if (body !== undefined) {
+        this._forwarder.push(body)
+      }
       if (this._conf.failClosed) {
         log.warn(`refusing ${name}: no verdict (${error.message}), and the plugin fails closed`)
         throw forbidden(
@@ -311,19 +351,34 @@ class WasmhooksPlugin {
     }
   }
 
+  // XO looked the method up before this event: whether the wrapper runs
+  // is decided already, and a refresh in between must not lose the pre
+  // event or send it twice. So it is kept for the wrapper either way;
+  // withheld if the method is guarded now (the wrapper sends it, after
+  // XO's permission check), forwarded if not.
   _onPreCall(data) {
-    if (this._guarded.has(data.method)) {
-      // The wrapper sends it, after XO's permission check.
-      const context = this._xo.apiContext
-      if (context !== undefined) {
-        this._pending.set(context, data)
-      }
-      return
+    const withheld = this._guarded.has(data.method)
+    const context = this._xo.apiContext
+    if (context !== undefined) {
+      this._pending.set(context, { data, withheld })
     }
-    this._forward(data, 'pre')
+    if (!withheld) {
+      this._forward(data, 'pre')
+    }
   }
 
   _onPostCall(data) {
+    const context = this._xo.apiContext
+    const pending = context === undefined ? undefined : this._pending.get(context)
+    if (pending !== undefined && pending.data.callId === data.callId) {
+      this._pending.delete(context)
+      // Withheld, and no wrapper sent it: the method was unguarded in
+      // between. Unless XO refused the call itself (permission: 2,
+      // parameters: 10), the hooks get it now.
+      if (pending.withheld && ![2, 10].includes(data.error?.code)) {
+        this._forward(pending.data, 'pre')
+      }
+    }
     this._forward(data, 'post')
   }
 

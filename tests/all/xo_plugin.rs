@@ -20,7 +20,8 @@ fn the_xo_plugin_passes_its_node_tests() {
     let status = Command::new("node")
         .args([
             "--test",
-            "--test-timeout=120000",
+            "--test-timeout=300000",
+            "--test-force-exit",
             "--test-concurrency=1",
             "test/plugin.test.js",
         ])

@@ -57,6 +57,12 @@ export class Client {
         status: response.status,
       })
     }
-    return JSON.parse(text)
+    try {
+      return JSON.parse(text)
+    } catch {
+      // Taken (2xx) but not JSON: not worth sending again; callers that
+      // need an answer check its shape.
+      return undefined
+    }
   }
 }

@@ -9,17 +9,33 @@ function retryable(error) {
   return !(error instanceof Unreachable) || error.status === undefined || error.status >= 500 || [401, 403, 408, 429].includes(error.status)
 }
 
+/** wasmhooks refuses an event larger than this (413): not worth queuing. */
+export const MAX_EVENT_BYTES = 1024 * 1024
+
 export class Forwarder {
   /**
    * @param {object} opts
    * @param {import('./client.js').Client} opts.client
    * @param {object} opts.log an `@xen-orchestra/log` logger
    * @param {number} opts.maxQueued events kept at most; more are dropped (and counted)
+   * @param {number} opts.maxQueuedBytes bytes of events kept at most, likewise
    * @param {number} opts.concurrency sends at once
    * @param {number} opts.timeoutMs per send
    * @param {[number, number]} opts.backoff first and longest pause after a failed send (ms)
    */
-  constructor({ client, log, maxQueued = 10000, concurrency = 4, timeoutMs = 10000, backoff = [100, 30000] }) {
+  constructor({
+    client,
+    log,
+    maxQueued = 10000,
+    maxQueuedBytes = 256 * 1024 * 1024,
+    concurrency = 4,
+    timeoutMs = 10000,
+    backoff = [100, 30000],
+  }) {
+    this._maxQueuedBytes = maxQueuedBytes
+    this._bytes = 0 // queued and in flight
+    this._failing = false
+    this._rejectedNow = 0
     Object.assign(this, { _client: client, _log: log, _maxQueued: maxQueued, _concurrency: concurrency })
     this._timeoutMs = timeoutMs
     this._backoff = backoff
@@ -44,13 +60,21 @@ export class Forwarder {
     if (this._stopped) {
       return
     }
-    if (this.queued + this._inFlight >= this._maxQueued) {
+    if (body.length > MAX_EVENT_BYTES) {
+      this.stats.dropped++
+      this._log.warn(`an event of ${body.length} bytes is dropped: wasmhooks takes at most ${MAX_EVENT_BYTES}`)
+      return
+    }
+    if (this.queued + this._inFlight >= this._maxQueued || this._bytes + body.length > this._maxQueuedBytes) {
       if (this._droppedNow++ === 0) {
-        this._log.warn(`queue full (${this._maxQueued} events, maxQueued): dropping events until wasmhooks takes them again`)
+        this._log.warn(
+          `queue full (${this._maxQueued} events, maxQueued, or ${this._maxQueuedBytes} bytes): dropping events until wasmhooks takes them again`
+        )
       }
       this.stats.dropped++
       return
     }
+    this._bytes += body.length
     this._queue.push(body)
     this._pump()
   }
@@ -81,6 +105,7 @@ export class Forwarder {
     }
     this._queue = []
     this._head = 0
+    this._bytes = 0
     this._settle()
   }
 
@@ -97,10 +122,19 @@ export class Forwarder {
   }
 
   async _send(body) {
+    let done = true
     try {
       await this._client.postEvent(body, this._timeoutMs)
       this.stats.forwarded++
-      this._pause = 0
+      // Only once no back-off is pending: a success among failures (a busy
+      // engine answering some 503s) does not reset it.
+      if (this._timer === undefined) {
+        this._pause = 0
+        if (this._failing) {
+          this._failing = false
+          this._log.info('forwarding events again')
+        }
+      }
       if (this._droppedNow !== 0 && this.queued < this._maxQueued) {
         this._log.warn(`dropped ${this._droppedNow} events while the queue was full (maxQueued ${this._maxQueued})`)
         this._droppedNow = 0
@@ -109,14 +143,21 @@ export class Forwarder {
       if (this._stopped) {
         // dropped with the rest
       } else if (retryable(error)) {
+        done = false
         this.stats.retried++
         this._queue.splice(this._head, 0, body)
         this._backOff(error)
       } else {
         this.stats.rejected++
-        this._log.warn(`wasmhooks refused an event, which is dropped: ${error.message}`)
+        // One line per 100, so a wrong URL (404 each time) does not flood the log.
+        if (this._rejectedNow++ % 100 === 0) {
+          this._log.warn(`wasmhooks refused an event, which is dropped (${this.stats.rejected} so far): ${error.message}`)
+        }
       }
     } finally {
+      if (done) {
+        this._bytes -= body.length
+      }
       this._inFlight--
       this._pump()
       this._settle()
@@ -129,13 +170,15 @@ export class Forwarder {
     }
     const [first, longest] = this._backoff
     this._pause = this._pause === 0 ? first : Math.min(this._pause * 2, longest)
-    if (this._pause === first) {
+    if (!this._failing) {
+      this._failing = true
       this._log.warn(`cannot forward events, retrying with back-off: ${error.message}`)
     }
     this._timer = setTimeout(() => {
       this._timer = undefined
       this._pump()
     }, this._pause)
+    this._timer.unref?.()
   }
 
   _settle() {

@@ -66,6 +66,7 @@ export async function startWasmhooks({ hooks, state, port = 0, token }) {
       }
     })
     child.on('exit', code => reject(new Error(`wasmhooks exited (${code}) before listening:\n${log}`)))
+    child.on('error', error => reject(new Error(`cannot run ${bin}: ${error.message}`)))
   })
   const url = await listening
   return {
@@ -125,6 +126,17 @@ export async function startReceiver() {
 export async function pendingDeliveries(url) {
   const response = await fetch(`${url}/v1/deliveries?state=pending`)
   return response.json()
+}
+
+/**
+ * Resolves once a wasmhooks has no delivery pending (a delivery the
+ * receiver just got is recorded a moment later): checked every 20 ms,
+ * within the test's timeout.
+ */
+export async function allDelivered(url) {
+  while ((await pendingDeliveries(url)).length !== 0) {
+    await new Promise(resolve => setTimeout(resolve, 20))
+  }
 }
 
 /** Log lines of `@xen-orchestra/log`, captured: configure it with `transport`. */

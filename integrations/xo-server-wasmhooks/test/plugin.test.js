@@ -12,7 +12,7 @@ import {
   PROTECTED_VM,
   captureLogs,
   hooksFolder,
-  pendingDeliveries,
+  allDelivered,
   startReceiver,
   startWasmhooks,
   tempDir,
@@ -53,8 +53,10 @@ function fakeXo() {
 
 const alice = connection({ userId: 'u-alice', ip: '::ffff:192.0.2.44' })
 
-async function loaded(xo, configuration) {
+/** A configured and loaded plugin, unloaded when test `t` ends, however. */
+async function loaded(t, xo, configuration) {
   const plugin = createPlugin({ xo, staticConfig: {}, getDataDir: async () => '/nonexistent' })
+  t.after(() => plugin.unload())
   await plugin.configure(configuration)
   await plugin.load()
   return plugin
@@ -91,9 +93,9 @@ describe('with deny and forward', () => {
     state.remove()
   })
 
-  test('a veto stops the call with the reason; an allowed call runs; each event is sent once', T, async () => {
+  test('a veto stops the call with the reason; an allowed call runs; each event is sent once', T, async t => {
     const xo = fakeXo()
-    const plugin = await loaded(xo, { url: wasmhooks.url })
+    const plugin = await loaded(t, xo, { url: wasmhooks.url })
     // forward subscribes to every method's pre event: all are guarded.
     assert.deepEqual(plugin.guarded, ['vm.delete', 'vm.start'])
 
@@ -112,7 +114,7 @@ describe('with deny and forward', () => {
     // Both calls' pre and post events reach the receiver through forward.
     await receiver.until(() => received(receiver, 'vm.start').length >= 2 && received(receiver, 'vm.delete').length >= 2)
     await plugin.idle()
-    assert.deepEqual(await pendingDeliveries(wasmhooks.url), [])
+    await allDelivered(wasmhooks.url)
     const starts = received(receiver, 'vm.start').map(r => r.body)
     assert.deepEqual(starts.map(e => e.type).sort(), ['post', 'pre'], 'once each')
     const [pre, post] = [starts.find(e => e.type === 'pre'), starts.find(e => e.type === 'post')]
@@ -127,10 +129,10 @@ describe('with deny and forward', () => {
     await plugin.unload()
   })
 
-  test('unload() puts the original methods back, and a second load() guards again', T, async () => {
+  test('unload() puts the original methods back, and a second load() guards again', T, async t => {
     const xo = fakeXo()
     const originals = { ...xo.apiMethods }
-    const plugin = await loaded(xo, { url: wasmhooks.url })
+    const plugin = await loaded(t, xo, { url: wasmhooks.url })
     assert.notEqual(xo.apiMethods['vm.delete'], originals['vm.delete'])
     const wrapper = xo.apiMethods['vm.delete']
     assert.equal(wrapper.permission, 'admin', 'the metadata is kept')
@@ -140,7 +142,9 @@ describe('with deny and forward', () => {
     await plugin.unload()
     assert.equal(xo.apiMethods['vm.delete'], originals['vm.delete'])
     assert.equal(xo.apiMethods['vm.start'], originals['vm.start'])
-    assert.equal(xo.listenerCount('xo:preCall') + xo.listenerCount('xo:postCall'), 0)
+    for (const event of ['xo:preCall', 'xo:postCall', 'backup:preCall', 'backup:postCall']) {
+      assert.equal(xo.listenerCount(event), 0, event)
+    }
     await xo.callApiMethod(alice, 'vm.delete', { id: PROTECTED_VM })
     assert.deepEqual(xo.ran, [['vm.delete', PROTECTED_VM]], 'unguarded once unloaded')
 
@@ -150,23 +154,44 @@ describe('with deny and forward', () => {
     await plugin.unload()
   })
 
-  test("XO's permission check still applies to a guarded method, before any pre event", T, async () => {
+  test('a method re-registered by another plugin is guarded again at the next refresh', T, async t => {
+    const xo = fakeXo()
+    const plugin = await loaded(t, xo, { url: wasmhooks.url, guard: ['vm.delete'] })
+    // Another plugin unloads and loads again: its method is a new entry.
+    const replaced = xo.apiMethods['vm.delete']
+    delete xo.apiMethods['vm.delete']
+    xo.addApiMethod('vm.delete', async ({ id }) => xo.ran.push(['vm.delete (new)', id]), { permission: 'admin' })
+    assert.notEqual(xo.apiMethods['vm.delete'], replaced)
+    await plugin.refresh()
+    await assert.rejects(xo.callApiMethod(alice, 'vm.delete', { id: PROTECTED_VM }), /refused by the wasmhooks hook deny/)
+    assert.deepEqual(xo.ran, [])
+  })
+
+  test("XO's permission check still applies to a guarded method, before any pre event", T, async t => {
     const xo = fakeXo()
     xo.addUser({ id: 'u-bob', email: 'bob@example.org', permission: 'read' })
-    const plugin = await loaded(xo, { url: wasmhooks.url })
+    const plugin = await loaded(t, xo, { url: wasmhooks.url })
     const bob = connection({ userId: 'u-bob' })
     await assert.rejects(xo.callApiMethod(bob, 'vm.start', { id: 'bob-vm' }), { code: 2, message: 'not enough permissions' })
-    await assert.rejects(xo.callApiMethod(alice, 'vm.start', {}), { code: 10 })
+    await assert.rejects(xo.callApiMethod(alice, 'vm.start', { name: 'no-id' }), { code: 10 })
+    await receiver.until(
+      () =>
+        receiver.received.some(r => r.body.params?.id === 'bob-vm') &&
+        receiver.received.some(r => r.body.params?.name === 'no-id')
+    )
+    // Everything sent has arrived: a stray pre event would be here too.
     await plugin.idle()
-    await receiver.until(() => receiver.received.some(r => r.body.params?.id === 'bob-vm'))
+    await allDelivered(wasmhooks.url)
     const bobs = receiver.received.filter(r => r.body.params?.id === 'bob-vm').map(r => r.body.type)
     assert.deepEqual(bobs, ['post'], 'a refused call sends no pre event')
+    const invalid = receiver.received.filter(r => r.body.params?.name === 'no-id').map(r => r.body.type)
+    assert.deepEqual(invalid, ['post'])
     await plugin.unload()
   })
 
-  test('backup events are forwarded', T, async () => {
+  test('backup events are forwarded', T, async t => {
     const xo = fakeXo()
-    const plugin = await loaded(xo, { url: wasmhooks.url })
+    const plugin = await loaded(t, xo, { url: wasmhooks.url })
     let ran = false
     await xo.runBackupJob({ id: 'job-1', schedule: 'sched-1', vms: { id: OTHER_VM } }, async () => {
       ran = true
@@ -179,9 +204,9 @@ describe('with deny and forward', () => {
     await plugin.unload()
   })
 
-  test("test() sends a sample pre event and returns the verdict", T, async () => {
+  test("test() sends a sample pre event and returns the verdict", T, async t => {
     const xo = fakeXo()
-    const plugin = await loaded(xo, { url: wasmhooks.url })
+    const plugin = await loaded(t, xo, { url: wasmhooks.url })
     const verdict = await plugin.test({ method: 'vm.delete', id: PROTECTED_VM })
     assert.equal(verdict.allowed, false)
     assert.equal(verdict.denied_by, 'deny')
@@ -191,10 +216,10 @@ describe('with deny and forward', () => {
 })
 
 describe('wasmhooks down', () => {
-  test('a guarded call fails closed, or goes ahead, as configured', T, async () => {
+  test('a guarded call fails closed, or goes ahead, as configured', T, async t => {
     const url = await nobodyThere()
     const xo = fakeXo()
-    let plugin = await loaded(xo, { url, guard: ['vm.delete'], failClosed: true, preTimeout: 500 })
+    let plugin = await loaded(t, xo, { url, guard: ['vm.delete'], failClosed: true, preTimeout: 500 })
     assert.deepEqual(plugin.guarded, ['vm.delete'])
     await assert.rejects(xo.callApiMethod(alice, 'vm.delete', { id: OTHER_VM }), error => {
       assert.equal(error.code, 5)
@@ -205,7 +230,7 @@ describe('wasmhooks down', () => {
     assert.deepEqual(xo.ran, [])
     await plugin.unload()
 
-    plugin = await loaded(xo, { url, guard: ['vm.delete'], failClosed: false, preTimeout: 500 })
+    plugin = await loaded(t, xo, { url, guard: ['vm.delete'], failClosed: false, preTimeout: 500 })
     await xo.callApiMethod(alice, 'vm.delete', { id: OTHER_VM })
     assert.deepEqual(xo.ran, [['vm.delete', OTHER_VM]])
     assert.ok(logs.messages().some(m => m.startsWith('vm.delete goes ahead without a verdict')))
@@ -214,27 +239,27 @@ describe('wasmhooks down', () => {
     await assert.rejects(plugin.test(), /cannot be reached/)
   })
 
-  test('past maxQueued, events are dropped and counted in the log', T, async () => {
+  test('past maxQueued, events are dropped and counted in the log', T, async t => {
     const xo = fakeXo()
-    const plugin = await loaded(xo, { url: await nobodyThere(), guard: ['none'], maxQueued: 100 })
+    const plugin = await loaded(t, xo, { url: await nobodyThere(), guard: ['none'], maxQueued: 100 })
     for (let i = 0; i < 300; i++) {
       xo.emit('xo:postCall', { callId: `c${i}`, method: 'vm.start', params: {}, timestamp: Date.now(), duration: 1, result: true })
     }
     assert.equal(plugin.stats.dropped, 200)
-    assert.ok(logs.messages().some(m => m.startsWith('queue full (100 events, maxQueued)')))
+    assert.ok(logs.messages().some(m => m.startsWith('queue full (100 events, maxQueued')))
     await plugin.unload()
     assert.ok(logs.messages().some(m => m.startsWith('unloaded with 100 events not yet forwarded')))
   })
 })
 
 describe('a gate in monitor mode', () => {
-  test('the call runs, and the would-be veto is logged and counted', T, async () => {
+  test('the call runs, and the would-be veto is logged and counted', T, async t => {
     const hooks = hooksFolder({ deny: { guest: 'deny', toml: `mode = "monitor"\n${DENY}` } })
     const state = tempDir('wasmhooks-state-')
     const wasmhooks = await startWasmhooks({ hooks: hooks.path, state: state.path })
     try {
       const xo = fakeXo()
-      const plugin = await loaded(xo, { url: wasmhooks.url })
+      const plugin = await loaded(t, xo, { url: wasmhooks.url })
       // deny subscribes to vm.delete and vm.stop.
       assert.deepEqual(plugin.guarded, ['vm.delete'])
       await xo.callApiMethod(alice, 'vm.delete', { id: PROTECTED_VM })
@@ -252,14 +277,14 @@ describe('a gate in monitor mode', () => {
 })
 
 describe('a burst while wasmhooks restarts', () => {
-  test('every post event arrives, retried', T, async () => {
+  test('every post event arrives, retried', T, async t => {
     const receiver = await startReceiver()
     const hooks = hooksFolder({ forward: { guest: 'forward', toml: forward(receiver.url('/burst')) } })
     const state = tempDir('wasmhooks-state-')
     let wasmhooks = await startWasmhooks({ hooks: hooks.path, state: state.path })
     const port = new URL(wasmhooks.url).port
     const xo = fakeXo()
-    const plugin = await loaded(xo, { url: wasmhooks.url, guard: ['none'] })
+    const plugin = await loaded(t, xo, { url: wasmhooks.url, guard: ['none'] })
     const emit = i =>
       xo.emit('xo:postCall', {
         callId: `burst-${i}`,

@@ -109,7 +109,7 @@ async fn a_sigkilled_engine_loses_no_accepted_event() {
     const N: usize = 200;
     let receiver = Receiver::stalled().await;
     let toml = format!(
-        "deadline_ms = 10000\n[settings]\nmode = \"echo\"\nurl = \"{}\"\ndelay_ms = 300\n",
+        "deadline_ms = 10000\n[settings]\nmode = \"echo\"\nurl = \"{}\"\ndelay_ms = 2000\n",
         receiver.url("/crash")
     );
     let folders = Folders::new(
@@ -138,10 +138,11 @@ async fn a_sigkilled_engine_loses_no_accepted_event() {
     {
         assert_eq!(response.unwrap().status(), 202, "event {i} accepted");
     }
-    // The hook takes 300 ms per event (200 events, 128 calls at a time),
-    // so when the first delivery reaches the receiver (which holds it: in
+    // The hook takes 2 s per event (200 events, 128 calls at a time), so
+    // when the first delivery reaches the receiver (which holds it: in
     // flight), the second wave is still in its hook (journaled) and the
-    // first wave's deliveries are pending.
+    // first wave's deliveries are pending. (With 300 ms, a slow disk's
+    // commits let the second wave finish first, once in CI.)
     receiver.wait_for(1).await;
     engine.kill();
     let before = receiver.received().len();

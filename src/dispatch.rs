@@ -168,32 +168,43 @@ pub(crate) fn decide(hooks: &Hooks, results: Vec<Result<Decision, CallError>>) -
                 }
                 decision.deny
             }
-            Err(e) => {
-                let deny = decided.verdict.fail(hook, e.kind(), e.to_string());
-                if let CallError::Timeout { ran, .. } = e
-                    && let Some(failure) = decided.verdict.failures.last_mut()
-                {
-                    failure.ran_ms = Some(ran.as_millis() as u64);
-                }
-                deny
-            }
+            Err(e) => decided.verdict.fail(hook, HookFailure::of_call(hook, &e)),
         };
         decided.verdict.deny(hook, deny);
     }
     decided
 }
 
-impl Verdict {
-    /// Records that `hook` failed; returns the veto its `on_error` makes of it.
-    pub(crate) fn fail(&mut self, hook: &LiveHook, kind: &str, message: String) -> Option<String> {
-        let deny = (hook.config.on_error == OnError::Deny)
-            .then(|| format!("hook failed and its on_error is deny: {message}"));
-        self.failures.push(HookFailure {
+impl HookFailure {
+    /// `hook` failed this way.
+    pub(crate) fn new(hook: &LiveHook, kind: &str, message: String) -> HookFailure {
+        HookFailure {
             hook: hook.name().to_owned(),
             kind: kind.to_owned(),
             message,
             ran_ms: None,
-        });
+        }
+    }
+
+    /// `hook`'s call failed with `e`.
+    fn of_call(hook: &LiveHook, e: &CallError) -> HookFailure {
+        let ran_ms = match e {
+            CallError::Timeout { ran, .. } => Some(ran.as_millis() as u64),
+            _ => None,
+        };
+        HookFailure {
+            ran_ms,
+            ..HookFailure::new(hook, e.kind(), e.to_string())
+        }
+    }
+}
+
+impl Verdict {
+    /// Records that `hook` failed; returns the veto its `on_error` makes of it.
+    pub(crate) fn fail(&mut self, hook: &LiveHook, failure: HookFailure) -> Option<String> {
+        let deny = (hook.config.on_error == OnError::Deny)
+            .then(|| format!("hook failed and its on_error is deny: {}", failure.message));
+        self.failures.push(failure);
         deny
     }
 

@@ -209,21 +209,20 @@ impl Ingest {
         if let Err(e) = plain {
             for hook in hooks.iter() {
                 if queued.iter().any(|d| *d.hook == *hook.name()) {
-                    verdict.failures.push(HookFailure {
-                        hook: hook.name().to_owned(),
-                        kind: "queue".into(),
-                        message: format!(
+                    verdict.failures.push(HookFailure::new(
+                        hook,
+                        "queue",
+                        format!(
                             "its deliveries could not be queued ({e}); retrying in the background"
                         ),
-                        ran_ms: None,
-                    });
+                    ));
                 }
             }
             unqueued = queued;
         }
         for (hook, failed) in waits {
             if let Some((kind, message)) = failed {
-                let deny = verdict.fail(&hook, kind, message);
+                let deny = verdict.fail(&hook, HookFailure::new(&hook, kind, message));
                 verdict.deny(&hook, deny);
             }
         }

@@ -1,9 +1,10 @@
 //! Prometheus metrics, served at `GET /metrics`.
 //!
 //! Per hook: calls, errors, timeouts, vetoes (enforced, and would-be in
-//! monitor mode), loads, refused versions, and a duration histogram. Per receiver (host:port): deliveries, failed
-//! attempts, retries, dead letters, and, read from the queue at scrape
-//! time, queue depth and the age of the oldest pending delivery.
+//! monitor mode), loads, refused versions, and a duration histogram. Per
+//! receiver (host:port): deliveries, failed attempts, retries, dead
+//! letters, and, read from the queue at scrape time, queue depth and the
+//! age of the oldest pending delivery.
 
 use crate::queue::Depth;
 use prometheus_client::encoding::EncodeLabelSet;

@@ -45,7 +45,7 @@ use warm::{WarmPools, spawn_warm_sweeper};
 /// How often the epoch advances: the granularity of deadlines, and how often
 /// a busy guest yields to the async runtime.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
-/// Extra wall-clock time past the deadline before the async timeout fires.
+/// Extra running time past the deadline before the call's timer stops it.
 /// Only matters for a guest blocked in a host call; CPU-bound guests are
 /// stopped by the epoch check first.
 const HOST_CALL_GRACE: Duration = Duration::from_millis(25);

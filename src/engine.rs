@@ -74,10 +74,7 @@ impl Engine {
             .reconcile(dir, &HashSet::new(), &HashSet::new(), Duration::ZERO)
             .await?;
         let sender = Sender::new(&config.delivery)?;
-        let opening = config.clone();
-        let queue = tokio::task::spawn_blocking(move || crate::queue::open(&opening))
-            .await
-            .map_err(|e| Error::Runtime(e.to_string()))??;
+        let queue = crate::queue::open(&config).await?;
         let d = &config.delivery;
         let breaker = Breaker {
             failures: d.breaker_failures.max(1),
@@ -230,7 +227,12 @@ impl Engine {
             self.inner.ingest.settled().await;
             self.inner.workers.idle().await;
         };
-        tokio::time::timeout(grace, finish).await.is_ok()
+        let done = tokio::time::timeout(grace, finish).await.is_ok();
+        // Other engines on a shared queue take what this one held.
+        if let Err(e) = self.inner.queue.release().await {
+            tracing::warn!("cannot hand back the deliveries this engine held: {e}");
+        }
+        done
     }
 
     /// The settings the engine runs with.

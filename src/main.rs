@@ -56,6 +56,13 @@ struct DeliveriesArgs {
     /// The engine's state folder. Defaults to `$XDG_STATE_HOME/wasmhooks` or `~/.local/state/wasmhooks`.
     #[arg(long, env = "WASMHOOKS_STATE", global = true)]
     state: Option<PathBuf>,
+    /// The engines' queue, if not SQLite in the state folder: `nats://HOST:PORT` (NATS
+    /// JetStream; a comma-separated list for a cluster).
+    #[arg(long, env = "WASMHOOKS_QUEUE", global = true)]
+    queue: Option<String>,
+    /// The engines' settings file, for its `queue` (e.g. a NATS prefix or credentials).
+    #[arg(long, env = "WASMHOOKS_CONFIG", global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: DeliveriesCommand,
 }
@@ -115,6 +122,12 @@ struct ServeArgs {
     /// or `~/.local/state/wasmhooks`.
     #[arg(long, env = "WASMHOOKS_STATE")]
     state: Option<PathBuf>,
+    /// Which queue holds accepted events and deliveries: `sqlite` (the default, in the
+    /// state folder), `memory`, or `nats://HOST:PORT` (NATS JetStream, shared by several
+    /// engines; a comma-separated list for a cluster). Overrides the settings file's `queue`
+    /// (a NATS URL keeps its other NATS settings).
+    #[arg(long, env = "WASMHOOKS_QUEUE")]
+    queue: Option<String>,
     /// Require `Authorization: Bearer TOKEN` on the API (all but /healthz).
     /// At least 16 characters; prefer the environment variable to the flag,
     /// which other users can see in the process list.
@@ -219,6 +232,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(state) = args.state {
         config.state_dir = Some(state);
     }
+    if let Some(queue) = &args.queue {
+        set_queue(&mut config, queue)?;
+    }
     let engine = Engine::new(config)
         .await
         .context("cannot start the engine")?;
@@ -311,11 +327,41 @@ async fn stop_signal() {
     }
 }
 
-async fn deliveries(args: DeliveriesArgs) -> Result<()> {
-    let Some(dir) = args.state.or_else(wasmhooks::config::default_state_dir) else {
-        bail!("no state folder: pass --state DIR");
+/// Applies `--queue`: `sqlite`, `memory` or a NATS URL.
+fn set_queue(config: &mut Config, queue: &str) -> Result<()> {
+    use wasmhooks::config::{NatsConfig, QueueConfig};
+    config.queue = match queue {
+        "sqlite" => QueueConfig::Sqlite,
+        "memory" => QueueConfig::Memory,
+        url if url.starts_with("nats://") || url.starts_with("tls://") => {
+            let mut nats = match &config.queue {
+                QueueConfig::Nats(nats) => nats.clone(),
+                _ => NatsConfig::default(),
+            };
+            nats.url = url.to_owned();
+            QueueConfig::Nats(nats)
+        }
+        other => {
+            bail!("--queue / WASMHOOKS_QUEUE: {other:?} is not sqlite, memory or a nats:// URL")
+        }
     };
-    let admin = wasmhooks::DeliveryAdmin::open(&dir)?;
+    Ok(())
+}
+
+async fn deliveries(args: DeliveriesArgs) -> Result<()> {
+    let mut config = load_config(args.config.as_deref())?;
+    if let Some(queue) = &args.queue {
+        set_queue(&mut config, queue)?;
+    }
+    let admin = if let wasmhooks::QueueConfig::Nats(_) = &config.queue {
+        config.validate().context("--config / WASMHOOKS_CONFIG")?;
+        wasmhooks::DeliveryAdmin::connect(&config).await?
+    } else {
+        let Some(dir) = args.state.or_else(wasmhooks::config::default_state_dir) else {
+            bail!("no state folder: pass --state DIR");
+        };
+        wasmhooks::DeliveryAdmin::open(&dir)?
+    };
     match args.command {
         DeliveriesCommand::List {
             failed,
@@ -363,7 +409,9 @@ async fn deliveries(args: DeliveriesArgs) -> Result<()> {
             };
             let n = admin.retry(which.clone()).await?;
             if let (Retry::Id(id), 0) = (&which, n) {
-                bail!("{id} is not a dead letter in {}", dir.display());
+                bail!(
+                    "{id} is not a dead letter in this queue (see `wasmhooks deliveries list --dead`)"
+                );
             }
             println!("{n} dead letters requeued; a running engine sends them within a second");
         }

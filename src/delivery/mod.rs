@@ -174,7 +174,7 @@ pub(crate) fn delivery_id(uid: &str, hook: &str, index: usize) -> String {
     format!("msg_{}", hex(&h.finalize()[..16]))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -9,24 +9,24 @@ use crate::delivery::{Delivery, QueuedUnder, now_ms};
 trait Backend: Send {
     /// A queue for a new engine run on this backend's store (the same store
     /// on every call). The previous run's queue is dropped first.
-    fn open(&mut self) -> Arc<dyn Queue>;
+    async fn open(&mut self) -> Arc<dyn Queue>;
     /// Whether what was committed survives the next [`Backend::open`].
     fn durable(&self) -> bool;
     /// An operator's handle on the store while an engine runs, if the
     /// backend has one.
-    fn admin(&self) -> Option<DeliveryAdmin>;
+    async fn admin(&self) -> Option<DeliveryAdmin>;
 }
 
 struct SqliteFile(tempfile::TempDir);
 
 impl Backend for SqliteFile {
-    fn open(&mut self) -> Arc<dyn Queue> {
+    async fn open(&mut self) -> Arc<dyn Queue> {
         SqliteQueue::open(Some(self.0.path()), false).expect("opens")
     }
     fn durable(&self) -> bool {
         true
     }
-    fn admin(&self) -> Option<DeliveryAdmin> {
+    async fn admin(&self) -> Option<DeliveryAdmin> {
         Some(DeliveryAdmin::open(self.0.path()).expect("opens"))
     }
 }
@@ -34,14 +34,69 @@ impl Backend for SqliteFile {
 struct SqliteMemory;
 
 impl Backend for SqliteMemory {
-    fn open(&mut self) -> Arc<dyn Queue> {
+    async fn open(&mut self) -> Arc<dyn Queue> {
         SqliteQueue::open(None, false).expect("opens")
     }
     fn durable(&self) -> bool {
         false
     }
-    fn admin(&self) -> Option<DeliveryAdmin> {
+    async fn admin(&self) -> Option<DeliveryAdmin> {
         None
+    }
+}
+
+#[path = "../../tests/support/nats.rs"]
+mod nats_server;
+
+/// A JetStream server of its own; a dropped run hands back what it held
+/// (as an engine that stops does; one that dies loses its claims after
+/// `ack_wait`, which the integration tests cover).
+struct Nats {
+    server: nats_server::NatsServer,
+    last: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+impl Nats {
+    fn start() -> Nats {
+        Nats {
+            server: nats_server::NatsServer::start(),
+            last: None,
+        }
+    }
+
+    fn config(&self) -> crate::Config {
+        crate::Config {
+            queue: crate::config::QueueConfig::Nats(crate::config::NatsConfig {
+                url: self.server.url.clone(),
+                ..Default::default()
+            }),
+            ..crate::Config::default()
+        }
+    }
+}
+
+impl Backend for Nats {
+    async fn open(&mut self) -> Arc<dyn Queue> {
+        if let Some(mut last) = self.last.take() {
+            let _ = last.wait_for(|released| *released).await;
+        }
+        let config = self.config();
+        let crate::config::QueueConfig::Nats(nats) = &config.queue else {
+            unreachable!()
+        };
+        let queue = NatsQueue::open(nats, &config).await.expect("opens");
+        self.last = Some(queue.released());
+        queue
+    }
+    fn durable(&self) -> bool {
+        true
+    }
+    async fn admin(&self) -> Option<DeliveryAdmin> {
+        Some(
+            DeliveryAdmin::connect(&self.config())
+                .await
+                .expect("connects"),
+        )
     }
 }
 
@@ -80,7 +135,7 @@ async fn claim_ids(queue: &dyn Queue, limit: usize, room: Room) -> Vec<String> {
 }
 
 async fn commit_then_claim_round_trips_a_delivery(mut b: impl Backend) {
-    let queue = b.open();
+    let queue = b.open().await;
     let d = delivery("msg_a", "a.test:80");
     let written = queue.commit(queued(vec![d.clone()])).await.unwrap();
     assert_eq!(written, Committed::Done { claimed: vec![] });
@@ -103,7 +158,7 @@ async fn commit_then_claim_round_trips_a_delivery(mut b: impl Backend) {
 }
 
 async fn a_delivery_id_is_queued_once(mut b: impl Backend) {
-    let queue = b.open();
+    let queue = b.open().await;
     let d = delivery("msg_a", "a.test:80");
     queue.commit(queued(vec![d.clone()])).await.unwrap();
     queue.commit(queued(vec![d.clone()])).await.unwrap();
@@ -129,7 +184,7 @@ async fn a_delivery_id_is_queued_once(mut b: impl Backend) {
 }
 
 async fn a_key_is_accepted_once_until_forgotten(mut b: impl Backend) {
-    let queue = b.open();
+    let queue = b.open().await;
     let batch = |id: &str| Batch {
         key: Some("vm.start\nc1\npost".into()),
         queued: vec![delivery(id, "a.test:80")],
@@ -163,7 +218,7 @@ async fn a_key_is_accepted_once_until_forgotten(mut b: impl Backend) {
 }
 
 async fn claims_respect_room_and_pauses_and_tell_when_next_is_due(mut b: impl Backend) {
-    let queue = b.open();
+    let queue = b.open().await;
     let mut batch = Vec::new();
     for i in 0..5 {
         batch.push(delivery(&format!("msg_a{i}"), "a.test:80"));
@@ -195,7 +250,7 @@ async fn claims_respect_room_and_pauses_and_tell_when_next_is_due(mut b: impl Ba
 }
 
 async fn finish_retry_reschedules_and_dead_letters_can_be_retried_and_purged(mut b: impl Backend) {
-    let queue = b.open();
+    let queue = b.open().await;
     queue
         .commit(queued(vec![delivery("msg_a", "a.test:80")]))
         .await
@@ -245,7 +300,7 @@ async fn finish_retry_reschedules_and_dead_letters_can_be_retried_and_purged(mut
 }
 
 async fn depth_counts_per_receiver(mut b: impl Backend) {
-    let queue = b.open();
+    let queue = b.open().await;
     let ds = vec![
         delivery("msg_1", "a.test:80"),
         delivery("msg_2", "a.test:80"),
@@ -262,7 +317,7 @@ async fn a_new_run_reclaims_the_last_runs_claims_and_journal(mut b: impl Backend
     if !b.durable() {
         return;
     }
-    let queue = b.open();
+    let queue = b.open().await;
     let claimed = Batch {
         claimed: vec![delivery("msg_sending", "a.test:80")],
         queued: vec![delivery("msg_waiting", "a.test:80")],
@@ -280,7 +335,7 @@ async fn a_new_run_reclaims_the_last_runs_claims_and_journal(mut b: impl Backend
     assert_eq!(claim_ids(&*queue, 10, room(8)).await, ["msg_waiting"]);
     drop(queue); // the engine dies with both claimed
 
-    let queue = b.open();
+    let queue = b.open().await;
     let mut ids = claim_ids(&*queue, 10, room(8)).await;
     ids.sort();
     assert_eq!(
@@ -307,8 +362,8 @@ async fn a_new_run_reclaims_the_last_runs_claims_and_journal(mut b: impl Backend
 }
 
 async fn operators_never_touch_claims(mut b: impl Backend) {
-    let queue = b.open();
-    let Some(admin) = b.admin() else { return };
+    let queue = b.open().await;
+    let Some(admin) = b.admin().await else { return };
     queue
         .commit(queued(vec![delivery("msg_a", "a.test:80")]))
         .await
@@ -317,7 +372,7 @@ async fn operators_never_touch_claims(mut b: impl Backend) {
     for _ in 0..3 {
         let listed = admin.list(Filter::Pending, 10).await.unwrap();
         assert_eq!(listed.len(), 1);
-        drop(b.admin()); // another operator command opening the store
+        drop(b.admin().await); // another operator command opening the store
         assert_eq!(admin.retry(Retry::AllDead).await.unwrap(), 0);
         assert_eq!(
             admin.purge_dead(std::time::Duration::ZERO).await.unwrap(),
@@ -362,4 +417,5 @@ macro_rules! backends {
 backends! {
     sqlite_file => SqliteFile(tempfile::tempdir().unwrap());
     sqlite_memory => SqliteMemory;
+    nats => Nats::start();
 }

@@ -10,14 +10,17 @@
 //!
 //! Backends implement [`Queue`]; the engine picks one from
 //! [`QueueConfig`](crate::config::QueueConfig). [`SqliteQueue`] is the
-//! embedded one (a file, or in memory). Every backend passes the same
-//! conformance suite (`conformance.rs`). Operators reach a state folder
-//! through [`DeliveryAdmin`], which never touches claims.
+//! embedded one (a file, or in memory); [`NatsQueue`] is on NATS JetStream,
+//! shared by several engines. Every backend passes the same conformance
+//! suite (`conformance.rs`). Operators reach a queue through
+//! [`DeliveryAdmin`], which never touches claims.
 
 #[cfg(test)]
 mod conformance;
+mod nats;
 mod sqlite;
 
+pub(crate) use nats::NatsQueue;
 pub(crate) use sqlite::SqliteQueue;
 
 use crate::delivery::Delivery;
@@ -48,6 +51,22 @@ pub enum QueueError {
     /// error…). Nothing of that write was committed.
     #[error("state database: {0}")]
     Store(#[source] Arc<rusqlite::Error>),
+    /// The NATS JetStream queue could not be reached or set up.
+    #[error("cannot use NATS JetStream at {url}: {reason}")]
+    Connect {
+        /// The server URL(s) configured.
+        url: String,
+        /// What went wrong, and what to do.
+        reason: String,
+        /// The underlying error, if NATS gave one.
+        #[source]
+        source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    },
+    /// NATS JetStream failed a request (the server is unreachable, a
+    /// timeout…). What the request was to write may or may not have been
+    /// written; trying it again writes it once.
+    #[error("NATS JetStream: {0}")]
+    Nats(#[source] Arc<dyn std::error::Error + Send + Sync>),
 }
 
 impl From<rusqlite::Error> for QueueError {
@@ -269,35 +288,63 @@ pub(crate) trait Queue: Send + Sync + 'static {
     /// Forgets the keys of events accepted at or before `before_ms`: sent
     /// again after that, an event is accepted anew.
     fn forget_keys(&self, before_ms: u64) -> Fut<'_, usize>;
+    /// Hands back the deliveries this run holds (claimed, not finished), as
+    /// the engine stops, so that other engines sharing the queue can take
+    /// them at once. A backend that only one engine uses keeps them for its
+    /// next run.
+    fn release(&self) -> Fut<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// What [`Queue`] methods return.
 pub(crate) type Fut<'a, T> = BoxFuture<'a, Result<T, QueueError>>;
 
 /// Opens the queue `config` names, for an engine run.
-pub(crate) fn open(config: &crate::Config) -> Result<Arc<dyn Queue>, QueueError> {
+pub(crate) async fn open(config: &crate::Config) -> Result<Arc<dyn Queue>, QueueError> {
     use crate::config::QueueConfig;
-    let dir = match config.queue {
-        QueueConfig::Sqlite => config.state_dir.as_deref(),
+    let dir = match &config.queue {
+        QueueConfig::Sqlite => config.state_dir.clone(),
         QueueConfig::Memory => None,
+        QueueConfig::Nats(nats) => return Ok(NatsQueue::open(nats, config).await?),
     };
-    Ok(SqliteQueue::open(dir, config.fsync)?)
+    let fsync = config.fsync;
+    tokio::task::spawn_blocking(move || SqliteQueue::open(dir.as_deref(), fsync))
+        .await
+        .map_err(|_| QueueError::Closed)?
+        .map(|q| q as Arc<dyn Queue>)
 }
 
-/// The queued deliveries of a state folder, for operators (`wasmhooks
-/// deliveries`): list, retry and purge dead letters, also while an engine
-/// runs on the folder. It never takes or resets a claim, so it never
-/// disturbs the engine's deliveries in flight.
+/// The queued deliveries, for operators (`wasmhooks deliveries`): list,
+/// retry and purge dead letters, also while engines run on the queue. It
+/// never takes or resets a claim, so it never disturbs the deliveries in
+/// flight.
 pub struct DeliveryAdmin {
-    queue: Arc<SqliteQueue>,
+    queue: Arc<dyn Queue>,
 }
 
 impl DeliveryAdmin {
-    /// Opens the queue in the state folder `dir`.
+    /// Opens the SQLite queue in the state folder `dir`.
     pub fn open(dir: &Path) -> Result<DeliveryAdmin, QueueError> {
         Ok(DeliveryAdmin {
             queue: SqliteQueue::inspect(dir)?,
         })
+    }
+
+    /// Opens the queue `config` names (`queue` and `state_dir`).
+    pub async fn connect(config: &crate::Config) -> Result<DeliveryAdmin, QueueError> {
+        use crate::config::QueueConfig;
+        match (&config.queue, &config.state_dir) {
+            (QueueConfig::Nats(nats), _) => Ok(DeliveryAdmin {
+                queue: NatsQueue::open(nats, config).await?,
+            }),
+            (QueueConfig::Sqlite, Some(dir)) => DeliveryAdmin::open(dir),
+            _ => Err(QueueError::Open {
+                path: PathBuf::new(),
+                reason: "a queue in memory cannot be inspected from outside the engine".into(),
+                source: None,
+            }),
+        }
     }
 
     /// Deliveries matching `filter`, oldest first.

@@ -1,79 +1,8 @@
 //! At-least-once across a crash: `wasmhooks serve` as a child process,
 //! killed with SIGKILL while deliveries are pending and in flight.
 
-use crate::{Receiver, fixture_json, install};
+use crate::{Receiver, Serve, fixture_json, install};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-
-/// A `wasmhooks serve` child, killed when dropped.
-struct Serve {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Serve {
-    fn start(hooks: &Path, state: &Path, config: &Path) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wasmhooks"))
-            .args(["serve", "--no-watch", "--listen", "127.0.0.1:0"])
-            .arg("--hooks")
-            .arg(hooks)
-            .arg("--state")
-            .arg(state)
-            .arg("--config")
-            .arg(config)
-            .env("WASMHOOKS_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("wasmhooks serve starts");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let lines = log.clone();
-        // Keep reading, so the child never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest.split(':').take(2).collect::<Vec<_>>().join(":");
-                    let _ = tx.send(addr);
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let addr = rx
-            .recv_timeout(std::time::Duration::from_secs(60))
-            .expect("the engine says where it listens");
-        Serve {
-            child,
-            addr: addr.parse().unwrap(),
-            log,
-        }
-    }
-
-    fn kill(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-
-    /// SIGTERM, as a process manager sends; returns how it exited.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id() as libc::pid_t;
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A temporary folder with `hooks/` (the `misbehave` hook with `toml`),
 /// `state/`, and `engine.toml` allowing loopback receivers, with long

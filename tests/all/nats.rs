@@ -1,0 +1,264 @@
+//! Several engines sharing one queue on NATS JetStream: `wasmhooks serve`
+//! children on a real `nats-server` (one node, or a cluster of three), a
+//! real receiver on loopback.
+
+use crate::nats_server::NatsServer;
+use crate::{Serve, fixture_json, install};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// A receiver that counts what it gets by `x-call-id` (the event), after
+/// an optional delay per request.
+#[derive(Clone)]
+struct Tally {
+    url: String,
+    seen: Arc<Mutex<HashMap<String, usize>>>,
+    unique: watch::Sender<usize>,
+    requests: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Tally {
+    async fn start(delay: Duration) -> Tally {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tally = Tally {
+            url: format!("http://{}/tally", listener.local_addr().unwrap()),
+            seen: Default::default(),
+            unique: watch::channel(0).0,
+            requests: Default::default(),
+        };
+        async fn take(
+            State((t, delay)): State<(Tally, Duration)>,
+            headers: HeaderMap,
+        ) -> &'static str {
+            tokio::time::sleep(delay).await; // a slow receiver
+            let id = headers
+                .get("x-call-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            t.requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let unique = {
+                let mut seen = t.seen.lock().unwrap();
+                *seen.entry(id).or_default() += 1;
+                seen.len()
+            };
+            t.unique.send_replace(unique);
+            "ok"
+        }
+        let app = axum::Router::new()
+            .route("/tally", axum::routing::post(take))
+            .with_state((tally.clone(), delay));
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        tally
+    }
+
+    /// Waits until every one of `ids` has arrived (within `within`).
+    async fn wait_all(&self, ids: &[String], within: Duration) {
+        let mut rx = self.unique.subscribe();
+        let waited = tokio::time::timeout(within, async {
+            loop {
+                let missing = {
+                    let seen = self.seen.lock().unwrap();
+                    ids.iter().filter(|id| !seen.contains_key(*id)).count()
+                };
+                if missing == 0 {
+                    return;
+                }
+                rx.changed().await.unwrap();
+            }
+        })
+        .await;
+        if waited.is_err() {
+            let seen = self.seen.lock().unwrap();
+            let missing: Vec<&String> = ids.iter().filter(|id| !seen.contains_key(*id)).collect();
+            panic!(
+                "{} of {} accepted events never reached the receiver, e.g. {:?}",
+                missing.len(),
+                ids.len(),
+                &missing[..missing.len().min(5)]
+            );
+        }
+    }
+
+    /// Requests beyond the first per event.
+    fn duplicates(&self) -> usize {
+        self.seen.lock().unwrap().values().map(|n| n - 1).sum()
+    }
+}
+
+/// A hooks folder with one `echo` hook to the receiver, an engine settings
+/// file on the NATS queue at `urls`, and a state folder per engine.
+struct Cluster {
+    dir: tempfile::TempDir,
+    hooks: PathBuf,
+    config: PathBuf,
+}
+
+impl Cluster {
+    fn new(receiver: &Tally, urls: &str, extra: &str) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let hooks = dir.path().join("hooks");
+        std::fs::create_dir(&hooks).unwrap();
+        let toml = format!("[settings]\nmode = \"echo\"\nurl = \"{}\"\n", receiver.url);
+        install(&hooks, "hook", "misbehave", Some(&toml));
+        let config = dir.path().join("engine.toml");
+        let engine = format!(
+            "[queue.nats]\nurl = \"{urls}\"\nack_wait_ms = 2000\n{extra}\n\
+             [delivery]\nallow_hosts = [\"127.0.0.1\"]\ntimeout_ms = 5000\n\
+             per_receiver_concurrency = 16\n"
+        );
+        std::fs::write(&config, engine).unwrap();
+        Cluster { dir, hooks, config }
+    }
+
+    fn engine(&self, i: usize) -> Serve {
+        let state = self.dir.path().join(format!("state{i}"));
+        Serve::start(&self.hooks, &state, &self.config)
+    }
+}
+
+/// Posts events `ids` round-robin to `engines`, 64 at a time; returns those
+/// accepted (202).
+async fn post_all(addrs: &[std::net::SocketAddr], ids: &[String]) -> Vec<String> {
+    let client = reqwest::Client::new();
+    let event = fixture_json("vm.start.post");
+    let sends = ids.iter().enumerate().map(|(i, id)| {
+        let mut event = event.clone();
+        event["callId"] = id.clone().into();
+        let url = format!("http://{}/v1/events", addrs[i % addrs.len()]);
+        let client = client.clone();
+        async move {
+            let ok = client
+                .post(url)
+                .timeout(Duration::from_secs(60))
+                .json(&event)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 202);
+            ok.then(|| id.clone())
+        }
+    });
+    futures::stream::iter(sends)
+        .buffer_unordered(64)
+        .filter_map(|x| async move { x })
+        .collect()
+        .await
+}
+
+/// Deliveries each engine says it delivered (`wasmhooks_deliveries_total`).
+async fn delivered_by(addr: std::net::SocketAddr) -> u64 {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("wasmhooks_deliveries_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+fn ids(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_engines_share_ten_thousand_events() {
+    const N: usize = 10_000;
+    let nats = NatsServer::start();
+    let receiver = Tally::start(Duration::ZERO).await;
+    let cluster = Cluster::new(&receiver, &nats.url, "");
+    let engines: Vec<Serve> = (0..3).map(|i| cluster.engine(i)).collect();
+    let addrs: Vec<_> = engines.iter().map(|e| e.addr).collect();
+
+    let ids = ids("share", N);
+    let accepted = post_all(&addrs, &ids).await;
+    assert_eq!(accepted.len(), N, "every event accepted");
+    receiver.wait_all(&accepted, Duration::from_secs(120)).await;
+    let mut shares = Vec::new();
+    for &addr in &addrs {
+        shares.push(delivered_by(addr).await);
+    }
+    let unique = receiver.seen.lock().unwrap().len();
+    println!(
+        "three engines on JetStream: {N} events, {unique} unique deliveries, {} duplicates; \
+         delivered per engine: {shares:?}",
+        receiver.duplicates()
+    );
+    assert!(
+        shares.iter().all(|&n| n as usize >= N / 10),
+        "each engine sent a share: {shares:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_killed_mid_burst_loses_no_accepted_event() {
+    const N: usize = 1_500;
+    let nats = NatsServer::start();
+    // Slow: a burst piles up, queued and claimed, when the kill comes.
+    let receiver = Tally::start(Duration::from_millis(50)).await;
+    let cluster = Cluster::new(&receiver, &nats.url, "");
+    let mut engines: Vec<Serve> = (0..3).map(|i| cluster.engine(i)).collect();
+    let addrs: Vec<_> = engines.iter().map(|e| e.addr).collect();
+
+    let ids = ids("failover", N);
+    let (first, second) = ids.split_at(N / 2);
+    let mut accepted = post_all(&addrs, first).await;
+    assert_eq!(accepted.len(), N / 2);
+    // Killed with deliveries in flight, claimed and queued.
+    let mut rx = receiver.unique.subscribe();
+    rx.wait_for(|&n| n >= 50).await.unwrap();
+    engines.remove(0).kill();
+    let before = receiver.requests.load(std::sync::atomic::Ordering::Relaxed);
+    accepted.extend(post_all(&addrs[1..], second).await);
+    assert_eq!(accepted.len(), N, "the live engines accept the rest");
+    receiver.wait_all(&accepted, Duration::from_secs(120)).await;
+    println!(
+        "one of three engines SIGKILLed: {N} events accepted, {before} requests before the \
+         kill; all delivered, {} duplicates",
+        receiver.duplicates()
+    );
+    drop(engines);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_node_killed_mid_burst_loses_no_accepted_event() {
+    const N: usize = 1_500;
+    let mut nodes = NatsServer::cluster(3);
+    let urls = nodes
+        .iter()
+        .map(|n| n.url.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let receiver = Tally::start(Duration::from_millis(5)).await;
+    let cluster = Cluster::new(&receiver, &urls, "replicas = 3");
+    let engines: Vec<Serve> = (0..3).map(|i| cluster.engine(i)).collect();
+    let addrs: Vec<_> = engines.iter().map(|e| e.addr).collect();
+
+    let ids = ids("replicated", N);
+    let (first, second) = ids.split_at(N / 2);
+    let mut accepted = post_all(&addrs, first).await;
+    let mut rx = receiver.unique.subscribe();
+    rx.wait_for(|&n| n >= 50).await.unwrap();
+    nodes[0].kill();
+    // Events sent while the cluster elects new leaders may be refused
+    // (the caller retries them); every accepted one must arrive.
+    accepted.extend(post_all(&addrs, second).await);
+    assert!(accepted.len() >= N / 2, "{} accepted", accepted.len());
+    receiver.wait_all(&accepted, Duration::from_secs(120)).await;
+    println!(
+        "one of three NATS nodes SIGKILLed (replicas = 3): {} of {N} events accepted, all \
+         delivered, {} duplicates",
+        accepted.len(),
+        receiver.duplicates()
+    );
+    drop(engines);
+}

@@ -1,0 +1,165 @@
+//! A real `nats-server` with JetStream, for tests and benchmarks: on free
+//! loopback ports, its store in a temp folder, killed when dropped. The
+//! binary is the one `scripts/install-guest-toolchains.sh` installs (or
+//! `WASMHOOKS_NATS_SERVER`).
+#![allow(dead_code)] // each user (unit tests, tests/all, benches) takes a part
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One server (or one node of a cluster).
+pub struct NatsServer {
+    child: Option<Child>,
+    /// `nats://127.0.0.1:PORT`.
+    pub url: String,
+    monitor: u16,
+    args: Vec<String>,
+    _store: tempfile::TempDir,
+}
+
+/// Where the server binary is; panics naming the script that installs it.
+pub fn nats_server_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("WASMHOOKS_NATS_SERVER") {
+        return bin.into();
+    }
+    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".toolchains/bin/nats-server");
+    assert!(
+        bin.exists(),
+        "nats-server is missing ({}): run scripts/install-guest-toolchains.sh",
+        bin.display()
+    );
+    bin
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl NatsServer {
+    /// A single server with JetStream.
+    pub fn start() -> NatsServer {
+        let server = NatsServer::spawn(Vec::new());
+        server.wait_ready();
+        server
+    }
+
+    /// A cluster of `n` nodes with JetStream, routed to each other, once
+    /// it has a JetStream leader.
+    pub fn cluster(n: usize) -> Vec<NatsServer> {
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect();
+        let nodes: Vec<NatsServer> = (0..n)
+            .map(|i| {
+                NatsServer::spawn(vec![
+                    "--name".into(),
+                    format!("node{i}"),
+                    "--cluster_name".into(),
+                    "wasmhooks".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{}", ports[i]),
+                    "--routes".into(),
+                    routes.join(","),
+                ])
+            })
+            .collect();
+        for node in &nodes {
+            node.wait_ready();
+        }
+        nodes
+    }
+
+    fn spawn(extra: Vec<String>) -> NatsServer {
+        let store = tempfile::tempdir().unwrap();
+        let (port, monitor) = (free_port(), free_port());
+        let mut args = vec![
+            "-js".to_string(),
+            "-sd".into(),
+            store.path().display().to_string(),
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+            "-m".into(),
+            monitor.to_string(),
+        ];
+        args.extend(extra);
+        let mut server = NatsServer {
+            child: None,
+            url: format!("nats://127.0.0.1:{port}"),
+            monitor,
+            args,
+            _store: store,
+        };
+        server.restart();
+        server
+    }
+
+    /// Starts the server again (after [`NatsServer::kill`]) on the same
+    /// ports and store.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new(nats_server_bin())
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        self.child = Some(child);
+    }
+
+    /// Kills the server at once (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits until the server's health check (JetStream included) passes.
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut pause = Duration::from_millis(5);
+        while !self.healthy() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server ({}) not healthy within 30 s",
+                self.url
+            );
+            std::thread::sleep(pause); // polling a readiness check
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    fn healthy(&self) -> bool {
+        let Ok(mut tcp) = TcpStream::connect(("127.0.0.1", self.monitor)) else {
+            return false;
+        };
+        let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
+        if tcp
+            .write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut answer = String::new();
+        let _ = tcp.read_to_string(&mut answer);
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

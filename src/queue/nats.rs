@@ -661,6 +661,26 @@ async fn next_raw(
         .await
 }
 
+/// Messages of `stream` on `filter` per receiver token (the subject's
+/// third token).
+async fn count_by_receiver(
+    stream: &stream::Stream,
+    filter: &str,
+) -> Result<HashMap<String, u64>, QueueError> {
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    let mut subjects = stream
+        .info_with_subjects(filter)
+        .await
+        .map_err(nats_error)?;
+    while let Some(entry) = subjects.next().await {
+        let (subject, count) = entry.map_err(nats_error)?;
+        if let Some(tok) = subject.split('.').nth(2) {
+            *counts.entry(tok.to_owned()).or_default() += count as u64;
+        }
+    }
+    Ok(counts)
+}
+
 /// Deletes message `seq` of `stream`; one already gone is fine.
 async fn delete(stream: &stream::Stream, seq: u64) -> Result<(), QueueError> {
     match stream.delete_message(seq).await {
@@ -1017,16 +1037,22 @@ impl Queue for NatsQueue {
                 }
                 Filter::Dead => (&self.streams.dead, format!("{p}.x.>"), "dead"),
             };
-            let mut out = Vec::new();
+            // By id: while a delivery changes state, its old version is
+            // removed just after the new one is stored (later in the
+            // stream), and only the newest is shown.
+            let mut found: HashMap<String, DeliveryInfo> = HashMap::new();
             NatsQueue::scan(stream, &subject, |_, payload| {
-                if let Some((record, body)) = Record::decode(payload)
-                    && (filter != Filter::Failed || record.attempts > 0)
-                {
-                    out.push(record.info(state, body.len()));
+                if let Some((record, body)) = Record::decode(payload) {
+                    if filter == Filter::Failed && record.attempts == 0 {
+                        found.remove(&record.id);
+                    } else {
+                        found.insert(record.id.clone(), record.info(state, body.len()));
+                    }
                 }
-                out.len() < limit
+                found.len() < limit
             })
             .await?;
+            let mut out: Vec<DeliveryInfo> = found.into_values().collect();
             out.sort_by_key(|i| i.created_ms);
             Ok(out)
         })
@@ -1060,44 +1086,32 @@ impl Queue for NatsQueue {
 
     fn depth(&self) -> Fut<'_, HashMap<String, Depth>> {
         Box::pin(async move {
-            let infos = self.consumers().await?;
-            let mut dead: HashMap<String, u64> = HashMap::new();
-            let filter = format!("{}.x.>", self.streams.prefix);
-            let mut subjects = self
-                .streams
-                .dead
-                .info_with_subjects(&filter)
-                .await
-                .map_err(nats_error)?;
-            while let Some(entry) = subjects.next().await {
-                let (subject, count) = entry.map_err(nats_error)?;
-                if let Some(tok) = subject.split('.').nth(2) {
-                    *dead.entry(tok.to_owned()).or_default() += count as u64;
-                }
-            }
+            // Counts come from the streams (exact as of now); a consumer's
+            // own counts are updated in the background and may lag.
+            let p = &self.streams.prefix;
+            let pending = count_by_receiver(&self.streams.deliveries, &format!("{p}.d.*")).await?;
+            let dead = count_by_receiver(&self.streams.dead, &format!("{p}.x.>")).await?;
+            let names: HashMap<String, String> = self
+                .consumers()
+                .await?
+                .into_iter()
+                .filter_map(|info| {
+                    let tok = info.name.strip_prefix('r')?.to_owned();
+                    Some((tok, info.config.description.unwrap_or_default()))
+                })
+                .collect();
             let mut out = HashMap::new();
-            for info in infos {
-                let Some(tok) = info.name.strip_prefix('r') else {
-                    continue;
-                };
-                let pending = info.num_pending + info.num_ack_pending as u64;
-                let dead = dead.get(tok).copied().unwrap_or(0);
+            for (tok, name) in names {
+                let pending = pending.get(&tok).copied().unwrap_or(0);
+                let dead = dead.get(&tok).copied().unwrap_or(0);
                 if pending == 0 && dead == 0 {
                     continue;
                 }
-                let oldest_ms = match self
-                    .streams
-                    .deliveries
-                    .raw_message_builder()
-                    .sequence(1)
-                    .next_by_subject(self.subject(tok))
-                    .send()
-                    .await
-                {
-                    Ok(m) => Record::decode(&m.payload).map(|(r, _)| r.created_ms),
-                    Err(_) => None,
-                };
-                let name = info.config.description.unwrap_or_default();
+                let oldest_ms =
+                    match next_raw(&self.streams.deliveries, &self.subject(&tok), 1).await {
+                        Ok(m) => Record::decode(&m.payload).map(|(r, _)| r.created_ms),
+                        Err(_) => None,
+                    };
                 out.insert(
                     name,
                     Depth {

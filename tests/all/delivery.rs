@@ -2,7 +2,8 @@
 //! and `wait` hooks.
 
 use crate::{
-    Receiver, eventually, failing_until_up, fixture, free_port, install, one_hook, test_config,
+    Backend, Receiver, eventually, failing_until_up, fixture, free_port, install, one_hook,
+    test_config,
 };
 use axum::http::StatusCode;
 use std::sync::atomic::Ordering;
@@ -15,8 +16,7 @@ fn echo(receiver: &Receiver, extra: &str) -> String {
     )
 }
 
-#[tokio::test]
-async fn retries_5xx_then_delivers_with_the_same_id() {
+async fn retries_5xx_then_delivers_with_the_same_id(q: Backend) {
     let receiver = Receiver::with(|_, n| {
         if n < 2 {
             (StatusCode::SERVICE_UNAVAILABLE, vec![])
@@ -25,7 +25,7 @@ async fn retries_5xx_then_delivers_with_the_same_id() {
         }
     })
     .await;
-    let (_dir, engine) = one_hook("echo", "misbehave", &echo(&receiver, "")).await;
+    let (_dir, engine) = q.one_hook("echo", "misbehave", &echo(&receiver, "")).await;
     engine.post(fixture("vm.start.post")).await.unwrap();
     let got = receiver.wait_for(3).await;
     engine.drain().await;
@@ -37,8 +37,7 @@ async fn retries_5xx_then_delivers_with_the_same_id() {
     assert_eq!(engine.backlog().await.unwrap(), 0);
 }
 
-#[tokio::test]
-async fn honours_retry_after_on_429() {
+async fn honours_retry_after_on_429(q: Backend) {
     let receiver = Receiver::with(|_, n| {
         if n == 0 {
             (
@@ -50,7 +49,7 @@ async fn honours_retry_after_on_429() {
         }
     })
     .await;
-    let (_dir, engine) = one_hook("echo", "misbehave", &echo(&receiver, "")).await;
+    let (_dir, engine) = q.one_hook("echo", "misbehave", &echo(&receiver, "")).await;
     let start = std::time::Instant::now();
     engine.post(fixture("vm.start.post")).await.unwrap();
     receiver.wait_for(2).await;
@@ -60,8 +59,7 @@ async fn honours_retry_after_on_429() {
     );
 }
 
-#[tokio::test]
-async fn gone_and_other_4xx_are_not_retried() {
+async fn gone_and_other_4xx_are_not_retried(q: Backend) {
     for status in [
         StatusCode::GONE,
         StatusCode::BAD_REQUEST,
@@ -70,7 +68,7 @@ async fn gone_and_other_4xx_are_not_retried() {
         let receiver =
             Receiver::with(move |_, _| (status, vec![("location", "http://127.0.0.1:9/".into())]))
                 .await;
-        let (_dir, engine) = one_hook("echo", "misbehave", &echo(&receiver, "")).await;
+        let (_dir, engine) = q.one_hook("echo", "misbehave", &echo(&receiver, "")).await;
         engine.post(fixture("vm.start.post")).await.unwrap();
         receiver.wait_for(1).await;
         engine.drain().await;
@@ -90,8 +88,7 @@ async fn gone_and_other_4xx_are_not_retried() {
     }
 }
 
-#[tokio::test]
-async fn a_receiver_that_is_down_is_retried_until_the_schedule_is_spent() {
+async fn a_receiver_that_is_down_is_retried_until_the_schedule_is_spent(q: Backend) {
     // Bind then drop a listener: a loopback port that refuses connections.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -101,7 +98,7 @@ async fn a_receiver_that_is_down_is_retried_until_the_schedule_is_spent() {
     let toml = format!(
         "wait = true\n[settings]\nmode = \"echo\"\nurl = \"http://127.0.0.1:{port}/down\"\n"
     );
-    let (_dir, engine) = one_hook("echo", "misbehave", &toml).await;
+    let (_dir, engine) = q.one_hook("echo", "misbehave", &toml).await;
     let verdict = engine.pre(fixture("vm.start.pre")).await.unwrap();
     assert!(verdict.allowed, "on_error defaults to allow");
     let message = &verdict.failures[0].message;
@@ -111,10 +108,11 @@ async fn a_receiver_that_is_down_is_retried_until_the_schedule_is_spent() {
     );
 }
 
-#[tokio::test]
-async fn a_wait_hook_delivers_before_the_verdict_returns() {
+async fn a_wait_hook_delivers_before_the_verdict_returns(q: Backend) {
     let receiver = Receiver::start().await;
-    let (_dir, engine) = one_hook("echo", "misbehave", &echo(&receiver, "wait = true")).await;
+    let (_dir, engine) = q
+        .one_hook("echo", "misbehave", &echo(&receiver, "wait = true"))
+        .await;
     let verdict = engine.pre(fixture("vm.start.pre")).await.unwrap();
     assert!(verdict.allowed);
     assert_eq!(receiver.received().len(), 1, "delivered before the verdict");
@@ -135,14 +133,13 @@ async fn a_wait_hook_whose_delivery_fails_applies_on_error() {
     assert!(verdict.reason.unwrap().contains("410"));
 }
 
-#[tokio::test]
-async fn a_slow_receiver_does_not_delay_another() {
+async fn a_slow_receiver_does_not_delay_another(q: Backend) {
     let slow = Receiver::stalled().await;
     let fast = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     crate::install(dir.path(), "slow", "misbehave", Some(&echo(&slow, "")));
     crate::install(dir.path(), "fast", "misbehave", Some(&echo(&fast, "")));
-    let mut config = crate::test_config(dir.path());
+    let mut config = q.config(dir.path());
     config.delivery.concurrency = 8;
     config.delivery.per_receiver_concurrency = 4;
     let engine = wasmhooks::Engine::new(config).await.unwrap();
@@ -201,14 +198,13 @@ async fn a_wait_hook_waits_no_longer_than_its_budget_and_nothing_is_dropped() {
     assert_eq!(engine.backlog().await.unwrap(), 0);
 }
 
-#[tokio::test]
-async fn a_receiver_down_then_up_gets_the_delivery() {
+async fn a_receiver_down_then_up_gets_the_delivery(q: Backend) {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}/late");
     let toml = format!("[settings]\nmode = \"echo\"\nurl = \"{url}\"\n");
     let dir = tempfile::tempdir().unwrap();
     install(dir.path(), "echo", "misbehave", Some(&toml));
-    let mut config = test_config(dir.path());
+    let mut config = q.config(dir.path());
     config.delivery.retry_schedule_ms = vec![10, 20, 40, 80, 160, 320, 640, 1280, 2560];
     let engine = Engine::new(config).await.unwrap();
     engine.post(fixture("vm.start.post")).await.unwrap();
@@ -316,12 +312,11 @@ async fn a_spent_schedule_makes_a_dead_letter_that_can_be_retried() {
     );
 }
 
-#[tokio::test]
-async fn a_failing_receiver_is_paused_then_probed_then_resumed() {
+async fn a_failing_receiver_is_paused_then_probed_then_resumed(q: Backend) {
     let (up, receiver) = failing_until_up(StatusCode::SERVICE_UNAVAILABLE).await;
     let dir = tempfile::tempdir().unwrap();
     install(dir.path(), "echo", "misbehave", Some(&echo(&receiver, "")));
-    let mut config = test_config(dir.path());
+    let mut config = q.config(dir.path());
     config.delivery.retry_schedule_ms = vec![10; 20];
     config.delivery.per_receiver_concurrency = 1;
     config.delivery.breaker_failures = 3;
@@ -361,3 +356,27 @@ async fn a_failing_receiver_is_paused_then_probed_then_resumed() {
         "no more attempts than needed"
     );
 }
+
+/// Each check above, on each queue backend: SQLite, and NATS JetStream (a
+/// server of its own per test).
+macro_rules! on_every_queue {
+    ($($check:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $check() { super::$check(crate::Backend::Sqlite).await })*
+        }
+        mod nats {
+            $(#[tokio::test] async fn $check() { super::$check(crate::Backend::nats()).await })*
+        }
+    };
+}
+
+on_every_queue!(
+    retries_5xx_then_delivers_with_the_same_id,
+    honours_retry_after_on_429,
+    gone_and_other_4xx_are_not_retried,
+    a_receiver_that_is_down_is_retried_until_the_schedule_is_spent,
+    a_wait_hook_delivers_before_the_verdict_returns,
+    a_slow_receiver_does_not_delay_another,
+    a_receiver_down_then_up_gets_the_delivery,
+    a_failing_receiver_is_paused_then_probed_then_resumed,
+);

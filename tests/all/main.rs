@@ -35,7 +35,10 @@ use wasmhooks::{Config, Engine, Event};
 pub mod guests;
 #[path = "../support/nats.rs"]
 pub mod nats_server;
+#[path = "../support/serve.rs"]
+pub mod serve;
 pub use guests::{root, wasm};
+pub use serve::Serve;
 
 /// A sample event from `tests/fixtures/xo`.
 pub fn fixture(name: &str) -> Event {
@@ -83,6 +86,49 @@ pub fn test_config(dir: &Path) -> Config {
 
 pub async fn engine(dir: &Path) -> Engine {
     Engine::new(test_config(dir)).await.expect("engine starts")
+}
+
+/// Which queue a test's engine uses, so that one check runs on each.
+pub enum Backend {
+    /// A SQLite file in the hooks folder ([`test_config`]).
+    Sqlite,
+    /// NATS JetStream, on a server of the test's own.
+    Nats(nats_server::NatsServer),
+}
+
+impl Backend {
+    /// A JetStream server for this test.
+    pub fn nats() -> Backend {
+        Backend::Nats(nats_server::NatsServer::start())
+    }
+
+    /// [`test_config`] on this queue.
+    pub fn config(&self, dir: &Path) -> Config {
+        let mut config = test_config(dir);
+        if let Backend::Nats(server) = self {
+            config.queue = wasmhooks::QueueConfig::Nats(wasmhooks::config::NatsConfig {
+                url: server.url.clone(),
+                ack_wait_ms: 2_000,
+                ..Default::default()
+            });
+        }
+        config
+    }
+
+    /// [`one_hook`] on this queue.
+    pub async fn one_hook(
+        &self,
+        name: &str,
+        guest: &str,
+        toml: &str,
+    ) -> (tempfile::TempDir, Engine) {
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), name, guest, Some(toml));
+        let engine = Engine::new(self.config(dir.path()))
+            .await
+            .expect("engine starts");
+        (dir, engine)
+    }
 }
 
 /// A temporary hooks folder holding one hook (a built guest installed as
@@ -326,78 +372,4 @@ async fn record(State(state): State<Arc<ReceiverState>>, request: Request) -> im
         response.headers_mut().insert(name, value.parse().unwrap());
     }
     response
-}
-
-/// A `wasmhooks serve` child, killed when dropped.
-pub struct Serve {
-    child: std::process::Child,
-    pub addr: SocketAddr,
-    pub log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Serve {
-    pub fn start(hooks: &Path, state: &Path, config: &Path) -> Serve {
-        Serve::start_with(hooks, state, config, &[])
-    }
-
-    /// [`Serve::start`] with more arguments.
-    pub fn start_with(hooks: &Path, state: &Path, config: &Path, args: &[&str]) -> Serve {
-        use std::io::{BufRead, BufReader};
-        use std::process::{Command, Stdio};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wasmhooks"))
-            .args(["serve", "--no-watch", "--listen", "127.0.0.1:0"])
-            .arg("--hooks")
-            .arg(hooks)
-            .arg("--state")
-            .arg(state)
-            .arg("--config")
-            .arg(config)
-            .args(args)
-            .env("WASMHOOKS_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("wasmhooks serve starts");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let lines = log.clone();
-        // Keep reading, so the child never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest.split(':').take(2).collect::<Vec<_>>().join(":");
-                    let _ = tx.send(addr);
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let addr = rx
-            .recv_timeout(std::time::Duration::from_secs(60))
-            .expect("the engine says where it listens");
-        Serve {
-            child,
-            addr: addr.parse().unwrap(),
-            log,
-        }
-    }
-
-    pub fn kill(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-
-    /// SIGTERM, as a process manager sends; returns how it exited.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id() as libc::pid_t;
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -1,7 +1,7 @@
 //! A real `nats-server` with JetStream, for tests and benchmarks: on free
 //! loopback ports, its store in a temp folder, killed when dropped. The
-//! binary is the one `scripts/install-guest-toolchains.sh` installs (or
-//! `WASMHOOKS_NATS_SERVER`).
+//! binary is the one `scripts/install-guest-toolchains.sh` installs (in
+//! `WASMHOOKS_TOOLCHAINS`), or `WASMHOOKS_NATS_SERVER`.
 #![allow(dead_code)] // each user (unit tests, tests/all, benches) takes a part
 
 use std::io::{Read, Write};
@@ -25,7 +25,10 @@ pub fn nats_server_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("WASMHOOKS_NATS_SERVER") {
         return bin.into();
     }
-    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".toolchains/bin/nats-server");
+    let toolchains = std::env::var_os("WASMHOOKS_TOOLCHAINS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".toolchains"));
+    let bin = toolchains.join("bin/nats-server");
     assert!(
         bin.exists(),
         "nats-server is missing ({}): run scripts/install-guest-toolchains.sh",
@@ -116,6 +119,11 @@ impl NatsServer {
             .spawn()
             .expect("nats-server starts");
         self.child = Some(child);
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// Kills the server at once (SIGKILL).

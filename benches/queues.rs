@@ -1,0 +1,229 @@
+//! The queue backends compared, in one run against one receiver: `wasmhooks
+//! serve` processes on SQLite, and on NATS JetStream with 1, 2 and 3
+//! engines sharing it. Prints deliveries/s and CPU per delivery (each
+//! engine's own, and nats-server's), with ratios to SQLite.
+//!
+//! `cargo bench --bench queues` (needs nats-server, which
+//! `scripts/install-guest-toolchains.sh` installs). `BENCH_EVENTS` sets the
+//! events per row (6000). Figures go in BENCHMARKS.md.
+
+#[allow(dead_code)] // the benchmark uses a part
+#[path = "../tests/support/guests.rs"]
+mod guests;
+#[path = "../tests/support/nats.rs"]
+mod nats_server;
+#[path = "../tests/support/serve.rs"]
+mod serve;
+
+use futures::StreamExt;
+use serve::Serve;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(queues());
+}
+
+/// A receiver that answers 200 at once and counts.
+struct Sink {
+    url: String,
+    count: Arc<AtomicUsize>,
+    seen: watch::Receiver<usize>,
+}
+
+impl Sink {
+    async fn start() -> Sink {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/sink", listener.local_addr().unwrap());
+        let count = Arc::new(AtomicUsize::new(0));
+        let (tx, seen) = watch::channel(0);
+        let counter = count.clone();
+        let app = axum::Router::new().route(
+            "/sink",
+            axum::routing::post(move || {
+                let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+                tx.send_replace(n);
+                async { "ok" }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Sink { url, count, seen }
+    }
+
+    async fn wait_for(&self, n: usize) {
+        let mut seen = self.seen.clone();
+        tokio::time::timeout(Duration::from_secs(600), seen.wait_for(|&c| c >= n))
+            .await
+            .expect("every delivery within 10 minutes")
+            .unwrap();
+    }
+}
+
+/// User plus system CPU time of process `pid`, in seconds.
+fn cpu_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which is in parentheses): utime is the
+    // 12th, stime the 13th.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Deliveries an engine says it made.
+async fn delivered_by(addr: SocketAddr) -> f64 {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("wasmhooks_deliveries_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Posts `n` events round-robin to `addrs`, 64 at a time.
+async fn post(addrs: &[SocketAddr], tag: &str, n: usize) {
+    let client = reqwest::Client::new();
+    let event: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(guests::root().join("tests/fixtures/xo/vm.start.post.json")).unwrap(),
+    )
+    .unwrap();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let mut event = event.clone();
+            event["callId"] = format!("{tag}-{i}").into();
+            let request = client
+                .post(format!("http://{}/v1/events", addrs[i % addrs.len()]))
+                .json(&event)
+                .send();
+            async move {
+                let status = request.await.expect("the engine answers").status();
+                assert_eq!(status, 202);
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+struct Row {
+    rate: f64,
+    /// Engine CPU per delivery, all engines (µs).
+    engines_us: f64,
+    /// The highest of each engine's CPU per delivery it made (µs).
+    per_engine_us: f64,
+    /// nats-server's CPU per delivery (µs).
+    nats_us: f64,
+}
+
+async fn row(sink: &Sink, dir: &Path, engines: usize, nats: bool, n: usize) -> Row {
+    let server = nats.then(nats_server::NatsServer::start);
+    let hooks = dir.join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    std::fs::write(
+        hooks.join("hook.toml"),
+        format!("[settings]\nmode = \"echo\"\nurl = \"{}\"\n", sink.url),
+    )
+    .unwrap();
+    std::fs::copy(guests::wasm("misbehave"), hooks.join("hook.wasm")).unwrap();
+    let queue = match &server {
+        Some(s) => format!("[queue.nats]\nurl = \"{}\"\n", s.url),
+        None => String::new(),
+    };
+    let config = dir.join("engine.toml");
+    std::fs::write(
+        &config,
+        format!("fsync = false\n{queue}[delivery]\nallow_hosts = [\"127.0.0.1\"]\n"),
+    )
+    .unwrap();
+    let serves: Vec<Serve> = (0..engines)
+        .map(|i| Serve::start(&hooks, &dir.join(format!("state{i}")), &config))
+        .collect();
+    let addrs: Vec<SocketAddr> = serves.iter().map(|s| s.addr).collect();
+    // Warm up: hooks compiled, connections open, streams created.
+    let base = sink.count.load(Ordering::Relaxed);
+    post(&addrs, "warm", 300).await;
+    sink.wait_for(base + 300).await;
+
+    let nats_pid = server.as_ref().map(|s| s.pid());
+    let cpu = |pids: &[u32]| pids.iter().map(|&p| cpu_of(p)).collect::<Vec<f64>>();
+    let pids: Vec<u32> = serves.iter().map(|s| s.pid()).collect();
+    let mut before_delivered = Vec::new();
+    for &a in &addrs {
+        before_delivered.push(delivered_by(a).await);
+    }
+    let (before, nats_before) = (cpu(&pids), nats_pid.map(cpu_of).unwrap_or(0.0));
+    let base = sink.count.load(Ordering::Relaxed);
+    let start = Instant::now();
+    post(&addrs, "run", n).await;
+    sink.wait_for(base + n).await;
+    let elapsed = start.elapsed().as_secs_f64();
+    let (after, nats_after) = (cpu(&pids), nats_pid.map(cpu_of).unwrap_or(0.0));
+    let mut per_engine: f64 = 0.0;
+    for (i, &a) in addrs.iter().enumerate() {
+        let made = delivered_by(a).await - before_delivered[i];
+        if made > 0.0 {
+            per_engine = per_engine.max(1e6 * (after[i] - before[i]) / made);
+        }
+    }
+    let engines_cpu: f64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
+    drop(serves);
+    Row {
+        rate: n as f64 / elapsed,
+        engines_us: 1e6 * engines_cpu / n as f64,
+        per_engine_us: per_engine,
+        nats_us: 1e6 * (nats_after - nats_before) / n as f64,
+    }
+}
+
+async fn queues() {
+    let n: usize = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6000);
+    let sink = Sink::start().await;
+    println!("queues: {n} post events, one echo hook, one delivery each, one receiver on loopback");
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = row(&sink, &dir.path().join("sqlite"), 1, false, n).await;
+    println!(
+        "  SQLite (fsync = false), 1 engine   {:>7.0} deliveries/s   engine CPU {:>5.0} µs each",
+        sqlite.rate, sqlite.engines_us
+    );
+    for engines in 1..=3 {
+        let r = row(
+            &sink,
+            &dir.path().join(format!("nats{engines}")),
+            engines,
+            true,
+            n,
+        )
+        .await;
+        println!(
+            "  JetStream, {engines} engine{}             {:>7.0} deliveries/s ({:.2}x SQLite)   \
+             engine CPU {:>5.0} µs each ({:.2}x SQLite; worst engine {:.0} µs per delivery it made)   \
+             nats-server {:>4.0} µs each",
+            if engines == 1 { " " } else { "s" },
+            r.rate,
+            r.rate / sqlite.rate,
+            r.engines_us,
+            r.engines_us / sqlite.engines_us,
+            r.per_engine_us,
+            r.nats_us,
+        );
+    }
+}

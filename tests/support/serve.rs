@@ -1,0 +1,86 @@
+//! `wasmhooks serve` as a child process, for tests and benchmarks: it
+//! says where it listens, its log is kept, and it is killed when dropped.
+#![allow(dead_code)] // each user takes a part
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// A `wasmhooks serve` child, killed when dropped.
+pub struct Serve {
+    child: std::process::Child,
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Serve {
+    pub fn start(hooks: &Path, state: &Path, config: &Path) -> Serve {
+        Serve::start_with(hooks, state, config, &[])
+    }
+
+    /// [`Serve::start`] with more arguments.
+    pub fn start_with(hooks: &Path, state: &Path, config: &Path, args: &[&str]) -> Serve {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wasmhooks"))
+            .args(["serve", "--no-watch", "--listen", "127.0.0.1:0"])
+            .arg("--hooks")
+            .arg(hooks)
+            .arg("--state")
+            .arg(state)
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .env("WASMHOOKS_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("wasmhooks serve starts");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = log.clone();
+        // Keep reading, so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split(':').take(2).collect::<Vec<_>>().join(":");
+                    let _ = tx.send(addr);
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the engine says where it listens");
+        Serve {
+            child,
+            addr: addr.parse().unwrap(),
+            log,
+        }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, as a process manager sends; returns how it exited.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id() as libc::pid_t;
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -2,7 +2,7 @@
 //!
 //! Four streams, named from [`NatsConfig::prefix`] (`P` below):
 //! - `P_DELIVERIES` (work-queue retention), one message per pending
-//!   delivery on `P.d.<receiver>`, where `<receiver>` is a hash of its
+//!   delivery on `P.d.<receiver>` (or `P.h.<receiver>`, see below), where `<receiver>` is a hash of its
 //!   `host:port`. Each receiver has one durable pull consumer, `r<receiver>`
 //!   (its description is the receiver's name), shared by every engine: a
 //!   fetch claims, and a claim lasts `ack_wait` unless the engine renews it,
@@ -22,9 +22,10 @@
 //! has a `Nats-Msg-Id`, so a publish retried after a lost ack is kept once.
 //!
 //! A delivery the committing engine sends at once (one of a
-//! [`Batch`]'s `claimed`) is not fetched: it is published with a lease
-//! (`held_until`). An engine that fetches it before the lease ends puts it
-//! back until then; its owner removes it once the attempt is recorded.
+//! [`Batch`]'s `claimed`) is not fetched: it is published on
+//! `P.h.<receiver>`, which no consumer reads, with a lease (`held_until`).
+//! Its owner removes it once the attempt is recorded. If the owner dies,
+//! any engine moves it to `P.d.<receiver>` once the lease has ended.
 //!
 //! A retry not yet due that an engine fetches is kept by that engine (and
 //! renewed) until it is due, up to [`PARK_MAX`] of them; beyond, it is put
@@ -305,7 +306,7 @@ impl NatsQueue {
         let configs = [
             stream::Config {
                 retention: stream::RetentionPolicy::WorkQueue,
-                ..make("DELIVERIES", vec![format!("{p}.d.*")])
+                ..make("DELIVERIES", vec![format!("{p}.d.*"), format!("{p}.h.*")])
             },
             stream::Config {
                 max_age: dead_age,
@@ -345,6 +346,9 @@ impl NatsQueue {
                     tokio::time::sleep(every).await;
                     let Some(queue) = weak.upgrade() else { return };
                     queue.renew().await;
+                    if let Err(e) = queue.free_expired().await {
+                        tracing::warn!("cannot requeue deliveries whose engine died: {e}");
+                    }
                 }
             });
             NatsQueue {
@@ -369,6 +373,47 @@ impl NatsQueue {
 
     fn subject(&self, receiver_token: &str) -> String {
         format!("{}.d.{receiver_token}", self.streams.prefix)
+    }
+
+    /// Requeues the deliveries held under a lease that ended (their engine
+    /// died while sending them), oldest first: leases are equally long, so
+    /// the first one still running ends the search.
+    async fn free_expired(&self) -> Result<(), QueueError> {
+        let filter = format!("{}.h.*", self.streams.prefix);
+        let mut seq = 1;
+        loop {
+            let m = match next_raw(&self.streams.deliveries, &filter, seq).await {
+                Ok(m) => m,
+                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => return Ok(()),
+                Err(e) => return Err(nats_error(e)),
+            };
+            seq = m.sequence + 1;
+            let Some((mut record, body)) = Record::decode(&m.payload) else {
+                delete(&self.streams.deliveries, m.sequence).await?;
+                continue;
+            };
+            if record.held_until.is_some_and(|until| until > now_ms()) {
+                return Ok(());
+            }
+            let mine = self
+                .state
+                .lock()
+                .unwrap()
+                .held
+                .get(&record.id)
+                .is_some_and(|h| h.seq == m.sequence);
+            if mine {
+                continue; // still being sent here: it is recorded soon
+            }
+            record.held_until = None;
+            let tok = self.ensure_receiver(&record.receiver()).await?;
+            let msg_id = format!("{}.free.{}", record.id, m.sequence);
+            let ack = self
+                .publish(self.subject(&tok), msg_id, record.encode(&body))
+                .await?;
+            ack.await.map_err(nats_error)?;
+            delete(&self.streams.deliveries, m.sequence).await?;
+        }
     }
 
     /// Extends the claims this run holds.
@@ -756,13 +801,15 @@ impl Queue for NatsQueue {
             {
                 let tok = self.ensure_receiver(&d.receiver()).await?;
                 let mut record = Record::of(d, now);
-                if claimed {
+                // Sent at once by this run: out of the consumer's sight.
+                let subject = if claimed {
                     record.held_until = Some(now + self.lease_ms);
-                }
+                    format!("{}.h.{tok}", self.streams.prefix)
+                } else {
+                    self.subject(&tok)
+                };
                 let payload = record.encode(&d.body);
-                let ack = self
-                    .publish(self.subject(&tok), d.id.clone(), payload)
-                    .await?;
+                let ack = self.publish(subject, d.id.clone(), payload).await?;
                 acks.push((record, d.body.clone(), ack));
             }
             let mut claimed = Vec::new();
@@ -903,14 +950,6 @@ impl Queue for NatsQueue {
                             .await;
                         continue;
                     };
-                    if let Some(until) = record.held_until.filter(|&u| u > real_now) {
-                        // Being sent by the engine that queued it.
-                        let wait = Duration::from_millis(until - real_now);
-                        let _ = client
-                            .publish(reply, Bytes::from(jetstream::AckKind::Nak(Some(wait))))
-                            .await;
-                        continue;
-                    }
                     // What to answer JetStream, decided under the lock.
                     let answer = {
                         let mut state = self.state.lock().unwrap();
@@ -1033,7 +1072,7 @@ impl Queue for NatsQueue {
             let p = &self.streams.prefix;
             let (stream, subject, state) = match filter {
                 Filter::Pending | Filter::Failed => {
-                    (&self.streams.deliveries, format!("{p}.d.*"), "pending")
+                    (&self.streams.deliveries, format!("{p}.*.*"), "pending")
                 }
                 Filter::Dead => (&self.streams.dead, format!("{p}.x.>"), "dead"),
             };
@@ -1089,7 +1128,7 @@ impl Queue for NatsQueue {
             // Counts come from the streams (exact as of now); a consumer's
             // own counts are updated in the background and may lag.
             let p = &self.streams.prefix;
-            let pending = count_by_receiver(&self.streams.deliveries, &format!("{p}.d.*")).await?;
+            let pending = count_by_receiver(&self.streams.deliveries, &format!("{p}.*.*")).await?;
             let dead = count_by_receiver(&self.streams.dead, &format!("{p}.x.>")).await?;
             let names: HashMap<String, String> = self
                 .consumers()

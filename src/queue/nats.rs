@@ -321,12 +321,32 @@ impl NatsQueue {
         let mut opened = Vec::new();
         for config in configs {
             let name = config.name.clone();
-            let stream = js.get_or_create_stream(config).await.map_err(|e| {
-                connect(
-                    format!("cannot create or open the stream {name}"),
-                    Some(e.into()),
-                )
-            })?;
+            // A cluster that is still forming (no leader yet, peers not all
+            // known) refuses for a while: wait for it, up to a deadline.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut pause = Duration::from_millis(100);
+            let stream = loop {
+                match js.get_or_create_stream(config.clone()).await {
+                    Ok(stream) => break stream,
+                    Err(e) if Instant::now() < deadline => {
+                        tracing::warn!(
+                            "cannot create or open the stream {name} yet ({e}); retrying"
+                        );
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(2));
+                    }
+                    Err(e) => {
+                        return Err(connect(
+                            format!(
+                                "cannot create or open the stream {name} within 30 s (with \
+                                 replicas = {replicas}, the cluster needs that many JetStream \
+                                 servers)"
+                            ),
+                            Some(e.into()),
+                        ));
+                    }
+                }
+            };
             opened.push(stream);
         }
         let [deliveries, dead, journal, keys] = <[stream::Stream; 4]>::try_from(opened).unwrap();
@@ -921,15 +941,25 @@ impl Queue for NatsQueue {
                 if want == 0 {
                     continue;
                 }
-                let batch: Vec<jetstream::Message> = consumer
+                // A failing fetch skips this receiver only: what was taken
+                // from others is held, and must be returned.
+                let batch: Vec<jetstream::Message> = match consumer
                     .fetch()
                     .max_messages(want)
                     .messages()
                     .await
-                    .map_err(nats_error)?
-                    .filter_map(|m| async move { m.ok() })
-                    .collect()
-                    .await;
+                {
+                    Ok(messages) => {
+                        messages
+                            .filter_map(|m| async move { m.ok() })
+                            .collect()
+                            .await
+                    }
+                    Err(e) => {
+                        tracing::warn!(receiver = %name, "cannot fetch deliveries from NATS: {e}");
+                        continue;
+                    }
+                };
                 if batch.len() < want
                     && let Some(r) = self.state.lock().unwrap().receivers.get_mut(&tok)
                 {

@@ -78,6 +78,16 @@ impl NatsServer {
         for node in &nodes {
             node.wait_ready();
         }
+        // And until JetStream's meta group knows every node and has a
+        // leader, so that streams with `n` replicas can be placed.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !nodes.iter().all(|node| node.meta_formed(n)) {
+            assert!(
+                Instant::now() < deadline,
+                "the NATS cluster did not form within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50)); // polling a readiness check
+        }
         nodes
     }
 
@@ -149,20 +159,36 @@ impl NatsServer {
         }
     }
 
-    fn healthy(&self) -> bool {
-        let Ok(mut tcp) = TcpStream::connect(("127.0.0.1", self.monitor)) else {
+    /// Whether this node sees a JetStream meta leader and `n` peers.
+    fn meta_formed(&self, n: usize) -> bool {
+        let Some(body) = self.monitor_get("/jsz") else {
             return false;
         };
-        let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
-        if tcp
-            .write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .is_err()
-        {
+        let Ok(jsz) = serde_json::from_str::<serde_json::Value>(&body) else {
             return false;
-        }
+        };
+        let meta = &jsz["meta_cluster"];
+        meta["leader"].as_str().is_some_and(|l| !l.is_empty())
+            && meta["cluster_size"].as_u64() == Some(n as u64)
+            && meta["replicas"]
+                .as_array()
+                .map_or(n == 1, |peers| peers.len() + 1 == n)
+    }
+
+    /// The body of a monitoring endpoint, if it answered 200.
+    fn monitor_get(&self, path: &str) -> Option<String> {
+        let mut tcp = TcpStream::connect(("127.0.0.1", self.monitor)).ok()?;
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(tcp, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
         let mut answer = String::new();
-        let _ = tcp.read_to_string(&mut answer);
-        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
+        tcp.read_to_string(&mut answer).ok()?;
+        let (head, body) = answer.split_once("\r\n\r\n")?;
+        (head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"))
+            .then(|| body.to_owned())
+    }
+
+    fn healthy(&self) -> bool {
+        self.monitor_get("/healthz").is_some()
     }
 }
 

@@ -50,9 +50,19 @@ impl Serve {
                 lines.lock().unwrap().push(line);
             }
         });
-        let addr = rx
-            .recv_timeout(std::time::Duration::from_secs(60))
-            .expect("the engine says where it listens");
+        let addr = match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(addr) => addr,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                // The reader thread has seen the end of the log by now.
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                panic!(
+                    "the engine did not say where it listens ({e}); its log:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        };
         Serve {
             child,
             addr: addr.parse().unwrap(),

@@ -369,9 +369,11 @@ async fn a_full_disk_refuses_new_events_and_loses_none_it_accepted() {
     std::fs::create_dir(&hooks).unwrap();
     let disk = Tmpfs::mount(&dir.path().join("disk"), 8);
     let url = receiver.url("/full");
-    // Slower than the inline window, so post events are journaled first.
+    // Slower than the inline window, so post events are journaled first;
+    // 3 s, so the disk surely fills while they run (at 400 ms, a loaded CI
+    // machine once let the first finish and send before the fill).
     let slow = format!(
-        "deadline_ms = 5000\n[settings]\nmode = \"echo\"\nurl = \"{url}\"\ndelay_ms = 400\nphases = [\"post\"]\n"
+        "deadline_ms = 10000\n[settings]\nmode = \"echo\"\nurl = \"{url}\"\ndelay_ms = 3000\nphases = [\"post\"]\n"
     );
     install(&hooks, "slow", "misbehave", Some(&slow));
     let pre = format!("[settings]\nmode = \"echo\"\nurl = \"{url}\"\nphases = [\"pre\"]\n");

@@ -82,20 +82,6 @@ fn cpu_of(pid: u32) -> f64 {
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
-/// Deliveries an engine says it made.
-async fn delivered_by(addr: SocketAddr) -> f64 {
-    let text = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("wasmhooks_deliveries_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Posts `n` events round-robin to `addrs`, 64 at a time.
 async fn post(addrs: &[SocketAddr], tag: &str, n: usize) {
     let client = reqwest::Client::new();
@@ -164,8 +150,8 @@ async fn row(sink: &Sink, dir: &Path, engines: usize, nats: bool, n: usize) -> R
     let cpu = |pids: &[u32]| pids.iter().map(|&p| cpu_of(p)).collect::<Vec<f64>>();
     let pids: Vec<u32> = serves.iter().map(|s| s.pid()).collect();
     let mut before_delivered = Vec::new();
-    for &a in &addrs {
-        before_delivered.push(delivered_by(a).await);
+    for serve in &serves {
+        before_delivered.push(serve.delivered().await as f64);
     }
     let (before, nats_before) = (cpu(&pids), nats_pid.map(cpu_of).unwrap_or(0.0));
     let base = sink.count.load(Ordering::Relaxed);
@@ -175,8 +161,8 @@ async fn row(sink: &Sink, dir: &Path, engines: usize, nats: bool, n: usize) -> R
     let elapsed = start.elapsed().as_secs_f64();
     let (after, nats_after) = (cpu(&pids), nats_pid.map(cpu_of).unwrap_or(0.0));
     let mut per_engine: f64 = 0.0;
-    for (i, &a) in addrs.iter().enumerate() {
-        let made = delivered_by(a).await - before_delivered[i];
+    for (i, serve) in serves.iter().enumerate() {
+        let made = serve.delivered().await as f64 - before_delivered[i];
         if made > 0.0 {
             per_engine = per_engine.max(1e6 * (after[i] - before[i]) / made);
         }

@@ -40,6 +40,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -227,8 +228,6 @@ pub(crate) struct NatsQueue {
     released: watch::Sender<bool>,
     renew: tokio::task::JoinHandle<()>,
 }
-
-use std::sync::Mutex;
 
 fn nats_error(e: impl Into<async_nats::Error>) -> QueueError {
     QueueError::Nats(Arc::from(e.into()))

@@ -152,20 +152,6 @@ async fn post_all(addrs: &[std::net::SocketAddr], ids: &[String]) -> Vec<String>
         .await
 }
 
-/// Deliveries each engine says it delivered (`wasmhooks_deliveries_total`).
-async fn delivered_by(addr: std::net::SocketAddr) -> u64 {
-    let text = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("wasmhooks_deliveries_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 fn ids(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
@@ -184,8 +170,8 @@ async fn three_engines_share_ten_thousand_events() {
     assert_eq!(accepted.len(), N, "every event accepted");
     receiver.wait_all(&accepted, Duration::from_secs(120)).await;
     let mut shares = Vec::new();
-    for &addr in &addrs {
-        shares.push(delivered_by(addr).await);
+    for engine in &engines {
+        shares.push(engine.delivered().await);
     }
     let unique = receiver.seen.lock().unwrap().len();
     println!(

@@ -70,6 +70,21 @@ impl Serve {
         }
     }
 
+    /// Deliveries it says it made (`wasmhooks_deliveries_total`, all
+    /// receivers).
+    pub async fn delivered(&self) -> u64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("wasmhooks_deliveries_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -82,6 +82,16 @@ fn cpu_of(pid: u32) -> f64 {
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
+/// Read and write system calls made so far by process `pid` (sockets
+/// included), from `/proc/PID/io`.
+fn syscalls_of(pid: u32) -> f64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    io.lines()
+        .filter_map(|l| l.strip_prefix("syscr: ").or(l.strip_prefix("syscw: ")))
+        .filter_map(|n| n.trim().parse::<f64>().ok())
+        .sum()
+}
+
 /// Posts `n` events round-robin to `addrs`, 64 at a time.
 async fn post(addrs: &[SocketAddr], tag: &str, n: usize) {
     let client = reqwest::Client::new();
@@ -107,14 +117,40 @@ async fn post(addrs: &[SocketAddr], tag: &str, n: usize) {
         .await;
 }
 
+/// One engine's part of a row.
+struct PerEngine {
+    /// Deliveries it made.
+    made: f64,
+    /// Its CPU per delivery it made (µs).
+    cpu_us: f64,
+    /// Its read and write system calls per delivery it made.
+    syscalls: f64,
+}
+
 struct Row {
     rate: f64,
     /// Engine CPU per delivery, all engines (µs).
     engines_us: f64,
-    /// The highest of each engine's CPU per delivery it made (µs).
-    per_engine_us: f64,
+    per_engine: Vec<PerEngine>,
     /// nats-server's CPU per delivery (µs).
     nats_us: f64,
+    /// NATS protocol messages per delivery, both ways, all engines.
+    nats_msgs: f64,
+}
+
+/// NATS messages the engines sent and received so far (from `/connz`).
+fn engine_msgs(server: Option<&nats_server::NatsServer>) -> f64 {
+    let Some(body) = server.and_then(|s| s.monitor_get("/connz")) else {
+        return 0.0;
+    };
+    let connz: serde_json::Value = serde_json::from_str(&body).unwrap();
+    connz["connections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["name"] == "wasmhooks")
+        .map(|c| c["in_msgs"].as_f64().unwrap_or(0.0) + c["out_msgs"].as_f64().unwrap_or(0.0))
+        .sum()
 }
 
 async fn row(sink: &Sink, dir: &Path, engines: usize, nats: bool, n: usize) -> Row {
@@ -154,26 +190,34 @@ async fn row(sink: &Sink, dir: &Path, engines: usize, nats: bool, n: usize) -> R
         before_delivered.push(serve.delivered().await as f64);
     }
     let (before, nats_before) = (cpu(&pids), nats_pid.map(cpu_of).unwrap_or(0.0));
+    let calls_before: Vec<f64> = pids.iter().map(|&p| syscalls_of(p)).collect();
+    let msgs_before = engine_msgs(server.as_ref());
     let base = sink.count.load(Ordering::Relaxed);
     let start = Instant::now();
     post(&addrs, "run", n).await;
     sink.wait_for(base + n).await;
     let elapsed = start.elapsed().as_secs_f64();
     let (after, nats_after) = (cpu(&pids), nats_pid.map(cpu_of).unwrap_or(0.0));
-    let mut per_engine: f64 = 0.0;
+    let calls_after: Vec<f64> = pids.iter().map(|&p| syscalls_of(p)).collect();
+    let msgs = engine_msgs(server.as_ref()) - msgs_before;
+    let mut per_engine = Vec::new();
     for (i, serve) in serves.iter().enumerate() {
         let made = serve.delivered().await as f64 - before_delivered[i];
-        if made > 0.0 {
-            per_engine = per_engine.max(1e6 * (after[i] - before[i]) / made);
-        }
+        let made_at_least_one = made.max(1.0);
+        per_engine.push(PerEngine {
+            made,
+            cpu_us: 1e6 * (after[i] - before[i]) / made_at_least_one,
+            syscalls: (calls_after[i] - calls_before[i]) / made_at_least_one,
+        });
     }
     let engines_cpu: f64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
     drop(serves);
     Row {
         rate: n as f64 / elapsed,
         engines_us: 1e6 * engines_cpu / n as f64,
-        per_engine_us: per_engine,
+        per_engine,
         nats_us: 1e6 * (nats_after - nats_before) / n as f64,
+        nats_msgs: msgs / n as f64,
     }
 }
 
@@ -187,8 +231,8 @@ async fn queues() {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = row(&sink, &dir.path().join("sqlite"), 1, false, n).await;
     println!(
-        "  SQLite (fsync = false), 1 engine   {:>7.0} deliveries/s   engine CPU {:>5.0} µs each",
-        sqlite.rate, sqlite.engines_us
+        "  SQLite (fsync = false), 1 engine   {:>7.0} deliveries/s   engine CPU {:>5.0} µs each, {:.1} syscalls each",
+        sqlite.rate, sqlite.engines_us, sqlite.per_engine[0].syscalls
     );
     for engines in 1..=3 {
         let r = row(
@@ -199,17 +243,29 @@ async fn queues() {
             n,
         )
         .await;
+        let worst = r.per_engine.iter().map(|e| e.cpu_us).fold(0.0, f64::max);
+        let each: Vec<String> = r
+            .per_engine
+            .iter()
+            .map(|e| {
+                format!(
+                    "{:.0} at {:.0} µs and {:.1} syscalls each",
+                    e.made, e.cpu_us, e.syscalls
+                )
+            })
+            .collect();
         println!(
             "  JetStream, {engines} engine{}             {:>7.0} deliveries/s ({:.2}x SQLite)   \
-             engine CPU {:>5.0} µs each ({:.2}x SQLite; worst engine {:.0} µs per delivery it made)   \
-             nats-server {:>4.0} µs each",
+             engine CPU {:>5.0} µs each ({:.2}x SQLite; worst engine {worst:.0} µs per delivery it made)   \
+             nats-server {:>4.0} µs each, {:.1} NATS messages per delivery",
             if engines == 1 { " " } else { "s" },
             r.rate,
             r.rate / sqlite.rate,
             r.engines_us,
             r.engines_us / sqlite.engines_us,
-            r.per_engine_us,
             r.nats_us,
+            r.nats_msgs,
         );
+        println!("      per engine: {}", each.join(", "));
     }
 }

@@ -135,13 +135,27 @@ async fn post_all(addrs: &[std::net::SocketAddr], ids: &[String]) -> Vec<String>
         let url = format!("http://{}/v1/events", addrs[i % addrs.len()]);
         let client = client.clone();
         async move {
-            let ok = client
+            let answer = client
                 .post(url)
                 .timeout(Duration::from_secs(60))
                 .json(&event)
                 .send()
-                .await
-                .is_ok_and(|r| r.status() == 202);
+                .await;
+            let ok = match answer {
+                Ok(r) if r.status() == 202 => true,
+                Ok(r) => {
+                    eprintln!(
+                        "not accepted: {} {}",
+                        r.status(),
+                        r.text().await.unwrap_or_default()
+                    );
+                    false
+                }
+                Err(e) => {
+                    eprintln!("not accepted: {e}");
+                    false
+                }
+            };
             ok.then(|| id.clone())
         }
     });
@@ -167,7 +181,18 @@ async fn three_engines_share_ten_thousand_events() {
 
     let ids = ids("share", N);
     let accepted = post_all(&addrs, &ids).await;
-    assert_eq!(accepted.len(), N, "every event accepted");
+    let problems: Vec<String> = engines
+        .iter()
+        .flat_map(|e| e.log.lock().unwrap().clone())
+        .filter(|line| line.contains("ERROR") || line.contains("WARN"))
+        .take(20)
+        .collect();
+    assert_eq!(
+        accepted.len(),
+        N,
+        "every event accepted; the engines said:\n{}",
+        problems.join("\n")
+    );
     receiver.wait_all(&accepted, Duration::from_secs(120)).await;
     let mut shares = Vec::new();
     for engine in &engines {

@@ -125,7 +125,7 @@ impl NatsServer {
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log_to())
             .spawn()
             .expect("nats-server starts");
         self.child = Some(child);
@@ -176,7 +176,7 @@ impl NatsServer {
     }
 
     /// The body of a monitoring endpoint, if it answered 200.
-    fn monitor_get(&self, path: &str) -> Option<String> {
+    pub fn monitor_get(&self, path: &str) -> Option<String> {
         let mut tcp = TcpStream::connect(("127.0.0.1", self.monitor)).ok()?;
         tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         write!(tcp, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
@@ -196,4 +196,18 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Where nats-server logs: the file `WASMHOOKS_NATS_LOG` names (appended),
+/// to see what it said while a test ran; else nowhere.
+fn log_to() -> Stdio {
+    std::env::var_os("WASMHOOKS_NATS_LOG")
+        .and_then(|path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok()
+        })
+        .map_or_else(Stdio::null, Stdio::from)
 }

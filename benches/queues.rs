@@ -183,22 +183,25 @@ async fn row(sink: &Sink, dir: &Path, engines: usize, nats: bool, n: usize) -> R
     sink.wait_for(base + 300).await;
 
     let nats_pid = server.as_ref().map(|s| s.pid());
-    let cpu = |pids: &[u32]| pids.iter().map(|&p| cpu_of(p)).collect::<Vec<f64>>();
+    // Per engine: (CPU seconds, read/write syscalls) so far.
+    let usage = |pids: &[u32]| {
+        pids.iter()
+            .map(|&p| (cpu_of(p), syscalls_of(p)))
+            .collect::<Vec<(f64, f64)>>()
+    };
     let pids: Vec<u32> = serves.iter().map(|s| s.pid()).collect();
     let mut before_delivered = Vec::new();
     for serve in &serves {
         before_delivered.push(serve.delivered().await as f64);
     }
-    let (before, nats_before) = (cpu(&pids), nats_pid.map(cpu_of).unwrap_or(0.0));
-    let calls_before: Vec<f64> = pids.iter().map(|&p| syscalls_of(p)).collect();
+    let (before, nats_before) = (usage(&pids), nats_pid.map(cpu_of).unwrap_or(0.0));
     let msgs_before = engine_msgs(server.as_ref());
     let base = sink.count.load(Ordering::Relaxed);
     let start = Instant::now();
     post(&addrs, "run", n).await;
     sink.wait_for(base + n).await;
     let elapsed = start.elapsed().as_secs_f64();
-    let (after, nats_after) = (cpu(&pids), nats_pid.map(cpu_of).unwrap_or(0.0));
-    let calls_after: Vec<f64> = pids.iter().map(|&p| syscalls_of(p)).collect();
+    let (after, nats_after) = (usage(&pids), nats_pid.map(cpu_of).unwrap_or(0.0));
     let msgs = engine_msgs(server.as_ref()) - msgs_before;
     let mut per_engine = Vec::new();
     for (i, serve) in serves.iter().enumerate() {
@@ -206,11 +209,11 @@ async fn row(sink: &Sink, dir: &Path, engines: usize, nats: bool, n: usize) -> R
         let made_at_least_one = made.max(1.0);
         per_engine.push(PerEngine {
             made,
-            cpu_us: 1e6 * (after[i] - before[i]) / made_at_least_one,
-            syscalls: (calls_after[i] - calls_before[i]) / made_at_least_one,
+            cpu_us: 1e6 * (after[i].0 - before[i].0) / made_at_least_one,
+            syscalls: (after[i].1 - before[i].1) / made_at_least_one,
         });
     }
-    let engines_cpu: f64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
+    let engines_cpu: f64 = after.iter().zip(&before).map(|(a, b)| a.0 - b.0).sum();
     drop(serves);
     Row {
         rate: n as f64 / elapsed,

@@ -3,9 +3,19 @@
 //! engines sharing it. Prints deliveries/s and CPU per delivery (each
 //! engine's own, and nats-server's), with ratios to SQLite.
 //!
+//! Two sections. "Saturated" posts as fast as the engines take events: it
+//! gives deliveries/s, but on 2 cores three engines, nats-server and this
+//! process compete, so every CPU figure grows with the number of busy
+//! processes. "Paced" offers the same events per second to each engine in
+//! every row, below what the cores can do: each engine then does the same
+//! work per second whether it is alone or one of three, and its CPU per
+//! delivery shows whether sharing the queue costs it anything.
+//!
 //! `cargo bench --bench queues` (needs nats-server, which
 //! `scripts/install-guest-toolchains.sh` installs). `BENCH_EVENTS` sets the
-//! events per row (6000). Figures go in BENCHMARKS.md.
+//! events per saturated row (6000; a paced row has a third of it per
+//! engine), `BENCH_PACE` the paced events per second per engine (400).
+//! Figures go in BENCHMARKS.md.
 
 #[allow(dead_code)] // the benchmark uses a part
 #[path = "../tests/support/guests.rs"]
@@ -92,29 +102,56 @@ fn syscalls_of(pid: u32) -> f64 {
         .sum()
 }
 
-/// Posts `n` events round-robin to `addrs`, 64 at a time.
-async fn post(addrs: &[SocketAddr], tag: &str, n: usize) {
+/// How a row offers its events.
+#[derive(Clone, Copy)]
+enum Load {
+    /// As fast as the engines take them, 64 in flight.
+    Saturate,
+    /// At this many events per second per engine, whatever the number of
+    /// engines, so that each engine does the same work per second in every
+    /// row and the cores are never all busy.
+    Paced(usize),
+}
+
+/// Posts `n` events round-robin to `addrs`.
+async fn post(addrs: &[SocketAddr], tag: &str, n: usize, load: Load) {
     let client = reqwest::Client::new();
     let event: serde_json::Value = serde_json::from_slice(
         &std::fs::read(guests::root().join("tests/fixtures/xo/vm.start.post.json")).unwrap(),
     )
     .unwrap();
-    futures::stream::iter(0..n)
-        .map(|i| {
-            let mut event = event.clone();
-            event["callId"] = format!("{tag}-{i}").into();
-            let request = client
-                .post(format!("http://{}/v1/events", addrs[i % addrs.len()]))
-                .json(&event)
-                .send();
-            async move {
-                let status = request.await.expect("the engine answers").status();
-                assert_eq!(status, 202);
+    let requests = futures::stream::iter(0..n).map(|i| {
+        let mut event = event.clone();
+        event["callId"] = format!("{tag}-{i}").into();
+        let request = client
+            .post(format!("http://{}/v1/events", addrs[i % addrs.len()]))
+            .json(&event)
+            .send();
+        async move {
+            let status = request.await.expect("the engine answers").status();
+            assert_eq!(status, 202);
+        }
+    });
+    match load {
+        Load::Saturate => {
+            requests.buffer_unordered(64).collect::<Vec<()>>().await;
+        }
+        Load::Paced(per_engine) => {
+            // Every 10 ms, the events of the next 10 ms, each in its own task
+            // so that none waits for another.
+            let per_tick = (per_engine * addrs.len()).div_ceil(100);
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let mut tasks = Vec::with_capacity(n);
+            let mut requests = std::pin::pin!(requests.chunks(per_tick));
+            while let Some(chunk) = requests.next().await {
+                tick.tick().await;
+                tasks.extend(chunk.into_iter().map(tokio::spawn));
             }
-        })
-        .buffer_unordered(64)
-        .collect::<Vec<()>>()
-        .await;
+            for task in tasks {
+                task.await.unwrap();
+            }
+        }
+    };
 }
 
 /// One engine's part of a row.
@@ -153,7 +190,7 @@ fn engine_msgs(server: Option<&nats_server::NatsServer>) -> f64 {
         .sum()
 }
 
-async fn row(sink: &Sink, dir: &Path, engines: usize, nats: bool, n: usize) -> Row {
+async fn row(sink: &Sink, dir: &Path, engines: usize, nats: bool, n: usize, load: Load) -> Row {
     let server = nats.then(nats_server::NatsServer::start);
     let hooks = dir.join("hooks");
     std::fs::create_dir_all(&hooks).unwrap();
@@ -179,7 +216,7 @@ async fn row(sink: &Sink, dir: &Path, engines: usize, nats: bool, n: usize) -> R
     let addrs: Vec<SocketAddr> = serves.iter().map(|s| s.addr).collect();
     // Warm up: hooks compiled, connections open, streams created.
     let base = sink.count.load(Ordering::Relaxed);
-    post(&addrs, "warm", 300).await;
+    post(&addrs, "warm", 300, Load::Saturate).await;
     sink.wait_for(base + 300).await;
 
     let nats_pid = server.as_ref().map(|s| s.pid());
@@ -198,7 +235,7 @@ async fn row(sink: &Sink, dir: &Path, engines: usize, nats: bool, n: usize) -> R
     let msgs_before = engine_msgs(server.as_ref());
     let base = sink.count.load(Ordering::Relaxed);
     let start = Instant::now();
-    post(&addrs, "run", n).await;
+    post(&addrs, "run", n, load).await;
     sink.wait_for(base + n).await;
     let elapsed = start.elapsed().as_secs_f64();
     let (after, nats_after) = (usage(&pids), nats_pid.map(cpu_of).unwrap_or(0.0));
@@ -229,46 +266,73 @@ async fn queues() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(6000);
+    let pace: usize = std::env::var("BENCH_PACE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400);
     let sink = Sink::start().await;
-    println!("queues: {n} post events, one echo hook, one delivery each, one receiver on loopback");
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = row(&sink, &dir.path().join("sqlite"), 1, false, n).await;
-    println!(
-        "  SQLite (fsync = false), 1 engine   {:>7.0} deliveries/s   engine CPU {:>5.0} µs each, {:.1} syscalls each",
-        sqlite.rate, sqlite.engines_us, sqlite.per_engine[0].syscalls
-    );
-    for engines in 1..=3 {
-        let r = row(
+    println!("queues: one echo hook, one delivery per event, one receiver on loopback");
+    println!("saturated: {n} post events, 64 in flight, spread over the engines");
+    let mut rows = 0;
+    let mut section = async |engines_rows: &[usize], n_of: &dyn Fn(usize) -> usize, load: Load| {
+        let dir = dir.path();
+        rows += 1;
+        let sqlite = row(
             &sink,
-            &dir.path().join(format!("nats{engines}")),
-            engines,
-            true,
-            n,
+            &dir.join(format!("sqlite{rows}")),
+            1,
+            false,
+            n_of(1),
+            load,
         )
         .await;
-        let worst = r.per_engine.iter().map(|e| e.cpu_us).fold(0.0, f64::max);
-        let each: Vec<String> = r
-            .per_engine
-            .iter()
-            .map(|e| {
-                format!(
-                    "{:.0} at {:.0} µs and {:.1} syscalls each",
-                    e.made, e.cpu_us, e.syscalls
-                )
-            })
-            .collect();
         println!(
-            "  JetStream, {engines} engine{}             {:>7.0} deliveries/s ({:.2}x SQLite)   \
-             engine CPU {:>5.0} µs each ({:.2}x SQLite; worst engine {worst:.0} µs per delivery it made)   \
-             nats-server {:>4.0} µs each, {:.1} NATS messages per delivery",
-            if engines == 1 { " " } else { "s" },
-            r.rate,
-            r.rate / sqlite.rate,
-            r.engines_us,
-            r.engines_us / sqlite.engines_us,
-            r.nats_us,
-            r.nats_msgs,
+            "  SQLite (fsync = false), 1 engine   {:>7.0} deliveries/s   engine CPU {:>5.0} µs each, {:.1} syscalls each",
+            sqlite.rate, sqlite.engines_us, sqlite.per_engine[0].syscalls
         );
-        println!("      per engine: {}", each.join(", "));
-    }
+        let mut one_engine = None;
+        for &engines in engines_rows {
+            let dir = dir.join(format!("nats{rows}-{engines}"));
+            let r = row(&sink, &dir, engines, true, n_of(engines), load).await;
+            let worst = r.per_engine.iter().map(|e| e.cpu_us).fold(0.0, f64::max);
+            let one = *one_engine.get_or_insert(worst);
+            let each: Vec<String> = r
+                .per_engine
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{:.0} at {:.0} µs and {:.1} syscalls each",
+                        e.made, e.cpu_us, e.syscalls
+                    )
+                })
+                .collect();
+            println!(
+                "  JetStream, {engines} engine{}             {:>7.0} deliveries/s ({:.2}x SQLite)   \
+                 engine CPU {:>5.0} µs each ({:.2}x SQLite; worst engine {worst:.0} µs per delivery it made, \
+                 {:.2}x one engine)   nats-server {:>4.0} µs each, {:.1} NATS messages per delivery",
+                if engines == 1 { " " } else { "s" },
+                r.rate,
+                r.rate / sqlite.rate,
+                r.engines_us,
+                r.engines_us / sqlite.engines_us,
+                worst / one,
+                r.nats_us,
+                r.nats_msgs,
+            );
+            println!("      per engine: {}", each.join(", "));
+        }
+    };
+    section(&[1, 2, 3], &|_| n, Load::Saturate).await;
+    let per_engine = n / 3;
+    println!(
+        "paced: {pace} post events/s per engine, {per_engine} per engine, so each engine does the same work \
+         per second in every row and the 2 cores are not saturated"
+    );
+    section(
+        &[1, 2, 3],
+        &|engines| per_engine * engines,
+        Load::Paced(pace),
+    )
+    .await;
 }

@@ -58,6 +58,9 @@ fn main() {
         // Not part of the default run: the delivery path alone, for `perf record`.
         runtime.block_on(delivery_profile());
     }
+    if wanted("pre-latency") {
+        runtime.block_on(pre_latency());
+    }
     if wanted("languages") {
         runtime.block_on(languages());
     }
@@ -857,4 +860,89 @@ async fn languages() {
             fresh.as_secs_f64() / rust.as_secs_f64()
         );
     }
+}
+
+/// The `p`-th percentile of `times` (sorted in place), in µs.
+fn percentile(times: &mut [Duration], p: f64) -> f64 {
+    times.sort();
+    let i = ((times.len() as f64 * p / 100.0) as usize).min(times.len() - 1);
+    micros(times[i])
+}
+
+/// What a pre event costs its caller through the HTTP API: 5 Rust hooks
+/// (`forward`, one delivery each, none `wait`), the durable queue with
+/// `fsync = true`, one caller sending one event at a time; against a bare
+/// round trip (`GET /healthz`) to the same server, in the same run.
+async fn pre_latency() {
+    let sink = Sink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = dir.path().join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    for i in 0..5 {
+        std::fs::copy(guests::wasm("forward"), hooks.join(format!("f{i}.wasm"))).unwrap();
+        std::fs::write(
+            hooks.join(format!("f{i}.toml")),
+            format!(
+                "allow_hosts = [\"127.0.0.1\"]\n[settings]\nurl = \"{}\"\nmethods = [\"vm.*\"]\nphases = [\"pre\"]\n",
+                sink.url
+            ),
+        )
+        .unwrap();
+    }
+    let mut config = bench_config(&hooks);
+    config.state_dir = Some(dir.path().join("state"));
+    config.fsync = true;
+    config.watch = false;
+    let engine = Engine::new(config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = wasmhooks::server::router(engine.clone());
+    tokio::spawn(async move {
+        let http = wasmhooks::config::HttpConfig::default();
+        wasmhooks::server::serve(listener, app, &http, std::future::pending()).await
+    });
+    let client = reqwest::Client::new();
+    let mut template: serde_json::Value = serde_json::from_slice(&fixture("vm.start.pre")).unwrap();
+    let n = 2000;
+    let mut bare = Vec::with_capacity(n);
+    let mut pre = Vec::with_capacity(n);
+    // Interleaved, so both see the same machine; the first 200 warm up.
+    for i in 0..n + 200 {
+        let start = Instant::now();
+        let ok = client.get(format!("{base}/healthz")).send().await.unwrap();
+        assert!(ok.status().is_success());
+        ok.bytes().await.unwrap();
+        let bare_time = start.elapsed();
+        template["callId"] = format!("pre-{i}").into();
+        let body = serde_json::to_vec(&template).unwrap();
+        let start = Instant::now();
+        let verdict = client
+            .post(format!("{base}/v1/events"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(verdict.status().is_success());
+        verdict.bytes().await.unwrap();
+        if i >= 200 {
+            bare.push(bare_time);
+            pre.push(start.elapsed());
+        }
+    }
+    engine.drain().await;
+    assert_eq!(
+        sink.count.load(Ordering::SeqCst),
+        5 * (n + 200),
+        "every delivery sent"
+    );
+    let (bare50, bare99) = (percentile(&mut bare, 50.0), percentile(&mut bare, 99.0));
+    let (pre50, pre99) = (percentile(&mut pre, 50.0), percentile(&mut pre, 99.0));
+    println!("pre-latency: {n} pre events, one caller, 5 forward hooks (none wait), fsync = true");
+    println!("  bare round trip (GET /healthz)       p50 {bare50:>7.0} µs   p99 {bare99:>7.0} µs");
+    println!("  POST /v1/events, pre, 5 hooks        p50 {pre50:>7.0} µs   p99 {pre99:>7.0} µs");
+    println!(
+        "  added by the hooks                   p50 {:>7.0} µs   p99 {:>7.0} µs   (target: p50 <= 100 µs, p99 <= 1000 µs)",
+        pre50 - bare50,
+        pre99 - bare99
+    );
 }

@@ -44,8 +44,8 @@ pub struct HookFailure {
     /// The hook.
     pub hook: String,
     /// `timeout`, `memory`, `trap`, `error`, `bad-outcome`, `internal`,
-    /// `delivery` (a `wait` delivery failed or is late) or `queue` (its
-    /// deliveries could not be queued yet).
+    /// `delivery` (a `wait` delivery failed or is late) or `queue` (a
+    /// `wait` hook's deliveries could not be queued).
     pub kind: String,
     /// What happened.
     pub message: String,

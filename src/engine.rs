@@ -123,9 +123,11 @@ impl Engine {
     /// Runs a pre event through the hooks subscribed to it, concurrently,
     /// each within its deadline, and returns the verdict: allowed, or denied
     /// by a hook with its reason. A hook that fails counts as its `on_error`
-    /// says (allow by default). Returns once the hooks' deliveries are
-    /// queued (those it could not queue are in `failures`) and `wait`
-    /// hooks' deliveries are through (or the wait budget is spent).
+    /// says (allow by default). Returns once the vetoes are known and
+    /// `wait` hooks' deliveries are through (or the wait budget is spent).
+    /// The other hooks' deliveries are committed alongside without holding
+    /// the verdict back ([`drain`](Engine::drain) waits for them): a crash
+    /// in the millisecond or so before that commit loses them.
     ///
     /// Cancellation-safe: dropping the future only stops waiting. The same
     /// event sent again within `dedup_window_secs` gets the first verdict.

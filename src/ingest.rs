@@ -14,10 +14,12 @@
 //!   event itself (journaled). A journaled event's deliveries are committed
 //!   when its hooks finish, retried with back-off while the queue fails
 //!   (a full disk), so what was acknowledged is never dropped.
-//! - A pre event's verdict waits for the hooks' vetoes, for the commit of
-//!   their deliveries, and for `wait` hooks' deliveries' first final
-//!   outcome (within `wait_budget_ms`). Deliveries it could not queue are
-//!   named in the verdict's `failures`, and queued in the background.
+//! - A pre event's verdict waits for the hooks' vetoes and for `wait`
+//!   hooks' deliveries' first final outcome (within `wait_budget_ms`), not
+//!   for the commit of the other hooks' deliveries: those are committed
+//!   alongside, retried with back-off while the queue fails, and `drain()`
+//!   waits for them. A crash before that commit loses them: a pre event's
+//!   notifications, never a post event and never a `wait` delivery.
 
 use crate::delivery::{Delivery, new_uid, uid_of};
 use crate::dispatch::{self, HookFailure, Runner, Verdict};
@@ -122,20 +124,32 @@ impl Ingest {
         let permit = self.place().await;
         tokio::spawn(async move {
             let results = dispatch::run_all(&ingest.runner, &hooks, &event, &uid).await;
-            let decided = dispatch::decide(&hooks, results);
-            let (verdict, unqueued) = ingest.queue_pre(&hooks, decided).await;
-            if let Some(publish) = publish {
-                publish.send_replace(Some(verdict.clone()));
-            }
-            let _ = tx.send(verdict);
-            if !unqueued.is_empty() {
-                ingest
-                    .commit_until_done(Batch {
-                        queued: unqueued,
-                        ..Batch::default()
-                    })
-                    .await;
-            }
+            let dispatch::PreDecisions {
+                verdict,
+                queued,
+                waiting,
+            } = dispatch::decide(&hooks, results);
+            // The verdict needs the vetoes and the `wait` hooks' outcomes,
+            // not the other deliveries: they are committed alongside, and
+            // the caller does not wait for that commit.
+            let answer = async {
+                let verdict = ingest.wait_pre(verdict, waiting).await;
+                if let Some(publish) = publish {
+                    publish.send_replace(Some(verdict.clone()));
+                }
+                let _ = tx.send(verdict);
+            };
+            let commit = async {
+                if !queued.is_empty() {
+                    ingest
+                        .commit_until_done(Batch {
+                            queued,
+                            ..Batch::default()
+                        })
+                        .await;
+                }
+            };
+            futures::join!(answer, commit);
             drop(permit);
         });
         rx.await
@@ -176,57 +190,26 @@ impl Ingest {
         Ok(tx)
     }
 
-    /// Queues a pre event's deliveries and waits for its `wait` hooks'
-    /// ones. Returns the final verdict and the deliveries that could not
-    /// be queued yet.
-    async fn queue_pre(
+    /// Queues the `wait` hooks' deliveries of a pre event and waits for
+    /// them; returns the final verdict.
+    async fn wait_pre(
         &self,
-        hooks: &Hooks,
-        decided: dispatch::PreDecisions,
-    ) -> (Verdict, Vec<Delivery>) {
-        let dispatch::PreDecisions {
-            mut verdict,
-            queued,
-            waiting,
-        } = decided;
-        let plain = async {
-            if queued.is_empty() {
-                return Ok(());
-            }
-            let batch = Batch {
-                queued: queued.clone(),
-                ..Batch::default()
-            };
-            self.workers.submit(batch).await.map(drop)
-        };
+        mut verdict: Verdict,
+        waiting: Vec<(Arc<LiveHook>, Vec<Delivery>)>,
+    ) -> Verdict {
         let waits = futures::future::join_all(
             waiting
                 .into_iter()
                 .map(|(hook, deliveries)| self.wait_for(hook, deliveries)),
-        );
-        let (plain, waits) = futures::join!(plain, waits);
-        let mut unqueued = Vec::new();
-        if let Err(e) = plain {
-            for hook in hooks.iter() {
-                if queued.iter().any(|d| *d.hook == *hook.name()) {
-                    verdict.failures.push(HookFailure::new(
-                        hook,
-                        "queue",
-                        format!(
-                            "its deliveries could not be queued ({e}); retrying in the background"
-                        ),
-                    ));
-                }
-            }
-            unqueued = queued;
-        }
+        )
+        .await;
         for (hook, failed) in waits {
             if let Some((kind, message)) = failed {
                 let deny = verdict.fail(&hook, HookFailure::new(&hook, kind, message));
                 verdict.deny(&hook, deny);
             }
         }
-        (verdict, unqueued)
+        verdict
     }
 
     /// Queues a `wait` hook's deliveries and waits for each one's first

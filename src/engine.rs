@@ -127,7 +127,9 @@ impl Engine {
     /// `wait` hooks' deliveries are through (or the wait budget is spent).
     /// The other hooks' deliveries are committed alongside without holding
     /// the verdict back ([`drain`](Engine::drain) waits for them): a crash
-    /// in the millisecond or so before that commit loses them.
+    /// before that commit (about a millisecond while the queue works; while
+    /// it fails, until it works again), or a [`shutdown`](Engine::shutdown)
+    /// whose grace ends first, loses them.
     ///
     /// Cancellation-safe: dropping the future only stops waiting. The same
     /// event sent again within `dedup_window_secs` gets the first verdict.
@@ -221,7 +223,9 @@ impl Engine {
     /// accepted so far are committed, and the attempts in flight finish and
     /// are recorded, within `grace`. Deliveries claimed but not yet sent
     /// stay queued for the next start. Returns whether everything finished
-    /// in time (what did not is sent again at the next start). Call it once
+    /// in time (what did not is sent again at the next start, except pre
+    /// events' deliveries not yet committed, which are lost and logged as
+    /// such). Call it once
     /// no more events come in; the engine sends nothing afterwards.
     pub async fn shutdown(&self, grace: Duration) -> bool {
         self.inner.workers.stop();

@@ -18,8 +18,11 @@
 //!   hooks' deliveries' first final outcome (within `wait_budget_ms`), not
 //!   for the commit of the other hooks' deliveries: those are committed
 //!   alongside, retried with back-off while the queue fails, and `drain()`
-//!   waits for them. A crash before that commit loses them: a pre event's
-//!   notifications, never a post event and never a `wait` delivery.
+//!   waits for them. A crash before that commit (about a commit long while
+//!   the queue works; while it fails, until it works again), or a stop
+//!   that does not wait for them, loses them, with an error logged: a pre
+//!   event's notifications, never a post event and never a `wait`
+//!   delivery.
 
 use crate::delivery::{Delivery, new_uid, uid_of};
 use crate::dispatch::{self, HookFailure, Runner, Verdict};
@@ -34,7 +37,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use wildmatch::WildMatch;
 
-/// Post events handed to hooks and not yet committed; past this, `post()` waits.
+/// Events handed to hooks and not yet committed (post events, and pre
+/// events' deliveries); past this, `post()` and `pre()` wait.
 pub(crate) const MAX_POSTS_IN_FLIGHT: usize = 4096;
 
 /// Pre verdicts remembered for recognising a pre event sent again; past
@@ -50,7 +54,8 @@ pub(crate) struct Ingest {
     pub queue: Arc<dyn Queue>,
     pub workers: Arc<Workers>,
     pub redact: Vec<WildMatch>,
-    /// Post events in progress: each holds a permit until it is committed.
+    /// Events in progress: each holds a permit until what it became is
+    /// committed.
     pub posts: Arc<Semaphore>,
     pub inline: Duration,
     pub wait_budget: Duration,
@@ -353,8 +358,9 @@ impl Ingest {
 
     /// Commits a batch of what was already acknowledged, trying again with
     /// back-off while the queue fails (a full disk, an I/O error), until it
-    /// is in or the engine stops (then a journaled event runs again at the
-    /// next start).
+    /// is in or the engine stops. Then a journaled event runs again at the
+    /// next start; a batch without a ticket (a pre event's deliveries) is
+    /// lost, and logged as such.
     async fn commit_until_done(&self, batch: Batch) {
         let mut pause = COMMIT_RETRY.0;
         loop {
@@ -367,8 +373,18 @@ impl Ingest {
             match self.workers.submit(attempt).await {
                 Ok(_) => return,
                 // Going away: a journaled event runs again at the next start.
-                Err(QueueError::Closed) => return,
-                Err(_) if self.workers.stopped() => return,
+                Err(e) if matches!(e, QueueError::Closed) || self.workers.stopped() => {
+                    if batch.ticket.is_none() && !batch.queued.is_empty() {
+                        let hooks: std::collections::BTreeSet<&str> =
+                            batch.queued.iter().map(|d| &*d.hook).collect();
+                        tracing::error!(
+                            deliveries = batch.queued.len(),
+                            ?hooks,
+                            "a pre event's deliveries are lost: the engine stopped before they could be queued ({e})"
+                        );
+                    }
+                    return;
+                }
                 Err(e) => {
                     tracing::error!(
                         deliveries = batch.queued.len(),

@@ -357,8 +357,8 @@ async fn an_event_sent_twice_is_delivered_once() {
 
 /// A full disk (a small tmpfs under the state folder, filled up): new
 /// events get 503; what was journaled before is delivered once space
-/// returns, without a restart; a pre event's deliveries that could not be
-/// queued are in the verdict's failures, and go out later. Before: the
+/// returns, without a restart; a pre event's verdict does not wait for its
+/// deliveries, which go out once space returns. Before: the
 /// journaled events waited for a restart and the pre event's deliveries
 /// were dropped. Needs root (to mount the tmpfs), as CI has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -460,7 +460,7 @@ async fn a_full_disk_refuses_new_events_and_loses_none_it_accepted() {
 
 /// A pre event's verdict does not wait for the commit of its hooks'
 /// non-`wait` deliveries: with the state database locked by another
-/// process's transaction, the verdict comes back at once, and the delivery
+/// connection's transaction, the verdict comes back at once, and the delivery
 /// goes out once the lock is released. Before, the verdict waited for the
 /// commit (here, the database's 10 s busy timeout).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -625,16 +625,12 @@ async fn engine_burst(
     let concurrency = wide.unwrap_or(64);
     let hooks = dir.join("hooks");
     std::fs::create_dir_all(&hooks).unwrap();
-    std::fs::copy(guests::wasm("forward"), hooks.join("forward.wasm")).unwrap();
-    std::fs::write(
-        hooks.join("forward.toml"),
-        format!(
-            "allow_hosts = [\"127.0.0.1\"]\n[settings]\nurl = \"{}\"\nmethods = [\"vm.*\"]\nphases = [\"post\"]\n{}",
-            sink.url,
-            if reuse { "[reuse]\nevents = 100000\ninstances = 2\n" } else { "" }
-        ),
-    )
-    .unwrap();
+    let reuse = if reuse {
+        "[reuse]\nevents = 100000\ninstances = 2\n"
+    } else {
+        ""
+    };
+    install_forward(&hooks, "forward", &sink.url, "post", reuse);
     let mut config = bench_config(&hooks);
     config.state_dir = std::env::var_os("BENCH_MEMORY")
         .is_none()
@@ -862,6 +858,19 @@ async fn languages() {
     }
 }
 
+/// Installs the `forward` hook as `name` in `hooks`, sending `vm.*` events
+/// of `phase` to `url`, with `extra` appended to its settings file.
+fn install_forward(hooks: &Path, name: &str, url: &str, phase: &str, extra: &str) {
+    std::fs::copy(guests::wasm("forward"), hooks.join(format!("{name}.wasm"))).unwrap();
+    std::fs::write(
+        hooks.join(format!("{name}.toml")),
+        format!(
+            "allow_hosts = [\"127.0.0.1\"]\n[settings]\nurl = \"{url}\"\nmethods = [\"vm.*\"]\nphases = [\"{phase}\"]\n{extra}"
+        ),
+    )
+    .unwrap();
+}
+
 /// The `p`-th percentile of `times` (sorted in place), in µs.
 fn percentile(times: &mut [Duration], p: f64) -> f64 {
     times.sort();
@@ -879,15 +888,7 @@ async fn pre_latency() {
     let hooks = dir.path().join("hooks");
     std::fs::create_dir_all(&hooks).unwrap();
     for i in 0..5 {
-        std::fs::copy(guests::wasm("forward"), hooks.join(format!("f{i}.wasm"))).unwrap();
-        std::fs::write(
-            hooks.join(format!("f{i}.toml")),
-            format!(
-                "allow_hosts = [\"127.0.0.1\"]\n[settings]\nurl = \"{}\"\nmethods = [\"vm.*\"]\nphases = [\"pre\"]\n",
-                sink.url
-            ),
-        )
-        .unwrap();
+        install_forward(&hooks, &format!("f{i}"), &sink.url, "pre", "");
     }
     let mut config = bench_config(&hooks);
     config.state_dir = Some(dir.path().join("state"));

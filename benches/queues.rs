@@ -261,78 +261,75 @@ async fn row(sink: &Sink, dir: &Path, engines: usize, nats: bool, n: usize, load
     }
 }
 
+/// A number from the environment variable `name`, or `default`.
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 async fn queues() {
-    let n: usize = std::env::var("BENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(6000);
-    let pace: usize = std::env::var("BENCH_PACE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(400);
+    let n = env_or("BENCH_EVENTS", 6000);
+    let pace = env_or("BENCH_PACE", 400);
     let sink = Sink::start().await;
     let dir = tempfile::tempdir().unwrap();
     println!("queues: one echo hook, one delivery per event, one receiver on loopback");
     println!("saturated: {n} post events, 64 in flight, spread over the engines");
-    let mut rows = 0;
-    let mut section = async |engines_rows: &[usize], n_of: &dyn Fn(usize) -> usize, load: Load| {
-        let dir = dir.path();
-        rows += 1;
-        let sqlite = row(
-            &sink,
-            &dir.join(format!("sqlite{rows}")),
-            1,
-            false,
-            n_of(1),
-            load,
-        )
-        .await;
-        println!(
-            "  SQLite (fsync = false), 1 engine   {:>7.0} deliveries/s   engine CPU {:>5.0} µs each, {:.1} syscalls each",
-            sqlite.rate, sqlite.engines_us, sqlite.per_engine[0].syscalls
-        );
-        let mut one_engine = None;
-        for &engines in engines_rows {
-            let dir = dir.join(format!("nats{rows}-{engines}"));
-            let r = row(&sink, &dir, engines, true, n_of(engines), load).await;
-            let worst = r.per_engine.iter().map(|e| e.cpu_us).fold(0.0, f64::max);
-            let one = *one_engine.get_or_insert(worst);
-            let each: Vec<String> = r
-                .per_engine
-                .iter()
-                .map(|e| {
-                    format!(
-                        "{:.0} at {:.0} µs and {:.1} syscalls each",
-                        e.made, e.cpu_us, e.syscalls
-                    )
-                })
-                .collect();
-            println!(
-                "  JetStream, {engines} engine{}             {:>7.0} deliveries/s ({:.2}x SQLite)   \
-                 engine CPU {:>5.0} µs each ({:.2}x SQLite; worst engine {worst:.0} µs per delivery it made, \
-                 {:.2}x one engine)   nats-server {:>4.0} µs each, {:.1} NATS messages per delivery",
-                if engines == 1 { " " } else { "s" },
-                r.rate,
-                r.rate / sqlite.rate,
-                r.engines_us,
-                r.engines_us / sqlite.engines_us,
-                worst / one,
-                r.nats_us,
-                r.nats_msgs,
-            );
-            println!("      per engine: {}", each.join(", "));
-        }
-    };
-    section(&[1, 2, 3], &|_| n, Load::Saturate).await;
+    let saturated = dir.path().join("saturated");
+    section(&sink, &saturated, |_| n, Load::Saturate).await;
     let per_engine = n / 3;
     println!(
         "paced: {pace} post events/s per engine, {per_engine} per engine, so each engine does the same work \
          per second in every row and the 2 cores are not saturated"
     );
+    let paced = dir.path().join("paced");
     section(
-        &[1, 2, 3],
-        &|engines| per_engine * engines,
+        &sink,
+        &paced,
+        |engines| per_engine * engines,
         Load::Paced(pace),
     )
     .await;
+}
+
+/// One section: SQLite with one engine, then JetStream with 1, 2 and 3,
+/// each row offered `n_of(engines)` events under `load`.
+async fn section(sink: &Sink, dir: &Path, n_of: impl Fn(usize) -> usize, load: Load) {
+    let sqlite = row(sink, &dir.join("sqlite"), 1, false, n_of(1), load).await;
+    println!(
+        "  SQLite (fsync = false), 1 engine   {:>7.0} deliveries/s   engine CPU {:>5.0} µs each, {:.1} syscalls each",
+        sqlite.rate, sqlite.engines_us, sqlite.per_engine[0].syscalls
+    );
+    let mut one_engine = None;
+    for engines in 1..=3 {
+        let dir = dir.join(format!("nats{engines}"));
+        let r = row(sink, &dir, engines, true, n_of(engines), load).await;
+        let worst = r.per_engine.iter().map(|e| e.cpu_us).fold(0.0, f64::max);
+        let one = *one_engine.get_or_insert(worst);
+        let each: Vec<String> = r
+            .per_engine
+            .iter()
+            .map(|e| {
+                format!(
+                    "{:.0} at {:.0} µs and {:.1} syscalls each",
+                    e.made, e.cpu_us, e.syscalls
+                )
+            })
+            .collect();
+        println!(
+            "  JetStream, {engines} engine{}             {:>7.0} deliveries/s ({:.2}x SQLite)   \
+             engine CPU {:>5.0} µs each ({:.2}x SQLite; worst engine {worst:.0} µs per delivery it made, \
+             {:.2}x one engine)   nats-server {:>4.0} µs each, {:.1} NATS messages per delivery",
+            if engines == 1 { " " } else { "s" },
+            r.rate,
+            r.rate / sqlite.rate,
+            r.engines_us,
+            r.engines_us / sqlite.engines_us,
+            worst / one,
+            r.nats_us,
+            r.nats_msgs,
+        );
+        println!("      per engine: {}", each.join(", "));
+    }
 }

@@ -277,6 +277,18 @@ async fn per_event() {
     )
     .unwrap();
     let engine = Engine::new(bench_config(dir.path())).await.unwrap();
+    // The same hook with `preinitialize = true`, in an engine of its own.
+    let snapshot_dir = tempfile::tempdir().unwrap();
+    std::fs::copy(guests::wasm("deny"), snapshot_dir.path().join("deny.wasm")).unwrap();
+    std::fs::write(
+        snapshot_dir.path().join("deny.toml"),
+        format!("preinitialize = true\n[settings]\nprotected = [\"{protected}\"]\n"),
+    )
+    .unwrap();
+    let snapshot = Engine::new(bench_config(snapshot_dir.path()))
+        .await
+        .unwrap();
+    assert_eq!(snapshot.hooks()[0].preinitialized, Some(true));
     let delete = fixture("vm.delete.pre");
     let start = fixture("vm.start.pre");
 
@@ -323,6 +335,10 @@ async fn per_event() {
         assert!(!engine.pre(event.clone()).await.unwrap().allowed);
     })
     .await;
+    let t_snapshot = per_iter(n, 5, async || {
+        assert!(!snapshot.pre(event.clone()).await.unwrap().allowed);
+    })
+    .await;
     let t_unsubscribed = per_iter(n * 10, 5, async || {
         assert!(engine.pre(unsubscribed.clone()).await.unwrap().allowed);
     })
@@ -338,6 +354,11 @@ async fn per_event() {
         "  engine.pre, deny hook (fresh instance)  {:>9.2} µs  ({:.0}x native)",
         micros(t_hook),
         t_hook.as_secs_f64() / t_native.as_secs_f64()
+    );
+    println!(
+        "  the same, preinitialize = true          {:>9.2} µs  ({:.2}x without)",
+        micros(t_snapshot),
+        t_snapshot.as_secs_f64() / t_hook.as_secs_f64()
     );
     println!(
         "  engine.pre, no hook subscribed          {:>9.2} µs  ({:.1}x native)",
@@ -396,17 +417,34 @@ fn raw_compile(epoch_interruption: bool) -> Duration {
 /// Three seconds of pre events through the deny hook, for profiling.
 async fn profile_loop() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(guests::wasm("deny"), dir.path().join("deny.wasm")).unwrap();
-    std::fs::write(
-        dir.path().join("deny.toml"),
-        "[settings]\nprotected = [\"0a9b8c7d-6e5f-4a3b-2c1d-0e9f8a7b6c5d\"]\n",
-    )
-    .unwrap();
+    // `BENCH_HOOK=FILE.wasm` (beside its FILE.toml): that hook instead.
+    match std::env::var_os("BENCH_HOOK").map(std::path::PathBuf::from) {
+        Some(wasm) => {
+            std::fs::copy(&wasm, dir.path().join("hook.wasm")).unwrap();
+            std::fs::copy(wasm.with_extension("toml"), dir.path().join("hook.toml")).unwrap();
+        }
+        None => {
+            std::fs::copy(guests::wasm("deny"), dir.path().join("deny.wasm")).unwrap();
+            std::fs::write(
+                dir.path().join("deny.toml"),
+                "[settings]\nprotected = [\"0a9b8c7d-6e5f-4a3b-2c1d-0e9f8a7b6c5d\"]\n",
+            )
+            .unwrap();
+        }
+    }
     let engine = Engine::new(bench_config(dir.path())).await.unwrap();
     let event = Event::from_json(&fixture("vm.delete.pre")).unwrap();
+    // `BENCH_EVENTS=N`: exactly N events, for `valgrind --tool=callgrind`
+    // (instructions per event: the difference of two runs' totals over the
+    // difference of their N, which cancels the start-up's compiling).
+    let events: Option<u64> = std::env::var("BENCH_EVENTS")
+        .ok()
+        .map(|n| n.parse().unwrap());
     let start = Instant::now();
     let mut n = 0u64;
-    while start.elapsed() < Duration::from_secs(3) {
+    while events.map_or(start.elapsed() < Duration::from_secs(3), |events| {
+        n < events
+    }) {
         engine.pre(event.clone()).await.unwrap();
         n += 1;
     }

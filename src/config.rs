@@ -454,6 +454,14 @@ pub struct HookConfig {
     /// (component hooks only). Faster for heavy runtimes (Python, JS), at
     /// the cost of isolation: state left by one event is seen by the next.
     pub reuse: Option<ReuseConfig>,
+    /// Start every fresh instance from the state `setup` left at load (a
+    /// snapshot made with wasmtime-wizer) instead of running `setup` before
+    /// each event (component hooks only). Pays off when `setup` is costly;
+    /// costs two more compiles when the hook loads, and freezes whatever
+    /// `setup` read from a clock or random source. A hook that cannot be
+    /// snapshotted is set up per event, and the log says why.
+    #[serde(default)]
+    pub preinitialize: bool,
 }
 
 /// `[reuse]` of a hook's `NAME.toml`.

@@ -7,7 +7,7 @@ use crate::error::{Error, LoadError, Stage};
 use crate::event::{Event, Phase};
 use crate::files::{MAX_TOML_BYTES, MAX_WASM_BYTES, read_regular};
 use crate::metrics::{HookStats, Metrics};
-use crate::sandbox::{Failure, Pre, Prepared, Sandbox, Subscription};
+use crate::sandbox::{Failure, Pre, Prepared, Sandbox, SetUp, Subscription};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -31,6 +31,9 @@ pub(crate) struct LiveHook {
     pub hash: String,
     /// SHA-256 of the `.wasm` alone: the compiled component's key.
     pub wasm_hash: String,
+    /// SHA-256 of the pre-initialised component, if there is one: its
+    /// compiled key.
+    pub initialized_hash: Option<String>,
     pub config: HookConfig,
     /// Egress and signing, from `NAME.toml`.
     pub policy: Arc<DeliveryPolicy>,
@@ -130,6 +133,10 @@ pub struct HookStatus {
     pub loaded_at: Option<String>,
     /// The live version's ABI.
     pub abi: Option<Abi>,
+    /// Whether the live version's fresh instances start from the state its
+    /// `setup` left at load (`preinitialize = true`, and it could be
+    /// snapshotted), rather than running `setup` before every event.
+    pub preinitialized: Option<bool>,
     /// Warm instances idle now, for a live version with `[reuse]`.
     pub warm: Option<usize>,
     /// What the live version subscribed to.
@@ -333,8 +340,11 @@ impl Registry {
         if changed {
             // Old versions leave memory once the last event using them ends;
             // their compiled code stays only on disk.
-            self.sandbox
-                .retain_compiled(live.values().map(|h| h.wasm_hash.as_str()));
+            self.sandbox.retain_compiled(
+                live.values()
+                    .flat_map(|h| std::iter::once(&h.wasm_hash).chain(&h.initialized_hash))
+                    .map(String::as_str),
+            );
             self.snapshot.store(Arc::new(Snapshot::new(live, failed)));
             self.generation.send_modify(|g| *g += 1);
         }
@@ -409,6 +419,8 @@ impl Registry {
                  garbage collector breaks a reused instance)",
             );
         }
+        // The pre-initialiser rewrites the original bytes.
+        let original: Option<Arc<[u8]>> = config.preinitialize.then(|| bytes.as_slice().into());
         let component = self
             .sandbox
             .compile(&wasm_hash, bytes)
@@ -423,13 +435,25 @@ impl Registry {
                 "it is for component hooks; a WASI command runs once per instance",
             );
         }
-        let prepared = Prepared {
+        if matches!(pre, Pre::Command(_)) && config.preinitialize {
+            return Err(LoadError {
+                file: wasm.with_extension("toml"),
+                ..fail(
+                    Stage::Setup,
+                    "`preinitialize` is for component hooks, which have a `setup`; \
+                     remove it"
+                        .into(),
+                )
+            });
+        }
+        let mut prepared = Prepared {
             name: name.as_str().into(),
             pre,
             settings_json: config.settings_json().into(),
             limits,
             warm: config.reuse.map(|r| self.sandbox.warm_pool(r)),
         };
+        let mut initialized_hash = None;
         let subscription = match (&prepared.pre, &config.subscription) {
             (Pre::Command(_), Some(s)) => Subscription {
                 methods: s.methods.clone(),
@@ -458,19 +482,34 @@ impl Registry {
                     )
                 });
             }
-            (Pre::Hook(_), None) => self.sandbox.setup(&prepared).await.map_err(|f| {
-                let reason = match f {
-                    Failure::Returned(message) => format!("setup refused the settings: {message}"),
-                    Failure::Timeout(d, _) => {
-                        format!("setup did not finish within the deadline of {d:?}")
-                    }
-                    Failure::MemoryCap(mib) => {
-                        format!("setup exceeded the memory cap of {mib} MiB")
-                    }
-                    Failure::Trap(message) => format!("setup trapped: {message}"),
+            (Pre::Hook(_), None) => {
+                let set_up = if let Some(original) = original {
+                    self.sandbox.set_up(&prepared, original).await
+                } else {
+                    self.sandbox.setup(&prepared).await.map(SetUp::alone)
                 };
-                fail(Stage::Setup, reason)
-            })?,
+                let set_up = set_up.map_err(|f| {
+                    let reason = match f {
+                        Failure::Returned(message) => {
+                            format!("setup refused the settings: {message}")
+                        }
+                        Failure::Timeout(d, _) => {
+                            format!("setup did not finish within the deadline of {d:?}")
+                        }
+                        Failure::MemoryCap(mib) => {
+                            format!("setup exceeded the memory cap of {mib} MiB")
+                        }
+                        Failure::Trap(message) => format!("setup trapped: {message}"),
+                    };
+                    fail(Stage::Setup, reason)
+                })?;
+                if let Some(initialized) = set_up.initialized {
+                    prepared.pre = initialized;
+                }
+                initialized_hash = set_up.initialized_hash;
+                set_up.subscription
+            }
+            (Pre::Initialized(_), _) => unreachable!("`link` never pre-initialises"),
         };
         let methods = subscription
             .methods
@@ -483,6 +522,7 @@ impl Registry {
             file: wasm,
             hash,
             wasm_hash,
+            initialized_hash,
             config,
             policy,
             subscription,
@@ -519,9 +559,10 @@ impl Registry {
                     loaded_at: live
                         .map(|h| humantime::format_rfc3339_millis(h.loaded_at).to_string()),
                     abi: live.map(|h| match h.prepared.pre {
-                        Pre::Hook(_) => Abi::Component,
+                        Pre::Hook(_) | Pre::Initialized(_) => Abi::Component,
                         Pre::Command(_) => Abi::Command,
                     }),
+                    preinitialized: live.map(|h| matches!(h.prepared.pre, Pre::Initialized(_))),
                     warm: live.and_then(|h| h.prepared.warm.as_ref().map(|p| p.idle())),
                     subscription: live.map(|h| h.subscription.clone()),
                     on_error: live.map(|h| h.config.on_error),

@@ -17,7 +17,8 @@ pub(super) use bindings::wasmhooks::hook::types as wit;
 pub(crate) use bindings::{Hook, HookPre};
 
 impl Sandbox {
-    /// Instantiates the hook and runs its `setup` with its settings.
+    /// Instantiates the hook and runs its `setup` with its settings (for a
+    /// hook that is not pre-initialised: see `preinit.rs`).
     pub async fn setup(&self, hook: &Prepared) -> Result<Subscription, Failure> {
         let Pre::Hook(pre) = &hook.pre else {
             unreachable!("a command hook's subscription comes from its NAME.toml")
@@ -27,20 +28,17 @@ impl Sandbox {
             Ok(instance
                 .call_setup(&mut *store, &hook.settings_json)
                 .await?
-                .map(|s| Subscription {
-                    methods: s.methods,
-                    phases: s.phases.into_iter().map(Phase::from).collect(),
-                }))
+                .map(super::preinit::subscription))
         })
         .await
     }
 
-    /// Runs one event through a fresh instance: `setup`, then `handle`.
+    /// Runs one event through a fresh instance: `handle`, after `setup`
+    /// unless the hook is pre-initialised.
     pub async fn handle(&self, hook: &Prepared, event: &Event) -> Result<RawOutcome, Failure> {
-        let pre = match &hook.pre {
-            Pre::Hook(pre) => pre,
-            Pre::Command(pre) => return self.run_command(hook, pre, event).await,
-        };
+        if let Pre::Command(pre) = &hook.pre {
+            return self.run_command(hook, pre, event).await;
+        }
         let wit_event = wit::Event {
             call_id: event.call_id().to_owned(),
             phase: event.phase().into(),
@@ -49,12 +47,12 @@ impl Sandbox {
             payload: event.payload().to_owned(),
         };
         if let Some(pool) = &hook.warm
-            && let Some(result) = self.handle_warm(hook, pre, pool, &wit_event).await
+            && let Some(result) = self.handle_warm(hook, pool, &wit_event).await
         {
             return result;
         }
         self.call(hook, None, async |store, _| {
-            match setup_instance(pre, store, &hook.settings_json).await? {
+            match ready_instance(hook, store).await? {
                 Ok(instance) => call_handle(&instance, store, &wit_event).await,
                 Err(message) => Ok(Err(message)),
             }
@@ -63,17 +61,27 @@ impl Sandbox {
     }
 }
 
-/// A new instance with `setup` run on the hook's settings.
-pub(super) async fn setup_instance(
-    pre: &HookPre<HostState>,
+/// A new instance ready for `handle`: a pre-initialised hook's as it is,
+/// any other with `setup` run on the hook's settings.
+pub(super) async fn ready_instance(
+    hook: &Prepared,
     store: &mut Store<HostState>,
-    settings: &str,
 ) -> wasmtime::Result<Result<Hook, String>> {
+    let pre = match &hook.pre {
+        Pre::Initialized(pre) => return Ok(Ok(pre.instantiate_async(&mut *store).await?)),
+        Pre::Hook(pre) => pre,
+        Pre::Command(_) => unreachable!("a command hook has no `hook` world instance"),
+    };
     let instance = pre.instantiate_async(&mut *store).await?;
-    Ok(match instance.call_setup(&mut *store, settings).await? {
-        Ok(_) => Ok(instance),
-        Err(message) => Err(format!("setup refused its settings: {message}")),
-    })
+    Ok(
+        match instance
+            .call_setup(&mut *store, &hook.settings_json)
+            .await?
+        {
+            Ok(_) => Ok(instance),
+            Err(message) => Err(format!("setup refused its settings: {message}")),
+        },
+    )
 }
 
 /// `handle` on an instance whose `setup` has run.

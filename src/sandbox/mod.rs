@@ -10,8 +10,9 @@
 //! linking; beside it: `cache` (compiled hooks on disk), `host` (what a
 //! store holds: WASI context, memory limiter, the `log` import), `session`
 //! (a store run under a deadline, its stdio logged), `warm` (instances kept
-//! for `[reuse]`), `component` (the `hook` world's ABI) and `command` (the
-//! WASI command ABI).
+//! for `[reuse]`), `component` (the `hook` world's ABI), `preinit` (hooks
+//! started from the state `setup` left at load) and `command` (the WASI
+//! command ABI).
 
 use crate::config::{Config, HookLimits};
 use crate::event::Phase;
@@ -31,6 +32,7 @@ mod cache;
 mod component;
 mod cpu;
 mod host;
+mod preinit;
 mod session;
 mod warm;
 
@@ -38,6 +40,7 @@ use cache::DiskCache;
 pub(crate) use component::{Hook, HookPre};
 pub(crate) use host::HostState;
 use host::{MemoryLimiter, truncate};
+pub(crate) use preinit::SetUp;
 use session::Session;
 pub(crate) use warm::{WarmPool, built_by_go};
 use warm::{WarmPools, spawn_warm_sweeper};
@@ -110,6 +113,9 @@ pub(crate) struct Prepared {
 pub(crate) enum Pre {
     /// A component of the `hook` world: `setup`, then `handle`.
     Hook(HookPre<HostState>),
+    /// A component of the `hook` world pre-initialised from the state its
+    /// `setup` left at load (see `preinit.rs`): `handle` alone.
+    Initialized(HookPre<HostState>),
     /// A WASI command: event on stdin, outcome on stdout.
     Command(CommandPre<HostState>),
 }

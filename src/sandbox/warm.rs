@@ -1,8 +1,8 @@
 //! Warm instances, for hooks that opt into `[reuse]`: set up once, they
 //! serve up to `events` events, and are dropped when idle too long.
 
-use super::component::{Hook, HookPre, call_handle, setup_instance, wit};
-use super::{Failure, HostState, Prepared, RawOutcome, STDIO_CAPACITY, Sandbox, Session};
+use super::component::{Hook, call_handle, ready_instance, wit};
+use super::{Failure, Prepared, RawOutcome, STDIO_CAPACITY, Sandbox, Session};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -79,14 +79,13 @@ impl Sandbox {
     }
 
     /// Runs one event on a warm instance of the hook, making one (`setup`
-    /// included) if none is idle. An instance goes back to the pool unless
+    /// included, unless the hook is pre-initialised) if none is idle. An instance goes back to the pool unless
     /// it trapped, timed out, hit its memory cap or served its events.
     /// `None` when there is no room for another warm instance: the caller
     /// then uses a fresh one.
     pub(super) async fn handle_warm(
         &self,
         hook: &Prepared,
-        pre: &HookPre<HostState>,
         pool: &WarmPool,
         wit_event: &wit::Event,
     ) -> Option<Result<RawOutcome, Failure>> {
@@ -105,9 +104,7 @@ impl Sandbox {
             (None, permit) => {
                 let mut session = self.session(hook, None, 2 * STDIO_CAPACITY);
                 let setup = session
-                    .run(hook, async |store, _| {
-                        setup_instance(pre, store, &hook.settings_json).await
-                    })
+                    .run(hook, async |store, _| ready_instance(hook, store).await)
                     .await;
                 Warm {
                     instance: match setup {

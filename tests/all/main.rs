@@ -12,6 +12,7 @@ mod languages;
 mod monitor;
 mod nats;
 mod pipeline;
+mod preinit;
 mod reload;
 mod reuse;
 mod safety;

@@ -44,6 +44,10 @@ enum Mode {
     /// `trap_at`-th one if set, and prints `print_bytes` to stdout on each
     /// if set. For instance reuse.
     Count,
+    /// Denies with the time `setup` read from the clock (nanoseconds since
+    /// the epoch): the same on every event when fresh instances start from
+    /// the state `setup` left at load, different when `setup` runs in each.
+    Stamp,
 }
 
 /// Events this instance handled (Count mode).
@@ -60,6 +64,8 @@ struct Settings {
     print_bytes: Option<usize>,
     headers: Option<usize>,
     body_bytes: Option<usize>,
+    /// Printed to stdout by `setup`.
+    setup_print: Option<String>,
     #[serde(default = "wasmhooks_sdk::all_methods")]
     methods: Vec<String>,
     #[serde(
@@ -78,6 +84,8 @@ struct Misbehave {
     print_bytes: usize,
     headers: usize,
     body_bytes: usize,
+    /// What `setup` read from the clock (Stamp mode).
+    stamp: u128,
 }
 
 impl Hook for Misbehave {
@@ -86,6 +94,9 @@ impl Hook for Misbehave {
     fn setup(s: Settings) -> Result<(Self, Subscription), String> {
         if let Some(err) = s.init_error {
             return Err(err);
+        }
+        if let Some(line) = &s.setup_print {
+            println!("{line}");
         }
         let url = match (s.mode, s.url) {
             (_, Some(url)) => url,
@@ -101,6 +112,9 @@ impl Hook for Misbehave {
             print_bytes: s.print_bytes.unwrap_or(0),
             headers: s.headers.unwrap_or(0),
             body_bytes: s.body_bytes.unwrap_or(0),
+            stamp: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
         };
         Ok((hook, Subscription::new(s.methods, s.phases)))
     }
@@ -166,6 +180,7 @@ impl Hook for Misbehave {
                 }
                 Ok(Outcome::deny(n.to_string()))
             }
+            Mode::Stamp => Ok(Outcome::deny(self.stamp.to_string())),
         }
     }
 }

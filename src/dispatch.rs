@@ -13,7 +13,7 @@ use serde::Serialize;
 use std::sync::Arc;
 
 /// The answer to a pre event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Verdict {
     /// Whether the operation may go ahead.
     pub allowed: bool,
@@ -30,7 +30,7 @@ pub struct Verdict {
 }
 
 /// The veto a hook in monitor mode would have made.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct WouldDeny {
     /// The hook.
     pub hook: String,
@@ -39,7 +39,7 @@ pub struct WouldDeny {
 }
 
 /// A hook that failed on an event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct HookFailure {
     /// The hook.
     pub hook: String,

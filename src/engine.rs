@@ -1,5 +1,6 @@
 //! [`Engine`]: the library's front door.
 
+use crate::activity::{Activity, EventActivity, ReceiverFailure};
 use crate::config::{Config, HookConfig};
 use crate::delivery::{Sender, new_uid};
 use crate::dispatch::{Runner, Verdict};
@@ -7,7 +8,7 @@ use crate::error::Error;
 use crate::event::{Event, Phase};
 use crate::ingest::{Ingest, MAX_POSTS_IN_FLIGHT};
 use crate::metrics::Metrics;
-use crate::queue::{DeliveryInfo, Filter, Queue, Retry};
+use crate::queue::{DeliveryInfo, DeliveryQuery, Filter, Queue, Retry};
 use crate::registry::{HookStatus, Registry};
 use crate::sandbox::{Sandbox, Subscription};
 use crate::watch::{Watch, WatchOptions};
@@ -19,6 +20,45 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use wildmatch::WildMatch;
+
+/// A receiver's state, as [`Engine::receivers`] shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ReceiverStatus {
+    /// The receiver, as `host:port`.
+    pub receiver: String,
+    /// Its circuit breaker.
+    pub circuit: Circuit,
+    /// While the circuit is open: when it lets a probe through (Unix ms).
+    pub open_until_ms: Option<u64>,
+    /// Failed attempts in a row (retryable failures only).
+    pub failures_in_a_row: u32,
+    /// Attempts to it in flight now.
+    pub in_flight: usize,
+    /// Deliveries queued for it, not yet delivered or dead.
+    pub pending: u64,
+    /// Its dead letters.
+    pub dead: u64,
+    /// When its oldest pending delivery was queued (Unix ms).
+    pub oldest_pending_ms: Option<u64>,
+    /// How long ago that was, in milliseconds.
+    pub oldest_pending_age_ms: Option<u64>,
+    /// Its last failed attempts, newest first (at most
+    /// [`FAILURES_PER_RECEIVER`](crate::activity::FAILURES_PER_RECEIVER)),
+    /// since the engine started.
+    pub recent_failures: Vec<ReceiverFailure>,
+}
+
+/// A receiver's circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Circuit {
+    /// Deliveries go out.
+    Closed,
+    /// Too many failures in a row: its deliveries wait until `open_until_ms`.
+    Open,
+    /// The pause is over: one probe at a time until one succeeds.
+    HalfOpen,
+}
 
 /// The webhook engine: loaded hooks, the sandbox they run in, and the
 /// delivery queue. Cheap to clone; clones share everything.
@@ -34,6 +74,7 @@ struct Inner {
     queue: Arc<dyn Queue>,
     workers: Arc<Workers>,
     metrics: Arc<Metrics>,
+    activity: Arc<Activity>,
     _watch: Option<Watch>,
 }
 
@@ -82,12 +123,14 @@ impl Engine {
             max_cooldown_ms: d.breaker_max_cooldown_ms.max(d.breaker_cooldown_ms),
         };
         let dedup_window = Duration::from_secs(config.dedup_window_secs);
+        let activity = Arc::new(Activity::default());
         let workers = Workers::start(
             queue.clone(),
             sender,
             registry.clone(),
             breaker,
             metrics.clone(),
+            activity.clone(),
             dedup_window.as_millis() as u64,
         );
         let ingest = Arc::new(Ingest {
@@ -105,6 +148,7 @@ impl Engine {
             wait_budget: Duration::from_millis(config.delivery.wait_budget_ms),
             dedup_window,
             recent: Default::default(),
+            activity: activity.clone(),
         });
         ingest.resume_journal().await?;
         Ok(Engine {
@@ -115,6 +159,7 @@ impl Engine {
                 queue,
                 workers,
                 metrics,
+                activity,
                 _watch: watch,
             }),
         })
@@ -171,13 +216,76 @@ impl Engine {
         Ok(self.inner.queue.backlog().await?)
     }
 
-    /// Queued deliveries, oldest first: pending, failed at least once, or dead.
+    /// The first `limit` queued deliveries, oldest first: pending, failed
+    /// at least once, or dead. [`find_deliveries`](Engine::find_deliveries)
+    /// filters by hook and receiver, and pages.
     pub async fn deliveries(
         &self,
         filter: Filter,
         limit: usize,
     ) -> Result<Vec<DeliveryInfo>, Error> {
-        Ok(self.inner.queue.list(filter, limit).await?)
+        self.find_deliveries(DeliveryQuery::new(filter, limit))
+            .await
+    }
+
+    /// The queued deliveries `query` asks for, oldest first.
+    pub async fn find_deliveries(&self, query: DeliveryQuery) -> Result<Vec<DeliveryInfo>, Error> {
+        Ok(self.inner.queue.list(query).await?)
+    }
+
+    /// Every receiver with deliveries queued, dead letters, attempts in
+    /// flight or recent failures: its circuit, queue depth and last failed
+    /// attempts, by name (`host:port`).
+    pub async fn receivers(&self) -> Result<Vec<ReceiverStatus>, Error> {
+        let depth = self.inner.queue.depth().await?;
+        let mut failures = self.inner.activity.failures();
+        let mut views: std::collections::HashMap<_, _> = self
+            .inner
+            .workers
+            .receivers()
+            .into_iter()
+            .map(|v| (v.name.clone(), v))
+            .collect();
+        let mut names: Vec<String> = depth
+            .keys()
+            .chain(views.keys())
+            .chain(failures.keys())
+            .cloned()
+            .collect();
+        names.sort();
+        names.dedup();
+        let now = crate::delivery::now_ms();
+        Ok(names
+            .into_iter()
+            .map(|name| {
+                let d = depth.get(&name).cloned().unwrap_or_default();
+                let view = views.remove(&name);
+                let circuit = match &view {
+                    Some(v) if v.open => Circuit::Open,
+                    Some(v) if v.half_open => Circuit::HalfOpen,
+                    _ => Circuit::Closed,
+                };
+                ReceiverStatus {
+                    circuit,
+                    open_until_ms: view.as_ref().and_then(|v| v.open_until),
+                    failures_in_a_row: view.as_ref().map_or(0, |v| v.failures),
+                    in_flight: view.as_ref().map_or(0, |v| v.in_flight),
+                    pending: d.pending,
+                    dead: d.dead,
+                    oldest_pending_ms: d.oldest_ms,
+                    oldest_pending_age_ms: d.oldest_ms.map(|at| now.saturating_sub(at)),
+                    recent_failures: failures.remove(&name).unwrap_or_default(),
+                    receiver: name,
+                }
+            })
+            .collect())
+    }
+
+    /// The last `limit` events accepted (at most
+    /// [`MAX_EVENTS`](crate::activity::MAX_EVENTS)), newest first, with what
+    /// each hook decided. Kept in memory: empty after a restart.
+    pub fn activity(&self, limit: usize) -> Vec<EventActivity> {
+        self.inner.activity.recent(limit)
     }
 
     /// The metrics in Prometheus text format (what `GET /metrics` serves).

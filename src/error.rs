@@ -86,7 +86,7 @@ impl SettingsError {
 }
 
 /// The step at which loading a hook failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
     /// Reading `NAME.wasm` or `NAME.toml`.
@@ -114,12 +114,13 @@ impl fmt::Display for Stage {
 }
 
 /// A hook that could not be loaded: which one, from which file, at which step, and why.
-#[derive(Debug, Clone, thiserror::Error, Serialize)]
+#[derive(Debug, Clone, thiserror::Error, Serialize, utoipa::ToSchema)]
 #[error("hook `{hook}` ({}): {stage} failed: {reason}", file.display())]
 pub struct LoadError {
     /// The hook's name (the file name without `.wasm`).
     pub hook: String,
     /// The file at fault: `NAME.wasm` or `NAME.toml`.
+    #[schema(value_type = String)]
     pub file: PathBuf,
     /// The step that failed.
     pub stage: Stage,

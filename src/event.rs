@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 
 /// When an event fires relative to the orchestrator's operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     /// Before the operation runs; hooks may veto it.
@@ -40,6 +40,22 @@ pub enum EventError {
     },
 }
 
+/// A count of milliseconds: a non-negative integer (`146.0` included, as
+/// JSON allows) up to `i64::MAX`, as the OpenAPI document's `int64` says.
+fn millis(v: &Value) -> Option<u64> {
+    let ms = match v.as_u64() {
+        Some(ms) => ms,
+        None => {
+            let f = v.as_f64()?;
+            if f.fract() != 0.0 || !(0.0..=i64::MAX as f64).contains(&f) {
+                return None;
+            }
+            f as u64
+        }
+    };
+    (ms <= i64::MAX as u64).then_some(ms)
+}
+
 /// Longest `method` and `callId` accepted, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;
 
@@ -64,7 +80,7 @@ impl Event {
 
     /// Validates an already parsed JSON value.
     pub fn from_value(value: Value) -> Result<Event, EventError> {
-        let Value::Object(object) = value else {
+        let Value::Object(mut object) = value else {
             return Err(field("(event)", "expected a JSON object"));
         };
         let call_id = required_str(&object, "callId")?.to_owned();
@@ -90,7 +106,7 @@ impl Event {
             }
         };
         let timestamp_ms = match object.get("timestamp") {
-            Some(v) => v.as_u64().ok_or_else(|| {
+            Some(v) => millis(v).ok_or_else(|| {
                 field(
                     "timestamp",
                     "expected milliseconds since the Unix epoch as a non-negative integer",
@@ -98,16 +114,19 @@ impl Event {
             })?,
             None => return Err(field("timestamp", "missing")),
         };
+        // Hooks see integers, even where the sender wrote `146.0`.
+        object.insert("timestamp".into(), timestamp_ms.into());
         for name in ["userId", "userName", "userIp"] {
             optional_str(&object, name)?;
         }
-        if let Some(v) = object.get("duration")
-            && !v.is_u64()
-        {
-            return Err(field(
-                "duration",
-                "expected milliseconds as a non-negative integer",
-            ));
+        if let Some(v) = object.get("duration").filter(|v| !v.is_null()) {
+            let Some(ms) = millis(v) else {
+                return Err(field(
+                    "duration",
+                    "expected milliseconds as a non-negative integer",
+                ));
+            };
+            object.insert("duration".into(), ms.into());
         }
         if let Some(v) = object.get("error")
             && !(v.is_object() || v.is_null())
@@ -207,6 +226,35 @@ mod tests {
         .unwrap();
         assert_eq!(e.phase(), Phase::Pre);
         assert!(e.payload().contains(r#""extra":{"x":1}"#));
+    }
+
+    /// What the OpenAPI document calls an `int64` of milliseconds, as
+    /// schemathesis reads it: `146.0` is one (made `146` for hooks),
+    /// 2^63 is not.
+    #[test]
+    fn milliseconds_are_integers_within_int64() {
+        let e = Event::from_json(
+            br#"{"callId":"c","method":"m","type":"post","timestamp":146.0,"duration":2.0}"#,
+        )
+        .unwrap();
+        assert_eq!(e.timestamp_ms(), 146);
+        assert!(e.payload().contains(r#""timestamp":146,"#));
+        assert!(e.payload().contains(r#""duration":2"#));
+        for bad in [
+            r#""timestamp":146.5"#,
+            r#""timestamp":9223372036854775808"#,
+            r#""timestamp":1,"duration":9223372036854775808"#,
+            r#""timestamp":1,"duration":1e300"#,
+        ] {
+            let body = format!(r#"{{"callId":"c","method":"m","type":"post",{bad}}}"#);
+            assert!(
+                matches!(
+                    Event::from_json(body.as_bytes()),
+                    Err(EventError::Field { .. })
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@
 //!   event's notifications, never a post event and never a `wait`
 //!   delivery.
 
+use crate::activity::{self, Activity};
 use crate::delivery::{Delivery, new_uid, uid_of};
 use crate::dispatch::{self, HookFailure, Runner, Verdict};
 use crate::error::Error;
@@ -62,6 +63,8 @@ pub(crate) struct Ingest {
     /// How long an event is recognised when sent again; zero: never.
     pub dedup_window: Duration,
     pub recent: Mutex<RecentVerdicts>,
+    /// What the console shows of the last events.
+    pub activity: Arc<Activity>,
 }
 
 /// The pre events seen lately, by key, and their keys oldest first.
@@ -105,7 +108,9 @@ impl Ingest {
         let hooks = self.registry.snapshot().matching(&event);
         if hooks.is_empty() {
             // No WASM call, nothing to queue: nothing to recognise either.
-            return Ok(dispatch::decide(&hooks, Vec::new()).verdict);
+            let verdict = dispatch::decide(&hooks, Vec::new()).verdict;
+            self.activity.event(&event, Vec::new(), Some(&verdict));
+            return Ok(verdict);
         }
         let (key, uid) = self.identify(&event);
         let publish = match &key {
@@ -129,6 +134,7 @@ impl Ingest {
         let permit = self.place().await;
         tokio::spawn(async move {
             let results = dispatch::run_all(&ingest.runner, &hooks, &event, &uid).await;
+            let decided = activity::summarize(&hooks, &results);
             let dispatch::PreDecisions {
                 verdict,
                 queued,
@@ -139,6 +145,7 @@ impl Ingest {
             // the caller does not wait for that commit.
             let answer = async {
                 let verdict = ingest.wait_pre(verdict, waiting).await;
+                ingest.activity.event(&event, decided, Some(&verdict));
                 if let Some(publish) = publish {
                     publish.send_replace(Some(verdict.clone()));
                 }
@@ -267,6 +274,7 @@ impl Ingest {
     pub async fn post(self: &Arc<Self>, mut event: Event) -> Result<(), Error> {
         let hooks = self.registry.snapshot().matching(&event);
         if hooks.is_empty() {
+            self.activity.event(&event, Vec::new(), None);
             return Ok(()); // no WASM call for an event nobody wants
         }
         if self.redact.iter().any(|m| m.matches(event.method())) {
@@ -348,8 +356,10 @@ impl Ingest {
     /// Runs a post event through its hooks, concurrently; returns all
     /// their deliveries (a failing hook has been logged and counted).
     async fn run_post(&self, hooks: &Hooks, event: &Event, uid: &str) -> Vec<Delivery> {
-        dispatch::run_all(&self.runner, hooks, event, uid)
-            .await
+        let results = dispatch::run_all(&self.runner, hooks, event, uid).await;
+        self.activity
+            .event(event, activity::summarize(hooks, &results), None);
+        results
             .into_iter()
             .flatten()
             .flat_map(|decision| decision.deliveries)

@@ -55,6 +55,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod activity;
 pub mod config;
 mod delivery;
 mod dispatch;
@@ -75,9 +76,9 @@ mod workers;
 
 pub use config::{Config, HookConfig, HookMode, OnError, QueueConfig, ReuseConfig};
 pub use dispatch::{HookFailure, Verdict, WouldDeny};
-pub use engine::{DryDelivery, DryOutcome, DryRun, Engine, dry_run};
+pub use engine::{Circuit, DryDelivery, DryOutcome, DryRun, Engine, ReceiverStatus, dry_run};
 pub use error::{CallError, CallSite, Error, LoadError, SettingsError, Stage};
 pub use event::{Event, EventError, Phase};
-pub use queue::{DeliveryAdmin, DeliveryInfo, Filter, QueueError, Retry};
+pub use queue::{DeliveryAdmin, DeliveryInfo, DeliveryQuery, Filter, QueueError, Retry};
 pub use registry::{Abi, HookState, HookStatus};
 pub use sandbox::Subscription;

@@ -262,8 +262,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         })?;
     let addr = listener.local_addr()?;
     tracing::info!(
-        "listening on http://{addr}: POST /v1/events, GET /v1/hooks, GET /v1/deliveries, \
-         GET /metrics, GET /healthz"
+        "listening on http://{addr}: the console at http://{addr}/, the API at /v1 \
+         (POST /v1/events; all of it in GET /v1/openapi.json), GET /metrics, GET /healthz"
     );
     if args.demo {
         tokio::spawn(demo::send_samples(addr, args.token.clone()));
@@ -374,7 +374,9 @@ async fn deliveries(args: DeliveriesArgs) -> Result<()> {
                 (_, true) => Filter::Dead,
                 _ => Filter::Pending,
             };
-            let rows = admin.list(filter, limit).await?;
+            let rows = admin
+                .list(wasmhooks::DeliveryQuery::new(filter, limit))
+                .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
                 return Ok(());

@@ -99,7 +99,7 @@ impl Snapshot {
 }
 
 /// Whether a hook is taking events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HookState {
     /// Loaded and taking events (possibly an older version, see `last_error`).
@@ -109,7 +109,7 @@ pub enum HookState {
 }
 
 /// How a hook talks to the engine (see docs/writing-hooks.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Abi {
     /// A component of the `hook` world.
@@ -119,13 +119,14 @@ pub enum Abi {
 }
 
 /// What the status API and `check` show for one hook.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HookStatus {
     /// The hook's name: its file name without `.wasm`.
     pub name: String,
     /// Live or failed.
     pub state: HookState,
     /// The `.wasm` file.
+    #[schema(value_type = String)]
     pub file: PathBuf,
     /// SHA-256 of the live version's `.wasm` and `.toml`, hex.
     pub hash: Option<String>,

@@ -4,6 +4,7 @@
 //! slots and the circuit breaker live here and nowhere else, so a slow or
 //! failing receiver holds up only its own deliveries.
 
+use crate::activity::{Activity, ReceiverFailure};
 use crate::delivery::schedule::{gave_up, retry_delay};
 use crate::delivery::{Attempt, Delivery, DeliveryPolicy, Sender, now_ms};
 use crate::metrics::{AttemptResult, Metrics};
@@ -66,12 +67,18 @@ pub(crate) struct Breaker {
     pub max_cooldown_ms: u64,
 }
 
-/// What the metrics show of a receiver.
+/// What the metrics and the status API show of a receiver.
 pub(crate) struct ReceiverView {
     pub name: String,
     pub in_flight: usize,
     /// Its circuit is open: its deliveries wait.
     pub open: bool,
+    /// Until when it is open (Unix ms).
+    pub open_until: Option<u64>,
+    /// Failed attempts in a row.
+    pub failures: u32,
+    /// Its pause is over but it has not answered since: one probe at a time.
+    pub half_open: bool,
 }
 
 /// How a `wait` delivery's wait ended: delivered, or why not.
@@ -114,6 +121,8 @@ pub(crate) struct Workers {
     policies: Policies,
     breaker: Breaker,
     metrics: Arc<Metrics>,
+    /// Where failed attempts are noted for operators.
+    activity: Arc<Activity>,
     slots: Mutex<Slots>,
     /// Callers waiting for a delivery's first final outcome, by id.
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<WaitOutcome>>>>,
@@ -152,6 +161,7 @@ impl Workers {
         registry: Arc<Registry>,
         breaker: Breaker,
         metrics: Arc<Metrics>,
+        activity: Arc<Activity>,
         keys_ms: u64,
     ) -> Arc<Workers> {
         let workers = Arc::new(Workers {
@@ -163,6 +173,7 @@ impl Workers {
             },
             breaker,
             metrics,
+            activity,
             slots: Mutex::default(),
             waiters: Mutex::default(),
             wake: Notify::new(),
@@ -245,10 +256,16 @@ impl Workers {
         slots
             .receivers
             .iter()
-            .map(|(name, r)| ReceiverView {
-                name: name.clone(),
-                in_flight: r.in_flight,
-                open: r.open_until.is_some_and(|until| until > now),
+            .map(|(name, r)| {
+                let open = r.open_until.is_some_and(|until| until > now);
+                ReceiverView {
+                    name: name.clone(),
+                    in_flight: r.in_flight,
+                    open,
+                    open_until: r.open_until.filter(|_| open),
+                    failures: r.failures,
+                    half_open: !open && r.failures >= self.breaker.failures,
+                }
             })
             .collect()
     }
@@ -617,7 +634,21 @@ impl Workers {
             Finish::Retry { .. } => AttemptResult::Retry,
             Finish::Dead { .. } => AttemptResult::Dead,
         };
-        self.metrics.attempt(&d.receiver(), counted);
+        let receiver = d.receiver();
+        self.metrics.attempt(&receiver, counted);
+        if let Finish::Retry { error, status, .. } | Finish::Dead { error, status } = &finish {
+            self.activity.failure(
+                &receiver,
+                ReceiverFailure {
+                    at_ms: now_ms(),
+                    id: d.id.clone(),
+                    hook: d.hook.to_string(),
+                    status: *status,
+                    error: error.clone(),
+                    dead: matches!(finish, Finish::Dead { .. }),
+                },
+            );
+        }
         let outcome = match &finish {
             Finish::Delivered => Some(Ok(())),
             Finish::Dead { error, .. } => Some(Err(error.clone())),

@@ -139,12 +139,17 @@ impl Delivery {
     /// The receiver, as `host:port`: the unit of concurrency limits and
     /// circuit breaking.
     pub fn receiver(&self) -> String {
-        format!(
-            "{}:{}",
-            self.url.host_str().unwrap_or(""),
-            self.url.port_or_known_default().unwrap_or(0)
-        )
+        receiver_of(&self.url)
     }
+}
+
+/// The receiver of `url`, as `host:port`.
+pub(crate) fn receiver_of(url: &url::Url) -> String {
+    format!(
+        "{}:{}",
+        url.host_str().unwrap_or(""),
+        url.port_or_known_default().unwrap_or(0)
+    )
 }
 
 /// A fresh random id for an event as it is accepted.

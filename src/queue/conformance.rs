@@ -267,7 +267,10 @@ async fn finish_retry_reschedules_and_dead_letters_can_be_retried_and_purged(mut
         claim_ids(&*queue, 1, room(1)).await.is_empty(),
         "not due yet"
     );
-    let failed = queue.list(Filter::Failed, 10).await.unwrap();
+    let failed = queue
+        .list(DeliveryQuery::new(Filter::Failed, 10))
+        .await
+        .unwrap();
     assert_eq!(failed.len(), 1);
     assert_eq!((failed[0].attempts, failed[0].last_status), (1, Some(503)));
     assert_eq!(failed[0].next_ms, Some(at_ms));
@@ -279,7 +282,10 @@ async fn finish_retry_reschedules_and_dead_letters_can_be_retried_and_purged(mut
     };
     queue.finish("msg_a".into(), 2, dead).await.unwrap();
     assert_eq!(queue.backlog().await.unwrap(), 0);
-    let dead = queue.list(Filter::Dead, 10).await.unwrap();
+    let dead = queue
+        .list(DeliveryQuery::new(Filter::Dead, 10))
+        .await
+        .unwrap();
     assert_eq!((dead[0].state, dead[0].attempts), ("dead", 2));
     assert_eq!(queue.retry(Retry::Id("msg_none".into())).await.unwrap(), 0);
     assert_eq!(queue.retry(Retry::AllDead).await.unwrap(), 1);
@@ -296,7 +302,13 @@ async fn finish_retry_reschedules_and_dead_letters_can_be_retried_and_purged(mut
         "too recent"
     );
     assert_eq!(queue.purge_dead(now_ms()).await.unwrap(), 1);
-    assert!(queue.list(Filter::Dead, 10).await.unwrap().is_empty());
+    assert!(
+        queue
+            .list(DeliveryQuery::new(Filter::Dead, 10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn depth_counts_per_receiver(mut b: impl Backend) {
@@ -311,6 +323,52 @@ async fn depth_counts_per_receiver(mut b: impl Backend) {
     assert_eq!(depth["a.test:80"].pending, 2);
     assert_eq!(depth["b.test:80"].pending, 1);
     assert!(depth["a.test:80"].oldest_ms.is_some());
+}
+
+async fn lists_filter_by_hook_and_receiver_and_page(mut b: impl Backend) {
+    let queue = b.open().await;
+    let of = |id: &str, hook: &str, receiver: &str| {
+        let mut d = delivery(id, receiver);
+        d.hook = hook.into();
+        d
+    };
+    let ds = vec![
+        of("msg_1", "slack", "a.test:80"),
+        of("msg_2", "cmdb", "a.test:80"),
+        of("msg_3", "slack", "b.test:8080"),
+        of("msg_4", "slack", "a.test:80"),
+        of("msg_5", "slack", "a.test:80"),
+    ];
+    queue.commit(queued(ds)).await.unwrap();
+    let ids = |rows: Vec<DeliveryInfo>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    let all = queue
+        .list(DeliveryQuery::new(Filter::Pending, 10))
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 5);
+    assert_eq!(all[2].receiver, "b.test:8080");
+    let mut q = DeliveryQuery::new(Filter::Pending, 10);
+    q.hook = Some("slack".into());
+    q.receiver = Some("a.test:80".into());
+    let mut matching = ids(queue.list(q.clone()).await.unwrap());
+    matching.sort();
+    assert_eq!(matching, ["msg_1", "msg_4", "msg_5"]);
+    // Page by page, two at a time, each after the last row of the one before.
+    q.limit = 2;
+    let mut pages = Vec::new();
+    loop {
+        let page = queue.list(q.clone()).await.unwrap();
+        let Some(last) = page.last() else { break };
+        q.after = Some((last.created_ms, last.id.clone()));
+        pages.push(ids(page));
+    }
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [2, 1]);
+    let mut paged = pages.concat();
+    paged.sort();
+    assert_eq!(paged, matching, "every matching row once");
+    let mut none = DeliveryQuery::new(Filter::Dead, 10);
+    none.hook = Some("slack".into());
+    assert!(queue.list(none).await.unwrap().is_empty());
 }
 
 async fn a_new_run_reclaims_the_last_runs_claims_and_journal(mut b: impl Backend) {
@@ -370,7 +428,10 @@ async fn operators_never_touch_claims(mut b: impl Backend) {
         .unwrap();
     assert_eq!(claim_ids(&*queue, 10, room(8)).await, ["msg_a"]);
     for _ in 0..3 {
-        let listed = admin.list(Filter::Pending, 10).await.unwrap();
+        let listed = admin
+            .list(DeliveryQuery::new(Filter::Pending, 10))
+            .await
+            .unwrap();
         assert_eq!(listed.len(), 1);
         drop(b.admin().await); // another operator command opening the store
         assert_eq!(admin.retry(Retry::AllDead).await.unwrap(), 0);
@@ -398,6 +459,7 @@ macro_rules! backends {
                     claims_respect_room_and_pauses_and_tell_when_next_is_due,
                     finish_retry_reschedules_and_dead_letters_can_be_retried_and_purged,
                     depth_counts_per_receiver,
+                    lists_filter_by_hook_and_receiver_and_page,
                     a_new_run_reclaims_the_last_runs_claims_and_journal,
                     operators_never_touch_claims,
                 );

@@ -162,7 +162,9 @@ pub(crate) enum Finish {
 }
 
 /// Which deliveries to list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Filter {
     /// Waiting to be sent, retries included.
@@ -183,8 +185,48 @@ pub enum Retry {
     AllDead,
 }
 
+/// Which deliveries to list ([`Engine::find_deliveries`](crate::Engine::find_deliveries)),
+/// oldest first: one page of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryQuery {
+    /// Pending, failed or dead.
+    pub state: Filter,
+    /// Only the deliveries this hook asked for.
+    pub hook: Option<String>,
+    /// Only the deliveries to this receiver (`host:port`).
+    pub receiver: Option<String>,
+    /// Only those after this delivery in the listing's order, given by its
+    /// `created_ms` and `id`: the last row of the previous page.
+    pub after: Option<(u64, String)>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+impl DeliveryQuery {
+    /// The first `limit` deliveries in `state`, of every hook and receiver.
+    pub fn new(state: Filter, limit: usize) -> DeliveryQuery {
+        DeliveryQuery {
+            state,
+            hook: None,
+            receiver: None,
+            after: None,
+            limit,
+        }
+    }
+
+    /// Whether `info` is one this query asks for, its state aside.
+    fn wants(&self, info: &DeliveryInfo) -> bool {
+        self.hook.as_ref().is_none_or(|h| *h == info.hook)
+            && self.receiver.as_ref().is_none_or(|r| *r == info.receiver)
+            && self
+                .after
+                .as_ref()
+                .is_none_or(|(ms, id)| (info.created_ms, info.id.as_str()) > (*ms, id.as_str()))
+    }
+}
+
 /// A queued delivery, as operators see it (no body).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct DeliveryInfo {
     /// The `webhook-id`.
     pub id: String,
@@ -192,7 +234,10 @@ pub struct DeliveryInfo {
     pub hook: String,
     /// The receiver's URL.
     pub url: String,
+    /// The receiver: the URL's `host:port`.
+    pub receiver: String,
     /// `pending` or `dead`.
+    #[schema(value_type = String, pattern = "^(pending|dead)$")]
     pub state: &'static str,
     /// Attempts made.
     pub attempts: u32,
@@ -275,8 +320,8 @@ pub(crate) trait Queue: Send + Sync + 'static {
     fn finish(&self, id: String, attempts: u32, how: Finish) -> Fut<'_, ()>;
     /// Pending deliveries, claimed or not, and journaled events.
     fn backlog(&self) -> Fut<'_, usize>;
-    /// Deliveries matching `filter`, oldest first.
-    fn list(&self, filter: Filter, limit: usize) -> Fut<'_, Vec<DeliveryInfo>>;
+    /// Deliveries matching `query`, oldest first.
+    fn list(&self, query: DeliveryQuery) -> Fut<'_, Vec<DeliveryInfo>>;
     /// Makes dead letters pending again, due now, with a fresh schedule.
     /// Returns how many.
     fn retry(&self, which: Retry) -> Fut<'_, usize>;
@@ -347,13 +392,9 @@ impl DeliveryAdmin {
         }
     }
 
-    /// Deliveries matching `filter`, oldest first.
-    pub async fn list(
-        &self,
-        filter: Filter,
-        limit: usize,
-    ) -> Result<Vec<DeliveryInfo>, QueueError> {
-        self.queue.list(filter, limit).await
+    /// Deliveries matching `query`, oldest first.
+    pub async fn list(&self, query: DeliveryQuery) -> Result<Vec<DeliveryInfo>, QueueError> {
+        self.queue.list(query).await
     }
 
     /// Makes dead letters pending again, due now; a running engine picks

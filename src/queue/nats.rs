@@ -155,6 +155,9 @@ impl Record {
             id: self.id.clone(),
             hook: self.hook.clone(),
             url: self.url.clone(),
+            receiver: url::Url::parse(&self.url)
+                .map(|u| crate::delivery::receiver_of(&u))
+                .unwrap_or_default(),
             state,
             attempts: self.attempts,
             created_ms: self.created_ms,
@@ -1096,9 +1099,10 @@ impl Queue for NatsQueue {
         })
     }
 
-    fn list(&self, filter: Filter, limit: usize) -> Fut<'_, Vec<DeliveryInfo>> {
+    fn list(&self, query: DeliveryQuery) -> Fut<'_, Vec<DeliveryInfo>> {
         Box::pin(async move {
             let p = &self.streams.prefix;
+            let filter = query.state;
             let (stream, subject, state) = match filter {
                 Filter::Pending | Filter::Failed => {
                     (&self.streams.deliveries, format!("{p}.*.*"), "pending")
@@ -1107,21 +1111,23 @@ impl Queue for NatsQueue {
             };
             // By id: while a delivery changes state, its old version is
             // removed just after the new one is stored (later in the
-            // stream), and only the newest is shown.
+            // stream), and only the newest is shown. In stream order, which
+            // is the order of their last change, not of their creation.
             let mut found: HashMap<String, DeliveryInfo> = HashMap::new();
             NatsQueue::scan(stream, &subject, |_, payload| {
                 if let Some((record, body)) = Record::decode(payload) {
-                    if filter == Filter::Failed && record.attempts == 0 {
+                    let info = record.info(state, body.len());
+                    if (filter == Filter::Failed && record.attempts == 0) || !query.wants(&info) {
                         found.remove(&record.id);
                     } else {
-                        found.insert(record.id.clone(), record.info(state, body.len()));
+                        found.insert(record.id.clone(), info);
                     }
                 }
-                found.len() < limit
+                found.len() < query.limit
             })
             .await?;
             let mut out: Vec<DeliveryInfo> = found.into_values().collect();
-            out.sort_by_key(|i| i.created_ms);
+            out.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
             Ok(out)
         })
     }

@@ -6,8 +6,8 @@
 //! the cost of a commit is shared by everything that arrived meanwhile.
 
 use super::{
-    Batch, Claim, Claimed, Committed, DeliveryInfo, Depth, Filter, Finish, Fut, Journaled, Queue,
-    QueueError, Retry, Room,
+    Batch, Claim, Claimed, Committed, DeliveryInfo, DeliveryQuery, Depth, Filter, Finish, Fut,
+    Journaled, Queue, QueueError, Retry, Room,
 };
 use crate::delivery::{Delivery, QueuedUnder, now_ms};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -503,24 +503,44 @@ impl Queue for SqliteQueue {
         })
     }
 
-    fn list(&self, filter: Filter, limit: usize) -> Fut<'_, Vec<DeliveryInfo>> {
+    fn list(&self, query: DeliveryQuery) -> Fut<'_, Vec<DeliveryInfo>> {
         self.call(move |conn| {
-            let condition = match filter {
+            use rusqlite::types::Value;
+            let mut sql = String::from(
+                "SELECT id, hook, url, dead, attempts, created_ms, next_ms, last_error,
+                        last_status, length(body), receiver
+                 FROM deliveries WHERE ",
+            );
+            sql.push_str(match query.state {
                 Filter::Pending => "dead = 0",
                 Filter::Failed => "dead = 0 AND attempts > 0",
                 Filter::Dead => "dead = 1",
-            };
-            let mut stmt = conn.prepare(&format!(
-                "SELECT id, hook, url, dead, attempts, created_ms, next_ms, last_error,
-                        last_status, length(body)
-                 FROM deliveries WHERE {condition} ORDER BY created_ms, id LIMIT ?1"
-            ))?;
-            let rows = stmt.query_map([to_sql(limit as u64)], |r| {
+            });
+            let mut args: Vec<Value> = Vec::new();
+            if let Some(hook) = query.hook {
+                args.push(Value::Text(hook));
+                sql.push_str(&format!(" AND hook = ?{}", args.len()));
+            }
+            if let Some(receiver) = query.receiver {
+                args.push(Value::Text(receiver));
+                sql.push_str(&format!(" AND receiver = ?{}", args.len()));
+            }
+            if let Some((ms, id)) = query.after {
+                args.push(Value::Integer(to_sql(ms)));
+                args.push(Value::Text(id));
+                let n = args.len();
+                sql.push_str(&format!(" AND (created_ms, id) > (?{}, ?{n})", n - 1));
+            }
+            args.push(Value::Integer(to_sql(query.limit as u64)));
+            sql.push_str(&format!(" ORDER BY created_ms, id LIMIT ?{}", args.len()));
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
                 let dead: bool = r.get(3)?;
                 Ok(DeliveryInfo {
                     id: r.get(0)?,
                     hook: r.get(1)?,
                     url: r.get(2)?,
+                    receiver: r.get(10)?,
                     state: if dead { "dead" } else { "pending" },
                     attempts: r.get(4)?,
                     created_ms: from_sql(r.get(5)?),

@@ -52,7 +52,7 @@ pub(super) fn guest_log(hook: &str, level: wit::Level, line: &str) {
     }
 }
 
-pub(super) fn truncate(s: &str, max: usize) -> &str {
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

@@ -39,7 +39,8 @@ mod warm;
 use cache::DiskCache;
 pub(crate) use component::{Hook, HookPre};
 pub(crate) use host::HostState;
-use host::{MemoryLimiter, truncate};
+use host::MemoryLimiter;
+pub(crate) use host::truncate;
 pub(crate) use preinit::SetUp;
 use session::Session;
 pub(crate) use warm::{WarmPool, built_by_go};
@@ -65,7 +66,7 @@ const MAX_LOG_LINES: u32 = 100;
 const MAX_LOG_LINE: usize = 4096;
 
 /// A hook's subscription, as returned by `setup`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Subscription {
     /// Method globs.
     pub methods: Vec<String>,

@@ -3,52 +3,98 @@
 //! - `POST /v1/events`: one event. A pre event gets the verdict (200), a post
 //!   event 202 once accepted. A malformed event gets 400 naming the field.
 //! - `GET /v1/hooks`: status, version and last error of every hook.
-//! - `GET /v1/deliveries?state=pending|failed|dead&limit=N`: queued deliveries.
+//! - `GET /v1/deliveries?state=pending|failed|dead&limit=N&hook=H&receiver=R`:
+//!   queued deliveries, a page at a time (`after=CREATED_MS:ID`).
 //! - `POST /v1/deliveries/retry` with `{"id": "msg_…"}` or `{"all_dead": true}`:
 //!   send dead letters again.
+//! - `GET /v1/receivers`: each receiver's circuit, depth and last failures.
+//! - `GET /v1/activity`: the last events and what each hook decided.
 //! - `GET /metrics`: Prometheus metrics.
 //! - `GET /healthz`: liveness.
+//! - `GET /v1/openapi.json`: the OpenAPI document of all of the above,
+//!   generated from the handlers (`routes.rs`).
+//! - `GET /`: the operator console (`console.rs`).
 //!
-//! With [`require_token`], every route but `/healthz` wants
+//! With [`require_token`], every route but `/healthz` and `/` wants
 //! `Authorization: Bearer TOKEN`. [`serve`] serves it with connection
 //! limits and header timeouts; the router itself reads each body within
 //! [`HttpConfig::body_timeout_ms`](crate::config::HttpConfig::body_timeout_ms)
 //! and refuses more than [`MAX_EVENT_BYTES`].
 
+mod console;
 mod listen;
+mod openapi;
+mod routes;
 
 pub use listen::{OVERFLOW_CONNECTIONS, serve};
+pub use routes::MAX_LIST;
 
-use crate::{Engine, Error, Event, Filter, Phase, Retry, SettingsError};
+use crate::{Engine, SettingsError};
 use axum::body::Body;
-use axum::extract::{Query, Request, State};
+use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use bytes::Bytes;
+use axum::{Extension, Json, Router};
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 use std::time::Duration;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Largest event body accepted, in bytes.
 pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
 
-/// The API's routes, ready to [`serve`] or to merge into a bigger router.
+/// The API's routes and the console, ready to [`serve`] or to merge into a
+/// bigger router.
 pub fn router(engine: Engine) -> Router {
     let body_timeout = Duration::from_millis(engine.config().http.body_timeout_ms);
-    Router::new()
-        .route("/v1/events", post(ingest))
-        .route("/v1/hooks", get(hooks))
-        .route("/v1/deliveries", get(deliveries))
-        .route("/v1/deliveries/retry", post(retry))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+    let (router, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(routes::ingest))
+        .routes(routes!(routes::hooks))
+        .routes(routes!(routes::deliveries))
+        .routes(routes!(routes::retry))
+        .routes(routes!(routes::receivers))
+        .routes(routes!(routes::activity))
+        .routes(routes!(routes::metrics))
+        .routes(routes!(routes::healthz))
+        .routes(routes!(openapi_json))
+        .routes(routes!(console::page))
+        .split_for_parts();
+    let mut doc = doc;
+    utoipa::Modify::modify(&openapi::Shared, &mut doc);
+    let doc: Arc<str> = doc
+        .to_pretty_json()
+        .expect("the document serializes")
+        .into();
+    router
+        .layer(Extension(OpenApiJson(doc)))
         .layer(axum::middleware::from_fn(move |request, next| {
             read_body(body_timeout, request, next)
         }))
         .with_state(engine)
+}
+
+/// The OpenAPI document, serialized once.
+#[derive(Clone)]
+struct OpenApiJson(Arc<str>);
+
+/// This API's OpenAPI 3.1 document: every route, parameter, body, status
+/// and error shape.
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "operations",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object))
+)]
+async fn openapi_json(Extension(OpenApiJson(doc)): Extension<OpenApiJson>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        doc.to_string(),
+    )
+        .into_response()
 }
 
 /// Reads the request's body within `timeout` and up to [`MAX_EVENT_BYTES`]
@@ -117,8 +163,8 @@ pub fn check_token(token: &str) -> Result<(), SettingsError> {
     Ok(())
 }
 
-/// Puts `router` behind a bearer token: every route but `/healthz` answers
-/// 401 unless the request has `Authorization: Bearer TOKEN`. Refuses a
+/// Puts `router` behind a bearer token: every route but `/healthz` and the
+/// console's page (which asks for the token and sends it) answers 401 unless the request has `Authorization: Bearer TOKEN`. Refuses a
 /// token shorter than [`MIN_TOKEN_CHARS`] or with whitespace in it.
 pub fn require_token(router: Router, token: &str) -> Result<Router, SettingsError> {
     check_token(token)?;
@@ -131,7 +177,7 @@ pub fn require_token(router: Router, token: &str) -> Result<Router, SettingsErro
                 .get(axum::http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "));
-            let allowed = request.uri().path() == "/healthz"
+            let allowed = openapi::OPEN_PATHS.contains(&request.uri().path())
                 || given
                     .is_some_and(|t| <[u8; 32]>::from(Sha256::digest(t.as_bytes())) == expected);
             if allowed {
@@ -153,102 +199,6 @@ pub fn require_token(router: Router, token: &str) -> Result<Router, SettingsErro
     )))
 }
 
-async fn ingest(State(engine): State<Engine>, body: Bytes) -> Response {
-    let event = match Event::from_json(&body) {
-        Ok(event) => event,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    let result = match event.phase() {
-        Phase::Pre => engine
-            .pre(event)
-            .await
-            .map(|verdict| Json(verdict).into_response()),
-        Phase::Post => engine
-            .post(event)
-            .await
-            .map(|()| (StatusCode::ACCEPTED, Json(json!({"accepted": true}))).into_response()),
-    };
-    result.unwrap_or_else(|e: Error| {
-        // The queue could not take it: the sender should retry later.
-        let status = match e {
-            Error::Queue(_) => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        error(status, e.to_string())
-    })
-}
-
-async fn hooks(State(engine): State<Engine>) -> Response {
-    Json(engine.hooks()).into_response()
-}
-
-async fn metrics(State(engine): State<Engine>) -> Response {
-    match engine.metrics().await {
-        Ok(text) => (
-            [(
-                axum::http::header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    #[serde(default)]
-    state: Filter,
-    limit: Option<usize>,
-}
-
-/// Most deliveries one `GET /v1/deliveries` lists.
-pub const MAX_LIST: usize = 1000;
-
-async fn deliveries(State(engine): State<Engine>, Query(q): Query<ListQuery>) -> Response {
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=MAX_LIST).contains(&limit) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("limit must be within 1..={MAX_LIST}"),
-        );
-    }
-    match engine.deliveries(q.state, limit).await {
-        Ok(rows) => Json(rows).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RetryRequest {
-    id: Option<String>,
-    #[serde(default)]
-    all_dead: bool,
-}
-
-async fn retry(State(engine): State<Engine>, Json(r): Json<RetryRequest>) -> Response {
-    let which = match (r.id, r.all_dead) {
-        (Some(id), false) => Retry::Id(id),
-        (None, true) => Retry::AllDead,
-        _ => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "give either \"id\" or \"all_dead\": true".into(),
-            );
-        }
-    };
-    match engine.retry(which.clone()).await {
-        Ok(0) if matches!(which, Retry::Id(_)) => {
-            error(StatusCode::NOT_FOUND, "no dead letter with that id".into())
-        }
-        Ok(n) => Json(json!({ "requeued": n })).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-fn error(status: StatusCode, message: String) -> Response {
+pub(crate) fn error(status: StatusCode, message: String) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }

@@ -144,7 +144,10 @@ async fn a_sigkilled_engine_sends_wait_deliveries_after_restart() {
     let admin = wasmhooks::DeliveryAdmin::open(state).unwrap();
     crate::eventually("every wait delivery queued", || async {
         admin
-            .list(wasmhooks::Filter::Pending, 1000)
+            .list(wasmhooks::DeliveryQuery::new(
+                wasmhooks::Filter::Pending,
+                1000,
+            ))
             .await
             .unwrap()
             .len()
@@ -208,7 +211,13 @@ async fn sigterm_lets_deliveries_in_flight_finish_and_exits_0() {
     assert_eq!(status.code(), Some(0), "a clean stop");
     assert_eq!(receiver.received().len(), N);
     let admin = wasmhooks::DeliveryAdmin::open(state).unwrap();
-    let pending = admin.list(wasmhooks::Filter::Pending, 100).await.unwrap();
+    let pending = admin
+        .list(wasmhooks::DeliveryQuery::new(
+            wasmhooks::Filter::Pending,
+            100,
+        ))
+        .await
+        .unwrap();
     assert!(pending.is_empty(), "all recorded as delivered: {pending:?}");
     // A restart finds nothing to send again.
     let engine = Serve::start(hooks, state, config);

@@ -4,6 +4,7 @@
 mod bad_files;
 mod cli;
 mod clients;
+mod console;
 mod crash;
 mod delivery;
 mod examples;
@@ -11,6 +12,7 @@ mod hostile;
 mod languages;
 mod monitor;
 mod nats;
+mod openapi;
 mod pipeline;
 mod preinit;
 mod reload;

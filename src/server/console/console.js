@@ -1,0 +1,367 @@
+// The wasmhooks operator console. It reads the same HTTP API as everyone
+// else (every route it calls is in /v1/openapi.json), polls it every
+// couple of seconds, and builds the page with textContent only: what hooks
+// and receivers wrote is shown, never interpreted.
+'use strict';
+
+const POLL_MS = Number(new URLSearchParams(location.search).get('poll_ms')) || 2000;
+const HOOKS_PER_PAGE = 100;
+const DELIVERIES_PER_PAGE = 50;
+const TOKEN_KEY = 'wasmhooks-token';
+
+const $ = (selector, root = document) => root.querySelector(selector);
+
+/** An element with attributes and children (strings become text). */
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name === 'class') node.className = value;
+    else if (name.startsWith('on')) node.addEventListener(name.slice(2), value);
+    else if (name.startsWith('data-')) node.setAttribute(name, value);
+    else node[name] = value;
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+const badge = (text, cls = text) => el('span', { class: `badge ${cls}` }, text);
+
+function age(ms) {
+  if (ms === null || ms === undefined) return '';
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  return `${Math.floor(s / 86400)} d`;
+}
+const agoText = at => (at ? `${age(Date.now() - at)} ago` : '');
+const untilText = at => (at ? (at <= Date.now() ? 'now' : `in ${age(at - Date.now())}`) : '');
+// Times relative to now, kept current on every poll (see updateTimes).
+const ago = at => el('span', { 'data-ago': at }, agoText(at));
+const until = at => el('span', { 'data-until': at }, untilText(at));
+function updateTimes() {
+  for (const node of document.querySelectorAll('[data-ago]')) node.textContent = agoText(Number(node.dataset.ago));
+  for (const node of document.querySelectorAll('[data-until]')) node.textContent = untilText(Number(node.dataset.until));
+}
+
+// ---- the API -------------------------------------------------------------
+
+class Unauthorized extends Error {}
+
+let token = sessionStorage.getItem(TOKEN_KEY) || '';
+
+async function api(path, { method = 'GET', body } = {}) {
+  const headers = {};
+  if (token) headers.Authorization = `Bearer ${token}`;
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  const response = await fetch(path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+    cache: 'no-store',
+  });
+  if (response.status === 401) throw new Unauthorized();
+  const data = await response.json().catch(() => null);
+  if (!response.ok) {
+    const error = new Error((data && data.error) || `${method} ${path}: ${response.status}`);
+    error.status = response.status;
+    throw error;
+  }
+  return data;
+}
+
+// ---- state ----------------------------------------------------------------
+
+const state = {
+  hooks: [],
+  hooksPage: 0,
+  deliveries: { cursors: [null], rows: [], more: false },
+  receivers: [],
+  lastJson: {},
+};
+
+/** Whether `json` differs from what `key` last rendered (keeps a poll cheap). */
+function changed(key, value) {
+  const json = JSON.stringify(value);
+  if (state.lastJson[key] === json) return false;
+  state.lastJson[key] = json;
+  return true;
+}
+
+// ---- hooks ----------------------------------------------------------------
+
+function hookRows() {
+  const search = $('#hook-search').value.trim().toLowerCase();
+  const hooks = state.hooks
+    .filter(h => !search || h.name.toLowerCase().includes(search))
+    // Failed first: what needs a look.
+    .sort((a, b) => (a.state === b.state ? a.name.localeCompare(b.name) : a.state === 'failed' ? -1 : 1));
+  const pages = Math.max(1, Math.ceil(hooks.length / HOOKS_PER_PAGE));
+  state.hooksPage = Math.min(state.hooksPage, pages - 1);
+  $('#hooks-page').textContent = `${state.hooksPage + 1} / ${pages} (${hooks.length})`;
+  $('#hooks-prev').disabled = state.hooksPage === 0;
+  $('#hooks-next').disabled = state.hooksPage >= pages - 1;
+  return hooks.slice(state.hooksPage * HOOKS_PER_PAGE, (state.hooksPage + 1) * HOOKS_PER_PAGE);
+}
+
+function renderHooks() {
+  const body = $('#hooks tbody');
+  const rows = hookRows().map(h => {
+    const e = h.last_error;
+    const why = e && el('div', { class: 'why error' },
+      h.state === 'live' ? 'a new version failed; the last good one serves. ' : '',
+      el('span', { class: 'mono', 'data-field': 'file' }, e.file), ': ',
+      el('strong', { 'data-field': 'stage' }, e.stage), ' failed: ',
+      el('span', { 'data-field': 'reason' }, e.reason));
+    const sub = h.subscription
+      ? `${h.subscription.methods.join(', ')} (${h.subscription.phases.join(', ')})`
+      : '';
+    return el('tr', { 'data-hook': h.name, 'data-state': h.state },
+      el('td', {}, el('strong', {}, h.name), why),
+      el('td', {}, badge(h.state), h.mode === 'monitor' ? [' ', badge('monitor', 'would-deny')] : null,
+        h.wait ? [' ', badge('wait', 'pending')] : null),
+      el('td', {}, h.abi || ''),
+      el('td', {}, h.hash ? el('span', { class: 'mono', title: h.hash }, h.hash.slice(0, 12)) : '',
+        h.loaded_at ? el('div', { class: 'muted' }, `loaded ${h.loaded_at}`) : null),
+      el('td', { class: 'mono' }, sub),
+      el('td', { class: 'num' }, h.calls),
+      el('td', { class: 'num' }, h.errors),
+      el('td', { class: 'num' }, h.timeouts),
+      el('td', { class: 'num' }, h.warm ?? ''));
+  });
+  body.replaceChildren(...rows);
+  $('#hooks .empty').hidden = state.hooks.length > 0;
+}
+
+async function loadHooks() {
+  const hooks = await api('/v1/hooks');
+  if (!changed('hooks', hooks)) return;
+  state.hooks = hooks;
+  renderHooks();
+  fillSelect($('#delivery-hook'), hooks.map(h => h.name), 'every hook');
+}
+
+/** Keeps `select`'s options in line with `values`, and its choice. */
+function fillSelect(select, values, all) {
+  const chosen = select.value;
+  const options = [...new Set(values)].sort();
+  if (chosen && !options.includes(chosen)) options.push(chosen);
+  select.replaceChildren(el('option', { value: '' }, all), ...options.map(v => el('option', { value: v }, v)));
+  select.value = chosen;
+}
+
+// ---- deliveries -------------------------------------------------------------
+
+function deliveryQuery() {
+  const params = new URLSearchParams({ state: $('#delivery-state').value, limit: DELIVERIES_PER_PAGE });
+  const hook = $('#delivery-hook').value;
+  const receiver = $('#delivery-receiver').value;
+  if (hook) params.set('hook', hook);
+  if (receiver) params.set('receiver', receiver);
+  const cursor = state.deliveries.cursors.at(-1);
+  if (cursor) params.set('after', `${cursor.created_ms}:${cursor.id}`);
+  return `/v1/deliveries?${params}`;
+}
+
+async function loadDeliveries() {
+  const rows = await api(deliveryQuery());
+  if (!changed('deliveries', rows)) return;
+  state.deliveries.rows = rows;
+  renderDeliveries();
+}
+
+function renderDeliveries() {
+  const { rows, cursors } = state.deliveries;
+  const tr = d => {
+    const retrying = d.state === 'pending' && d.attempts > 0;
+    const shown = retrying ? 'retrying' : d.state;
+    return el('tr', { 'data-id': d.id, 'data-state': d.state },
+      el('td', { class: 'mono' }, d.id),
+      el('td', {}, d.hook),
+      el('td', { class: 'mono', title: d.url }, d.receiver),
+      el('td', {}, badge(shown)),
+      el('td', { class: 'num' }, d.attempts),
+      el('td', { class: 'why' }, d.last_error || ''),
+      el('td', {}, ago(d.created_ms)),
+      el('td', {}, d.state === 'dead' ? '' : until(d.next_ms)),
+      el('td', {}, d.state === 'dead'
+        ? el('button', { type: 'button', class: 'retry', onclick: () => retry({ id: d.id }) }, 'Retry')
+        : null));
+  };
+  $('#deliveries tbody').replaceChildren(...rows.map(tr));
+  $('#deliveries .empty').hidden = rows.length > 0;
+  $('#deliveries-next').disabled = rows.length < DELIVERIES_PER_PAGE;
+  $('#deliveries-first').disabled = cursors.length === 1;
+}
+
+async function retry(which) {
+  const message = $('#deliveries-message');
+  try {
+    const { requeued } = await api('/v1/deliveries/retry', { method: 'POST', body: which });
+    message.textContent = `${requeued} dead letter${requeued === 1 ? '' : 's'} queued again`;
+  } catch (e) {
+    if (e instanceof Unauthorized) return askForToken();
+    message.textContent = `Retry failed: ${e.message}`;
+  }
+  await refresh();
+}
+
+function resetDeliveries() {
+  state.deliveries.cursors = [null];
+  delete state.lastJson.deliveries;
+  refresh();
+}
+
+// ---- receivers -----------------------------------------------------------------
+
+async function loadReceivers() {
+  const receivers = await api('/v1/receivers');
+  state.receivers = receivers;
+  fillSelect($('#delivery-receiver'), receivers.map(r => r.receiver), 'every receiver');
+  renderSummary();
+  if (!changed('receivers', receivers.map(r => ({ ...r, oldest_pending_age_ms: null })))) {
+    // Only the ages moved: update them in place.
+    for (const r of receivers) {
+      const cell = $(`#receivers tr[data-receiver="${CSS.escape(r.receiver)}"] .oldest`);
+      if (cell) cell.textContent = age(r.oldest_pending_age_ms);
+    }
+    return;
+  }
+  const rows = receivers.map(r => el('tr', { 'data-receiver': r.receiver, 'data-circuit': r.circuit },
+    el('td', { class: 'mono' }, r.receiver),
+    el('td', {}, badge(r.circuit), r.open_until_ms ? el('div', { class: 'muted' }, 'probe ', until(r.open_until_ms)) : null,
+      r.failures_in_a_row ? el('div', { class: 'muted' }, `${r.failures_in_a_row} failures in a row`) : null),
+    el('td', { class: 'num' }, r.in_flight),
+    el('td', { class: 'num' }, r.pending),
+    el('td', { class: 'num' }, r.dead),
+    el('td', { class: 'oldest' }, age(r.oldest_pending_age_ms)),
+    el('td', {}, el('ul', { class: 'decisions' }, r.recent_failures.map(f =>
+      el('li', { class: 'why' }, el('span', { class: 'muted' }, ago(f.at_ms)), ' ',
+        f.dead ? badge('dead') : badge('retrying'), ' ', f.hook, ': ', f.error))))));
+  $('#receivers tbody').replaceChildren(...rows);
+  $('#receivers .empty').hidden = receivers.length > 0;
+}
+
+// ---- activity ------------------------------------------------------------------
+
+async function loadActivity() {
+  const events = await api('/v1/activity?limit=50');
+  if (!changed('activity', events)) return;
+  const verdict = e => {
+    if (e.phase !== 'pre') return '';
+    return e.allowed ? badge('allowed') : [badge('denied'), ` by ${e.denied_by}`];
+  };
+  const decision = h => el('li', { 'data-hook': h.hook, 'data-decision': h.decision },
+    el('strong', {}, h.hook), ' ',
+    badge(h.decision === 'queued' ? `${h.deliveries} ${h.deliveries === 1 ? 'delivery' : 'deliveries'}` : h.decision, h.decision),
+    h.decision !== 'queued' && h.deliveries ? ` + ${h.deliveries} deliveries` : '',
+    h.reason ? el('span', { class: 'why' }, ` ${h.reason}`) : '');
+  const rows = events.map(e => el('tr', { 'data-call-id': e.call_id, 'data-phase': e.phase },
+    el('td', {}, ago(e.at_ms)),
+    el('td', {}, el('strong', {}, e.method), ' ', badge(e.phase, 'skipped')),
+    el('td', { class: 'mono' }, e.call_id),
+    el('td', {}, verdict(e)),
+    el('td', {}, e.hooks.length
+      ? el('ul', { class: 'decisions' }, e.hooks.map(decision), e.more_hooks ? el('li', { class: 'muted' }, `and ${e.more_hooks} more`) : null)
+      : el('span', { class: 'muted' }, 'no hook subscribed'))));
+  $('#activity tbody').replaceChildren(...rows);
+  $('#activity .empty').hidden = events.length > 0;
+}
+
+// ---- the page --------------------------------------------------------------------
+
+function renderSummary() {
+  const live = state.hooks.filter(h => h.state === 'live').length;
+  const failed = state.hooks.filter(h => h.state === 'failed' || h.last_error).length;
+  const sum = key => state.receivers.reduce((n, r) => n + r[key], 0);
+  const open = state.receivers.filter(r => r.circuit !== 'closed').length;
+  $('#summary').replaceChildren(
+    el('span', { 'data-count': 'live' }, `${live} live`),
+    el('span', { 'data-count': 'failing-hooks' }, `${failed} failing to load`),
+    el('span', { 'data-count': 'pending' }, `${sum('pending')} pending`),
+    el('span', { 'data-count': 'dead' }, `${sum('dead')} dead`),
+    el('span', { 'data-count': 'open' }, `${open} circuits not closed`));
+}
+
+let timer = null;
+let running = null;
+
+/** One round of polling; overlapping calls share it. */
+function refresh() {
+  running ??= (async () => {
+    try {
+      await Promise.all([loadHooks(), loadDeliveries(), loadReceivers(), loadActivity()]);
+      renderSummary();
+      updateTimes();
+      setStatus(`updated ${new Date().toLocaleTimeString()}`);
+      showApp();
+    } catch (e) {
+      if (e instanceof Unauthorized) askForToken();
+      else setStatus(`cannot reach the engine: ${e.message}`, true);
+    } finally {
+      running = null;
+    }
+  })();
+  return running;
+}
+
+function setStatus(text, error = false) {
+  const status = $('#status');
+  status.textContent = text;
+  status.classList.toggle('error', error);
+}
+
+function showApp() {
+  $('#login').hidden = true;
+  $('#app').hidden = false;
+  $('#forget-token').hidden = !token;
+  if (!timer) timer = setInterval(refresh, POLL_MS);
+}
+
+function askForToken() {
+  clearInterval(timer);
+  timer = null;
+  $('#app').hidden = true;
+  // Nothing of the engine stays on the page without the token.
+  for (const body of document.querySelectorAll('#app tbody')) body.replaceChildren();
+  $('#summary').replaceChildren();
+  state.lastJson = {};
+  $('#login').hidden = false;
+  $('#token-error').textContent = token ? 'That token was refused.' : '';
+  setStatus('a token is needed');
+  $('#token-input').focus();
+}
+
+$('#token-form').addEventListener('submit', event => {
+  event.preventDefault();
+  token = $('#token-input').value.trim();
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $('#token-input').value = '';
+  refresh();
+});
+$('#forget-token').addEventListener('click', () => {
+  token = '';
+  sessionStorage.removeItem(TOKEN_KEY);
+  askForToken();
+});
+$('#hook-search').addEventListener('input', () => { state.hooksPage = 0; renderHooks(); });
+$('#hooks-prev').addEventListener('click', () => { state.hooksPage--; renderHooks(); });
+$('#hooks-next').addEventListener('click', () => { state.hooksPage++; renderHooks(); });
+for (const id of ['#delivery-state', '#delivery-hook', '#delivery-receiver']) {
+  $(id).addEventListener('change', resetDeliveries);
+}
+$('#deliveries-next').addEventListener('click', () => {
+  const last = state.deliveries.rows.at(-1);
+  if (!last) return;
+  state.deliveries.cursors.push({ created_ms: last.created_ms, id: last.id });
+  delete state.lastJson.deliveries;
+  refresh();
+});
+$('#deliveries-first').addEventListener('click', resetDeliveries);
+$('#retry-all').addEventListener('click', () => retry({ all_dead: true }));
+
+refresh();

@@ -1,0 +1,283 @@
+//! The API's handlers. Each one's `#[utoipa::path]` is its entry in the
+//! OpenAPI document, next to the code it describes, so the two change
+//! together.
+
+use super::error;
+use super::openapi::{Accepted, ApiError, EventBody, Requeued, RetryRequest};
+use crate::activity::{EventActivity, MAX_EVENTS};
+use crate::engine::ReceiverStatus;
+use crate::queue::{DeliveryInfo, DeliveryQuery};
+use crate::{Engine, Error, Event, Filter, HookStatus, Phase, Retry, Verdict};
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+/// Most deliveries one `GET /v1/deliveries` lists.
+pub const MAX_LIST: usize = 1000;
+
+/// Accepts one event from the orchestrator.
+///
+/// A pre event is run through the hooks subscribed to it and answered with
+/// the verdict. A post event is answered once it is committed to the
+/// durable queue; its hooks and deliveries run in the background. The
+/// same event (method, `callId` and phase) sent again within the engine's
+/// `dedup_window_secs` gets the first answer and no second set of
+/// deliveries.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "events",
+    request_body(content = EventBody, description = "The orchestrator's event (Xen Orchestra's web-hook payload), at most 1 MiB"),
+    responses(
+        (status = 200, description = "A pre event's verdict", body = Verdict),
+        (status = 202, description = "A post event, committed to the durable queue", body = Accepted),
+        (status = 400, description = "A malformed event: the error names the field", body = ApiError),
+        (status = 413, description = "A body larger than 1 MiB", body = ApiError),
+        (status = 500, description = "The engine failed on it (a bug): send it again", body = ApiError),
+        (status = 503, description = "The queue cannot take it now (a full disk, NATS unreachable), or too many connections: send it again later", body = ApiError),
+    )
+)]
+pub(super) async fn ingest(State(engine): State<Engine>, body: Bytes) -> Response {
+    let event = match Event::from_json(&body) {
+        Ok(event) => event,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let result = match event.phase() {
+        Phase::Pre => engine
+            .pre(event)
+            .await
+            .map(|verdict| Json(verdict).into_response()),
+        Phase::Post => engine
+            .post(event)
+            .await
+            .map(|()| (StatusCode::ACCEPTED, Json(Accepted { accepted: true })).into_response()),
+    };
+    result.unwrap_or_else(|e: Error| {
+        // The queue could not take it: the sender should retry later.
+        let status = match e {
+            Error::Queue(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        error(status, e.to_string())
+    })
+}
+
+/// Every hook in the hooks folder: live or failed (with the file, stage
+/// and reason), its version, subscription and counters.
+#[utoipa::path(
+    get,
+    path = "/v1/hooks",
+    tag = "hooks",
+    responses((status = 200, description = "Every hook, by name", body = Vec<HookStatus>))
+)]
+pub(super) async fn hooks(State(engine): State<Engine>) -> Json<Vec<HookStatus>> {
+    Json(engine.hooks())
+}
+
+/// Which deliveries `GET /v1/deliveries` lists.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ListParams {
+    /// `pending` (waiting, retries included), `failed` (pending, failed at
+    /// least once) or `dead` (dead letters).
+    #[serde(default)]
+    #[param(inline)]
+    state: Filter,
+    /// At most this many, from 1 to 1000.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
+    limit: Option<usize>,
+    /// Only the deliveries this hook asked for.
+    hook: Option<String>,
+    /// Only the deliveries to this receiver, as `host:port`.
+    receiver: Option<String>,
+    /// The next page: the previous page's last row, as `CREATED_MS:ID`
+    /// (its `created_ms` and `id`).
+    #[param(pattern = "^[0-9]{1,15}:.+$", example = "1764338400123:msg_2f9c…")]
+    after: Option<String>,
+}
+
+const BAD_CURSOR: &str =
+    "after is the previous page's last row as CREATED_MS:ID, e.g. 1764338400123:msg_2f9c";
+
+/// Queued deliveries, oldest first (no bodies): one page, filtered by
+/// state, hook and receiver.
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries",
+    tag = "deliveries",
+    params(ListParams),
+    responses(
+        (status = 200, description = "One page of deliveries, oldest first", body = Vec<DeliveryInfo>),
+        (status = 400, description = "A parameter out of range or unknown", body = ApiError),
+        (status = 500, description = "The queue failed to read", body = ApiError),
+    )
+)]
+pub(super) async fn deliveries(
+    State(engine): State<Engine>,
+    query: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_LIST).contains(&limit) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be within 1..={MAX_LIST}"),
+        );
+    }
+    let after = match q.after.as_deref().map(|a| a.split_once(':')) {
+        None => None,
+        Some(Some((ms, id))) if ms.len() <= 15 && !id.is_empty() => match ms.parse() {
+            Ok(ms) => Some((ms, id.to_owned())),
+            Err(_) => return error(StatusCode::BAD_REQUEST, BAD_CURSOR.into()),
+        },
+        Some(_) => return error(StatusCode::BAD_REQUEST, BAD_CURSOR.into()),
+    };
+    let query = DeliveryQuery {
+        state: q.state,
+        hook: q.hook,
+        receiver: q.receiver,
+        after,
+        limit,
+    };
+    match engine.find_deliveries(query).await {
+        Ok(rows) => Json(rows).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+const NOT_A_RETRY: &str = "give either {\"id\": \"msg_…\"} or {\"all_dead\": true}";
+
+/// Sends dead letters again, with a fresh retry schedule: one by id, or all.
+#[utoipa::path(
+    post,
+    path = "/v1/deliveries/retry",
+    tag = "deliveries",
+    request_body = RetryRequest,
+    responses(
+        (status = 200, description = "How many dead letters are pending again", body = Requeued),
+        (status = 400, description = "Neither or both of `id` and `all_dead`, `all_dead` not true, or not JSON", body = ApiError),
+        (status = 404, description = "No dead letter with that id", body = ApiError),
+        (status = 413, description = "A body larger than 1 MiB", body = ApiError),
+        (status = 500, description = "The queue failed to write", body = ApiError),
+    )
+)]
+pub(super) async fn retry(State(engine): State<Engine>, body: Bytes) -> Response {
+    let Ok(r) = serde_json::from_slice::<RetryRequest>(&body) else {
+        return error(StatusCode::BAD_REQUEST, NOT_A_RETRY.into());
+    };
+    let which = match r {
+        RetryRequest::One(one) => Retry::Id(one.id),
+        RetryRequest::All(all) if all.all_dead => Retry::AllDead,
+        RetryRequest::All(_) => {
+            return error(StatusCode::BAD_REQUEST, NOT_A_RETRY.into());
+        }
+    };
+    match engine.retry(which.clone()).await {
+        Ok(0) if matches!(which, Retry::Id(_)) => {
+            error(StatusCode::NOT_FOUND, "no dead letter with that id".into())
+        }
+        Ok(n) => Json(Requeued { requeued: n }).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Every receiver with something queued, dead, in flight or failing: its
+/// circuit, queue depth, oldest pending delivery and last failures.
+#[utoipa::path(
+    get,
+    path = "/v1/receivers",
+    tag = "deliveries",
+    responses(
+        (status = 200, description = "Receivers by name (`host:port`)", body = Vec<ReceiverStatus>),
+        (status = 500, description = "The queue failed to read", body = ApiError),
+    )
+)]
+pub(super) async fn receivers(State(engine): State<Engine>) -> Response {
+    match engine.receivers().await {
+        Ok(rows) => Json(rows).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// How many recent events `GET /v1/activity` lists.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ActivityParams {
+    /// At most this many, from 1 to 200.
+    #[param(minimum = 1, maximum = 200, default = 50)]
+    limit: Option<usize>,
+}
+
+/// The last events accepted, newest first, with what each hook decided:
+/// kept in memory (the last 200), empty after a restart.
+#[utoipa::path(
+    get,
+    path = "/v1/activity",
+    tag = "events",
+    params(ActivityParams),
+    responses(
+        (status = 200, description = "Recent events, newest first", body = Vec<EventActivity>),
+        (status = 400, description = "A parameter out of range or unknown", body = ApiError),
+    )
+)]
+pub(super) async fn activity(
+    State(engine): State<Engine>,
+    query: Result<Query<ActivityParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let limit = match query {
+        Ok(Query(q)) => q.limit.unwrap_or(50),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    if !(1..=MAX_EVENTS).contains(&limit) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be within 1..={MAX_EVENTS}"),
+        );
+    }
+    Json(engine.activity(limit)).into_response()
+}
+
+/// Prometheus metrics, in the OpenMetrics text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The metrics", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String),
+        (status = 500, description = "The queue failed to read its depth", body = ApiError),
+    )
+)]
+pub(super) async fn metrics(State(engine): State<Engine>) -> Response {
+    match engine.metrics().await {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Liveness: answers `ok` while the process serves, without a token.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "Alive", content_type = "text/plain; charset=utf-8", body = String, example = "ok\n"))
+)]
+pub(super) async fn healthz() -> &'static str {
+    "ok\n"
+}

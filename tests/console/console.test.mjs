@@ -1,0 +1,288 @@
+// The operator console, end to end: a real `wasmhooks serve` (this build)
+// with real hooks and a real receiver, driven in headless Chromium (Debian's
+// `chromium`, through playwright-core). Run by tests/all/console.rs, which
+// passes WASMHOOKS_BIN (the binary), WASMHOOKS_GUESTS (the built example
+// hooks) and SCREENSHOTS (where each test leaves its screenshot).
+import { test, before, after } from 'node:test'
+import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
+import { createServer } from 'node:http'
+import { once } from 'node:events'
+import { copyFileSync, mkdtempSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { chromium } from 'playwright-core'
+
+const required = name => {
+  const value = process.env[name]
+  if (!value) throw new Error(`${name} is not set: run these tests through \`cargo test console\``)
+  return value
+}
+const BIN = required('WASMHOOKS_BIN')
+const GUESTS = required('WASMHOOKS_GUESTS')
+const SCREENSHOTS = required('SCREENSHOTS')
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium'
+// Long enough for a loaded CI machine; every wait ends as soon as it holds.
+const WAIT = { timeout: 60_000 }
+const TOKEN = 'console-test-token-0123456789'
+
+/** An HTTP receiver on 127.0.0.1. `answer(path, body)` picks each status. */
+async function startReceiver() {
+  const received = []
+  let waiters = []
+  const receiver = {
+    received,
+    answer: () => 200,
+    url: '',
+    /** Resolves with the first request `match` accepts, past or future. */
+    until(match) {
+      const found = received.find(match)
+      if (found) return Promise.resolve(found)
+      return new Promise(resolve => waiters.push({ match, resolve }))
+    },
+  }
+  const server = createServer(async (request, response) => {
+    const chunks = []
+    for await (const chunk of request) chunks.push(chunk)
+    const body = JSON.parse(Buffer.concat(chunks).toString('utf8'))
+    const status = receiver.answer(request.url, body)
+    const entry = { path: request.url, body, status, id: request.headers['webhook-id'] }
+    received.push(entry)
+    response.writeHead(status).end()
+    waiters = waiters.filter(w => !(w.match(entry) && (w.resolve(entry), true)))
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  receiver.url = `http://127.0.0.1:${server.address().port}`
+  receiver.close = () => server.close()
+  return receiver
+}
+
+/** A hooks folder: `forward` hooks named for their receiver path, and more. */
+function hooksFolder(receiverUrl) {
+  const dir = mkdtempSync(join(tmpdir(), 'wasmhooks-console-'))
+  const hooks = join(dir, 'hooks')
+  mkdirSync(hooks)
+  const forward = (name, methods) => {
+    copyFileSync(join(GUESTS, 'forward.wasm'), join(hooks, `${name}.wasm`))
+    writeFileSync(join(hooks, `${name}.toml`), [
+      'allow_hosts = ["127.0.0.1"]',
+      '[settings]',
+      `url = "${receiverUrl}/${name}"`,
+      `methods = ${JSON.stringify(methods)}`,
+      'phases = ["post"]',
+    ].join('\n'))
+  }
+  forward('notify', ['vm.start'])
+  forward('archive', ['vm.delete'])
+  copyFileSync(join(GUESTS, 'deny.wasm'), join(hooks, 'deny.wasm'))
+  writeFileSync(join(hooks, 'deny.toml'), '[settings]\nprotected = ["0a9b8c7d-6e5f-4a3b-2c1d-0e9f8a7b6c5d"]\n')
+  return { dir, hooks }
+}
+
+/** `wasmhooks serve` on a free port, watching `hooks`; stopped with `stop()`. */
+async function startEngine({ dir, hooks }, args = []) {
+  const state = join(dir, `state-${Math.random().toString(36).slice(2)}`)
+  const child = spawn(BIN, [
+    'serve', '--hooks', hooks, '--state', state, '--cache', join(dir, 'cache'),
+    '--listen', '127.0.0.1:0', ...args,
+  ], { env: { ...process.env, WASMHOOKS_LOG: 'info', NO_COLOR: '1' }, stdio: ['ignore', 'ignore', 'pipe'] })
+  let log = ''
+  const url = await new Promise((resolve, reject) => {
+    child.stderr.setEncoding('utf8')
+    child.stderr.on('data', chunk => {
+      log += chunk
+      const found = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(log)
+      if (found) resolve(found[1])
+    })
+    child.on('exit', code => reject(new Error(`wasmhooks exited (${code}) before listening:\n${log}`)))
+  })
+  return {
+    url,
+    log: () => log,
+    async stop() {
+      if (child.exitCode === null) {
+        const exited = once(child, 'exit')
+        child.kill('SIGTERM')
+        await exited
+      }
+    },
+  }
+}
+
+async function post(engine, event, token) {
+  const headers = { 'content-type': 'application/json' }
+  if (token) headers.authorization = `Bearer ${token}`
+  const response = await fetch(`${engine.url}/v1/events`, { method: 'POST', headers, body: JSON.stringify(event) })
+  const text = await response.text()
+  assert.ok(response.ok, `${event.method} ${event.type}: ${response.status} ${text}`)
+  return JSON.parse(text)
+}
+
+const postEvent = (method, callId, params = {}) => ({
+  callId, method, type: 'post', timestamp: Date.now(), userName: 'alice@example.org',
+  params, duration: 1200, result: true,
+})
+
+let browser
+let receiver
+let folder
+let engine
+
+before(async () => {
+  mkdirSync(SCREENSHOTS, { recursive: true })
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    // As root, Chromium's sandbox cannot start; the machine has no network
+    // but loopback, so nothing in the background may try to reach one.
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  })
+  receiver = await startReceiver()
+  folder = hooksFolder(receiver.url)
+  writeFileSync(join(folder.hooks, 'broken.wasm'), 'this is not WebAssembly')
+  engine = await startEngine(folder)
+})
+
+after(async () => {
+  await engine?.stop()
+  await browser?.close()
+  receiver?.close()
+  if (folder) rmSync(folder.dir, { recursive: true, force: true })
+})
+
+/**
+ * A fresh page on `url`, with every request it makes recorded (to check
+ * them against the OpenAPI document), and its screenshot saved as `name`
+ * when `body` ends, passed or failed.
+ */
+async function withPage(name, url, body) {
+  const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } })
+  const requests = []
+  page.on('request', request => requests.push({ method: request.method(), url: request.url() }))
+  const errors = []
+  page.on('pageerror', error => errors.push(error))
+  try {
+    await page.goto(url)
+    await body(page, requests)
+    assert.deepEqual(errors, [], 'no script error on the page')
+  } finally {
+    await page.screenshot({ path: join(SCREENSHOTS, `${name}.png`), fullPage: true })
+    await page.close()
+  }
+}
+
+test('the hooks table lists every hook, shows why one fails, and turns it live without a reload', async () => {
+  await withPage('hooks', engine.url, async page => {
+    for (const name of ['notify', 'archive', 'deny']) {
+      await page.locator(`#hooks tr[data-hook="${name}"][data-state="live"]`).waitFor(WAIT)
+    }
+    const broken = page.locator('#hooks tr[data-hook="broken"][data-state="failed"]')
+    await broken.waitFor(WAIT)
+    assert.match(await broken.locator('[data-field="file"]').innerText(), /broken\.wasm$/)
+    assert.equal(await broken.locator('[data-field="stage"]').innerText(), 'compile')
+    assert.match(await broken.locator('[data-field="reason"]').innerText(), /\S/)
+
+    // Mark this document: a reload would lose the mark.
+    await page.evaluate(() => { window.sameDocument = true })
+    copyFileSync(join(GUESTS, 'forward.wasm'), join(folder.hooks, '.broken.tmp'))
+    writeFileSync(join(folder.hooks, 'broken.toml'), [
+      'allow_hosts = ["127.0.0.1"]', '[settings]', `url = "${receiver.url}/fixed"`,
+      'methods = ["host.*"]', 'phases = ["post"]',
+    ].join('\n'))
+    renameSync(join(folder.hooks, '.broken.tmp'), join(folder.hooks, 'broken.wasm'))
+    await page.locator('#hooks tr[data-hook="broken"][data-state="live"]').waitFor(WAIT)
+    assert.equal(await page.locator('#hooks tr[data-hook="broken"] .why').count(), 0, 'no error shown once live')
+    assert.equal(await page.evaluate(() => window.sameDocument), true, 'the page was not reloaded')
+  })
+})
+
+test('an event shows in recent activity, and its delivery while it is retried', async () => {
+  // The first attempt of each delivery to /notify fails; the retry succeeds.
+  const seen = new Set()
+  receiver.answer = (path, body) => {
+    if (path !== '/notify' || seen.has(body.callId)) return 200
+    seen.add(body.callId)
+    return 503
+  }
+  await withPage('activity', engine.url, async (page, requests) => {
+    await page.locator('#app').waitFor({ state: 'visible', ...WAIT })
+    await post(engine, postEvent('vm.start', 'call-activity', { id: 'vm-1' }))
+    await post(engine, { callId: 'call-veto', method: 'vm.delete', type: 'pre', timestamp: Date.now(),
+      params: { id: '0a9b8c7d-6e5f-4a3b-2c1d-0e9f8a7b6c5d' } })
+
+    const activity = page.locator('#activity tr[data-call-id="call-activity"]')
+    await activity.waitFor(WAIT)
+    await activity.locator('li[data-hook="notify"][data-decision="queued"]').waitFor(WAIT)
+    const veto = page.locator('#activity tr[data-call-id="call-veto"] li[data-hook="deny"][data-decision="vetoed"]')
+    await veto.waitFor(WAIT)
+    assert.match(await veto.innerText(), /protected/)
+
+    // Its delivery, failed once and waiting for its retry.
+    const first = await receiver.until(r => r.path === '/notify' && r.body.callId === 'call-activity')
+    const row = page.locator(`#deliveries tr[data-id="${first.id}"]`)
+    await row.waitFor(WAIT)
+    assert.match(await row.innerText(), /503/)
+    await page.locator('#receivers tr[data-receiver] li', { hasText: '503' }).first().waitFor(WAIT)
+    // Delivered on its retry: it leaves the table.
+    await receiver.until(r => r.id === first.id && r.status === 200)
+    await row.waitFor({ state: 'detached', ...WAIT })
+
+    // Every call the page made is a route of the API's own document.
+    const doc = await (await fetch(`${engine.url}/v1/openapi.json`)).json()
+    const api = requests.map(r => new URL(r.url)).filter(u => u.origin === engine.url)
+    assert.ok(api.length > 4, 'the page called the API')
+    for (const u of api) {
+      assert.ok(doc.paths[u.pathname], `${u.pathname} is in /v1/openapi.json`)
+    }
+  })
+})
+
+test('a delivery that gets 410 is dead; retrying it once the receiver is fixed delivers it', async () => {
+  let fixed = false
+  receiver.answer = path => (path === '/archive' && !fixed ? 410 : 200)
+  await withPage('dead-letter', engine.url, async page => {
+    await page.locator('#app').waitFor({ state: 'visible', ...WAIT })
+    await post(engine, postEvent('vm.delete', 'call-gone', { id: 'vm-2' }))
+    const gone = await receiver.until(r => r.path === '/archive' && r.body.callId === 'call-gone')
+    assert.equal(gone.status, 410)
+
+    await page.selectOption('#delivery-state', 'dead')
+    const row = page.locator(`#deliveries tr[data-id="${gone.id}"][data-state="dead"]`)
+    await row.waitFor(WAIT)
+    assert.match(await row.innerText(), /410/)
+    await page.locator('#summary [data-count="dead"]', { hasText: /^[1-9]\d* dead$/ }).waitFor(WAIT)
+
+    fixed = true
+    await row.locator('button.retry').click()
+    const delivered = await receiver.until(r => r.id === gone.id && r.status === 200)
+    assert.equal(delivered.body.callId, 'call-gone')
+    await row.waitFor({ state: 'detached', ...WAIT })
+    await page.locator('#deliveries-message', { hasText: '1 dead letter queued again' }).waitFor(WAIT)
+  })
+})
+
+test('with --token, the page shows nothing until the token is given', async () => {
+  const guarded = await startEngine(folder, ['--token', TOKEN])
+  try {
+    await withPage('token', guarded.url, async (page, requests) => {
+      await page.locator('#token-form').waitFor({ state: 'visible', ...WAIT })
+      assert.equal(await page.locator('#app').isVisible(), false)
+      assert.equal(await page.locator('#hooks tbody tr').count(), 0, 'no hook shown')
+
+      await page.fill('#token-input', 'a-wrong-token-but-long-enough')
+      await page.click('#token-form button[type="submit"]')
+      await page.locator('#token-error', { hasText: 'refused' }).waitFor(WAIT)
+      assert.equal(await page.locator('#hooks tbody tr').count(), 0, 'still no hook shown')
+
+      await page.fill('#token-input', TOKEN)
+      await page.click('#token-form button[type="submit"]')
+      await page.locator('#hooks tr[data-hook="notify"]').waitFor(WAIT)
+      assert.equal(await page.locator('#token-form').isVisible(), false)
+      const sent = requests.filter(r => new URL(r.url).pathname === '/v1/hooks')
+      assert.ok(sent.length >= 3, 'asked without, with the wrong and with the right token')
+    })
+  } finally {
+    await guarded.stop()
+  }
+})

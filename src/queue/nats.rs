@@ -1111,8 +1111,9 @@ impl Queue for NatsQueue {
             };
             // By id: while a delivery changes state, its old version is
             // removed just after the new one is stored (later in the
-            // stream), and only the newest is shown. In stream order, which
-            // is the order of their last change, not of their creation.
+            // stream), and only the newest is shown. The stream is in the
+            // order of last change, not of creation, so the whole of it is
+            // read to find a page's oldest rows: no row is skipped.
             let mut found: HashMap<String, DeliveryInfo> = HashMap::new();
             NatsQueue::scan(stream, &subject, |_, payload| {
                 if let Some((record, body)) = Record::decode(payload) {
@@ -1123,11 +1124,12 @@ impl Queue for NatsQueue {
                         found.insert(record.id.clone(), info);
                     }
                 }
-                found.len() < query.limit
+                true
             })
             .await?;
             let mut out: Vec<DeliveryInfo> = found.into_values().collect();
             out.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+            out.truncate(query.limit);
             Ok(out)
         })
     }

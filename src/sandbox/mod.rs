@@ -129,6 +129,11 @@ pub(crate) struct Sandbox {
     compiled: Mutex<HashMap<String, Component>>,
     /// Compiled components on disk, across restarts.
     disk: Option<Arc<DiskCache>>,
+    /// Compiles run one at a time: each one already uses every core
+    /// (parallel compilation), and a thousand hooks loading at once must
+    /// neither compile the same content a thousand times nor nest a
+    /// thousand compiles on the compiler pool's stacks (which overflowed).
+    compiling: tokio::sync::Mutex<()>,
     /// One permit per pool slot: callers wait for a slot instead of failing.
     slots: Semaphore,
     /// One permit per CPU: a call's wasm runs, and its deadline counts,
@@ -194,6 +199,7 @@ impl Sandbox {
             linker,
             compiled: Mutex::default(),
             disk,
+            compiling: tokio::sync::Mutex::new(()),
             slots: Semaphore::new(slots as usize),
             cpus: Arc::new(Semaphore::new(cpus(slots))),
             warm_slots: Arc::new(Semaphore::new(config.max_warm_instances as usize)),
@@ -213,6 +219,11 @@ impl Sandbox {
     /// Compiles a component, once per content hash, on a blocking thread
     /// so the async runtime's workers stay free.
     pub async fn compile(&self, hash: &str, bytes: Vec<u8>) -> Result<Component, String> {
+        if let Some(component) = self.compiled.lock().unwrap().get(hash) {
+            return Ok(component.clone());
+        }
+        let _turn = self.compiling.lock().await;
+        // Another load of the same content may have compiled it meanwhile.
         if let Some(component) = self.compiled.lock().unwrap().get(hash) {
             return Ok(component.clone());
         }

@@ -134,10 +134,16 @@ pub(super) async fn deliveries(
     }
     let after = match q.after.as_deref().map(|a| a.split_once(':')) {
         None => None,
-        Some(Some((ms, id))) if ms.len() <= 15 && !id.is_empty() => match ms.parse() {
-            Ok(ms) => Some((ms, id.to_owned())),
-            Err(_) => return error(StatusCode::BAD_REQUEST, BAD_CURSOR.into()),
-        },
+        Some(Some((ms, id)))
+            if (1..=15).contains(&ms.len())
+                && ms.bytes().all(|b| b.is_ascii_digit())
+                && !id.is_empty() =>
+        {
+            match ms.parse() {
+                Ok(ms) => Some((ms, id.to_owned())),
+                Err(_) => return error(StatusCode::BAD_REQUEST, BAD_CURSOR.into()),
+            }
+        }
         Some(_) => return error(StatusCode::BAD_REQUEST, BAD_CURSOR.into()),
     };
     let query = DeliveryQuery {

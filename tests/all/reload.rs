@@ -526,3 +526,26 @@ async fn a_planted_cache_entry_is_recompiled_and_an_open_cache_folder_unused() {
         "no entry written to an open folder"
     );
 }
+
+/// A thousand hooks of one content load at once: compiled once, not a
+/// thousand times side by side (which overflowed a compiler thread's stack
+/// and killed the engine at start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_copies_of_one_hook_all_load() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..1000 {
+        crate::install(
+            dir.path(),
+            &format!("deny{i:04}"),
+            "deny",
+            Some("[settings]\nprotected = []\n"),
+        );
+    }
+    let mut config = crate::test_config(dir.path());
+    // Compiled from source: not from an earlier run's cache.
+    config.cache_dir = Some(dir.path().join(".cache"));
+    let engine = Engine::new(config).await.unwrap();
+    let hooks = engine.hooks();
+    assert_eq!(hooks.len(), 1000);
+    assert!(hooks.iter().all(|h| h.state == wasmhooks::HookState::Live));
+}

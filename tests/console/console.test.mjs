@@ -5,13 +5,13 @@
 // hooks) and SCREENSHOTS (where each test leaves its screenshot).
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
 import { createServer } from 'node:http'
 import { once } from 'node:events'
 import { copyFileSync, mkdtempSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { chromium } from 'playwright-core'
+import { serve } from './serve.mjs'
 
 const required = name => {
   const value = process.env[name]
@@ -83,31 +83,14 @@ function hooksFolder(receiverUrl) {
 /** `wasmhooks serve` on a free port, watching `hooks`; stopped with `stop()`. */
 async function startEngine({ dir, hooks }, args = []) {
   const state = join(dir, `state-${Math.random().toString(36).slice(2)}`)
-  const child = spawn(BIN, [
-    'serve', '--hooks', hooks, '--state', state, '--cache', join(dir, 'cache'),
-    '--listen', '127.0.0.1:0', ...args,
-  ], { env: { ...process.env, WASMHOOKS_LOG: 'info', NO_COLOR: '1' }, stdio: ['ignore', 'ignore', 'pipe'] })
-  let log = ''
-  const url = await new Promise((resolve, reject) => {
-    child.stderr.setEncoding('utf8')
-    child.stderr.on('data', chunk => {
-      log += chunk
-      const found = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(log)
-      if (found) resolve(found[1])
-    })
-    child.on('exit', code => reject(new Error(`wasmhooks exited (${code}) before listening:\n${log}`)))
-  })
-  return {
-    url,
-    log: () => log,
-    async stop() {
-      if (child.exitCode === null) {
-        const exited = once(child, 'exit')
-        child.kill('SIGTERM')
-        await exited
-      }
-    },
-  }
+  // Retries every second, and a breaker that stays closed, so a failing
+  // delivery goes out soon after its receiver is fixed.
+  const config = join(dir, 'engine.toml')
+  writeFileSync(config, `[delivery]
+retry_schedule_ms = [${Array(60).fill(1000).join(', ')}]
+breaker_failures = 1000
+`)
+  return serve(BIN, ['--hooks', hooks, '--state', state, '--cache', join(dir, 'cache'), '--config', config, ...args])
 }
 
 async function post(engine, event, token) {
@@ -198,13 +181,10 @@ test('the hooks table lists every hook, shows why one fails, and turns it live w
 })
 
 test('an event shows in recent activity, and its delivery while it is retried', async () => {
-  // The first attempt of each delivery to /notify fails; the retry succeeds.
-  const seen = new Set()
-  receiver.answer = (path, body) => {
-    if (path !== '/notify' || seen.has(body.callId)) return 200
-    seen.add(body.callId)
-    return 503
-  }
+  // Deliveries to /notify fail (and are retried every second) until the
+  // page has shown one as failing; then they go through.
+  let shown = false
+  receiver.answer = path => (path === '/notify' && !shown ? 503 : 200)
   await withPage('activity', engine.url, async (page, requests) => {
     await page.locator('#app').waitFor({ state: 'visible', ...WAIT })
     await post(engine, postEvent('vm.start', 'call-activity', { id: 'vm-1' }))
@@ -224,7 +204,8 @@ test('an event shows in recent activity, and its delivery while it is retried', 
     await row.waitFor(WAIT)
     assert.match(await row.innerText(), /503/)
     await page.locator('#receivers tr[data-receiver] li', { hasText: '503' }).first().waitFor(WAIT)
-    // Delivered on its retry: it leaves the table.
+    shown = true
+    // Delivered on a retry: it leaves the table.
     await receiver.until(r => r.id === first.id && r.status === 200)
     await row.waitFor({ state: 'detached', ...WAIT })
 

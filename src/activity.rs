@@ -209,6 +209,26 @@ pub(crate) fn summarize(
         .collect()
 }
 
+/// `decided`, with the hooks that failed after their call (a `wait` hook
+/// whose delivery failed, or could not be queued) shown as failed, as the
+/// verdict has them.
+pub(crate) fn with_failures(
+    mut decided: Vec<HookActivity>,
+    verdict: &Verdict,
+) -> Vec<HookActivity> {
+    for failure in &verdict.failures {
+        if let Some(h) = decided
+            .iter_mut()
+            .find(|h| h.hook == failure.hook && h.decision != Decided::Failed)
+        {
+            h.decision = Decided::Failed;
+            let reason = format!("{}: {}", failure.kind, failure.message);
+            h.reason = Some(truncate(&reason, MAX_TEXT).to_owned());
+        }
+    }
+    decided
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,12 +24,12 @@
 //!   event's notifications, never a post event and never a `wait`
 //!   delivery.
 
-use crate::activity::{self, Activity};
+use crate::activity::{self, Activity, HookActivity};
 use crate::delivery::{Delivery, new_uid, uid_of};
 use crate::dispatch::{self, HookFailure, Runner, Verdict};
 use crate::error::Error;
 use crate::event::Event;
-use crate::queue::{Batch, Journaled, Queue, QueueError};
+use crate::queue::{Batch, Committed, Journaled, Queue, QueueError};
 use crate::registry::{Hooks, LiveHook, Registry};
 use crate::workers::Workers;
 use std::collections::HashMap;
@@ -145,6 +145,7 @@ impl Ingest {
             // the caller does not wait for that commit.
             let answer = async {
                 let verdict = ingest.wait_pre(verdict, waiting).await;
+                let decided = activity::with_failures(decided, &verdict);
                 ingest.activity.event(&event, decided, Some(&verdict));
                 if let Some(publish) = publish {
                     publish.send_replace(Some(verdict.clone()));
@@ -307,19 +308,18 @@ impl Ingest {
         });
         // Hooks that finish quickly: their deliveries are the one write.
         if let Ok(joined) = tokio::time::timeout(self.inline, &mut run).await {
-            let deliveries = joined.unwrap_or_default();
+            let (deliveries, decided) = joined.unwrap_or_default();
             let batch = Batch {
                 key,
                 queued: deliveries,
                 ..Batch::default()
             };
-            let _ = accepted.send(
-                self.workers
-                    .submit(batch)
-                    .await
-                    .map(drop)
-                    .map_err(Into::into),
-            );
+            let committed = self.workers.submit(batch).await;
+            // Shown only if it was accepted, and accepted now (not a copy).
+            if let Ok(Committed::Done { .. }) = committed {
+                self.activity.event(&event, decided, None);
+            }
+            let _ = accepted.send(committed.map(drop).map_err(Into::into));
             return;
         }
         // Slower ones: journal the event, so it survives a crash, and answer.
@@ -344,7 +344,8 @@ impl Ingest {
             }
         };
         let _ = accepted.send(Ok(()));
-        let deliveries = run.await.unwrap_or_default();
+        let (deliveries, decided) = run.await.unwrap_or_default();
+        self.activity.event(&event, decided, None);
         self.commit_until_done(Batch {
             ticket: Some(ticket),
             queued: deliveries,
@@ -354,16 +355,22 @@ impl Ingest {
     }
 
     /// Runs a post event through its hooks, concurrently; returns all
-    /// their deliveries (a failing hook has been logged and counted).
-    async fn run_post(&self, hooks: &Hooks, event: &Event, uid: &str) -> Vec<Delivery> {
+    /// their deliveries (a failing hook has been logged and counted), and
+    /// what each hook decided, for the activity log.
+    async fn run_post(
+        &self,
+        hooks: &Hooks,
+        event: &Event,
+        uid: &str,
+    ) -> (Vec<Delivery>, Vec<HookActivity>) {
         let results = dispatch::run_all(&self.runner, hooks, event, uid).await;
-        self.activity
-            .event(event, activity::summarize(hooks, &results), None);
-        results
+        let decided = activity::summarize(hooks, &results);
+        let deliveries = results
             .into_iter()
             .flatten()
             .flat_map(|decision| decision.deliveries)
-            .collect()
+            .collect();
+        (deliveries, decided)
     }
 
     /// Commits a batch of what was already acknowledged, trying again with
@@ -446,7 +453,8 @@ impl Ingest {
             let permit: OwnedSemaphorePermit = self.place().await;
             let ingest = self.clone();
             tokio::spawn(async move {
-                let queued = ingest.run_post(&hooks, &event, &journaled.uid).await;
+                let (queued, decided) = ingest.run_post(&hooks, &event, &journaled.uid).await;
+                ingest.activity.event(&event, decided, None);
                 ingest
                     .commit_until_done(Batch {
                         ticket,

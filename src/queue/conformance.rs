@@ -446,6 +446,63 @@ async fn operators_never_touch_claims(mut b: impl Backend) {
     );
 }
 
+/// A NATS commit that fails after a delivery it sends itself was stored
+/// (here, the stream refuses a larger delivery of the same batch) strands
+/// nothing: its caller sends none of the batch, so that delivery is freed
+/// once its lease ends and claimed like any other. (It used to stay held by
+/// the run, skipped as "being sent" by its lease sweep, and never sent.)
+#[tokio::test]
+async fn nats_a_failed_commit_strands_no_delivery() {
+    let nats = Nats::start();
+    let mut config = nats.config();
+    if let crate::config::QueueConfig::Nats(n) = &mut config.queue {
+        n.ack_wait_ms = 300;
+    }
+    config.delivery.timeout_ms = 300;
+    let crate::config::QueueConfig::Nats(settings) = &config.queue else {
+        unreachable!()
+    };
+    let queue: Arc<dyn Queue> = NatsQueue::open(settings, &config).await.unwrap();
+    let client = async_nats::connect(&nats.server.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut limited = js
+        .get_stream(format!("{}_DELIVERIES", settings.prefix))
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    limited.max_message_size = 4096;
+    js.update_stream(limited).await.unwrap();
+    let big = Delivery::new(
+        "msg_big".into(),
+        "hook".into(),
+        "http://a.test:80/path",
+        vec![],
+        vec![b'x'; 16 * 1024],
+        QueuedUnder::default(),
+    )
+    .unwrap();
+    let batch = Batch {
+        claimed: vec![delivery("msg_small", "a.test:80")],
+        queued: vec![big],
+        ..Batch::default()
+    };
+    assert!(queue.commit(batch).await.is_err(), "the big one is refused");
+    // Freed once its lease (600 ms) ends; found by a claim soon after.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if claim_ids(&*queue, 10, room(8)).await == ["msg_small"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "msg_small was stored, never sent, and never freed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// One test per (backend, check).
 macro_rules! backends {
     ($($backend:ident => $make:expr;)*) => {

@@ -834,19 +834,21 @@ impl Queue for NatsQueue {
                 let ack = self.publish(subject, d.id.clone(), payload).await?;
                 acks.push((record, d.body.clone(), ack));
             }
-            let mut claimed = Vec::new();
+            // What this run sends itself is held only once the whole batch
+            // is in: after a failure the caller sends none of it, and a
+            // delivery left held here would be skipped as "being sent" by
+            // this run's lease sweep forever. Unheld, it is freed like any
+            // lapsed lease (and a retry of the batch is a duplicate).
+            let mut held = Vec::new();
             for (record, body, ack) in acks {
                 let ack = ack.await.map_err(nats_error)?;
                 if record.held_until.is_some() && !ack.duplicate {
-                    claimed.push(record.id.clone());
-                    let held = Held {
+                    held.push(Held {
                         seq: ack.sequence,
                         reply: None,
                         record,
                         body,
-                    };
-                    let mut state = self.state.lock().unwrap();
-                    state.held.insert(held.record.id.clone(), held);
+                    });
                 }
             }
             if let Some(key) = &batch.key {
@@ -854,6 +856,11 @@ impl Queue for NatsQueue {
             }
             if let Some(ticket) = batch.ticket {
                 delete(&self.streams.journal, ticket as u64).await?;
+            }
+            let claimed = held.iter().map(|h| h.record.id.clone()).collect();
+            let mut state = self.state.lock().unwrap();
+            for h in held {
+                state.held.insert(h.record.id.clone(), h);
             }
             Ok(Committed::Done { claimed })
         })

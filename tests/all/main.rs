@@ -1,6 +1,7 @@
 //! Integration tests: real components built from source, real files in temp
 //! dirs, a real HTTP receiver on 127.0.0.1.
 
+mod activity;
 mod bad_files;
 mod cli;
 mod clients;
@@ -42,6 +43,11 @@ pub mod nats_server;
 pub mod serve;
 pub use guests::{root, wasm};
 pub use serve::Serve;
+
+/// Sends `request` and reads its answer as JSON.
+pub async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
 
 /// A sample event from `tests/fixtures/xo`.
 pub fn fixture(name: &str) -> Event {

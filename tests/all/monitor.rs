@@ -58,15 +58,12 @@ async fn a_gate_in_monitor_mode_reports_its_veto_and_lets_the_call_go() {
 
     // Over HTTP, as the XO plugin sees it.
     let base = crate::server::serve(engine).await;
-    let answer: Value = reqwest::Client::new()
-        .post(format!("{base}/v1/events"))
-        .body(fixture_bytes("vm.delete.pre"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer: Value = crate::json_of(
+        reqwest::Client::new()
+            .post(format!("{base}/v1/events"))
+            .body(fixture_bytes("vm.delete.pre")),
+    )
+    .await;
     assert_eq!(answer["allowed"], false);
     assert_eq!(answer["would_deny"][0]["hook"], "trial");
 }

@@ -14,7 +14,12 @@ async fn the_api_matches_its_openapi_document() {
         schemathesis.exists(),
         "schemathesis is missing: run scripts/install-guest-toolchains.sh"
     );
-    let receiver = Receiver::start().await;
+    // `/gone` answers 410, so the `gone` hook's deliveries become dead letters.
+    let receiver = Receiver::with(|r, _| match r.path.as_str() {
+        "/gone" => (axum::http::StatusCode::GONE, vec![]),
+        _ => (axum::http::StatusCode::OK, vec![]),
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let hooks = dir.path().join("hooks");
     std::fs::create_dir(&hooks).unwrap();
@@ -23,6 +28,11 @@ async fn the_api_matches_its_openapi_document() {
         receiver.url("/any")
     );
     install(&hooks, "forward", "forward", Some(&forward));
+    let gone = format!(
+        "allow_hosts = [\"127.0.0.1\"]\n[settings]\nurl = \"{}\"\nmethods = [\"vm.start\"]\nphases = [\"post\"]\n",
+        receiver.url("/gone")
+    );
+    install(&hooks, "gone", "forward", Some(&gone));
     install(
         &hooks,
         "deny",
@@ -40,7 +50,7 @@ async fn the_api_matches_its_openapi_document() {
         &["--token", token],
     );
     let base = format!("http://{}", engine.addr);
-    // Some dead letters and pending deliveries for the listings to page through.
+    // Deliveries (three become dead letters) for the listings to page through.
     let client = reqwest::Client::new();
     for i in 0..3 {
         let event = format!(
@@ -54,6 +64,22 @@ async fn the_api_matches_its_openapi_document() {
             .await
             .unwrap();
         assert_eq!(r.status(), 202);
+    }
+
+    // The dead letters are in before schemathesis lists and retries them.
+    let dead = || async {
+        let rows = crate::json_of(
+            client
+                .get(format!("{base}/v1/deliveries?state=dead"))
+                .bearer_auth(token),
+        )
+        .await;
+        rows.as_array().unwrap().len()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while dead().await < 3 {
+        assert!(std::time::Instant::now() < deadline, "no dead letters");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 
     let seed = std::env::var("WASMHOOKS_SCHEMATHESIS_SEED").unwrap_or_else(|_| "1".into());

@@ -416,15 +416,12 @@ async fn a_full_disk_refuses_new_events_and_loses_none_it_accepted() {
         body["error"].as_str().unwrap().contains("state database"),
         "{body}"
     );
-    let verdict: serde_json::Value = client
-        .post(format!("{base}/v1/events"))
-        .body(big("vm.start.pre", "full-pre"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let verdict = crate::json_of(
+        client
+            .post(format!("{base}/v1/events"))
+            .body(big("vm.start.pre", "full-pre")),
+    )
+    .await;
     assert_eq!(verdict["allowed"], true, "{verdict}");
     assert!(
         verdict.get("failures").is_none(),

@@ -135,14 +135,7 @@ async fn events_in_verdicts_and_status_out() {
         .unwrap();
     assert_eq!(r.status(), 413);
 
-    let hooks: Value = client
-        .get(format!("{base}/v1/hooks"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let hooks: Value = crate::json_of(client.get(format!("{base}/v1/hooks"))).await;
     let hooks = hooks.as_array().unwrap();
     assert_eq!(hooks.len(), 3);
     let broken = hooks.iter().find(|h| h["name"] == "broken").unwrap();

@@ -146,8 +146,8 @@ async function withPage(name, url, body) {
   const errors = []
   page.on('pageerror', error => errors.push(error))
   try {
-    await page.goto(url)
-    await body(page, requests)
+    const response = await page.goto(url)
+    await body(page, requests, response)
     assert.deepEqual(errors, [], 'no script error on the page')
   } finally {
     await page.screenshot({ path: join(SCREENSHOTS, `${name}.png`), fullPage: true })
@@ -156,7 +156,11 @@ async function withPage(name, url, body) {
 }
 
 test('the hooks table lists every hook, shows why one fails, and turns it live without a reload', async () => {
-  await withPage('hooks', engine.url, async page => {
+  await withPage('hooks', engine.url, async (page, requests, response) => {
+    // Only its own script and style run (what hooks wrote is text).
+    const csp = response.headers()['content-security-policy']
+    assert.match(csp, /script-src 'sha256-[^']+'; style-src 'sha256-[^']+'/)
+    assert.doesNotMatch(csp, /unsafe/)
     for (const name of ['notify', 'archive', 'deny']) {
       await page.locator(`#hooks tr[data-hook="${name}"][data-state="live"]`).waitFor(WAIT)
     }
@@ -240,6 +244,45 @@ test('a delivery that gets 410 is dead; retrying it once the receiver is fixed d
     assert.equal(delivered.body.callId, 'call-gone')
     await row.waitFor({ state: 'detached', ...WAIT })
     await page.locator('#deliveries-message', { hasText: '1 dead letter queued again' }).waitFor(WAIT)
+  })
+})
+
+test('dead letters are filtered by hook and receiver, and paged', async () => {
+  receiver.answer = path => (path === '/archive' ? 410 : 200)
+  const N = 55
+  for (let i = 0; i < N; i++) {
+    await post(engine, postEvent('vm.delete', `call-page-${i}`, { id: `vm-page-${i}` }))
+  }
+  await Promise.all(Array.from({ length: N }, (_, i) =>
+    receiver.until(r => r.path === '/archive' && r.body.callId === `call-page-${i}`)))
+  // What the API lists, in its order: the page must show the same, 50 at a time.
+  const query = `${engine.url}/v1/deliveries?state=dead&hook=archive&limit=1000`
+  let expected = []
+  while (expected.length < N) {
+    expected = (await (await fetch(query)).json()).map(d => d.id)
+  }
+  const receiverName = new URL(receiver.url).host
+  await withPage('paging', engine.url, async page => {
+    await page.locator('#app').waitFor({ state: 'visible', ...WAIT })
+    await page.selectOption('#delivery-state', 'dead')
+    await page.selectOption('#delivery-hook', 'archive')
+    await page.selectOption('#delivery-receiver', receiverName)
+    const rows = page.locator('#deliveries tbody tr')
+    const ids = () => rows.evaluateAll(trs => trs.map(tr => tr.dataset.id))
+    await page.locator(`#deliveries tbody tr[data-id="${expected[49]}"]`).waitFor(WAIT)
+    assert.deepEqual(await ids(), expected.slice(0, 50))
+
+    await page.click('#deliveries-next')
+    await page.locator(`#deliveries tbody tr[data-id="${expected[50]}"]`).waitFor(WAIT)
+    assert.deepEqual(await ids(), expected.slice(50))
+    assert.equal(await page.locator('#deliveries-next').isDisabled(), true, 'the last page')
+
+    await page.click('#deliveries-first')
+    await page.locator(`#deliveries tbody tr[data-id="${expected[0]}"]`).waitFor(WAIT)
+    // Another hook's dead letters: none.
+    await page.selectOption('#delivery-hook', 'notify')
+    await page.locator('#deliveries .empty').waitFor({ state: 'visible', ...WAIT })
+    assert.equal(await rows.count(), 0)
   })
 })
 

@@ -4,7 +4,8 @@
 // and receivers wrote is shown, never interpreted.
 'use strict';
 
-const POLL_MS = Number(new URLSearchParams(location.search).get('poll_ms')) || 2000;
+// How often to poll: `?poll_ms=N`, at least half a second.
+const POLL_MS = Math.max(500, Number(new URLSearchParams(location.search).get('poll_ms')) || 2000);
 const HOOKS_PER_PAGE = 100;
 const DELIVERIES_PER_PAGE = 50;
 const TOKEN_KEY = 'wasmhooks-token';
@@ -145,11 +146,15 @@ async function loadHooks() {
   fillSelect($('#delivery-hook'), hooks.map(h => h.name), 'every hook');
 }
 
-/** Keeps `select`'s options in line with `values`, and its choice. */
+/** Keeps `select`'s options in line with `values`, and its choice; left
+ * alone (so an open list stays open) while they are the same. */
 function fillSelect(select, values, all) {
   const chosen = select.value;
   const options = [...new Set(values)].sort();
   if (chosen && !options.includes(chosen)) options.push(chosen);
+  const now = JSON.stringify(options);
+  if (select.dataset.options === now) return;
+  select.dataset.options = now;
   select.replaceChildren(el('option', { value: '' }, all), ...options.map(v => el('option', { value: v }, v)));
   select.value = chosen;
 }
@@ -289,22 +294,34 @@ function renderSummary() {
 
 let timer = null;
 let running = null;
+let again = false;
 
-/** One round of polling; overlapping calls share it. */
+/**
+ * One round of polling. A call while one runs (a filter changed, a page
+ * turned) makes one more round after it, so what is shown is never older
+ * than the last thing asked for.
+ */
 function refresh() {
-  running ??= (async () => {
-    try {
-      await Promise.all([loadHooks(), loadDeliveries(), loadReceivers(), loadActivity()]);
-      renderSummary();
-      updateTimes();
-      setStatus(`updated ${new Date().toLocaleTimeString()}`);
-      showApp();
-    } catch (e) {
-      if (e instanceof Unauthorized) askForToken();
-      else setStatus(`cannot reach the engine: ${e.message}`, true);
-    } finally {
-      running = null;
-    }
+  if (running) {
+    again = true;
+    return running;
+  }
+  running = (async () => {
+    do {
+      again = false;
+      try {
+        await Promise.all([loadHooks(), loadDeliveries(), loadReceivers(), loadActivity()]);
+        renderSummary();
+        updateTimes();
+        setStatus(`updated ${new Date().toLocaleTimeString()}`);
+        showApp();
+      } catch (e) {
+        if (e instanceof Unauthorized) askForToken();
+        else setStatus(`cannot reach the engine: ${e.message}`, true);
+        again = false;
+      }
+    } while (again);
+    running = null;
   })();
   return running;
 }

@@ -58,6 +58,9 @@ fn main() {
         // Not part of the default run: the delivery path alone, for `perf record`.
         runtime.block_on(delivery_profile());
     }
+    if wanted("sidecar") {
+        runtime.block_on(sidecar());
+    }
     if wanted("pre-latency") {
         runtime.block_on(pre_latency());
     }
@@ -933,13 +936,7 @@ async fn pre_latency() {
     config.fsync = true;
     config.watch = false;
     let engine = Engine::new(config).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = wasmhooks::server::router(engine.clone());
-    tokio::spawn(async move {
-        let http = wasmhooks::config::HttpConfig::default();
-        wasmhooks::server::serve(listener, app, &http, std::future::pending()).await
-    });
+    let base = serve_app(wasmhooks::server::router(engine.clone())).await;
     let client = reqwest::Client::new();
     let mut template: serde_json::Value = serde_json::from_slice(&fixture("vm.start.pre")).unwrap();
     let n = 2000;
@@ -984,4 +981,126 @@ async fn pre_latency() {
         pre50 - bare50,
         pre99 - bare99
     );
+}
+
+/// Serves `app` on a loopback port the way `wasmhooks serve` does; returns
+/// its base URL.
+async fn serve_app(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let http = wasmhooks::config::HttpConfig::default();
+        wasmhooks::server::serve(listener, app, &http, std::future::pending()).await
+    });
+    base
+}
+
+/// The sidecar path (`POST /v1/events` → the `forward` hook → the durable
+/// queue, fsync on → POST to the receiver), with the default configuration
+/// and one receiver, against a minimal relay in the same run: an axum
+/// handler that takes the event and POSTs it on with reqwest (no hook, no
+/// queue). CPU per delivery is this whole process's (the callers, the
+/// server, the engine or relay, and the receiver), as the raw loop counts
+/// both of its ends. Then a 100k-event burst: nothing lost.
+async fn sidecar() {
+    let sink = Sink::start().await;
+    let callers = 64;
+    let n = 20_000;
+    let events = |n: usize, tag: &str| {
+        let mut template: serde_json::Value =
+            serde_json::from_slice(&fixture("vm.start.post")).unwrap();
+        (0..n)
+            .map(|i| {
+                template["callId"] = format!("{tag}-{i}").into();
+                bytes::Bytes::from(serde_json::to_vec(&template).unwrap())
+            })
+            .collect::<Vec<_>>()
+    };
+    let relay = {
+        let (client, url) = (reqwest::Client::new(), sink.url.clone());
+        let forward = move |body: bytes::Bytes| {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let sent = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status().is_success() => axum::http::StatusCode::ACCEPTED,
+                    _ => axum::http::StatusCode::BAD_GATEWAY,
+                }
+            }
+        };
+        let app = axum::Router::new().route("/v1/events", axum::routing::post(forward));
+        serve_app(app).await
+    };
+    drive(&sink, &relay, events(2_000, "warm"), callers).await;
+    let (relay_rate, relay_cpu) = drive(&sink, &relay, events(n, "relay"), callers).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = dir.path().join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    install_forward(&hooks, "forward", &sink.url, "post", "");
+    let config = Config {
+        hooks_dir: hooks,
+        state_dir: Some(dir.path().join("state")),
+        cache_dir: None,
+        watch: false,
+        ..Config::default()
+    };
+    let engine = Engine::new(config).await.unwrap();
+    let base = serve_app(wasmhooks::server::router(engine.clone())).await;
+    drive(&sink, &base, events(2_000, "engine-warm"), callers).await;
+    let (rate, cpu) = drive(&sink, &base, events(n, "engine"), callers).await;
+    println!(
+        "sidecar: {callers} callers POST /v1/events, default config, one receiver, vs a minimal relay"
+    );
+    println!(
+        "  relay (axum → reqwest, no hook, no queue) {relay_rate:>8.0} deliveries/s  ({relay_cpu:.0} µs CPU each)"
+    );
+    println!(
+        "  wasmhooks serve path, fsync on           {rate:>8.0} deliveries/s  ({cpu:.0} µs CPU each, {:.2}x the relay; target <= 1.5x)",
+        cpu / relay_cpu
+    );
+    let before = sink.count.load(Ordering::SeqCst);
+    let (rate, cpu) = drive(&sink, &base, events(100_000, "burst"), callers).await;
+    engine.drain().await;
+    let delivered = sink.count.load(Ordering::SeqCst) - before;
+    assert_eq!(delivered, 100_000, "every accepted event delivered");
+    println!(
+        "  100k-event burst                         {rate:>8.0} deliveries/s  ({cpu:.0} µs CPU each, {:.2}x the relay; all {delivered} delivered)",
+        cpu / relay_cpu
+    );
+}
+
+/// Posts `bodies` to `base`/v1/events from `callers` tasks and waits until
+/// the sink has had as many deliveries; returns deliveries/s and the CPU
+/// per delivery (µs).
+async fn drive(sink: &Sink, base: &str, bodies: Vec<bytes::Bytes>, callers: usize) -> (f64, f64) {
+    let n = bodies.len();
+    let bodies = Arc::new(bodies);
+    let client = reqwest::Client::new();
+    let done = sink.expect(n).await;
+    let (start, cpu) = (Instant::now(), cpu_seconds());
+    let tasks: Vec<_> = (0..callers)
+        .map(|i| {
+            let (client, bodies, url) =
+                (client.clone(), bodies.clone(), format!("{base}/v1/events"));
+            tokio::spawn(async move {
+                for body in bodies.iter().skip(i).step_by(callers) {
+                    let r = client.post(&url).body(body.clone()).send().await.unwrap();
+                    assert!(r.status().is_success(), "{}", r.status());
+                    r.bytes().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    done.await;
+    let cpu_us = 1e6 * (cpu_seconds() - cpu) / n as f64;
+    (n as f64 / start.elapsed().as_secs_f64(), cpu_us)
 }

@@ -51,7 +51,7 @@ pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
 /// bigger router.
 pub fn router(engine: Engine) -> Router {
     let body_timeout = Duration::from_millis(engine.config().http.body_timeout_ms);
-    let (router, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+    let (router, mut doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(routes::ingest))
         .routes(routes!(routes::hooks))
         .routes(routes!(routes::deliveries))
@@ -63,7 +63,6 @@ pub fn router(engine: Engine) -> Router {
         .routes(routes!(openapi_json))
         .routes(routes!(console::page))
         .split_for_parts();
-    let mut doc = doc;
     utoipa::Modify::modify(&openapi::Shared, &mut doc);
     let doc: Arc<str> = doc
         .to_pretty_json()

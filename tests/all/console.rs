@@ -3,8 +3,7 @@
 //! this build, the example hooks and a real receiver. Each test leaves a
 //! screenshot in target/console-screenshots/.
 
-use crate::{root, wasm};
-use std::process::Command;
+use crate::{node_test, root};
 
 #[test]
 fn the_console_passes_its_browser_tests() {
@@ -22,25 +21,15 @@ fn the_console_passes_its_browser_tests() {
             "{what} is missing: run scripts/install-guest-toolchains.sh"
         );
     }
-    let guests = wasm("forward").parent().unwrap().to_owned();
     let screenshots = root().join("target/console-screenshots");
-    // Its output goes straight to ours as it runs; every wait in it is
-    // bounded, so a hang is a failure that says where.
-    let status = Command::new("node")
-        .args([
-            "--test",
-            "--test-timeout=300000",
-            "--test-force-exit",
-            "--test-concurrency=1",
-            "console.test.mjs",
-        ])
-        .current_dir(&tests)
-        .env("WASMHOOKS_BIN", env!("CARGO_BIN_EXE_wasmhooks"))
-        .env("WASMHOOKS_GUESTS", &guests)
-        .env("SCREENSHOTS", &screenshots)
-        .env("CHROMIUM", &chromium)
-        .status()
-        .expect("running node (Node 20 or later is needed)");
+    let status = node_test(
+        &tests,
+        "console.test.mjs",
+        &[
+            ("SCREENSHOTS", screenshots.as_os_str()),
+            ("CHROMIUM", chromium.as_ref()),
+        ],
+    );
     assert!(
         status.success(),
         "the console's browser tests failed ({status}); their output is above, \

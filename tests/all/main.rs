@@ -44,6 +44,32 @@ pub mod serve;
 pub use guests::{root, wasm};
 pub use serve::Serve;
 
+/// Runs `node --test FILE` in `dir` against this build's `wasmhooks` and
+/// the built example hooks (WASMHOOKS_BIN, WASMHOOKS_GUESTS), with `env`
+/// besides; its output goes straight to ours as it runs. Each of its tests
+/// is bounded, so a hang is a failure that says where.
+pub fn node_test(
+    dir: &Path,
+    file: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> std::process::ExitStatus {
+    let guests = wasm("forward").parent().unwrap().to_owned();
+    std::process::Command::new("node")
+        .args([
+            "--test",
+            "--test-timeout=300000",
+            "--test-force-exit",
+            "--test-concurrency=1",
+            file,
+        ])
+        .current_dir(dir)
+        .env("WASMHOOKS_BIN", env!("CARGO_BIN_EXE_wasmhooks"))
+        .env("WASMHOOKS_GUESTS", &guests)
+        .envs(env.iter().copied())
+        .status()
+        .expect("running node (Node 20 or later is needed)")
+}
+
 /// Sends `request` and reads its answer as JSON.
 pub async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
     request.send().await.unwrap().json().await.unwrap()

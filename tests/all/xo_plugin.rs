@@ -2,8 +2,7 @@
 //! own tests, `node --test`, against this build of `wasmhooks serve` and the
 //! example hooks: a stand-in xo-server, a real engine, a real receiver.
 
-use crate::{root, wasm};
-use std::process::Command;
+use crate::{node_test, root};
 
 #[test]
 fn the_xo_plugin_passes_its_node_tests() {
@@ -14,22 +13,7 @@ fn the_xo_plugin_passes_its_node_tests() {
             .is_dir(),
         "the XO plugin's npm packages are missing: run scripts/install-guest-toolchains.sh"
     );
-    let guests = wasm("deny").parent().unwrap().to_owned();
-    // Its output goes straight to ours, as it runs; each of its tests is
-    // bounded, so a hang is a failure that says where.
-    let status = Command::new("node")
-        .args([
-            "--test",
-            "--test-timeout=300000",
-            "--test-force-exit",
-            "--test-concurrency=1",
-            "test/plugin.test.js",
-        ])
-        .current_dir(&plugin)
-        .env("WASMHOOKS_BIN", env!("CARGO_BIN_EXE_wasmhooks"))
-        .env("WASMHOOKS_GUESTS", &guests)
-        .status()
-        .expect("running node (Node 20 or later is needed)");
+    let status = node_test(&plugin, "test/plugin.test.js", &[]);
     assert!(
         status.success(),
         "the XO plugin's tests failed ({status}); their output is above"

@@ -41,6 +41,8 @@ struct ReceiverState {
     in_flight: usize,
     /// Claimed deliveries waiting for one of its slots, oldest first.
     ready: std::collections::VecDeque<Claimed>,
+    /// Places in `ready` promised to deliveries being committed.
+    reserved: usize,
     /// Failed attempts in a row (retryable failures only: a 4xx means it is up).
     failures: u32,
     /// While set and in the future, its circuit is open: nothing is sent.
@@ -49,11 +51,19 @@ struct ReceiverState {
     cooldown_ms: u64,
 }
 
+impl ReceiverState {
+    /// Deliveries claimed for it and waiting for a slot, places reserved included.
+    fn held(&self) -> usize {
+        self.ready.len() + self.reserved
+    }
+}
+
 /// Deliveries being sent, in all and per receiver, under one lock.
 #[derive(Debug, Default)]
 struct Slots {
     total: usize,
-    /// Claimed deliveries waiting in `ready` queues, in all.
+    /// Claimed deliveries waiting in `ready` queues, and places reserved
+    /// there, in all.
     ready: usize,
     receivers: HashMap<String, ReceiverState>,
 }
@@ -150,6 +160,33 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let workers = self.workers.clone();
         workers.release_slot(&self.receiver, self.up);
+    }
+}
+
+/// A place reserved in a receiver's ready queue for a delivery being
+/// committed as claimed; given back when dropped unfilled.
+struct Hold {
+    workers: Arc<Workers>,
+    receiver: String,
+}
+
+impl Hold {
+    /// Gives the place to `claimed`, now committed: it goes out as soon as
+    /// its receiver has a slot.
+    fn fill(self, claimed: Claimed) {
+        let workers = self.workers.clone();
+        drop(self);
+        workers.dispatch(claimed);
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let mut slots = self.workers.slots.lock().unwrap();
+        slots.ready -= 1;
+        if let Some(r) = slots.receivers.get_mut(&self.receiver) {
+            r.reserved -= 1;
+        }
     }
 }
 
@@ -323,7 +360,7 @@ impl Workers {
         let mut slots = self.slots.lock().unwrap();
         slots
             .receivers
-            .retain(|_, r| r.in_flight > 0 || r.failures > 0 || !r.ready.is_empty());
+            .retain(|_, r| r.in_flight > 0 || r.failures > 0 || r.held() > 0);
         let mut room = Room {
             default: READY_FACTOR * self.per_receiver(),
             ..Room::default()
@@ -345,7 +382,7 @@ impl Workers {
     /// How many more `r` may have claimed: in flight plus held, up to
     /// [`READY_FACTOR`] times its slots; one at a time while half open.
     fn claimable(&self, r: &ReceiverState, now: u64) -> usize {
-        let held = r.in_flight + r.ready.len();
+        let held = r.in_flight + r.held();
         match r.open_until {
             Some(until) if until > now => 0,
             _ if r.failures >= self.breaker.failures => usize::from(held == 0),
@@ -425,6 +462,32 @@ impl Workers {
         slots.total += 1;
         drop(slots);
         Some(self.guard(receiver))
+    }
+
+    /// Reserves a place in `receiver`'s ready queue for a delivery about to
+    /// be committed as claimed, so that it skips a trip through the queue's
+    /// claim, if the receiver is up and holds less than two rounds of its
+    /// slots (the third is left for the pump, so deliveries already waiting
+    /// in the queue keep going out), and the engine holds less than twice
+    /// `concurrency`.
+    fn try_hold(self: &Arc<Self>, receiver: String) -> Option<Hold> {
+        let mut slots = self.slots.lock().unwrap();
+        let concurrency = self.sender.config().concurrency.max(1);
+        if slots.total + slots.ready >= 2 * concurrency {
+            return None;
+        }
+        let per_receiver = self.per_receiver();
+        let r = slots.receivers.entry(receiver.clone()).or_default();
+        let up = r.failures < self.breaker.failures;
+        if !up || r.in_flight + r.held() >= (READY_FACTOR - 1) * per_receiver {
+            return None;
+        }
+        r.reserved += 1;
+        slots.ready += 1;
+        Some(Hold {
+            workers: self.clone(),
+            receiver,
+        })
     }
 
     fn guard(self: &Arc<Self>, receiver: String) -> Slot {
@@ -516,31 +579,38 @@ impl Workers {
     }
 
     async fn commit_and_launch(self: Arc<Self>, mut batch: Batch) -> Result<Committed, QueueError> {
-        let mut now = Vec::new();
+        // Those with a slot go out at once; those with a place in their
+        // receiver's ready queue wait there: both are claimed in the commit.
+        let (mut now, mut held) = (Vec::new(), Vec::new());
         for d in std::mem::take(&mut batch.queued) {
-            match self.try_slot(d.receiver()) {
-                Some(slot) => now.push((d, slot)),
-                None => batch.queued.push(d),
+            let receiver = d.receiver();
+            if let Some(slot) = self.try_slot(receiver.clone()) {
+                now.push((d, slot));
+            } else if let Some(hold) = self.try_hold(receiver) {
+                held.push((d, hold));
+            } else {
+                batch.queued.push(d);
             }
         }
-        batch.claimed = now.iter().map(|(d, _)| d.clone()).collect();
+        batch.claimed = now
+            .iter()
+            .map(|(d, _)| d.clone())
+            .chain(held.iter().map(|(d, _)| d.clone()))
+            .collect();
         let has_queued = !batch.queued.is_empty();
-        // On failure the slots drop with `now`.
+        // On failure the slots and places drop with `now` and `held`.
         let written = self.queue.commit(batch).await?;
         if let Committed::Done { claimed } = &written
             && !self.stop.is_cancelled()
         {
             // Only the rows this commit wrote: an id queued before belongs
             // to whoever queued it (the slot of one not written drops here).
-            for (delivery, slot) in now {
-                if !claimed.contains(&delivery.id) {
-                    continue;
-                }
-                let claimed = Claimed {
-                    delivery,
-                    attempts: 0,
-                };
-                self.launch(claimed, slot);
+            let mine = |d: &Delivery| claimed.contains(&d.id);
+            for (delivery, slot) in now.into_iter().filter(|(d, _)| mine(d)) {
+                self.launch(Claimed::new(delivery), slot);
+            }
+            for (delivery, hold) in held.into_iter().filter(|(d, _)| mine(d)) {
+                hold.fill(Claimed::new(delivery));
             }
             if has_queued {
                 self.wake();

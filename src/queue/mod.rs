@@ -127,6 +127,16 @@ pub(crate) struct Claimed {
     pub attempts: u32,
 }
 
+impl Claimed {
+    /// A delivery not attempted yet.
+    pub fn new(delivery: Delivery) -> Claimed {
+        Claimed {
+            delivery,
+            attempts: 0,
+        }
+    }
+}
+
 /// What one [`Queue::claim`] took.
 #[derive(Debug, Default)]
 pub(crate) struct Claim {

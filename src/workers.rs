@@ -168,24 +168,32 @@ impl Drop for Slot {
 struct Hold {
     workers: Arc<Workers>,
     receiver: String,
+    filled: bool,
 }
 
 impl Hold {
     /// Gives the place to `claimed`, now committed: it goes out as soon as
-    /// its receiver has a slot.
-    fn fill(self, claimed: Claimed) {
-        let workers = self.workers.clone();
-        drop(self);
-        workers.dispatch(claimed);
+    /// its receiver has a slot. The place becomes its slot or its entry in
+    /// the ready queue under one lock, so no one else sees it free meanwhile.
+    fn fill(mut self, claimed: Claimed) {
+        self.filled = true;
+        let receiver = std::mem::take(&mut self.receiver);
+        self.workers
+            .dispatch_with(claimed, |slots| Hold::give_back(slots, &receiver));
+    }
+
+    fn give_back(slots: &mut Slots, receiver: &str) {
+        slots.ready -= 1;
+        if let Some(r) = slots.receivers.get_mut(receiver) {
+            r.reserved -= 1;
+        }
     }
 }
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        let mut slots = self.workers.slots.lock().unwrap();
-        slots.ready -= 1;
-        if let Some(r) = slots.receivers.get_mut(&self.receiver) {
-            r.reserved -= 1;
+        if !self.filled {
+            Hold::give_back(&mut self.workers.slots.lock().unwrap(), &self.receiver);
         }
     }
 }
@@ -393,8 +401,15 @@ impl Workers {
     /// Sends a claimed delivery now if its receiver and the engine have a
     /// slot, else holds it in the receiver's ready queue.
     fn dispatch(self: &Arc<Self>, claimed: Claimed) {
+        self.dispatch_with(claimed, |_| {});
+    }
+
+    /// [`Workers::dispatch`], first applying `update` to the slots under
+    /// the same lock.
+    fn dispatch_with(self: &Arc<Self>, claimed: Claimed, update: impl FnOnce(&mut Slots)) {
         let receiver = claimed.delivery.receiver();
         let mut slots = self.slots.lock().unwrap();
+        update(&mut slots);
         let full = slots.total >= self.sender.config().concurrency.max(1);
         let r = slots.receivers.entry(receiver.clone()).or_default();
         if !full && self.room_of(r, now_ms()) > 0 {
@@ -466,11 +481,16 @@ impl Workers {
 
     /// Reserves a place in `receiver`'s ready queue for a delivery about to
     /// be committed as claimed, so that it skips a trip through the queue's
-    /// claim, if the receiver is up and holds less than two rounds of its
-    /// slots (the third is left for the pump, so deliveries already waiting
-    /// in the queue keep going out), and the engine holds less than twice
-    /// `concurrency`.
+    /// claim, if the receiver is up and has less than two rounds of its
+    /// slots in flight or waiting (the third is left for the pump, so
+    /// deliveries already waiting in the queue keep going out), and the
+    /// engine holds less than twice `concurrency`. Only on a queue whose
+    /// claims last until finished: on NATS, a delivery queued as claimed
+    /// has a lease that is not renewed, so only one sent at once is.
     fn try_hold(self: &Arc<Self>, receiver: String) -> Option<Hold> {
+        if !self.queue.claims_last() {
+            return None;
+        }
         let mut slots = self.slots.lock().unwrap();
         let concurrency = self.sender.config().concurrency.max(1);
         if slots.total + slots.ready >= 2 * concurrency {
@@ -487,6 +507,7 @@ impl Workers {
         Some(Hold {
             workers: self.clone(),
             receiver,
+            filled: false,
         })
     }
 

@@ -343,6 +343,12 @@ pub(crate) trait Queue: Send + Sync + 'static {
     /// Forgets the keys of events accepted at or before `before_ms`: sent
     /// again after that, an event is accepted anew.
     fn forget_keys(&self, before_ms: u64) -> Fut<'_, usize>;
+    /// Whether a delivery committed as claimed ([`Batch::claimed`]) stays
+    /// claimed by this run until it is finished, however long it waits for
+    /// a slot. `false` where such a claim is a lease that ends on its own.
+    fn claims_last(&self) -> bool {
+        true
+    }
     /// Hands back the deliveries this run holds (claimed, not finished), as
     /// the engine stops, so that other engines sharing the queue can take
     /// them at once. A backend that only one engine uses keeps them for its

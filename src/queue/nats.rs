@@ -778,6 +778,12 @@ impl Drop for NatsQueue {
 }
 
 impl Queue for NatsQueue {
+    /// A delivery queued as claimed is held under a lease that is not
+    /// renewed: only one sent at once may be.
+    fn claims_last(&self) -> bool {
+        false
+    }
+
     fn journal(&self, event: Journaled) -> Fut<'_, Option<i64>> {
         Box::pin(async move {
             if let Some(key) = &event.key

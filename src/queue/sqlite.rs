@@ -114,7 +114,7 @@ const GROUP: usize = 4096;
 /// much latency added, and only while busy.
 const GROUP_WINDOW: std::time::Duration = std::time::Duration::from_millis(1);
 
-/// Jobs in a transaction that show the queue is busy.
+/// Jobs (writes or reads) in a transaction that show the queue is busy.
 const BUSY: usize = 4;
 
 type Reply = Box<dyn FnOnce(Option<&Arc<rusqlite::Error>>) + Send>;
@@ -303,7 +303,8 @@ fn run(conn: Connection, jobs: mpsc::Receiver<Job>) {
             }
         }
         // Busy: let more jobs arrive, so that one commit (its page writes,
-        // its fsync) serves more of them. A lone caller never waits.
+        // its fsync) serves more of them. A lone caller's commits, of one
+        // job each, never wait.
         if last_group >= BUSY
             && let Some(rest) = GROUP_WINDOW.checked_sub(began.elapsed())
         {

@@ -321,16 +321,10 @@ impl Workers {
     }
 
     async fn pump_loop(self: Arc<Self>) {
-        let concurrency = self.sender.config().concurrency.max(1);
         loop {
             // Receivers whose pause ended send what they hold first.
             let resumes = self.launch_ready();
-            let held = {
-                let slots = self.slots.lock().unwrap();
-                slots.total + slots.ready
-            };
-            // In flight plus held in memory: at most twice `concurrency`.
-            let free = (2 * concurrency).saturating_sub(held);
+            let free = self.memory_room(&self.slots.lock().unwrap());
             let mut wait = resumes.map_or(POLL, |at| {
                 Duration::from_millis(at.saturating_sub(now_ms())).min(POLL)
             });
@@ -381,6 +375,13 @@ impl Workers {
             }
         }
         room
+    }
+
+    /// How many more deliveries the engine may hold in memory: in flight
+    /// plus claimed and waiting, at most twice `concurrency`.
+    fn memory_room(&self, slots: &Slots) -> usize {
+        let concurrency = self.sender.config().concurrency.max(1);
+        (2 * concurrency).saturating_sub(slots.total + slots.ready)
     }
 
     fn per_receiver(&self) -> usize {
@@ -492,14 +493,12 @@ impl Workers {
             return None;
         }
         let mut slots = self.slots.lock().unwrap();
-        let concurrency = self.sender.config().concurrency.max(1);
-        if slots.total + slots.ready >= 2 * concurrency {
+        if self.memory_room(&slots) == 0 {
             return None;
         }
-        let per_receiver = self.per_receiver();
         let r = slots.receivers.entry(receiver.clone()).or_default();
-        let up = r.failures < self.breaker.failures;
-        if !up || r.in_flight + r.held() >= (READY_FACTOR - 1) * per_receiver {
+        // More than a round of claim room left (none while open or half open).
+        if self.claimable(r, now_ms()) <= self.per_receiver() {
             return None;
         }
         r.reserved += 1;

@@ -302,7 +302,11 @@ impl Runner {
     ) -> Result<Decision, CallError> {
         hook.stats.calls.inc();
         let started = std::time::Instant::now();
-        let result = self.sandbox.handle(&hook.prepared, event).await;
+        // Boxed: the call's future (wasmtime's instantiation and calls) is
+        // kilobytes, and every future that holds it inline is copied whole
+        // when it is spawned and when its task finishes.
+        let call = Box::pin(self.sandbox.handle(&hook.prepared, event));
+        let result = call.await;
         hook.stats.duration.observe(started.elapsed().as_secs_f64());
         let site = || site(hook, event);
         let outcome = result.map_err(|f| match f {

@@ -1,9 +1,10 @@
 //! Acceptance: the one place an event enters the engine.
 //!
-//! Once the engine decides to take an event, the rest runs in a task of its
-//! own, and the caller only awaits its answer: a caller that goes away (a
-//! client that disconnects, a timeout) stops waiting and changes nothing
-//! else. An event is committed once, under one id:
+//! Once the engine decides to take an event, the rest runs in the caller's
+//! task while the caller waits for its answer ([`MustFinish`]), and in a
+//! task of its own if the caller goes away (a client that disconnects, a
+//! timeout): that stops the waiting and changes nothing else. An event is
+//! committed once, under one id:
 //!
 //! - An event recognised as sent before (same method, call id and phase,
 //!   within `dedup_window_secs`) is answered as the first one was, without
@@ -29,13 +30,14 @@ use crate::delivery::{Delivery, new_uid, uid_of};
 use crate::dispatch::{self, HookFailure, Runner, Verdict};
 use crate::error::Error;
 use crate::event::Event;
+use crate::must_finish::MustFinish;
 use crate::queue::{Batch, Committed, Journaled, Queue, QueueError};
 use crate::registry::{Hooks, LiveHook, Registry};
 use crate::workers::Workers;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use wildmatch::WildMatch;
 
 /// Events handed to hooks and not yet committed (post events, and pre
@@ -128,11 +130,12 @@ impl Ingest {
             },
             None => None,
         };
-        let (tx, rx) = oneshot::channel();
         let ingest = self.clone();
         // Held until its deliveries are committed, so drain() waits for them.
         let permit = self.place().await;
-        tokio::spawn(async move {
+        // In the caller's task; what is left of it finishes in a task of its
+        // own if the caller goes away.
+        Ok(MustFinish::new(async move {
             let results = dispatch::run_all(&ingest.runner, &hooks, &event, &uid).await;
             let decided = activity::summarize(&hooks, &results);
             let dispatch::PreDecisions {
@@ -143,30 +146,26 @@ impl Ingest {
             // The verdict needs the vetoes and the `wait` hooks' outcomes,
             // not the other deliveries: they are committed alongside, and
             // the caller does not wait for that commit.
-            let answer = async {
-                let verdict = ingest.wait_pre(verdict, waiting).await;
-                let decided = activity::with_failures(decided, &verdict);
-                ingest.activity.event(&event, decided, Some(&verdict));
-                if let Some(publish) = publish {
-                    publish.send_replace(Some(verdict.clone()));
-                }
-                let _ = tx.send(verdict);
-            };
-            let commit = async {
-                if !queued.is_empty() {
-                    ingest
-                        .commit_until_done(Batch {
-                            queued,
-                            ..Batch::default()
-                        })
-                        .await;
-                }
-            };
-            futures::join!(answer, commit);
-            drop(permit);
-        });
-        rx.await
-            .map_err(|_| Error::Runtime("the pre event's task failed".into()))
+            if !queued.is_empty() {
+                let ingest = ingest.clone();
+                tokio::spawn(async move {
+                    let batch = Batch {
+                        queued,
+                        ..Batch::default()
+                    };
+                    ingest.commit_until_done(batch).await;
+                    drop(permit);
+                });
+            }
+            let verdict = ingest.wait_pre(verdict, waiting).await;
+            let decided = activity::with_failures(decided, &verdict);
+            ingest.activity.event(&event, decided, Some(&verdict));
+            if let Some(publish) = publish {
+                publish.send_replace(Some(verdict.clone()));
+            }
+            verdict
+        })
+        .await)
     }
 
     /// Remembers that the pre event `key` is being decided. `Err` with the
@@ -283,32 +282,30 @@ impl Ingest {
         }
         let permit = self.place().await;
         let (key, uid) = self.identify(&event);
-        let (tx, rx) = oneshot::channel();
         let ingest = self.clone();
-        tokio::spawn(async move {
-            ingest.accept_post(hooks, event, key, uid, tx).await;
-            drop(permit);
-        });
-        rx.await
-            .map_err(|_| Error::Runtime("the post event's task failed".into()))?
+        // In the caller's task; what is left of it finishes in a task of its
+        // own if the caller goes away.
+        MustFinish::new(async move { ingest.accept_post(hooks, event, key, uid, permit).await })
+            .await
     }
 
+    /// Runs a post event's hooks and answers once what it became is
+    /// committed; `permit` is held until its deliveries are.
     async fn accept_post(
         self: Arc<Self>,
         hooks: Hooks,
         event: Event,
         key: Option<String>,
         uid: String,
-        accepted: oneshot::Sender<Result<(), Error>>,
-    ) {
-        let mut run = tokio::spawn({
+        permit: OwnedSemaphorePermit,
+    ) -> Result<(), Error> {
+        let mut run = MustFinish::new({
             let (ingest, hooks, event, uid) =
                 (self.clone(), hooks.clone(), event.clone(), uid.clone());
             async move { ingest.run_post(&hooks, &event, &uid).await }
         });
         // Hooks that finish quickly: their deliveries are the one write.
-        if let Ok(joined) = tokio::time::timeout(self.inline, &mut run).await {
-            let (deliveries, decided) = joined.unwrap_or_default();
+        if let Ok((deliveries, decided)) = tokio::time::timeout(self.inline, &mut run).await {
             let batch = Batch {
                 key,
                 queued: deliveries,
@@ -319,8 +316,7 @@ impl Ingest {
             if let Ok(Committed::Done { .. }) = committed {
                 self.activity.event(&event, decided, None);
             }
-            let _ = accepted.send(committed.map(drop).map_err(Into::into));
-            return;
+            return committed.map(drop).map_err(Into::into);
         }
         // Slower ones: journal the event, so it survives a crash, and answer.
         let journaled = Journaled {
@@ -333,25 +329,27 @@ impl Ingest {
         let ticket = match self.queue.journal(journaled).await {
             Ok(Some(ticket)) => ticket,
             Ok(None) => {
-                run.abort(); // sent before: its deliveries are queued already
-                let _ = accepted.send(Ok(()));
-                return;
+                run.abandon(); // sent before: its deliveries are queued already
+                return Ok(());
             }
             Err(e) => {
-                run.abort(); // not accepted: its deliveries must not go out
-                let _ = accepted.send(Err(e.into()));
-                return;
+                run.abandon(); // not accepted: its deliveries must not go out
+                return Err(e.into());
             }
         };
-        let _ = accepted.send(Ok(()));
-        let (deliveries, decided) = run.await.unwrap_or_default();
-        self.activity.event(&event, decided, None);
-        self.commit_until_done(Batch {
-            ticket: Some(ticket),
-            queued: deliveries,
-            ..Batch::default()
-        })
-        .await;
+        // The rest is not the caller's to wait for.
+        tokio::spawn(async move {
+            let (deliveries, decided) = run.await;
+            self.activity.event(&event, decided, None);
+            self.commit_until_done(Batch {
+                ticket: Some(ticket),
+                queued: deliveries,
+                ..Batch::default()
+            })
+            .await;
+            drop(permit);
+        });
+        Ok(())
     }
 
     /// Runs a post event through its hooks, concurrently; returns all

@@ -66,6 +66,7 @@ mod event;
 mod files;
 mod ingest;
 mod metrics;
+mod must_finish;
 mod queue;
 mod registry;
 mod sandbox;

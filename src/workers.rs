@@ -8,6 +8,7 @@ use crate::activity::{Activity, ReceiverFailure};
 use crate::delivery::schedule::{gave_up, retry_delay};
 use crate::delivery::{Attempt, Delivery, DeliveryPolicy, Sender, now_ms};
 use crate::metrics::{AttemptResult, Metrics};
+use crate::must_finish::MustFinish;
 use crate::queue::{Batch, Claimed, Committed, Finish, Queue, QueueError, Room};
 use crate::registry::Registry;
 use futures::FutureExt;
@@ -557,13 +558,11 @@ impl Workers {
     /// Queues a batch durably and returns once it is committed. Those of
     /// its deliveries whose receiver has room go out at once, claimed in
     /// the same commit, without a trip through the pump; the rest wait for
-    /// it. The work runs in a task of its own: a caller that stops waiting
-    /// changes nothing, and no slot or claimed row is left behind.
+    /// it. A caller that stops waiting changes nothing, and no slot or
+    /// claimed row is left behind: the rest finishes in a task of its own.
     pub async fn submit(self: &Arc<Self>, batch: Batch) -> Result<Committed, QueueError> {
         let workers = self.clone();
-        tokio::spawn(async move { workers.commit_and_launch(batch).await })
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        MustFinish::new(async move { workers.commit_and_launch(batch).await }).await
     }
 
     /// [`Workers::submit`] for a `wait` hook's deliveries: also returns, per

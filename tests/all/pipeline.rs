@@ -489,6 +489,41 @@ async fn a_pre_verdict_does_not_wait_for_its_notifications_commit() {
     engine.drain().await;
 }
 
+/// A pre caller that goes away while its verdict waits (here for a `wait`
+/// hook's delivery) changes nothing: the event's work, which runs in the
+/// caller's task, moves to a task of its own. The other hook's notification
+/// is sent, and the same event sent again gets the first copy's verdict
+/// rather than a second set of deliveries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pre_caller_that_goes_away_midway_loses_nothing() {
+    let gate = Receiver::stalled().await;
+    let notified = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    install_echo(dir.path(), "gated", gate.url("/w"), "wait = true");
+    install_echo(dir.path(), "notify", notified.url("/n"), "");
+    let mut config = test_config(dir.path());
+    config.dedup_window_secs = 3600;
+    let engine = Engine::new(config).await.unwrap();
+    let mut first = Box::pin(engine.pre(event("vm.start.pre", "gone-pre")));
+    // The caller waits until the gated delivery is in flight, then goes away.
+    tokio::select! {
+        verdict = &mut first => panic!("the verdict waits for the gated delivery: {verdict:?}"),
+        _ = gate.wait_for(1) => {}
+    }
+    drop(first);
+    gate.open();
+    let again = engine
+        .pre(event("vm.start.pre", "gone-pre"))
+        .await
+        .expect("the first copy's verdict");
+    assert!(again.allowed && again.failures.is_empty(), "{again:?}");
+    let got = notified.wait_for(1).await;
+    assert_eq!(got[0].header("x-call-id"), "gone-pre");
+    engine.drain().await;
+    assert_eq!(gate.received().len(), 1, "the gated delivery, once");
+    assert_eq!(notified.received().len(), 1, "the notification, once");
+}
+
 /// A tmpfs of a few MiB, unmounted when dropped.
 struct Tmpfs {
     path: std::path::PathBuf,

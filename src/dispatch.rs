@@ -86,7 +86,8 @@ pub(crate) async fn run_all(
     // A task per hook, so that the hooks of one event run on every worker
     // thread, and one hook's host-side work (building its deliveries, say)
     // never sits between another hook and its deadline. Aborted if the
-    // caller goes away.
+    // event's work is dropped (a post event's hooks once it turns out to
+    // be a copy, or not accepted).
     let tasks: Vec<_> = hooks
         .iter()
         .map(|hook| {

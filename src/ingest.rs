@@ -131,11 +131,12 @@ impl Ingest {
             None => None,
         };
         let ingest = self.clone();
-        // Held until its deliveries are committed, so drain() waits for them.
-        let permit = self.place().await;
+        // Held until its deliveries are committed and its verdict is known,
+        // so drain() waits for them.
+        let permit = Arc::new(self.place().await);
         // In the caller's task; what is left of it finishes in a task of its
         // own if the caller goes away.
-        Ok(MustFinish::new(async move {
+        let work = MustFinish::new(async move {
             let results = dispatch::run_all(&ingest.runner, &hooks, &event, &uid).await;
             let decided = activity::summarize(&hooks, &results);
             let dispatch::PreDecisions {
@@ -147,7 +148,7 @@ impl Ingest {
             // not the other deliveries: they are committed alongside, and
             // the caller does not wait for that commit.
             if !queued.is_empty() {
-                let ingest = ingest.clone();
+                let (ingest, permit) = (ingest.clone(), permit.clone());
                 tokio::spawn(async move {
                     let batch = Batch {
                         queued,
@@ -163,9 +164,10 @@ impl Ingest {
             if let Some(publish) = publish {
                 publish.send_replace(Some(verdict.clone()));
             }
+            drop(permit);
             verdict
-        })
-        .await)
+        });
+        caught(work, "pre").await
     }
 
     /// Remembers that the pre event `key` is being decided. `Err` with the
@@ -285,8 +287,11 @@ impl Ingest {
         let ingest = self.clone();
         // In the caller's task; what is left of it finishes in a task of its
         // own if the caller goes away.
-        MustFinish::new(async move { ingest.accept_post(hooks, event, key, uid, permit).await })
-            .await
+        let work =
+            MustFinish::new(
+                async move { ingest.accept_post(hooks, event, key, uid, permit).await },
+            );
+        caught(work, "post").await?
     }
 
     /// Runs a post event's hooks and answers once what it became is
@@ -326,20 +331,23 @@ impl Ingest {
             hooks: hooks.iter().map(|h| h.name().to_owned()).collect(),
             payload: event.payload().to_owned(),
         };
+        // The hooks go on meanwhile, in a task of their own: nothing polls
+        // them here while the journal is written.
+        let run = run.spawn();
         let ticket = match self.queue.journal(journaled).await {
             Ok(Some(ticket)) => ticket,
             Ok(None) => {
-                run.abandon(); // sent before: its deliveries are queued already
+                run.abort(); // sent before: its deliveries are queued already
                 return Ok(());
             }
             Err(e) => {
-                run.abandon(); // not accepted: its deliveries must not go out
+                run.abort(); // not accepted: its deliveries must not go out
                 return Err(e.into());
             }
         };
         // The rest is not the caller's to wait for.
         tokio::spawn(async move {
-            let (deliveries, decided) = run.await;
+            let (deliveries, decided) = run.await.unwrap_or_default();
             self.activity.event(&event, decided, None);
             self.commit_until_done(Batch {
                 ticket: Some(ticket),
@@ -486,4 +494,15 @@ impl Ingest {
             .expect("never closed");
         drop(all);
     }
+}
+
+/// An event's work, with a panic in it (a bug in the engine: hooks' own
+/// panics are caught per hook) turned into an error for the caller, as a
+/// failed task's was.
+async fn caught<T: Send + 'static>(work: MustFinish<T>, phase: &str) -> Result<T, Error> {
+    use futures::FutureExt;
+    std::panic::AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .map_err(|_| Error::Runtime(format!("the {phase} event's work failed")))
 }

@@ -11,6 +11,7 @@
 //! caller still changes nothing.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -27,10 +28,11 @@ impl<T: Send + 'static> MustFinish<T> {
         }
     }
 
-    /// Drops the work where it stands, for work whose result is no longer
-    /// wanted and must not take effect.
-    pub fn abandon(mut self) {
-        self.work = None;
+    /// Goes on with the work in a task of its own, for work that must keep
+    /// running while the caller waits on something else. Aborting the task
+    /// drops the work, for work whose result must no longer take effect.
+    pub fn spawn(mut self) -> tokio::task::JoinHandle<T> {
+        tokio::spawn(self.work.take().expect("not finished"))
     }
 }
 
@@ -39,17 +41,27 @@ impl<T: Send + 'static> Future for MustFinish<T> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
         let work = self.work.as_mut().expect("polled after it finished");
-        let output = std::task::ready!(work.as_mut().poll(cx));
-        self.work = None;
-        Poll::Ready(output)
+        // Work that panicked is dropped with the panic, not handed to a task.
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(cx)));
+        match polled {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => {
+                self.work = None;
+                Poll::Ready(output)
+            }
+            Err(panic) => {
+                self.work = None;
+                std::panic::resume_unwind(panic)
+            }
+        }
     }
 }
 
 impl<T: Send + 'static> Drop for MustFinish<T> {
     fn drop(&mut self) {
         if let Some(work) = self.work.take() {
-            // Outside a runtime (it is shutting down), the work is dropped,
-            // as a spawned task would be.
+            // Outside a runtime, or in one that is shutting down (which
+            // refuses the task), the work is dropped, as a task's would be.
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 drop(runtime.spawn(work));
             }
@@ -79,7 +91,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn abandoned_work_stops() {
+    async fn work_spawned_then_aborted_stops() {
         let (gate_tx, gate_rx) = oneshot::channel::<()>();
         let (done_tx, done_rx) = oneshot::channel::<()>();
         let mut work = MustFinish::new(async move {
@@ -87,10 +99,27 @@ mod tests {
             done_tx.send(()).unwrap();
         });
         assert!((&mut work).now_or_never().is_none());
-        work.abandon();
+        let task = work.spawn();
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
         // The work was dropped: its gate is closed and its result never comes.
         assert!(gate_tx.send(()).is_err());
         assert!(done_rx.await.is_err());
+    }
+
+    #[tokio::test]
+    async fn work_that_panics_is_not_handed_to_a_task() {
+        let work = MustFinish::new(async {
+            panic!("a bug");
+        });
+        // The panic reaches the caller; what is left is not spawned (it
+        // would panic again: "`async fn` resumed after panicking").
+        let caught = std::panic::AssertUnwindSafe(work).catch_unwind().await;
+        assert!(caught.is_err());
+        let tasks = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        assert_eq!(tasks, 0, "nothing was spawned");
     }
 
     #[tokio::test]

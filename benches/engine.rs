@@ -387,7 +387,7 @@ async fn per_event() {
     let alone = alone::Alone::new(
         &std::fs::read(guests::wasm("deny")).unwrap(),
         &format!("{{\"protected\":[\"{protected}\"]}}"),
-        128 + 16,
+        &bench_config(dir.path()),
     );
     let t_alone = per_iter(n, 5, async || {
         assert!(alone.denies(&event).await);
@@ -503,7 +503,7 @@ async fn profile_loop() {
     let mut config = bench_config(dir.path());
     config.max_concurrent_calls = 8;
     config.max_warm_instances = 0;
-    let engine = Engine::new(config).await.unwrap();
+    let engine = Engine::new(config.clone()).await.unwrap();
     let event = Event::from_json(&fixture("vm.delete.pre")).unwrap();
     // `BENCH_EVENTS=N`: exactly N events, for `valgrind --tool=callgrind`
     // (instructions per event: the difference of two runs' totals over the
@@ -516,7 +516,7 @@ async fn profile_loop() {
         alone::Alone::new(
             &std::fs::read(guests::wasm("deny")).unwrap(),
             "{\"protected\":[\"0a9b8c7d-6e5f-4a3b-2c1d-0e9f8a7b6c5d\"]}",
-            8,
+            &config,
         )
     });
     let (start, cpu) = (Instant::now(), cpu_seconds());
@@ -1244,18 +1244,17 @@ mod alone {
     }
 
     impl Alone {
-        /// With room for `instances` at once, as an engine of
-        /// `max_concurrent_calls + max_warm_instances`.
-        pub fn new(wasm: &[u8], settings: &str, instances: u32) -> Alone {
-            // Keep in step with `Sandbox::new` (src/sandbox/mod.rs): this is
-            // the engine's pool, for the default 512 MiB memory limit.
+        /// With the pool an engine of `engine` settings has.
+        pub fn new(wasm: &[u8], settings: &str, engine: &::wasmhooks::Config) -> Alone {
+            // Keep in step with `Sandbox::new` (src/sandbox/mod.rs).
+            let instances = engine.max_concurrent_calls + engine.max_warm_instances;
             let mut pool = PoolingAllocationConfig::new();
             pool.total_component_instances(instances)
                 .total_core_instances(instances * 8)
                 .total_memories(instances * 2)
                 .total_tables(instances * 4)
                 .total_stacks(instances)
-                .max_memory_size(512 << 20)
+                .max_memory_size(engine.limits.max_memory_mib as usize * 1024 * 1024)
                 .linear_memory_keep_resident(2 << 20)
                 .table_keep_resident(64 << 10)
                 .async_stack_keep_resident(128 << 10)

@@ -24,7 +24,7 @@ fn the_console_passes_its_browser_tests() {
     let screenshots = root().join("target/console-screenshots");
     let status = node_test(
         &tests,
-        "console.test.mjs",
+        &["console.test.mjs"],
         &[
             ("SCREENSHOTS", screenshots.as_os_str()),
             ("CHROMIUM", chromium.as_ref()),

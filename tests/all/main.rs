@@ -50,7 +50,7 @@ pub use serve::Serve;
 /// is bounded, so a hang is a failure that says where.
 pub fn node_test(
     dir: &Path,
-    file: &str,
+    files: &[&str],
     env: &[(&str, &std::ffi::OsStr)],
 ) -> std::process::ExitStatus {
     let guests = wasm("forward").parent().unwrap().to_owned();
@@ -60,8 +60,8 @@ pub fn node_test(
             "--test-timeout=300000",
             "--test-force-exit",
             "--test-concurrency=1",
-            file,
         ])
+        .args(files)
         .current_dir(dir)
         .env("WASMHOOKS_BIN", env!("CARGO_BIN_EXE_wasmhooks"))
         .env("WASMHOOKS_GUESTS", &guests)

@@ -6,9 +6,8 @@
 //     node integrations/xo-server-wasmhooks/bench/latency.js [CALLS]
 
 import { configure } from '@xen-orchestra/log/configure'
-import createPlugin from '../index.js'
-import { FakeXo, connection } from '../test/fake-xo.js'
-import { PROTECTED_VM, hooksFolder, startWasmhooks, tempDir } from '../test/helpers.js'
+import { FakeXo, connection } from '../test/xo/app.js'
+import { PLUGIN, PLUGIN_DIR, PROTECTED_VM, hooksFolder, startWasmhooks, tempDir } from '../test/helpers.js'
 
 configure(() => {})
 const calls = Number(process.argv[2] ?? 5000)
@@ -47,12 +46,12 @@ const wasmhooks = await startWasmhooks({ hooks: hooks.path, state: state.path })
 try {
   console.log(`${calls} sequential vm.stop calls (the deny hook runs on each, and allows it), after ${warmup} to warm up`)
   const unguarded = await measure('unguarded')
-  const plugin = createPlugin({ xo })
-  await plugin.configure({ url: wasmhooks.url, guard: ['vm.stop'] })
-  await plugin.load()
+  await xo.plugins.register(PLUGIN_DIR, PLUGIN)
+  await xo.plugins.configure(PLUGIN, { url: wasmhooks.url, guard: ['vm.stop'] })
+  await xo.plugins.load(PLUGIN)
   const guarded = await measure('guarded')
-  await plugin.idle()
-  await plugin.unload()
+  await xo.plugins.instance(PLUGIN).idle()
+  await xo.plugins.unload(PLUGIN)
   console.log(
     `added by the guard: p50 +${(guarded.p50 - unguarded.p50).toFixed(0)} µs, p99 +${(guarded.p99 - unguarded.p99).toFixed(0)} µs`
   )

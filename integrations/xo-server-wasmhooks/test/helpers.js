@@ -3,24 +3,47 @@
 //
 // The wasmhooks binary and the built example hooks come from the Rust test
 // that runs these (tests/all/xo_plugin.rs): WASMHOOKS_BIN, WASMHOOKS_GUESTS.
+// Without them, preflight.js stops the run at once and says how to run it.
 
+import './preflight.js'
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:http'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { FakeXo } from './xo/app.js'
+import { FakeXapi } from './xo/rest.js'
 
 export const PROTECTED_VM = '0a9b8c7d-6e5f-4a3b-2c1d-0e9f8a7b6c5d'
 
+/** The plugin's folder: what xo-server finds in its plugin lookup paths. */
+export const PLUGIN_DIR = join(dirname(fileURLToPath(import.meta.url)), '..')
+
+/** The plugin's name in XO: its folder is `xo-server-NAME`. */
+export const PLUGIN = 'wasmhooks'
+
+/**
+ * The plugin registered in the stand-in `xo` as xo-server registers it,
+ * configured with `configuration` and loaded as XO's Settings → Plugins
+ * does (`plugin.configure`, then `plugin.load`); unloaded when test `t`
+ * ends, however it ends. Returns the plugin's instance.
+ */
+export async function loadPlugin(t, xo, configuration) {
+  await xo.plugins.register(PLUGIN_DIR, PLUGIN)
+  t.after(async () => {
+    if (xo.plugins.get(PLUGIN).loaded) {
+      await xo.plugins.unload(PLUGIN)
+    }
+  })
+  await xo.plugins.configure(PLUGIN, configuration)
+  await xo.plugins.load(PLUGIN)
+  return xo.plugins.instance(PLUGIN)
+}
+
 function required(name) {
-  const value = process.env[name]
-  if (!value) {
-    throw new Error(
-      `${name} is not set: these tests are run by \`cargo test\` (tests/all/xo_plugin.rs), which builds wasmhooks and the example hooks`
-    )
-  }
-  return value
+  return process.env[name]
 }
 
 /** A temp folder, removed by `remove()`. */
@@ -143,4 +166,88 @@ export async function allDelivered(url) {
 export function captureLogs() {
   const lines = []
   return { lines, transport: log => lines.push(log), messages: () => lines.map(l => l.message) }
+}
+
+export const OTHER_VM = '1e1f1c5a-6b3d-4c2e-9a8f-7d6c5b4a3e21'
+
+/**
+ * A stand-in XO with users (alice, an admin; bob, read-only), two VMs, and
+ * the JSON-RPC methods the tests call, each running the fake XAPI's
+ * operation as the REST controllers do, so both entry points record the
+ * same thing in `xo.ran`.
+ */
+export function standIn() {
+  const xo = new FakeXo()
+  xo.xapi = new FakeXapi(xo)
+  xo.addUser({ id: 'u-alice', email: 'alice@example.org', permission: 'admin' })
+  xo.addUser({ id: 'u-bob', email: 'bob@example.org', permission: 'read' })
+  xo.addUser({ id: 'u-carol', email: 'carol@example.org', permission: 'none' })
+  for (const id of [PROTECTED_VM, OTHER_VM]) {
+    xo.xapi.add({ id, type: 'VM' })
+  }
+  const vm = { id: { type: 'string' } }
+  xo.addApiMethod(
+    'vm.delete',
+    async function ({ id }) {
+      if (this !== xo) {
+        throw new Error('xo-server calls a method with the app as this')
+      }
+      await xo.xapi.call('VM.destroy', id)
+    },
+    { permission: 'admin', params: vm, description: 'delete a VM' }
+  )
+  xo.addApiMethod('vm.start', ({ id }) => xo.xapi.call('VM.start', id), {
+    permission: 'write',
+    params: vm,
+    description: 'start a VM',
+  })
+  xo.addApiMethod(
+    'group.create',
+    async ({ name }) => {
+      xo.ran.push(['group.create', name])
+      return `group-${xo.ran.length}`
+    },
+    { permission: 'admin', params: { name: { type: 'string' } } }
+  )
+  return xo
+}
+
+/**
+ * A REST request to the stand-in: `token` as XO's `authenticationToken`
+ * cookie, `body` as JSON. Resolves to `{ status, headers, body }`.
+ */
+export async function rest(base, verb, path, { token, body, headers = {} } = {}) {
+  const init = { method: verb, headers: { ...headers } }
+  if (token !== undefined) {
+    init.headers.cookie = `authenticationToken=${token}`
+  }
+  if (body !== undefined) {
+    init.headers['content-type'] = 'application/json'
+    init.body = JSON.stringify(body)
+  }
+  const response = await fetch(base + path, init)
+  const text = await response.text()
+  let parsed
+  try {
+    parsed = text === '' ? undefined : JSON.parse(text)
+  } catch {
+    parsed = text
+  }
+  return { status: response.status, headers: response.headers, body: parsed }
+}
+
+/** Resolves to the log of XO task `id` once it has ended (from `xo.tasks` updates). */
+export function taskEnded(xo, id) {
+  const ended = log => log !== undefined && log.status !== 'pending'
+  return new Promise(resolve => {
+    const onUpdate = log => {
+      if (log.id === id && ended(log)) {
+        xo.tasks.off('update', onUpdate)
+        resolve(log)
+      }
+    }
+    // Listening first: an update between the two is not missed.
+    xo.tasks.on('update', onUpdate)
+    xo.tasks.get(id).then(log => ended(log) && onUpdate(log), () => {})
+  })
 }

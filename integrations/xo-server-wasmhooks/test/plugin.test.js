@@ -1,4 +1,4 @@
-// The plugin in a stand-in xo-server (fake-xo.js), against a real
+// The plugin's JSON-RPC path in the stand-in xo-server (xo/), against a real
 // `wasmhooks serve` with the Rust `deny` and `forward` examples and a real
 // receiver.
 
@@ -6,13 +6,16 @@ import { configure } from '@xen-orchestra/log/configure'
 import assert from 'node:assert/strict'
 import { createServer } from 'node:net'
 import { after, before, describe, test } from 'node:test'
-import createPlugin from '../index.js'
-import { FakeXo, connection } from './fake-xo.js'
+import { connection } from './xo/app.js'
 import {
+  OTHER_VM,
+  PLUGIN,
   PROTECTED_VM,
+  allDelivered,
   captureLogs,
   hooksFolder,
-  allDelivered,
+  loadPlugin,
+  standIn,
   startReceiver,
   startWasmhooks,
   tempDir,
@@ -20,47 +23,15 @@ import {
 
 // Each test's bound: far past what it takes, so a hang fails it.
 const T = { timeout: 90_000 }
-const OTHER_VM = '1e1f1c5a-6b3d-4c2e-9a8f-7d6c5b4a3e21'
 const logs = captureLogs()
 configure(logs.transport)
 
 const DENY = `[settings]\nprotected = ["${PROTECTED_VM}"]\n`
 const forward = url => `allow_hosts = ["127.0.0.1"]\n[settings]\nurl = "${url}"\n`
-
-/** A stand-in XO with a user and the two methods the tests call. */
-function fakeXo() {
-  const xo = new FakeXo()
-  xo.addUser({ id: 'u-alice', email: 'alice@example.org', permission: 'admin' })
-  const vm = { id: { type: 'string' } }
-  xo.addApiMethod(
-    'vm.delete',
-    async function ({ id }) {
-      assert.equal(this, xo, 'xo-server calls a method with the app as this')
-      xo.ran.push(['vm.delete', id])
-    },
-    { permission: 'admin', params: vm, description: 'delete a VM' }
-  )
-  xo.addApiMethod(
-    'vm.start',
-    async ({ id }) => {
-      xo.ran.push(['vm.start', id])
-      return true
-    },
-    { permission: 'write', params: vm, description: 'start a VM' }
-  )
-  return xo
-}
+const fakeXo = standIn
+const loaded = loadPlugin
 
 const alice = connection({ userId: 'u-alice', ip: '::ffff:192.0.2.44' })
-
-/** A configured and loaded plugin, unloaded when test `t` ends, however. */
-async function loaded(t, xo, configuration) {
-  const plugin = createPlugin({ xo, staticConfig: {}, getDataDir: async () => '/nonexistent' })
-  t.after(() => plugin.unload())
-  await plugin.configure(configuration)
-  await plugin.load()
-  return plugin
-}
 
 /** A loopback URL nothing listens on. */
 async function nobodyThere() {
@@ -97,7 +68,7 @@ describe('with deny and forward', () => {
     const xo = fakeXo()
     const plugin = await loaded(t, xo, { url: wasmhooks.url })
     // forward subscribes to every method's pre event: all are guarded.
-    assert.deepEqual(plugin.guarded, ['vm.delete', 'vm.start'])
+    assert.deepEqual(plugin.guarded, ['group.create', 'vm.delete', 'vm.start'])
 
     await assert.rejects(xo.callApiMethod(alice, 'vm.delete', { id: PROTECTED_VM }), error => {
       assert.equal(error.code, 5, 'forbiddenOperation')
@@ -109,7 +80,7 @@ describe('with deny and forward', () => {
     assert.deepEqual(xo.ran, [], 'the vetoed method never ran')
 
     assert.equal(await xo.callApiMethod(alice, 'vm.start', { id: OTHER_VM }), true)
-    assert.deepEqual(xo.ran, [['vm.start', OTHER_VM]])
+    assert.deepEqual(xo.ran, [['VM.start', OTHER_VM]])
 
     // Both calls' pre and post events reach the receiver through forward.
     await receiver.until(() => received(receiver, 'vm.start').length >= 2 && received(receiver, 'vm.delete').length >= 2)
@@ -126,7 +97,7 @@ describe('with deny and forward', () => {
     assert.deepEqual(deletes.map(e => e.type).sort(), ['post', 'pre'])
     assert.equal(deletes.find(e => e.type === 'post').error.code, 5, 'the post event carries the veto')
     assert.deepEqual(xo.listenerFailures, [])
-    await plugin.unload()
+    await xo.plugins.unload(PLUGIN)
   })
 
   test('unload() puts the original methods back, and a second load() guards again', T, async t => {
@@ -139,19 +110,19 @@ describe('with deny and forward', () => {
     assert.deepEqual(wrapper.params, originals['vm.delete'].params)
     assert.equal(wrapper.description, 'delete a VM')
 
-    await plugin.unload()
+    await xo.plugins.unload(PLUGIN)
     assert.equal(xo.apiMethods['vm.delete'], originals['vm.delete'])
     assert.equal(xo.apiMethods['vm.start'], originals['vm.start'])
     for (const event of ['xo:preCall', 'xo:postCall', 'backup:preCall', 'backup:postCall']) {
       assert.equal(xo.listenerCount(event), 0, event)
     }
     await xo.callApiMethod(alice, 'vm.delete', { id: PROTECTED_VM })
-    assert.deepEqual(xo.ran, [['vm.delete', PROTECTED_VM]], 'unguarded once unloaded')
+    assert.deepEqual(xo.ran, [['VM.destroy', PROTECTED_VM]], 'unguarded once unloaded')
 
-    await plugin.load()
+    await xo.plugins.load(PLUGIN)
     await assert.rejects(xo.callApiMethod(alice, 'vm.delete', { id: PROTECTED_VM }), /refused by the wasmhooks hook deny/)
     assert.equal(xo.ran.length, 1)
-    await plugin.unload()
+    await xo.plugins.unload(PLUGIN)
   })
 
   test('a method re-registered by another plugin is guarded again at the next refresh', T, async t => {
@@ -169,7 +140,6 @@ describe('with deny and forward', () => {
 
   test("XO's permission check still applies to a guarded method, before any pre event", T, async t => {
     const xo = fakeXo()
-    xo.addUser({ id: 'u-bob', email: 'bob@example.org', permission: 'read' })
     const plugin = await loaded(t, xo, { url: wasmhooks.url })
     const bob = connection({ userId: 'u-bob' })
     await assert.rejects(xo.callApiMethod(bob, 'vm.start', { id: 'bob-vm' }), { code: 2, message: 'not enough permissions' })
@@ -186,7 +156,7 @@ describe('with deny and forward', () => {
     assert.deepEqual(bobs, ['post'], 'a refused call sends no pre event')
     const invalid = receiver.received.filter(r => r.body.params?.name === 'no-id').map(r => r.body.type)
     assert.deepEqual(invalid, ['post'])
-    await plugin.unload()
+    await xo.plugins.unload(PLUGIN)
   })
 
   test('backup events are forwarded', T, async t => {
@@ -201,17 +171,15 @@ describe('with deny and forward', () => {
     const events = received(receiver, 'backupNg.runJob').map(r => r.body)
     assert.deepEqual(events.map(e => e.type).sort(), ['post', 'pre'])
     assert.equal(events[0].params.id, 'job-1')
-    await plugin.unload()
+    await xo.plugins.unload(PLUGIN)
   })
 
-  test("test() sends a sample pre event and returns the verdict", T, async t => {
+  test("XO's Test button sends a sample pre event and logs the verdict", T, async t => {
     const xo = fakeXo()
-    const plugin = await loaded(t, xo, { url: wasmhooks.url })
-    const verdict = await plugin.test({ method: 'vm.delete', id: PROTECTED_VM })
-    assert.equal(verdict.allowed, false)
-    assert.equal(verdict.denied_by, 'deny')
+    await loaded(t, xo, { url: wasmhooks.url })
+    await xo.plugins.test(PLUGIN, { method: 'vm.delete', id: PROTECTED_VM })
     assert.ok(logs.messages().some(m => m.startsWith('test: vm.delete would be refused by the hook deny')))
-    await plugin.unload()
+    await xo.plugins.unload(PLUGIN)
   })
 })
 
@@ -219,7 +187,7 @@ describe('wasmhooks down', () => {
   test('a guarded call fails closed, or goes ahead, as configured', T, async t => {
     const url = await nobodyThere()
     const xo = fakeXo()
-    let plugin = await loaded(t, xo, { url, guard: ['vm.delete'], failClosed: true, preTimeout: 500 })
+    const plugin = await loaded(t, xo, { url, guard: ['vm.delete'], failClosed: true, preTimeout: 500 })
     assert.deepEqual(plugin.guarded, ['vm.delete'])
     await assert.rejects(xo.callApiMethod(alice, 'vm.delete', { id: OTHER_VM }), error => {
       assert.equal(error.code, 5)
@@ -228,13 +196,14 @@ describe('wasmhooks down', () => {
       return true
     })
     assert.deepEqual(xo.ran, [])
-    await plugin.unload()
+    await xo.plugins.unload(PLUGIN)
 
-    plugin = await loaded(t, xo, { url, guard: ['vm.delete'], failClosed: false, preTimeout: 500 })
+    await xo.plugins.configure(PLUGIN, { url, guard: ['vm.delete'], failClosed: false, preTimeout: 500 })
+    await xo.plugins.load(PLUGIN)
     await xo.callApiMethod(alice, 'vm.delete', { id: OTHER_VM })
-    assert.deepEqual(xo.ran, [['vm.delete', OTHER_VM]])
+    assert.deepEqual(xo.ran, [['VM.destroy', OTHER_VM]])
     assert.ok(logs.messages().some(m => m.startsWith('vm.delete goes ahead without a verdict')))
-    await plugin.unload()
+    await xo.plugins.unload(PLUGIN)
 
     await assert.rejects(plugin.test(), /cannot be reached/)
   })
@@ -247,7 +216,7 @@ describe('wasmhooks down', () => {
     }
     assert.equal(plugin.stats.dropped, 200)
     assert.ok(logs.messages().some(m => m.startsWith('queue full (100 events, maxQueued')))
-    await plugin.unload()
+    await xo.plugins.unload(PLUGIN)
     assert.ok(logs.messages().some(m => m.startsWith('unloaded with 100 events not yet forwarded')))
   })
 })
@@ -263,11 +232,11 @@ describe('a gate in monitor mode', () => {
       // deny subscribes to vm.delete and vm.stop.
       assert.deepEqual(plugin.guarded, ['vm.delete'])
       await xo.callApiMethod(alice, 'vm.delete', { id: PROTECTED_VM })
-      assert.deepEqual(xo.ran, [['vm.delete', PROTECTED_VM]])
+      assert.deepEqual(xo.ran, [['VM.destroy', PROTECTED_VM]])
       assert.ok(logs.messages().some(m => /^monitor mode: the hook deny would refuse vm\.delete: .*0a9b8c7d/.test(m)))
       const metrics = await (await fetch(`${wasmhooks.url}/metrics`)).text()
       assert.match(metrics, /wasmhooks_hook_would_deny_total\{hook="deny"\} 1/)
-      await plugin.unload()
+      await xo.plugins.unload(PLUGIN)
     } finally {
       await wasmhooks.stop()
       hooks.remove()
@@ -311,7 +280,7 @@ describe('a burst while wasmhooks restarts', () => {
       console.log(`burst of 1000 across a restart: ${stats.retried} sends retried, ${duplicates} duplicates at the receiver`)
       assert.equal(stats.dropped, 0)
       assert.ok(stats.retried > 0, 'the restart was noticed')
-      await plugin.unload()
+      await xo.plugins.unload(PLUGIN)
     } finally {
       await wasmhooks.stop()
       await receiver.close()

@@ -1,5 +1,6 @@
-//! `deny`: vetoes `vm.delete` and `vm.stop` on the VMs listed in `protected`.
-//! Sends nothing.
+//! `deny`: vetoes `methods` (by default `vm.delete` and `vm.stop`) on the
+//! objects listed in `protected` (by `params.id`; `"*"` protects every call,
+//! with an id or not, such as `group.create`). Sends nothing.
 //!
 //! It runs on every pre event of those methods, in a fresh instance, so it
 //! reads only the fields it needs (typed serde, borrowed strings) and keeps
@@ -13,8 +14,16 @@ use wasmhooks_sdk::{Event, Hook, Outcome, Phase, Subscription};
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Settings {
-    /// VM ids (UUIDs). An empty list is allowed: nothing is protected.
+    /// Object ids (UUIDs), or `"*"` for every call. An empty list is
+    /// allowed: nothing is protected.
     protected: Vec<String>,
+    /// The methods (globs) it guards.
+    #[serde(default = "guarded_by_default")]
+    methods: Vec<String>,
+}
+
+fn guarded_by_default() -> Vec<String> {
+    vec!["vm.delete".into(), "vm.stop".into()]
 }
 
 /// The parts of the event this hook reads.
@@ -38,7 +47,12 @@ impl Hook for Deny {
     type Settings = Settings;
 
     fn setup(s: Settings) -> Result<(Self, Subscription), String> {
-        let subscription = Subscription::new(["vm.delete", "vm.stop"], [Phase::Pre]);
+        if s.methods.is_empty() {
+            return Err(wasmhooks_sdk::settings_error(
+                "methods: an empty list guards nothing; leave it out for vm.delete and vm.stop",
+            ));
+        }
+        let subscription = Subscription::new(s.methods, [Phase::Pre]);
         Ok((
             Deny {
                 protected: s.protected,
@@ -50,16 +64,20 @@ impl Hook for Deny {
     fn handle(&self, event: &Event) -> Result<Outcome, String> {
         let payload: Payload = serde_json::from_str(&event.payload)
             .map_err(|e| format!("event {}: payload is not valid JSON: {e}", event.call_id))?;
-        let Some(id) = payload.params.and_then(|p| p.id) else {
-            return Ok(Outcome::skip());
-        };
-        if !self.protected.iter().any(|p| *p == id) {
-            return Ok(Outcome::skip());
+        let id = payload.params.and_then(|p| p.id);
+        let method = &event.method;
+        match id {
+            Some(id) if self.protected.iter().any(|p| *p == id) => {
+                let what = if method.starts_with("vm.") { "VM " } else { "" };
+                Ok(Outcome::deny(format!(
+                    "{what}{id} is protected: {method} refused by the deny hook"
+                )))
+            }
+            _ if self.protected.iter().any(|p| p == "*") => Ok(Outcome::deny(format!(
+                "{method} is refused by the deny hook (every call is protected)"
+            ))),
+            _ => Ok(Outcome::skip()),
         }
-        Ok(Outcome::deny(format!(
-            "VM {id} is protected: {} refused by the deny hook",
-            event.method
-        )))
     }
 }
 
@@ -87,6 +105,30 @@ mod tests {
         // vm.start is not vetoed, even on a protected VM.
         let out = handle::<Deny>(&fixture("vm.start.pre")).unwrap();
         assert_eq!(out.deny, None);
+    }
+
+    #[test]
+    fn other_methods_and_every_call() {
+        setup::<Deny>(r#"{"protected": ["*"], "methods": ["group.create"]}"#).unwrap();
+        // Not subscribed: skipped.
+        let out = handle::<Deny>(&fixture("vm.delete.pre")).unwrap();
+        assert_eq!(out.deny, None);
+        setup::<Deny>(r#"{"protected": ["*"], "methods": ["vm.*"]}"#).unwrap();
+        let reason = handle::<Deny>(&fixture("vm.delete.pre"))
+            .unwrap()
+            .deny
+            .unwrap();
+        assert_eq!(
+            reason,
+            "vm.delete is refused by the deny hook (every call is protected)"
+        );
+        let sub = setup::<Deny>(r#"{"protected": ["u-1"], "methods": ["user.delete"]}"#).unwrap();
+        assert_eq!(sub.methods, ["user.delete"]);
+        assert!(
+            setup::<Deny>(r#"{"protected": [], "methods": []}"#)
+                .unwrap_err()
+                .contains("methods: an empty list")
+        );
     }
 
     #[test]

@@ -1,5 +1,7 @@
-// A stand-in for xo-server, written for these tests and faithful to its
-// API call path (packages/xo-server/src/xo-mixins/api.mjs):
+// A stand-in for xo-server, written for these tests from XO's source
+// (vatesfr/xen-orchestra at 9ef53890, xo-server 5.207.2), faithful to what
+// the plugin touches. Its JSON-RPC call path follows
+// packages/xo-server/src/xo-mixins/api.mjs:
 //
 // 1. the method is looked up in the live `apiMethods` table;
 // 2. the user's API context is entered (AsyncLocalStorage: `xo.apiContext`);
@@ -12,11 +14,16 @@
 //
 // Backup jobs emit `backup:preCall` (awaited, errors only logged) and
 // `backup:postCall` around the job, with no way for a listener to stop it.
+// Plugins are loaded as xo-server loads them (plugins.js), and the REST API
+// is served as @xen-orchestra/rest-api serves it (rest.js).
 
+import Obfuscate from '@vates/obfuscate'
 import emitAsync from '@xen-orchestra/emit-async'
 import apiErrors from 'xo-common/api-errors.js'
 import { AsyncLocalStorage } from 'node:async_hooks'
 import { EventEmitter } from 'node:events'
+import { Plugins } from './plugins.js'
+import { Tasks } from './tasks.js'
 
 const PERMISSIONS = { none: 0, read: 1, write: 2, admin: 3 }
 
@@ -24,12 +31,15 @@ export class FakeXo extends EventEmitter {
   #methods = { __proto__: null }
   #context = new AsyncLocalStorage()
   #users = new Map()
+  #tokens = new Map()
 
   constructor() {
     super()
     this.listenerFailures = []
-    // What the methods did, in order: [name, params].
+    // What the operations did, in order: [name, id].
     this.ran = []
+    this.tasks = new Tasks(this)
+    this.plugins = new Plugins(this)
   }
 
   get apiMethods() {
@@ -42,6 +52,57 @@ export class FakeXo extends EventEmitter {
 
   addUser(user) {
     this.#users.set(user.id, user)
+  }
+
+  getUser(id) {
+    const user = this.#users.get(id)
+    if (user === undefined) {
+      apiErrors.noSuchObject(id, 'user')
+    }
+    return user
+  }
+
+  deleteUser(id) {
+    this.getUser(id)
+    this.#users.delete(id)
+  }
+
+  /** An authentication token for `userId`, as `token.create` makes. */
+  createToken(userId) {
+    const token = Math.random().toString(36).slice(2) + Math.random().toString(36).slice(2)
+    this.#tokens.set(token, userId)
+    return token
+  }
+
+  /**
+   * As xo-mixins/authentication.mjs: a token, or an email and password
+   * (the stand-in's users' password is their id); `invalidCredentials`
+   * otherwise.
+   */
+  async authenticateUser(credentials, { ip } = {}) {
+    let user
+    if (credentials.token !== undefined) {
+      const id = this.#tokens.get(credentials.token)
+      user = id === undefined ? undefined : this.#users.get(id)
+    } else {
+      user = [...this.#users.values()].find(u => u.email === credentials.username && u.id === credentials.password)
+    }
+    if (user === undefined) {
+      apiErrors.invalidCredentials()
+    }
+    return { user, ip }
+  }
+
+  /** As xo-mixins/api.mjs: a fresh context with the user and its permission. */
+  async runWithApiContext(user, fn) {
+    const context = { __proto__: null }
+    if (user !== undefined) {
+      context.user = user
+      context.permission = user.permission
+    } else {
+      context.permission = 'none'
+    }
+    return this.#context.run(context, fn)
   }
 
   /** As xo-server's addApiMethod: the metadata lives on the function. */
@@ -69,8 +130,8 @@ export class FakeXo extends EventEmitter {
     }
     const userId = connection.get('user_id', undefined)
     const user = userId === undefined ? undefined : this.#users.get(userId)
-    const context = { __proto__: null, user, permission: user?.permission ?? 'none', connection }
-    return this.#context.run(context, async () => {
+    return this.runWithApiContext(user, async () => {
+      this.apiContext.connection = connection
       const data = {
         callId: Math.random().toString(36).slice(2),
         userId: user?.id,
@@ -78,9 +139,7 @@ export class FakeXo extends EventEmitter {
         userIp: connection.get('user_ip', undefined),
         method: name,
         // xo-server masks secrets in the event, not in what the method gets.
-        params: Object.fromEntries(
-          Object.entries(params).map(([key, value]) => [key, key === 'password' ? '* obfuscated *' : value])
-        ),
+        params: Obfuscate.replace(params, '* obfuscated *'),
         timestamp: Date.now(),
       }
       await emitAsync.call(

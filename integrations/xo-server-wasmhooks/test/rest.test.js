@@ -1,0 +1,287 @@
+// The plugin's REST path, in the stand-in xo-server's REST API (xo/rest.js:
+// express, XO's authentication, `acl()`, controllers over a fake XAPI,
+// `createAction` over `xo.tasks`), against a real `wasmhooks serve` with the
+// Rust `deny` and `forward` examples and a real receiver.
+
+import { configure } from '@xen-orchestra/log/configure'
+import assert from 'node:assert/strict'
+import { createServer } from 'node:net'
+import { after, before, describe, test } from 'node:test'
+import { connection } from './xo/app.js'
+import { serveRest } from './xo/rest.js'
+import {
+  OTHER_VM,
+  PLUGIN,
+  PROTECTED_VM,
+  allDelivered,
+  captureLogs,
+  hooksFolder,
+  loadPlugin,
+  rest,
+  standIn,
+  startReceiver,
+  startWasmhooks,
+  taskEnded,
+  tempDir,
+} from './helpers.js'
+
+const T = { timeout: 90_000 }
+const logs = captureLogs()
+configure(logs.transport)
+const alice = connection({ userId: 'u-alice', ip: '::ffff:192.0.2.44' })
+
+// deny guards vm.delete and vm.stop on the protected VM; deny-users guards
+// user.delete of bob and every group.create; forward sends every event on.
+const hooks = receiver => ({
+  deny: { guest: 'deny', toml: `[settings]\nprotected = ["${PROTECTED_VM}"]\n` },
+  'deny-users': {
+    guest: 'deny',
+    toml: '[settings]\nprotected = ["u-bob"]\nmethods = ["user.delete"]\n',
+  },
+  'deny-groups': { guest: 'deny', toml: '[settings]\nprotected = ["*"]\nmethods = ["group.create"]\n' },
+  forward: { guest: 'forward', toml: `allow_hosts = ["127.0.0.1"]\n[settings]\nurl = "${receiver.url('/forward')}"\n` },
+})
+
+/** The stand-in, its REST API served, the plugin loaded, and alice's token. */
+async function xoWithRest(t, configuration) {
+  const xo = standIn()
+  const api = await serveRest(xo)
+  t.after(() => api.close())
+  const plugin = await loadPlugin(t, xo, configuration)
+  return { xo, api, plugin, token: xo.createToken('u-alice') }
+}
+
+function events(receiver, method) {
+  return receiver.received.map(r => r.body).filter(e => e.method === method)
+}
+
+describe('REST, with deny and forward', () => {
+  let receiver, folder, state, wasmhooks
+  before(async () => {
+    receiver = await startReceiver()
+    folder = hooksFolder(hooks(receiver))
+    state = tempDir('wasmhooks-state-')
+    wasmhooks = await startWasmhooks({ hooks: folder.path, state: state.path })
+  }, T)
+  after(async () => {
+    await wasmhooks.stop()
+    await receiver.close()
+    folder.remove()
+    state.remove()
+  })
+
+  test('a protected VM is refused on every path: JSON-RPC, DELETE, an action sync and async', T, async t => {
+    const { xo, api, token } = await xoWithRest(t, { url: wasmhooks.url })
+
+    await assert.rejects(xo.callApiMethod(alice, 'vm.delete', { id: PROTECTED_VM }), { code: 5 })
+
+    const deleted = await rest(api.url, 'DELETE', `/rest/v0/vms/${PROTECTED_VM}`, { token })
+    assert.equal(deleted.status, 403, JSON.stringify(deleted.body))
+    assert.match(deleted.body.error, /^vm\.delete: refused by the wasmhooks hook deny: VM 0a9b8c7d-\S+ is protected/)
+    assert.equal(deleted.body.data.hook, 'deny')
+
+    // XO 6 stops a VM with an asynchronous action: 202 and a task id at
+    // once; the veto ends that task failed, with the reason.
+    const stopped = await rest(api.url, 'POST', `/rest/v0/vms/${PROTECTED_VM}/actions/clean_shutdown`, { token })
+    assert.equal(stopped.status, 202)
+    assert.equal(stopped.headers.get('location'), `/rest/v0/tasks/${stopped.body.taskId}`)
+    const task = await taskEnded(xo, stopped.body.taskId)
+    assert.equal(task.status, 'failure')
+    assert.equal(task.properties.name, 'REST API: clean shutdown VM')
+    assert.match(task.result.message, /^vm\.stop: refused by the wasmhooks hook deny: VM 0a9b8c7d/)
+    assert.equal(task.result.data.hook, 'deny')
+    const shown = await rest(api.url, 'GET', `/rest/v0/tasks/${stopped.body.taskId}`, { token })
+    assert.equal(shown.body.status, 'failure', 'where XO 6 reads it')
+
+    const sync = await rest(api.url, 'POST', `/rest/v0/vms/${PROTECTED_VM}/actions/clean_shutdown?sync=true`, { token })
+    assert.equal(sync.status, 403)
+    assert.match(sync.body.error, /^vm\.stop: refused by the wasmhooks hook deny/)
+
+    assert.deepEqual(xo.ran, [], 'no XAPI call ran')
+
+    // The other VM goes ahead, on each path.
+    assert.equal((await rest(api.url, 'DELETE', `/rest/v0/vms/${OTHER_VM}`, { token })).status, 204)
+    assert.deepEqual(xo.ran, [['VM.destroy', OTHER_VM]])
+  })
+
+  test('routes that need no pool are gated too, and named as in JSON-RPC', T, async t => {
+    const { xo, api, plugin, token } = await xoWithRest(t, { url: wasmhooks.url })
+    const group = await rest(api.url, 'POST', '/rest/v0/groups', { token, body: { name: 'ops' } })
+    assert.equal(group.status, 403)
+    assert.match(group.body.error, /^group\.create: refused by the wasmhooks hook deny-groups: group\.create is refused/)
+    await assert.rejects(xo.callApiMethod(alice, 'group.create', { name: 'ops' }), { code: 5 })
+
+    const bob = await rest(api.url, 'DELETE', '/rest/v0/users/u-bob', { token })
+    assert.equal(bob.status, 403)
+    assert.match(bob.body.error, /^user\.delete: refused by the wasmhooks hook deny-users: u-bob is protected/)
+    const carol = await rest(api.url, 'DELETE', '/rest/v0/users/u-carol', { token })
+    assert.equal(carol.status, 204)
+    assert.deepEqual(xo.ran, [['user.delete', 'u-carol']])
+
+    await plugin.idle()
+    await receiver.until(() => events(receiver, 'user.delete').length >= 4)
+    await allDelivered(wasmhooks.url)
+    const creates = events(receiver, 'group.create').filter(e => e.entry === 'rest')
+    assert.deepEqual(creates.map(e => e.type).sort(), ['post', 'pre'])
+    const pre = creates.find(e => e.type === 'pre')
+    assert.equal(pre.userName, 'alice@example.org')
+    assert.equal(pre.userIp, '127.0.0.1')
+    assert.deepEqual(pre.params, { name: 'ops' })
+    assert.deepEqual(pre.rest, { verb: 'POST', route: '/rest/v0/groups', path: '/rest/v0/groups', query: {} })
+    assert.equal(creates.find(e => e.type === 'post').error.code, 5, 'the post event carries the veto')
+    const carols = events(receiver, 'user.delete').filter(e => e.params.id === 'u-carol')
+    assert.deepEqual(carols.map(e => e.type).sort(), ['post', 'pre'])
+    assert.equal(carols.find(e => e.type === 'post').rest.status, 204)
+  })
+
+  test('vm.start through REST, sync and async: one pre and one post each, as JSON-RPC names it', T, async t => {
+    const { xo, api, plugin, token } = await xoWithRest(t, { url: wasmhooks.url })
+    await xo.callApiMethod(alice, 'vm.start', { id: OTHER_VM })
+    const started = await rest(api.url, 'POST', `/rest/v0/vms/${OTHER_VM}/actions/start`, { token, body: {} })
+    assert.equal(started.status, 202)
+    assert.equal((await taskEnded(xo, started.body.taskId)).status, 'success')
+    const sync = await rest(api.url, 'POST', `/rest/v0/vms/${OTHER_VM}/actions/start?sync=true`, {
+      token,
+      body: {},
+      headers: { 'x-xo-client': 'mcp' },
+    })
+    assert.equal(sync.status, 204)
+    assert.deepEqual(xo.ran, [
+      ['VM.start', OTHER_VM],
+      ['VM.start', OTHER_VM],
+      ['VM.start', OTHER_VM],
+    ])
+
+    await plugin.idle()
+    await receiver.until(() => events(receiver, 'vm.start').filter(e => e.entry === 'rest').length >= 4)
+    await allDelivered(wasmhooks.url)
+    const jsonrpc = events(receiver, 'vm.start').filter(e => e.entry === 'jsonrpc')
+    assert.deepEqual(jsonrpc.map(e => e.type).sort(), ['post', 'pre'])
+    const calls = new Map()
+    for (const event of events(receiver, 'vm.start').filter(e => e.entry === 'rest')) {
+      calls.set(event.callId, [...(calls.get(event.callId) ?? []), event])
+    }
+    assert.equal(calls.size, 2, 'two calls')
+    for (const [, [first, second, ...more]] of calls) {
+      assert.deepEqual(more, [])
+      const pre = first.type === 'pre' ? first : second
+      const post = first.type === 'pre' ? second : first
+      assert.equal(pre.type, 'pre')
+      assert.equal(post.type, 'post')
+      assert.equal(pre.method, 'vm.start')
+      assert.equal(pre.params.id, OTHER_VM)
+      assert.match(pre.taskId, /^[0-9a-z]{9}-/, 'the task id')
+      assert.equal(post.taskId, pre.taskId)
+      assert.equal(post.result, true)
+    }
+    const viaMcp = [...calls.values()].flat().filter(e => e.rest.client === 'mcp')
+    assert.equal(viaMcp.length, 2, "XO's MCP server is told apart by its header")
+  })
+
+  test("XO's authentication and ACL come first: what XO refuses sends no pre event", T, async t => {
+    const { xo, api } = await xoWithRest(t, { url: wasmhooks.url })
+    const unauthenticated = await rest(api.url, 'DELETE', `/rest/v0/vms/${PROTECTED_VM}`)
+    assert.equal(unauthenticated.status, 401)
+    const bob = await rest(api.url, 'DELETE', `/rest/v0/vms/${OTHER_VM}`, { token: xo.createToken('u-bob') })
+    assert.equal(bob.status, 403)
+    assert.equal(bob.body.error, 'not enough privileges')
+    assert.deepEqual(xo.ran, [])
+    // A call that does run, after them: everything sent before it has arrived.
+    const token = xo.createToken('u-alice')
+    await rest(api.url, 'POST', `/rest/v0/vms/${OTHER_VM}/actions/start?sync=true`, { token, body: {} })
+    await xo.plugins.instance(PLUGIN).idle()
+    await allDelivered(wasmhooks.url)
+    const refused = receiver.received.filter(
+      r => r.body.rest?.verb === 'DELETE' && ['bob@example.org', '(unknown user)'].includes(r.body.userName)
+    )
+    assert.deepEqual(refused, [], 'neither reached the gate')
+  })
+
+  test('unload puts every route and xo.tasks.create back; load guards them again', T, async t => {
+    const { xo, api, plugin, token } = await xoWithRest(t, { url: wasmhooks.url })
+    const create = xo.tasks.create
+    // The routes are found at XO's first REST request.
+    assert.equal(plugin.rest.state, 'waiting')
+    await rest(api.url, 'GET', '/rest/v0/vms', { token })
+    assert.equal(plugin.rest.state, 'wrapped')
+    const routes = Object.fromEntries(plugin.rest.routes.map(r => [`${r.verb} ${r.path}`, r]))
+    assert.equal(routes['DELETE /rest/v0/vms/:id'].method, 'vm.delete')
+    assert.equal(routes['DELETE /rest/v0/vms/:id'].guarded, true)
+    assert.equal(routes['POST /rest/v0/vms/:id/actions/start'].task, true)
+    assert.equal(routes['POST /rest/v0/groups'].method, 'group.create')
+    assert.equal(routes['GET /rest/v0/vms'], undefined, 'reads are not events')
+
+    await xo.plugins.unload(PLUGIN)
+    assert.equal(Object.hasOwn(xo.tasks, 'create'), false)
+    assert.notEqual(xo.tasks.create, create)
+    const stopped = await rest(api.url, 'POST', `/rest/v0/vms/${PROTECTED_VM}/actions/clean_shutdown?sync=true`, { token })
+    assert.equal(stopped.status, 204, 'not guarded once unloaded')
+    assert.deepEqual(xo.ran, [['VM.clean_shutdown', PROTECTED_VM]])
+
+    await xo.plugins.load(PLUGIN)
+    const again = await rest(api.url, 'DELETE', `/rest/v0/vms/${PROTECTED_VM}`, { token })
+    assert.equal(again.status, 403, 'guarded from the first request after load')
+    assert.equal(xo.ran.length, 1)
+  })
+
+  test('a route another plugin mounts later is guarded from its first call', T, async t => {
+    const { xo, api, token } = await xoWithRest(t, { url: wasmhooks.url })
+    await rest(api.url, 'GET', '/rest/v0/vms', { token })
+    xo.registerRestRoutes([
+      {
+        method: 'post',
+        endpoint: '/vms/:id/actions/wipe',
+        handler: req => {
+          xo.ran.push(['wipe', req.params.id])
+          return { wiped: true }
+        },
+      },
+      {
+        method: 'delete',
+        endpoint: '/vm-backups/:id',
+        handler: req => xo.ran.push(['vm-backup.delete', req.params.id]),
+      },
+    ])
+    // deny guards vm.delete and vm.stop, not vm.wipe: it goes ahead, gated
+    // before its handler (a plugin's route is not known to create a task).
+    const wiped = await rest(api.url, 'POST', `/rest/v0/vms/${PROTECTED_VM}/actions/wipe`, { token, body: {} })
+    assert.equal(wiped.status, 200)
+    assert.deepEqual(xo.ran, [['wipe', PROTECTED_VM]])
+    await receiver.until(() => events(receiver, 'vm.wipe').length >= 2)
+    const wipes = events(receiver, 'vm.wipe')
+    assert.deepEqual(wipes.map(e => e.type).sort(), ['post', 'pre'])
+    assert.deepEqual(wipes.find(e => e.type === 'post').result, { wiped: true })
+  })
+})
+
+describe('REST, wasmhooks down', () => {
+  test('a guarded REST call fails closed, or goes ahead, as configured', T, async t => {
+    const server = createServer().listen(0, '127.0.0.1')
+    await new Promise(resolve => server.once('listening', resolve))
+    const url = `http://127.0.0.1:${server.address().port}`
+    await new Promise(resolve => server.close(resolve))
+
+    const { xo, api, token } = await xoWithRest(t, { url, guard: ['vm.*'], failClosed: true, preTimeout: 500 })
+    const deleted = await rest(api.url, 'DELETE', `/rest/v0/vms/${OTHER_VM}`, { token })
+    assert.equal(deleted.status, 403)
+    assert.match(deleted.body.error, /wasmhooks gave no verdict .* set to fail closed/)
+    const started = await rest(api.url, 'POST', `/rest/v0/vms/${OTHER_VM}/actions/start`, { token, body: {} })
+    assert.equal(started.status, 202)
+    const task = await taskEnded(xo, started.body.taskId)
+    assert.equal(task.status, 'failure')
+    assert.match(task.result.message, /fail closed/)
+    assert.deepEqual(xo.ran, [])
+
+    await xo.plugins.unload(PLUGIN)
+    await xo.plugins.configure(PLUGIN, { url, guard: ['vm.*'], failClosed: false, preTimeout: 500 })
+    await xo.plugins.load(PLUGIN)
+    assert.equal((await rest(api.url, 'DELETE', `/rest/v0/vms/${OTHER_VM}`, { token })).status, 204)
+    const open = await rest(api.url, 'POST', `/rest/v0/vms/${OTHER_VM}/actions/start`, { token, body: {} })
+    assert.equal((await taskEnded(xo, open.body.taskId)).status, 'success')
+    assert.deepEqual(xo.ran, [
+      ['VM.destroy', OTHER_VM],
+      ['VM.start', OTHER_VM],
+    ])
+    assert.ok(logs.messages().some(m => m.startsWith('vm.delete goes ahead without a verdict')))
+  })
+})

@@ -2,6 +2,7 @@
 
 use crate::activity::{Activity, EventActivity, ReceiverFailure};
 use crate::config::{Config, HookConfig};
+use crate::coverage::{Coverage, CoverageError, CoverageReport, ReporterStatus};
 use crate::delivery::{Sender, new_uid};
 use crate::dispatch::{Runner, Verdict};
 use crate::error::Error;
@@ -75,6 +76,7 @@ struct Inner {
     workers: Arc<Workers>,
     metrics: Arc<Metrics>,
     activity: Arc<Activity>,
+    coverage: Coverage,
     _watch: Option<Watch>,
 }
 
@@ -160,6 +162,7 @@ impl Engine {
                 workers,
                 metrics,
                 activity,
+                coverage: Coverage::default(),
                 _watch: watch,
             }),
         })
@@ -198,9 +201,34 @@ impl Engine {
         self.inner.ingest.post(event).await
     }
 
-    /// Status of every hook: live or failed, version, last error, counters.
+    /// Status of every hook: live or failed, version, last error, counters,
+    /// and for a gate (a live hook subscribed to pre events) what it covers.
     pub fn hooks(&self) -> Vec<HookStatus> {
-        self.inner.registry.statuses()
+        let mut hooks = self.inner.registry.statuses();
+        for hook in &mut hooks {
+            if let (Some(subscription), Some(mode)) = (&hook.subscription, hook.mode)
+                && subscription.phases.contains(&Phase::Pre)
+            {
+                hook.coverage = Some(self.inner.coverage.of_gate(subscription, mode));
+            }
+        }
+        hooks
+    }
+
+    /// Takes what an orchestrator plugin guards, replacing what `reporter`
+    /// reported before (see [`crate::coverage`]). Refused if a field is
+    /// missing, too long or out of range.
+    pub fn put_coverage(
+        &self,
+        reporter: &str,
+        report: CoverageReport,
+    ) -> Result<(), CoverageError> {
+        self.inner.coverage.put(reporter, report)
+    }
+
+    /// Every orchestrator plugin that reported what it guards.
+    pub fn coverage(&self) -> Vec<ReporterStatus> {
+        self.inner.coverage.reporters()
     }
 
     /// A receiver whose value changes each time the set of hooks does (a

@@ -57,6 +57,7 @@
 
 pub mod activity;
 pub mod config;
+pub mod coverage;
 mod delivery;
 mod dispatch;
 mod egress;

@@ -149,6 +149,10 @@ pub struct HookStatus {
     pub mode: Option<HookMode>,
     /// Whether pre events wait for this hook's deliveries.
     pub wait: Option<bool>,
+    /// For a live hook subscribed to pre events (a gate): which entry points
+    /// into the orchestrator wait for its verdict, and which do not, as the
+    /// orchestrator's plugins report them (see [`crate::coverage`]).
+    pub coverage: Option<crate::coverage::GateCoverage>,
     /// Why the latest file failed to load, if it did.
     pub last_error: Option<LoadError>,
     /// Events handled.
@@ -569,6 +573,8 @@ impl Registry {
                     on_error: live.map(|h| h.config.on_error),
                     mode: live.map(|h| h.config.mode),
                     wait: live.map(|h| h.config.wait),
+                    // Filled in by the engine, which holds the reports.
+                    coverage: None,
                     last_error,
                     calls: counters.calls.get(),
                     errors: counters.errors.get(),

@@ -2,7 +2,10 @@
 //!
 //! - `POST /v1/events`: one event. A pre event gets the verdict (200), a post
 //!   event 202 once accepted. A malformed event gets 400 naming the field.
-//! - `GET /v1/hooks`: status, version and last error of every hook.
+//! - `GET /v1/hooks`: status, version and last error of every hook, and what
+//!   each gate covers.
+//! - `PUT /v1/coverage/{reporter}`, `GET /v1/coverage`: what orchestrator
+//!   plugins guard (see [`crate::coverage`]).
 //! - `GET /v1/deliveries?state=pending|failed|dead&limit=N&hook=H&receiver=R`:
 //!   queued deliveries, a page at a time (`after=CREATED_MS:ID`).
 //! - `POST /v1/deliveries/retry` with `{"id": "msg_…"}` or `{"all_dead": true}`:
@@ -54,6 +57,8 @@ pub fn router(engine: Engine) -> Router {
     let (router, mut doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(routes::ingest))
         .routes(routes!(routes::hooks))
+        .routes(routes!(routes::coverage))
+        .routes(routes!(routes::coverage_put))
         .routes(routes!(routes::deliveries))
         .routes(routes!(routes::retry))
         .routes(routes!(routes::receivers))

@@ -5,11 +5,12 @@
 use super::error;
 use super::openapi::{Accepted, ApiError, EventBody, Requeued, RetryRequest};
 use crate::activity::{EventActivity, MAX_EVENTS};
+use crate::coverage::{CoverageReport, ReporterStatus};
 use crate::engine::ReceiverStatus;
 use crate::queue::{DeliveryInfo, DeliveryQuery};
 use crate::{Engine, Error, Event, Filter, HookStatus, Phase, Retry, Verdict};
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -76,6 +77,55 @@ pub(super) async fn ingest(State(engine): State<Engine>, body: Bytes) -> Respons
 )]
 pub(super) async fn hooks(State(engine): State<Engine>) -> Json<Vec<HookStatus>> {
     Json(engine.hooks())
+}
+
+/// What an orchestrator plugin guards: every entry point it knows, with
+/// whether a call there waits for the verdict. Replaces what the same
+/// reporter said before, and holds for the report's `ttl_secs`; each gate's
+/// coverage in `GET /v1/hooks` is matched against it. The XO plugin sends
+/// it as `xo:HOSTNAME` at every refresh.
+#[utoipa::path(
+    put,
+    path = "/v1/coverage/{reporter}",
+    tag = "hooks",
+    params(("reporter" = String, Path, description = "Who reports: 1 to 64 of A-Z a-z 0-9 . _ : @ -", pattern = "^[A-Za-z0-9._:@-]{1,64}$", example = "xo:xoa-prod")),
+    request_body = CoverageReport,
+    responses(
+        (status = 204, description = "Kept"),
+        (status = 400, description = "Not a report, or a field missing, too long or out of range: the error names it", body = ApiError),
+        (status = 413, description = "A body larger than 1 MiB", body = ApiError),
+    )
+)]
+pub(super) async fn coverage_put(
+    State(engine): State<Engine>,
+    Path(reporter): Path<String>,
+    body: Bytes,
+) -> Response {
+    let report: CoverageReport = match serde_json::from_slice(&body) {
+        Ok(report) => report,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("not a coverage report: {e}"),
+            );
+        }
+    };
+    match engine.put_coverage(&reporter, report) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+/// Every orchestrator plugin that reported what it guards: when, whether
+/// its report still holds, and how many entry points it guards.
+#[utoipa::path(
+    get,
+    path = "/v1/coverage",
+    tag = "hooks",
+    responses((status = 200, description = "Reporters, by name", body = Vec<ReporterStatus>))
+)]
+pub(super) async fn coverage(State(engine): State<Engine>) -> Json<Vec<ReporterStatus>> {
+    Json(engine.coverage())
 }
 
 /// Which deliveries `GET /v1/deliveries` lists.

@@ -19,6 +19,7 @@ fn the_xo_plugin_passes_its_node_tests() {
             "test/load.test.js",
             "test/plugin.test.js",
             "test/rest.test.js",
+            "test/coverage.test.js",
         ],
         &[],
     );

@@ -184,6 +184,45 @@ test('the hooks table lists every hook, shows why one fails, and turns it live w
   })
 })
 
+test("each gate shows where the orchestrator waits for it, and where not, with why", async () => {
+  await withPage('gates', engine.url, async page => {
+    const deny = page.locator('#gates tr[data-gate="deny"]')
+    await deny.waitFor(WAIT)
+    // No plugin has reported: nothing is shown as guarded.
+    assert.match(await deny.locator('[data-field="summary"]').innerText(), /^NOT guarded in the orchestrator/)
+    assert.equal(await page.locator('#gates tr[data-gate="notify"]').count(), 0, 'a post-only hook is no gate')
+
+    // What the XO plugin reports (PUT /v1/coverage/xo:HOST).
+    const report = {
+      plugin: 'xo-server-wasmhooks 0.1.0',
+      orchestrator: 'xo-server 5.207.2',
+      loaded: true,
+      fail_closed: false,
+      ttl_secs: 600,
+      entries: [
+        { entry: 'jsonrpc', method: 'vm.delete', guarded: true },
+        { entry: 'rest', method: 'vm.delete', route: 'DELETE /rest/v0/vms/:id', guarded: true },
+        { entry: 'rest', method: 'vm.stop', route: 'POST /rest/v0/vms/:id/actions/clean_shutdown', guarded: false },
+        { entry: 'xapi', method: '*', guarded: false, note: 'changes made without XO' },
+      ],
+    }
+    const put = await fetch(`${engine.url}/v1/coverage/xo:console-test`, {
+      method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify(report),
+    })
+    assert.equal(put.status, 204, await put.text())
+    await page.locator('#reporters [data-reporter="xo:console-test"]').waitFor(WAIT)
+    await deny.locator('[data-guarded="REST (XO 6 web UI, scripts, MCP): DELETE /rest/v0/vms/:id"]').waitFor({ state: 'attached', ...WAIT })
+    assert.equal(
+      await deny.locator('[data-field="summary"]').innerText(),
+      'guarded on 2 entry points (jsonrpc, rest); NOT on 2: rest vm.stop, xapi *'
+    )
+    const stop = deny.locator('[data-unguarded="REST (XO 6 web UI, scripts, MCP): POST /rest/v0/vms/:id/actions/clean_shutdown"]')
+    assert.match(await stop.innerText(), /not guarded[\s\S]*guard setting leaves this method out/)
+    assert.match(await deny.locator('[data-unguarded="around XO (xe, XAPI clients, HA): *"]').innerText(), /changes made without XO/)
+    assert.match(await deny.locator('[data-field="warning"]').first().innerText(), /fails open/)
+  })
+})
+
 test('an event shows in recent activity, and its delivery while it is retried', async () => {
   // Deliveries to /notify fail (and are retried every second) until the
   // page has shown one as failing; then they go through.

@@ -33,6 +33,16 @@ export class Client {
     return this._request('/v1/events', { method: 'POST', body }, timeoutMs)
   }
 
+  /**
+   * Tells wasmhooks what the plugin guards (`PUT /v1/coverage/{reporter}`).
+   * @param {string} reporter
+   * @param {string} body the report, as JSON
+   * @param {number} timeoutMs
+   */
+  async putCoverage(reporter, body, timeoutMs) {
+    return this._request(`/v1/coverage/${encodeURIComponent(reporter)}`, { method: 'PUT', body }, timeoutMs)
+  }
+
   /** Every hook's status, as `GET /v1/hooks` gives it. */
   async hooks(timeoutMs) {
     return this._request('/v1/hooks', { method: 'GET' }, timeoutMs)

@@ -23,11 +23,11 @@ export function callId() {
 
 /** An error as XO puts it in a post event. */
 export function errorOf(error) {
-  if (!(error instanceof Error)) {
+  if (error === null || typeof error !== 'object') {
     return { message: String(error) }
   }
   const { code, data, message, name } = error
-  return { code, data, message, name }
+  return { code, data, message: message ?? String(error), name }
 }
 
 /**

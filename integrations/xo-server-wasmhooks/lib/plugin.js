@@ -1,7 +1,9 @@
 // The plugin instance xo-server drives: configure, load, unload, test.
 
 import { createLogger } from '@xen-orchestra/log'
+import { readFileSync } from 'node:fs'
 import { Client } from './client.js'
+import { CoverageReporter } from './coverage.js'
 import { ENTRY, callId } from './events.js'
 import { Forwarder } from './forwarder.js'
 import { Gate } from './gate.js'
@@ -11,6 +13,7 @@ import { RestGuard } from './rest.js'
 import { settings, unknownSettings } from './schema.js'
 
 const log = createLogger('xo:xo-server-wasmhooks')
+const { version } = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8'))
 
 export class WasmhooksPlugin {
   /** @param {{ xo: object }} opts what xo-server gives a plugin's factory */
@@ -32,7 +35,23 @@ export class WasmhooksPlugin {
       log,
     })
     this._jsonrpc = new JsonRpcGuard({ xo, gate: this._gate, log })
-    this._rest = new RestGuard({ xo, gate: this._gate, isGuarded: method => this._isGuarded(method), log })
+    this._rest = new RestGuard({
+      xo,
+      gate: this._gate,
+      isGuarded: method => this._isGuarded(method),
+      // Routes found or added: wasmhooks hears of them now, not at the next refresh.
+      onChange: () => this._refresh(),
+      log,
+    })
+    this._coverage = new CoverageReporter({
+      client: () => this._client,
+      settings: () => this._conf,
+      xo,
+      jsonrpc: this._jsonrpc,
+      rest: this._rest,
+      version,
+      log,
+    })
   }
 
   /**
@@ -84,6 +103,8 @@ export class WasmhooksPlugin {
     this._jsonrpc.stop()
     this._rest.stop()
     this._forwarder.stop()
+    // Nothing is guarded any more: wasmhooks says so at once.
+    await this._coverage.send(false)
   }
 
   /** Sends a sample pre event and returns (and logs) the verdict. */
@@ -124,6 +145,11 @@ export class WasmhooksPlugin {
     return this._jsonrpc.guarded
   }
 
+  /** The coverage report the plugin sends wasmhooks (see lib/coverage.js). */
+  get coverage() {
+    return this._coverage.build(this._loaded)
+  }
+
   /** What the plugin found of XO's REST API, and what it guards there. */
   get rest() {
     return this._rest.routes()
@@ -161,6 +187,7 @@ export class WasmhooksPlugin {
     this._refreshing = this._refreshing
       .then(() => this._loaded && this._reconcile())
       .catch(error => log.warn(`cannot update the guarded methods: ${error.message}`))
+      .then(() => this._loaded && this._coverage.send(true))
       .finally(() => {
         this._busy = false
       })

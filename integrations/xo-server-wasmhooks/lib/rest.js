@@ -5,36 +5,48 @@
 // Where it hooks in, read from XO's source (xo-server's index.mjs and
 // xo-mixins/rest-api.mjs, @xen-orchestra/rest-api at 9ef53890):
 //
-// - Every route is an express route (tsoa's generated `app.post(path,
-//   authenticate, ...middlewares, handler)`, and the routers that plugins
-//   and older code mount under /rest/v0). The plugin wraps each mutating
-//   route's last layer, its handler: XO's authentication, body parser and
-//   `acl()` middleware have run by then, and the operation has not.
+// - Every route is an express route: tsoa's generated `app.post(path,
+//   authenticate, ...middlewares, handler)`, the legacy router of
+//   `registerRestApi` (mounted before XO's authentication; each handler
+//   authenticates, then runs inside `xo.runWithApiContext`), and the router
+//   of `registerRestRoutes` (after it). The plugin wraps, for each verb of
+//   each mutating route, the route's last layer: its handler.
 // - xo-server does not hand the express app to plugins. Node's
 //   `http.server.request.start` diagnostics channel shows each request
-//   before express sees it; once express has set `req.app` (synchronously,
-//   in its first middleware), the plugin wraps the app's routes, before the
-//   request reaches one (they all await authentication first). Routes
-//   added later (another plugin's) are wrapped at the next request that
-//   finds the route table changed.
-// - A route whose operation XO runs as a task (`createAction`: every
-//   `…/actions/…` route) is gated inside that task: the plugin wraps
-//   `xo.tasks.create` and runs the verdict first in the task's `run`. An
-//   asynchronous call (202 and a task id) is not held back, and a veto
-//   ends XO's own task failed with the reason, where XO 6 shows any failed
-//   task; a `?sync=true` call gets the error. Any other route is gated
-//   before its handler: a veto answers XO's `forbiddenOperation` error (403).
+//   before express does; express gives the request its prototype (and so
+//   `req.app`) and then sets `res.locals`, before any middleware runs. The
+//   plugin catches that assignment, and there, synchronously, wraps every
+//   route not wrapped yet: the request's own route included, and routes a
+//   plugin added since the last request.
+// - When the verdict is asked:
+//   - a route XO runs as a task (`createAction`; routes.js lists them) is
+//     gated inside its task: the plugin wraps `xo.tasks.create`, and the
+//     task's `run` asks first. An asynchronous call is not held back (202
+//     and a task id), and a veto ends XO's own task failed with the reason,
+//     where XO 6 shows any failed task; a `?sync=true` call gets the error;
+//   - a legacy route (`autoRegisteredHandler`) is gated once XO has
+//     authenticated its user: the plugin wraps `xo.runWithApiContext`,
+//     which that handler calls next;
+//   - any other route is gated before its handler, after XO's
+//     authentication and `acl()` middleware (a plugin's route checks its
+//     own authorization in its handler, after the verdict).
+//   A veto answers XO's `forbiddenOperation` error (HTTP 403).
 
 import { AsyncLocalStorage } from 'node:async_hooks'
 import diagnostics from 'node:diagnostics_channel'
-import { ENTRY, callId, errorOf, mask } from './events.js'
+import { ENTRY, callId, errorOf, forbidden, mask } from './events.js'
 import { BASE, MUTATING, isPlumbing, methodOf, runsAsTask } from './routes.js'
 
 const REQUEST_START = 'http.server.request.start'
 const TASK_TYPE = 'xo:rest-api:action'
+// xo-mixins/rest-api.mjs: the handler of a `registerRestApi` route.
+const LEGACY_HANDLER = 'autoRegisteredHandler'
 
 /** Results larger than this (as JSON) are left out of post events. */
 const MAX_RESULT_BYTES = 64 * 1024
+
+/** How a route's call is gated (see the top of this file). */
+const GATED = Object.freeze({ inTask: 'task', inContext: 'context', before: 'before' })
 
 export class RestGuard {
   /**
@@ -42,87 +54,143 @@ export class RestGuard {
    * @param {object} opts.xo the xo-server app
    * @param {import('./gate.js').Gate} opts.gate
    * @param {(method: string) => boolean} opts.isGuarded
+   * @param {() => void} opts.onChange called when routes are found or added
    * @param {object} opts.log an `@xen-orchestra/log` logger
    */
-  constructor({ xo, gate, isGuarded, log }) {
-    Object.assign(this, { _xo: xo, _gate: gate, _isGuarded: isGuarded, _log: log })
+  constructor({ xo, gate, isGuarded, onChange, log }) {
+    Object.assign(this, { _xo: xo, _gate: gate, _isGuarded: isGuarded, _onChange: onChange, _log: log })
     this._calls = new AsyncLocalStorage()
-    // Wrapped route layers: { layer, original, route }.
-    this._wrapped = []
-    this._app = undefined
-    this._stamp = undefined
-    this._problem = undefined
     this._onRequest = this._onRequest.bind(this)
-    this._tasksCreate = undefined
+    this._reset()
+  }
+
+  _reset() {
+    this._started = false
+    // Wrapped handlers, by layer: { layer, original, wrapper, route }.
+    this._wrapped = new Map()
+    this._app = undefined
+    this._problem = undefined
+    // Routers under /rest/v0 whose mount path could not be read.
+    this._unreadable = new Set()
+    // What `xo.tasks.create` and `xo.runWithApiContext` were, to put back.
+    this._restore = []
   }
 
   start() {
+    this._started = true
     diagnostics.subscribe(REQUEST_START, this._onRequest)
-    this._wrapTasks()
+    const guard = this
+    this._replace(this._xo.tasks, 'create', original =>
+      function create(properties) {
+        const task = original.apply(this, arguments)
+        const call = guard._calls.getStore()
+        if (call !== undefined && call.task === undefined && properties?.type === TASK_TYPE) {
+          guard._inTask(call, task)
+        }
+        return task
+      }
+    )
+    this._replace(this._xo, 'runWithApiContext', original =>
+      function runWithApiContext(user, fn) {
+        const call = guard._calls.getStore()
+        if (call === undefined || call.route.gated !== GATED.inContext || call.checked !== undefined) {
+          return original.apply(this, arguments)
+        }
+        guard._setUser(call, user)
+        return original.call(this, user, async (...args) => {
+          await guard._check(call)
+          return fn(...args)
+        })
+      }
+    )
   }
 
-  /** Puts every route handler and `xo.tasks.create` back as they were. */
+  /** Puts every route handler, `xo.tasks.create` and `xo.runWithApiContext` back. */
   stop() {
     diagnostics.unsubscribe(REQUEST_START, this._onRequest)
-    for (const { layer, original, wrapper } of this._wrapped) {
+    for (const { layer, original, wrapper } of this._wrapped.values()) {
       if (layer.handle === wrapper) {
         layer.handle = original
       }
     }
-    this._wrapped = []
-    this._app = undefined
-    this._stamp = undefined
-    const tasks = this._xo.tasks
-    if (this._tasksCreate !== undefined && tasks !== undefined) {
-      if (Object.hasOwn(tasks, 'create') && tasks.create === this._tasksWrapper) {
-        delete tasks.create
-      }
-      this._tasksCreate = undefined
+    for (const restore of this._restore.reverse()) {
+      restore()
     }
+    this._reset()
   }
 
   /**
    * What the plugin knows of XO's REST API: whether it found the routes
    * (`state`: `waiting` until XO's first HTTP request, `wrapped`, or
-   * `failed` with `problem`), and each mutating route with its method name
-   * and whether a call to it waits for the verdict.
+   * `failed` with `problem`), each mutating route with its method name and
+   * whether a call to it waits for the verdict, and the routers it could
+   * not read.
    */
   routes() {
     const state = this._problem !== undefined ? 'failed' : this._app === undefined ? 'waiting' : 'wrapped'
     return {
       state,
       problem: this._problem,
-      routes: this._wrapped.map(({ route }) => ({
+      unreadable: [...this._unreadable],
+      routes: [...this._wrapped.values()].map(({ route }) => ({
         verb: route.verb,
         path: route.path,
         method: route.method,
-        task: route.task,
+        task: route.gated === GATED.inTask,
         guarded: this._isGuarded(route.method),
       })),
     }
   }
 
-  // ---------------------------------------------------------------------
-  // Finding the routes.
-
-  _onRequest({ request }) {
-    const url = request.url ?? ''
-    if (!url.startsWith(BASE)) {
+  /** Replaces `object[key]` by `make(original)`, and keeps how to put it back. */
+  _replace(object, key, make) {
+    if (typeof object?.[key] !== 'function') {
       return
     }
-    // express sets `req.app` in its first middleware, synchronously after
-    // this channel: look once the current tick's work is done, which is
-    // before any /rest/v0 route runs (each awaits authentication first).
-    queueMicrotask(() => {
-      try {
-        this._adopt(request.app)
-      } catch (error) {
-        this._fail(`cannot wrap XO's REST routes: ${error.message}`)
+    const own = Object.getOwnPropertyDescriptor(object, key)
+    const wrapper = make(object[key])
+    object[key] = wrapper
+    this._restore.push(() => {
+      if (object[key] !== wrapper) {
+        this._log.warn(`${key} was replaced by someone else since the plugin wrapped it; leaving it as it is`)
+      } else if (own === undefined) {
+        delete object[key]
+      } else {
+        Object.defineProperty(object, key, own)
       }
     })
   }
 
+  // ---------------------------------------------------------------------
+  // Finding the routes.
+
+  _onRequest({ request, response }) {
+    if (!this._started || (this._app !== undefined && !MUTATING.has(request.method))) {
+      return
+    }
+    // express 4 (`expressInit`) and 5 (`app.handle`) set `res.locals` right
+    // after giving the request its prototype, before any middleware: wrap
+    // the routes there, synchronously.
+    let locals
+    Object.defineProperty(response, 'locals', {
+      configurable: true,
+      enumerable: true,
+      get: () => locals,
+      set: value => {
+        Object.defineProperty(response, 'locals', { configurable: true, enumerable: true, writable: true, value })
+        try {
+          this._adopt(request.app)
+        } catch (error) {
+          this._fail(`cannot wrap XO's REST routes: ${error.message}`)
+        }
+      },
+    })
+  }
+
   _adopt(app) {
+    if (!this._started) {
+      return
+    }
     const router = app?._router ?? app?.router
     if (!Array.isArray(router?.stack)) {
       // Another server in the process, once XO's routes are wrapped.
@@ -131,108 +199,181 @@ export class RestGuard {
       }
       return
     }
-    if (this._app === app && this._stamp === stamp(router)) {
-      return
-    }
-    const seen = new Set(this._wrapped.map(({ layer }) => layer))
+    const present = new Set()
+    const unreadable = new Set()
     let added = 0
-    for (const { layer, verb, path } of routeLayers(router.stack, '')) {
-      if (seen.has(layer) || !path.startsWith(BASE) || isPlumbing(path)) {
+    for (const found of routeLayers(router.stack, '', unreadable)) {
+      const { layer, verb, path } = found
+      present.add(layer)
+      if (this._wrapped.has(layer) || !path.toLowerCase().startsWith(BASE) || isPlumbing(path)) {
         continue
       }
-      const route = { verb, path, method: methodOf(verb, path), task: runsAsTask(verb, path) }
       const original = layer.handle
+      const route = {
+        verb,
+        path,
+        method: methodOf(verb === '*' ? 'POST' : verb, path),
+        gated:
+          verb !== '*' && runsAsTask(verb, path)
+            ? GATED.inTask
+            : original.name === LEGACY_HANDLER
+              ? GATED.inContext
+              : GATED.before,
+      }
       const guard = this
-      const wrapper = function wasmhooksRestGuard(req, res, next) {
+      const wrapper = function (req, res, next) {
         return guard._handle(route, original, this, req, res, next)
       }
+      // Same name: XO finds a legacy route to remove by its handler's name.
+      Object.defineProperty(wrapper, 'name', { value: original.name })
       layer.handle = wrapper
-      this._wrapped.push({ layer, original, wrapper, route })
+      this._wrapped.set(layer, { layer, original, wrapper, route })
       added++
     }
-    if (this._app === undefined) {
-      this._log.info(`guarding XO's REST API: ${this._wrapped.length} mutating routes found`)
-    } else if (added !== 0) {
-      this._log.info(`guarding ${added} more REST routes (${this._wrapped.length} in all)`)
+    // Routes removed from the table (a plugin unloaded) are forgotten.
+    let removed = 0
+    for (const layer of this._wrapped.keys()) {
+      if (!present.has(layer)) {
+        this._wrapped.delete(layer)
+        removed++
+      }
     }
+    for (const mount of unreadable) {
+      if (!this._unreadable.has(mount)) {
+        this._log.error(`a router mounted at ${mount} could not be read: its routes are NOT guarded`)
+      }
+    }
+    const first = this._app === undefined
+    const changed = first || added !== 0 || removed !== 0 || this._problem !== undefined || unreadable.size !== this._unreadable.size
     this._app = app
-    this._stamp = stamp(router)
     this._problem = undefined
+    this._unreadable = unreadable
+    if (first) {
+      this._log.info(`guarding XO's REST API: ${this._wrapped.size} mutating routes found`)
+    } else if (added !== 0) {
+      this._log.info(`guarding ${added} more REST routes (${this._wrapped.size} in all)`)
+    }
+    if (changed) {
+      this._onChange()
+    }
   }
 
   _fail(problem) {
     if (this._problem !== problem) {
       this._log.error(`${problem}; calls through the REST API (XO 6, MCP) are NOT guarded`)
+      this._problem = problem
+      this._onChange()
     }
-    this._problem = problem
   }
 
   // ---------------------------------------------------------------------
   // One request.
 
   async _handle(route, original, thisArg, req, res, next) {
-    const call = this._call(route, req)
+    const verb = route.verb === '*' ? req.method : route.verb
+    if (!MUTATING.has(verb)) {
+      return original.call(thisArg, req, res, next)
+    }
+    const call = this._call(route, verb, req)
     this._watch(call, res)
     const run = () => {
-      call.handled = Promise.resolve(original.call(thisArg, req, res, this._observeErrors(call, next))).catch(() => {})
-      return call.handled
-    }
-    if (route.task) {
-      // Gated inside the task the handler creates (see `_wrapTasks`).
-      return this._calls.run(call, run)
-    }
-    if (call.guarded) {
+      let result
       try {
-        await this._gate.check({ ...call.event, type: 'pre' })
+        result = original.call(thisArg, req, res, this._observeErrors(call, next))
       } catch (error) {
-        call.error = error
+        call.error ??= error
+        next(error)
+      }
+      // The client may be gone: the post event then comes once the handler is done.
+      call.handled = Promise.resolve(result)
+        .catch(() => {})
+        .then(() => call.gone && this._finish(call, res))
+      return result
+    }
+    if (route.gated === GATED.before) {
+      try {
+        await this._check(call)
+      } catch (error) {
         return next(error)
       }
-    } else {
-      this._gate.forward(call.event, 'pre')
     }
-    call.started = true
     return this._calls.run(call, run)
   }
 
   /** The call's pre event (without `type`), and what is known of it. */
-  _call(route, req) {
-    const user = this._xo.apiContext?.user
+  _call(route, verb, req) {
     const body = req.body !== null && typeof req.body === 'object' && !Buffer.isBuffer(req.body) ? req.body : {}
     const client = req.get?.('x-xo-client') ?? req.headers?.['x-xo-client']
+    const method = route.verb === '*' ? methodOf(verb, route.path) : route.method
     const event = {
       callId: callId(),
-      userId: user?.id,
-      userName: user?.email ?? user?.name ?? '(unknown user)',
-      userIp: req.ip,
-      method: route.method,
+      method,
       // Path parameters win over a body field of the same name: they are
       // what the operation acts on.
       params: mask({ ...body, ...req.params }),
       timestamp: Date.now(),
       entry: ENTRY.rest,
       rest: {
-        verb: route.verb,
+        verb,
         route: route.path,
         path: req.path === undefined ? req.url : req.baseUrl + req.path,
         query: mask({ ...req.query }),
         ...(typeof client === 'string' && client !== '' ? { client: client.toLowerCase() } : {}),
       },
     }
-    return {
+    const call = {
       route,
       event,
-      guarded: this._isGuarded(route.method),
-      // Set once the operation may run: gated (or not guarded).
+      guarded: this._isGuarded(method),
+      // The verdict's promise, once asked (or forwarded, if not guarded).
+      checked: undefined,
+      // Whether the operation may run: gated, or not guarded.
       started: false,
-      // Whether the handler created its task (a task route).
+      // The task the handler created, if any: the post event comes at its end.
       task: undefined,
       // The handler's promise, once it runs.
       handled: undefined,
+      // The client closed the connection before the answer.
+      gone: false,
       error: undefined,
       result: undefined,
       posted: false,
     }
+    this._setUser(call, this._xo.apiContext?.user)
+    call.event.userIp = req.ip
+    return call
+  }
+
+  _setUser(call, user) {
+    Object.assign(call.event, { userId: user?.id, userName: user?.email ?? '(unknown user)' })
+  }
+
+  /**
+   * Asks for the verdict (or forwards the pre event, if the method is not
+   * guarded), once per call. Throws XO's error if the call may not go
+   * ahead, and sends its post event then.
+   */
+  _check(call) {
+    call.checked ??= (async () => {
+      if (call.guarded) {
+        try {
+          await this._gate.check({ ...call.event, type: 'pre' })
+        } catch (error) {
+          call.error = error
+          this._post(call, error)
+          // Without a user (a request XO has not authenticated, and will
+          // likely refuse), a veto does not say which hook, or why.
+          if (call.event.userId === undefined && error.data?.hook !== undefined) {
+            throw forbidden(call.event.method, 'refused by a wasmhooks gate')
+          }
+          throw error
+        }
+      } else {
+        this._gate.forward(call.event, 'pre')
+      }
+      call.started = true
+    })()
+    return call.checked
   }
 
   /** Errors the handler passes on to XO's error handlers, for the post event. */
@@ -245,7 +386,6 @@ export class RestGuard {
     }
   }
 
-  /** The post event of a call that did not run as a task, once answered. */
   _watch(call, res) {
     const json = res.json
     if (typeof json === 'function') {
@@ -254,43 +394,35 @@ export class RestGuard {
         return json.apply(this, arguments)
       }
     }
-    const finish = () => {
-      if (call.task !== undefined || call.posted) {
-        return
-      }
-      if (call.route.task && !call.started && call.error === undefined && res.statusCode < 400) {
-        // A task route answered without creating its task, so the call
-        // was never gated. Gate it before its handler from now on.
-        call.route.task = false
-        this._log.error(
-          `${call.route.verb} ${call.route.path} answered without creating a task: it was not gated this time, and is gated before its handler from now on`
-        )
-      }
-      if (!call.started && call.error === undefined) {
-        // Refused by XO before the operation (validation, not found) or
-        // never answered; as for JSON-RPC, only the post event is sent.
-        call.error = res.statusCode >= 400 ? { message: call.result?.error ?? `HTTP ${res.statusCode}`, data: call.result?.data } : undefined
-      }
-      const failed = call.error !== undefined || res.statusCode >= 400
-      this._post(call, failed ? errorOf(call.error ?? { message: call.result?.error ?? `HTTP ${res.statusCode}` }) : undefined, {
-        status: res.statusCode,
-        result: call.result,
-      })
-    }
-    res.once('finish', finish)
+    res.once('finish', () => this._finish(call, res))
     res.once('close', () => {
-      if (res.writableFinished || call.task !== undefined || call.posted) {
-        return
-      }
-      // The client went away. XO carries on with the operation: its post
-      // event comes once the handler is done.
-      if (call.handled === undefined) {
-        call.error ??= new Error('the client closed the connection before the operation started')
-        finish()
-      } else {
-        call.handled.then(finish)
+      if (!res.writableFinished) {
+        // XO carries on with the operation (if it runs at all): its post
+        // event comes once the handler is done, or the task ends.
+        call.gone = true
+        call.handled?.then(() => this._finish(call, res))
       }
     })
+  }
+
+  /** The post event of a call answered without a task (or whose task never came). */
+  _finish(call, res) {
+    if (call.task !== undefined || call.posted) {
+      return
+    }
+    const { route } = call
+    if (route.gated !== GATED.before && !call.started && call.error === undefined && res.statusCode < 400) {
+      // It answered without asking for the verdict where it was expected
+      // to: gate this route before its handler from now on.
+      const where = route.gated === GATED.inTask ? 'creating its task' : 'running in an API context'
+      route.gated = GATED.before
+      this._log.error(
+        `${route.verb} ${route.path} answered without ${where}: it was not gated this time, and is gated before its handler from now on`
+      )
+    }
+    const failed = call.error !== undefined || res.statusCode >= 400
+    const error = call.error ?? { message: call.result?.error ?? `HTTP ${res.statusCode}`, data: call.result?.data }
+    this._post(call, failed ? error : undefined, { status: res.statusCode, result: call.result })
   }
 
   _post(call, error, { status, result } = {}) {
@@ -304,56 +436,34 @@ export class RestGuard {
       post.rest = { ...post.rest, status }
     }
     if (error !== undefined) {
-      post.error = error instanceof Error ? errorOf(error) : error
+      post.error = errorOf(error)
+    } else if (result === undefined) {
+      // As XO does for a JSON-RPC call that returns nothing.
+      post.result = true
+    } else if (fits(result)) {
+      post.result = result
     } else {
-      post.result = small(result) ?? true
+      post.resultOmitted = `larger than ${MAX_RESULT_BYTES} bytes as JSON`
     }
     this._gate.forward(post, 'post')
   }
 
   // ---------------------------------------------------------------------
-  // Task routes.
+  // Tasks.
 
-  _wrapTasks() {
-    const tasks = this._xo.tasks
-    if (typeof tasks?.create !== 'function') {
-      return
-    }
-    const original = tasks.create
-    const guard = this
-    this._tasksCreate = original
-    this._tasksWrapper = function create(properties) {
-      const task = original.apply(this, arguments)
-      const call = guard._calls.getStore()
-      if (call !== undefined && call.task === undefined && properties?.type === TASK_TYPE) {
-        guard._gateTask(call, task)
-      }
-      return task
-    }
-    tasks.create = this._tasksWrapper
-  }
-
-  /** Runs the verdict first in `task`, and sends the post event at its end. */
-  _gateTask(call, task) {
+  /** Asks for the verdict first in `task` (if not asked yet), and posts at its end. */
+  _inTask(call, task) {
     call.task = task
     call.event.taskId = task.id
     const run = task.run
     const guard = this
     task.run = function (fn) {
-      return run.call(this, async () => {
-        if (call.guarded) {
-          try {
-            await guard._gate.check({ ...call.event, type: 'pre' })
-          } catch (error) {
-            guard._post(call, error)
-            throw error
-          }
-        } else {
-          guard._gate.forward(call.event, 'pre')
-        }
-        call.started = true
+      return run.call(this, async (...args) => {
+        // Asked already if the route was gated before its handler; a veto
+        // ends the task failed (and sends the post event).
+        await guard._check(call)
         try {
-          const result = await fn.apply(this, arguments)
+          const result = await fn(...args)
           guard._post(call, undefined, { result })
           return result
         } catch (error) {
@@ -365,28 +475,42 @@ export class RestGuard {
   }
 }
 
-/** Mutating routes in `stack` and the routers mounted in it, with full paths. */
-function* routeLayers(stack, base) {
+/**
+ * Each verb's handler layer of the mutating routes in `stack` and the
+ * routers mounted in it, with full paths; a router whose mount path cannot
+ * be read goes into `unreadable`.
+ */
+function* routeLayers(stack, base, unreadable) {
   for (const layer of stack) {
     const route = layer.route
     if (route !== undefined) {
       const path = base + route.path
-      const last = route.stack?.at(-1)
-      if (typeof path !== 'string' || last === undefined || typeof last.handle !== 'function') {
+      if (typeof route.path !== 'string' || !Array.isArray(route.stack)) {
         continue
       }
-      const verbs = Object.keys(route.methods ?? {})
-        .filter(m => route.methods[m])
-        .map(m => m.toUpperCase())
-      const verb = verbs.find(v => MUTATING.has(v))
-      if (verb !== undefined) {
-        yield { layer: last, verb, path }
+      // The last layer of each verb is its handler (`route.post(a, b)`
+      // stacks a and b; `app.all` is one layer for every verb).
+      const last = new Map()
+      for (const l of route.stack) {
+        if (typeof l.handle === 'function') {
+          last.set(l.method === undefined ? '*' : l.method.toUpperCase(), l)
+        }
+      }
+      for (const [verb, l] of last) {
+        if (verb === '*' || verb === '_ALL' || MUTATING.has(verb)) {
+          yield { layer: l, verb: verb === '_ALL' ? '*' : verb, path }
+        }
       }
     } else if (Array.isArray(layer.handle?.stack)) {
       const mount = mountPath(layer)
-      if (mount !== undefined) {
-        yield* routeLayers(layer.handle.stack, base + mount)
+      if (mount === undefined) {
+        const where = layer.regexp?.source ?? '(unknown)'
+        if (base.toLowerCase().startsWith(BASE) || /rest/i.test(where)) {
+          unreadable.add(`${base} ${where}`.trim())
+        }
+        continue
       }
+      yield* routeLayers(layer.handle.stack, base + mount, unreadable)
     }
   }
 }
@@ -404,34 +528,15 @@ function mountPath(layer) {
     return ''
   }
   // express 4: /^\/rest\/v0\/?(?=\/|$)/i
-  const found = /^\^((?:\\\/[\w.-]+)+)\\\/\?\(\?=\\\/\|\$\)$/.exec(source)
-  return found === null ? undefined : found[1].replace(/\\\//g, '/')
+  const found = /^\^((?:\\\/(?:[\w-]|\\\.)+)+)\\\/\?\(\?=\\\/\|\$\)$/.exec(source)
+  return found === null ? undefined : found[1].replace(/\\(.)/g, '$1')
 }
 
-/** Changes whenever a route is added to or removed from the table. */
-function stamp(router) {
-  let n = 0
-  const count = stack => {
-    for (const layer of stack) {
-      n++
-      if (Array.isArray(layer.handle?.stack)) {
-        count(layer.handle.stack)
-      }
-    }
-  }
-  count(router.stack)
-  return n
-}
-
-/** `value` if it is small enough to send in a post event. */
-function small(value) {
-  if (value === undefined) {
-    return undefined
-  }
+function fits(value) {
   try {
     const json = JSON.stringify(value)
-    return json !== undefined && json.length <= MAX_RESULT_BYTES ? value : undefined
+    return json === undefined || json.length <= MAX_RESULT_BYTES
   } catch {
-    return undefined
+    return false
   }
 }

@@ -39,6 +39,7 @@ const hooks = receiver => ({
     toml: '[settings]\nprotected = ["u-bob"]\nmethods = ["user.delete"]\n',
   },
   'deny-groups': { guest: 'deny', toml: '[settings]\nprotected = ["*"]\nmethods = ["group.create"]\n' },
+  'deny-rules': { guest: 'deny', toml: '[settings]\nprotected = ["rule-1"]\nmethods = ["sdnRule.delete", "vm.wipe"]\n' },
   forward: { guest: 'forward', toml: `allow_hosts = ["127.0.0.1"]\n[settings]\nurl = "${receiver.url('/forward')}"\n` },
 })
 
@@ -224,33 +225,121 @@ describe('REST, with deny and forward', () => {
     assert.equal(xo.ran.length, 1)
   })
 
-  test('a route another plugin mounts later is guarded from its first call', T, async t => {
-    const { xo, api, token } = await xoWithRest(t, { url: wasmhooks.url })
-    await rest(api.url, 'GET', '/rest/v0/vms', { token })
+  test("a plugin's route (registerRestRoutes) mounted or swapped later is gated, once, even with a task", T, async t => {
+    const { xo, api, plugin, token } = await xoWithRest(t, { url: wasmhooks.url })
+    // Another plugin mounts a route, and a request sees it; then it swaps
+    // it for another, with no request in between: the table has as many
+    // routes as before.
+    const unmount = xo.registerRestRoutes([
+      { method: 'delete', endpoint: '/vm-backups/{id}', callback: ({ req }) => void xo.ran.push(['vm-backup.delete', req.params.id]) },
+    ])
+    assert.equal((await rest(api.url, 'DELETE', '/rest/v0/vm-backups/b1', { token })).status, 204)
+    unmount()
     xo.registerRestRoutes([
       {
         method: 'post',
-        endpoint: '/vms/:id/actions/wipe',
-        handler: req => {
-          xo.ran.push(['wipe', req.params.id])
-          return { wiped: true }
-        },
-      },
-      {
-        method: 'delete',
-        endpoint: '/vm-backups/:id',
-        handler: req => xo.ran.push(['vm-backup.delete', req.params.id]),
+        endpoint: '/vms/{id}/actions/wipe',
+        callback: ({ req, createAction }) =>
+          createAction(() => xo.ran.push(['wipe', req.params.id]), {
+            sync: req.query.sync === 'true',
+            taskProperties: { name: 'wipe VM', objectId: req.params.id },
+          }),
       },
     ])
-    // deny guards vm.delete and vm.stop, not vm.wipe: it goes ahead, gated
-    // before its handler (a plugin's route is not known to create a task).
-    const wiped = await rest(api.url, 'POST', `/rest/v0/vms/${PROTECTED_VM}/actions/wipe`, { token, body: {} })
-    assert.equal(wiped.status, 200)
-    assert.deepEqual(xo.ran, [['wipe', PROTECTED_VM]])
-    await receiver.until(() => events(receiver, 'vm.wipe').length >= 2)
+    const wiped = await rest(api.url, 'POST', `/rest/v0/vms/${OTHER_VM}/actions/wipe?sync=true`, { token, body: {} })
+    assert.equal(wiped.status, 200, JSON.stringify(wiped.body))
+    const refused = await rest(api.url, 'POST', `/rest/v0/vms/rule-1/actions/wipe`, { token, body: {} })
+    assert.equal(refused.status, 403)
+    assert.match(refused.body.error, /^vm\.wipe: refused by the wasmhooks hook deny-rules: VM rule-1 is protected/)
+    assert.deepEqual(xo.ran, [
+      ['vm-backup.delete', 'b1'],
+      ['wipe', OTHER_VM],
+    ])
+    await plugin.idle()
+    await receiver.until(() => events(receiver, 'vm.wipe').length >= 4)
+    await allDelivered(wasmhooks.url)
     const wipes = events(receiver, 'vm.wipe')
-    assert.deepEqual(wipes.map(e => e.type).sort(), ['post', 'pre'])
-    assert.deepEqual(wipes.find(e => e.type === 'post').result, { wiped: true })
+    const allowed = wipes.filter(e => e.params.id === OTHER_VM)
+    assert.deepEqual(allowed.map(e => e.type).sort(), ['post', 'pre'], 'asked once, before the handler; posted at the task end')
+    assert.match(allowed.find(e => e.type === 'post').taskId, /^[0-9a-z]{9}-/)
+  })
+
+  test('a legacy route (registerRestApi) is gated once XO has authenticated, from the first request on', T, async t => {
+    const xo = standIn()
+    const api = await serveRest(xo)
+    t.after(() => api.close())
+    // As xo-server-sdn-controller registers its rules.
+    const unregister = xo.registerRestApi({
+      'sdn-rules': {
+        ':id': {
+          _delete: req => {
+            xo.ran.push(['deleteRule', req.params.id])
+            return { deleted: req.params.id }
+          },
+        },
+      },
+    })
+    const plugin = await loadPlugin(t, xo, { url: wasmhooks.url })
+    const token = xo.createToken('u-alice')
+    // The very first request to XO, with no body: express reaches the
+    // legacy handler without a pause, and it is gated all the same.
+    const first = await rest(api.url, 'DELETE', '/rest/v0/sdn-rules/rule-1', { token })
+    assert.equal(first.status, 403, JSON.stringify(first.body))
+    assert.match(first.body.error, /^sdnRule\.delete: refused by the wasmhooks hook deny-rules: rule-1 is protected/)
+    const unauthenticated = await rest(api.url, 'DELETE', '/rest/v0/sdn-rules/rule-1')
+    assert.equal(unauthenticated.status, 401, 'XO authenticates first')
+    const other = await rest(api.url, 'DELETE', '/rest/v0/sdn-rules/rule-2', { token })
+    assert.equal(other.status, 200)
+    assert.deepEqual(xo.ran, [['deleteRule', 'rule-2']])
+
+    await plugin.idle()
+    await receiver.until(() => events(receiver, 'sdnRule.delete').length >= 3)
+    await allDelivered(wasmhooks.url)
+    const rules = events(receiver, 'sdnRule.delete')
+    const pres = rules.filter(e => e.type === 'pre')
+    assert.deepEqual(pres.map(e => [e.params.id, e.userName]).sort(), [
+      ['rule-1', 'alice@example.org'],
+      ['rule-2', 'alice@example.org'],
+    ], 'no pre event for the unauthenticated request')
+    assert.deepEqual(rules.find(e => e.type === 'post' && e.params.id === 'rule-2').result, { deleted: 'rule-2' })
+
+    // XO finds its legacy route back by its handler's name to remove it.
+    unregister()
+    assert.equal((await rest(api.url, 'DELETE', '/rest/v0/sdn-rules/rule-2', { token })).status, 404)
+  })
+
+  test('a client that goes away mid-call: the operation goes on, and its post event says how it ended', T, async t => {
+    const { xo, api, plugin, token } = await xoWithRest(t, { url: wasmhooks.url })
+    await plugin.idle()
+    await allDelivered(wasmhooks.url)
+    const earlier = receiver.received.length
+    const mine = e => e.type === 'post' && e.entry === 'rest' && e.params.id === OTHER_VM && e.method === 'vm.delete'
+    const held = xo.xapi.hold()
+    const client = new AbortController()
+    const gone = fetch(`${api.url}/rest/v0/vms/${OTHER_VM}`, {
+      method: 'DELETE',
+      headers: { cookie: `authenticationToken=${token}` },
+      signal: client.signal,
+    }).catch(error => error)
+    await held.entered
+    client.abort()
+    assert.equal((await gone).name, 'AbortError')
+    held.release()
+    await receiver.until(got => got.slice(earlier).some(r => mine(r.body)))
+    await plugin.idle()
+    await allDelivered(wasmhooks.url)
+    const post = receiver.received.slice(earlier).map(r => r.body).filter(mine)
+    assert.equal(post.length, 1)
+    assert.equal(post[0].error, undefined, JSON.stringify(post[0].error))
+    assert.equal(post[0].result, true)
+    assert.deepEqual(xo.ran, [['VM.destroy', OTHER_VM]])
+  })
+
+  test('a URL in other letter case is the same route, and gated', T, async t => {
+    const { xo, api, token } = await xoWithRest(t, { url: wasmhooks.url })
+    const deleted = await rest(api.url, 'DELETE', `/REST/V0/VMS/${PROTECTED_VM}`, { token })
+    assert.equal(deleted.status, 403)
+    assert.deepEqual(xo.ran, [])
   })
 })
 

@@ -143,7 +143,56 @@ async function loadHooks() {
   if (!changed('hooks', hooks)) return;
   state.hooks = hooks;
   renderHooks();
+  renderGates();
   fillSelect($('#delivery-hook'), hooks.map(h => h.name), 'every hook');
+}
+
+// ---- gates -----------------------------------------------------------------
+
+// What each entry point is, for people.
+const ENTRIES = {
+  jsonrpc: 'JSON-RPC (XO 5 web UI, xo-cli)',
+  rest: 'REST (XO 6 web UI, scripts, MCP)',
+  job: "XO's job executor",
+  xapi: 'around XO (xe, XAPI clients, HA)',
+};
+const entryText = e => `${ENTRIES[e.entry] ?? e.entry}: ${e.route ?? e.method}`;
+
+function renderGates() {
+  const gates = state.hooks.filter(h => h.coverage);
+  const rows = gates.map(h => {
+    const c = h.coverage;
+    const covered = c.guarded_total > 0 && c.unguarded_total === 0 && c.warnings.length === 0;
+    return el('tr', { 'data-gate': h.name },
+      el('td', {}, el('strong', {}, h.name), ' ', h.mode === 'monitor' ? badge('monitor', 'would-deny') : null),
+      el('td', {},
+        el('div', { 'data-field': 'summary', class: covered ? '' : 'error' }, c.summary),
+        el('ul', { class: 'decisions' }, c.warnings.map(w => el('li', { class: 'why error', 'data-field': 'warning' }, w))),
+        c.guarded_total
+          ? el('details', {}, el('summary', { class: 'muted' }, `${c.guarded_total} guarded`),
+              el('ul', { class: 'decisions' }, c.guarded.map(g => el('li', { class: 'mono', 'data-guarded': entryText(g) }, entryText(g))),
+                c.guarded_total > c.guarded.length ? el('li', { class: 'muted' }, `and ${c.guarded_total - c.guarded.length} more`) : null))
+          : null),
+      el('td', {}, el('ul', { class: 'decisions' },
+        c.unguarded.map(u => el('li', { 'data-unguarded': entryText(u) },
+          badge('not guarded', 'failed'), ' ', el('span', { class: 'mono' }, entryText(u)),
+          u.note ? el('div', { class: 'why muted' }, u.note) : null)),
+        c.unguarded_total > c.unguarded.length ? el('li', { class: 'muted' }, `and ${c.unguarded_total - c.unguarded.length} more`) : null)));
+  });
+  $('#gates tbody').replaceChildren(...rows);
+  $('#gates .empty').hidden = gates.length > 0;
+}
+
+async function loadCoverage() {
+  const reporters = await api('/v1/coverage');
+  if (!changed('coverage', reporters.map(r => ({ ...r, age_ms: null })))) return;
+  $('#reporters').replaceChildren(...(reporters.length
+    ? reporters.map(r => el('span', { 'data-reporter': r.reporter, class: r.fresh && r.loaded ? '' : 'error' },
+        `${r.reporter}: ${r.plugin}${r.orchestrator ? ` on ${r.orchestrator}` : ''}, `,
+        r.loaded ? `${r.guarded} of ${r.entries} entry points guarded` : 'unloaded',
+        r.fail_closed ? ', fails closed' : ', fails open',
+        r.fresh ? '' : ' (stale)', '. '))
+    : ['No orchestrator plugin has reported what it guards.']));
 }
 
 /** Keeps `select`'s options in line with `values`, and its choice; left
@@ -310,7 +359,7 @@ function refresh() {
     do {
       again = false;
       try {
-        await Promise.all([loadHooks(), loadDeliveries(), loadReceivers(), loadActivity()]);
+        await Promise.all([loadHooks(), loadCoverage(), loadDeliveries(), loadReceivers(), loadActivity()]);
         renderSummary();
         updateTimes();
         setStatus(`updated ${new Date().toLocaleTimeString()}`);

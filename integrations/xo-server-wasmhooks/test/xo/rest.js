@@ -60,8 +60,27 @@ export class FakeXapi {
   }
 
   async call(method, id) {
+    this.entered?.()
     await this.gate
     this.xo.ran.push([method, id])
+  }
+
+  /**
+   * Holds the next calls in flight: resolves `entered` when one arrives,
+   * and lets them through on `release()`.
+   */
+  hold() {
+    let release
+    this.gate = new Promise(resolve => (release = resolve))
+    const entered = new Promise(resolve => (this.entered = resolve))
+    return {
+      entered,
+      release: () => {
+        this.gate = undefined
+        this.entered = undefined
+        release()
+      },
+    }
   }
 }
 
@@ -72,7 +91,9 @@ export async function serveRest(xo) {
   app.use(cookieParser())
 
   // xo-mixins/rest-api.mjs: the legacy router (`registerRestApi`) comes first.
-  app.use(BASE_URL, Router({ strict: false }))
+  const legacy = Router({ strict: false })
+  app.use(BASE_URL, legacy)
+  xo.registerRestApi = (spec, base = '/') => registerRestApi(xo, legacy, spec, base)
   app.use(BASE_URL, setupApiContext(xo))
 
   const route = (verb, path, ...handlers) => app[verb](BASE_URL + path, authenticate(xo), ...handlers)
@@ -153,15 +174,8 @@ export async function serveRest(xo) {
   const externalRouter = Router()
   app.use(BASE_URL, externalRouter)
   xo.registerRestRoutes = routes => {
-    for (const { method, endpoint, handler } of routes) {
-      externalRouter[method](endpoint, json(), async (req, res, next) => {
-        try {
-          res.json(await xo.runWithApiContext(xo.apiContext?.user, () => handler(req)))
-        } catch (error) {
-          next(error)
-        }
-      })
-    }
+    const removes = routes.map(route => mountExternalRoute(xo, externalRouter, route))
+    return () => removes.forEach(remove => remove())
   }
 
   app.use(BASE_URL, tsoaToXoErrorHandler)
@@ -177,6 +191,111 @@ export async function serveRest(xo) {
       server.closeAllConnections()
       return new Promise(resolve => server.close(resolve))
     },
+  }
+}
+
+/**
+ * xo-mixins/rest-api.mjs's deprecated `registerRestApi`: `_verb` keys are
+ * routes of the legacy router, each `json()` then `autoRegisteredHandler`,
+ * which authenticates the user (a token cookie; administrators only) and
+ * runs the handler in `xo.runWithApiContext`. Returns the unregister
+ * function, which finds each route back by its handler's name, as XO does.
+ */
+function registerRestApi(xo, router, spec, base) {
+  for (const path of Object.keys(spec)) {
+    if (path[0] === '_') {
+      const handler = spec[path]
+      router[path.slice(1)](base, json(), async function autoRegisteredHandler(req, res, next) {
+        try {
+          const token = req.cookies.authenticationToken ?? req.cookies.token
+          if (!token) {
+            apiErrors.invalidCredentials()
+          }
+          const { user } = await xo.authenticateUser({ token }, { ip: req.ip })
+          if (user.permission !== 'admin') {
+            apiErrors.unauthorized()
+          }
+          const result = await xo.runWithApiContext(user, () => handler(req, res, next))
+          if (result !== undefined) {
+            res.json(result)
+          }
+        } catch (error) {
+          next(error)
+        }
+      })
+    } else {
+      registerRestApi(xo, router, spec[path], `${base === '/' ? '' : base}/${path}`)
+    }
+  }
+  return () => unregisterRestApi(router, spec, base)
+}
+
+function unregisterRestApi(router, spec, base) {
+  for (const path of Object.keys(spec)) {
+    if (path[0] === '_') {
+      const method = path.slice(1)
+      let found = false
+      for (let i = router.stack.length - 1; i >= 0; i--) {
+        const route = router.stack[i].route
+        if (route.path === base && route.stack[1]?.method === method && route.stack[1]?.handle?.name === 'autoRegisteredHandler') {
+          router.stack.splice(i, 1)
+          found = true
+          break
+        }
+      }
+      if (!found) {
+        throw new Error(`Route to unregister not found: ${base}`)
+      }
+    } else {
+      unregisterRestApi(router, spec[path], `${base === '/' ? '' : base}/${path}`)
+    }
+  }
+}
+
+/**
+ * router/external-router.mts's `mountExternalRoute`: the route's handler
+ * authenticates (`expressAuthentication`), then calls the route's callback
+ * with a `createAction` of its own. Returns the unmount function.
+ */
+function mountExternalRoute(xo, router, { method, endpoint, callback }) {
+  const path = endpoint.replace(/{(\w+)}/g, ':$1')
+  router[method](path, json(), async (req, res, next) => {
+    try {
+      if (xo.apiContext?.user === undefined) {
+        apiErrors.invalidCredentials()
+      }
+      const createAction = async (cb, { sync = false, statusCode = 200, taskProperties }) => {
+        taskProperties.name = 'REST API: ' + taskProperties.name
+        taskProperties.type = 'xo:rest-api:action'
+        const task = xo.tasks.create(taskProperties)
+        const pResult = task.run(() => cb(task))
+        if (sync) {
+          const result = await pResult
+          res.status(statusCode)
+          return result
+        }
+        pResult.catch(() => {})
+        res.status(202).set('Location', `${BASE_URL}/tasks/${task.id}`).json({ taskId: task.id })
+        return undefined
+      }
+      const result = await callback({ req, res, next, createAction })
+      if (!res.headersSent) {
+        if (result === undefined) {
+          res.status(204).end()
+        } else {
+          res.json(result)
+        }
+      }
+    } catch (error) {
+      next(error)
+    }
+  })
+  const layer = router.stack.at(-1)
+  return () => {
+    const i = router.stack.indexOf(layer)
+    if (i !== -1) {
+      router.stack.splice(i, 1)
+    }
   }
 }
 

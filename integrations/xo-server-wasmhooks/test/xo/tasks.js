@@ -32,7 +32,8 @@ export class Task {
   async run(fn) {
     this.#onProgress({ type: 'start', id: this.id, timestamp: Date.now(), properties: this.#properties })
     try {
-      const result = await fn()
+      // @vates/task runs `fn` with the task as its argument.
+      const result = await fn(this)
       this.#end('success', result)
       return result
     } catch (error) {

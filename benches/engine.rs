@@ -1294,6 +1294,7 @@ mod alone {
                 phase: match event.phase() {
                     Phase::Pre => wit::Phase::Pre,
                     Phase::Post => wit::Phase::Post,
+                    Phase::Observed => wit::Phase::Observed,
                 },
                 method: event.method().to_owned(),
                 timestamp_ms: event.timestamp_ms(),

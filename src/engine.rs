@@ -12,6 +12,7 @@ use crate::metrics::Metrics;
 use crate::queue::{DeliveryInfo, DeliveryQuery, Filter, Queue, Retry};
 use crate::registry::{HookStatus, Registry};
 use crate::sandbox::{Sandbox, Subscription};
+use crate::sources::{SourceStatus, Sources};
 use crate::watch::{Watch, WatchOptions};
 use crate::workers::{Breaker, Workers};
 use serde::Serialize;
@@ -77,6 +78,7 @@ struct Inner {
     metrics: Arc<Metrics>,
     activity: Arc<Activity>,
     coverage: Coverage,
+    sources: Sources,
     _watch: Option<Watch>,
 }
 
@@ -153,6 +155,7 @@ impl Engine {
             activity: activity.clone(),
         });
         ingest.resume_journal().await?;
+        let sources = Sources::start(&config.sources, &ingest, &metrics)?;
         Ok(Engine {
             inner: Arc::new(Inner {
                 config,
@@ -163,6 +166,7 @@ impl Engine {
                 metrics,
                 activity,
                 coverage: Coverage::default(),
+                sources,
                 _watch: watch,
             }),
         })
@@ -196,8 +200,13 @@ impl Engine {
     ///
     /// Cancellation-safe: dropping the future only stops waiting. The same
     /// event sent again within `dedup_window_secs` is accepted once.
+    ///
+    /// An observed event (a change reported after the fact, see
+    /// [`Phase::Observed`]) is accepted the same way.
     pub async fn post(&self, event: Event) -> Result<(), Error> {
-        expect_phase(&event, Phase::Post)?;
+        if event.phase() != Phase::Observed {
+            expect_phase(&event, Phase::Post)?;
+        }
         self.inner.ingest.post(event).await
     }
 
@@ -224,6 +233,12 @@ impl Engine {
         report: CoverageReport,
     ) -> Result<(), CoverageError> {
         self.inner.coverage.put(reporter, report)
+    }
+
+    /// Every source the engine reads by itself (`[sources]`), and how it is
+    /// doing.
+    pub fn sources(&self) -> Vec<SourceStatus> {
+        self.inner.sources.statuses()
     }
 
     /// Every orchestrator plugin that reported what it guards.
@@ -364,6 +379,7 @@ impl Engine {
     /// such). Call it once
     /// no more events come in; the engine sends nothing afterwards.
     pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.inner.sources.stop();
         self.inner.workers.stop();
         let finish = async {
             self.inner.ingest.settled().await;

@@ -15,8 +15,8 @@ pub enum Error {
     /// The event was refused.
     #[error(transparent)]
     Event(#[from] EventError),
-    /// `pre()` was given a post event, or the other way round.
-    #[error("{method} is a {actual} event, but {expected}() takes {expected} events")]
+    /// `pre()` was given a post or observed event, or `post()` a pre event.
+    #[error("{method} is an event of phase {actual}, but {expected}() takes {expected} events")]
     WrongPhase {
         /// The event's method.
         method: String,
@@ -45,6 +45,9 @@ pub enum Error {
     /// The durable queue (state database) failed: the event was not accepted.
     #[error(transparent)]
     Queue(#[from] crate::queue::QueueError),
+    /// A source (`[sources]`) could not start: its token or CA file.
+    #[error(transparent)]
+    Source(#[from] crate::sources::SourceError),
 }
 
 /// Settings that were refused: the engine's config, a hook's `NAME.toml`,

@@ -13,6 +13,10 @@ pub enum Phase {
     Pre,
     /// After the operation ran.
     Post,
+    /// A change the orchestrator reported after the fact, whoever made it
+    /// (XO's event stream: `COLLECTION.add|update|remove`, or `resync`).
+    /// Like a post event, it is accepted once committed, and vetoes nothing.
+    Observed,
 }
 
 impl fmt::Display for Phase {
@@ -20,6 +24,7 @@ impl fmt::Display for Phase {
         f.write_str(match self {
             Phase::Pre => "pre",
             Phase::Post => "post",
+            Phase::Observed => "observed",
         })
     }
 }
@@ -98,10 +103,11 @@ impl Event {
         let phase = match required_str(&object, "type")? {
             "pre" => Phase::Pre,
             "post" => Phase::Post,
+            "observed" => Phase::Observed,
             other => {
                 return Err(field(
                     "type",
-                    format!("expected \"pre\" or \"post\", got {other:?}"),
+                    format!("expected \"pre\", \"post\" or \"observed\", got {other:?}"),
                 ));
             }
         };

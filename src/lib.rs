@@ -73,6 +73,7 @@ mod registry;
 mod sandbox;
 pub mod server;
 mod signing;
+pub mod sources;
 mod watch;
 mod workers;
 

@@ -31,6 +31,26 @@ struct ReceiverLabel {
     receiver: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: String,
+}
+
+/// An observed event: its source, collection (from the source's settings,
+/// so bounded) and action.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceEventLabel {
+    source: String,
+    collection: String,
+    action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceFailureLabel {
+    source: String,
+    kind: String,
+}
+
 fn duration_histogram() -> Histogram {
     // 10 µs to about 10 s.
     Histogram::new(exponential_buckets(0.000_01, 4.0, 11))
@@ -88,6 +108,10 @@ pub(crate) struct Metrics {
     circuit_open: Family<ReceiverLabel, Gauge>,
     oldest: Family<ReceiverLabel, Gauge<f64, AtomicU64>>,
     receivers: Mutex<HashSet<String>>,
+    source_up: Family<SourceLabel, Gauge>,
+    source_events: Family<SourceEventLabel, Counter>,
+    source_failures: Family<SourceFailureLabel, Counter>,
+    source_resyncs: Family<SourceLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -112,6 +136,10 @@ impl Default for Metrics {
             circuit_open: Family::default(),
             oldest: Family::default(),
             receivers: Mutex::default(),
+            source_up: Family::default(),
+            source_events: Family::default(),
+            source_failures: Family::default(),
+            source_resyncs: Family::default(),
         };
         let r = &mut m.registry;
         r.register("hook_calls", "Events handed to a hook", m.calls.clone());
@@ -191,6 +219,26 @@ impl Default for Metrics {
             "Age of the oldest pending delivery per receiver",
             m.oldest.clone(),
         );
+        r.register(
+            "source_up",
+            "1 while a source reads its stream live (0 while it connects, lists or retries)",
+            m.source_up.clone(),
+        );
+        r.register(
+            "source_events",
+            "Observed events a source emitted, by collection and action",
+            m.source_events.clone(),
+        );
+        r.register(
+            "source_failures",
+            "Why a source stopped reading and reconnected (refused: the token; overflow: events lost, read again)",
+            m.source_failures.clone(),
+        );
+        r.register(
+            "source_resyncs",
+            "Times a source compared a fresh listing after a gap",
+            m.source_resyncs.clone(),
+        );
         m
     }
 }
@@ -203,6 +251,41 @@ pub(crate) enum AttemptResult {
 }
 
 impl Metrics {
+    pub fn source_up(&self, source: &str, up: bool) {
+        self.source_up
+            .get_or_create(&SourceLabel {
+                source: source.into(),
+            })
+            .set(up as i64);
+    }
+
+    pub fn source_event(&self, source: &str, collection: &str, action: &str) {
+        self.source_events
+            .get_or_create(&SourceEventLabel {
+                source: source.into(),
+                collection: collection.into(),
+                action: action.into(),
+            })
+            .inc();
+    }
+
+    pub fn source_failure(&self, source: &str, kind: &str) {
+        self.source_failures
+            .get_or_create(&SourceFailureLabel {
+                source: source.into(),
+                kind: kind.into(),
+            })
+            .inc();
+    }
+
+    pub fn source_resync(&self, source: &str) {
+        self.source_resyncs
+            .get_or_create(&SourceLabel {
+                source: source.into(),
+            })
+            .inc();
+    }
+
     /// The counters of the hook called `name`, shared with the metrics.
     pub fn hook(&self, name: &str) -> HookStats {
         let label = HookLabel {

@@ -6,7 +6,7 @@
 //! `hook` world's records (see `docs/writing-hooks.md`).
 
 use super::{RawDelivery, RawOutcome};
-use crate::event::{Event, Phase};
+use crate::event::Event;
 use serde::Deserialize;
 
 /// The environment variable that holds a command hook's settings as JSON.
@@ -80,7 +80,7 @@ pub fn input(event: &Event) -> Vec<u8> {
         .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON"));
     serde_json::to_vec(&serde_json::json!({
         "call_id": event.call_id(),
-        "phase": match event.phase() { Phase::Pre => "pre", Phase::Post => "post" },
+        "phase": event.phase().to_string(),
         "method": event.method(),
         "timestamp_ms": event.timestamp_ms(),
         "payload": payload,

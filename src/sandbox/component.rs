@@ -1,11 +1,19 @@
 //! The `hook` world's ABI: its bindings, `setup` and `handle` on a component.
+//!
+//! Two versions of the world are served. 0.3.0 (`wit/hook.wit`) is the one
+//! hooks are written against; 0.2.0 (`wit-0.2.0/hook.wit`, frozen) is what
+//! hooks built before the `observed` phase target, and they keep working:
+//! linking tries 0.3.0, then 0.2.0. Both import the same `log`, whose types
+//! did not change, so one linker serves both.
 
 use super::{Failure, Prepared, RawDelivery, RawOutcome, Sandbox, Subscription};
 use super::{HostState, Pre};
 use crate::event::{Event, Phase};
 use wasmtime::Store;
+use wasmtime::component::{Instance, InstancePre};
 
-pub(super) mod bindings {
+/// wasmhooks:hook@0.3.0, the current world.
+pub(super) mod v3 {
     wasmtime::component::bindgen!({
         path: "wit",
         world: "hook",
@@ -13,8 +21,198 @@ pub(super) mod bindings {
     });
 }
 
-pub(super) use bindings::wasmhooks::hook::types as wit;
-pub(crate) use bindings::{Hook, HookPre};
+/// wasmhooks:hook@0.2.0, for hooks built before 0.3.0.
+mod v2 {
+    wasmtime::component::bindgen!({
+        path: "src/sandbox/wit-0.2.0",
+        world: "hook",
+        exports: { default: async },
+    });
+}
+
+use v2::wasmhooks::hook::types as wit2;
+/// The current world's types, for the host's imports (`log`) too.
+pub(super) use v3::wasmhooks::hook::types as wit;
+use wit as wit3;
+
+/// A component of the `hook` world, linked: instantiated per call.
+#[derive(Clone)]
+pub(crate) enum HookPre {
+    V3(v3::HookPre<HostState>),
+    V2(v2::HookPre<HostState>),
+}
+
+/// An instance of a component of the `hook` world.
+pub(crate) enum Hook {
+    V3(v3::Hook),
+    V2(v2::Hook),
+}
+
+/// One event as `handle` receives it, in either version's terms.
+pub(crate) struct HookEvent<'a> {
+    call_id: &'a str,
+    phase: Phase,
+    method: &'a str,
+    timestamp_ms: u64,
+    payload: &'a str,
+}
+
+impl<'a> From<&'a Event> for HookEvent<'a> {
+    fn from(event: &'a Event) -> Self {
+        HookEvent {
+            call_id: event.call_id(),
+            phase: event.phase(),
+            method: event.method(),
+            timestamp_ms: event.timestamp_ms(),
+            payload: event.payload(),
+        }
+    }
+}
+
+impl HookPre {
+    /// The component's exports as either version of the world, 0.3.0 first;
+    /// the error is 0.3.0's.
+    pub fn new(pre: InstancePre<HostState>) -> wasmtime::Result<HookPre> {
+        match v3::HookPre::new(pre.clone()) {
+            Ok(pre) => Ok(HookPre::V3(pre)),
+            Err(v3_error) => v2::HookPre::new(pre).map(HookPre::V2).map_err(|_| v3_error),
+        }
+    }
+
+    pub fn instance_pre(&self) -> &InstancePre<HostState> {
+        match self {
+            HookPre::V3(pre) => pre.instance_pre(),
+            HookPre::V2(pre) => pre.instance_pre(),
+        }
+    }
+
+    pub async fn instantiate_async(&self, store: &mut Store<HostState>) -> wasmtime::Result<Hook> {
+        Ok(match self {
+            HookPre::V3(pre) => Hook::V3(pre.instantiate_async(store).await?),
+            HookPre::V2(pre) => Hook::V2(pre.instantiate_async(store).await?),
+        })
+    }
+
+    /// The bindings of `instance`, of this component's version.
+    pub fn bind(
+        &self,
+        store: &mut Store<HostState>,
+        instance: &Instance,
+    ) -> wasmtime::Result<Hook> {
+        Ok(match self {
+            HookPre::V3(_) => Hook::V3(v3::Hook::new(store, instance)?),
+            HookPre::V2(_) => Hook::V2(v2::Hook::new(store, instance)?),
+        })
+    }
+}
+
+impl Hook {
+    /// `setup`, with what it returned in the host's terms.
+    pub async fn call_setup(
+        &self,
+        store: &mut Store<HostState>,
+        settings: &str,
+    ) -> wasmtime::Result<Result<Subscription, String>> {
+        Ok(match self {
+            Hook::V3(hook) => hook
+                .call_setup(store, settings)
+                .await?
+                .map(|s| Subscription {
+                    methods: s.methods,
+                    phases: s.phases.into_iter().map(phase3).collect(),
+                }),
+            Hook::V2(hook) => hook
+                .call_setup(store, settings)
+                .await?
+                .map(|s| Subscription {
+                    methods: s.methods,
+                    phases: s.phases.into_iter().map(phase2).collect(),
+                }),
+        })
+    }
+
+    /// `handle`, on an instance whose `setup` has run.
+    pub async fn call_handle(
+        &self,
+        store: &mut Store<HostState>,
+        event: &HookEvent<'_>,
+    ) -> wasmtime::Result<Result<RawOutcome, String>> {
+        Ok(match self {
+            Hook::V3(hook) => {
+                let phase = match event.phase {
+                    Phase::Pre => wit3::Phase::Pre,
+                    Phase::Post => wit3::Phase::Post,
+                    Phase::Observed => wit3::Phase::Observed,
+                };
+                let e = wit3::Event {
+                    call_id: event.call_id.to_owned(),
+                    phase,
+                    method: event.method.to_owned(),
+                    timestamp_ms: event.timestamp_ms,
+                    payload: event.payload.to_owned(),
+                };
+                hook.call_handle(store, &e).await?.map(|o| RawOutcome {
+                    deliveries: o.deliveries.into_iter().map(delivery3).collect(),
+                    deny: o.deny,
+                })
+            }
+            Hook::V2(hook) => {
+                let phase = match event.phase {
+                    Phase::Pre => wit2::Phase::Pre,
+                    Phase::Post => wit2::Phase::Post,
+                    // Its subscription cannot name the phase: not reached.
+                    Phase::Observed => {
+                        return Ok(Err(
+                            "a wasmhooks:hook@0.2.0 hook cannot take an observed event".into(),
+                        ));
+                    }
+                };
+                let e = wit2::Event {
+                    call_id: event.call_id.to_owned(),
+                    phase,
+                    method: event.method.to_owned(),
+                    timestamp_ms: event.timestamp_ms,
+                    payload: event.payload.to_owned(),
+                };
+                hook.call_handle(store, &e).await?.map(|o| RawOutcome {
+                    deliveries: o
+                        .deliveries
+                        .into_iter()
+                        .map(|d| RawDelivery {
+                            url: d.url,
+                            headers: d.headers,
+                            body: d.body,
+                        })
+                        .collect(),
+                    deny: o.deny,
+                })
+            }
+        })
+    }
+}
+
+fn phase3(p: wit3::Phase) -> Phase {
+    match p {
+        wit3::Phase::Pre => Phase::Pre,
+        wit3::Phase::Post => Phase::Post,
+        wit3::Phase::Observed => Phase::Observed,
+    }
+}
+
+fn phase2(p: wit2::Phase) -> Phase {
+    match p {
+        wit2::Phase::Pre => Phase::Pre,
+        wit2::Phase::Post => Phase::Post,
+    }
+}
+
+fn delivery3(d: wit3::Delivery) -> RawDelivery {
+    RawDelivery {
+        url: d.url,
+        headers: d.headers,
+        body: d.body,
+    }
+}
 
 impl Sandbox {
     /// Instantiates the hook and runs its `setup` with its settings (for a
@@ -24,11 +222,8 @@ impl Sandbox {
             unreachable!("a command hook's subscription comes from its NAME.toml")
         };
         self.call(hook, None, async |store, _| {
-            let instance: Hook = pre.instantiate_async(&mut *store).await?;
-            Ok(instance
-                .call_setup(&mut *store, &hook.settings_json)
-                .await?
-                .map(super::preinit::subscription))
+            let instance = pre.instantiate_async(&mut *store).await?;
+            instance.call_setup(&mut *store, &hook.settings_json).await
         })
         .await
     }
@@ -39,21 +234,15 @@ impl Sandbox {
         if let Pre::Command(pre) = &hook.pre {
             return self.run_command(hook, pre, event).await;
         }
-        let wit_event = wit::Event {
-            call_id: event.call_id().to_owned(),
-            phase: event.phase().into(),
-            method: event.method().to_owned(),
-            timestamp_ms: event.timestamp_ms(),
-            payload: event.payload().to_owned(),
-        };
+        let hook_event = HookEvent::from(event);
         if let Some(pool) = &hook.warm
-            && let Some(result) = self.handle_warm(hook, pool, &wit_event).await
+            && let Some(result) = self.handle_warm(hook, pool, &hook_event).await
         {
             return result;
         }
         self.call(hook, None, async |store, _| {
             match ready_instance(hook, store).await? {
-                Ok(instance) => call_handle(&instance, store, &wit_event).await,
+                Ok(instance) => instance.call_handle(store, &hook_event).await,
                 Err(message) => Ok(Err(message)),
             }
         })
@@ -82,45 +271,4 @@ pub(super) async fn ready_instance(
             Err(message) => Err(format!("setup refused its settings: {message}")),
         },
     )
-}
-
-/// `handle` on an instance whose `setup` has run.
-pub(super) async fn call_handle(
-    instance: &Hook,
-    store: &mut Store<HostState>,
-    event: &wit::Event,
-) -> wasmtime::Result<Result<RawOutcome, String>> {
-    Ok(instance
-        .call_handle(&mut *store, event)
-        .await?
-        .map(|o| RawOutcome {
-            deliveries: o
-                .deliveries
-                .into_iter()
-                .map(|d| RawDelivery {
-                    url: d.url,
-                    headers: d.headers,
-                    body: d.body,
-                })
-                .collect(),
-            deny: o.deny,
-        }))
-}
-
-impl From<wit::Phase> for Phase {
-    fn from(p: wit::Phase) -> Phase {
-        match p {
-            wit::Phase::Pre => Phase::Pre,
-            wit::Phase::Post => Phase::Post,
-        }
-    }
-}
-
-impl From<Phase> for wit::Phase {
-    fn from(p: Phase) -> wit::Phase {
-        match p {
-            Phase::Pre => wit::Phase::Pre,
-            Phase::Post => wit::Phase::Post,
-        }
-    }
 }

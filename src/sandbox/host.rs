@@ -1,7 +1,7 @@
 //! What a hook's store holds: its WASI context (nothing granted), its
 //! memory limiter, and the `log` import.
 
-use super::component::{bindings, wit};
+use super::component::{v3, wit};
 use super::{MAX_LOG_LINE, MAX_LOG_LINES};
 use std::sync::Arc;
 use wasmtime::ResourceLimiter;
@@ -29,7 +29,7 @@ impl WasiView for HostState {
 
 impl wit::Host for HostState {}
 
-impl bindings::HookImports for HostState {
+impl v3::HookImports for HostState {
     fn log(&mut self, level: wit::Level, message: String) {
         self.log_lines += 1;
         if self.log_lines > MAX_LOG_LINES {

@@ -37,7 +37,7 @@ mod session;
 mod warm;
 
 use cache::DiskCache;
-pub(crate) use component::{Hook, HookPre};
+pub(crate) use component::HookPre;
 pub(crate) use host::HostState;
 use host::MemoryLimiter;
 pub(crate) use host::truncate;
@@ -113,10 +113,10 @@ pub(crate) struct Prepared {
 #[derive(Clone)]
 pub(crate) enum Pre {
     /// A component of the `hook` world: `setup`, then `handle`.
-    Hook(HookPre<HostState>),
+    Hook(HookPre),
     /// A component of the `hook` world pre-initialised from the state its
     /// `setup` left at load (see `preinit.rs`): `handle` alone.
-    Initialized(HookPre<HostState>),
+    Initialized(HookPre),
     /// A WASI command: event on stdin, outcome on stdout.
     Command(CommandPre<HostState>),
 }
@@ -184,8 +184,12 @@ impl Sandbox {
         };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| format!("{e:#}"))?;
-        Hook::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
-            .map_err(|e| format!("{e:#}"))?;
+        // 0.3.0's `log`; 0.2.0 hooks link to it too (its types are the same).
+        component::v3::Hook::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| format!("{e:#}"))?;
         spawn_epoch_ticker(&engine);
         let warm_pools = Arc::new(WarmPools::default());
         spawn_warm_sweeper(&warm_pools);
@@ -285,7 +289,7 @@ impl Sandbox {
                 .map_err(|_| {
                     format!(
                         "{hook_error:#}; a hook must be a component exporting `setup` and `handle` \
-                     of the wasmhooks:hook@0.2.0 `hook` world (see wit/hook.wit), or a WASI \
+                     of the wasmhooks:hook `hook` world (0.3.0 or 0.2.0; see wit/hook.wit), or a WASI \
                      command (a wasm32-wasip1 module with `_start`, or a component exporting \
                      wasi:cli/run) that reads the event on stdin (see docs/writing-hooks.md)"
                     )

@@ -20,9 +20,8 @@
 //! logs appears once, at load. It is opt-in because it costs two more
 //! compiles per load (the instrumented component and the snapshot).
 
-use super::component::{Hook, HookPre, wit};
+use super::component::HookPre;
 use super::{Failure, HostState, Pre, Prepared, Sandbox, Subscription};
-use crate::event::Phase;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use wasmtime::Store;
@@ -114,12 +113,12 @@ impl Sandbox {
         let (subscription, snapshot) = self
             .call(hook, None, async |store, _| {
                 let instance = pre.instance_pre().instantiate_async(&mut *store).await?;
-                let bindings = Hook::new(&mut *store, &instance)?;
+                let bindings = pre.bind(&mut *store, &instance)?;
                 let subscription = match bindings
                     .call_setup(&mut *store, &hook.settings_json)
                     .await?
                 {
-                    Ok(s) => subscription(s),
+                    Ok(s) => s,
                     Err(message) => return Ok(Err(message)),
                 };
                 if let Some(held) = held_resources(store) {
@@ -158,19 +157,11 @@ impl Sandbox {
     }
 
     /// Compiles (cached by `hash`) and links a component of the `hook` world.
-    async fn link_hook(&self, hash: &str, bytes: Vec<u8>) -> Result<HookPre<HostState>, String> {
+    async fn link_hook(&self, hash: &str, bytes: Vec<u8>) -> Result<HookPre, String> {
         match self.link(&self.compile(hash, bytes).await?)? {
             Pre::Hook(pre) => Ok(pre),
             _ => Err("not a component of the `hook` world".into()),
         }
-    }
-}
-
-/// What `setup` returned, in the host's terms.
-pub(super) fn subscription(s: wit::Subscription) -> Subscription {
-    Subscription {
-        methods: s.methods,
-        phases: s.phases.into_iter().map(Phase::from).collect(),
     }
 }
 

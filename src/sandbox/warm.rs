@@ -1,7 +1,7 @@
 //! Warm instances, for hooks that opt into `[reuse]`: set up once, they
 //! serve up to `events` events, and are dropped when idle too long.
 
-use super::component::{Hook, call_handle, ready_instance, wit};
+use super::component::{Hook, HookEvent, ready_instance};
 use super::{Failure, Prepared, RawOutcome, STDIO_CAPACITY, Sandbox, Session};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -87,7 +87,7 @@ impl Sandbox {
         &self,
         hook: &Prepared,
         pool: &WarmPool,
-        wit_event: &wit::Event,
+        event: &HookEvent<'_>,
     ) -> Option<Result<RawOutcome, Failure>> {
         let idle = pool.idle.lock().unwrap().pop();
         let permit = match idle {
@@ -122,7 +122,7 @@ impl Sandbox {
         let result = warm
             .session
             .run(hook, async |store, _| {
-                call_handle(instance, store, wit_event).await
+                instance.call_handle(store, event).await
             })
             .await;
         warm.served += 1;

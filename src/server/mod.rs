@@ -6,6 +6,8 @@
 //!   each gate covers.
 //! - `PUT /v1/coverage/{reporter}`, `GET /v1/coverage`: what orchestrator
 //!   plugins guard (see [`crate::coverage`]).
+//! - `GET /v1/sources`: the sources the engine reads by itself (see
+//!   [`crate::sources`]).
 //! - `GET /v1/deliveries?state=pending|failed|dead&limit=N&hook=H&receiver=R`:
 //!   queued deliveries, a page at a time (`after=CREATED_MS:ID`).
 //! - `POST /v1/deliveries/retry` with `{"id": "msg_…"}` or `{"all_dead": true}`:
@@ -59,6 +61,7 @@ pub fn router(engine: Engine) -> Router {
         .routes(routes!(routes::hooks))
         .routes(routes!(routes::coverage))
         .routes(routes!(routes::coverage_put))
+        .routes(routes!(routes::sources))
         .routes(routes!(routes::deliveries))
         .routes(routes!(routes::retry))
         .routes(routes!(routes::receivers))

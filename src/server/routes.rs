@@ -8,6 +8,7 @@ use crate::activity::{EventActivity, MAX_EVENTS};
 use crate::coverage::{CoverageReport, ReporterStatus};
 use crate::engine::ReceiverStatus;
 use crate::queue::{DeliveryInfo, DeliveryQuery};
+use crate::sources::SourceStatus;
 use crate::{Engine, Error, Event, Filter, HookStatus, Phase, Retry, Verdict};
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -35,7 +36,7 @@ pub const MAX_LIST: usize = 1000;
     request_body(content = EventBody, description = "The orchestrator's event (Xen Orchestra's web-hook payload), at most 1 MiB"),
     responses(
         (status = 200, description = "A pre event's verdict", body = Verdict),
-        (status = 202, description = "A post event, committed to the durable queue", body = Accepted),
+        (status = 202, description = "A post or observed event, committed to the durable queue", body = Accepted),
         (status = 400, description = "A malformed event: the error names the field", body = ApiError),
         (status = 413, description = "A body larger than 1 MiB", body = ApiError),
         (status = 500, description = "The engine failed on it (a bug): send it again", body = ApiError),
@@ -52,7 +53,7 @@ pub(super) async fn ingest(State(engine): State<Engine>, body: Bytes) -> Respons
             .pre(event)
             .await
             .map(|verdict| Json(verdict).into_response()),
-        Phase::Post => engine
+        Phase::Post | Phase::Observed => engine
             .post(event)
             .await
             .map(|()| (StatusCode::ACCEPTED, Json(Accepted { accepted: true })).into_response()),
@@ -126,6 +127,18 @@ pub(super) async fn coverage_put(
 )]
 pub(super) async fn coverage(State(engine): State<Engine>) -> Json<Vec<ReporterStatus>> {
     Json(engine.coverage())
+}
+
+/// Every source the engine reads by itself (`[sources]` in its config,
+/// such as XO's event stream): its state, last error, and counts.
+#[utoipa::path(
+    get,
+    path = "/v1/sources",
+    tag = "events",
+    responses((status = 200, description = "Sources, by name", body = Vec<SourceStatus>))
+)]
+pub(super) async fn sources(State(engine): State<Engine>) -> Json<Vec<SourceStatus>> {
+    Json(engine.sources())
 }
 
 /// Which deliveries `GET /v1/deliveries` lists.

@@ -20,6 +20,8 @@ mod reload;
 mod reuse;
 mod safety;
 mod server;
+mod sources;
+mod worlds;
 mod xo_plugin;
 
 use axum::Router;
@@ -41,6 +43,8 @@ pub mod guests;
 pub mod nats_server;
 #[path = "../support/serve.rs"]
 pub mod serve;
+#[path = "../support/xo_events.rs"]
+pub mod xo_events;
 pub use guests::{root, wasm};
 pub use serve::Serve;
 

@@ -80,6 +80,33 @@ function hooksFolder(receiverUrl) {
   return { dir, hooks }
 }
 
+/**
+ * XO's event stream, as XO serves it (see tests/support/xo_events.rs for
+ * the full stand-in): `init`, subscriptions, listings; while `refusing`, it
+ * answers 401 as XO does to a token it does not know.
+ */
+async function startXo() {
+  const xo = { refusing: true, url: '' }
+  const server = createServer(async (request, response) => {
+    for await (const _ of request);
+    if (xo.refusing || !(request.headers.cookie ?? '').includes('authenticationToken=console-xo-token')) {
+      response.writeHead(401, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'invalid credentials' }))
+    } else if (request.url === '/rest/v0/events') {
+      response.writeHead(200, { 'content-type': 'text/event-stream' })
+      response.write(`event: init\ndata: ${JSON.stringify({ id: 'console-connection' })}\n\n`)
+    } else if (request.url.startsWith('/rest/v0/events/')) {
+      response.writeHead(201, { 'content-type': 'application/json' }).end('{"id":"VM"}')
+    } else {
+      response.writeHead(200, { 'content-type': 'application/json' }).end('[]')
+    }
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  xo.url = `http://127.0.0.1:${server.address().port}`
+  xo.close = () => { server.closeAllConnections(); server.close() }
+  return xo
+}
+
 /** `wasmhooks serve` on a free port, watching `hooks`; stopped with `stop()`. */
 async function startEngine({ dir, hooks }, args = []) {
   const state = join(dir, `state-${Math.random().toString(36).slice(2)}`)
@@ -89,6 +116,13 @@ async function startEngine({ dir, hooks }, args = []) {
   writeFileSync(config, `[delivery]
 retry_schedule_ms = [${Array(60).fill(1000).join(', ')}]
 breaker_failures = 1000
+
+[sources.xo]
+url = "${xo.url}"
+token = "console-xo-token"
+reconnect_max_ms = 500
+[sources.xo.collections]
+VM = ["power_state"]
 `)
   return serve(BIN, ['--hooks', hooks, '--state', state, '--cache', join(dir, 'cache'), '--config', config, ...args])
 }
@@ -111,6 +145,7 @@ let browser
 let receiver
 let folder
 let engine
+let xo
 
 before(async () => {
   mkdirSync(SCREENSHOTS, { recursive: true })
@@ -122,6 +157,7 @@ before(async () => {
       '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   })
   receiver = await startReceiver()
+  xo = await startXo()
   folder = hooksFolder(receiver.url)
   writeFileSync(join(folder.hooks, 'broken.wasm'), 'this is not WebAssembly')
   engine = await startEngine(folder)
@@ -131,6 +167,7 @@ after(async () => {
   await engine?.stop()
   await browser?.close()
   receiver?.close()
+  xo?.close()
   if (folder) rmSync(folder.dir, { recursive: true, force: true })
 })
 
@@ -220,6 +257,18 @@ test("each gate shows where the orchestrator waits for it, and where not, with w
     assert.match(await stop.innerText(), /not guarded[\s\S]*guard setting leaves this method out/)
     assert.match(await deny.locator('[data-unguarded="around XO (xe, XAPI clients, HA): *"]').innerText(), /changes made without XO/)
     assert.match(await deny.locator('[data-field="warning"]').first().innerText(), /fails open/)
+  })
+})
+
+test("the sources card shows XO's event stream refused with why, then live", async () => {
+  await withPage('sources', engine.url, async page => {
+    const row = page.locator('#sources tr[data-source="xo"]')
+    await page.locator('#sources tr[data-source="xo"][data-state="refused"]').waitFor(WAIT)
+    assert.match(await row.locator('[data-field="error"]').innerText(), /^XO refused the token \(401: invalid credentials\)/)
+    assert.match(await row.innerText(), new RegExp(xo.url.replace(/[.]/g, '\\.')))
+    xo.refusing = false
+    await page.locator('#sources tr[data-source="xo"][data-state="live"]').waitFor(WAIT)
+    assert.equal(await row.locator('[data-field="error"]').count(), 0, 'no error once live')
   })
 })
 

@@ -19,11 +19,17 @@ export async function serve(bin, args, env = {}) {
     })
     child.on('exit', code => reject(new Error(`wasmhooks exited (${code}) before listening:\n${log}`)))
   })
+  let stopping = false
+  child.on('exit', (code, signal) => {
+    // An engine that dies under a test: say how, with its log.
+    if (!stopping) console.error(`wasmhooks exited unexpectedly (${code ?? signal}); its log:\n${log}`)
+  })
   return {
     url,
     log: () => log,
     /** SIGTERM (it finishes what is in flight), and waits for the exit. */
     async stop() {
+      stopping = true
       if (child.exitCode === null && child.signalCode === null) {
         const exited = once(child, 'exit')
         child.kill('SIGTERM')

@@ -5,9 +5,9 @@
 
 import { configure } from '@xen-orchestra/log/configure'
 import assert from 'node:assert/strict'
-import { after, before, describe, test } from 'node:test'
+import { before, describe, test } from 'node:test'
 import { serveRest } from './xo/rest.js'
-import { PLUGIN, PROTECTED_VM, captureLogs, hooksFolder, loadPlugin, rest, standIn, startWasmhooks, tempDir } from './helpers.js'
+import { PLUGIN, PROTECTED_VM, captureLogs, loadPlugin, rest, servedHooks, standIn } from './helpers.js'
 
 const T = { timeout: 90_000 }
 configure(captureLogs().transport)
@@ -20,20 +20,12 @@ async function gate(url, name) {
 const at = list => list.map(g => `${g.entry} ${g.route ?? g.method}`).sort()
 
 describe('coverage', () => {
-  let folder, state, wasmhooks
-  before(async () => {
-    folder = hooksFolder({
-      deny: { guest: 'deny', toml: `[settings]\nprotected = ["${PROTECTED_VM}"]\n` },
-      'no-backups': { guest: 'deny', toml: 'mode = "monitor"\n[settings]\nprotected = ["*"]\nmethods = ["backupNg.runJob"]\n' },
-    })
-    state = tempDir('wasmhooks-state-')
-    wasmhooks = await startWasmhooks({ hooks: folder.path, state: state.path })
-  }, T)
-  after(async () => {
-    await wasmhooks.stop()
-    folder.remove()
-    state.remove()
-  })
+  const served = servedHooks(() => ({
+    deny: { guest: 'deny', toml: `[settings]\nprotected = ["${PROTECTED_VM}"]\n` },
+    'no-backups': { guest: 'deny', toml: 'mode = "monitor"\n[settings]\nprotected = ["*"]\nmethods = ["backupNg.runJob"]\n' },
+  }))
+  let wasmhooks
+  before(() => ({ wasmhooks } = served))
 
   test('before any report, nothing in XO is shown as guarded', T, async () => {
     const coverage = await gate(wasmhooks.url, 'deny')

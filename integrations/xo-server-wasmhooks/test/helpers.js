@@ -7,6 +7,7 @@
 
 import './preflight.js'
 import { spawn } from 'node:child_process'
+import { after, before } from 'node:test'
 import { once } from 'node:events'
 import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:http'
@@ -250,4 +251,28 @@ export function taskEnded(xo, id) {
     xo.tasks.on('update', onUpdate)
     xo.tasks.get(id).then(log => ended(log) && onUpdate(log), () => {})
   })
+}
+
+/**
+ * For a `describe` block: a receiver, a hooks folder (`hooksOf(receiver)`,
+ * as `hooksFolder` takes them) and a `wasmhooks serve` on it, started
+ * before its tests and stopped and removed after them. The returned object
+ * holds `receiver` and `wasmhooks` once started.
+ */
+export function servedHooks(hooksOf) {
+  const served = {}
+  let folder, state
+  before(async () => {
+    served.receiver = await startReceiver()
+    folder = hooksFolder(hooksOf(served.receiver))
+    state = tempDir('wasmhooks-state-')
+    served.wasmhooks = await startWasmhooks({ hooks: folder.path, state: state.path })
+  }, { timeout: 90_000 })
+  after(async () => {
+    await served.wasmhooks?.stop()
+    await served.receiver?.close()
+    folder?.remove()
+    state?.remove()
+  })
+  return served
 }

@@ -6,19 +6,10 @@
 
 import { configure } from '@xen-orchestra/log/configure'
 import assert from 'node:assert/strict'
-import { after, before, describe, test } from 'node:test'
+import { before, describe, test } from 'node:test'
 import { configurationSchema } from '../lib/schema.js'
 import { connection } from './xo/app.js'
-import {
-  PLUGIN,
-  PLUGIN_DIR,
-  PROTECTED_VM,
-  captureLogs,
-  hooksFolder,
-  standIn,
-  startWasmhooks,
-  tempDir,
-} from './helpers.js'
+import { PLUGIN, PLUGIN_DIR, PROTECTED_VM, captureLogs, servedHooks, standIn } from './helpers.js'
 
 const T = { timeout: 90_000 }
 const logs = captureLogs()
@@ -26,17 +17,9 @@ configure(logs.transport)
 const alice = connection({ userId: 'u-alice' })
 
 describe('loaded as xo-server loads it', () => {
-  let hooks, state, wasmhooks
-  before(async () => {
-    hooks = hooksFolder({ deny: { guest: 'deny', toml: `[settings]\nprotected = ["${PROTECTED_VM}"]\n` } })
-    state = tempDir('wasmhooks-state-')
-    wasmhooks = await startWasmhooks({ hooks: hooks.path, state: state.path })
-  }, T)
-  after(async () => {
-    await wasmhooks.stop()
-    hooks.remove()
-    state.remove()
-  })
+  const served = servedHooks(() => ({ deny: { guest: 'deny', toml: `[settings]\nprotected = ["${PROTECTED_VM}"]\n` } }))
+  let wasmhooks
+  before(() => ({ wasmhooks } = served))
 
   test('XO shows its settings form; configured from it and loaded, it vetoes a guarded call', T, async t => {
     const xo = standIn()

@@ -5,7 +5,7 @@
 import { configure } from '@xen-orchestra/log/configure'
 import assert from 'node:assert/strict'
 import { createServer } from 'node:net'
-import { after, before, describe, test } from 'node:test'
+import { before, describe, test } from 'node:test'
 import { connection } from './xo/app.js'
 import {
   OTHER_VM,
@@ -15,6 +15,7 @@ import {
   captureLogs,
   hooksFolder,
   loadPlugin,
+  servedHooks,
   standIn,
   startReceiver,
   startWasmhooks,
@@ -47,22 +48,12 @@ function received(receiver, method) {
 }
 
 describe('with deny and forward', () => {
-  let receiver, hooks, state, wasmhooks
-  before(async () => {
-    receiver = await startReceiver()
-    hooks = hooksFolder({
-      deny: { guest: 'deny', toml: DENY },
-      forward: { guest: 'forward', toml: forward(receiver.url('/forward')) },
-    })
-    state = tempDir('wasmhooks-state-')
-    wasmhooks = await startWasmhooks({ hooks: hooks.path, state: state.path })
-  }, T)
-  after(async () => {
-    await wasmhooks.stop()
-    await receiver.close()
-    hooks.remove()
-    state.remove()
-  })
+  const served = servedHooks(receiver => ({
+    deny: { guest: 'deny', toml: DENY },
+    forward: { guest: 'forward', toml: forward(receiver.url('/forward')) },
+  }))
+  let receiver, wasmhooks
+  before(() => ({ receiver, wasmhooks } = served))
 
   test('a veto stops the call with the reason; an allowed call runs; each event is sent once', T, async t => {
     const xo = fakeXo()

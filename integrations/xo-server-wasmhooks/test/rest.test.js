@@ -6,7 +6,7 @@
 import { configure } from '@xen-orchestra/log/configure'
 import assert from 'node:assert/strict'
 import { createServer } from 'node:net'
-import { after, before, describe, test } from 'node:test'
+import { before, describe, test } from 'node:test'
 import { connection } from './xo/app.js'
 import { serveRest } from './xo/rest.js'
 import {
@@ -15,9 +15,9 @@ import {
   PROTECTED_VM,
   allDelivered,
   captureLogs,
-  hooksFolder,
   loadPlugin,
   rest,
+  servedHooks,
   standIn,
   startReceiver,
   startWasmhooks,
@@ -57,19 +57,9 @@ function events(receiver, method) {
 }
 
 describe('REST, with deny and forward', () => {
-  let receiver, folder, state, wasmhooks
-  before(async () => {
-    receiver = await startReceiver()
-    folder = hooksFolder(hooks(receiver))
-    state = tempDir('wasmhooks-state-')
-    wasmhooks = await startWasmhooks({ hooks: folder.path, state: state.path })
-  }, T)
-  after(async () => {
-    await wasmhooks.stop()
-    await receiver.close()
-    folder.remove()
-    state.remove()
-  })
+  const served = servedHooks(hooks)
+  let receiver, wasmhooks
+  before(() => ({ receiver, wasmhooks } = served))
 
   test('a protected VM is refused on every path: JSON-RPC, DELETE, an action sync and async', T, async t => {
     const { xo, api, token } = await xoWithRest(t, { url: wasmhooks.url })

@@ -147,6 +147,33 @@ async function loadHooks() {
   fillSelect($('#delivery-hook'), hooks.map(h => h.name), 'every hook');
 }
 
+// ---- sources ---------------------------------------------------------------
+
+async function loadSources() {
+  const sources = await api('/v1/sources');
+  if (!changed('sources', sources.map(s => ({ ...s, last_heard_ms: null })))) {
+    for (const s of sources) {
+      const cell = $(`#sources tr[data-source="${CSS.escape(s.name)}"] .heard`);
+      if (cell) cell.replaceChildren(s.last_heard_ms ? ago(s.last_heard_ms) : '');
+    }
+    return;
+  }
+  const stateClass = { live: 'live', connecting: 'pending', syncing: 'pending', retrying: 'retrying', refused: 'failed' };
+  const rows = sources.map(s => el('tr', { 'data-source': s.name, 'data-state': s.state },
+    el('td', {}, el('strong', {}, s.name), el('div', { class: 'mono muted' }, s.url),
+      el('div', { class: 'muted' }, s.collections.join(', '))),
+    el('td', {}, badge(s.state, stateClass[s.state] ?? 'skipped'), ' ', el('span', { class: 'muted' }, 'since ', ago(s.since_ms)),
+      s.last_error ? el('div', { class: 'why error', 'data-field': 'error' }, s.last_error) : null),
+    el('td', { class: 'heard' }, s.last_heard_ms ? ago(s.last_heard_ms) : ''),
+    el('td', { class: 'num' }, s.events),
+    el('td', { class: 'num' }, s.resyncs),
+    el('td', { class: 'num' }, s.dropped),
+    el('td', { class: 'num' }, `${s.objects} / ${s.max_objects}`),
+    el('td', { class: 'num' }, s.connections)));
+  $('#sources tbody').replaceChildren(...rows);
+  $('#sources .empty').hidden = sources.length > 0;
+}
+
 // ---- gates -----------------------------------------------------------------
 
 // What each entry point is, for people.
@@ -359,7 +386,7 @@ function refresh() {
     do {
       again = false;
       try {
-        await Promise.all([loadHooks(), loadCoverage(), loadDeliveries(), loadReceivers(), loadActivity()]);
+        await Promise.all([loadHooks(), loadCoverage(), loadSources(), loadDeliveries(), loadReceivers(), loadActivity()]);
         renderSummary();
         updateTimes();
         setStatus(`updated ${new Date().toLocaleTimeString()}`);

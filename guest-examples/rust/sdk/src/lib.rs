@@ -210,7 +210,8 @@ pub fn both_phases() -> Vec<Phase> {
     vec![Phase::Pre, Phase::Post]
 }
 
-/// Serde `deserialize_with` for a list of phases written `"pre"` / `"post"`.
+/// Serde `deserialize_with` for a list of phases written `"pre"`, `"post"`
+/// or `"observed"`.
 pub fn deserialize_phases<'de, D>(de: D) -> Result<Vec<Phase>, D::Error>
 where
     D: serde::Deserializer<'de>,
@@ -220,6 +221,7 @@ where
     enum Name {
         Pre,
         Post,
+        Observed,
     }
     let names = Vec::<Name>::deserialize(de)?;
     let mut phases = Vec::with_capacity(names.len());
@@ -227,6 +229,7 @@ where
         let phase = match name {
             Name::Pre => Phase::Pre,
             Name::Post => Phase::Post,
+            Name::Observed => Phase::Observed,
         };
         if !phases.contains(&phase) {
             phases.push(phase);
@@ -298,11 +301,12 @@ impl Subscription {
 // Events
 
 impl Phase {
-    /// `"pre"` or `"post"`, as in the payload's `type` field.
+    /// `"pre"`, `"post"` or `"observed"`, as in the payload's `type` field.
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Pre => "pre",
             Phase::Post => "post",
+            Phase::Observed => "observed",
         }
     }
 }

@@ -33,6 +33,8 @@ impl Hook for Teams {
             Phase::Pre => ("requested", "0078D7"),
             Phase::Post if has_error(&payload) => ("failed", "D13438"),
             Phase::Post => ("succeeded", "2EB886"),
+            // Subscription::all() is pre and post: not reached.
+            Phase::Observed => ("observed", "8A8886"),
         };
         let facts: Vec<Value> = match &payload {
             Value::Object(fields) => fields

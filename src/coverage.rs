@@ -15,7 +15,7 @@
 //! Kept in memory and bounded: at most [`MAX_REPORTERS`] reports of at most
 //! [`MAX_ENTRIES`] entries.
 
-use crate::config::HookMode;
+use crate::config::{HookMode, OnError};
 use crate::sandbox::Subscription;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -228,14 +228,20 @@ impl Coverage {
     }
 
     /// What a gate with `subscription` and `mode` covers.
-    pub fn of_gate(&self, subscription: &Subscription, mode: HookMode) -> GateCoverage {
-        self.of_gate_at(subscription, mode, Instant::now())
+    pub fn of_gate(
+        &self,
+        subscription: &Subscription,
+        mode: HookMode,
+        on_error: OnError,
+    ) -> GateCoverage {
+        self.of_gate_at(subscription, mode, on_error, Instant::now())
     }
 
     fn of_gate_at(
         &self,
         subscription: &Subscription,
         mode: HookMode,
+        on_error: OnError,
         now: Instant,
     ) -> GateCoverage {
         let globs: Vec<WildMatch> = subscription
@@ -256,10 +262,13 @@ impl Coverage {
         let mut names: Vec<&String> = reports.keys().collect();
         names.sort();
         let mut holding = 0;
+        // Reporters whose entry points are not counted, and why.
+        let mut unknown: Vec<String> = Vec::new();
         for name in names {
             let stored = &reports[name];
             let s = status(name, stored, now);
             if !s.fresh {
+                unknown.push(format!("{name} (stale)"));
                 warnings.push(format!(
                     "{name} ({}) last reported {} s ago, past its {} s: what it guards now is unknown, so nothing of it is shown as guarded",
                     s.plugin,
@@ -269,6 +278,7 @@ impl Coverage {
                 continue;
             }
             if !s.loaded {
+                unknown.push(format!("{name} (unloaded)"));
                 warnings.push(format!(
                     "{name} ({}) is unloaded: nothing there waits for this gate",
                     s.plugin
@@ -319,8 +329,17 @@ impl Coverage {
         if mode == HookMode::Monitor {
             warnings.push("monitor mode: its vetoes are reported, not enforced".into());
         }
+        if on_error == OnError::Allow {
+            warnings.push(
+                "when it fails (a trap, its deadline), the call goes ahead: on_error = \"allow\" (\"deny\" refuses it instead)"
+                    .into(),
+            );
+        }
         kinds.sort_unstable();
-        let summary = summary(&kinds, guarded_total, &unguarded, unguarded_total, holding);
+        let mut summary = summary(&kinds, guarded_total, &unguarded, unguarded_total, holding);
+        if holding != 0 && !unknown.is_empty() {
+            summary.push_str(&format!("; NOT known for {}", unknown.join(", ")));
+        }
         GateCoverage {
             summary,
             guarded,
@@ -510,7 +529,7 @@ mod tests {
             ]),
         )
         .unwrap();
-        let g = c.of_gate(&gate(&["vm.delete"]), HookMode::Enforce);
+        let g = c.of_gate(&gate(&["vm.delete"]), HookMode::Enforce, OnError::Deny);
         assert_eq!(g.guarded_total, 2);
         assert_eq!(g.unguarded_total, 1, "xapi * matches every gate");
         assert_eq!(g.unguarded[0].method, "*");
@@ -519,7 +538,7 @@ mod tests {
             g.summary,
             "guarded on 2 entry points (jsonrpc, rest); NOT on 1: xapi *"
         );
-        let g = c.of_gate(&gate(&["backupNg.*"]), HookMode::Monitor);
+        let g = c.of_gate(&gate(&["backupNg.*"]), HookMode::Monitor, OnError::Deny);
         assert_eq!(g.guarded_total, 0);
         assert_eq!(g.unguarded_total, 2);
         assert!(
@@ -533,7 +552,7 @@ mod tests {
     fn no_report_a_stale_one_or_an_unloaded_plugin_guards_nothing() {
         let c = Coverage::default();
         let sub = gate(&["vm.delete"]);
-        let g = c.of_gate(&sub, HookMode::Enforce);
+        let g = c.of_gate(&sub, HookMode::Enforce, OnError::Deny);
         assert_eq!(g.guarded_total, 0);
         assert!(g.summary.starts_with("NOT guarded in the orchestrator"));
         assert!(g.warnings[0].starts_with("no orchestrator plugin holds a current report"));
@@ -541,7 +560,7 @@ mod tests {
         c.put("xo:a", report(vec![entry("jsonrpc", "vm.delete", true)]))
             .unwrap();
         let later = Instant::now() + Duration::from_secs(31);
-        let g = c.of_gate_at(&sub, HookMode::Enforce, later);
+        let g = c.of_gate_at(&sub, HookMode::Enforce, OnError::Deny, later);
         assert_eq!(g.guarded_total, 0, "stale");
         assert!(g.warnings.iter().any(|w| w.contains("past its 30 s")));
         assert!(!c.reporters_at(later)[0].fresh);
@@ -549,9 +568,35 @@ mod tests {
         let mut unloaded = report(vec![entry("jsonrpc", "vm.delete", true)]);
         unloaded.loaded = false;
         c.put("xo:a", unloaded).unwrap();
-        let g = c.of_gate(&sub, HookMode::Enforce);
+        let g = c.of_gate(&sub, HookMode::Enforce, OnError::Deny);
         assert_eq!(g.guarded_total, 0);
         assert!(g.warnings.iter().any(|w| w.contains("is unloaded")));
+    }
+
+    #[test]
+    fn a_second_reporter_gone_stale_and_a_gate_that_fails_open_are_in_the_summary() {
+        let c = Coverage::default();
+        let mut lasting = report(vec![entry("jsonrpc", "vm.delete", true)]);
+        lasting.ttl_secs = 3600;
+        c.put("xo:a", lasting).unwrap();
+        c.put("xo:b", report(vec![entry("rest", "vm.delete", true)]))
+            .unwrap();
+        let later = Instant::now() + Duration::from_secs(31);
+        let g = c.of_gate_at(
+            &gate(&["vm.delete"]),
+            HookMode::Enforce,
+            OnError::Allow,
+            later,
+        );
+        assert_eq!(
+            g.summary,
+            "guarded on 1 entry point (jsonrpc); NOT known for xo:b (stale)"
+        );
+        assert!(
+            g.warnings
+                .iter()
+                .any(|w| w.contains("on_error = \"allow\""))
+        );
     }
 
     #[test]
@@ -560,7 +605,7 @@ mod tests {
         let mut r = report(vec![entry("jsonrpc", "vm.delete", true)]);
         r.fail_closed = false;
         c.put("xo:a", r).unwrap();
-        let g = c.of_gate(&gate(&["vm.*"]), HookMode::Enforce);
+        let g = c.of_gate(&gate(&["vm.*"]), HookMode::Enforce, OnError::Deny);
         assert_eq!(g.guarded_total, 1);
         assert!(g.warnings[0].contains("fails open"));
     }
@@ -597,7 +642,7 @@ mod tests {
             .collect();
         entries.push(entry("rest", "vm.last", true));
         c.put("xo:a", report(entries)).unwrap();
-        let g = c.of_gate(&gate(&["*"]), HookMode::Enforce);
+        let g = c.of_gate(&gate(&["*"]), HookMode::Enforce, OnError::Deny);
         assert_eq!(g.guarded.len(), MAX_LISTED);
         assert_eq!(g.guarded_total, MAX_LISTED + 51);
         assert_eq!(g.summary, "guarded on 151 entry points (jsonrpc, rest)");

@@ -215,10 +215,11 @@ impl Engine {
     pub fn hooks(&self) -> Vec<HookStatus> {
         let mut hooks = self.inner.registry.statuses();
         for hook in &mut hooks {
-            if let (Some(subscription), Some(mode)) = (&hook.subscription, hook.mode)
+            if let (Some(subscription), Some(mode), Some(on_error)) =
+                (&hook.subscription, hook.mode, hook.on_error)
                 && subscription.phases.contains(&Phase::Pre)
             {
-                hook.coverage = Some(self.inner.coverage.of_gate(subscription, mode));
+                hook.coverage = Some(self.inner.coverage.of_gate(subscription, mode, on_error));
             }
         }
         hooks

@@ -53,13 +53,14 @@ pub struct SourceStatus {
     /// When it last heard from the orchestrator, ping included (Unix ms).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_heard_ms: Option<u64>,
-    /// Connections opened since the engine started.
+    /// Connections tried since the engine started.
     pub connections: u64,
     /// Times it compared a fresh listing after a gap.
     pub resyncs: u64,
     /// Observed events it emitted.
     pub events: u64,
-    /// Events the engine could not take in time (found again by a resync).
+    /// Events set aside because the engine could not take them in time
+    /// (their changes found again by the next listing).
     pub dropped: u64,
     /// Objects whose last state it keeps.
     pub objects: usize,
@@ -67,6 +68,9 @@ pub struct SourceStatus {
     pub max_objects: usize,
     /// The collections it watches.
     pub collections: Vec<String>,
+    /// Collections it could not watch this connection, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
 }
 
 /// Why a source stopped reading (then reconnects), or could not start.
@@ -127,8 +131,10 @@ pub enum SourceError {
         /// What.
         reason: String,
     },
-    /// More events arrived while listing than can wait.
-    #[error("more than {pending} events arrived while listing (sources.xo.max_pending)")]
+    /// More objects changed while listing than can be kept.
+    #[error(
+        "more than {pending} objects changed while XO was listing them (sources.xo.max_objects)"
+    )]
     Overflow {
         /// The bound.
         pending: usize,
@@ -184,6 +190,7 @@ impl Status {
                     objects: 0,
                     max_objects,
                     collections,
+                    skipped: Vec::new(),
                 },
                 gap: None,
             }),
@@ -198,6 +205,7 @@ impl Status {
         let mut i = self.inner.lock().unwrap();
         if state == SourceState::Connecting {
             i.status.connections += 1;
+            i.status.skipped.clear();
         }
         i.status.state = state;
         i.status.since_ms = crate::delivery::now_ms();
@@ -224,10 +232,14 @@ impl Status {
         let i = self.inner.lock().unwrap();
         i.gap.as_ref().map(|(at, why)| {
             format!(
-                "the stream was down for {:.1} s ({why}): changes made meanwhile may have been missed, and are found by comparing a fresh listing",
+                "a gap of {:.1} s ({why}): changes made meanwhile may not have been told, and are found by comparing a fresh listing",
                 at.elapsed().as_secs_f64()
             )
         })
+    }
+
+    pub(crate) fn skipped(&self, why: String) {
+        self.inner.lock().unwrap().status.skipped.push(why);
     }
 
     pub(crate) fn heard(&self) {
@@ -267,7 +279,7 @@ impl Sources {
         if let Some(xo) = &config.xo {
             let status = Arc::new(Status::new(
                 xo::NAME,
-                &xo.url,
+                &xo::shown(&xo.url),
                 xo.max_objects,
                 xo.collections.keys().cloned().collect(),
             ));

@@ -1,6 +1,7 @@
-//! The last state of each object a source reports, bounded, and what
-//! changed between two states: XO's event stream sends an object's new
-//! fields only, so the previous values are ours to keep.
+//! The last state of each object a source reports, bounded, what hooks
+//! were last told of it, and what changed between two states: XO's event
+//! stream sends an object's new fields only, so the previous values are
+//! ours to keep.
 
 use hashlink::LruCache;
 use serde_json::{Map, Value};
@@ -14,15 +15,30 @@ pub(crate) type Fields = Map<String, Value>;
 /// Which object: its collection and id.
 pub(crate) type Key = (String, String);
 
-/// The objects' last states, the least recently changed forgotten first.
+/// What is known of an object's state at some point.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Known {
+    /// It did not exist.
+    Absent,
+    /// It may or may not have existed: past `max_objects`, it was not kept.
+    Unknown,
+    /// It had these fields.
+    State(Fields),
+}
+
+/// The objects' last states, the least recently changed forgotten first,
+/// and what hooks were told of objects whose events were lost.
 pub(crate) struct Objects {
+    max: usize,
     last: LruCache<Key, Fields>,
-    /// States hooks were told about, for objects whose later events were
-    /// lost (not accepted): a resync compares against these instead, so
-    /// the lost transition shows. `None`: the object did not exist to them.
-    told: LruCache<Key, Option<Fields>>,
-    /// Objects forgotten to stay within the bound, since the start.
-    evicted: u64,
+    /// For objects whose events were lost (not accepted): what hooks knew
+    /// before the earliest lost one, and its sequence number. A resync
+    /// compares against this instead, so the lost transition shows.
+    told: LruCache<Key, (u64, Known)>,
+    /// Whether every existing object is kept: then one missing from `last`
+    /// does not exist. Set by a listing that fits, lost at the first object
+    /// forgotten.
+    complete: bool,
 }
 
 /// What changed between two states of an object.
@@ -36,41 +52,57 @@ pub(crate) struct Change {
 
 impl Objects {
     pub fn new(max: usize) -> Objects {
+        let max = max.max(1);
         Objects {
-            last: LruCache::new(max.max(1)),
-            told: LruCache::new(max.max(1)),
-            evicted: 0,
+            max,
+            last: LruCache::new(max),
+            told: LruCache::new(max),
+            complete: false,
         }
-    }
-
-    /// Whether every object reported is kept: then one missing from the
-    /// objects is new, not forgotten.
-    pub fn complete(&self) -> bool {
-        self.evicted == 0
     }
 
     pub fn len(&self) -> usize {
         self.last.len()
     }
 
-    #[cfg(test)]
-    pub fn get(&self, key: &Key) -> Option<&Fields> {
-        self.last.peek(key)
+    /// See [`Objects::complete`]'s field.
+    pub fn complete(&self) -> bool {
+        self.complete
     }
 
-    /// Keeps `fields` as the object's state; returns the previous one.
-    pub fn set(&mut self, key: Key, fields: Fields) -> Option<Fields> {
-        if self.last.len() == self.last.capacity() && !self.last.contains_key(&key) {
-            self.evicted += 1;
+    /// After a listing of `total` objects: whether they all fit.
+    pub fn listed(&mut self, total: usize) {
+        self.complete = total <= self.max;
+    }
+
+    /// What is known of `key` now.
+    pub fn known(&self, key: &Key) -> Known {
+        match self.last.peek(key) {
+            Some(fields) => Known::State(fields.clone()),
+            None if self.complete => Known::Absent,
+            None => Known::Unknown,
         }
-        self.last.insert(key, fields)
     }
 
-    pub fn remove(&mut self, key: &Key) -> Option<Fields> {
-        self.last.remove(key)
+    /// Keeps `fields` as the object's state; returns what was known before.
+    pub fn set(&mut self, key: Key, fields: Fields) -> Known {
+        let before = self.known(&key);
+        if !self.last.contains_key(&key) && self.last.len() == self.max {
+            // One is forgotten to make room.
+            self.complete = false;
+        }
+        self.last.insert(key, fields);
+        before
     }
 
-    /// Every object of `collection` known, by id.
+    /// Forgets the object; returns what was known before.
+    pub fn remove(&mut self, key: &Key) -> Known {
+        let before = self.known(key);
+        self.last.remove(key);
+        before
+    }
+
+    /// Every object of `collection` kept, by id.
     pub fn ids(&self, collection: &str) -> Vec<String> {
         self.last
             .iter()
@@ -79,26 +111,37 @@ impl Objects {
             .collect()
     }
 
-    /// Remembers what hooks were last told of `key` (its state before an
-    /// event that was lost), unless an earlier loss already did.
-    pub fn lost(&mut self, key: Key, told: Option<Fields>) {
-        if !self.told.contains_key(&key) {
-            self.told.insert(key, told);
+    /// Remembers what hooks knew of `key` before the lost event number
+    /// `seq`, unless an earlier lost event's is kept already. Forgetting
+    /// one (past `max_objects`) makes the set incomplete.
+    pub fn lost(&mut self, key: Key, seq: u64, before: Known) {
+        match self.told.get(&key) {
+            Some((kept, _)) if *kept <= seq => {}
+            _ => {
+                if !self.told.contains_key(&key) && self.told.len() == self.max {
+                    self.complete = false;
+                }
+                self.told.insert(key, (seq, before));
+            }
         }
     }
 
-    /// What hooks last knew of `key`: its state before a lost event, or
-    /// the last state kept. `None` inside: it did not exist to them.
-    pub fn baseline(&mut self, key: &Key) -> Option<Option<Fields>> {
+    /// What hooks last knew of `key`: its state before its earliest lost
+    /// event, or what is known now.
+    pub fn baseline(&mut self, key: &Key) -> Known {
         match self.told.remove(key) {
-            Some(told) => Some(told),
-            None => self.last.peek(key).cloned().map(Some),
+            Some((_, told)) => told,
+            None => self.known(key),
         }
     }
 
-    /// Objects lost events were about, whatever their state now.
-    pub fn lost_keys(&self) -> Vec<Key> {
-        self.told.iter().map(|(k, _)| k.clone()).collect()
+    /// Objects of `collection` lost events were about, whatever their state now.
+    pub fn lost_ids(&self, collection: &str) -> Vec<String> {
+        self.told
+            .iter()
+            .filter(|((c, _), _)| c == collection)
+            .map(|((_, id), _)| id.clone())
+            .collect()
     }
 }
 
@@ -141,6 +184,10 @@ mod tests {
         fields_of(v).unwrap().1
     }
 
+    fn key(id: &str) -> Key {
+        ("VM".to_string(), id.to_string())
+    }
+
     #[test]
     fn a_change_names_the_fields_and_their_previous_values() {
         let before = fields(json!({"id": "a", "power_state": "Halted", "name_label": "db"}));
@@ -151,7 +198,7 @@ mod tests {
         assert_eq!(c.changed, ["power_state"]);
         assert_eq!(
             c.previous,
-            fields(json!({"id": "a", "power_state": "Halted"}))
+            fields(json!({"id": "x", "power_state": "Halted"}))
                 .into_iter()
                 .filter(|(k, _)| k != "id")
                 .collect()
@@ -167,32 +214,56 @@ mod tests {
     }
 
     #[test]
-    fn the_least_recently_changed_go_first_and_a_lost_event_keeps_what_was_told() {
+    fn a_missing_object_is_absent_only_while_every_object_is_kept() {
         let mut o = Objects::new(2);
-        let key = |id: &str| ("VM".to_string(), id.to_string());
-        o.set(key("a"), fields(json!({"id": "a", "s": 1})));
-        o.set(key("b"), fields(json!({"id": "b", "s": 1})));
-        o.set(key("a"), fields(json!({"id": "a", "s": 2})));
-        o.set(key("c"), fields(json!({"id": "c", "s": 1})));
-        assert_eq!(o.len(), 2);
+        assert_eq!(o.known(&key("a")), Known::Unknown, "nothing listed yet");
+        o.listed(1);
+        assert_eq!(o.set(key("a"), fields(json!({"id": "a"}))), Known::Absent);
+        assert_eq!(o.set(key("b"), fields(json!({"id": "b"}))), Known::Absent);
+        assert!(o.complete());
+        // A third: one is forgotten, so the set is no longer complete.
+        assert_eq!(o.set(key("c"), fields(json!({"id": "c"}))), Known::Absent);
         assert!(!o.complete());
-        assert!(o.get(&key("b")).is_none(), "b changed least recently");
+        assert_eq!(
+            o.known(&key("a")),
+            Known::Unknown,
+            "a changed least recently"
+        );
+        assert!(matches!(o.known(&key("c")), Known::State(_)));
         assert_eq!(o.ids("VM").len(), 2);
+        o.listed(2);
+        assert!(o.complete(), "a listing that fits makes it whole again");
+    }
 
-        o.lost(key("a"), Some(fields(json!({"id": "a", "s": 1}))));
-        o.lost(key("a"), Some(fields(json!({"id": "a", "s": 2}))));
+    #[test]
+    fn the_earliest_lost_event_gives_the_baseline() {
+        let mut o = Objects::new(10);
+        o.listed(0);
         o.set(key("a"), fields(json!({"id": "a", "s": 3})));
-        assert_eq!(o.lost_keys(), [key("a")]);
-        assert_eq!(
-            o.baseline(&key("a")).unwrap().unwrap()["s"],
-            1,
-            "the first loss's"
+        o.lost(
+            key("a"),
+            7,
+            Known::State(fields(json!({"id": "a", "s": 2}))),
         );
-        assert_eq!(
-            o.baseline(&key("a")).unwrap().unwrap()["s"],
-            3,
-            "then the state kept"
+        o.lost(
+            key("a"),
+            5,
+            Known::State(fields(json!({"id": "a", "s": 1}))),
         );
-        assert_eq!(o.baseline(&key("zz")), None);
+        o.lost(
+            key("a"),
+            9,
+            Known::State(fields(json!({"id": "a", "s": 9}))),
+        );
+        assert_eq!(o.lost_ids("VM"), ["a"]);
+        let Known::State(told) = o.baseline(&key("a")) else {
+            panic!("a state")
+        };
+        assert_eq!(told["s"], 1, "event 5's");
+        let Known::State(now) = o.baseline(&key("a")) else {
+            panic!("a state")
+        };
+        assert_eq!(now["s"], 3, "then the state kept");
+        assert_eq!(o.baseline(&key("zz")), Known::Absent);
     }
 }

@@ -49,6 +49,15 @@ struct Xo {
     connections: HashMap<String, Connection>,
     /// Requests seen: "GET /rest/v0/events", …
     requests: Vec<String>,
+    /// While set, a listing waits for it before it is made.
+    hold: Option<Hold>,
+}
+
+/// A listing held: `entered` is told when one arrives; it goes on once
+/// `release` resolves.
+struct Hold {
+    entered: Option<tokio::sync::oneshot::Sender<()>>,
+    release: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A fake XO serving its event stream on 127.0.0.1.
@@ -139,8 +148,32 @@ impl FakeXo {
             .count()
     }
 
+    /// Holds the next listings before they are made: resolves the first
+    /// returned future when one arrives, and lets them go when the second
+    /// value is dropped or sent.
+    pub fn hold_listings(
+        &self,
+    ) -> (
+        tokio::sync::oneshot::Receiver<()>,
+        tokio::sync::watch::Sender<bool>,
+    ) {
+        let (entered_tx, entered) = tokio::sync::oneshot::channel();
+        let (release, release_rx) = tokio::sync::watch::channel(false);
+        self.state.lock().unwrap().hold = Some(Hold {
+            entered: Some(entered_tx),
+            release: release_rx,
+        });
+        (entered, release)
+    }
+
     /// Adds an object (which must have an `id`), as XO announces a new one.
     pub fn add(&self, collection: &str, object: Value) {
+        self.add_as(collection, object, "add")
+    }
+
+    /// Adds an object, announced as `event`: XO's tasks announce a new task
+    /// as an `update` (@xen-orchestra/mixins/Tasks.mjs).
+    pub fn add_as(&self, collection: &str, object: Value, event: &str) {
         let Value::Object(object) = object else {
             panic!("an object")
         };
@@ -150,7 +183,7 @@ impl FakeXo {
             .entry(collection.into())
             .or_default()
             .insert(id, object.clone());
-        xo.broadcast(collection, "add", None, &object);
+        xo.broadcast(collection, event, None, &object);
     }
 
     /// Sets one field of an object.
@@ -319,6 +352,19 @@ async fn list(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
+    let held = {
+        let mut xo = state.lock().unwrap();
+        xo.hold.as_mut().map(|hold| {
+            if let Some(entered) = hold.entered.take() {
+                let _ = entered.send(());
+            }
+            hold.release.clone()
+        })
+    };
+    if let Some(mut release) = held {
+        let _ = release.wait_for(|go| *go).await;
+        state.lock().unwrap().hold = None;
+    }
     let mut xo = state.lock().unwrap();
     xo.requests.push(format!("GET /rest/v0/{plural}"));
     if !authenticated(&xo, &headers) {

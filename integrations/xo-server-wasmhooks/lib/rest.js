@@ -132,13 +132,20 @@ export class RestGuard {
       state,
       problem: this._problem,
       unreadable: [...this._unreadable],
-      routes: [...this._wrapped.values()].map(({ route }) => ({
-        verb: route.verb,
-        path: route.path,
-        method: route.method,
-        task: route.gated === GATED.inTask,
-        guarded: this._isGuarded(route.method),
-      })),
+      // A route for every verb (`app.all`) is one entry per mutating verb:
+      // each has its own method name, guarded or not.
+      routes: [...this._wrapped.values()].flatMap(({ route }) =>
+        (route.verb === '*' ? [...MUTATING] : [route.verb]).map(verb => {
+          const method = route.verb === '*' ? methodOf(verb, route.path) : route.method
+          return {
+            verb,
+            path: route.path,
+            method,
+            task: route.gated === GATED.inTask,
+            guarded: this._isGuarded(method),
+          }
+        })
+      ),
     }
   }
 

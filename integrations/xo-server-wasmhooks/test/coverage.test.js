@@ -21,7 +21,7 @@ const at = list => list.map(g => `${g.entry} ${g.route ?? g.method}`).sort()
 
 describe('coverage', () => {
   const served = servedHooks(() => ({
-    deny: { guest: 'deny', toml: `[settings]\nprotected = ["${PROTECTED_VM}"]\n` },
+    deny: { guest: 'deny', toml: `on_error = "deny"\n[settings]\nprotected = ["${PROTECTED_VM}"]\n` },
     'no-backups': { guest: 'deny', toml: 'mode = "monitor"\n[settings]\nprotected = ["*"]\nmethods = ["backupNg.runJob"]\n' },
   }))
   let wasmhooks
@@ -56,7 +56,7 @@ describe('coverage', () => {
     assert.deepEqual(at(deny.unguarded), ['xapi *'])
     assert.match(deny.unguarded[0].note, /xe and other XAPI clients/)
     assert.equal(deny.summary, 'guarded on 3 entry points (jsonrpc, rest); NOT on 1: xapi *')
-    assert.deepEqual(deny.warnings, [], 'fails closed, enforced')
+    assert.deepEqual(deny.warnings, [], 'fails closed, enforced, refuses when it fails')
 
     // Scheduled backups: seen, never stoppable; and the gate is in monitor mode.
     const backups = await gate(wasmhooks.url, 'no-backups')

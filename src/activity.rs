@@ -6,11 +6,11 @@
 //! record. The queue and the metrics are the record.
 
 use crate::config::HookMode;
-use crate::dispatch::{Decision, Verdict};
-use crate::error::CallError;
 use crate::event::{Event, Phase};
-use crate::registry::Hooks;
-use crate::sandbox::truncate;
+use crate::hooks::Hooks;
+use crate::run::CallError;
+use crate::run::{Decision, Verdict};
+use crate::util::truncate;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -127,7 +127,7 @@ impl Activity {
         events.next += 1;
         let entry = EventActivity {
             seq: events.next,
-            at_ms: crate::delivery::now_ms(),
+            at_ms: crate::util::now_ms(),
             method: event.method().to_owned(),
             call_id: event.call_id().to_owned(),
             phase: event.phase(),

@@ -4,16 +4,16 @@ use crate::activity::{Activity, EventActivity, ReceiverFailure};
 use crate::config::{Config, HookConfig};
 use crate::coverage::{Coverage, CoverageError, CoverageReport, ReporterStatus};
 use crate::delivery::{Sender, new_uid};
-use crate::dispatch::{Runner, Verdict};
 use crate::error::Error;
 use crate::event::{Event, Phase};
+use crate::hooks::{HookStatus, Registry};
+use crate::hooks::{Watch, WatchOptions};
 use crate::ingest::{Ingest, MAX_POSTS_IN_FLIGHT};
 use crate::metrics::Metrics;
 use crate::queue::{DeliveryInfo, DeliveryQuery, Filter, Queue, Retry};
-use crate::registry::{HookStatus, Registry};
+use crate::run::{Runner, Verdict};
 use crate::sandbox::{Sandbox, Subscription};
 use crate::sources::{SourceStatus, Sources};
-use crate::watch::{Watch, WatchOptions};
 use crate::workers::{Breaker, Workers};
 use serde::Serialize;
 use std::collections::HashSet;
@@ -298,7 +298,7 @@ impl Engine {
             .collect();
         names.sort();
         names.dedup();
-        let now = crate::delivery::now_ms();
+        let now = crate::util::now_ms();
         Ok(names
             .into_iter()
             .map(|name| {
@@ -344,7 +344,7 @@ impl Engine {
         Ok(self
             .inner
             .metrics
-            .encode(&depth, &warm, &receivers, crate::delivery::now_ms()))
+            .encode(&depth, &warm, &receivers, crate::util::now_ms()))
     }
 
     /// Sends dead letters again (one, or all) with a fresh retry schedule.
@@ -359,7 +359,7 @@ impl Engine {
     /// ago. Returns how many. (The engine does this hourly for
     /// `delivery.dead_letter_days`.)
     pub async fn purge_dead(&self, older_than: Duration) -> Result<usize, Error> {
-        let before = crate::delivery::now_ms().saturating_sub(older_than.as_millis() as u64);
+        let before = crate::util::now_ms().saturating_sub(older_than.as_millis() as u64);
         Ok(self.inner.queue.purge_dead(before).await?)
     }
 

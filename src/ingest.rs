@@ -27,12 +27,12 @@
 
 use crate::activity::{self, Activity, HookActivity};
 use crate::delivery::{Delivery, new_uid, uid_of};
-use crate::dispatch::{self, HookFailure, Runner, Verdict};
 use crate::error::Error;
 use crate::event::Event;
+use crate::hooks::{Hooks, LiveHook, Registry};
 use crate::must_finish::MustFinish;
 use crate::queue::{Batch, Committed, Journaled, Queue, QueueError};
-use crate::registry::{Hooks, LiveHook, Registry};
+use crate::run::{self, HookFailure, Runner, Verdict};
 use crate::workers::Workers;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -99,7 +99,7 @@ impl Ingest {
         // The id is the key's within one window-long period: copies that
         // slip past recognition still share `webhook-id`s, and the same
         // event sent again much later (a new acceptance) gets new ones.
-        let period = crate::delivery::now_ms() / (self.dedup_window.as_millis() as u64).max(1);
+        let period = crate::util::now_ms() / (self.dedup_window.as_millis() as u64).max(1);
         let uid = uid_of(&format!("{key}@{period}"));
         (Some(key), uid)
     }
@@ -110,7 +110,7 @@ impl Ingest {
         let hooks = self.registry.snapshot().matching(&event);
         if hooks.is_empty() {
             // No WASM call, nothing to queue: nothing to recognise either.
-            let verdict = dispatch::decide(&hooks, Vec::new()).verdict;
+            let verdict = run::decide(&hooks, Vec::new()).verdict;
             self.activity.event(&event, Vec::new(), Some(&verdict));
             return Ok(verdict);
         }
@@ -137,13 +137,13 @@ impl Ingest {
         // In the caller's task; what is left of it finishes in a task of its
         // own if the caller goes away.
         let work = MustFinish::new(async move {
-            let results = dispatch::run_all(&ingest.runner, &hooks, &event, &uid).await;
+            let results = run::run_all(&ingest.runner, &hooks, &event, &uid).await;
             let decided = activity::summarize(&hooks, &results);
-            let dispatch::PreDecisions {
+            let run::PreDecisions {
                 verdict,
                 queued,
                 waiting,
-            } = dispatch::decide(&hooks, results);
+            } = run::decide(&hooks, results);
             // The verdict needs the vetoes and the `wait` hooks' outcomes,
             // not the other deliveries: they are committed alongside, and
             // the caller does not wait for that commit.
@@ -369,7 +369,7 @@ impl Ingest {
         event: &Event,
         uid: &str,
     ) -> (Vec<Delivery>, Vec<HookActivity>) {
-        let results = dispatch::run_all(&self.runner, hooks, event, uid).await;
+        let results = run::run_all(&self.runner, hooks, event, uid).await;
         let decided = activity::summarize(hooks, &results);
         let deliveries = results
             .into_iter()

@@ -6,11 +6,12 @@
 
 use crate::activity::{Activity, ReceiverFailure};
 use crate::delivery::schedule::{gave_up, retry_delay};
-use crate::delivery::{Attempt, Delivery, DeliveryPolicy, Sender, now_ms};
+use crate::delivery::{Attempt, Delivery, DeliveryPolicy, Sender};
+use crate::hooks::Registry;
 use crate::metrics::{AttemptResult, Metrics};
 use crate::must_finish::MustFinish;
 use crate::queue::{Batch, Claimed, Committed, Finish, Queue, QueueError, Room};
-use crate::registry::Registry;
+use crate::util::now_ms;
 use futures::FutureExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -2,10 +2,11 @@
 //! stateless: concurrency limits, the breaker and retries live in the
 //! workers, which call this for every delivery.
 
-use super::{Delivery, DeliveryPolicy, now_ms, schedule};
+use super::{Delivery, DeliveryPolicy, schedule};
 use crate::config::DeliveryConfig;
+use crate::config::SettingsError;
 use crate::egress::{Egress, Guard, Refused};
-use crate::error::SettingsError;
+use crate::util::now_ms;
 use reqwest::StatusCode;
 use reqwest::Url;
 use reqwest::header::HeaderValue;

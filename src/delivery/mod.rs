@@ -9,6 +9,7 @@ pub(crate) use attempt::{Attempt, Sender};
 
 use crate::egress::Egress;
 use crate::signing::Signer;
+use crate::util::hex;
 use reqwest::Url;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use std::sync::Arc;
@@ -154,7 +155,7 @@ pub(crate) fn receiver_of(url: &url::Url) -> String {
 
 /// A fresh random id for an event as it is accepted.
 pub(crate) fn new_uid() -> String {
-    format!("{:032x}", fastrand::u128(..))
+    crate::util::random_id()
 }
 
 /// The id of an event recognised by its `key` (method, call id and phase):
@@ -177,18 +178,6 @@ pub(crate) fn delivery_id(uid: &str, hook: &str, index: usize) -> String {
     h.update([0]);
     h.update(index.to_le_bytes());
     format!("msg_{}", hex(&h.finalize()[..16]))
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Now, in Unix ms.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

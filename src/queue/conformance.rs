@@ -3,7 +3,8 @@
 //! `backends!` list at the bottom.
 
 use super::*;
-use crate::delivery::{Delivery, QueuedUnder, now_ms};
+use crate::delivery::{Delivery, QueuedUnder};
+use crate::util::now_ms;
 
 /// How the suite gets queues of one backend.
 trait Backend: Send {

@@ -266,7 +266,7 @@ pub struct DeliveryInfo {
 impl DeliveryInfo {
     /// Time since it was queued.
     pub fn age(&self) -> std::time::Duration {
-        let now = crate::delivery::now_ms();
+        let now = crate::util::now_ms();
         std::time::Duration::from_millis(now.saturating_sub(self.created_ms))
     }
 }
@@ -421,7 +421,7 @@ impl DeliveryAdmin {
 
     /// Deletes dead letters queued more than `older_than` ago. Returns how many.
     pub async fn purge_dead(&self, older_than: std::time::Duration) -> Result<usize, QueueError> {
-        let before = crate::delivery::now_ms().saturating_sub(older_than.as_millis() as u64);
+        let before = crate::util::now_ms().saturating_sub(older_than.as_millis() as u64);
         self.queue.purge_dead(before).await
     }
 }

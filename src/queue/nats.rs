@@ -33,7 +33,8 @@
 
 use super::*;
 use crate::config::NatsConfig;
-use crate::delivery::{QueuedUnder, now_ms};
+use crate::delivery::QueuedUnder;
+use crate::util::now_ms;
 use async_nats::jetstream::{self, consumer::pull, stream};
 use async_nats::{HeaderMap as NatsHeaders, Subject};
 use bytes::Bytes;
@@ -172,7 +173,7 @@ impl Record {
 /// A receiver's token in subjects and consumer names.
 fn token(receiver: &str) -> String {
     use sha2::{Digest, Sha256};
-    crate::delivery::hex(&Sha256::digest(receiver.as_bytes())[..8])
+    crate::util::hex(&Sha256::digest(receiver.as_bytes())[..8])
 }
 
 /// A delivery this engine run holds: claimed (through a consumer, with the
@@ -980,7 +981,7 @@ impl Queue for NatsQueue {
                 {
                     r.busy = false;
                 }
-                let real_now = crate::delivery::now_ms();
+                let real_now = crate::util::now_ms();
                 for m in batch {
                     let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
                     let message = m.message;

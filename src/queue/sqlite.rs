@@ -9,7 +9,8 @@ use super::{
     Batch, Claim, Claimed, Committed, DeliveryInfo, DeliveryQuery, Depth, Filter, Finish, Fut,
     Journaled, Queue, QueueError, Retry, Room,
 };
-use crate::delivery::{Delivery, QueuedUnder, now_ms};
+use crate::delivery::{Delivery, QueuedUnder};
+use crate::util::now_ms;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use rusqlite::{Connection, params};
 use std::collections::HashMap;

@@ -14,7 +14,6 @@
 //! one is stopped within an epoch tick of its deadline however many hooks
 //! share the event.
 
-use super::host::HostState;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::ThreadId;
@@ -189,18 +188,23 @@ impl CallClock {
     }
 }
 
+/// A store's state that accounts its CPU: what [`Handoff`] works on.
+pub(crate) trait HasCpu: Send {
+    fn cpu(&mut self) -> &mut Cpu;
+}
+
 /// Gives the store's CPU back when its guest calls the host, and waits
 /// for one (not charged) when the host returns to it.
 pub(crate) struct Handoff;
 
 #[async_trait::async_trait]
-impl CallHookHandler<HostState> for Handoff {
+impl<T: HasCpu> CallHookHandler<T> for Handoff {
     async fn handle_call_event(
         &self,
-        mut store: StoreContextMut<'_, HostState>,
+        mut store: StoreContextMut<'_, T>,
         hook: CallHook,
     ) -> wasmtime::Result<()> {
-        let cpu = &mut store.data_mut().cpu;
+        let cpu = store.data_mut().cpu();
         match (hook, &cpu.segment) {
             (CallHook::CallingHost, Segment::Wasm { .. }) => {
                 cpu.close_segment();
@@ -216,7 +220,7 @@ impl CallHookHandler<HostState> for Handoff {
                 cpu.close_segment();
                 // Uncontended, this is ready at once: no suspension.
                 let permit = acquire(&cpu.cpus).await;
-                let cpu = &mut store.data_mut().cpu;
+                let cpu = store.data_mut().cpu();
                 cpu.held = Some(permit);
                 cpu.segment = wasm_segment();
             }

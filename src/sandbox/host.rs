@@ -2,7 +2,9 @@
 //! memory limiter, and the `log` import.
 
 use super::component::{v3, wit};
+use super::cpu::{Cpu, HasCpu};
 use super::{MAX_LOG_LINE, MAX_LOG_LINES};
+use crate::util::truncate;
 use std::sync::Arc;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
@@ -15,7 +17,7 @@ pub(crate) struct HostState {
     pub(super) limiter: MemoryLimiter,
     pub(super) hook: Arc<str>,
     pub(super) log_lines: u32,
-    pub(super) cpu: super::cpu::Cpu,
+    pub(super) cpu: Cpu,
 }
 
 impl WasiView for HostState {
@@ -50,17 +52,6 @@ pub(super) fn guest_log(hook: &str, level: wit::Level, line: &str) {
         wit::Level::Warn => tracing::warn!(target: "wasmhooks::guest", hook, "{line}"),
         wit::Level::Error => tracing::error!(target: "wasmhooks::guest", hook, "{line}"),
     }
-}
-
-pub(crate) fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// Caps the total linear memory of one store.
@@ -102,3 +93,9 @@ impl ResourceLimiter for MemoryLimiter {
 #[derive(Debug, thiserror::Error)]
 #[error("deadline reached")]
 pub(super) struct DeadlineReached;
+
+impl HasCpu for HostState {
+    fn cpu(&mut self) -> &mut Cpu {
+        &mut self.cpu
+    }
+}

@@ -40,7 +40,6 @@ use cache::DiskCache;
 pub(crate) use component::HookPre;
 pub(crate) use host::HostState;
 use host::MemoryLimiter;
-pub(crate) use host::truncate;
 pub(crate) use preinit::SetUp;
 use session::Session;
 pub(crate) use warm::{WarmPool, built_by_go};

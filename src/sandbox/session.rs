@@ -2,7 +2,8 @@
 
 use super::component::wit;
 use super::host::{DeadlineReached, HostState, guest_log};
-use super::{Failure, HOST_CALL_GRACE, Prepared, truncate};
+use super::{Failure, HOST_CALL_GRACE, Prepared};
+use crate::util::truncate;
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 

@@ -34,7 +34,8 @@ mod routes;
 pub use listen::{OVERFLOW_CONNECTIONS, serve};
 pub use routes::MAX_LIST;
 
-use crate::{Engine, SettingsError};
+use crate::config::SettingsError;
+use crate::engine::Engine;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::StatusCode;

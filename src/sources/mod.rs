@@ -180,7 +180,7 @@ impl Status {
                     name: name.into(),
                     url: url.into(),
                     state: SourceState::Connecting,
-                    since_ms: crate::delivery::now_ms(),
+                    since_ms: crate::util::now_ms(),
                     last_error: None,
                     last_heard_ms: None,
                     connections: 0,
@@ -208,7 +208,7 @@ impl Status {
             i.status.skipped.clear();
         }
         i.status.state = state;
-        i.status.since_ms = crate::delivery::now_ms();
+        i.status.since_ms = crate::util::now_ms();
     }
 
     pub(crate) fn live(&self, objects: usize) {
@@ -222,7 +222,7 @@ impl Status {
     pub(crate) fn failed(&self, state: SourceState, why: String) {
         let mut i = self.inner.lock().unwrap();
         i.status.state = state;
-        i.status.since_ms = crate::delivery::now_ms();
+        i.status.since_ms = crate::util::now_ms();
         i.gap.get_or_insert_with(|| (Instant::now(), why.clone()));
         i.status.last_error = Some(why);
     }
@@ -243,7 +243,7 @@ impl Status {
     }
 
     pub(crate) fn heard(&self) {
-        self.inner.lock().unwrap().status.last_heard_ms = Some(crate::delivery::now_ms());
+        self.inner.lock().unwrap().status.last_heard_ms = Some(crate::util::now_ms());
     }
 
     pub(crate) fn emitted(&self) {

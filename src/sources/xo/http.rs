@@ -26,7 +26,7 @@ pub(super) fn refusal(status: reqwest::StatusCode, what: &str, text: &str) -> So
         .ok()
         .and_then(|v| v["error"].as_str().map(str::to_owned))
         .unwrap_or_else(|| text.to_owned());
-    let said = crate::sandbox::truncate(&said, 300).to_owned();
+    let said = crate::util::truncate(&said, 300).to_owned();
     if matches!(status.as_u16(), 401 | 403) {
         SourceError::Refused {
             status: status.as_u16(),

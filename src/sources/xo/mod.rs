@@ -143,7 +143,7 @@ impl XoSource {
             ingest,
             objects,
             lanes,
-            run: crate::delivery::new_uid()[..12].to_owned(),
+            run: crate::util::random_id()[..12].to_owned(),
             seq: 0,
         })
     }
@@ -215,7 +215,7 @@ impl XoSource {
                 reason: format!(
                     "expected an `init` event with an id first, got `{}`: {}",
                     init.event,
-                    crate::sandbox::truncate(&init.data, 200)
+                    crate::util::truncate(&init.data, 200)
                 ),
             })?;
         self.status.set(SourceState::Syncing);
@@ -315,7 +315,7 @@ impl XoSource {
             tracing::warn!(
                 source = NAME,
                 "a `{action}` event whose data is not JSON, skipped: {}",
-                crate::sandbox::truncate(&sse.data, 200)
+                crate::util::truncate(&sse.data, 200)
             );
             return None;
         };
@@ -337,7 +337,7 @@ impl XoSource {
             "callId": format!("xo-{}-{}", self.run, self.seq),
             "method": format!("{collection}.{action}"),
             "type": "observed",
-            "timestamp": crate::delivery::now_ms(),
+            "timestamp": crate::util::now_ms(),
             "source": NAME,
             "collection": collection,
             "action": action,

@@ -12,7 +12,7 @@
 //! ignored; the recommended way to replace a hook is still to write a
 //! temporary file and rename it into place.
 
-use crate::registry::{Registry, hook_files, hook_name};
+use crate::hooks::{Registry, hook_files, hook_name};
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 use std::collections::{HashMap, HashSet};

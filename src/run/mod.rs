@@ -1,59 +1,21 @@
-//! From an event to decisions: run the subscribed hooks concurrently,
-//! check what they return, and turn pre-event vetoes into a verdict.
+//! From an event to decisions: run the subscribed hooks concurrently and
+//! check what they return (this file); the verdict of a pre event, built in
+//! one place (`verdict.rs`); and why a hook failed on an event (`error.rs`).
 //! Queueing what they decided is [`ingest`](crate::ingest)'s job.
 
-use crate::config::{HookMode, OnError};
+mod error;
+mod verdict;
+
+pub use error::{CallError, CallSite};
+pub use verdict::{HookFailure, Verdict, WouldDeny};
+pub(crate) use verdict::{PreDecisions, decide};
+
 use crate::delivery::{Delivery, QueuedUnder, delivery_id};
-use crate::error::{CallError, CallSite};
 use crate::event::Event;
-use crate::registry::{Hooks, LiveHook};
+use crate::hooks::{Hooks, LiveHook};
 use crate::sandbox::{Failure, Sandbox};
 use futures::FutureExt;
-use serde::Serialize;
 use std::sync::Arc;
-
-/// The answer to a pre event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct Verdict {
-    /// Whether the operation may go ahead.
-    pub allowed: bool,
-    /// The hook that vetoed it.
-    pub denied_by: Option<String>,
-    /// The hook's reason.
-    pub reason: Option<String>,
-    /// Vetoes of hooks in monitor mode, which did not stop the operation.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub would_deny: Vec<WouldDeny>,
-    /// Hooks that failed on this event (their `on_error` was applied).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub failures: Vec<HookFailure>,
-}
-
-/// The veto a hook in monitor mode would have made.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct WouldDeny {
-    /// The hook.
-    pub hook: String,
-    /// Its reason.
-    pub reason: String,
-}
-
-/// A hook that failed on an event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct HookFailure {
-    /// The hook.
-    pub hook: String,
-    /// `timeout`, `memory`, `trap`, `error`, `bad-outcome`, `internal`,
-    /// `delivery` (a `wait` delivery failed or is late) or `queue` (a
-    /// `wait` hook's deliveries could not be queued).
-    pub kind: String,
-    /// What happened.
-    pub message: String,
-    /// For a hook stopped at its deadline: the running time it was
-    /// charged, in milliseconds (see [`CallError::Timeout`]).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ran_ms: Option<u64>,
-}
 
 /// What one hook decided on one event, checked.
 pub(crate) struct Decision {
@@ -134,101 +96,6 @@ async fn caught(
             tracing::error!("{e}");
             Err(e)
         })
-}
-
-/// What a pre event's hooks decided, before their deliveries are queued.
-pub(crate) struct PreDecisions {
-    pub verdict: Verdict,
-    /// Deliveries of hooks without `wait`.
-    pub queued: Vec<Delivery>,
-    /// Deliveries of each `wait` hook.
-    pub waiting: Vec<(Arc<LiveHook>, Vec<Delivery>)>,
-}
-
-/// Turns a pre event's decisions into a verdict: the first veto (in hook
-/// name order) wins; a failed hook counts as its `on_error` says.
-pub(crate) fn decide(hooks: &Hooks, results: Vec<Result<Decision, CallError>>) -> PreDecisions {
-    let mut decided = PreDecisions {
-        verdict: Verdict {
-            allowed: true,
-            denied_by: None,
-            reason: None,
-            would_deny: Vec::new(),
-            failures: Vec::new(),
-        },
-        queued: Vec::new(),
-        waiting: Vec::new(),
-    };
-    for (hook, result) in hooks.iter().zip(results) {
-        let deny = match result {
-            Ok(decision) => {
-                if hook.config.wait {
-                    decided.waiting.push((hook.clone(), decision.deliveries));
-                } else {
-                    decided.queued.extend(decision.deliveries);
-                }
-                decision.deny
-            }
-            Err(e) => decided.verdict.fail(hook, HookFailure::of_call(hook, &e)),
-        };
-        decided.verdict.deny(hook, deny);
-    }
-    decided
-}
-
-impl HookFailure {
-    /// `hook` failed this way.
-    pub(crate) fn new(hook: &LiveHook, kind: &str, message: String) -> HookFailure {
-        HookFailure {
-            hook: hook.name().to_owned(),
-            kind: kind.to_owned(),
-            message,
-            ran_ms: None,
-        }
-    }
-
-    /// `hook`'s call failed with `e`.
-    fn of_call(hook: &LiveHook, e: &CallError) -> HookFailure {
-        let ran_ms = match e {
-            CallError::Timeout { ran, .. } => Some(ran.as_millis() as u64),
-            _ => None,
-        };
-        HookFailure {
-            ran_ms,
-            ..HookFailure::new(hook, e.kind(), e.to_string())
-        }
-    }
-}
-
-impl Verdict {
-    /// Records that `hook` failed; returns the veto its `on_error` makes of it.
-    pub(crate) fn fail(&mut self, hook: &LiveHook, failure: HookFailure) -> Option<String> {
-        let deny = (hook.config.on_error == OnError::Deny)
-            .then(|| format!("hook failed and its on_error is deny: {}", failure.message));
-        self.failures.push(failure);
-        deny
-    }
-
-    /// Applies `hook`'s veto (the first enforced one wins), or records it
-    /// in `would_deny` for a hook in monitor mode. Counted either way.
-    pub(crate) fn deny(&mut self, hook: &LiveHook, reason: Option<String>) {
-        let Some(reason) = reason else { return };
-        if hook.config.mode == HookMode::Monitor {
-            hook.stats.would_deny.inc();
-            tracing::info!(hook = hook.name(), "would deny (monitor mode): {reason}");
-            self.would_deny.push(WouldDeny {
-                hook: hook.name().to_owned(),
-                reason,
-            });
-            return;
-        }
-        hook.stats.denials.inc();
-        if self.allowed {
-            self.allowed = false;
-            self.denied_by = Some(hook.name().to_owned());
-            self.reason = Some(reason);
-        }
-    }
 }
 
 fn site(hook: &LiveHook, event: &Event) -> CallSite {

@@ -1,0 +1,90 @@
+//! `queue`: which backend holds the deliveries.
+
+use super::SettingsError;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Which queue backend an engine uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum QueueConfig {
+    /// SQLite: `wasmhooks.db` in `state_dir` (in memory if that is `None`).
+    #[default]
+    Sqlite,
+    /// SQLite in memory, whatever `state_dir` says.
+    Memory,
+    /// NATS JetStream, which several engines can share: `queue = { nats =
+    /// { url = "nats://127.0.0.1:4222" } }`. `state_dir` is not used for
+    /// the queue then.
+    Nats(NatsConfig),
+}
+
+/// A queue on NATS JetStream (see the README, "Several engines").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// The servers, comma-separated (`nats://a:4222,nats://b:4222`). A user
+    /// and password, or a token, may be in a URL (`nats://user:pass@host`).
+    pub url: String,
+    /// Copies JetStream keeps of each stream: 1, or 3 (or 5) on a cluster,
+    /// so that an accepted event survives losing a node. Applies when the
+    /// streams are created; an existing stream keeps its own.
+    pub replicas: usize,
+    /// Prefix of the streams (`PREFIX_DELIVERIES`…) and subjects
+    /// (`PREFIX.d.…`), so that several deployments can share one NATS
+    /// account: letters, digits and `_` only.
+    pub prefix: String,
+    /// How long an engine's claim on a delivery lasts without being renewed
+    /// (ms): an engine that dies mid-attempt loses its claims after this
+    /// (plus `delivery.timeout_ms` for a delivery it was sending as it
+    /// queued it), and another engine sends them. A live engine renews its
+    /// claims every third of it.
+    pub ack_wait_ms: u64,
+    /// A NATS credentials file (`.creds`: a user JWT and its key), if the
+    /// server wants one.
+    pub credentials: Option<PathBuf>,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: "nats://127.0.0.1:4222".into(),
+            replicas: 1,
+            prefix: "WASMHOOKS".into(),
+            ack_wait_ms: 30_000,
+            credentials: None,
+        }
+    }
+}
+
+impl NatsConfig {
+    pub(super) fn validate(&self) -> Result<(), SettingsError> {
+        if self.url.trim().is_empty() {
+            return Err(SettingsError::field("queue.nats.url", "is empty"));
+        }
+        if !matches!(self.replicas, 1..=5) {
+            return Err(SettingsError::field(
+                "queue.nats.replicas",
+                format!("{} is not between 1 and 5", self.replicas),
+            ));
+        }
+        if self.prefix.is_empty()
+            || !self
+                .prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(SettingsError::field(
+                "queue.nats.prefix",
+                format!("{:?} must be letters, digits and _ only", self.prefix),
+            ));
+        }
+        if self.ack_wait_ms < 1_000 {
+            return Err(SettingsError::field(
+                "queue.nats.ack_wait_ms",
+                format!("{} is less than a second", self.ack_wait_ms),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,303 @@
+//! The loaded hooks: load each `NAME.wasm` (+ `NAME.toml`), and serve an
+//! immutable snapshot of them that swaps atomically (this file); reading,
+//! compiling and linking one (`load.rs`); what `GET /v1/hooks` says of
+//! each (`status.rs`); watching the folder (`watch.rs`); and why a hook did
+//! not load (`error.rs`).
+
+mod error;
+mod load;
+mod status;
+mod watch;
+
+pub(crate) use error::HooksDirError;
+pub use error::{LoadError, Stage};
+pub(crate) use load::{hook_files, hook_name, short};
+pub use status::{Abi, HookState, HookStatus};
+pub(crate) use watch::{Watch, WatchOptions};
+
+use crate::config::{HookConfig, Limits};
+use crate::delivery::DeliveryPolicy;
+use crate::event::{Event, Phase};
+use crate::metrics::{HookStats, Metrics};
+use crate::sandbox::{Prepared, Sandbox, Subscription};
+use arc_swap::ArcSwap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+use wildmatch::WildMatch;
+
+/// Live hooks, shared between snapshots' indexes and events in flight.
+pub(crate) type Hooks = Arc<[Arc<LiveHook>]>;
+
+/// Most (method, phase) pairs whose matching hooks a snapshot remembers.
+const INDEX_CAPACITY: usize = 4096;
+
+/// A live hook: compiled, linked, set up, and taking events.
+pub(crate) struct LiveHook {
+    pub prepared: Prepared,
+    pub file: PathBuf,
+    pub hash: String,
+    /// SHA-256 of the `.wasm` alone: the compiled component's key.
+    pub wasm_hash: String,
+    /// SHA-256 of the pre-initialised component, if there is one: its
+    /// compiled key.
+    pub initialized_hash: Option<String>,
+    pub config: HookConfig,
+    /// Egress and signing, from `NAME.toml`.
+    pub policy: Arc<DeliveryPolicy>,
+    pub subscription: Subscription,
+    methods: Vec<WildMatch>,
+    pub loaded_at: SystemTime,
+    pub stats: Arc<HookStats>,
+}
+
+impl LiveHook {
+    pub fn name(&self) -> &str {
+        &self.prepared.name
+    }
+
+    /// Whether this hook subscribed to the event's method and phase.
+    pub fn wants(&self, event: &Event) -> bool {
+        self.subscription.phases.contains(&event.phase())
+            && self.methods.iter().any(|m| m.matches(event.method()))
+    }
+}
+
+/// One immutable view of the hooks. Readers hold it for a whole event, so a
+/// swap never changes the hooks under an event in flight.
+#[derive(Default)]
+pub(crate) struct Snapshot {
+    /// Live hooks, by name.
+    pub live: BTreeMap<String, Arc<LiveHook>>,
+    /// The last load error per hook name, if its latest file failed.
+    pub failed: BTreeMap<String, LoadError>,
+    /// Which live hooks want a (method, phase), filled as events arrive, so
+    /// the per-event cost does not grow with the number of hooks loaded.
+    index: RwLock<HashMap<(String, Phase), Hooks>>,
+}
+
+impl Snapshot {
+    fn new(live: BTreeMap<String, Arc<LiveHook>>, failed: BTreeMap<String, LoadError>) -> Snapshot {
+        Snapshot {
+            live,
+            failed,
+            index: RwLock::default(),
+        }
+    }
+
+    /// The live hooks subscribed to this event, in name order.
+    pub fn matching(&self, event: &Event) -> Hooks {
+        let key = (event.method().to_owned(), event.phase());
+        if let Some(hooks) = self.index.read().unwrap().get(&key) {
+            return hooks.clone();
+        }
+        let hooks: Hooks = self
+            .live
+            .values()
+            .filter(|h| h.wants(event))
+            .cloned()
+            .collect();
+        let mut index = self.index.write().unwrap();
+        if index.len() >= INDEX_CAPACITY {
+            index.clear(); // bounded: methods come from callers
+        }
+        index.insert(key, hooks.clone());
+        hooks
+    }
+}
+
+/// The signatures of a hook's `.wasm` and `.toml`.
+type HookSigs = (Option<FileSig>, Option<FileSig>);
+
+/// What a hook's files looked like when last examined, to skip unchanged files on a rescan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileSig {
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+fn file_sig(path: &Path) -> Option<FileSig> {
+    let meta = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some(FileSig {
+        len: meta.len(),
+        modified: meta.modified().ok(),
+        inode,
+    })
+}
+
+/// The hooks folder's loaded state.
+pub(crate) struct Registry {
+    sandbox: Arc<Sandbox>,
+    limits: Limits,
+    snapshot: ArcSwap<Snapshot>,
+    stats: Mutex<BTreeMap<String, Arc<HookStats>>>,
+    metrics: Arc<Metrics>,
+    /// Serialises writers; holds the file signatures seen at the last look.
+    writer: tokio::sync::Mutex<HashMap<String, HookSigs>>,
+    /// Bumped after every swap, so callers can wait for a change.
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl Registry {
+    pub fn new(sandbox: Arc<Sandbox>, limits: Limits, metrics: Arc<Metrics>) -> Registry {
+        Registry {
+            sandbox,
+            limits,
+            metrics,
+            snapshot: ArcSwap::default(),
+            stats: Mutex::default(),
+            writer: tokio::sync::Mutex::default(),
+            generation: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// A receiver that sees the generation number change after each swap.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Brings the snapshot in line with the folder, in one atomic swap:
+    /// new and changed hooks are loaded off to the side (a version that
+    /// fails leaves the last good one serving), removed ones are unloaded.
+    ///
+    /// Files are re-read when their hook is in `force` (its writer closed
+    /// it, or it was renamed), or when their size, mtime or inode changed
+    /// and they have been quiet for `quiet` (so a rescan does not catch a
+    /// writer mid-file). Hooks in `unsettled` (still being written) are left
+    /// as they are. A missing folder counts as empty.
+    pub async fn reconcile(
+        &self,
+        dir: &Path,
+        force: &HashSet<String>,
+        unsettled: &HashSet<String>,
+        quiet: Duration,
+    ) -> Result<(), HooksDirError> {
+        let mut seen = self.writer.lock().await;
+        let started = Instant::now();
+        let files = match hook_files(dir) {
+            Ok(files) => files,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => {
+                return Err(HooksDirError {
+                    path: dir.to_owned(),
+                    source,
+                });
+            }
+        };
+        let current = self.snapshot();
+        let present: HashSet<String> = files.iter().map(|f| hook_name(f)).collect();
+        let candidates: Vec<(String, PathBuf, _)> = files
+            .into_iter()
+            .map(|wasm| {
+                (
+                    hook_name(&wasm),
+                    file_sig(&wasm),
+                    file_sig(&wasm.with_extension("toml")),
+                    wasm,
+                )
+            })
+            .filter(|(name, ..)| !unsettled.contains(name))
+            .filter(|(name, wasm_sig, toml_sig, _)| {
+                let quiet_since = SystemTime::now() - quiet;
+                let settled = [wasm_sig, toml_sig]
+                    .iter()
+                    .all(|s| s.is_none_or(|s| s.modified.is_none_or(|m| m <= quiet_since)));
+                force.contains(name) || (settled && seen.get(name) != Some(&(*wasm_sig, *toml_sig)))
+            })
+            .map(|(name, wasm_sig, toml_sig, wasm)| (name, wasm, (wasm_sig, toml_sig)))
+            .collect();
+        let loads = candidates.iter().map(|(name, wasm, _)| {
+            let live_hash = current.live.get(name).map(|h| h.hash.clone());
+            async move {
+                let files = self.read(wasm, None).await?;
+                if live_hash.as_deref() == Some(files.hash.as_str()) {
+                    return Ok(None); // touched, not changed
+                }
+                self.build(files).await.map(Some)
+            }
+        });
+        let results: Vec<Result<Option<LiveHook>, LoadError>> =
+            futures::future::join_all(loads).await;
+
+        let mut live = current.live.clone();
+        let mut failed = current.failed.clone();
+        let mut changed = false;
+        for ((name, _, sigs), result) in candidates.into_iter().zip(results) {
+            seen.insert(name.clone(), sigs);
+            let old = live.get(&name).map(|h| h.hash.clone());
+            match result {
+                Ok(None) => changed |= failed.remove(&name).is_some(),
+                Ok(Some(hook)) => {
+                    hook.stats.loads.inc();
+                    match &old {
+                        None => {
+                            tracing::info!(hook = %name, hash = %short(&hook.hash), subscription = ?hook.subscription, "hook loaded")
+                        }
+                        Some(old) => tracing::info!(
+                            hook = %name, old = %short(old), new = %short(&hook.hash), swap_ms = started.elapsed().as_secs_f64() * 1e3,
+                            "hook reloaded"
+                        ),
+                    }
+                    failed.remove(&name);
+                    live.insert(name, Arc::new(hook));
+                    changed = true;
+                }
+                Err(err) => {
+                    self.stats_for(&name).load_failures.inc();
+                    match &old {
+                        Some(old) => tracing::error!("{err}; version {} keeps serving", short(old)),
+                        None => tracing::error!("{err}"),
+                    }
+                    failed.insert(name, err);
+                    changed = true;
+                }
+            }
+        }
+        let gone: Vec<String> = live
+            .keys()
+            .chain(failed.keys())
+            .filter(|n| !present.contains(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(hook) = live.remove(&name) {
+                tracing::info!(hook = %name, hash = %short(&hook.hash), "hook unloaded: its file was removed");
+            }
+            failed.remove(&name);
+            seen.remove(&name);
+            changed = true;
+        }
+        if changed {
+            // Old versions leave memory once the last event using them ends;
+            // their compiled code stays only on disk.
+            self.sandbox.retain_compiled(
+                live.values()
+                    .flat_map(|h| std::iter::once(&h.wasm_hash).chain(&h.initialized_hash))
+                    .map(String::as_str),
+            );
+            self.snapshot.store(Arc::new(Snapshot::new(live, failed)));
+            self.generation.send_modify(|g| *g += 1);
+        }
+        Ok(())
+    }
+
+    fn stats_for(&self, name: &str) -> Arc<HookStats> {
+        self.stats
+            .lock()
+            .unwrap()
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(self.metrics.hook(name)))
+            .clone()
+    }
+}

@@ -3,6 +3,7 @@
 use crate::activity::{Activity, EventActivity, ReceiverFailure};
 use crate::config::{Config, HookConfig};
 use crate::coverage::{Coverage, CoverageError, CoverageReport, ReporterStatus};
+use crate::delivery::{Breaker, Circuit};
 use crate::delivery::{Sender, new_uid};
 use crate::error::Error;
 use crate::event::{Event, Phase};
@@ -10,11 +11,11 @@ use crate::hooks::{HookStatus, Registry};
 use crate::hooks::{Watch, WatchOptions};
 use crate::ingest::{Ingest, MAX_POSTS_IN_FLIGHT};
 use crate::metrics::Metrics;
+use crate::outbox::Workers;
 use crate::queue::{DeliveryInfo, DeliveryQuery, Filter, Queue, Retry};
 use crate::run::{Runner, Verdict};
 use crate::sandbox::{Sandbox, Subscription};
 use crate::sources::{SourceStatus, Sources};
-use crate::workers::{Breaker, Workers};
 use serde::Serialize;
 use std::collections::HashSet;
 use std::path::Path;
@@ -48,18 +49,6 @@ pub struct ReceiverStatus {
     /// [`FAILURES_PER_RECEIVER`](crate::activity::FAILURES_PER_RECEIVER)),
     /// since the engine started.
     pub recent_failures: Vec<ReceiverFailure>,
-}
-
-/// A receiver's circuit breaker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum Circuit {
-    /// Deliveries go out.
-    Closed,
-    /// Too many failures in a row: its deliveries wait until `open_until_ms`.
-    Open,
-    /// The pause is over: one probe at a time until one succeeds.
-    HalfOpen,
 }
 
 /// The webhook engine: loaded hooks, the sandbox they run in, and the
@@ -304,11 +293,7 @@ impl Engine {
             .map(|name| {
                 let d = depth.get(&name).cloned().unwrap_or_default();
                 let view = views.remove(&name);
-                let circuit = match &view {
-                    Some(v) if v.open => Circuit::Open,
-                    Some(v) if v.half_open => Circuit::HalfOpen,
-                    _ => Circuit::Closed,
-                };
+                let circuit = view.as_ref().map_or(Circuit::Closed, |v| v.circuit);
                 ReceiverStatus {
                     circuit,
                     open_until_ms: view.as_ref().and_then(|v| v.open_until),

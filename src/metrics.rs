@@ -338,7 +338,7 @@ impl Metrics {
         &self,
         depth: &HashMap<String, Depth>,
         warm: &[(String, usize)],
-        receivers: &[crate::workers::ReceiverView],
+        receivers: &[crate::delivery::ReceiverView],
         now_ms: u64,
     ) -> String {
         self.in_flight.clear();
@@ -348,7 +348,7 @@ impl Metrics {
             self.in_flight
                 .get_or_create(&label)
                 .inc_by(r.in_flight as i64);
-            if r.open {
+            if r.circuit == crate::delivery::Circuit::Open {
                 self.circuit_open.get_or_create(&label).set(1);
             }
         }

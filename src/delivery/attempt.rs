@@ -5,7 +5,7 @@
 use super::{Delivery, DeliveryPolicy, schedule};
 use crate::config::DeliveryConfig;
 use crate::config::SettingsError;
-use crate::egress::{Egress, Guard, Refused};
+use crate::delivery::egress::{Egress, Guard, Refused};
 use crate::util::now_ms;
 use reqwest::StatusCode;
 use reqwest::Url;

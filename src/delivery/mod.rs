@@ -1,17 +1,24 @@
 //! Deliveries: the record a hook's outcome becomes ([`Delivery`]), its ids,
-//! the policy it travels with, one HTTP attempt ([`attempt`]) and the retry
-//! schedule ([`schedule`]).
+//! the policy it travels with (this file); one HTTP attempt (`attempt.rs`:
+//! route, guard, sign, POST, classify), with the SSRF guard (`egress.rs`)
+//! and signatures (`signing.rs`); the retry schedule (`schedule.rs`); and
+//! the circuit breaker (`breaker.rs`).
 
 mod attempt;
+mod breaker;
+pub(crate) mod egress;
 pub(crate) mod schedule;
+pub(crate) mod signing;
 
 pub(crate) use attempt::{Attempt, Sender};
+pub use breaker::Circuit;
+pub(crate) use breaker::{Breaker, CircuitState, ReceiverView};
 
-use crate::egress::Egress;
-use crate::signing::Signer;
 use crate::util::hex;
+use egress::Egress;
 use reqwest::Url;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use signing::Signer;
 use std::sync::Arc;
 
 /// One HTTP POST a hook decided on, checked and ready to send.
@@ -62,6 +69,13 @@ pub(crate) struct DeliveryPolicy {
     pub egress_key: String,
     /// Its signing secrets.
     pub signer: Option<Signer>,
+}
+
+/// Where the outbox reads each hook's policy now (the loaded hooks): a
+/// delivery goes out only if its hook's current policy allows it too.
+pub(crate) trait PolicySource: Send + Sync {
+    /// The live hook's policy; `None` if no hook of that name is loaded.
+    fn policy(&self, hook: &str) -> Option<Arc<DeliveryPolicy>>;
 }
 
 impl DeliveryPolicy {

@@ -301,3 +301,9 @@ impl Registry {
             .clone()
     }
 }
+
+impl crate::delivery::PolicySource for Registry {
+    fn policy(&self, hook: &str) -> Option<Arc<DeliveryPolicy>> {
+        self.snapshot().live.get(hook).map(|h| h.policy.clone())
+    }
+}

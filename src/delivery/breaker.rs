@@ -1,0 +1,132 @@
+//! The circuit breaker: a receiver that keeps failing is paused, for a
+//! cooldown that doubles while its probes fail; the one place that says
+//! whether a receiver's circuit is closed, open or half open.
+
+use crate::util::now_ms;
+use serde::Serialize;
+use std::time::Duration;
+
+/// Breaker settings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Breaker {
+    /// Failed attempts in a row that open a receiver's circuit.
+    pub failures: u32,
+    pub cooldown_ms: u64,
+    pub max_cooldown_ms: u64,
+}
+
+/// A receiver's circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Circuit {
+    /// Deliveries go out.
+    Closed,
+    /// Too many failures in a row: its deliveries wait until `open_until_ms`.
+    Open,
+    /// The pause is over: one probe at a time until one succeeds.
+    HalfOpen,
+}
+
+/// One receiver's breaker state.
+#[derive(Debug, Default)]
+pub(crate) struct CircuitState {
+    /// Failed attempts in a row (retryable failures only: a 4xx means it is up).
+    failures: u32,
+    /// While set and in the future, its circuit is open: nothing is sent.
+    open_until: Option<u64>,
+    /// The current pause; doubles each time a probe fails.
+    cooldown_ms: u64,
+}
+
+impl CircuitState {
+    /// Its circuit at `now`.
+    pub fn circuit(&self, breaker: &Breaker, now: u64) -> Circuit {
+        match self.open_until {
+            Some(until) if until > now => Circuit::Open,
+            _ if self.failures >= breaker.failures => Circuit::HalfOpen,
+            _ => Circuit::Closed,
+        }
+    }
+
+    /// Until when it is open, if it is at `now` (Unix ms).
+    pub fn open_until(&self, now: u64) -> Option<u64> {
+        self.open_until.filter(|&until| until > now)
+    }
+
+    /// Failed attempts in a row.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Counts a success or failure; opens the circuit after too many
+    /// failures, and says so in the log.
+    pub fn record(&mut self, breaker: &Breaker, name: &str, up: bool) {
+        let now = now_ms();
+        if up {
+            if self.failures >= breaker.failures {
+                tracing::info!(receiver = name, "receiver is back; resuming its deliveries");
+            }
+            *self = CircuitState::default();
+            return;
+        }
+        self.failures += 1;
+        if self.failures < breaker.failures || self.open_until(now).is_some() {
+            return;
+        }
+        self.cooldown_ms = if self.cooldown_ms == 0 {
+            breaker.cooldown_ms
+        } else {
+            (self.cooldown_ms * 2).min(breaker.max_cooldown_ms)
+        };
+        self.open_until = Some(now + self.cooldown_ms);
+        tracing::warn!(
+            receiver = name,
+            failures = self.failures,
+            "receiver keeps failing; pausing its deliveries for {:?}",
+            Duration::from_millis(self.cooldown_ms)
+        );
+    }
+}
+
+/// What the metrics and the status API show of a receiver.
+pub(crate) struct ReceiverView {
+    pub name: String,
+    pub in_flight: usize,
+    pub circuit: Circuit,
+    /// Until when it is open (Unix ms).
+    pub open_until: Option<u64>,
+    /// Failed attempts in a row.
+    pub failures: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_open_the_circuit_then_a_success_closes_it() {
+        let breaker = Breaker {
+            failures: 2,
+            cooldown_ms: 1_000,
+            max_cooldown_ms: 3_000,
+        };
+        let mut c = CircuitState::default();
+        let now = now_ms();
+        c.record(&breaker, "r", false);
+        assert_eq!(c.circuit(&breaker, now), Circuit::Closed);
+        c.record(&breaker, "r", false);
+        assert_eq!(c.circuit(&breaker, now), Circuit::Open);
+        assert!(c.open_until(now).is_some());
+        // The pause over: half open, and a failed probe doubles the pause.
+        assert_eq!(c.circuit(&breaker, now + 1_001), Circuit::HalfOpen);
+        c.open_until = Some(now - 1);
+        c.record(&breaker, "r", false);
+        assert_eq!(c.cooldown_ms, 2_000);
+        c.open_until = Some(now - 1);
+        c.record(&breaker, "r", false);
+        assert_eq!(c.cooldown_ms, 3_000, "capped");
+        c.record(&breaker, "r", true);
+        assert_eq!(c.circuit(&breaker, now), Circuit::Closed);
+        assert_eq!(c.failures(), 0);
+    }
+}

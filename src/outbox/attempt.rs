@@ -1,0 +1,137 @@
+//! One attempt: the delivery sent, its outcome recorded (retry, delivered,
+//! dead), the breaker told, and the callers waiting for it answered.
+
+use super::*;
+
+/// How a `wait` delivery's wait ended: delivered, or why not.
+pub(crate) type WaitOutcome = Result<(), String>;
+
+impl Workers {
+    /// One attempt: send, give the slot back, record the result, tell a
+    /// waiting caller.
+    pub(super) async fn attempt(&self, claimed: Claimed, mut slot: Slot) {
+        let Claimed {
+            delivery: d,
+            attempts,
+        } = claimed;
+        let attempts = attempts + 1;
+        let policy = self.policies.current(&d.hook);
+        // A panic while attempting (a bug) fails this delivery alone.
+        let sent = std::panic::AssertUnwindSafe(self.sender.attempt(&d, policy.as_deref()))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| Attempt::Permanent {
+                reason: "the engine failed while sending it (a bug in wasmhooks; please \
+                         report it); retry this dead letter once fixed"
+                    .into(),
+                status: None,
+            });
+        let (finish, up) = match sent {
+            Attempt::Delivered(status) => {
+                tracing::debug!(hook = %d.hook, id = %d.id, url = %d.url, %status, attempts, "delivered");
+                (Finish::Delivered, Some(true))
+            }
+            Attempt::Permanent { reason, status } => {
+                tracing::error!(hook = %d.hook, id = %d.id, url = %d.url, "delivery failed for good, kept as a dead letter: {reason}");
+                // An answer means the receiver is up; no answer (refused by
+                // the guard, cannot be signed) says nothing about it.
+                let up = status.is_some().then_some(true);
+                let status = status.map(|s| s.as_u16());
+                let error = reason;
+                (Finish::Dead { error, status }, up)
+            }
+            Attempt::Retry {
+                reason,
+                status,
+                retry_after,
+            } => {
+                let status = status.map(|s| s.as_u16());
+                match retry_delay(self.sender.config(), attempts, retry_after) {
+                    Some(delay) => {
+                        tracing::info!(hook = %d.hook, id = %d.id, url = %d.url, attempts, "{reason}; retrying in {delay:?}");
+                        let at_ms = now_ms() + delay.as_millis() as u64;
+                        let error = reason;
+                        (
+                            Finish::Retry {
+                                at_ms,
+                                error,
+                                status,
+                            },
+                            Some(false),
+                        )
+                    }
+                    None => {
+                        let error = gave_up(attempts, &reason);
+                        tracing::error!(hook = %d.hook, id = %d.id, url = %d.url, "delivery kept as a dead letter: {error}");
+                        (Finish::Dead { error, status }, Some(false))
+                    }
+                }
+            }
+        };
+        slot.up = up;
+        drop(slot);
+        let counted = match &finish {
+            Finish::Delivered => AttemptResult::Delivered,
+            Finish::Retry { .. } => AttemptResult::Retry,
+            Finish::Dead { .. } => AttemptResult::Dead,
+        };
+        let receiver = d.receiver();
+        self.metrics.attempt(&receiver, counted);
+        if let Finish::Retry { error, status, .. } | Finish::Dead { error, status } = &finish {
+            self.activity.failure(
+                &receiver,
+                ReceiverFailure {
+                    at_ms: now_ms(),
+                    id: d.id.clone(),
+                    hook: d.hook.to_string(),
+                    status: *status,
+                    error: error.clone(),
+                    dead: matches!(finish, Finish::Dead { .. }),
+                },
+            );
+        }
+        let outcome = match &finish {
+            Finish::Delivered => Some(Ok(())),
+            Finish::Dead { error, .. } => Some(Err(error.clone())),
+            Finish::Retry { .. } => None,
+        };
+        // The row stays claimed by this run until recorded: keep trying
+        // (a full disk), or it would wait for the next start.
+        let mut pause = FINISH_RETRY.0;
+        while let Err(e) = self
+            .queue
+            .finish(d.id.clone(), attempts, finish.clone())
+            .await
+        {
+            if matches!(e, QueueError::Closed) || self.stop.is_cancelled() {
+                break; // the next run reclaims it and sends it again
+            }
+            tracing::error!(id = %d.id, "cannot record a delivery attempt ({e}); trying again in {pause:?}");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(FINISH_RETRY.1);
+        }
+        if let Some(outcome) = outcome {
+            self.tell_waiters(&d.id, outcome);
+        }
+    }
+
+    pub(super) fn tell_waiters(&self, id: &str, outcome: WaitOutcome) {
+        let waiting = self.waiters.lock().unwrap().remove(id);
+        for tx in waiting.into_iter().flatten() {
+            let _ = tx.send(outcome.clone());
+        }
+    }
+
+    /// Forgets the waiters of deliveries whose caller stopped waiting.
+    pub fn stop_waiting(&self, ids: impl IntoIterator<Item = String>) {
+        let mut waiters = self.waiters.lock().unwrap();
+        for id in ids {
+            if let Some(list) = waiters.get_mut(&id) {
+                list.retain(|tx| !tx.is_closed());
+                if list.is_empty() {
+                    waiters.remove(&id);
+                }
+            }
+        }
+    }
+}

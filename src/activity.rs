@@ -5,11 +5,7 @@
 //! restart: it is for looking at (the console, `GET /v1/activity`), not a
 //! record. The queue and the metrics are the record.
 
-use crate::config::HookMode;
 use crate::event::{Event, Phase};
-use crate::hooks::Hooks;
-use crate::run::CallError;
-use crate::run::{Decision, Verdict};
 use crate::util::truncate;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
@@ -27,7 +23,13 @@ pub const MAX_RECEIVERS: usize = 1024;
 /// Failed attempts kept per receiver, newest first.
 pub const FAILURES_PER_RECEIVER: usize = 5;
 /// Longest reason or error message kept, in bytes.
-const MAX_TEXT: usize = 512;
+pub(crate) const MAX_TEXT: usize = 512;
+
+/// A pre event's verdict, as the log keeps it.
+pub(crate) struct Allowed {
+    pub allowed: bool,
+    pub denied_by: Option<String>,
+}
 
 /// One accepted event and what its hooks decided.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -119,7 +121,7 @@ struct Events {
 impl Activity {
     /// Records that `event` was accepted and what its `hooks` decided;
     /// `verdict` for a pre event.
-    pub fn event(&self, event: &Event, hooks: Vec<HookActivity>, verdict: Option<&Verdict>) {
+    pub fn event(&self, event: &Event, hooks: Vec<HookActivity>, verdict: Option<Allowed>) {
         let more_hooks = hooks.len().saturating_sub(MAX_HOOKS_PER_EVENT);
         let mut hooks = hooks;
         hooks.truncate(MAX_HOOKS_PER_EVENT);
@@ -131,8 +133,8 @@ impl Activity {
             method: event.method().to_owned(),
             call_id: event.call_id().to_owned(),
             phase: event.phase(),
-            allowed: verdict.map(|v| v.allowed),
-            denied_by: verdict.and_then(|v| v.denied_by.clone()),
+            allowed: verdict.as_ref().map(|v| v.allowed),
+            denied_by: verdict.and_then(|v| v.denied_by),
             hooks,
             more_hooks,
         };
@@ -176,57 +178,6 @@ impl Activity {
             .map(|(name, list)| (name.clone(), list.iter().cloned().collect()))
             .collect()
     }
-}
-
-/// What each of `hooks` decided, from the results of their calls.
-pub(crate) fn summarize(
-    hooks: &Hooks,
-    results: &[Result<Decision, CallError>],
-) -> Vec<HookActivity> {
-    hooks
-        .iter()
-        .zip(results)
-        .map(|(hook, result)| {
-            let text = |s: &str| Some(truncate(s, MAX_TEXT).to_owned());
-            let (decision, deliveries, reason) = match result {
-                Ok(d) => match &d.deny {
-                    Some(reason) if hook.config.mode == HookMode::Monitor => {
-                        (Decided::WouldDeny, d.deliveries.len(), text(reason))
-                    }
-                    Some(reason) => (Decided::Vetoed, d.deliveries.len(), text(reason)),
-                    None if d.deliveries.is_empty() => (Decided::Skipped, 0, None),
-                    None => (Decided::Queued, d.deliveries.len(), None),
-                },
-                Err(e) => (Decided::Failed, 0, text(&format!("{}: {e}", e.kind()))),
-            };
-            HookActivity {
-                hook: hook.name().to_owned(),
-                decision,
-                deliveries,
-                reason,
-            }
-        })
-        .collect()
-}
-
-/// `decided`, with the hooks that failed after their call (a `wait` hook
-/// whose delivery failed, or could not be queued) shown as failed, as the
-/// verdict has them.
-pub(crate) fn with_failures(
-    mut decided: Vec<HookActivity>,
-    verdict: &Verdict,
-) -> Vec<HookActivity> {
-    for failure in &verdict.failures {
-        if let Some(h) = decided
-            .iter_mut()
-            .find(|h| h.hook == failure.hook && h.decision != Decided::Failed)
-        {
-            h.decision = Decided::Failed;
-            let reason = format!("{}: {}", failure.kind, failure.message);
-            h.reason = Some(truncate(&reason, MAX_TEXT).to_owned());
-        }
-    }
-    decided
 }
 
 #[cfg(test)]

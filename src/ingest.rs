@@ -25,7 +25,7 @@
 //!   event's notifications, never a post event and never a `wait`
 //!   delivery.
 
-use crate::activity::{self, Activity, HookActivity};
+use crate::activity::{Activity, HookActivity};
 use crate::delivery::{Delivery, new_uid, uid_of};
 use crate::error::Error;
 use crate::event::Event;
@@ -111,7 +111,8 @@ impl Ingest {
         if hooks.is_empty() {
             // No WASM call, nothing to queue: nothing to recognise either.
             let verdict = run::decide(&hooks, Vec::new()).verdict;
-            self.activity.event(&event, Vec::new(), Some(&verdict));
+            self.activity
+                .event(&event, Vec::new(), Some(verdict.allowed()));
             return Ok(verdict);
         }
         let (key, uid) = self.identify(&event);
@@ -138,7 +139,7 @@ impl Ingest {
         // own if the caller goes away.
         let work = MustFinish::new(async move {
             let results = run::run_all(&ingest.runner, &hooks, &event, &uid).await;
-            let decided = activity::summarize(&hooks, &results);
+            let decided = run::activity_of(&hooks, &results);
             let run::PreDecisions {
                 verdict,
                 queued,
@@ -159,8 +160,10 @@ impl Ingest {
                 });
             }
             let verdict = ingest.wait_pre(verdict, waiting).await;
-            let decided = activity::with_failures(decided, &verdict);
-            ingest.activity.event(&event, decided, Some(&verdict));
+            let decided = run::with_failures(decided, &verdict);
+            ingest
+                .activity
+                .event(&event, decided, Some(verdict.allowed()));
             if let Some(publish) = publish {
                 publish.send_replace(Some(verdict.clone()));
             }
@@ -370,7 +373,7 @@ impl Ingest {
         uid: &str,
     ) -> (Vec<Delivery>, Vec<HookActivity>) {
         let results = run::run_all(&self.runner, hooks, event, uid).await;
-        let decided = activity::summarize(hooks, &results);
+        let decided = run::activity_of(hooks, &results);
         let deliveries = results
             .into_iter()
             .flatten()

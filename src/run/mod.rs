@@ -8,7 +8,7 @@ mod verdict;
 
 pub use error::{CallError, CallSite};
 pub use verdict::{HookFailure, Verdict, WouldDeny};
-pub(crate) use verdict::{PreDecisions, decide};
+pub(crate) use verdict::{PreDecisions, activity_of, decide, with_failures};
 
 use crate::delivery::{Delivery, QueuedUnder, delivery_id};
 use crate::event::Event;

@@ -2,9 +2,11 @@
 //! `on_error` says, and monitor-mode hooks only say what they would do.
 
 use super::{CallError, Decision};
+use crate::activity::{Allowed, Decided, HookActivity, MAX_TEXT};
 use crate::config::{HookMode, OnError};
 use crate::delivery::Delivery;
 use crate::hooks::{Hooks, LiveHook};
+use crate::util::truncate;
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -142,6 +144,67 @@ impl Verdict {
             self.allowed = false;
             self.denied_by = Some(hook.name().to_owned());
             self.reason = Some(reason);
+        }
+    }
+}
+
+/// What each of `hooks` decided, from the results of their calls.
+pub(crate) fn activity_of(
+    hooks: &Hooks,
+    results: &[Result<Decision, CallError>],
+) -> Vec<HookActivity> {
+    hooks
+        .iter()
+        .zip(results)
+        .map(|(hook, result)| {
+            let text = |s: &str| Some(truncate(s, MAX_TEXT).to_owned());
+            let (decision, deliveries, reason) = match result {
+                Ok(d) => match &d.deny {
+                    Some(reason) if hook.config.mode == HookMode::Monitor => {
+                        (Decided::WouldDeny, d.deliveries.len(), text(reason))
+                    }
+                    Some(reason) => (Decided::Vetoed, d.deliveries.len(), text(reason)),
+                    None if d.deliveries.is_empty() => (Decided::Skipped, 0, None),
+                    None => (Decided::Queued, d.deliveries.len(), None),
+                },
+                Err(e) => (Decided::Failed, 0, text(&format!("{}: {e}", e.kind()))),
+            };
+            HookActivity {
+                hook: hook.name().to_owned(),
+                decision,
+                deliveries,
+                reason,
+            }
+        })
+        .collect()
+}
+
+/// `decided`, with the hooks that failed after their call (a `wait` hook
+/// whose delivery failed, or could not be queued) shown as failed, as the
+/// verdict has them.
+pub(crate) fn with_failures(
+    mut decided: Vec<HookActivity>,
+    verdict: &Verdict,
+) -> Vec<HookActivity> {
+    for failure in &verdict.failures {
+        if let Some(h) = decided
+            .iter_mut()
+            .find(|h| h.hook == failure.hook && h.decision != Decided::Failed)
+        {
+            h.decision = Decided::Failed;
+            let reason = format!("{}: {}", failure.kind, failure.message);
+            h.reason = Some(truncate(&reason, MAX_TEXT).to_owned());
+        }
+    }
+    decided
+}
+
+impl Verdict {
+    /// The verdict as the activity log keeps it.
+    pub(crate) fn allowed(&self) -> Allowed {
+        Allowed {
+            allowed: self.allowed,
+            denied_by: self.denied_by.clone(),
         }
     }
 }

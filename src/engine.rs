@@ -80,7 +80,7 @@ impl Engine {
     /// can't be set up.
     pub async fn new(config: Config) -> Result<Engine, Error> {
         config.validate()?;
-        let sandbox = Arc::new(Sandbox::new(&config).map_err(Error::Runtime)?);
+        let sandbox = Arc::new(Sandbox::new(&config)?);
         let metrics = Arc::new(Metrics::default());
         let registry = Arc::new(Registry::new(
             sandbox.clone(),
@@ -100,7 +100,7 @@ impl Engine {
                 settle: Duration::from_millis(config.settle_ms),
                 rescan: Duration::from_millis(config.rescan_ms.max(100)),
             };
-            Some(Watch::start(registry.clone(), dir.clone(), options).map_err(Error::Runtime)?)
+            Some(Watch::start(registry.clone(), dir.clone(), options)?)
         } else {
             None
         };
@@ -176,7 +176,7 @@ impl Engine {
     /// event sent again within `dedup_window_secs` gets the first verdict.
     pub async fn pre(&self, event: Event) -> Result<Verdict, Error> {
         expect_phase(&event, Phase::Pre)?;
-        self.inner.ingest.pre(event).await
+        Ok(self.inner.ingest.pre(event).await?)
     }
 
     /// Accepts a post event for the hooks subscribed to it: returns once it
@@ -196,7 +196,7 @@ impl Engine {
         if event.phase() != Phase::Observed {
             expect_phase(&event, Phase::Post)?;
         }
-        self.inner.ingest.post(event).await
+        Ok(self.inner.ingest.post(event).await?)
     }
 
     /// Status of every hook: live or failed, version, last error, counters,
@@ -444,7 +444,7 @@ pub async fn dry_run(
     settings: Option<HookConfig>,
     event: &Event,
 ) -> Result<DryRun, Error> {
-    let sandbox = Arc::new(Sandbox::new(config).map_err(Error::Runtime)?);
+    let sandbox = Arc::new(Sandbox::new(config)?);
     let registry = Registry::new(sandbox.clone(), config.limits.clone(), Default::default());
     let hook = registry.load(wasm, settings).await?;
     let matches = hook.wants(event);

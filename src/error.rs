@@ -40,8 +40,32 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The WebAssembly runtime could not be set up.
-    #[error("cannot set up the WebAssembly runtime: {0}")]
-    Runtime(String),
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+    /// The hooks folder cannot be watched for changes.
+    #[error("cannot watch the hooks folder: {0}")]
+    Watch(#[from] crate::hooks::WatchError),
+    /// The engine's own work on an event failed (a bug: hooks' panics are
+    /// caught per hook). The event was not accepted; send it again.
+    #[error(
+        "the engine failed while accepting a {phase} event (a bug; the log has its panic); send it again"
+    )]
+    Panicked {
+        /// The event's phase.
+        phase: Phase,
+    },
+    /// A pre event recognised as sent again, whose first copy ended
+    /// without a verdict (the engine stopped, or failed, while deciding
+    /// it). Send it again.
+    #[error(
+        "the first copy of pre event {method} (call {call_id}) ended without a verdict; send it again"
+    )]
+    FirstCopyFailed {
+        /// The event's method.
+        method: String,
+        /// Its call id.
+        call_id: String,
+    },
     /// The durable queue (state database) failed: the event was not accepted.
     #[error(transparent)]
     Queue(#[from] crate::queue::QueueError),
@@ -55,6 +79,19 @@ impl From<crate::hooks::HooksDirError> for Error {
         Error::HooksDir {
             path: e.path,
             source: e.source,
+        }
+    }
+}
+
+impl From<crate::ingest::IngestError> for Error {
+    fn from(e: crate::ingest::IngestError) -> Self {
+        use crate::ingest::IngestError;
+        match e {
+            IngestError::Queue(e) => Error::Queue(e),
+            IngestError::Panicked { phase } => Error::Panicked { phase },
+            IngestError::FirstCopyFailed { method, call_id } => {
+                Error::FirstCopyFailed { method, call_id }
+            }
         }
     }
 }

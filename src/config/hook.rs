@@ -246,19 +246,19 @@ impl HookConfig {
     }
 
     /// Resolves limits, refusing values above the engine's maxima.
-    pub(crate) fn limits(&self, engine: &Limits) -> Result<HookLimits, String> {
+    pub(crate) fn limits(&self, engine: &Limits) -> Result<HookLimits, SettingsError> {
         let deadline_ms = self.deadline_ms.unwrap_or(engine.deadline_ms);
         if deadline_ms == 0 || deadline_ms > engine.max_deadline_ms {
-            return Err(format!(
-                "deadline_ms = {deadline_ms} is outside 1..={}",
-                engine.max_deadline_ms
+            return Err(SettingsError::field(
+                "deadline_ms",
+                format!("{deadline_ms} is outside 1..={}", engine.max_deadline_ms),
             ));
         }
         let memory_mib = self.memory_mib.unwrap_or(engine.memory_mib);
         if memory_mib == 0 || memory_mib > engine.max_memory_mib {
-            return Err(format!(
-                "memory_mib = {memory_mib} is outside 1..={}",
-                engine.max_memory_mib
+            return Err(SettingsError::field(
+                "memory_mib",
+                format!("{memory_mib} is outside 1..={}", engine.max_memory_mib),
             ));
         }
         if let Some(r) = self.reuse
@@ -266,10 +266,13 @@ impl HookConfig {
                 || !(1..=16).contains(&r.instances)
                 || !(1..=86_400).contains(&r.idle_secs))
         {
-            return Err(format!(
-                "[reuse] events = {}, instances = {} and idle_secs = {} must be within \
-                 1..=100000, 1..=16 and 1..=86400",
-                r.events, r.instances, r.idle_secs
+            return Err(SettingsError::field(
+                "[reuse]",
+                format!(
+                    "events = {}, instances = {} and idle_secs = {} must be within \
+                     1..=100000, 1..=16 and 1..=86400",
+                    r.events, r.instances, r.idle_secs
+                ),
             ));
         }
         Ok(HookLimits {

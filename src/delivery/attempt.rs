@@ -2,6 +2,7 @@
 //! stateless: concurrency limits, the breaker and retries live in the
 //! workers, which call this for every delivery.
 
+use super::error::RouteError;
 use super::{Delivery, DeliveryPolicy, schedule};
 use crate::config::DeliveryConfig;
 use crate::config::SettingsError;
@@ -56,7 +57,7 @@ pub(crate) struct Sender {
 impl Sender {
     pub fn new(config: &DeliveryConfig) -> Result<Sender, SettingsError> {
         let global = Egress::parse(&config.allow_hosts)
-            .map_err(|e| SettingsError::field("delivery.allow_hosts", e))?;
+            .map_err(|e| SettingsError::field("delivery.allow_hosts", e.to_string()))?;
         let sender = Sender {
             config: config.clone(),
             global,
@@ -65,7 +66,7 @@ impl Sender {
         // Fail now if a client cannot be built.
         sender
             .route(None, None)
-            .map_err(|e| SettingsError::field("delivery", e))?;
+            .map_err(|e| SettingsError::field("delivery", e.to_string()))?;
         Ok(sender)
     }
 
@@ -76,7 +77,11 @@ impl Sender {
     /// The client for deliveries queued under `queued` (an `allow_hosts`
     /// key) and sent under `current`: its guard lets through only what both
     /// allow, each with `delivery.allow_hosts` added.
-    fn route(&self, queued: Option<&str>, current: Option<&Egress>) -> Result<Arc<Route>, String> {
+    fn route(
+        &self,
+        queued: Option<&str>,
+        current: Option<&Egress>,
+    ) -> Result<Arc<Route>, RouteError> {
         let key = format!(
             "{}|{}",
             queued.unwrap_or("*"),
@@ -92,7 +97,7 @@ impl Sender {
                 .filter(|e| !e.is_empty())
                 .map(str::to_owned)
                 .collect();
-            let queued = Egress::parse(&entries).map_err(|e| format!("queued allow_hosts: {e}"))?;
+            let queued = Egress::parse(&entries).map_err(RouteError::Queued)?;
             all.push(self.global.with(&queued));
         }
         if let Some(current) = current {
@@ -112,7 +117,7 @@ impl Sender {
             .user_agent(concat!("wasmhooks/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            .map_err(RouteError::Client)?;
         let route = Arc::new(Route { client, guard });
         let mut routes = self.routes.lock().unwrap();
         if routes.len() >= MAX_ROUTES {
@@ -131,7 +136,7 @@ impl Sender {
         };
         let route = match self.route(delivery.queued.allow.as_deref(), current.map(|p| &p.egress)) {
             Ok(route) => route,
-            Err(e) => return permanent(e),
+            Err(e) => return permanent(e.to_string()),
         };
         if let Some(refused) = refused_literal(&route.guard, &delivery.url) {
             return permanent(format!("hook {}: {refused}", delivery.hook));

@@ -5,6 +5,7 @@
 //! so DNS rebinding gains nothing. Operators allow more with `allow_hosts`
 //! (hostnames and CIDRs), per hook or for all.
 
+use super::EgressError;
 use ipnet::IpNet;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -32,7 +33,7 @@ pub(crate) struct Refused {
 
 impl Egress {
     /// Parses `allow_hosts` entries: an IP, a CIDR, a hostname or `*.domain`.
-    pub fn parse(entries: &[String]) -> Result<Egress, String> {
+    pub fn parse(entries: &[String]) -> Result<Egress, EgressError> {
         let mut egress = Egress::default();
         for entry in entries {
             let entry = entry.trim();
@@ -43,9 +44,9 @@ impl Egress {
             } else if is_host_pattern(entry) {
                 egress.hosts.push(entry.to_ascii_lowercase());
             } else {
-                return Err(format!(
-                    "allow_hosts entry {entry:?} is neither a hostname, an IP address nor a CIDR"
-                ));
+                return Err(EgressError {
+                    entry: entry.to_owned(),
+                });
             }
         }
         Ok(egress)

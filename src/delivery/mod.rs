@@ -7,13 +7,16 @@
 mod attempt;
 mod breaker;
 pub(crate) mod egress;
+mod error;
 pub(crate) mod schedule;
 pub(crate) mod signing;
 
 pub(crate) use attempt::{Attempt, Sender};
 pub use breaker::Circuit;
 pub(crate) use breaker::{Breaker, CircuitState, ReceiverView};
+pub(crate) use error::{DeliveryError, EgressError, KeyError};
 
+use crate::config::SettingsError;
 use crate::util::hex;
 use egress::Egress;
 use reqwest::Url;
@@ -83,14 +86,15 @@ impl DeliveryPolicy {
     pub fn new(
         config: &crate::HookConfig,
         dir: &std::path::Path,
-    ) -> Result<DeliveryPolicy, String> {
-        let egress = Egress::parse(&config.allow_hosts)?;
-        let secrets = config.secret.resolve(dir).map_err(|e| e.to_string())?;
+    ) -> Result<DeliveryPolicy, SettingsError> {
+        let egress = Egress::parse(&config.allow_hosts)
+            .map_err(|e| SettingsError::field("allow_hosts", e.to_string()))?;
+        let secrets = config.secret.resolve(dir)?;
         let signer = if secrets.is_empty() {
             None
         } else {
             let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
-            Some(Signer::parse(&secrets).map_err(|e| format!("secret: {e}"))?)
+            Some(Signer::parse(&secrets).map_err(|e| SettingsError::Secret(e.to_string()))?)
         };
         Ok(DeliveryPolicy {
             egress_key: egress.key(),
@@ -119,24 +123,25 @@ impl Delivery {
         headers: Vec<(String, String)>,
         body: Vec<u8>,
         queued: QueuedUnder,
-    ) -> Result<Delivery, String> {
-        let url = Url::parse(url).map_err(|e| format!("delivery URL {url:?} is not valid: {e}"))?;
+    ) -> Result<Delivery, DeliveryError> {
+        let url = Url::parse(url).map_err(|source| DeliveryError::Url {
+            url: url.to_owned(),
+            source,
+        })?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!("delivery URL {url} must be http or https"));
+            return Err(DeliveryError::Scheme(url));
         }
         let mut map = HeaderMap::new();
         for (name, value) in headers {
             let header = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("delivery header name {name:?} is not valid"))?;
+                .map_err(|_| DeliveryError::HeaderName(name.clone()))?;
             if RESERVED_HEADERS.contains(&header.as_str()) {
-                return Err(format!(
-                    "delivery header {name:?} is set by the engine, not by hooks"
-                ));
+                return Err(DeliveryError::Reserved(name));
             }
-            let value = HeaderValue::from_str(&value)
-                .map_err(|_| format!("delivery header {name:?} has a value that is not valid"))?;
+            let value =
+                HeaderValue::from_str(&value).map_err(|_| DeliveryError::HeaderValue(name))?;
             map.try_append(header, value)
-                .map_err(|_| "the delivery has more headers than an HTTP request can carry")?;
+                .map_err(|_| DeliveryError::TooManyHeaders)?;
         }
         if !map.contains_key(CONTENT_TYPE) {
             map.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

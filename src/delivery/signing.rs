@@ -7,6 +7,7 @@
 //! timestamp is taken at each attempt, so a retry hours later still passes
 //! a receiver's freshness check.
 
+use super::KeyError;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::Signer as _;
@@ -34,11 +35,11 @@ impl Signer {
     /// Parses secrets: `whsec_` + base64 (HMAC key), or `whsk_` + base64 of
     /// an ed25519 secret key (32-byte seed, or 64-byte seed and public key).
     /// Errors name the secret's position, never its value.
-    pub fn parse(secrets: &[&str]) -> Result<Signer, String> {
+    pub fn parse(secrets: &[&str]) -> Result<Signer, KeyError> {
         let keys = secrets
             .iter()
             .enumerate()
-            .map(|(i, secret)| parse_key(secret).map_err(|e| format!("secret #{}: {e}", i + 1)))
+            .map(|(i, secret)| parse_key(i + 1, secret))
             .collect::<Result<_, _>>()?;
         Ok(Signer { keys })
     }
@@ -68,38 +69,35 @@ impl Signer {
     }
 }
 
-fn parse_key(secret: &str) -> Result<Key, String> {
+/// The `index`th secret (from 1, for messages) as a key.
+fn parse_key(index: usize, secret: &str) -> Result<Key, KeyError> {
     let decode = |b64: &str| {
         STANDARD
             .decode(b64.trim())
-            .map_err(|_| "is not valid base64 after its prefix".to_owned())
+            .map_err(|_| KeyError::Base64(index))
     };
     if let Some(b64) = secret.strip_prefix("whsec_") {
         let bytes = decode(b64)?;
         if bytes.len() < 24 || bytes.len() > 64 {
-            return Err(format!(
-                "a whsec_ secret must hold 24 to 64 bytes, this one holds {}",
-                bytes.len()
-            ));
+            return Err(KeyError::HmacLength {
+                index,
+                len: bytes.len(),
+            });
         }
         Ok(Key::Hmac(bytes))
     } else if let Some(b64) = secret.strip_prefix("whsk_") {
         let bytes = decode(b64)?;
         let seed: [u8; 32] = match bytes.len() {
             32 | 64 => bytes[..32].try_into().expect("checked length"),
-            n => {
-                return Err(format!(
-                    "a whsk_ key must hold 32 bytes (or 64: seed and public key), this one holds {n}"
-                ));
-            }
+            len => return Err(KeyError::Ed25519Length { index, len }),
         };
         let key = ed25519_dalek::SigningKey::from_bytes(&seed);
         if bytes.len() == 64 && key.verifying_key().as_bytes()[..] != bytes[32..] {
-            return Err("the public half of this whsk_ key does not match its seed".into());
+            return Err(KeyError::Mismatch(index));
         }
         Ok(Key::Ed25519(Box::new(key)))
     } else {
-        Err("must start with whsec_ (HMAC-SHA256) or whsk_ (ed25519)".into())
+        Err(KeyError::Prefix(index))
     }
 }
 
@@ -123,7 +121,7 @@ mod tests {
     fn refuses_bad_secrets_without_echoing_them() {
         for bad in ["plain", "whsec_!!!", "whsec_c2hvcnQ=", "whsk_c2hvcnQ="] {
             let e = Signer::parse(&[bad]).unwrap_err();
-            assert!(!e.contains(bad), "{e}");
+            assert!(!e.to_string().contains(bad), "{e}");
         }
     }
 }

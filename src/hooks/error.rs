@@ -57,3 +57,21 @@ pub(crate) struct HooksDirError {
     #[source]
     pub source: std::io::Error,
 }
+
+/// The hooks folder cannot be watched for changes.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// The operating system's file watcher could not start (on Linux, the
+    /// inotify instance limit: `fs.inotify.max_user_instances`).
+    #[error("cannot start the file watcher: {0}")]
+    Start(#[source] notify::Error),
+    /// The folder that holds the hooks folder cannot be watched.
+    #[error("cannot watch {}: {source}", path.display())]
+    Watch {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: notify::Error,
+    },
+}

@@ -84,11 +84,11 @@ impl Registry {
             .sandbox
             .compile(&wasm_hash, bytes)
             .await
-            .map_err(|e| fail(Stage::Compile, e))?;
+            .map_err(|e| fail(Stage::Compile, e.to_string()))?;
         let pre = self
             .sandbox
             .link(&component)
-            .map_err(|e| fail(Stage::Link, e))?;
+            .map_err(|e| fail(Stage::Link, e.to_string()))?;
         if matches!(pre, Pre::Command(_)) && config.reuse.is_some() {
             return refuse_reuse(
                 "it is for component hooks; a WASI command runs once per instance",
@@ -224,10 +224,10 @@ fn read_files(
     };
     let limits = config
         .limits(engine)
-        .map_err(|e| fail(&toml_path, Stage::Settings, e))?;
+        .map_err(|e| fail(&toml_path, Stage::Settings, e.to_string()))?;
     let policy = DeliveryPolicy::new(&config, toml_path.parent().unwrap_or(Path::new(".")))
         .map(Arc::new)
-        .map_err(|e| fail(&toml_path, Stage::Settings, e))?;
+        .map_err(|e| fail(&toml_path, Stage::Settings, e.to_string()))?;
     let wasm_hash = hex(&Sha256::digest(&bytes));
     let hash = hex(&Sha256::new()
         .chain_update(&bytes)

@@ -10,7 +10,7 @@ mod status;
 mod watch;
 
 pub(crate) use error::HooksDirError;
-pub use error::{LoadError, Stage};
+pub use error::{LoadError, Stage, WatchError};
 pub(crate) use load::{hook_files, hook_name, short};
 pub use status::{Abi, HookState, HookStatus};
 pub(crate) use watch::{Watch, WatchOptions};

@@ -12,7 +12,7 @@
 //! ignored; the recommended way to replace a hook is still to write a
 //! temporary file and rename it into place.
 
-use crate::hooks::{Registry, hook_files, hook_name};
+use crate::hooks::{Registry, WatchError, hook_files, hook_name};
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 use std::collections::{HashMap, HashSet};
@@ -53,7 +53,7 @@ impl Watch {
         registry: Arc<Registry>,
         dir: PathBuf,
         options: WatchOptions,
-    ) -> Result<Watch, String> {
+    ) -> Result<Watch, WatchError> {
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let overflow = Arc::new(AtomicBool::new(false));
         let overflowed = overflow.clone();
@@ -69,12 +69,15 @@ impl Watch {
                     overflowed.store(true, Ordering::Relaxed);
                 }
             })
-            .map_err(|e| format!("cannot start the file watcher: {e}"))?;
+            .map_err(WatchError::Start)?;
         // The parent tells us when the folder itself is created, replaced or removed.
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             watcher
                 .watch(parent, RecursiveMode::NonRecursive)
-                .map_err(|e| format!("cannot watch {}: {e}", parent.display()))?;
+                .map_err(|source| WatchError::Watch {
+                    path: parent.to_owned(),
+                    source,
+                })?;
         }
         watch_dir(&mut watcher, &dir);
         let task = tokio::spawn(run(registry, dir, options, watcher, rx, overflow));

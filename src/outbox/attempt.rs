@@ -3,8 +3,14 @@
 
 use super::*;
 
-/// How a `wait` delivery's wait ended: delivered, or why not.
-pub(crate) type WaitOutcome = Result<(), String>;
+/// How a `wait` delivery's wait ended.
+#[derive(Debug, Clone)]
+pub(crate) enum WaitOutcome {
+    /// The receiver took it.
+    Delivered,
+    /// It will not be delivered: the last attempt's error.
+    Dead(String),
+}
 
 impl Workers {
     /// One attempt: send, give the slot back, record the result, tell a
@@ -91,8 +97,8 @@ impl Workers {
             );
         }
         let outcome = match &finish {
-            Finish::Delivered => Some(Ok(())),
-            Finish::Dead { error, .. } => Some(Err(error.clone())),
+            Finish::Delivered => Some(WaitOutcome::Delivered),
+            Finish::Dead { error, .. } => Some(WaitOutcome::Dead(error.clone())),
             Finish::Retry { .. } => None,
         };
         // The row stays claimed by this run until recorded: keep trying

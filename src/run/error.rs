@@ -117,3 +117,44 @@ impl CallError {
         }
     }
 }
+
+/// A hook's outcome beyond the engine's caps, refused before anything is
+/// built from it.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OutcomeError {
+    /// Too many deliveries for one event.
+    #[error(
+        "asked for {asked} deliveries; at most {max} are allowed per event (max_deliveries_per_event)"
+    )]
+    Deliveries { asked: usize, max: usize },
+    /// A body too big.
+    #[error(
+        "a delivery to {url} has a body of {bytes} bytes; at most {max} are allowed (max_body_bytes)"
+    )]
+    Body {
+        url: String,
+        bytes: usize,
+        max: usize,
+    },
+    /// Too many headers on one delivery.
+    #[error(
+        "a delivery to {url} has {count} headers; at most {max} are allowed (max_headers_per_delivery)"
+    )]
+    Headers {
+        url: String,
+        count: usize,
+        max: usize,
+    },
+    /// Headers too big, in all.
+    #[error(
+        "a delivery to {url} has {bytes} bytes of headers; at most {max} are allowed (max_header_bytes)"
+    )]
+    HeaderBytes {
+        url: String,
+        bytes: usize,
+        max: usize,
+    },
+    /// A delivery that cannot be sent as asked.
+    #[error(transparent)]
+    Delivery(#[from] crate::delivery::DeliveryError),
+}

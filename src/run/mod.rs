@@ -6,6 +6,7 @@
 mod error;
 mod verdict;
 
+use error::OutcomeError;
 pub use error::{CallError, CallSite};
 pub use verdict::{HookFailure, Verdict, WouldDeny};
 pub(crate) use verdict::{PreDecisions, activity_of, decide, with_failures};
@@ -120,41 +121,36 @@ impl Runner {
 
     /// Checks a hook's outcome against the caps, before anything is built
     /// from it: the hook decides what it returns, the engine how much.
-    fn check(&self, o: &crate::sandbox::RawOutcome) -> Result<(), String> {
+    fn check(&self, o: &crate::sandbox::RawOutcome) -> Result<(), OutcomeError> {
         if o.deliveries.len() > self.max_deliveries {
-            return Err(format!(
-                "asked for {} deliveries; at most {} are allowed per event \
-                 (max_deliveries_per_event)",
-                o.deliveries.len(),
-                self.max_deliveries
-            ));
+            return Err(OutcomeError::Deliveries {
+                asked: o.deliveries.len(),
+                max: self.max_deliveries,
+            });
         }
         for d in &o.deliveries {
+            let url = || d.url.clone();
             if d.body.len() > self.max_body_bytes {
-                return Err(format!(
-                    "a delivery to {} has a body of {} bytes; at most {} are allowed \
-                     (max_body_bytes)",
-                    d.url,
-                    d.body.len(),
-                    self.max_body_bytes
-                ));
+                return Err(OutcomeError::Body {
+                    url: url(),
+                    bytes: d.body.len(),
+                    max: self.max_body_bytes,
+                });
             }
             if d.headers.len() > self.max_headers {
-                return Err(format!(
-                    "a delivery to {} has {} headers; at most {} are allowed \
-                     (max_headers_per_delivery)",
-                    d.url,
-                    d.headers.len(),
-                    self.max_headers
-                ));
+                return Err(OutcomeError::Headers {
+                    url: url(),
+                    count: d.headers.len(),
+                    max: self.max_headers,
+                });
             }
             let bytes: usize = d.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
             if bytes > self.max_header_bytes {
-                return Err(format!(
-                    "a delivery to {} has {bytes} bytes of headers; at most {} are allowed \
-                     (max_header_bytes)",
-                    d.url, self.max_header_bytes
-                ));
+                return Err(OutcomeError::HeaderBytes {
+                    url: url(),
+                    bytes,
+                    max: self.max_header_bytes,
+                });
             }
         }
         Ok(())
@@ -196,11 +192,12 @@ impl Runner {
                 message,
             },
         });
+        let bad = |e: OutcomeError| CallError::BadOutcome {
+            site: site(),
+            message: e.to_string(),
+        };
         let decision = outcome.and_then(|o| {
-            self.check(&o).map_err(|message| CallError::BadOutcome {
-                site: site(),
-                message,
-            })?;
+            self.check(&o).map_err(bad)?;
             let deliveries = o
                 .deliveries
                 .into_iter()
@@ -212,10 +209,7 @@ impl Runner {
                     Delivery::new(id, name, &d.url, d.headers, d.body, queued)
                 })
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|message| CallError::BadOutcome {
-                    site: site(),
-                    message,
-                })?;
+                .map_err(|e| bad(e.into()))?;
             Ok(Decision {
                 deliveries,
                 deny: o.deny,

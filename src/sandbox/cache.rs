@@ -1,5 +1,6 @@
 //! The compiled-hook cache on disk.
 
+use super::CacheError;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -156,57 +157,63 @@ impl DiskCache {
 
     /// Writes the component; failures only cost a recompile later, so they are logged.
     pub(super) fn store(&self, hash: &str, component: &Component) {
-        let result = (|| -> Result<(), String> {
-            let artifact = component.serialize().map_err(|e| e.to_string())?;
-            std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
-            let tmp = self.dir.join(format!(".{hash}.{}.tmp", fastrand::u64(..)));
-            let mut file = Vec::with_capacity(artifact.len() + 40);
-            file.extend_from_slice(CACHE_MAGIC);
-            file.extend_from_slice(&self.mac(hash, &artifact).finalize().into_bytes());
-            file.extend_from_slice(&artifact);
-            std::fs::write(&tmp, &file).map_err(|e| e.to_string())?;
-            std::fs::rename(&tmp, self.path(hash)).map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                e.to_string()
-            })
-        })();
-        if let Err(e) = result {
-            tracing::warn!(
-                "cannot write to the compiled-hook cache {}: {e}",
-                self.dir.display()
-            );
+        if let Err(e) = self.try_store(hash, component) {
+            tracing::warn!("not kept in the compiled-hook cache: {e}");
         }
+    }
+
+    fn try_store(&self, hash: &str, component: &Component) -> Result<(), CacheError> {
+        let io = |what, path: &Path| {
+            let path = path.to_owned();
+            move |source| CacheError::Io { what, path, source }
+        };
+        let artifact = component.serialize().map_err(CacheError::Serialize)?;
+        std::fs::create_dir_all(&self.dir).map_err(io("cannot create", &self.dir))?;
+        let tmp = self.dir.join(format!(".{hash}.{}.tmp", fastrand::u64(..)));
+        let mut file = Vec::with_capacity(artifact.len() + 40);
+        file.extend_from_slice(CACHE_MAGIC);
+        file.extend_from_slice(&self.mac(hash, &artifact).finalize().into_bytes());
+        file.extend_from_slice(&artifact);
+        std::fs::write(&tmp, &file).map_err(io("cannot write", &tmp))?;
+        std::fs::rename(&tmp, self.path(hash)).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io("cannot rename", &tmp)(e)
+        })
     }
 }
 
 /// Makes `dir` (0700) if it is missing, checks that it is this user's and
 /// that no one else may write to it, and reads its key, or makes one.
-fn private_key(dir: &Path) -> Result<[u8; 32], String> {
+fn private_key(dir: &Path) -> Result<[u8; 32], CacheError> {
     use std::io::{Read, Write};
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+    let io = |what, path: &Path| {
+        let path = path.to_owned();
+        move |source| CacheError::Io { what, path, source }
+    };
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| format!("cannot create it: {e}"))?;
+        .map_err(io("cannot create", dir))?;
     let me = unsafe { libc::geteuid() };
-    let trusted = |path: &Path, what: &str, others: u32| -> Result<(), String> {
-        let meta = std::fs::symlink_metadata(path).map_err(|e| format!("{what}: {e}"))?;
+    let trusted = |path: &Path, others: u32| -> Result<(), CacheError> {
+        let meta = std::fs::symlink_metadata(path).map_err(io("cannot inspect", path))?;
         if meta.uid() != me {
-            return Err(format!(
-                "{what} belongs to another user (uid {})",
-                meta.uid()
-            ));
+            return Err(CacheError::Owner {
+                path: path.to_owned(),
+                uid: meta.uid(),
+            });
         }
         if meta.mode() & others != 0 {
-            return Err(format!(
-                "{what} is open to other users (mode {:o}); chmod it to 700 (600 for .key)",
-                meta.mode() & 0o777
-            ));
+            return Err(CacheError::Mode {
+                path: path.to_owned(),
+                mode: meta.mode() & 0o777,
+            });
         }
         Ok(())
     };
-    trusted(dir, "the folder", 0o022)?;
+    trusted(dir, 0o022)?;
     let path = dir.join(KEY_FILE);
     match std::fs::OpenOptions::new()
         .write(true)
@@ -218,20 +225,23 @@ fn private_key(dir: &Path) -> Result<[u8; 32], String> {
             let mut key = [0u8; 32];
             std::fs::File::open("/dev/urandom")
                 .and_then(|mut random| random.read_exact(&mut key))
-                .map_err(|e| format!("cannot make a key: {e}"))?;
+                .map_err(io("cannot make a key from", Path::new("/dev/urandom")))?;
             file.write_all(&key)
                 .and_then(|()| file.sync_all())
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                .map_err(io("cannot write", &path))?;
             Ok(key)
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            trusted(&path, "its .key", 0o077)?;
-            let bytes = crate::files::read_regular(&path, 32)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            trusted(&path, 0o077)?;
+            let bytes =
+                crate::files::read_regular(&path, 32).map_err(|source| CacheError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
             bytes
                 .try_into()
-                .map_err(|_| format!("{} is not a key; delete it", path.display()))
+                .map_err(|_| CacheError::NotAKey(path.clone()))
         }
-        Err(e) => Err(format!("cannot create {}: {e}", path.display())),
+        Err(e) => Err(io("cannot create", &path)(e)),
     }
 }

@@ -5,7 +5,7 @@
 //! Its subscription comes from its `NAME.toml`. The JSON shapes are the
 //! `hook` world's records (see `docs/writing-hooks.md`).
 
-use super::{RawDelivery, RawOutcome};
+use super::{RawDelivery, RawOutcome, SandboxError};
 use crate::event::Event;
 use serde::Deserialize;
 
@@ -19,14 +19,9 @@ pub fn is_core_module(bytes: &[u8]) -> bool {
 
 /// Turns a `wasm32-wasip1` command module into a `wasi:cli/command`
 /// component, with the preview1 command adapter.
-pub fn componentize(bytes: &[u8]) -> Result<Vec<u8>, String> {
-    let hint = "a core module hook must be a WASI preview1 command \
-                (wasm32-wasip1, exporting `_start`)";
+pub fn componentize(bytes: &[u8]) -> Result<Vec<u8>, SandboxError> {
     if !exports_start(bytes)? {
-        return Err(format!(
-            "this core module does not export `_start`; {hint}: build it as an \
-             executable, not a library or reactor"
-        ));
+        return Err(SandboxError::NoStart);
     }
     // wit-component panics on some malformed modules (a truncated code
     // section): that is a bad file, not a reason to take a thread down.
@@ -42,26 +37,19 @@ pub fn componentize(bytes: &[u8]) -> Result<Vec<u8>, String> {
             .and_then(|e| e.validate(true).encode())
     });
     match encoded {
-        Ok(encoded) => encoded.map_err(|e| format!("{e:#}; {hint}")),
-        Err(_) => Err(format!(
-            "this core module is malformed: the file is truncated or corrupt (write hooks \
-             to a temporary file and rename it into place); {hint}"
-        )),
+        Ok(encoded) => encoded.map_err(SandboxError::Adapt),
+        Err(_) => Err(SandboxError::Malformed),
     }
 }
 
 /// Whether a core module exports a function named `_start`.
-fn exports_start(bytes: &[u8]) -> Result<bool, String> {
-    let broken = |e: wasmparser::BinaryReaderError| {
-        format!(
-            "{e}; the file is truncated or corrupt (write hooks to a temporary \
-             file and rename it into place)"
-        )
-    };
+fn exports_start(bytes: &[u8]) -> Result<bool, SandboxError> {
     for payload in wasmparser::Parser::new(0).parse_all(bytes) {
-        if let wasmparser::Payload::ExportSection(exports) = payload.map_err(broken)? {
+        if let wasmparser::Payload::ExportSection(exports) =
+            payload.map_err(SandboxError::Corrupt)?
+        {
             for export in exports {
-                let export = export.map_err(broken)?;
+                let export = export.map_err(SandboxError::Corrupt)?;
                 if export.name == "_start" && export.kind == wasmparser::ExternalKind::Func {
                     return Ok(true);
                 }
@@ -122,22 +110,37 @@ enum Headers {
     Map(serde_json::Map<String, serde_json::Value>),
 }
 
+/// Why a command hook's stdout is not an outcome, or the error it wrote.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OutputError {
+    /// Not JSON of the outcome's shape.
+    #[error(
+        "its stdout is not an outcome ({0}); expected JSON like \
+         {{\"deliveries\": [{{\"url\": \"https://…\", \"body\": …}}], \"deny\": null}}"
+    )]
+    Shape(#[source] serde_json::Error),
+    /// A header given in a map whose value is not a string.
+    #[error("header `{name}`: expected a string, got {got}")]
+    Header {
+        name: String,
+        got: serde_json::Value,
+    },
+    /// The hook reported a failure (`"error"`), as `handle` returning an error.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Reads a command hook's stdout: empty output skips the event.
-pub fn output(stdout: &[u8]) -> Result<RawOutcome, String> {
+pub(crate) fn output(stdout: &[u8]) -> Result<RawOutcome, OutputError> {
     if stdout.iter().all(u8::is_ascii_whitespace) {
         return Ok(RawOutcome {
             deliveries: Vec::new(),
             deny: None,
         });
     }
-    let output: Output = serde_json::from_slice(stdout).map_err(|e| {
-        format!(
-            "its stdout is not an outcome ({e}); expected JSON like \
-             {{\"deliveries\": [{{\"url\": \"https://…\", \"body\": …}}], \"deny\": null}}"
-        )
-    })?;
+    let output: Output = serde_json::from_slice(stdout).map_err(OutputError::Shape)?;
     if let Some(error) = output.error {
-        return Err(error);
+        return Err(OutputError::Failed(error));
     }
     let deliveries = output
         .deliveries
@@ -150,7 +153,7 @@ pub fn output(stdout: &[u8]) -> Result<RawOutcome, String> {
                     .into_iter()
                     .map(|(k, v)| match v {
                         serde_json::Value::String(s) => Ok((k, s)),
-                        other => Err(format!("header `{k}`: expected a string, got {other}")),
+                        got => Err(OutputError::Header { name: k, got }),
                     })
                     .collect::<Result<_, _>>()?,
             };
@@ -165,7 +168,7 @@ pub fn output(stdout: &[u8]) -> Result<RawOutcome, String> {
                 body,
             })
         })
-        .collect::<Result<_, String>>()?;
+        .collect::<Result<_, OutputError>>()?;
     Ok(RawOutcome {
         deliveries,
         deny: output.deny,
@@ -205,7 +208,7 @@ impl Sandbox {
                     COMMAND_OUTPUT_CAPACITY >> 20
                 )));
             }
-            Ok(output(&out))
+            Ok(output(&out).map_err(|e| e.to_string()))
         })
         .await
     }
@@ -230,12 +233,17 @@ mod tests {
         );
         assert_eq!(o.deliveries[0].body, br#"{"n":1}"#);
         assert_eq!(o.deliveries[1].body, b"plain");
-        assert_eq!(output(br#"{"error":"bad"}"#).unwrap_err(), "bad");
+        assert!(matches!(output(br#"{"error":"bad"}"#), Err(OutputError::Failed(e)) if e == "bad"));
+        assert!(matches!(
+            output(br#"{"delivery":[]}"#),
+            Err(OutputError::Shape(e)) if e.to_string().contains("unknown field")
+        ));
+        assert!(matches!(output(b"hello"), Err(OutputError::Shape(_))));
         assert!(
-            output(br#"{"delivery":[]}"#)
+            output(b"hello")
                 .unwrap_err()
-                .contains("unknown field")
+                .to_string()
+                .contains("not an outcome")
         );
-        assert!(output(b"hello").unwrap_err().contains("not an outcome"));
     }
 }

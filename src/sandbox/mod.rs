@@ -31,6 +31,7 @@ pub(crate) mod command;
 mod cache;
 mod component;
 mod cpu;
+mod error;
 mod host;
 mod preinit;
 mod session;
@@ -38,6 +39,8 @@ mod warm;
 
 use cache::DiskCache;
 pub(crate) use component::HookPre;
+pub(crate) use error::CacheError;
+pub use error::SandboxError;
 pub(crate) use host::HostState;
 use host::MemoryLimiter;
 pub(crate) use preinit::SetUp;
@@ -147,7 +150,7 @@ pub(crate) struct Sandbox {
 impl Sandbox {
     /// Sets up the engine (pooling allocator if it can reserve its memory,
     /// else on-demand with a warning), the linker, and the epoch ticker.
-    pub fn new(config: &Config) -> Result<Sandbox, String> {
+    pub fn new(config: &Config) -> Result<Sandbox, SandboxError> {
         let slots = config.max_concurrent_calls.max(1);
         // Warm instances stay allocated between calls: room for them too.
         let instances = slots + config.max_warm_instances;
@@ -178,17 +181,17 @@ impl Sandbox {
                      Lower max_concurrent_calls or limits.max_memory_mib to use the pool"
                 );
                 wasm_config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
-                Engine::new(&wasm_config).map_err(|e| format!("{e:#}"))?
+                Engine::new(&wasm_config).map_err(SandboxError::Setup)?
             }
         };
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| format!("{e:#}"))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(SandboxError::Setup)?;
         // 0.3.0's `log`; 0.2.0 hooks link to it too (its types are the same).
         component::v3::Hook::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
             &mut linker,
             |s| s,
         )
-        .map_err(|e| format!("{e:#}"))?;
+        .map_err(SandboxError::Setup)?;
         spawn_epoch_ticker(&engine);
         let warm_pools = Arc::new(WarmPools::default());
         spawn_warm_sweeper(&warm_pools);
@@ -221,7 +224,7 @@ impl Sandbox {
 
     /// Compiles a component, once per content hash, on a blocking thread
     /// so the async runtime's workers stay free.
-    pub async fn compile(&self, hash: &str, bytes: Vec<u8>) -> Result<Component, String> {
+    pub async fn compile(&self, hash: &str, bytes: Vec<u8>) -> Result<Component, SandboxError> {
         if let Some(component) = self.compiled.lock().unwrap().get(hash) {
             return Ok(component.clone());
         }
@@ -231,11 +234,7 @@ impl Sandbox {
             return Ok(component.clone());
         }
         if !bytes.starts_with(b"\0asm") {
-            return Err(
-                "not WebAssembly: the file does not start with the `\\0asm` header \
-                        (an empty or truncated file, or not a .wasm?)"
-                    .into(),
-            );
+            return Err(SandboxError::NotWasm);
         }
         let engine = self.engine.clone();
         let disk = self.disk.clone();
@@ -250,8 +249,8 @@ impl Sandbox {
             } else {
                 bytes
             };
-            let component = Component::from_binary(&engine, &bytes)
-                .map_err(|e| compile_hint(&format!("{e:#}")))?;
+            let component =
+                Component::from_binary(&engine, &bytes).map_err(SandboxError::Compile)?;
             let compiled = started.elapsed();
             if let Some(disk) = &disk {
                 disk.store(&key, &component);
@@ -262,10 +261,10 @@ impl Sandbox {
                 total_ms = started.elapsed().as_secs_f64() * 1e3,
                 "compiled"
             );
-            Ok::<_, String>(component)
+            Ok::<_, SandboxError>(component)
         })
         .await
-        .map_err(|e| format!("compiler thread failed: {e}"))??;
+        .map_err(SandboxError::CompilerThread)??;
         self.compiled
             .lock()
             .unwrap()
@@ -275,24 +274,16 @@ impl Sandbox {
 
     /// Links a component, once per load: a component of the `hook` world,
     /// or a WASI command (exporting `wasi:cli/run`).
-    pub fn link(&self, component: &Component) -> Result<Pre, String> {
-        let instance_pre = self.linker.instantiate_pre(component).map_err(|e| {
-            format!(
-                "{e:#}; a hook may import only WASI and the `hook` world's `log` (see wit/hook.wit)"
-            )
-        })?;
+    pub fn link(&self, component: &Component) -> Result<Pre, SandboxError> {
+        let instance_pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(SandboxError::Imports)?;
         match HookPre::new(instance_pre.clone()) {
             Ok(pre) => Ok(Pre::Hook(pre)),
             Err(hook_error) => CommandPre::new(instance_pre)
                 .map(Pre::Command)
-                .map_err(|_| {
-                    format!(
-                        "{hook_error:#}; a hook must be a component exporting `setup` and `handle` \
-                     of the wasmhooks:hook `hook` world (0.3.0 or 0.2.0; see wit/hook.wit), or a WASI \
-                     command (a wasm32-wasip1 module with `_start`, or a component exporting \
-                     wasi:cli/run) that reads the event on stdin (see docs/writing-hooks.md)"
-                    )
-                }),
+                .map_err(|_| SandboxError::NotAHook(hook_error)),
         }
     }
 
@@ -386,15 +377,4 @@ fn spawn_epoch_ticker(engine: &Engine) {
             }
         })
         .expect("spawning the epoch thread");
-}
-
-/// Adds what to do to the compiler's message for the usual mistakes.
-fn compile_hint(message: &str) -> String {
-    // (A core module never gets here: it is run as a WASI command.)
-    let hint = if message.contains("unexpected end") || message.contains("out of bounds") {
-        "; the file is truncated (write hooks to a temporary file and rename it into place)"
-    } else {
-        ""
-    };
-    format!("{message}{hint}")
 }

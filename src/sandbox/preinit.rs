@@ -21,7 +21,7 @@
 //! compiles per load (the instrumented component and the snapshot).
 
 use super::component::HookPre;
-use super::{Failure, HostState, Pre, Prepared, Sandbox, Subscription};
+use super::{Failure, HostState, Pre, Prepared, Sandbox, SandboxError, Subscription};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use wasmtime::Store;
@@ -157,10 +157,10 @@ impl Sandbox {
     }
 
     /// Compiles (cached by `hash`) and links a component of the `hook` world.
-    async fn link_hook(&self, hash: &str, bytes: Vec<u8>) -> Result<HookPre, String> {
+    async fn link_hook(&self, hash: &str, bytes: Vec<u8>) -> Result<HookPre, SandboxError> {
         match self.link(&self.compile(hash, bytes).await?)? {
             Pre::Hook(pre) => Ok(pre),
-            _ => Err("not a component of the `hook` world".into()),
+            _ => Err(SandboxError::NotHookWorld),
         }
     }
 }

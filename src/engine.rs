@@ -108,7 +108,7 @@ impl Engine {
             .reconcile(dir, &HashSet::new(), &HashSet::new(), Duration::ZERO)
             .await?;
         let sender = Sender::new(&config.delivery)?;
-        let queue = crate::queue::open(&config).await?;
+        let queue = crate::queue::open(&config.queue_settings()).await?;
         let d = &config.delivery;
         let breaker = Breaker {
             failures: d.breaker_failures.max(1),

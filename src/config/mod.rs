@@ -12,6 +12,7 @@ pub use delivery::DeliveryConfig;
 pub use error::SettingsError;
 pub(crate) use hook::HookLimits;
 pub use hook::{HookConfig, HookMode, Limits, OnError, ReuseConfig, Secrets, SubscriptionConfig};
+pub(crate) use queue::QueueSettings;
 pub use queue::{NatsConfig, QueueConfig};
 pub use sources::{SecretString, SourcesConfig, XoSourceConfig};
 

@@ -3,6 +3,7 @@
 use super::SettingsError;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Which queue backend an engine uses.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,5 +87,38 @@ impl NatsConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// What opening a queue needs of the engine's settings, and no more.
+#[derive(Debug, Clone)]
+pub(crate) struct QueueSettings {
+    /// The backend.
+    pub queue: QueueConfig,
+    /// Where SQLite keeps its file (`None`: in memory).
+    pub state_dir: Option<PathBuf>,
+    /// Whether SQLite syncs every commit to disk.
+    pub fsync: bool,
+    /// The largest delivery record: a body, its headers and room for the rest.
+    pub max_record_bytes: usize,
+    /// How long dead letters are kept.
+    pub dead_letter_age: Duration,
+    /// How long one attempt may take (`delivery.timeout_ms`).
+    pub attempt_timeout: Duration,
+}
+
+impl super::Config {
+    /// The part of these settings a queue is opened with.
+    pub(crate) fn queue_settings(&self) -> QueueSettings {
+        QueueSettings {
+            queue: self.queue.clone(),
+            state_dir: self.state_dir.clone(),
+            fsync: self.fsync,
+            max_record_bytes: self.max_body_bytes + self.max_header_bytes + 8192,
+            dead_letter_age: Duration::from_secs(
+                u64::from(self.delivery.dead_letter_days) * 86_400,
+            ),
+            attempt_timeout: Duration::from_millis(self.delivery.timeout_ms),
+        }
     }
 }

@@ -16,7 +16,7 @@ pub use breaker::Circuit;
 pub(crate) use breaker::{Breaker, CircuitState, ReceiverView};
 pub(crate) use error::{DeliveryError, EgressError, KeyError};
 
-use crate::config::SettingsError;
+use crate::config::{HookConfig, SettingsError};
 use crate::util::hex;
 use egress::Egress;
 use reqwest::Url;
@@ -84,7 +84,7 @@ pub(crate) trait PolicySource: Send + Sync {
 impl DeliveryPolicy {
     /// `dir` is where a `file:` secret's relative path starts.
     pub fn new(
-        config: &crate::HookConfig,
+        config: &HookConfig,
         dir: &std::path::Path,
     ) -> Result<DeliveryPolicy, SettingsError> {
         let egress = Egress::parse(&config.allow_hosts)

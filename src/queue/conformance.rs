@@ -65,13 +65,13 @@ impl Nats {
         }
     }
 
-    fn config(&self) -> crate::Config {
-        crate::Config {
+    fn config(&self) -> Config {
+        Config {
             queue: crate::config::QueueConfig::Nats(crate::config::NatsConfig {
                 url: self.server.url.clone(),
                 ..Default::default()
             }),
-            ..crate::Config::default()
+            ..Config::default()
         }
     }
 }
@@ -85,7 +85,9 @@ impl Backend for Nats {
         let crate::config::QueueConfig::Nats(nats) = &config.queue else {
             unreachable!()
         };
-        let queue = NatsQueue::open(nats, &config).await.expect("opens");
+        let queue = NatsQueue::open(nats, &config.queue_settings())
+            .await
+            .expect("opens");
         self.last = Some(queue.released());
         queue
     }
@@ -463,7 +465,9 @@ async fn nats_a_failed_commit_strands_no_delivery() {
     let crate::config::QueueConfig::Nats(settings) = &config.queue else {
         unreachable!()
     };
-    let queue: Arc<dyn Queue> = NatsQueue::open(settings, &config).await.unwrap();
+    let queue: Arc<dyn Queue> = NatsQueue::open(settings, &config.queue_settings())
+        .await
+        .unwrap();
     let client = async_nats::connect(&nats.server.url).await.unwrap();
     let js = async_nats::jetstream::new(client);
     let mut limited = js

@@ -23,6 +23,7 @@ mod sqlite;
 pub(crate) use nats::NatsQueue;
 pub(crate) use sqlite::SqliteQueue;
 
+use crate::config::{Config, QueueConfig, QueueSettings};
 use crate::delivery::Delivery;
 use futures::future::BoxFuture;
 use serde::Serialize;
@@ -361,15 +362,14 @@ pub(crate) trait Queue: Send + Sync + 'static {
 /// What [`Queue`] methods return.
 pub(crate) type Fut<'a, T> = BoxFuture<'a, Result<T, QueueError>>;
 
-/// Opens the queue `config` names, for an engine run.
-pub(crate) async fn open(config: &crate::Config) -> Result<Arc<dyn Queue>, QueueError> {
-    use crate::config::QueueConfig;
-    let dir = match &config.queue {
-        QueueConfig::Sqlite => config.state_dir.clone(),
+/// Opens the queue `settings` names, for an engine run.
+pub(crate) async fn open(settings: &QueueSettings) -> Result<Arc<dyn Queue>, QueueError> {
+    let dir = match &settings.queue {
+        QueueConfig::Sqlite => settings.state_dir.clone(),
         QueueConfig::Memory => None,
-        QueueConfig::Nats(nats) => return Ok(NatsQueue::open(nats, config).await?),
+        QueueConfig::Nats(nats) => return Ok(NatsQueue::open(nats, settings).await?),
     };
-    let fsync = config.fsync;
+    let fsync = settings.fsync;
     tokio::task::spawn_blocking(move || SqliteQueue::open(dir.as_deref(), fsync))
         .await
         .map_err(|_| QueueError::Closed)?
@@ -393,11 +393,11 @@ impl DeliveryAdmin {
     }
 
     /// Opens the queue `config` names (`queue` and `state_dir`).
-    pub async fn connect(config: &crate::Config) -> Result<DeliveryAdmin, QueueError> {
-        use crate::config::QueueConfig;
-        match (&config.queue, &config.state_dir) {
+    pub async fn connect(config: &Config) -> Result<DeliveryAdmin, QueueError> {
+        let settings = config.queue_settings();
+        match (&settings.queue, &settings.state_dir) {
             (QueueConfig::Nats(nats), _) => Ok(DeliveryAdmin {
-                queue: NatsQueue::open(nats, config).await?,
+                queue: NatsQueue::open(nats, &settings).await?,
             }),
             (QueueConfig::Sqlite, Some(dir)) => DeliveryAdmin::open(dir),
             _ => Err(QueueError::Open {

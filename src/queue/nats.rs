@@ -241,7 +241,7 @@ impl NatsQueue {
     /// Connects and creates the streams that do not exist yet.
     pub async fn open(
         nats: &NatsConfig,
-        config: &crate::Config,
+        settings: &QueueSettings,
     ) -> Result<Arc<NatsQueue>, QueueError> {
         let connect = |reason: String, source: Option<async_nats::Error>| QueueError::Connect {
             url: nats.url.clone(),
@@ -284,14 +284,13 @@ impl NatsQueue {
                 None,
             )
         })?;
-        let room = config.max_body_bytes + config.max_header_bytes + 8192;
+        let room = settings.max_record_bytes;
         let max_payload = client.server_info().max_payload;
         if max_payload < room {
             tracing::warn!(
                 "the NATS server takes messages of up to {max_payload} bytes: deliveries with \
-                 bodies near max_body_bytes ({}) will fail to queue; raise max_payload in \
-                 nats-server's configuration to at least {room}",
-                config.max_body_bytes
+                 bodies near max_body_bytes will fail to queue; raise max_payload in \
+                 nats-server's configuration to at least {room}"
             );
         }
         let js = jetstream::new(client);
@@ -305,7 +304,7 @@ impl NatsQueue {
             duplicate_window: DUPLICATE_WINDOW,
             ..Default::default()
         };
-        let dead_age = Duration::from_secs(u64::from(config.delivery.dead_letter_days) * 86_400);
+        let dead_age = settings.dead_letter_age;
         let configs = [
             stream::Config {
                 retention: stream::RetentionPolicy::WorkQueue,
@@ -378,7 +377,7 @@ impl NatsQueue {
                 js,
                 streams,
                 ack_wait,
-                lease_ms: nats.ack_wait_ms + config.delivery.timeout_ms,
+                lease_ms: nats.ack_wait_ms + settings.attempt_timeout.as_millis() as u64,
                 state: Mutex::new(State::default()),
                 released: watch::channel(false).0,
                 renew,

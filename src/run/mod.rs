@@ -11,6 +11,7 @@ pub use error::{CallError, CallSite};
 pub use verdict::{HookFailure, Verdict, WouldDeny};
 pub(crate) use verdict::{PreDecisions, activity_of, decide, with_failures};
 
+use crate::config::Config;
 use crate::delivery::{Delivery, QueuedUnder, delivery_id};
 use crate::event::Event;
 use crate::hooks::{Hooks, LiveHook};
@@ -109,7 +110,7 @@ fn site(hook: &LiveHook, event: &Event) -> CallSite {
 }
 
 impl Runner {
-    pub fn new(sandbox: Arc<Sandbox>, config: &crate::Config) -> Runner {
+    pub fn new(sandbox: Arc<Sandbox>, config: &Config) -> Runner {
         Runner {
             sandbox,
             max_deliveries: config.max_deliveries_per_event,

@@ -6,7 +6,7 @@
 //! (the bearer token's 401, the connection limit's 503) is added here, in
 //! one place.
 
-use crate::Phase;
+use crate::event::Phase;
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};

@@ -19,7 +19,7 @@ pub const MAX_EVENTS: usize = 200;
 pub const MAX_HOOKS_PER_EVENT: usize = 32;
 /// Receivers whose recent failures are kept; past this, the one that
 /// failed least recently is forgotten.
-pub const MAX_RECEIVERS: usize = 1024;
+pub use crate::util::MAX_RECEIVERS;
 /// Failed attempts kept per receiver, newest first.
 pub const FAILURES_PER_RECEIVER: usize = 5;
 /// Longest reason or error message kept, in bytes.

@@ -12,7 +12,7 @@ use crate::hooks::{Watch, WatchOptions};
 use crate::ingest::{Ingest, MAX_POSTS_IN_FLIGHT};
 use crate::metrics::Metrics;
 use crate::outbox::Workers;
-use crate::queue::{DeliveryInfo, DeliveryQuery, Filter, Queue, Retry};
+use crate::queue::{DeadLetters, DeliveryInfo, DeliveryQuery, DeliveryState, Queue};
 use crate::run::{Runner, Verdict};
 use crate::sandbox::{Sandbox, Subscription};
 use crate::sources::{SourceStatus, Sources};
@@ -254,7 +254,7 @@ impl Engine {
     /// filters by hook and receiver, and pages.
     pub async fn deliveries(
         &self,
-        filter: Filter,
+        filter: DeliveryState,
         limit: usize,
     ) -> Result<Vec<DeliveryInfo>, Error> {
         self.find_deliveries(DeliveryQuery::new(filter, limit))
@@ -334,7 +334,7 @@ impl Engine {
 
     /// Sends dead letters again (one, or all) with a fresh retry schedule.
     /// Returns how many were requeued.
-    pub async fn retry(&self, which: Retry) -> Result<usize, Error> {
+    pub async fn retry(&self, which: DeadLetters) -> Result<usize, Error> {
         let n = self.inner.queue.retry(which).await?;
         self.inner.workers.wake();
         Ok(n)

@@ -82,6 +82,8 @@ pub use engine::{DryDelivery, DryOutcome, DryRun, Engine, ReceiverStatus, dry_ru
 pub use error::Error;
 pub use event::{Event, EventError, Phase};
 pub use hooks::{Abi, HookState, HookStatus, LoadError, Stage};
-pub use queue::{DeliveryAdmin, DeliveryInfo, DeliveryQuery, Filter, QueueError, Retry};
+pub use queue::{
+    DeadLetters, DeliveryAdmin, DeliveryInfo, DeliveryQuery, DeliveryState, QueueError,
+};
 pub use run::{CallError, CallSite, HookFailure, Verdict, WouldDeny};
 pub use sandbox::Subscription;

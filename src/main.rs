@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use wasmhooks::{Config, Engine, Event, Filter, HookConfig, HookState, Retry};
+use wasmhooks::{Config, DeadLetters, DeliveryState, Engine, Event, HookConfig, HookState};
 
 #[derive(Parser)]
 #[command(
@@ -370,9 +370,9 @@ async fn deliveries(args: DeliveriesArgs) -> Result<()> {
             json,
         } => {
             let filter = match (failed, dead) {
-                (true, _) => Filter::Failed,
-                (_, true) => Filter::Dead,
-                _ => Filter::Pending,
+                (true, _) => DeliveryState::Failed,
+                (_, true) => DeliveryState::Dead,
+                _ => DeliveryState::Pending,
             };
             let rows = admin
                 .list(wasmhooks::DeliveryQuery::new(filter, limit))
@@ -406,11 +406,11 @@ async fn deliveries(args: DeliveriesArgs) -> Result<()> {
         }
         DeliveriesCommand::Retry { id, all_dead } => {
             let which = match id {
-                Some(id) if !all_dead => Retry::Id(id),
-                _ => Retry::AllDead,
+                Some(id) if !all_dead => DeadLetters::One(id),
+                _ => DeadLetters::All,
             };
             let n = admin.retry(which.clone()).await?;
-            if let (Retry::Id(id), 0) = (&which, n) {
+            if let (DeadLetters::One(id), 0) = (&which, n) {
                 bail!(
                     "{id} is not a dead letter in this queue (see `wasmhooks deliveries list --dead`)"
                 );

@@ -17,9 +17,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
-/// Distinct receivers tracked at most; hooks choose URLs, so the rest are
-/// counted under `receiver="other"`.
-const MAX_RECEIVERS: usize = 1000;
+/// Distinct receivers tracked at most; the rest are counted under
+/// `receiver="other"`.
+use crate::util::MAX_RECEIVERS;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HookLabel {

@@ -1,4 +1,10 @@
-//! Small helpers every layer may use: time, hex, text.
+//! Small helpers every layer may use: time, hex, text, and the one bound
+//! on receivers tracked by name.
+
+/// Receivers tracked by name, at most, wherever they are (the activity
+/// log's failures, the metrics' labels): hooks choose URLs, so past this
+/// the rest are forgotten or counted together.
+pub const MAX_RECEIVERS: usize = 1024;
 
 /// Now, in Unix ms.
 pub(crate) fn now_ms() -> u64 {

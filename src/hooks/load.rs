@@ -7,7 +7,7 @@ use crate::delivery::DeliveryPolicy;
 use crate::util::hex;
 
 use crate::files::{MAX_TOML_BYTES, MAX_WASM_BYTES, read_regular};
-use crate::sandbox::{Failure, Pre, Prepared, SetUp, Subscription};
+use crate::sandbox::{Failure, Linked, Prepared, SetUp, Subscription};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -89,12 +89,12 @@ impl Registry {
             .sandbox
             .link(&component)
             .map_err(|e| fail(Stage::Link, e.to_string()))?;
-        if matches!(pre, Pre::Command(_)) && config.reuse.is_some() {
+        if matches!(pre, Linked::Command(_)) && config.reuse.is_some() {
             return refuse_reuse(
                 "it is for component hooks; a WASI command runs once per instance",
             );
         }
-        if matches!(pre, Pre::Command(_)) && config.preinitialize {
+        if matches!(pre, Linked::Command(_)) && config.preinitialize {
             return Err(LoadError {
                 file: wasm.with_extension("toml"),
                 ..fail(
@@ -107,18 +107,18 @@ impl Registry {
         }
         let mut prepared = Prepared {
             name: name.as_str().into(),
-            pre,
+            linked: pre,
             settings_json: config.settings_json().into(),
             limits,
             warm: config.reuse.map(|r| self.sandbox.warm_pool(r)),
         };
         let mut initialized_hash = None;
-        let subscription = match (&prepared.pre, &config.subscription) {
-            (Pre::Command(_), Some(s)) => Subscription {
+        let subscription = match (&prepared.linked, &config.subscription) {
+            (Linked::Command(_), Some(s)) => Subscription {
                 methods: s.methods.clone(),
                 phases: s.phases.clone(),
             },
-            (Pre::Command(_), None) => {
+            (Linked::Command(_), None) => {
                 return Err(LoadError {
                     file: wasm.with_extension("toml"),
                     ..fail(
@@ -130,7 +130,7 @@ impl Registry {
                     )
                 });
             }
-            (Pre::Hook(_), Some(_)) => {
+            (Linked::Hook(_), Some(_)) => {
                 return Err(LoadError {
                     file: wasm.with_extension("toml"),
                     ..fail(
@@ -141,7 +141,7 @@ impl Registry {
                     )
                 });
             }
-            (Pre::Hook(_), None) => {
+            (Linked::Hook(_), None) => {
                 let set_up = if let Some(original) = original {
                     self.sandbox.set_up(&prepared, original).await
                 } else {
@@ -163,12 +163,12 @@ impl Registry {
                     fail(Stage::Setup, reason)
                 })?;
                 if let Some(initialized) = set_up.initialized {
-                    prepared.pre = initialized;
+                    prepared.linked = initialized;
                 }
                 initialized_hash = set_up.initialized_hash;
                 set_up.subscription
             }
-            (Pre::Initialized(_), _) => unreachable!("`link` never pre-initialises"),
+            (Linked::Initialized(_), _) => unreachable!("`link` never pre-initialises"),
         };
         let methods = subscription
             .methods

@@ -4,7 +4,7 @@ use super::LoadError;
 use super::Registry;
 use crate::config::{HookMode, OnError};
 
-use crate::sandbox::{Pre, Subscription};
+use crate::sandbox::{Linked, Subscription};
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -109,11 +109,12 @@ impl Registry {
                     hash: live.map(|h| h.hash.clone()),
                     loaded_at: live
                         .map(|h| humantime::format_rfc3339_millis(h.loaded_at).to_string()),
-                    abi: live.map(|h| match h.prepared.pre {
-                        Pre::Hook(_) | Pre::Initialized(_) => Abi::Component,
-                        Pre::Command(_) => Abi::Command,
+                    abi: live.map(|h| match h.prepared.linked {
+                        Linked::Hook(_) | Linked::Initialized(_) => Abi::Component,
+                        Linked::Command(_) => Abi::Command,
                     }),
-                    preinitialized: live.map(|h| matches!(h.prepared.pre, Pre::Initialized(_))),
+                    preinitialized: live
+                        .map(|h| matches!(h.prepared.linked, Linked::Initialized(_))),
                     warm: live.and_then(|h| h.prepared.warm.as_ref().map(|p| p.idle())),
                     subscription: live.map(|h| h.subscription.clone()),
                     on_error: live.map(|h| h.config.on_error),

@@ -160,6 +160,32 @@ async fn commit_then_claim_round_trips_a_delivery(mut b: impl Backend) {
     assert_eq!(queue.backlog().await.unwrap(), 0);
 }
 
+/// Every header a hook set comes back as it was queued: a value with
+/// bytes beyond ASCII (HTTP allows them), and a name given twice.
+async fn headers_come_back_as_queued(mut b: impl Backend) {
+    let queue = b.open().await;
+    let d = Delivery::new(
+        "msg_h".to_owned(),
+        "hook".into(),
+        "http://h.test/path",
+        vec![
+            ("x-city".into(), "Besançon".into()),
+            ("x-tag".into(), "one".into()),
+            ("x-tag".into(), "two".into()),
+        ],
+        b"{}".to_vec(),
+        QueuedUnder {
+            signed: false,
+            allow: None,
+        },
+    )
+    .unwrap();
+    queue.commit(queued(vec![d.clone()])).await.unwrap();
+    let claim = queue.claim(now_ms(), 10, room(8)).await.unwrap();
+    assert_eq!(claim.claimed.len(), 1);
+    assert_eq!(claim.claimed[0].delivery.headers, d.headers);
+}
+
 async fn a_delivery_id_is_queued_once(mut b: impl Backend) {
     let queue = b.open().await;
     let d = delivery("msg_a", "a.test:80");
@@ -271,7 +297,7 @@ async fn finish_retry_reschedules_and_dead_letters_can_be_retried_and_purged(mut
         "not due yet"
     );
     let failed = queue
-        .list(DeliveryQuery::new(Filter::Failed, 10))
+        .list(DeliveryQuery::new(DeliveryState::Failed, 10))
         .await
         .unwrap();
     assert_eq!(failed.len(), 1);
@@ -286,12 +312,18 @@ async fn finish_retry_reschedules_and_dead_letters_can_be_retried_and_purged(mut
     queue.finish("msg_a".into(), 2, dead).await.unwrap();
     assert_eq!(queue.backlog().await.unwrap(), 0);
     let dead = queue
-        .list(DeliveryQuery::new(Filter::Dead, 10))
+        .list(DeliveryQuery::new(DeliveryState::Dead, 10))
         .await
         .unwrap();
     assert_eq!((dead[0].state, dead[0].attempts), ("dead", 2));
-    assert_eq!(queue.retry(Retry::Id("msg_none".into())).await.unwrap(), 0);
-    assert_eq!(queue.retry(Retry::AllDead).await.unwrap(), 1);
+    assert_eq!(
+        queue
+            .retry(DeadLetters::One("msg_none".into()))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(queue.retry(DeadLetters::All).await.unwrap(), 1);
     let claim = queue.claim(now_ms(), 1, room(1)).await.unwrap();
     assert_eq!(claim.claimed[0].attempts, 0, "a fresh schedule");
     let dead = Finish::Dead {
@@ -307,7 +339,7 @@ async fn finish_retry_reschedules_and_dead_letters_can_be_retried_and_purged(mut
     assert_eq!(queue.purge_dead(now_ms()).await.unwrap(), 1);
     assert!(
         queue
-            .list(DeliveryQuery::new(Filter::Dead, 10))
+            .list(DeliveryQuery::new(DeliveryState::Dead, 10))
             .await
             .unwrap()
             .is_empty()
@@ -345,12 +377,12 @@ async fn lists_filter_by_hook_and_receiver_and_page(mut b: impl Backend) {
     queue.commit(queued(ds)).await.unwrap();
     let ids = |rows: Vec<DeliveryInfo>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
     let all = queue
-        .list(DeliveryQuery::new(Filter::Pending, 10))
+        .list(DeliveryQuery::new(DeliveryState::Pending, 10))
         .await
         .unwrap();
     assert_eq!(all.len(), 5);
     assert_eq!(all[2].receiver, "b.test:8080");
-    let mut q = DeliveryQuery::new(Filter::Pending, 10);
+    let mut q = DeliveryQuery::new(DeliveryState::Pending, 10);
     q.hook = Some("slack".into());
     q.receiver = Some("a.test:80".into());
     let mut matching = ids(queue.list(q.clone()).await.unwrap());
@@ -369,7 +401,7 @@ async fn lists_filter_by_hook_and_receiver_and_page(mut b: impl Backend) {
     let mut paged = pages.concat();
     paged.sort();
     assert_eq!(paged, matching, "every matching row once");
-    let mut none = DeliveryQuery::new(Filter::Dead, 10);
+    let mut none = DeliveryQuery::new(DeliveryState::Dead, 10);
     none.hook = Some("slack".into());
     assert!(queue.list(none).await.unwrap().is_empty());
 }
@@ -432,12 +464,12 @@ async fn operators_never_touch_claims(mut b: impl Backend) {
     assert_eq!(claim_ids(&*queue, 10, room(8)).await, ["msg_a"]);
     for _ in 0..3 {
         let listed = admin
-            .list(DeliveryQuery::new(Filter::Pending, 10))
+            .list(DeliveryQuery::new(DeliveryState::Pending, 10))
             .await
             .unwrap();
         assert_eq!(listed.len(), 1);
         drop(b.admin().await); // another operator command opening the store
-        assert_eq!(admin.retry(Retry::AllDead).await.unwrap(), 0);
+        assert_eq!(admin.retry(DeadLetters::All).await.unwrap(), 0);
         assert_eq!(
             admin.purge_dead(std::time::Duration::ZERO).await.unwrap(),
             0
@@ -516,6 +548,7 @@ macro_rules! backends {
                 use super::*;
                 backends!(@checks $make;
                     commit_then_claim_round_trips_a_delivery,
+                    headers_come_back_as_queued,
                     a_delivery_id_is_queued_once,
                     a_key_is_accepted_once_until_forgotten,
                     claims_respect_room_and_pauses_and_tell_when_next_is_due,

@@ -15,6 +15,7 @@
 //! suite (`conformance.rs`). Operators reach a queue through
 //! [`DeliveryAdmin`], which never touches claims.
 
+mod codec;
 #[cfg(test)]
 mod conformance;
 mod nats;
@@ -172,12 +173,12 @@ pub(crate) enum Finish {
     },
 }
 
-/// Which deliveries to list.
+/// Where a delivery stands: what a listing asks for.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize, utoipa::ToSchema,
 )]
 #[serde(rename_all = "lowercase")]
-pub enum Filter {
+pub enum DeliveryState {
     /// Waiting to be sent, retries included.
     #[default]
     Pending,
@@ -189,11 +190,11 @@ pub enum Filter {
 
 /// Which dead letters to send again.
 #[derive(Debug, Clone)]
-pub enum Retry {
+pub enum DeadLetters {
     /// One delivery, by id.
-    Id(String),
+    One(String),
     /// Every dead letter.
-    AllDead,
+    All,
 }
 
 /// Which deliveries to list ([`Engine::find_deliveries`](crate::Engine::find_deliveries)),
@@ -201,7 +202,7 @@ pub enum Retry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryQuery {
     /// Pending, failed or dead.
-    pub state: Filter,
+    pub state: DeliveryState,
     /// Only the deliveries this hook asked for.
     pub hook: Option<String>,
     /// Only the deliveries to this receiver (`host:port`).
@@ -215,7 +216,7 @@ pub struct DeliveryQuery {
 
 impl DeliveryQuery {
     /// The first `limit` deliveries in `state`, of every hook and receiver.
-    pub fn new(state: Filter, limit: usize) -> DeliveryQuery {
+    pub fn new(state: DeliveryState, limit: usize) -> DeliveryQuery {
         DeliveryQuery {
             state,
             hook: None,
@@ -335,7 +336,7 @@ pub(crate) trait Queue: Send + Sync + 'static {
     fn list(&self, query: DeliveryQuery) -> Fut<'_, Vec<DeliveryInfo>>;
     /// Makes dead letters pending again, due now, with a fresh schedule.
     /// Returns how many.
-    fn retry(&self, which: Retry) -> Fut<'_, usize>;
+    fn retry(&self, which: DeadLetters) -> Fut<'_, usize>;
     /// Queue depth per receiver.
     fn depth(&self) -> Fut<'_, HashMap<String, Depth>>;
     /// Deletes dead letters queued at or before `before_ms` (Unix ms).
@@ -415,7 +416,7 @@ impl DeliveryAdmin {
 
     /// Makes dead letters pending again, due now; a running engine picks
     /// them up within a second. Returns how many.
-    pub async fn retry(&self, which: Retry) -> Result<usize, QueueError> {
+    pub async fn retry(&self, which: DeadLetters) -> Result<usize, QueueError> {
         self.queue.retry(which).await
     }
 

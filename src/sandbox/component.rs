@@ -7,7 +7,7 @@
 //! did not change, so one linker serves both.
 
 use super::{Failure, Prepared, RawDelivery, RawOutcome, Sandbox, Subscription};
-use super::{HostState, Pre};
+use super::{HostState, Linked};
 use crate::event::{Event, Phase};
 use wasmtime::Store;
 use wasmtime::component::{Instance, InstancePre};
@@ -218,7 +218,7 @@ impl Sandbox {
     /// Instantiates the hook and runs its `setup` with its settings (for a
     /// hook that is not pre-initialised: see `preinit.rs`).
     pub async fn setup(&self, hook: &Prepared) -> Result<Subscription, Failure> {
-        let Pre::Hook(pre) = &hook.pre else {
+        let Linked::Hook(pre) = &hook.linked else {
             unreachable!("a command hook's subscription comes from its NAME.toml")
         };
         self.call(hook, None, async |store, _| {
@@ -231,7 +231,7 @@ impl Sandbox {
     /// Runs one event through a fresh instance: `handle`, after `setup`
     /// unless the hook is pre-initialised.
     pub async fn handle(&self, hook: &Prepared, event: &Event) -> Result<RawOutcome, Failure> {
-        if let Pre::Command(pre) = &hook.pre {
+        if let Linked::Command(pre) = &hook.linked {
             return self.run_command(hook, pre, event).await;
         }
         let hook_event = HookEvent::from(event);
@@ -256,10 +256,10 @@ pub(super) async fn ready_instance(
     hook: &Prepared,
     store: &mut Store<HostState>,
 ) -> wasmtime::Result<Result<Hook, String>> {
-    let pre = match &hook.pre {
-        Pre::Initialized(pre) => return Ok(Ok(pre.instantiate_async(&mut *store).await?)),
-        Pre::Hook(pre) => pre,
-        Pre::Command(_) => unreachable!("a command hook has no `hook` world instance"),
+    let pre = match &hook.linked {
+        Linked::Initialized(pre) => return Ok(Ok(pre.instantiate_async(&mut *store).await?)),
+        Linked::Hook(pre) => pre,
+        Linked::Command(_) => unreachable!("a command hook has no `hook` world instance"),
     };
     let instance = pre.instantiate_async(&mut *store).await?;
     Ok(

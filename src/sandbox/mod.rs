@@ -105,15 +105,16 @@ pub(crate) enum Failure {
 #[derive(Clone)]
 pub(crate) struct Prepared {
     pub name: Arc<str>,
-    pub pre: Pre,
+    pub linked: Linked,
     pub settings_json: Arc<str>,
     pub limits: HookLimits,
     /// Warm instances, for a hook that opted into `[reuse]`.
     pub warm: Option<Arc<WarmPool>>,
 }
 
+/// A hook linked once, ready to instantiate per call, by its ABI.
 #[derive(Clone)]
-pub(crate) enum Pre {
+pub(crate) enum Linked {
     /// A component of the `hook` world: `setup`, then `handle`.
     Hook(HookPre),
     /// A component of the `hook` world pre-initialised from the state its
@@ -274,15 +275,15 @@ impl Sandbox {
 
     /// Links a component, once per load: a component of the `hook` world,
     /// or a WASI command (exporting `wasi:cli/run`).
-    pub fn link(&self, component: &Component) -> Result<Pre, SandboxError> {
+    pub fn link(&self, component: &Component) -> Result<Linked, SandboxError> {
         let instance_pre = self
             .linker
             .instantiate_pre(component)
             .map_err(SandboxError::Imports)?;
         match HookPre::new(instance_pre.clone()) {
-            Ok(pre) => Ok(Pre::Hook(pre)),
+            Ok(pre) => Ok(Linked::Hook(pre)),
             Err(hook_error) => CommandPre::new(instance_pre)
-                .map(Pre::Command)
+                .map(Linked::Command)
                 .map_err(|_| SandboxError::NotAHook(hook_error)),
         }
     }

@@ -21,7 +21,7 @@
 //! compiles per load (the instrumented component and the snapshot).
 
 use super::component::HookPre;
-use super::{Failure, HostState, Pre, Prepared, Sandbox, SandboxError, Subscription};
+use super::{Failure, HostState, Linked, Prepared, Sandbox, SandboxError, Subscription};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use wasmtime::Store;
@@ -32,7 +32,7 @@ use wasmtime_wizer::{ComponentInstanceState, Wizer};
 pub(crate) struct SetUp {
     pub subscription: Subscription,
     /// The pre-initialised component, linked, when it could be made.
-    pub initialized: Option<Pre>,
+    pub initialized: Option<Linked>,
     /// Content hash of the pre-initialised component (its compiled key).
     pub initialized_hash: Option<String>,
 }
@@ -146,7 +146,7 @@ impl Sandbox {
         match self.link_hook(&hash, snapshot).await {
             Ok(pre) => Ok(Preinit::Done(SetUp {
                 subscription,
-                initialized: Some(Pre::Initialized(pre)),
+                initialized: Some(Linked::Initialized(pre)),
                 initialized_hash: Some(hash),
             })),
             Err(e) => Ok(Preinit::SetUpOnly(
@@ -159,7 +159,7 @@ impl Sandbox {
     /// Compiles (cached by `hash`) and links a component of the `hook` world.
     async fn link_hook(&self, hash: &str, bytes: Vec<u8>) -> Result<HookPre, SandboxError> {
         match self.link(&self.compile(hash, bytes).await?)? {
-            Pre::Hook(pre) => Ok(pre),
+            Linked::Hook(pre) => Ok(pre),
             _ => Err(SandboxError::NotHookWorld),
         }
     }

@@ -11,8 +11,8 @@ use crate::engine::ReceiverStatus;
 use crate::error::Error;
 use crate::event::{Event, Phase};
 use crate::hooks::HookStatus;
+use crate::queue::{DeadLetters, DeliveryState};
 use crate::queue::{DeliveryInfo, DeliveryQuery};
-use crate::queue::{Filter, Retry};
 use crate::run::Verdict;
 use crate::sources::SourceStatus;
 use axum::Json;
@@ -155,7 +155,7 @@ pub(super) struct ListParams {
     /// least once) or `dead` (dead letters).
     #[serde(default)]
     #[param(inline)]
-    state: Filter,
+    state: DeliveryState,
     /// At most this many, from 1 to 1000.
     #[param(minimum = 1, maximum = 1000, default = 100)]
     limit: Option<usize>,
@@ -248,14 +248,14 @@ pub(super) async fn retry(State(engine): State<Engine>, body: Bytes) -> Response
         return error(StatusCode::BAD_REQUEST, NOT_A_RETRY.into());
     };
     let which = match r {
-        RetryRequest::One(one) => Retry::Id(one.id),
-        RetryRequest::All(all) if all.all_dead => Retry::AllDead,
+        RetryRequest::One(one) => DeadLetters::One(one.id),
+        RetryRequest::All(all) if all.all_dead => DeadLetters::All,
         RetryRequest::All(_) => {
             return error(StatusCode::BAD_REQUEST, NOT_A_RETRY.into());
         }
     };
     match engine.retry(which.clone()).await {
-        Ok(0) if matches!(which, Retry::Id(_)) => {
+        Ok(0) if matches!(which, DeadLetters::One(_)) => {
             error(StatusCode::NOT_FOUND, "no dead letter with that id".into())
         }
         Ok(n) => Json(Requeued { requeued: n }).into_response(),

@@ -145,7 +145,7 @@ async fn a_sigkilled_engine_sends_wait_deliveries_after_restart() {
     crate::eventually("every wait delivery queued", || async {
         admin
             .list(wasmhooks::DeliveryQuery::new(
-                wasmhooks::Filter::Pending,
+                wasmhooks::DeliveryState::Pending,
                 1000,
             ))
             .await
@@ -213,7 +213,7 @@ async fn sigterm_lets_deliveries_in_flight_finish_and_exits_0() {
     let admin = wasmhooks::DeliveryAdmin::open(state).unwrap();
     let pending = admin
         .list(wasmhooks::DeliveryQuery::new(
-            wasmhooks::Filter::Pending,
+            wasmhooks::DeliveryState::Pending,
             100,
         ))
         .await

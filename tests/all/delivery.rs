@@ -7,7 +7,7 @@ use crate::{
 };
 use axum::http::StatusCode;
 use std::sync::atomic::Ordering;
-use wasmhooks::{Engine, Filter, Retry};
+use wasmhooks::{DeadLetters, DeliveryState, Engine};
 
 fn echo(receiver: &Receiver, extra: &str) -> String {
     format!(
@@ -75,7 +75,13 @@ async fn gone_and_other_4xx_are_not_retried(q: Backend) {
         assert_eq!(receiver.received().len(), 1, "{status} is not retried");
 
         // Dead letters are kept for `dead_letter_days`, then deleted.
-        let dead = || async { engine.deliveries(Filter::Dead, 10).await.unwrap().len() };
+        let dead = || async {
+            engine
+                .deliveries(DeliveryState::Dead, 10)
+                .await
+                .unwrap()
+                .len()
+        };
         assert_eq!(dead().await, 1);
         let day = std::time::Duration::from_secs(86_400);
         assert_eq!(engine.purge_dead(day).await.unwrap(), 0, "too recent");
@@ -209,11 +215,11 @@ async fn a_receiver_down_then_up_gets_the_delivery(q: Backend) {
     let engine = Engine::new(config).await.unwrap();
     engine.post(fixture("vm.start.post")).await.unwrap();
     eventually("a failed attempt", || async {
-        let failed = engine.deliveries(Filter::Failed, 10).await.unwrap();
+        let failed = engine.deliveries(DeliveryState::Failed, 10).await.unwrap();
         failed.first().is_some_and(|d| d.attempts >= 2)
     })
     .await;
-    let failed = engine.deliveries(Filter::Failed, 10).await.unwrap();
+    let failed = engine.deliveries(DeliveryState::Failed, 10).await.unwrap();
     assert!(
         failed[0]
             .last_error
@@ -244,7 +250,14 @@ async fn dead_letters_past_their_retention_are_deleted() {
         engine.post(fixture("vm.start.post")).await.unwrap();
     }
     engine.drain().await;
-    assert_eq!(engine.deliveries(Filter::Dead, 10).await.unwrap().len(), 2);
+    assert_eq!(
+        engine
+            .deliveries(DeliveryState::Dead, 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
     drop(engine);
 
     // Age one of them to 31 days, straight in the state file.
@@ -260,7 +273,12 @@ async fn dead_letters_past_their_retention_are_deleted() {
     assert_eq!(aged, 1);
     let engine = Engine::new(config).await.unwrap(); // dead_letter_days = 30
     eventually("the old dead letter is deleted", || async {
-        engine.deliveries(Filter::Dead, 10).await.unwrap().len() == 1
+        engine
+            .deliveries(DeliveryState::Dead, 10)
+            .await
+            .unwrap()
+            .len()
+            == 1
     })
     .await;
 }
@@ -271,7 +289,7 @@ async fn a_spent_schedule_makes_a_dead_letter_that_can_be_retried() {
     let (_dir, engine) = one_hook("echo", "misbehave", &echo(&receiver, "")).await;
     engine.post(fixture("vm.start.post")).await.unwrap();
     engine.drain().await; // sent or dead: here dead, after 1 + 3 attempts
-    let dead = engine.deliveries(Filter::Dead, 10).await.unwrap();
+    let dead = engine.deliveries(DeliveryState::Dead, 10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].attempts, 4);
     assert_eq!(dead[0].last_status, Some(500));
@@ -295,9 +313,18 @@ async fn a_spent_schedule_makes_a_dead_letter_that_can_be_retried() {
     }
 
     up.store(true, Ordering::SeqCst);
-    assert_eq!(engine.retry(Retry::Id("msg_nope".into())).await.unwrap(), 0);
     assert_eq!(
-        engine.retry(Retry::Id(dead[0].id.clone())).await.unwrap(),
+        engine
+            .retry(DeadLetters::One("msg_nope".into()))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        engine
+            .retry(DeadLetters::One(dead[0].id.clone()))
+            .await
+            .unwrap(),
         1
     );
     let got = receiver.wait_for(5).await;
@@ -305,7 +332,7 @@ async fn a_spent_schedule_makes_a_dead_letter_that_can_be_retried() {
     engine.drain().await;
     assert!(
         engine
-            .deliveries(Filter::Dead, 10)
+            .deliveries(DeliveryState::Dead, 10)
             .await
             .unwrap()
             .is_empty()
@@ -336,7 +363,10 @@ async fn a_failing_receiver_is_paused_then_probed_then_resumed(q: Backend) {
     })
     .await;
     let while_open = receiver.received().len();
-    let pending = engine.deliveries(Filter::Pending, 100).await.unwrap();
+    let pending = engine
+        .deliveries(DeliveryState::Pending, 100)
+        .await
+        .unwrap();
     assert_eq!(pending.len(), 10);
     assert!(pending.iter().all(|d| d.attempts <= 3), "{pending:?}");
     assert!(

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use wasmhooks::{Config, Engine, Event, Filter, Retry};
+use wasmhooks::{Config, DeadLetters, DeliveryState, Engine, Event};
 
 /// A sample event with its own call id.
 pub fn event(name: &str, call_id: &str) -> Event {
@@ -177,7 +177,7 @@ async fn a_wait_hooks_failed_delivery_is_a_dead_letter_that_retry_sends() {
     assert!(verdict.allowed, "on_error defaults to allow");
     assert_eq!(verdict.failures[0].kind, "delivery");
     assert!(verdict.failures[0].message.contains("400"), "{verdict:?}");
-    let dead = engine.deliveries(Filter::Dead, 10).await.unwrap();
+    let dead = engine.deliveries(DeliveryState::Dead, 10).await.unwrap();
     assert_eq!(dead.len(), 1, "kept as a dead letter");
     let receiver_label = format!("receiver=\"{}\"", receiver.addr);
     assert_eq!(
@@ -196,7 +196,10 @@ async fn a_wait_hooks_failed_delivery_is_a_dead_letter_that_retry_sends() {
 
     fixed.store(true, Ordering::SeqCst);
     assert_eq!(
-        engine.retry(Retry::Id(dead[0].id.clone())).await.unwrap(),
+        engine
+            .retry(DeadLetters::One(dead[0].id.clone()))
+            .await
+            .unwrap(),
         1
     );
     let got = receiver.wait_for(2).await;
@@ -204,7 +207,7 @@ async fn a_wait_hooks_failed_delivery_is_a_dead_letter_that_retry_sends() {
     engine.drain().await;
     assert!(
         engine
-            .deliveries(Filter::Dead, 10)
+            .deliveries(DeliveryState::Dead, 10)
             .await
             .unwrap()
             .is_empty()
@@ -236,7 +239,7 @@ async fn a_wait_hooks_delivery_waits_while_its_receivers_circuit_is_open() {
     engine.post(event("vm.start.post", "c0")).await.unwrap();
     receiver.wait_for(1).await;
     eventually("the failed attempt recorded", || async {
-        let failed = engine.deliveries(Filter::Failed, 10).await.unwrap();
+        let failed = engine.deliveries(DeliveryState::Failed, 10).await.unwrap();
         failed.first().is_some_and(|d| d.attempts == 1)
     })
     .await;
@@ -251,7 +254,7 @@ async fn a_wait_hooks_delivery_waits_while_its_receivers_circuit_is_open() {
         1,
         "nothing sent while the circuit is open"
     );
-    let pending = engine.deliveries(Filter::Pending, 10).await.unwrap();
+    let pending = engine.deliveries(DeliveryState::Pending, 10).await.unwrap();
     assert_eq!(pending.len(), 2, "both wait for the receiver");
 }
 
@@ -284,10 +287,15 @@ async fn deliveries_queued_signed_are_never_sent_unsigned() {
     changes.changed().await.unwrap();
     up.store(true, Ordering::SeqCst);
     eventually("three dead letters", || async {
-        engine.deliveries(Filter::Dead, 10).await.unwrap().len() == 3
+        engine
+            .deliveries(DeliveryState::Dead, 10)
+            .await
+            .unwrap()
+            .len()
+            == 3
     })
     .await;
-    let dead = engine.deliveries(Filter::Dead, 10).await.unwrap();
+    let dead = engine.deliveries(DeliveryState::Dead, 10).await.unwrap();
     assert!(
         dead.iter().all(|d| d
             .last_error
@@ -310,7 +318,7 @@ async fn deliveries_queued_signed_are_never_sent_unsigned() {
     std::fs::write(dir.path().join(".signed.tmp"), &signed).unwrap();
     std::fs::rename(dir.path().join(".signed.tmp"), &toml).unwrap();
     changes.changed().await.unwrap();
-    assert_eq!(engine.retry(Retry::AllDead).await.unwrap(), 3);
+    assert_eq!(engine.retry(DeadLetters::All).await.unwrap(), 3);
     engine.drain().await;
     let got = receiver.received();
     verify(&got);

@@ -3,7 +3,7 @@
 
 use crate::{Receiver, fixture, install, test_config};
 use base64::Engine as _;
-use wasmhooks::{Engine, Filter, HookState};
+use wasmhooks::{DeliveryState, Engine, HookState};
 
 fn echo_to(url: &str, extra: &str) -> String {
     format!("{extra}\n[settings]\nmode = \"echo\"\nurl = \"{url}\"\n")
@@ -61,7 +61,7 @@ async fn every_non_public_target_is_refused_unless_allow_listed() {
     let mut paths: Vec<String> = receiver.received().into_iter().map(|r| r.path).collect();
     paths.sort();
     assert_eq!(paths, ["/allowed_cidr", "/allowed_ip", "/allowed_name"]);
-    let dead = engine.deliveries(Filter::Dead, 100).await.unwrap();
+    let dead = engine.deliveries(DeliveryState::Dead, 100).await.unwrap();
     assert_eq!(dead.len(), refused.len());
     for (name, host) in &refused {
         let d = dead.iter().find(|d| d.hook == *name).unwrap();

@@ -1,0 +1,151 @@
+//! Claiming due deliveries: fetched from each receiver's consumer, within
+//! its room; retries not yet due parked until they are.
+
+use super::*;
+
+impl NatsQueue {
+    /// Fetches due deliveries from the receivers with room.
+    pub(super) async fn claim_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        room: Room,
+    ) -> Result<Claim, QueueError> {
+        self.list_receivers().await?;
+        let mut claim = Claim::default();
+        let mut taken: HashMap<String, usize> = HashMap::new();
+        let left = |taken: &HashMap<String, usize>, receiver: &str| {
+            room.of(receiver)
+                .saturating_sub(taken.get(receiver).copied().unwrap_or(0))
+        };
+        let mut next_due: Option<u64> = None;
+        let mut due_at = |at: u64| next_due = Some(next_due.map_or(at, |n| n.min(at)));
+        // Retries kept until due, first.
+        {
+            let mut state = self.state.lock().unwrap();
+            let state = &mut *state;
+            state.parked.sort_by_key(|p| p.held.record.next_ms);
+            let mut keep = Vec::new();
+            for p in std::mem::take(&mut state.parked) {
+                let ready = p.held.record.next_ms <= now_ms;
+                if ready && claim.claimed.len() < limit && left(&taken, &p.receiver) > 0 {
+                    *taken.entry(p.receiver.clone()).or_default() += 1;
+                    if let Some(delivery) = p.held.record.delivery(p.held.body.clone()) {
+                        claim.claimed.push(Claimed {
+                            delivery,
+                            attempts: p.held.record.attempts,
+                        });
+                    }
+                    state.held.insert(p.held.record.id.clone(), p.held);
+                } else {
+                    if !room.paused.contains_key(&p.receiver) {
+                        due_at(p.held.record.next_ms);
+                    }
+                    keep.push(p);
+                }
+            }
+            state.parked = keep;
+        }
+        let receivers: Vec<(String, String, jetstream::consumer::Consumer<pull::Config>)> = {
+            let state = self.state.lock().unwrap();
+            state
+                .receivers
+                .iter()
+                .filter(|(_, r)| r.busy)
+                .map(|(tok, r)| (tok.clone(), r.name.clone(), r.consumer.clone()))
+                .collect()
+        };
+        for (tok, name, consumer) in receivers {
+            if let Some(&until) = room.paused.get(&name) {
+                due_at(until);
+                continue;
+            }
+            let want = left(&taken, &name).min(limit - claim.claimed.len());
+            if want == 0 {
+                continue;
+            }
+            // A failing fetch skips this receiver only: what was taken
+            // from others is held, and must be returned.
+            let batch: Vec<jetstream::Message> =
+                match consumer.fetch().max_messages(want).messages().await {
+                    Ok(messages) => {
+                        messages
+                            .filter_map(|m| async move { m.ok() })
+                            .collect()
+                            .await
+                    }
+                    Err(e) => {
+                        tracing::warn!(receiver = %name, "cannot fetch deliveries from NATS: {e}");
+                        continue;
+                    }
+                };
+            if batch.len() < want
+                && let Some(r) = self.state.lock().unwrap().receivers.get_mut(&tok)
+            {
+                r.busy = false;
+            }
+            let real_now = crate::util::now_ms();
+            for m in batch {
+                let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+                let message = m.message;
+                let Some(reply) = message.reply.clone() else {
+                    continue;
+                };
+                let client = self.js.client();
+                let Some((record, body)) = Record::decode(&message.payload) else {
+                    tracing::error!(subject = %message.subject, seq, "a message in the NATS deliveries stream is not a delivery: dropped");
+                    let _ = client
+                        .publish(reply, Bytes::from(jetstream::AckKind::Term))
+                        .await;
+                    continue;
+                };
+                // What to answer JetStream, decided under the lock.
+                let answer = {
+                    let mut state = self.state.lock().unwrap();
+                    if state.held.contains_key(&record.id) {
+                        // An older version of one this run sends: the
+                        // newer one is the one kept.
+                        Some(jetstream::AckKind::Ack)
+                    } else {
+                        let held = Held {
+                            seq,
+                            reply: Some(reply.clone()),
+                            record,
+                            body,
+                        };
+                        let next = held.record.next_ms;
+                        if next > now_ms {
+                            due_at(next);
+                            if state.parked.len() < PARK_MAX {
+                                state.parked.push(Parked {
+                                    receiver: name.clone(),
+                                    held,
+                                });
+                                None
+                            } else {
+                                let wait = next.saturating_sub(real_now);
+                                Some(jetstream::AckKind::Nak(Some(Duration::from_millis(wait))))
+                            }
+                        } else if let Some(delivery) = held.record.delivery(held.body.clone()) {
+                            *taken.entry(name.clone()).or_default() += 1;
+                            claim.claimed.push(Claimed {
+                                delivery,
+                                attempts: held.record.attempts,
+                            });
+                            state.held.insert(held.record.id.clone(), held);
+                            None
+                        } else {
+                            tracing::error!(id = %held.record.id, "a delivery in NATS cannot be read back: dropped");
+                            Some(jetstream::AckKind::Term)
+                        }
+                    }
+                };
+                if let Some(answer) = answer {
+                    let _ = client.publish(reply, Bytes::from(answer)).await;
+                }
+            }
+        }
+        claim.next_due = next_due;
+        Ok(claim)
+    }
+}

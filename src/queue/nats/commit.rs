@@ -1,0 +1,184 @@
+//! The journal and the commit of a batch; an attempt's outcome recorded.
+
+use super::*;
+
+impl NatsQueue {
+    /// Journals an accepted post event, unless its key was seen.
+    pub(super) async fn journal_event(&self, event: Journaled) -> Result<Option<i64>, QueueError> {
+        if let Some(key) = &event.key
+            && self.key_seen(key).await?
+        {
+            return Ok(None);
+        }
+        let payload = serde_json::to_vec(&JournalEntry {
+            uid: &event.uid,
+            key: event.key.as_deref(),
+            hooks: &event.hooks,
+            payload: &event.payload,
+        })
+        .expect("an entry serializes");
+        let ack = self
+            .js
+            .publish(format!("{}.j", self.streams.prefix), payload.into())
+            .await
+            .map_err(nats_error)?
+            .await
+            .map_err(nats_error)?;
+        if let Some(key) = &event.key {
+            self.accept_key(key).await?;
+        }
+        Ok(Some(ack.sequence as i64))
+    }
+
+    /// Publishes a batch's deliveries, and retires its journaled event.
+    pub(super) async fn commit_batch(&self, batch: Batch) -> Result<Committed, QueueError> {
+        if let Some(key) = &batch.key
+            && self.key_seen(key).await?
+        {
+            return Ok(Committed::Duplicate);
+        }
+        let now = now_ms();
+        let mut acks = Vec::new();
+        for (d, claimed) in batch
+            .claimed
+            .iter()
+            .map(|d| (d, true))
+            .chain(batch.queued.iter().map(|d| (d, false)))
+        {
+            let tok = self.ensure_receiver(&d.receiver()).await?;
+            let mut record = Record::of(d, now);
+            // Sent at once by this run: out of the consumer's sight.
+            let subject = if claimed {
+                record.held_until = Some(now + self.lease_ms);
+                format!("{}.h.{tok}", self.streams.prefix)
+            } else {
+                self.subject(&tok)
+            };
+            let payload = record.encode(&d.body);
+            let ack = self.publish(subject, d.id.clone(), payload).await?;
+            acks.push((record, d.body.clone(), ack));
+        }
+        // What this run sends itself is held only once the whole batch
+        // is in: after a failure the caller sends none of it, and a
+        // delivery left held here would be skipped as "being sent" by
+        // this run's lease sweep forever. Unheld, it is freed like any
+        // lapsed lease (and a retry of the batch is a duplicate).
+        let mut held = Vec::new();
+        for (record, body, ack) in acks {
+            let ack = ack.await.map_err(nats_error)?;
+            if record.held_until.is_some() && !ack.duplicate {
+                held.push(Held {
+                    seq: ack.sequence,
+                    reply: None,
+                    record,
+                    body,
+                });
+            }
+        }
+        if let Some(key) = &batch.key {
+            self.accept_key(key).await?;
+        }
+        if let Some(ticket) = batch.ticket {
+            delete(&self.streams.journal, ticket as u64).await?;
+        }
+        let claimed = held.iter().map(|h| h.record.id.clone()).collect();
+        let mut state = self.state.lock().unwrap();
+        for h in held {
+            state.held.insert(h.record.id.clone(), h);
+        }
+        Ok(Committed::Done { claimed })
+    }
+
+    /// The journaled events whose deliveries were never committed.
+    pub(super) async fn unfinished_events(&self) -> Result<Vec<Journaled>, QueueError> {
+        let mut out = Vec::new();
+        let filter = format!("{}.j", self.streams.prefix);
+        NatsQueue::scan(&self.streams.journal, &filter, |seq, payload| {
+            #[derive(Deserialize)]
+            struct Entry {
+                uid: String,
+                key: Option<String>,
+                hooks: Vec<String>,
+                payload: String,
+            }
+            match serde_json::from_slice::<Entry>(payload) {
+                Ok(e) => out.push(Journaled {
+                    ticket: seq as i64,
+                    uid: e.uid,
+                    key: e.key,
+                    hooks: e.hooks,
+                    payload: e.payload,
+                }),
+                Err(e) => tracing::error!(seq, "a journal entry in NATS is not valid: {e}"),
+            }
+            true
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Records how an attempt ended: removes, retries or buries the delivery.
+    pub(super) async fn finish_attempt(
+        &self,
+        id: String,
+        attempts: u32,
+        how: Finish,
+    ) -> Result<(), QueueError> {
+        let Some(held) = self.state.lock().unwrap().held.remove(&id) else {
+            return Ok(());
+        };
+        let done = async {
+            let mut record = held.record.clone();
+            record.attempts = attempts;
+            record.held_until = None;
+            match &how {
+                Finish::Delivered => {}
+                Finish::Retry {
+                    at_ms,
+                    error,
+                    status,
+                } => {
+                    record.next_ms = *at_ms;
+                    record.last_error = Some(error.clone());
+                    record.last_status = *status;
+                    let tok = self.ensure_receiver(&record.receiver()).await?;
+                    let msg_id = format!("{id}.next.{}", held.seq);
+                    let ack = self
+                        .publish(self.subject(&tok), msg_id, record.encode(&held.body))
+                        .await?;
+                    ack.await.map_err(nats_error)?;
+                }
+                Finish::Dead { error, status } => {
+                    record.last_error = Some(error.clone());
+                    record.last_status = *status;
+                    let msg_id = format!("{id}.dead.{}", held.seq);
+                    let ack = self
+                        .publish(
+                            self.dead_subject(&record),
+                            msg_id,
+                            record.encode(&held.body),
+                        )
+                        .await?;
+                    ack.await.map_err(nats_error)?;
+                }
+            }
+            self.remove(&held).await
+        };
+        match done.await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // Still held: recording it may be tried again.
+                self.state.lock().unwrap().held.insert(id, held);
+                Err(e)
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct JournalEntry<'a> {
+    uid: &'a str,
+    key: Option<&'a str>,
+    hooks: &'a [String],
+    payload: &'a str,
+}

@@ -1,0 +1,153 @@
+//! Publishing, removing and reading messages; the keys of accepted events.
+
+use super::*;
+
+impl NatsQueue {
+    /// Publishes one delivery version; returns its sequence, or `None` if
+    /// JetStream had it already (same `msg_id`).
+    pub(super) async fn publish(
+        &self,
+        subject: String,
+        msg_id: String,
+        payload: Bytes,
+    ) -> Result<jetstream::context::PublishAckFuture, QueueError> {
+        let mut headers = NatsHeaders::new();
+        headers.insert("Nats-Msg-Id", msg_id.as_str());
+        self.js
+            .publish_with_headers(subject, headers, payload)
+            .await
+            .map_err(nats_error)
+    }
+
+    /// Takes a message out of the deliveries stream: acks it if it was
+    /// claimed through a consumer, else deletes it.
+    pub(super) async fn remove(&self, held: &Held) -> Result<(), QueueError> {
+        match &held.reply {
+            Some(reply) => {
+                self.js
+                    .client()
+                    .request(reply.clone(), Bytes::from(jetstream::AckKind::Ack))
+                    .await
+                    .map_err(nats_error)?;
+                Ok(())
+            }
+            None => delete(&self.streams.deliveries, held.seq).await,
+        }
+    }
+
+    /// Whether `key` was accepted before.
+    pub(super) async fn key_seen(&self, key: &str) -> Result<bool, QueueError> {
+        let subject = self.key_subject(key);
+        match self
+            .streams
+            .keys
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(false),
+            Err(e) => Err(nats_error(e)),
+        }
+    }
+
+    /// Records `key` as accepted now (a copy that raced it changes nothing).
+    pub(super) async fn accept_key(&self, key: &str) -> Result<(), QueueError> {
+        let mut headers = NatsHeaders::new();
+        headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
+        let ack = self
+            .js
+            .publish_with_headers(self.key_subject(key), headers, now_ms().to_string().into())
+            .await
+            .map_err(nats_error)?;
+        match ack.await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => Ok(()),
+            Err(e) => Err(nats_error(e)),
+        }
+    }
+
+    pub(super) fn key_subject(&self, key: &str) -> String {
+        format!("{}.k.{}", self.streams.prefix, crate::delivery::uid_of(key))
+    }
+
+    /// Every message of `stream` on `filter`, in order, with its sequence.
+    pub(super) async fn scan(
+        stream: &stream::Stream,
+        filter: &str,
+        mut each: impl FnMut(u64, &Bytes) -> bool,
+    ) -> Result<(), QueueError> {
+        let mut seq = 1;
+        loop {
+            match next_raw(stream, filter, seq).await {
+                Ok(m) => {
+                    if !each(m.sequence, &m.payload) {
+                        return Ok(());
+                    }
+                    seq = m.sequence + 1;
+                }
+                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => return Ok(()),
+                Err(e) => return Err(nats_error(e)),
+            }
+        }
+    }
+
+    pub(super) fn dead_subject(&self, record: &Record) -> String {
+        format!(
+            "{}.x.{}.{}",
+            self.streams.prefix,
+            token(&record.receiver()),
+            record.id
+        )
+    }
+
+    /// Makes the dead letter at `seq` pending again, due now.
+    pub(super) async fn requeue(&self, seq: u64, payload: &Bytes) -> Result<bool, QueueError> {
+        let Some((mut record, body)) = Record::decode(payload) else {
+            return Ok(false);
+        };
+        let tok = self.ensure_receiver(&record.receiver()).await?;
+        record.attempts = 0;
+        record.next_ms = now_ms();
+        record.held_until = None;
+        let ack = self
+            .publish(
+                self.subject(&tok),
+                format!("{}.requeue.{seq}", record.id),
+                record.encode(&body),
+            )
+            .await?;
+        ack.await.map_err(nats_error)?;
+        delete(&self.streams.dead, seq).await?;
+        Ok(true)
+    }
+}
+
+/// The first message of `stream` on `filter` at or after `seq`.
+pub(super) async fn next_raw(
+    stream: &stream::Stream,
+    filter: &str,
+    seq: u64,
+) -> Result<jetstream::message::StreamMessage, stream::RawMessageError> {
+    stream
+        .raw_message_builder()
+        .sequence(seq)
+        .next_by_subject(filter.to_owned())
+        .send()
+        .await
+}
+
+/// Deletes message `seq` of `stream`; one already gone is fine.
+pub(super) async fn delete(stream: &stream::Stream, seq: u64) -> Result<(), QueueError> {
+    match stream.delete_message(seq).await {
+        Ok(_) => Ok(()),
+        Err(e) => match e.kind() {
+            stream::DeleteMessageErrorKind::JetStream(js)
+                if js.error_code() == jetstream::ErrorCode::NO_MESSAGE_FOUND
+                    || js.error_code() == jetstream::ErrorCode::SEQUENCE_NOT_FOUND =>
+            {
+                Ok(())
+            }
+            _ => Err(nats_error(e)),
+        },
+    }
+}

@@ -1,0 +1,153 @@
+//! Connecting, and creating the streams that do not exist yet.
+
+use super::*;
+
+impl NatsQueue {
+    /// Connects and creates the streams that do not exist yet.
+    pub async fn open(
+        nats: &NatsConfig,
+        settings: &QueueSettings,
+    ) -> Result<Arc<NatsQueue>, QueueError> {
+        let connect = |reason: String, source: Option<async_nats::Error>| QueueError::Connect {
+            url: nats.url.clone(),
+            reason,
+            source: source.map(Arc::from),
+        };
+        let mut options = async_nats::ConnectOptions::new()
+            .name("wasmhooks")
+            .retry_on_initial_connect()
+            .max_reconnects(None);
+        if let Some(creds) = &nats.credentials {
+            options = options.credentials_file(creds).await.map_err(|e| {
+                connect(
+                    format!("cannot read the credentials file {}", creds.display()),
+                    Some(e.into()),
+                )
+            })?;
+        }
+        let servers: Vec<&str> = nats.url.split(',').map(str::trim).collect();
+        // A first connection within a few seconds, or a clear error.
+        let client = tokio::time::timeout(Duration::from_secs(10), options.connect(servers))
+            .await
+            .map_err(|_| {
+                connect(
+                    "no answer within 10 s: is nats-server running there, with JetStream (-js)?"
+                        .into(),
+                    None,
+                )
+            })?
+            .map_err(|e| connect("cannot connect".into(), Some(e.into())))?;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while client.connection_state() != async_nats::connection::State::Connected {
+                client.flush().await.ok();
+            }
+        })
+        .await
+        .map_err(|_| {
+            connect(
+                "no answer within 10 s: is nats-server running there, with JetStream (-js)?".into(),
+                None,
+            )
+        })?;
+        let room = settings.max_record_bytes;
+        let max_payload = client.server_info().max_payload;
+        if max_payload < room {
+            tracing::warn!(
+                "the NATS server takes messages of up to {max_payload} bytes: deliveries with \
+                 bodies near max_body_bytes will fail to queue; raise max_payload in \
+                 nats-server's configuration to at least {room}"
+            );
+        }
+        let js = jetstream::new(client);
+        let p = &nats.prefix;
+        let replicas = nats.replicas;
+        let make = |name: &str, subjects: Vec<String>| stream::Config {
+            name: format!("{p}_{name}"),
+            subjects,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        };
+        let dead_age = settings.dead_letter_age;
+        let configs = [
+            stream::Config {
+                retention: stream::RetentionPolicy::WorkQueue,
+                ..make("DELIVERIES", vec![format!("{p}.d.*"), format!("{p}.h.*")])
+            },
+            stream::Config {
+                max_age: dead_age,
+                ..make("DEAD", vec![format!("{p}.x.>")])
+            },
+            make("JOURNAL", vec![format!("{p}.j")]),
+            stream::Config {
+                max_messages_per_subject: 1,
+                ..make("KEYS", vec![format!("{p}.k.*")])
+            },
+        ];
+        let mut opened = Vec::new();
+        for config in configs {
+            let name = config.name.clone();
+            // A cluster that is still forming (no leader yet, peers not all
+            // known) refuses for a while: wait for it, up to a deadline.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut pause = Duration::from_millis(100);
+            let stream = loop {
+                match js.get_or_create_stream(config.clone()).await {
+                    Ok(stream) => break stream,
+                    Err(e) if Instant::now() < deadline => {
+                        tracing::warn!(
+                            "cannot create or open the stream {name} yet ({e}); retrying"
+                        );
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(2));
+                    }
+                    Err(e) => {
+                        return Err(connect(
+                            format!(
+                                "cannot create or open the stream {name} within 30 s (with \
+                                 replicas = {replicas}, the cluster needs that many JetStream \
+                                 servers)"
+                            ),
+                            Some(e.into()),
+                        ));
+                    }
+                }
+            };
+            opened.push(stream);
+        }
+        let [deliveries, dead, journal, keys] = <[stream::Stream; 4]>::try_from(opened).unwrap();
+        let streams = Streams {
+            prefix: p.clone(),
+            deliveries,
+            dead,
+            journal,
+            keys,
+        };
+        let ack_wait = Duration::from_millis(nats.ack_wait_ms);
+        let queue = Arc::new_cyclic(|weak: &std::sync::Weak<NatsQueue>| {
+            let weak = weak.clone();
+            let renew = tokio::spawn(async move {
+                let every = ack_wait / 3;
+                loop {
+                    tokio::time::sleep(every).await;
+                    let Some(queue) = weak.upgrade() else { return };
+                    queue.renew().await;
+                    if let Err(e) = queue.free_expired().await {
+                        tracing::warn!("cannot requeue deliveries whose engine died: {e}");
+                    }
+                }
+            });
+            NatsQueue {
+                js,
+                streams,
+                ack_wait,
+                lease_ms: nats.ack_wait_ms + settings.attempt_timeout.as_millis() as u64,
+                state: Mutex::new(State::default()),
+                released: watch::channel(false).0,
+                renew,
+            }
+        });
+        Ok(queue)
+    }
+}

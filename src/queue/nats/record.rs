@@ -1,0 +1,104 @@
+//! A delivery's message: its state ([`Record`], JSON) then its body.
+
+use super::super::codec::{header_map, header_pairs};
+use super::*;
+use crate::delivery::receiver_of;
+
+/// A delivery's state, stored before its body in its message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Record {
+    pub(super) id: String,
+    pub(super) hook: String,
+    pub(super) url: String,
+    pub(super) headers: Vec<(String, String)>,
+    pub(super) signed: bool,
+    pub(super) allow: Option<String>,
+    pub(super) attempts: u32,
+    pub(super) created_ms: u64,
+    pub(super) next_ms: u64,
+    /// Being sent by the engine that queued it until then (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) held_until: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) last_status: Option<u16>,
+}
+
+impl Record {
+    pub(super) fn of(d: &Delivery, now: u64) -> Record {
+        Record {
+            id: d.id.clone(),
+            hook: d.hook.to_string(),
+            url: d.url.to_string(),
+            headers: header_pairs(&d.headers),
+            signed: d.queued.signed,
+            allow: d.queued.allow.as_deref().map(str::to_owned),
+            attempts: 0,
+            created_ms: now,
+            next_ms: now,
+            held_until: None,
+            last_error: None,
+            last_status: None,
+        }
+    }
+
+    pub(super) fn encode(&self, body: &[u8]) -> Bytes {
+        let meta = serde_json::to_vec(self).expect("a record serializes");
+        let mut out = Vec::with_capacity(4 + meta.len() + body.len());
+        out.extend_from_slice(&(meta.len() as u32).to_be_bytes());
+        out.extend_from_slice(&meta);
+        out.extend_from_slice(body);
+        out.into()
+    }
+
+    pub(super) fn decode(payload: &Bytes) -> Option<(Record, Bytes)> {
+        let len = u32::from_be_bytes(payload.get(..4)?.try_into().ok()?) as usize;
+        let meta = payload.get(4..4 + len)?;
+        let record = serde_json::from_slice(meta).ok()?;
+        Some((record, payload.slice(4 + len..)))
+    }
+
+    pub(super) fn delivery(&self, body: Bytes) -> Option<Delivery> {
+        let headers = header_map(self.headers.clone());
+        Some(Delivery {
+            id: self.id.clone(),
+            hook: self.hook.as_str().into(),
+            url: self.url.parse().ok()?,
+            headers,
+            body,
+            queued: QueuedUnder {
+                signed: self.signed,
+                allow: self.allow.as_deref().map(Into::into),
+            },
+        })
+    }
+
+    pub(super) fn receiver(&self) -> String {
+        url::Url::parse(&self.url)
+            .map(|u| receiver_of(&u))
+            .unwrap_or_default()
+    }
+
+    pub(super) fn info(&self, state: &'static str, body_bytes: usize) -> DeliveryInfo {
+        DeliveryInfo {
+            id: self.id.clone(),
+            hook: self.hook.clone(),
+            url: self.url.clone(),
+            receiver: self.receiver(),
+            state,
+            attempts: self.attempts,
+            created_ms: self.created_ms,
+            next_ms: (state == "pending").then_some(self.next_ms),
+            last_error: self.last_error.clone(),
+            last_status: self.last_status,
+            body_bytes,
+        }
+    }
+}
+
+/// A receiver's token in subjects and consumer names.
+pub(super) fn token(receiver: &str) -> String {
+    use sha2::{Digest, Sha256};
+    crate::util::hex(&Sha256::digest(receiver.as_bytes())[..8])
+}

@@ -1,0 +1,197 @@
+//! [`Queue`] on SQLite: each method a job for the connection's thread.
+
+use super::claim::claim_due;
+use super::rows::{accept_key, from_sql, record, to_sql, write_batch};
+use super::writer::atomically;
+use super::{
+    Batch, Claim, Committed, DeadLetters, DeliveryInfo, DeliveryQuery, DeliveryState, Depth,
+    Finish, Fut, Journaled, Queue, Room, SqliteQueue,
+};
+use crate::util::now_ms;
+use rusqlite::params;
+use std::collections::HashMap;
+
+impl Queue for SqliteQueue {
+    fn journal(&self, event: Journaled) -> Fut<'_, Option<i64>> {
+        self.call(move |conn| {
+            atomically(conn, |conn| {
+                if let Some(key) = &event.key
+                    && !accept_key(conn, key)?
+                {
+                    return Ok(None);
+                }
+                let hooks = serde_json::to_string(&event.hooks).expect("strings serialize");
+                conn.prepare_cached(
+                    "INSERT INTO events (uid, hooks, payload, accepted_ms) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![
+                    event.uid,
+                    hooks,
+                    event.payload,
+                    to_sql(now_ms())
+                ])?;
+                Ok(Some(conn.last_insert_rowid()))
+            })
+        })
+    }
+
+    fn commit(&self, batch: Batch) -> Fut<'_, Committed> {
+        let run = self.run;
+        let writes = batch.claimed.len()
+            + batch.queued.len()
+            + usize::from(batch.ticket.is_some())
+            + usize::from(batch.key.is_some());
+        self.call(move |conn| {
+            if writes > 1 {
+                atomically(conn, |conn| write_batch(conn, run, &batch))
+            } else {
+                write_batch(conn, run, &batch)
+            }
+        })
+    }
+
+    fn unfinished(&self) -> Fut<'_, Vec<Journaled>> {
+        self.call(|conn| {
+            let mut stmt =
+                conn.prepare("SELECT ticket, uid, hooks, payload FROM events ORDER BY ticket")?;
+            let rows = stmt.query_map([], |r| {
+                let hooks: String = r.get(2)?;
+                Ok(Journaled {
+                    ticket: r.get(0)?,
+                    uid: r.get(1)?,
+                    key: None,
+                    hooks: serde_json::from_str(&hooks).unwrap_or_default(),
+                    payload: r.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn claim(&self, now_ms: u64, limit: usize, room: Room) -> Fut<'_, Claim> {
+        let (run, cursor) = (self.run, self.cursor.clone());
+        self.call(move |conn| {
+            let mut cursor = cursor.lock().unwrap();
+            atomically(conn, |conn| {
+                claim_due(conn, run, now_ms, limit, &room, &mut cursor)
+            })
+        })
+    }
+
+    fn finish(&self, id: String, attempts: u32, how: Finish) -> Fut<'_, ()> {
+        let run = self.run;
+        self.call(move |conn| record(conn, run, &id, attempts, how))
+    }
+
+    fn backlog(&self) -> Fut<'_, usize> {
+        self.call(|conn| {
+            conn.query_row(
+                "SELECT (SELECT count(*) FROM deliveries WHERE dead = 0)
+                      + (SELECT count(*) FROM events)",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| from_sql(n) as usize)
+        })
+    }
+
+    fn list(&self, query: DeliveryQuery) -> Fut<'_, Vec<DeliveryInfo>> {
+        self.call(move |conn| {
+            use rusqlite::types::Value;
+            let mut sql = String::from(
+                "SELECT id, hook, url, dead, attempts, created_ms, next_ms, last_error,
+                        last_status, length(body), receiver
+                 FROM deliveries WHERE ",
+            );
+            sql.push_str(match query.state {
+                DeliveryState::Pending => "dead = 0",
+                DeliveryState::Failed => "dead = 0 AND attempts > 0",
+                DeliveryState::Dead => "dead = 1",
+            });
+            let mut args: Vec<Value> = Vec::new();
+            if let Some(hook) = query.hook {
+                args.push(Value::Text(hook));
+                sql.push_str(&format!(" AND hook = ?{}", args.len()));
+            }
+            if let Some(receiver) = query.receiver {
+                args.push(Value::Text(receiver));
+                sql.push_str(&format!(" AND receiver = ?{}", args.len()));
+            }
+            if let Some((ms, id)) = query.after {
+                args.push(Value::Integer(to_sql(ms)));
+                args.push(Value::Text(id));
+                let n = args.len();
+                sql.push_str(&format!(" AND (created_ms, id) > (?{}, ?{n})", n - 1));
+            }
+            args.push(Value::Integer(to_sql(query.limit as u64)));
+            sql.push_str(&format!(" ORDER BY created_ms, id LIMIT ?{}", args.len()));
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+                let dead: bool = r.get(3)?;
+                Ok(DeliveryInfo {
+                    id: r.get(0)?,
+                    hook: r.get(1)?,
+                    url: r.get(2)?,
+                    receiver: r.get(10)?,
+                    state: if dead { "dead" } else { "pending" },
+                    attempts: r.get(4)?,
+                    created_ms: from_sql(r.get(5)?),
+                    next_ms: (!dead).then(|| r.get(6)).transpose()?.map(from_sql),
+                    last_error: r.get(7)?,
+                    last_status: r.get(8)?,
+                    body_bytes: from_sql(r.get(9)?) as usize,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn retry(&self, which: DeadLetters) -> Fut<'_, usize> {
+        self.call(move |conn| {
+            let now = to_sql(now_ms());
+            // Dead letters are never claimed: this touches no claim.
+            let set = "UPDATE deliveries SET dead = 0, attempts = 0, next_ms = ?1";
+            match which {
+                DeadLetters::One(id) => conn.execute(
+                    &format!("{set} WHERE id = ?2 AND dead = 1"),
+                    params![now, id],
+                ),
+                DeadLetters::All => conn.execute(&format!("{set} WHERE dead = 1"), [now]),
+            }
+        })
+    }
+
+    fn purge_dead(&self, before_ms: u64) -> Fut<'_, usize> {
+        self.call(move |conn| {
+            conn.prepare_cached("DELETE FROM deliveries WHERE dead = 1 AND created_ms <= ?1")?
+                .execute([to_sql(before_ms)])
+        })
+    }
+
+    fn forget_keys(&self, before_ms: u64) -> Fut<'_, usize> {
+        self.call(move |conn| {
+            conn.prepare_cached("DELETE FROM accepted WHERE at_ms <= ?1")?
+                .execute([to_sql(before_ms)])
+        })
+    }
+
+    fn depth(&self) -> Fut<'_, HashMap<String, Depth>> {
+        self.call(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT receiver, sum(dead = 0), sum(dead = 1), min(CASE WHEN dead = 0 THEN created_ms END)
+                 FROM deliveries GROUP BY receiver",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Depth {
+                        pending: from_sql(r.get(1)?),
+                        dead: from_sql(r.get(2)?),
+                        oldest_ms: r.get::<_, Option<i64>>(3)?.map(from_sql),
+                    },
+                ))
+            })?;
+            rows.collect()
+        })
+    }
+}

@@ -1,0 +1,149 @@
+//! The statements every delivery runs, and the rows they read and write.
+
+use super::super::codec::{header_map, header_pairs};
+use super::{Batch, Committed, Finish};
+use crate::util::now_ms;
+use reqwest::header::HeaderMap;
+use rusqlite::{Connection, params};
+
+/// A number of ms or a count as SQLite stores it.
+pub(super) fn to_sql(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A number SQLite stored, back.
+pub(super) fn from_sql(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+/// The statements that run for every delivery. Each is prepared once and
+/// must stay so: SQLite plans some statements again on every run when a
+/// bound value could change the plan (an `=` on an indexed column with an
+/// `ORDER BY`, a `LIMIT ?`, under `SQLITE_ENABLE_STAT4`), and planning costs
+/// more than running them. Values that must not steer the plan are passed
+/// as `(SELECT ?n)`. The `hot_statements_are_planned_once` test holds them
+/// to it.
+pub(super) mod sql {
+    pub const ACCEPT_KEY: &str =
+        "INSERT INTO accepted (key, at_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING";
+    pub const INSERT_DELIVERY: &str = "INSERT OR IGNORE INTO deliveries
+           (id, hook, receiver, url, headers, body, signed, allow, claimed, created_ms, next_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)";
+    pub const RETIRE_EVENT: &str = "DELETE FROM events WHERE ticket = ?1";
+    /// The next receiver with unclaimed rows: one seek in `deliveries_ready`.
+    pub const NEXT_RECEIVER: &str = "SELECT receiver FROM deliveries
+         WHERE dead = 0 AND claimed = 0 AND receiver > ?1 ORDER BY receiver LIMIT 1";
+    /// A receiver's unclaimed rows, soonest due first, in `deliveries_ready`'s order.
+    pub const OLDEST_DUE: &str = "SELECT id, next_ms FROM deliveries
+         WHERE dead = 0 AND claimed = 0 AND receiver = (SELECT ?1)
+         ORDER BY next_ms LIMIT (SELECT ?2)";
+    pub const TAKE: &str = "UPDATE deliveries SET claimed = ?2 WHERE id = ?1
+         RETURNING hook, url, headers, body, attempts, signed, allow";
+    pub const DELIVERED: &str = "DELETE FROM deliveries WHERE id = ?1 AND claimed = ?2";
+    pub const RETRY: &str = "UPDATE deliveries SET claimed = 0, attempts = ?2, next_ms = ?3,
+         last_error = ?4, last_status = ?5 WHERE id = ?1";
+    pub const DEAD: &str = "UPDATE deliveries SET claimed = 0, dead = 1, attempts = ?2,
+         last_error = ?3, last_status = ?4 WHERE id = ?1 AND claimed = ?5";
+    /// Every statement above.
+    #[cfg(test)]
+    pub const ALL: [&str; 9] = [
+        ACCEPT_KEY,
+        INSERT_DELIVERY,
+        RETIRE_EVENT,
+        NEXT_RECEIVER,
+        OLDEST_DUE,
+        TAKE,
+        DELIVERED,
+        RETRY,
+        DEAD,
+    ];
+}
+
+/// Records `key` as accepted now; false if it already was.
+pub(super) fn accept_key(conn: &Connection, key: &str) -> rusqlite::Result<bool> {
+    let inserted = conn
+        .prepare_cached(sql::ACCEPT_KEY)?
+        .execute(params![key, to_sql(now_ms())])?;
+    Ok(inserted == 1)
+}
+
+/// Records how an attempt of `id` by `run` ended.
+pub(super) fn record(
+    conn: &Connection,
+    run: i64,
+    id: &str,
+    attempts: u32,
+    how: Finish,
+) -> rusqlite::Result<()> {
+    match how {
+        Finish::Delivered => conn
+            .prepare_cached(sql::DELIVERED)?
+            .execute(params![id, run]),
+        Finish::Retry {
+            at_ms,
+            error,
+            status,
+        } => conn.prepare_cached(sql::RETRY)?.execute(params![
+            id,
+            attempts,
+            to_sql(at_ms),
+            error,
+            status
+        ]),
+        Finish::Dead { error, status } => conn
+            .prepare_cached(sql::DEAD)?
+            .execute(params![id, attempts, error, status, run]),
+    }
+    .map(drop)
+}
+
+/// Writes a batch: its key, its deliveries (those `claimed` as claimed by
+/// `run`), and retires its journaled event.
+pub(super) fn write_batch(
+    conn: &Connection,
+    run: i64,
+    batch: &Batch,
+) -> rusqlite::Result<Committed> {
+    if let Some(key) = &batch.key
+        && !accept_key(conn, key)?
+    {
+        return Ok(Committed::Duplicate);
+    }
+    let now = to_sql(now_ms());
+    let mut insert = conn.prepare_cached(sql::INSERT_DELIVERY)?;
+    let all = batch
+        .claimed
+        .iter()
+        .map(|d| (d, run))
+        .chain(batch.queued.iter().map(|d| (d, 0)));
+    let mut written = Vec::new();
+    for (d, claimed) in all {
+        let inserted = insert.execute(params![
+            d.id,
+            &*d.hook,
+            d.receiver(),
+            d.url.as_str(),
+            headers_to_json(&d.headers),
+            &d.body[..],
+            d.queued.signed,
+            d.queued.allow.as_deref(),
+            claimed,
+            now
+        ])?;
+        if inserted == 1 && claimed != 0 {
+            written.push(d.id.clone());
+        }
+    }
+    if let Some(ticket) = batch.ticket {
+        conn.prepare_cached(sql::RETIRE_EVENT)?.execute([ticket])?;
+    }
+    Ok(Committed::Done { claimed: written })
+}
+
+pub(super) fn headers_to_json(headers: &HeaderMap) -> String {
+    serde_json::to_string(&header_pairs(headers)).expect("strings serialize")
+}
+
+pub(super) fn headers_from_json(text: &str) -> HeaderMap {
+    header_map(serde_json::from_str(text).unwrap_or_default())
+}

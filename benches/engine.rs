@@ -11,7 +11,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use wasmhooks::{Config, Engine, Event};
+use wasmhooks::config::Config;
+use wasmhooks::{Engine, Event};
 
 fn main() {
     let sections: Vec<String> = std::env::args()
@@ -1245,7 +1246,7 @@ mod alone {
 
     impl Alone {
         /// With the pool an engine of `engine` settings has.
-        pub fn new(wasm: &[u8], settings: &str, engine: &::wasmhooks::Config) -> Alone {
+        pub fn new(wasm: &[u8], settings: &str, engine: &::wasmhooks::config::Config) -> Alone {
             // Keep in step with `Sandbox::new` (src/sandbox/mod.rs).
             let instances = engine.max_concurrent_calls + engine.max_warm_instances;
             let mut pool = PoolingAllocationConfig::new();

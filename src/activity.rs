@@ -10,7 +10,6 @@ use crate::util::truncate;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use utoipa::ToSchema;
 
 /// Events kept in the activity log; the oldest go first.
 pub const MAX_EVENTS: usize = 200;
@@ -32,7 +31,8 @@ pub(crate) struct Allowed {
 }
 
 /// One accepted event and what its hooks decided.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct EventActivity {
     /// Increases by one with each event recorded since the engine started.
     pub seq: u64,
@@ -58,7 +58,8 @@ pub struct EventActivity {
 }
 
 /// What one hook decided on one event.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct HookActivity {
     /// The hook.
     pub hook: String,
@@ -72,7 +73,8 @@ pub struct HookActivity {
 }
 
 /// A hook's decision on one event, in a word.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Decided {
     /// No delivery and no veto.
@@ -88,7 +90,8 @@ pub enum Decided {
 }
 
 /// A failed attempt to deliver to a receiver.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct ReceiverFailure {
     /// When (Unix ms).
     pub at_ms: u64,
@@ -121,7 +124,7 @@ struct Events {
 impl Activity {
     /// Records that `event` was accepted and what its `hooks` decided;
     /// `verdict` for a pre event.
-    pub fn event(&self, event: &Event, hooks: Vec<HookActivity>, verdict: Option<Allowed>) {
+    pub(crate) fn event(&self, event: &Event, hooks: Vec<HookActivity>, verdict: Option<Allowed>) {
         let more_hooks = hooks.len().saturating_sub(MAX_HOOKS_PER_EVENT);
         let mut hooks = hooks;
         hooks.truncate(MAX_HOOKS_PER_EVENT);
@@ -145,13 +148,13 @@ impl Activity {
     }
 
     /// The last `limit` events, newest first.
-    pub fn recent(&self, limit: usize) -> Vec<EventActivity> {
+    pub(crate) fn recent(&self, limit: usize) -> Vec<EventActivity> {
         let events = self.events.lock().unwrap();
         events.recent.iter().rev().take(limit).cloned().collect()
     }
 
     /// Records a failed attempt to deliver to `receiver`.
-    pub fn failure(&self, receiver: &str, failure: ReceiverFailure) {
+    pub(crate) fn failure(&self, receiver: &str, failure: ReceiverFailure) {
         let failure = ReceiverFailure {
             error: truncate(&failure.error, MAX_TEXT).to_owned(),
             ..failure
@@ -172,7 +175,7 @@ impl Activity {
     }
 
     /// Every receiver's recent failures, newest first.
-    pub fn failures(&self) -> HashMap<String, Vec<ReceiverFailure>> {
+    pub(crate) fn failures(&self) -> HashMap<String, Vec<ReceiverFailure>> {
         let all = self.failures.lock().unwrap();
         all.iter()
             .map(|(name, list)| (name.clone(), list.iter().cloned().collect()))

@@ -25,7 +25,8 @@ use tokio::sync::Semaphore;
 use wildmatch::WildMatch;
 
 /// A receiver's state, as [`Engine::receivers`] shows it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct ReceiverStatus {
     /// The receiver, as `host:port`.
     pub receiver: String,

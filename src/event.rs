@@ -6,7 +6,8 @@ use std::fmt;
 use std::sync::Arc;
 
 /// When an event fires relative to the orchestrator's operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     /// Before the operation runs; hooks may veto it.
@@ -62,7 +63,7 @@ fn millis(v: &Value) -> Option<u64> {
 }
 
 /// Longest `method` and `callId` accepted, in bytes.
-pub const MAX_NAME_BYTES: usize = 256;
+pub(crate) const MAX_NAME_BYTES: usize = 256;
 
 /// One orchestrator event, checked against the web-hook format.
 ///

@@ -12,7 +12,8 @@
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), wasmhooks::Error> {
-//! use wasmhooks::{Config, Engine, Event};
+//! use wasmhooks::{Engine, Event};
+//! use wasmhooks::config::Config;
 //!
 //! let engine = Engine::new(Config { hooks_dir: "hooks".into(), ..Config::default() }).await?;
 //! let event = Event::from_json(br#"{"callId":"k3q9","method":"vm.delete","type":"pre",
@@ -30,7 +31,8 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use wasmhooks::{Config, Engine, Event};
+//! use wasmhooks::{Engine, Event};
+//! use wasmhooks::config::Config;
 //!
 //! let hooks = tempfile::tempdir()?;
 //! let config = Config {
@@ -55,6 +57,8 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(missing_docs, unreachable_pub)]
+
 pub mod activity;
 pub mod config;
 pub mod coverage;
@@ -71,19 +75,18 @@ mod outbox;
 mod queue;
 mod run;
 mod sandbox;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod sources;
 mod util;
 
-pub use config::SettingsError;
-pub use config::{Config, HookConfig, HookMode, OnError, QueueConfig, ReuseConfig};
 pub use delivery::Circuit;
 pub use engine::{DryDelivery, DryOutcome, DryRun, Engine, ReceiverStatus, dry_run};
 pub use error::Error;
 pub use event::{Event, EventError, Phase};
-pub use hooks::{Abi, HookState, HookStatus, LoadError, Stage};
+pub use hooks::{Abi, HookState, HookStatus, LoadError, Stage, WatchError};
 pub use queue::{
     DeadLetters, DeliveryAdmin, DeliveryInfo, DeliveryQuery, DeliveryState, QueueError,
 };
 pub use run::{CallError, CallSite, HookFailure, Verdict, WouldDeny};
-pub use sandbox::Subscription;
+pub use sandbox::{SandboxError, Subscription};

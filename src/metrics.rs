@@ -251,7 +251,7 @@ pub(crate) enum AttemptResult {
 }
 
 impl Metrics {
-    pub fn source_up(&self, source: &str, up: bool) {
+    pub(crate) fn source_up(&self, source: &str, up: bool) {
         self.source_up
             .get_or_create(&SourceLabel {
                 source: source.into(),
@@ -259,7 +259,7 @@ impl Metrics {
             .set(up as i64);
     }
 
-    pub fn source_event(&self, source: &str, collection: &str, action: &str) {
+    pub(crate) fn source_event(&self, source: &str, collection: &str, action: &str) {
         self.source_events
             .get_or_create(&SourceEventLabel {
                 source: source.into(),
@@ -269,7 +269,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn source_failure(&self, source: &str, kind: &str) {
+    pub(crate) fn source_failure(&self, source: &str, kind: &str) {
         self.source_failures
             .get_or_create(&SourceFailureLabel {
                 source: source.into(),
@@ -278,7 +278,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn source_resync(&self, source: &str) {
+    pub(crate) fn source_resync(&self, source: &str) {
         self.source_resyncs
             .get_or_create(&SourceLabel {
                 source: source.into(),
@@ -287,7 +287,7 @@ impl Metrics {
     }
 
     /// The counters of the hook called `name`, shared with the metrics.
-    pub fn hook(&self, name: &str) -> HookStats {
+    pub(crate) fn hook(&self, name: &str) -> HookStats {
         let label = HookLabel {
             hook: name.to_owned(),
         };
@@ -315,7 +315,7 @@ impl Metrics {
     }
 
     /// Counts one delivery attempt to `receiver`.
-    pub fn attempt(&self, receiver: &str, result: AttemptResult) {
+    pub(crate) fn attempt(&self, receiver: &str, result: AttemptResult) {
         let label = self.receiver_label(receiver);
         match result {
             AttemptResult::Delivered => {
@@ -334,7 +334,7 @@ impl Metrics {
 
     /// The text exposition, with queue gauges set from `depth` and the
     /// warm-instance gauges from `warm` (hook, idle instances).
-    pub fn encode(
+    pub(crate) fn encode(
         &self,
         depth: &HashMap<String, Depth>,
         warm: &[(String, usize)],

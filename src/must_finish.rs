@@ -22,7 +22,7 @@ pub(crate) struct MustFinish<T: Send + 'static> {
 }
 
 impl<T: Send + 'static> MustFinish<T> {
-    pub fn new(work: impl Future<Output = T> + Send + 'static) -> Self {
+    pub(crate) fn new(work: impl Future<Output = T> + Send + 'static) -> Self {
         MustFinish {
             work: Some(Box::pin(work)),
         }
@@ -31,7 +31,7 @@ impl<T: Send + 'static> MustFinish<T> {
     /// Goes on with the work in a task of its own, for work that must keep
     /// running while the caller waits on something else. Aborting the task
     /// drops the work, for work whose result must no longer take effect.
-    pub fn spawn(mut self) -> tokio::task::JoinHandle<T> {
+    pub(crate) fn spawn(mut self) -> tokio::task::JoinHandle<T> {
         tokio::spawn(self.work.take().expect("not finished"))
     }
 }

@@ -34,7 +34,8 @@ impl Default for Limits {
 
 /// What a pre event's verdict does when this hook fails (traps, times out or
 /// returns an error).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum OnError {
     /// The operation goes ahead (the default: a broken hook does not block the orchestrator).
@@ -45,7 +46,8 @@ pub enum OnError {
 }
 
 /// Whether a hook's vetoes stop the operation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum HookMode {
     /// A veto stops the operation (the default).

@@ -124,13 +124,13 @@ impl Default for Config {
     }
 }
 
-/// Limits on the HTTP API's clients ([`crate::server::serve`] and
-/// [`crate::server::router`]), so that slow or idle clients cannot hold it.
+/// Limits on the HTTP API's clients (`server::serve` and
+/// `server::router`), so that slow or idle clients cannot hold it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Connections served at once. Past this, a few more
-    /// ([`crate::server::OVERFLOW_CONNECTIONS`]) get one short answer and are
+    /// (`server::OVERFLOW_CONNECTIONS`) get one short answer and are
     /// closed: `/healthz` as usual, anything else 503 with `Retry-After`;
     /// connections beyond those are closed at once.
     pub max_connections: usize,

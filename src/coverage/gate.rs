@@ -5,11 +5,11 @@ use crate::config::{HookMode, OnError};
 use crate::sandbox::Subscription;
 use serde::Serialize;
 use std::time::Instant;
-use utoipa::ToSchema;
 use wildmatch::WildMatch;
 
 /// What one gate (a hook subscribed to pre events) covers.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct GateCoverage {
     /// One line for the operator, e.g. `guarded on 4 entry points
     /// (jsonrpc, rest); NOT on 2: job backupNg.runJob, xapi *`.
@@ -31,7 +31,8 @@ pub struct GateCoverage {
 }
 
 /// An entry point, and who reported it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct GuardedAt {
     /// The reporter.
     pub reporter: String,
@@ -51,7 +52,7 @@ pub struct GuardedAt {
 
 impl Coverage {
     /// What a gate with `subscription` and `mode` covers.
-    pub fn of_gate(
+    pub(crate) fn of_gate(
         &self,
         subscription: &Subscription,
         mode: HookMode,

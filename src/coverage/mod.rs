@@ -20,7 +20,6 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use utoipa::ToSchema;
 
 mod gate;
 mod report;
@@ -45,7 +44,8 @@ pub const MAX_REPORTER: usize = 64;
 pub const MAX_TTL_SECS: u64 = 86_400;
 
 /// A reporter, as `GET /v1/coverage` lists it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct ReporterStatus {
     /// The name it reported under (for the XO plugin: `xo:HOSTNAME`).
     pub reporter: String,
@@ -84,7 +84,7 @@ pub(crate) struct Coverage {
 
 impl Coverage {
     /// Keeps `report` as what `reporter` guards now, once checked.
-    pub fn put(&self, reporter: &str, report: CoverageReport) -> Result<(), CoverageError> {
+    pub(crate) fn put(&self, reporter: &str, report: CoverageReport) -> Result<(), CoverageError> {
         check(reporter, &report)?;
         let mut reports = self.reports.lock().unwrap();
         if !reports.contains_key(reporter) && reports.len() >= MAX_REPORTERS {
@@ -109,7 +109,7 @@ impl Coverage {
     }
 
     /// Every reporter, by name.
-    pub fn reporters(&self) -> Vec<ReporterStatus> {
+    pub(crate) fn reporters(&self) -> Vec<ReporterStatus> {
         self.reporters_at(Instant::now())
     }
 

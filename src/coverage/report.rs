@@ -3,19 +3,19 @@
 
 use super::{MAX_ENTRIES, MAX_REPORTER, MAX_TTL_SECS};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 /// What an orchestrator plugin guards: every entry point it knows, with
 /// whether a call there waits for the verdict.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CoverageReport {
     /// The plugin and its version, e.g. `xo-server-wasmhooks 0.1.0`.
-    #[schema(min_length = 1, max_length = 128)]
+    #[cfg_attr(feature = "server", schema(min_length = 1, max_length = 128))]
     pub plugin: String,
     /// The orchestrator and its version, e.g. `xo-server 5.207.2`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(min_length = 1, max_length = 128)]
+    #[cfg_attr(feature = "server", schema(min_length = 1, max_length = 128))]
     pub orchestrator: Option<String>,
     /// Whether the plugin is loaded. An unloaded plugin guards nothing.
     pub loaded: bool,
@@ -24,36 +24,37 @@ pub struct CoverageReport {
     pub fail_closed: bool,
     /// How long the report holds: past this without a new one, what the
     /// plugin guards is unknown, and shown as such.
-    #[schema(minimum = 1, maximum = 86400)]
+    #[cfg_attr(feature = "server", schema(minimum = 1, maximum = 86400))]
     #[serde(deserialize_with = "whole_number")]
     pub ttl_secs: u64,
     /// Every entry point the plugin knows of, guarded or not.
-    #[schema(max_items = 5000)]
+    #[cfg_attr(feature = "server", schema(max_items = 5000))]
     pub entries: Vec<EntryPoint>,
 }
 
 /// One way into the orchestrator for one method.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EntryPoint {
     /// Which way in: for Xen Orchestra `jsonrpc` (XO 5's web UI, xo-cli),
     /// `rest` (XO 6's web UI, REST scripts, XO's MCP server), `job` (XO's
     /// job executor), `xapi` (around XO).
-    #[schema(min_length = 1, max_length = 32)]
+    #[cfg_attr(feature = "server", schema(min_length = 1, max_length = 32))]
     pub entry: String,
     /// The method its calls are events of (`vm.delete`), or `*` for every
     /// method.
-    #[schema(min_length = 1, max_length = 256)]
+    #[cfg_attr(feature = "server", schema(min_length = 1, max_length = 256))]
     pub method: String,
     /// Where, for an entry point with routes: `DELETE /rest/v0/vms/:id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(min_length = 1, max_length = 512)]
+    #[cfg_attr(feature = "server", schema(min_length = 1, max_length = 512))]
     pub route: Option<String>,
     /// Whether a veto there stops the operation.
     pub guarded: bool,
     /// Why it is not guarded, or anything else the operator should know.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 1024)]
+    #[cfg_attr(feature = "server", schema(max_length = 1024))]
     pub note: Option<String>,
 }
 

@@ -55,7 +55,7 @@ pub(crate) struct Sender {
 }
 
 impl Sender {
-    pub fn new(config: &DeliveryConfig) -> Result<Sender, SettingsError> {
+    pub(crate) fn new(config: &DeliveryConfig) -> Result<Sender, SettingsError> {
         let global = Egress::parse(&config.allow_hosts)
             .map_err(|e| SettingsError::field("delivery.allow_hosts", e.to_string()))?;
         let sender = Sender {
@@ -70,7 +70,7 @@ impl Sender {
         Ok(sender)
     }
 
-    pub fn config(&self) -> &DeliveryConfig {
+    pub(crate) fn config(&self) -> &DeliveryConfig {
         &self.config
     }
 
@@ -129,7 +129,11 @@ impl Sender {
 
     /// One POST of `delivery`, under the policy it was queued with and
     /// `current`, the hook's policy now (`None` if it is not loaded).
-    pub async fn attempt(&self, delivery: &Delivery, current: Option<&DeliveryPolicy>) -> Attempt {
+    pub(crate) async fn attempt(
+        &self,
+        delivery: &Delivery,
+        current: Option<&DeliveryPolicy>,
+    ) -> Attempt {
         let permanent = |reason: String| Attempt::Permanent {
             reason,
             status: None,

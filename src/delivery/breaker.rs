@@ -16,7 +16,8 @@ pub(crate) struct Breaker {
 }
 
 /// A receiver's circuit breaker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Circuit {
     /// Deliveries go out.
@@ -40,7 +41,7 @@ pub(crate) struct CircuitState {
 
 impl CircuitState {
     /// Its circuit at `now`.
-    pub fn circuit(&self, breaker: &Breaker, now: u64) -> Circuit {
+    pub(crate) fn circuit(&self, breaker: &Breaker, now: u64) -> Circuit {
         match self.open_until {
             Some(until) if until > now => Circuit::Open,
             _ if self.failures >= breaker.failures => Circuit::HalfOpen,
@@ -49,18 +50,18 @@ impl CircuitState {
     }
 
     /// Until when it is open, if it is at `now` (Unix ms).
-    pub fn open_until(&self, now: u64) -> Option<u64> {
+    pub(crate) fn open_until(&self, now: u64) -> Option<u64> {
         self.open_until.filter(|&until| until > now)
     }
 
     /// Failed attempts in a row.
-    pub fn failures(&self) -> u32 {
+    pub(crate) fn failures(&self) -> u32 {
         self.failures
     }
 
     /// Counts a success or failure; opens the circuit after too many
     /// failures, and says so in the log.
-    pub fn record(&mut self, breaker: &Breaker, name: &str, up: bool) {
+    pub(crate) fn record(&mut self, breaker: &Breaker, name: &str, up: bool) {
         let now = now_ms();
         if up {
             if self.failures >= breaker.failures {

@@ -33,7 +33,7 @@ pub(crate) struct Refused {
 
 impl Egress {
     /// Parses `allow_hosts` entries: an IP, a CIDR, a hostname or `*.domain`.
-    pub fn parse(entries: &[String]) -> Result<Egress, EgressError> {
+    pub(crate) fn parse(entries: &[String]) -> Result<Egress, EgressError> {
         let mut egress = Egress::default();
         for entry in entries {
             let entry = entry.trim();
@@ -53,7 +53,7 @@ impl Egress {
     }
 
     /// This policy plus `other`'s allowances.
-    pub fn with(&self, other: &Egress) -> Egress {
+    pub(crate) fn with(&self, other: &Egress) -> Egress {
         let mut merged = self.clone();
         merged.hosts.extend(other.hosts.iter().cloned());
         merged.nets.extend(other.nets.iter().copied());
@@ -61,7 +61,7 @@ impl Egress {
     }
 
     /// A key that tells policies apart, for one HTTP client per policy.
-    pub fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         let mut parts: Vec<String> = self.hosts.clone();
         parts.extend(self.nets.iter().map(|n| n.to_string()));
         parts.sort();
@@ -69,7 +69,7 @@ impl Egress {
     }
 
     /// Whether the operator trusts this hostname whatever it resolves to.
-    pub fn allows_host(&self, host: &str) -> bool {
+    pub(crate) fn allows_host(&self, host: &str) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         self.hosts
             .iter()
@@ -80,7 +80,7 @@ impl Egress {
     }
 
     /// Checks one address `host` resolved to (or is).
-    pub fn check(&self, host: &str, addr: IpAddr) -> Result<(), Refused> {
+    pub(crate) fn check(&self, host: &str, addr: IpAddr) -> Result<(), Refused> {
         if self.nets.iter().any(|n| n.contains(&addr)) {
             return Ok(());
         }
@@ -103,13 +103,13 @@ pub(crate) struct Guard {
 }
 
 impl Guard {
-    pub fn new(all: Vec<Egress>) -> Guard {
+    pub(crate) fn new(all: Vec<Egress>) -> Guard {
         Guard { all }
     }
 
     /// Checks one address `host` resolved to (or is) against every policy:
     /// each must trust the hostname or allow the address.
-    pub fn check(&self, host: &str, addr: IpAddr) -> Result<(), Refused> {
+    pub(crate) fn check(&self, host: &str, addr: IpAddr) -> Result<(), Refused> {
         for egress in &self.all {
             if !egress.allows_host(host) {
                 egress.check(host, addr)?;
@@ -119,7 +119,7 @@ impl Guard {
     }
 
     /// A resolver for reqwest that returns only the addresses every policy allows.
-    pub fn resolver(self: &Arc<Self>) -> Arc<GuardedResolver> {
+    pub(crate) fn resolver(self: &Arc<Self>) -> Arc<GuardedResolver> {
         Arc::new(GuardedResolver {
             guard: self.clone(),
         })

@@ -55,7 +55,7 @@ pub(crate) struct QueuedUnder {
 
 impl QueuedUnder {
     /// What a delivery of a hook with this policy is queued under.
-    pub fn of(policy: &DeliveryPolicy) -> QueuedUnder {
+    pub(crate) fn of(policy: &DeliveryPolicy) -> QueuedUnder {
         QueuedUnder {
             signed: policy.signer.is_some(),
             allow: Some(policy.egress_key.as_str().into()),
@@ -83,7 +83,7 @@ pub(crate) trait PolicySource: Send + Sync {
 
 impl DeliveryPolicy {
     /// `dir` is where a `file:` secret's relative path starts.
-    pub fn new(
+    pub(crate) fn new(
         config: &HookConfig,
         dir: &std::path::Path,
     ) -> Result<DeliveryPolicy, SettingsError> {
@@ -158,7 +158,7 @@ impl Delivery {
 
     /// The receiver, as `host:port`: the unit of concurrency limits and
     /// circuit breaking.
-    pub fn receiver(&self) -> String {
+    pub(crate) fn receiver(&self) -> String {
         receiver_of(&self.url)
     }
 }

@@ -35,7 +35,7 @@ impl Signer {
     /// Parses secrets: `whsec_` + base64 (HMAC key), or `whsk_` + base64 of
     /// an ed25519 secret key (32-byte seed, or 64-byte seed and public key).
     /// Errors name the secret's position, never its value.
-    pub fn parse(secrets: &[&str]) -> Result<Signer, KeyError> {
+    pub(crate) fn parse(secrets: &[&str]) -> Result<Signer, KeyError> {
         let keys = secrets
             .iter()
             .enumerate()
@@ -45,7 +45,7 @@ impl Signer {
     }
 
     /// The `webhook-signature` header value for one attempt.
-    pub fn sign(&self, id: &str, timestamp: u64, body: &[u8]) -> String {
+    pub(crate) fn sign(&self, id: &str, timestamp: u64, body: &[u8]) -> String {
         let mut content = Vec::with_capacity(id.len() + body.len() + 24);
         content.extend_from_slice(id.as_bytes());
         content.extend_from_slice(format!(".{timestamp}.").as_bytes());

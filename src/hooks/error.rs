@@ -5,7 +5,8 @@ use std::fmt;
 use std::path::PathBuf;
 
 /// The step at which loading a hook failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
     /// Reading `NAME.wasm` or `NAME.toml`.
@@ -33,13 +34,14 @@ impl fmt::Display for Stage {
 }
 
 /// A hook that could not be loaded: which one, from which file, at which step, and why.
-#[derive(Debug, Clone, thiserror::Error, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, thiserror::Error, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[error("hook `{hook}` ({}): {stage} failed: {reason}", file.display())]
 pub struct LoadError {
     /// The hook's name (the file name without `.wasm`).
     pub hook: String,
     /// The file at fault: `NAME.wasm` or `NAME.toml`.
-    #[schema(value_type = String)]
+    #[cfg_attr(feature = "server", schema(value_type = String))]
     pub file: PathBuf,
     /// The step that failed.
     pub stage: Stage,

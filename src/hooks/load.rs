@@ -17,7 +17,7 @@ use wildmatch::WildMatch;
 impl Registry {
     /// Loads one hook off to the side: read, compile, link, `setup`. Its
     /// config comes from `NAME.toml` beside it unless `config` is given.
-    pub async fn load(
+    pub(crate) async fn load(
         &self,
         wasm: &Path,
         config: Option<HookConfig>,

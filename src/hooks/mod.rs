@@ -53,12 +53,12 @@ pub(crate) struct LiveHook {
 }
 
 impl LiveHook {
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.prepared.name
     }
 
     /// Whether this hook subscribed to the event's method and phase.
-    pub fn wants(&self, event: &Event) -> bool {
+    pub(crate) fn wants(&self, event: &Event) -> bool {
         self.subscription.phases.contains(&event.phase())
             && self.methods.iter().any(|m| m.matches(event.method()))
     }
@@ -87,7 +87,7 @@ impl Snapshot {
     }
 
     /// The live hooks subscribed to this event, in name order.
-    pub fn matching(&self, event: &Event) -> Hooks {
+    pub(crate) fn matching(&self, event: &Event) -> Hooks {
         let key = (event.method().to_owned(), event.phase());
         if let Some(hooks) = self.index.read().unwrap().get(&key) {
             return hooks.clone();
@@ -145,7 +145,7 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    pub fn new(sandbox: Arc<Sandbox>, limits: Limits, metrics: Arc<Metrics>) -> Registry {
+    pub(crate) fn new(sandbox: Arc<Sandbox>, limits: Limits, metrics: Arc<Metrics>) -> Registry {
         Registry {
             sandbox,
             limits,
@@ -158,12 +158,12 @@ impl Registry {
     }
 
     /// The current snapshot.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
     }
 
     /// A receiver that sees the generation number change after each swap.
-    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+    pub(crate) fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.generation.subscribe()
     }
 
@@ -176,7 +176,7 @@ impl Registry {
     /// and they have been quiet for `quiet` (so a rescan does not catch a
     /// writer mid-file). Hooks in `unsettled` (still being written) are left
     /// as they are. A missing folder counts as empty.
-    pub async fn reconcile(
+    pub(crate) async fn reconcile(
         &self,
         dir: &Path,
         force: &HashSet<String>,

@@ -9,7 +9,8 @@ use serde::Serialize;
 use std::path::PathBuf;
 
 /// Whether a hook is taking events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum HookState {
     /// Loaded and taking events (possibly an older version, see `last_error`).
@@ -19,7 +20,8 @@ pub enum HookState {
 }
 
 /// How a hook talks to the engine (see docs/writing-hooks.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Abi {
     /// A component of the `hook` world.
@@ -29,14 +31,15 @@ pub enum Abi {
 }
 
 /// What the status API and `check` show for one hook.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct HookStatus {
     /// The hook's name: its file name without `.wasm`.
     pub name: String,
     /// Live or failed.
     pub state: HookState,
     /// The `.wasm` file.
-    #[schema(value_type = String)]
+    #[cfg_attr(feature = "server", schema(value_type = String))]
     pub file: PathBuf,
     /// SHA-256 of the live version's `.wasm` and `.toml`, hex.
     pub hash: Option<String>,
@@ -83,7 +86,7 @@ pub struct HookStatus {
 
 impl Registry {
     /// Status of every hook, live or failed, by name.
-    pub fn statuses(&self) -> Vec<HookStatus> {
+    pub(crate) fn statuses(&self) -> Vec<HookStatus> {
         let snapshot = self.snapshot();
         let mut names: Vec<&String> = snapshot.live.keys().chain(snapshot.failed.keys()).collect();
         names.sort();

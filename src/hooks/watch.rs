@@ -49,7 +49,7 @@ pub(crate) struct WatchOptions {
 
 impl Watch {
     /// Starts watching `dir` (which need not exist yet) and its parent.
-    pub fn start(
+    pub(crate) fn start(
         registry: Arc<Registry>,
         dir: PathBuf,
         options: WatchOptions,

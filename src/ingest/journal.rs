@@ -56,7 +56,7 @@ impl Ingest {
 
     /// Runs again the post events accepted before a crash whose hooks had
     /// not finished, on the hooks of the same names as now loaded.
-    pub async fn resume_journal(self: &Arc<Self>) -> Result<(), IngestError> {
+    pub(crate) async fn resume_journal(self: &Arc<Self>) -> Result<(), IngestError> {
         let unfinished = self.queue.unfinished().await?;
         if !unfinished.is_empty() {
             tracing::info!(

@@ -81,7 +81,7 @@ impl Ingest {
 
     /// Waits until every event accepted so far is committed: post events,
     /// and pre events' deliveries.
-    pub async fn settled(&self) {
+    pub(crate) async fn settled(&self) {
         let all = self
             .posts
             .acquire_many(MAX_POSTS_IN_FLIGHT as u32)

@@ -15,7 +15,7 @@ use tokio::sync::OwnedSemaphorePermit;
 impl Ingest {
     /// Accepts a post event (see the module's doc). Waits only when too
     /// many post events are already in progress.
-    pub async fn post(self: &Arc<Self>, mut event: Event) -> Result<(), IngestError> {
+    pub(crate) async fn post(self: &Arc<Self>, mut event: Event) -> Result<(), IngestError> {
         let hooks = self.registry.snapshot().matching(&event);
         if hooks.is_empty() {
             self.activity.event(&event, Vec::new(), None);

@@ -14,7 +14,7 @@ use std::sync::Arc;
 impl Ingest {
     /// Runs a pre event through the hooks subscribed to it and returns the
     /// verdict (see the module's doc).
-    pub async fn pre(self: &Arc<Self>, event: Event) -> Result<Verdict, IngestError> {
+    pub(crate) async fn pre(self: &Arc<Self>, event: Event) -> Result<Verdict, IngestError> {
         let hooks = self.registry.snapshot().matching(&event);
         if hooks.is_empty() {
             // No WASM call, nothing to queue: nothing to recognise either.

@@ -129,7 +129,7 @@ impl Workers {
     }
 
     /// Forgets the waiters of deliveries whose caller stopped waiting.
-    pub fn stop_waiting(&self, ids: impl IntoIterator<Item = String>) {
+    pub(crate) fn stop_waiting(&self, ids: impl IntoIterator<Item = String>) {
         let mut waiters = self.waiters.lock().unwrap();
         for id in ids {
             if let Some(list) = waiters.get_mut(&id) {

@@ -9,7 +9,7 @@ impl Workers {
     /// the same commit, without a trip through the pump; the rest wait for
     /// it. A caller that stops waiting changes nothing, and no slot or
     /// claimed row is left behind: the rest finishes in a task of its own.
-    pub async fn submit(self: &Arc<Self>, batch: Batch) -> Result<Committed, QueueError> {
+    pub(crate) async fn submit(self: &Arc<Self>, batch: Batch) -> Result<Committed, QueueError> {
         let workers = self.clone();
         MustFinish::new(async move { workers.commit_and_launch(batch).await }).await
     }
@@ -17,7 +17,7 @@ impl Workers {
     /// [`Workers::submit`] for a `wait` hook's deliveries: also returns, per
     /// delivery, a receiver of its first final outcome (delivered, or failed
     /// for good), however many attempts that takes.
-    pub async fn submit_waiting(
+    pub(crate) async fn submit_waiting(
         self: &Arc<Self>,
         deliveries: Vec<Delivery>,
     ) -> Result<Vec<(Delivery, oneshot::Receiver<WaitOutcome>)>, QueueError> {

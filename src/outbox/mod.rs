@@ -103,7 +103,7 @@ pub(crate) struct Workers {
 
 impl Workers {
     /// Starts the pump on the current tokio runtime.
-    pub fn start(
+    pub(crate) fn start(
         queue: Arc<dyn Queue>,
         sender: Sender,
         policies: Arc<dyn PolicySource>,
@@ -136,22 +136,22 @@ impl Workers {
     }
 
     /// Stops claiming deliveries; attempts in flight finish and are recorded.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.stop.cancel();
     }
 
     /// Whether [`Workers::stop`] was called: the engine is going away.
-    pub fn stopped(&self) -> bool {
+    pub(crate) fn stopped(&self) -> bool {
         self.stop.is_cancelled()
     }
 
     /// Tells the pump that deliveries may be due (new ones were committed).
-    pub fn wake(&self) {
+    pub(crate) fn wake(&self) {
         self.wake.notify_one();
     }
 
     /// Resolves once the queue holds nothing pending: every delivery sent or dead.
-    pub async fn drained(&self) {
+    pub(crate) async fn drained(&self) {
         let mut progress = self.progress.subscribe();
         loop {
             match self.queue.backlog().await {
@@ -169,14 +169,14 @@ impl Workers {
     }
 
     /// Resolves once no attempt is in flight (each launched one recorded).
-    pub async fn idle(&self) {
+    pub(crate) async fn idle(&self) {
         let mut running = self.running.subscribe();
         let _ = running.wait_for(|n| *n == 0).await;
     }
 
     /// Per receiver being sent to or failing: attempts in flight, and
     /// whether its circuit is open. For metrics.
-    pub fn receivers(&self) -> Vec<ReceiverView> {
+    pub(crate) fn receivers(&self) -> Vec<ReceiverView> {
         let now = now_ms();
         let slots = self.slots.lock().unwrap();
         slots

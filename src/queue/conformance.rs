@@ -46,6 +46,8 @@ impl Backend for SqliteMemory {
     }
 }
 
+// Shared with the integration tests, where its items are public.
+#[allow(unreachable_pub)]
 #[path = "../../tests/support/nats.rs"]
 mod nats_server;
 

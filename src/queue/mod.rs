@@ -131,7 +131,7 @@ pub(crate) struct Claimed {
 
 impl Claimed {
     /// A delivery not attempted yet.
-    pub fn new(delivery: Delivery) -> Claimed {
+    pub(crate) fn new(delivery: Delivery) -> Claimed {
         Claimed {
             delivery,
             attempts: 0,
@@ -174,9 +174,8 @@ pub(crate) enum Finish {
 }
 
 /// Where a delivery stands: what a listing asks for.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize, utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryState {
     /// Waiting to be sent, retries included.
@@ -238,7 +237,8 @@ impl DeliveryQuery {
 }
 
 /// A queued delivery, as operators see it (no body).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct DeliveryInfo {
     /// The `webhook-id`.
     pub id: String,
@@ -249,7 +249,7 @@ pub struct DeliveryInfo {
     /// The receiver: the URL's `host:port`.
     pub receiver: String,
     /// `pending` or `dead`.
-    #[schema(value_type = String, pattern = "^(pending|dead)$")]
+    #[cfg_attr(feature = "server", schema(value_type = String, pattern = "^(pending|dead)$"))]
     pub state: &'static str,
     /// Attempts made.
     pub attempts: u32,

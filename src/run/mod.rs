@@ -110,7 +110,7 @@ fn site(hook: &LiveHook, event: &Event) -> CallSite {
 }
 
 impl Runner {
-    pub fn new(sandbox: Arc<Sandbox>, config: &Config) -> Runner {
+    pub(crate) fn new(sandbox: Arc<Sandbox>, config: &Config) -> Runner {
         Runner {
             sandbox,
             max_deliveries: config.max_deliveries_per_event,
@@ -159,7 +159,7 @@ impl Runner {
 
     /// Calls the hook, counts the call, logs and returns a failure, and
     /// checks its outcome.
-    pub async fn run(
+    pub(crate) async fn run(
         &self,
         hook: &LiveHook,
         event: &Event,

@@ -11,7 +11,8 @@ use serde::Serialize;
 use std::sync::Arc;
 
 /// The answer to a pre event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct Verdict {
     /// Whether the operation may go ahead.
     pub allowed: bool,
@@ -28,7 +29,8 @@ pub struct Verdict {
 }
 
 /// The veto a hook in monitor mode would have made.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct WouldDeny {
     /// The hook.
     pub hook: String,
@@ -37,7 +39,8 @@ pub struct WouldDeny {
 }
 
 /// A hook that failed on an event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct HookFailure {
     /// The hook.
     pub hook: String,

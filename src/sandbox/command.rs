@@ -10,16 +10,16 @@ use crate::event::Event;
 use serde::Deserialize;
 
 /// The environment variable that holds a command hook's settings as JSON.
-pub const SETTINGS_ENV: &str = "WASMHOOKS_SETTINGS";
+pub(crate) const SETTINGS_ENV: &str = "WASMHOOKS_SETTINGS";
 
 /// Whether `bytes` is a core WebAssembly module (not a component).
-pub fn is_core_module(bytes: &[u8]) -> bool {
+pub(crate) fn is_core_module(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes.starts_with(b"\0asm") && bytes[4..8] == [1, 0, 0, 0]
 }
 
 /// Turns a `wasm32-wasip1` command module into a `wasi:cli/command`
 /// component, with the preview1 command adapter.
-pub fn componentize(bytes: &[u8]) -> Result<Vec<u8>, SandboxError> {
+pub(crate) fn componentize(bytes: &[u8]) -> Result<Vec<u8>, SandboxError> {
     if !exports_start(bytes)? {
         return Err(SandboxError::NoStart);
     }
@@ -61,7 +61,7 @@ fn exports_start(bytes: &[u8]) -> Result<bool, SandboxError> {
 
 /// The event as a command hook reads it on stdin. The payload is embedded
 /// as JSON, not as a string of JSON as in the WIT record.
-pub fn input(event: &Event) -> Vec<u8> {
+pub(crate) fn input(event: &Event) -> Vec<u8> {
     use serde_json::value::RawValue;
     // An accepted event's payload is valid JSON; `null` is only a fallback.
     let payload: Box<RawValue> = serde_json::from_str(event.payload())

@@ -72,21 +72,24 @@ impl<'a> From<&'a Event> for HookEvent<'a> {
 impl HookPre {
     /// The component's exports as either version of the world, 0.3.0 first;
     /// the error is 0.3.0's.
-    pub fn new(pre: InstancePre<HostState>) -> wasmtime::Result<HookPre> {
+    pub(crate) fn new(pre: InstancePre<HostState>) -> wasmtime::Result<HookPre> {
         match v3::HookPre::new(pre.clone()) {
             Ok(pre) => Ok(HookPre::V3(pre)),
             Err(v3_error) => v2::HookPre::new(pre).map(HookPre::V2).map_err(|_| v3_error),
         }
     }
 
-    pub fn instance_pre(&self) -> &InstancePre<HostState> {
+    pub(crate) fn instance_pre(&self) -> &InstancePre<HostState> {
         match self {
             HookPre::V3(pre) => pre.instance_pre(),
             HookPre::V2(pre) => pre.instance_pre(),
         }
     }
 
-    pub async fn instantiate_async(&self, store: &mut Store<HostState>) -> wasmtime::Result<Hook> {
+    pub(crate) async fn instantiate_async(
+        &self,
+        store: &mut Store<HostState>,
+    ) -> wasmtime::Result<Hook> {
         Ok(match self {
             HookPre::V3(pre) => Hook::V3(pre.instantiate_async(store).await?),
             HookPre::V2(pre) => Hook::V2(pre.instantiate_async(store).await?),
@@ -94,7 +97,7 @@ impl HookPre {
     }
 
     /// The bindings of `instance`, of this component's version.
-    pub fn bind(
+    pub(crate) fn bind(
         &self,
         store: &mut Store<HostState>,
         instance: &Instance,
@@ -108,7 +111,7 @@ impl HookPre {
 
 impl Hook {
     /// `setup`, with what it returned in the host's terms.
-    pub async fn call_setup(
+    pub(crate) async fn call_setup(
         &self,
         store: &mut Store<HostState>,
         settings: &str,
@@ -132,7 +135,7 @@ impl Hook {
     }
 
     /// `handle`, on an instance whose `setup` has run.
-    pub async fn call_handle(
+    pub(crate) async fn call_handle(
         &self,
         store: &mut Store<HostState>,
         event: &HookEvent<'_>,
@@ -217,7 +220,7 @@ fn delivery3(d: wit3::Delivery) -> RawDelivery {
 impl Sandbox {
     /// Instantiates the hook and runs its `setup` with its settings (for a
     /// hook that is not pre-initialised: see `preinit.rs`).
-    pub async fn setup(&self, hook: &Prepared) -> Result<Subscription, Failure> {
+    pub(crate) async fn setup(&self, hook: &Prepared) -> Result<Subscription, Failure> {
         let Linked::Hook(pre) = &hook.linked else {
             unreachable!("a command hook's subscription comes from its NAME.toml")
         };
@@ -230,7 +233,11 @@ impl Sandbox {
 
     /// Runs one event through a fresh instance: `handle`, after `setup`
     /// unless the hook is pre-initialised.
-    pub async fn handle(&self, hook: &Prepared, event: &Event) -> Result<RawOutcome, Failure> {
+    pub(crate) async fn handle(
+        &self,
+        hook: &Prepared,
+        event: &Event,
+    ) -> Result<RawOutcome, Failure> {
         if let Linked::Command(pre) = &hook.linked {
             return self.run_command(hook, pre, event).await;
         }

@@ -40,7 +40,7 @@ pub(crate) struct Cpu {
 }
 
 impl Cpu {
-    pub fn new(cpus: Arc<Semaphore>) -> Cpu {
+    pub(super) fn new(cpus: Arc<Semaphore>) -> Cpu {
         Cpu {
             cpus,
             held: None,
@@ -51,7 +51,7 @@ impl Cpu {
 
     /// Starts a call: waits for a CPU (not charged). Returns the call's
     /// clock.
-    pub async fn begin(&mut self) -> CallClock {
+    pub(super) async fn begin(&mut self) -> CallClock {
         self.held = Some(acquire(&self.cpus).await);
         self.clock = CallClock::default();
         self.segment = wasm_segment();
@@ -60,14 +60,14 @@ impl Cpu {
 
     /// The guest yields at an epoch tick (from the epoch callback): until
     /// it runs again, it is not charged.
-    pub fn yielding(&mut self) {
+    pub(super) fn yielding(&mut self) {
         if let Segment::Host { yielded, .. } = &mut self.segment {
             *yielded = true;
         }
     }
 
     /// Ends a call: charges what ran last, and gives its CPU back.
-    pub fn end(&mut self) {
+    pub(super) fn end(&mut self) {
         self.close_segment();
         self.segment = Segment::Idle;
         self.held = None;
@@ -154,7 +154,7 @@ impl Default for CallClock {
 impl CallClock {
     /// Time charged to the call so far, as of its last host call (the
     /// epoch callback runs in one, so it is exact there).
-    pub fn ran(&self) -> Duration {
+    pub(super) fn ran(&self) -> Duration {
         Duration::from_nanos(self.charged.load(Ordering::Relaxed))
     }
 
@@ -174,7 +174,7 @@ impl CallClock {
     /// Runs `call` until it ends, or until it has been charged `budget`;
     /// `None` then. For a call blocked in a host call: wasm that runs is
     /// stopped by the epoch callback first.
-    pub async fn within<F: Future>(&self, budget: Duration, call: F) -> Option<F::Output> {
+    pub(super) async fn within<F: Future>(&self, budget: Duration, call: F) -> Option<F::Output> {
         let mut call = std::pin::pin!(call);
         loop {
             let left = budget.saturating_sub(self.ran_now());

@@ -68,7 +68,8 @@ const MAX_LOG_LINES: u32 = 100;
 const MAX_LOG_LINE: usize = 4096;
 
 /// A hook's subscription, as returned by `setup`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct Subscription {
     /// Method globs.
     pub methods: Vec<String>,
@@ -151,7 +152,7 @@ pub(crate) struct Sandbox {
 impl Sandbox {
     /// Sets up the engine (pooling allocator if it can reserve its memory,
     /// else on-demand with a warning), the linker, and the epoch ticker.
-    pub fn new(config: &Config) -> Result<Sandbox, SandboxError> {
+    pub(crate) fn new(config: &Config) -> Result<Sandbox, SandboxError> {
         let slots = config.max_concurrent_calls.max(1);
         // Warm instances stay allocated between calls: room for them too.
         let instances = slots + config.max_warm_instances;
@@ -215,7 +216,7 @@ impl Sandbox {
     }
 
     /// Forgets compiled components other than these (by content hash).
-    pub fn retain_compiled<'a>(&self, keep: impl IntoIterator<Item = &'a str>) {
+    pub(crate) fn retain_compiled<'a>(&self, keep: impl IntoIterator<Item = &'a str>) {
         let keep: std::collections::HashSet<&str> = keep.into_iter().collect();
         self.compiled
             .lock()
@@ -225,7 +226,11 @@ impl Sandbox {
 
     /// Compiles a component, once per content hash, on a blocking thread
     /// so the async runtime's workers stay free.
-    pub async fn compile(&self, hash: &str, bytes: Vec<u8>) -> Result<Component, SandboxError> {
+    pub(crate) async fn compile(
+        &self,
+        hash: &str,
+        bytes: Vec<u8>,
+    ) -> Result<Component, SandboxError> {
         if let Some(component) = self.compiled.lock().unwrap().get(hash) {
             return Ok(component.clone());
         }
@@ -275,7 +280,7 @@ impl Sandbox {
 
     /// Links a component, once per load: a component of the `hook` world,
     /// or a WASI command (exporting `wasi:cli/run`).
-    pub fn link(&self, component: &Component) -> Result<Linked, SandboxError> {
+    pub(crate) fn link(&self, component: &Component) -> Result<Linked, SandboxError> {
         let instance_pre = self
             .linker
             .instantiate_pre(component)

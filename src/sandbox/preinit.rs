@@ -48,7 +48,7 @@ enum Preinit {
 
 impl SetUp {
     /// A hook set up without a snapshot.
-    pub fn alone(subscription: Subscription) -> SetUp {
+    pub(crate) fn alone(subscription: Subscription) -> SetUp {
         SetUp {
             subscription,
             initialized: None,
@@ -63,7 +63,7 @@ impl Sandbox {
     /// says why in the log and returns the subscription alone. The work runs
     /// on a blocking thread: instrumenting and rewriting a large component
     /// (CPython's, say) takes milliseconds of CPU.
-    pub async fn set_up(
+    pub(crate) async fn set_up(
         self: &Arc<Self>,
         hook: &Prepared,
         bytes: Arc<[u8]>,

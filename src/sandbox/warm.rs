@@ -19,7 +19,7 @@ pub(crate) struct WarmPool {
 
 impl WarmPool {
     /// Warm instances idle now.
-    pub fn idle(&self) -> usize {
+    pub(crate) fn idle(&self) -> usize {
         self.idle.lock().unwrap().len()
     }
 
@@ -65,7 +65,7 @@ pub(super) struct Warm {
 impl Sandbox {
     /// A warm pool for a hook version with `[reuse]`; its idle instances
     /// are dropped after `idle_secs`.
-    pub fn warm_pool(&self, reuse: crate::config::ReuseConfig) -> Arc<WarmPool> {
+    pub(crate) fn warm_pool(&self, reuse: crate::config::ReuseConfig) -> Arc<WarmPool> {
         let pool = Arc::new(WarmPool {
             idle: Mutex::default(),
             events: reuse.events,

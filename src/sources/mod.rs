@@ -17,10 +17,10 @@ use serde::Serialize;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
-use utoipa::ToSchema;
 
 /// How a source is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum SourceState {
     /// Opening the stream.
@@ -37,7 +37,8 @@ pub enum SourceState {
 }
 
 /// A source, as `GET /v1/sources` lists it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct SourceStatus {
     /// Its name (`xo`).
     pub name: String,
@@ -270,7 +271,7 @@ pub(crate) struct Sources {
 
 impl Sources {
     /// Starts the configured sources: each reads until the engine is dropped.
-    pub fn start(
+    pub(crate) fn start(
         config: &SourcesConfig,
         ingest: &Arc<Ingest>,
         metrics: &Arc<Metrics>,
@@ -292,12 +293,12 @@ impl Sources {
     }
 
     /// Every source's status.
-    pub fn statuses(&self) -> Vec<SourceStatus> {
+    pub(crate) fn statuses(&self) -> Vec<SourceStatus> {
         self.running.iter().map(|(s, _)| s.snapshot()).collect()
     }
 
     /// Stops reading: no new observed event after this.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         for (_, task) in &self.running {
             task.abort();
         }

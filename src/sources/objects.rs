@@ -51,7 +51,7 @@ pub(crate) struct Change {
 }
 
 impl Objects {
-    pub fn new(max: usize) -> Objects {
+    pub(super) fn new(max: usize) -> Objects {
         let max = max.max(1);
         Objects {
             max,
@@ -61,22 +61,22 @@ impl Objects {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.last.len()
     }
 
     /// See [`Objects::complete`]'s field.
-    pub fn complete(&self) -> bool {
+    pub(super) fn complete(&self) -> bool {
         self.complete
     }
 
     /// After a listing of `total` objects: whether they all fit.
-    pub fn listed(&mut self, total: usize) {
+    pub(super) fn listed(&mut self, total: usize) {
         self.complete = total <= self.max;
     }
 
     /// What is known of `key` now.
-    pub fn known(&self, key: &Key) -> Known {
+    pub(super) fn known(&self, key: &Key) -> Known {
         match self.last.peek(key) {
             Some(fields) => Known::State(fields.clone()),
             None if self.complete => Known::Absent,
@@ -85,7 +85,7 @@ impl Objects {
     }
 
     /// Keeps `fields` as the object's state; returns what was known before.
-    pub fn set(&mut self, key: Key, fields: Fields) -> Known {
+    pub(super) fn set(&mut self, key: Key, fields: Fields) -> Known {
         let before = self.known(&key);
         if !self.last.contains_key(&key) && self.last.len() == self.max {
             // One is forgotten to make room.
@@ -96,14 +96,14 @@ impl Objects {
     }
 
     /// Forgets the object; returns what was known before.
-    pub fn remove(&mut self, key: &Key) -> Known {
+    pub(super) fn remove(&mut self, key: &Key) -> Known {
         let before = self.known(key);
         self.last.remove(key);
         before
     }
 
     /// Every object of `collection` kept, by id.
-    pub fn ids(&self, collection: &str) -> Vec<String> {
+    pub(super) fn ids(&self, collection: &str) -> Vec<String> {
         self.last
             .iter()
             .filter(|((c, _), _)| c == collection)
@@ -114,7 +114,7 @@ impl Objects {
     /// Remembers what hooks knew of `key` before the lost event number
     /// `seq`, unless an earlier lost event's is kept already. Forgetting
     /// one (past `max_objects`) makes the set incomplete.
-    pub fn lost(&mut self, key: Key, seq: u64, before: Known) {
+    pub(super) fn lost(&mut self, key: Key, seq: u64, before: Known) {
         match self.told.get(&key) {
             Some((kept, _)) if *kept <= seq => {}
             _ => {
@@ -128,7 +128,7 @@ impl Objects {
 
     /// What hooks last knew of `key`: its state before its earliest lost
     /// event, or what is known now.
-    pub fn baseline(&mut self, key: &Key) -> Known {
+    pub(super) fn baseline(&mut self, key: &Key) -> Known {
         match self.told.remove(key) {
             Some((_, told)) => told,
             None => self.known(key),
@@ -136,7 +136,7 @@ impl Objects {
     }
 
     /// Objects of `collection` lost events were about, whatever their state now.
-    pub fn lost_ids(&self, collection: &str) -> Vec<String> {
+    pub(super) fn lost_ids(&self, collection: &str) -> Vec<String> {
         self.told
             .iter()
             .filter(|((c, _), _)| c == collection)

@@ -89,7 +89,7 @@ async fn broken_files_are_reported_and_the_good_hook_serves() {
 async fn without_watch_a_missing_hooks_folder_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope");
-    let config = wasmhooks::Config {
+    let config = wasmhooks::config::Config {
         watch: false,
         ..crate::test_config(&missing)
     };

@@ -2,7 +2,8 @@
 //! hog traps at its cap, a trap is a trap, and the other hooks keep delivering.
 
 use crate::{Receiver, engine, fixture, install, one_hook, test_config, wasm};
-use wasmhooks::{CallError, Error, HookConfig, Phase};
+use wasmhooks::config::HookConfig;
+use wasmhooks::{CallError, Error, Phase};
 
 /// Settings for a misbehaving hook. Hooks that should be stopped by the
 /// clock get 300 ms; the others get 5 s, so that on a loaded machine they

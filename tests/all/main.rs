@@ -34,8 +34,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
+use wasmhooks::config::Config;
 use wasmhooks::config::DeliveryConfig;
-use wasmhooks::{Config, Engine, Event};
+use wasmhooks::{Engine, Event};
 
 #[path = "../support/guests.rs"]
 pub mod guests;
@@ -145,7 +146,7 @@ impl Backend {
     pub fn config(&self, dir: &Path) -> Config {
         let mut config = test_config(dir);
         if let Backend::Nats(server) = self {
-            config.queue = wasmhooks::QueueConfig::Nats(wasmhooks::config::NatsConfig {
+            config.queue = wasmhooks::config::QueueConfig::Nats(wasmhooks::config::NatsConfig {
                 url: server.url.clone(),
                 ack_wait_ms: 2_000,
                 ..Default::default()

@@ -3,7 +3,8 @@
 
 use crate::{engine, fixture, fixture_bytes, install};
 use serde_json::Value;
-use wasmhooks::{HookMode, WouldDeny};
+use wasmhooks::WouldDeny;
+use wasmhooks::config::HookMode;
 
 const PROTECTED: &str = "[settings]\nprotected = [\"0a9b8c7d-6e5f-4a3b-2c1d-0e9f8a7b6c5d\"]\n";
 

@@ -11,7 +11,8 @@ use axum::http::StatusCode;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use wasmhooks::{Config, DeadLetters, DeliveryState, Engine, Event};
+use wasmhooks::config::Config;
+use wasmhooks::{DeadLetters, DeliveryState, Engine, Event};
 
 /// A sample event with its own call id.
 pub fn event(name: &str, call_id: &str) -> Event {

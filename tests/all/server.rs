@@ -26,7 +26,10 @@ async fn the_api_can_require_a_bearer_token() {
     let router = || wasmhooks::server::router(engine.clone());
     for bad in ["short", "has a space in it!!"] {
         let refused = wasmhooks::server::require_token(router(), bad).err();
-        assert_eq!(refused, Some(wasmhooks::SettingsError::Token { min: 16 }));
+        assert_eq!(
+            refused,
+            Some(wasmhooks::config::SettingsError::Token { min: 16 })
+        );
     }
     let token = "0123456789abcdef0123456789abcdef";
     let base = serve_app(wasmhooks::server::require_token(router(), token).unwrap()).await;

@@ -133,7 +133,7 @@ impl NatsQueue {
     /// Becomes true once what this run held is handed back (after it is
     /// dropped or [`Queue::release`]d).
     #[cfg(test)]
-    pub fn released(&self) -> watch::Receiver<bool> {
+    pub(crate) fn released(&self) -> watch::Receiver<bool> {
         self.released.subscribe()
     }
 

@@ -4,7 +4,7 @@ use super::*;
 
 impl NatsQueue {
     /// Connects and creates the streams that do not exist yet.
-    pub async fn open(
+    pub(crate) async fn open(
         nats: &NatsConfig,
         settings: &QueueSettings,
     ) -> Result<Arc<NatsQueue>, QueueError> {

@@ -52,7 +52,7 @@ impl SqliteQueue {
     ///
     /// With `fsync`, each commit waits for the disk (survives power loss);
     /// without it, commits survive a crash of the process but not of the machine.
-    pub fn open(dir: Option<&Path>, fsync: bool) -> Result<Arc<SqliteQueue>, QueueError> {
+    pub(crate) fn open(dir: Option<&Path>, fsync: bool) -> Result<Arc<SqliteQueue>, QueueError> {
         let lock = dir.map(lock).transpose()?;
         let path = dir.map(|d| d.join(DB_FILE));
         let conn = open_connection(path.as_deref(), fsync)?;
@@ -63,7 +63,7 @@ impl SqliteQueue {
     /// Opens the state folder of an engine that may be running, for
     /// operator commands: no lock is taken, the schema is not changed and
     /// no claim is touched.
-    pub fn inspect(dir: &Path) -> Result<Arc<SqliteQueue>, QueueError> {
+    pub(crate) fn inspect(dir: &Path) -> Result<Arc<SqliteQueue>, QueueError> {
         let path = dir.join(DB_FILE);
         if !path.is_file() {
             return Err(QueueError::Open {

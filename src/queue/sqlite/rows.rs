@@ -24,29 +24,29 @@ pub(super) fn from_sql(v: i64) -> u64 {
 /// as `(SELECT ?n)`. The `hot_statements_are_planned_once` test holds them
 /// to it.
 pub(super) mod sql {
-    pub const ACCEPT_KEY: &str =
+    pub(crate) const ACCEPT_KEY: &str =
         "INSERT INTO accepted (key, at_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING";
-    pub const INSERT_DELIVERY: &str = "INSERT OR IGNORE INTO deliveries
+    pub(crate) const INSERT_DELIVERY: &str = "INSERT OR IGNORE INTO deliveries
            (id, hook, receiver, url, headers, body, signed, allow, claimed, created_ms, next_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)";
-    pub const RETIRE_EVENT: &str = "DELETE FROM events WHERE ticket = ?1";
+    pub(crate) const RETIRE_EVENT: &str = "DELETE FROM events WHERE ticket = ?1";
     /// The next receiver with unclaimed rows: one seek in `deliveries_ready`.
-    pub const NEXT_RECEIVER: &str = "SELECT receiver FROM deliveries
+    pub(crate) const NEXT_RECEIVER: &str = "SELECT receiver FROM deliveries
          WHERE dead = 0 AND claimed = 0 AND receiver > ?1 ORDER BY receiver LIMIT 1";
     /// A receiver's unclaimed rows, soonest due first, in `deliveries_ready`'s order.
-    pub const OLDEST_DUE: &str = "SELECT id, next_ms FROM deliveries
+    pub(crate) const OLDEST_DUE: &str = "SELECT id, next_ms FROM deliveries
          WHERE dead = 0 AND claimed = 0 AND receiver = (SELECT ?1)
          ORDER BY next_ms LIMIT (SELECT ?2)";
-    pub const TAKE: &str = "UPDATE deliveries SET claimed = ?2 WHERE id = ?1
+    pub(crate) const TAKE: &str = "UPDATE deliveries SET claimed = ?2 WHERE id = ?1
          RETURNING hook, url, headers, body, attempts, signed, allow";
-    pub const DELIVERED: &str = "DELETE FROM deliveries WHERE id = ?1 AND claimed = ?2";
-    pub const RETRY: &str = "UPDATE deliveries SET claimed = 0, attempts = ?2, next_ms = ?3,
+    pub(crate) const DELIVERED: &str = "DELETE FROM deliveries WHERE id = ?1 AND claimed = ?2";
+    pub(crate) const RETRY: &str = "UPDATE deliveries SET claimed = 0, attempts = ?2, next_ms = ?3,
          last_error = ?4, last_status = ?5 WHERE id = ?1";
-    pub const DEAD: &str = "UPDATE deliveries SET claimed = 0, dead = 1, attempts = ?2,
+    pub(crate) const DEAD: &str = "UPDATE deliveries SET claimed = 0, dead = 1, attempts = ?2,
          last_error = ?3, last_status = ?4 WHERE id = ?1 AND claimed = ?5";
     /// Every statement above.
     #[cfg(test)]
-    pub const ALL: [&str; 9] = [
+    pub(crate) const ALL: [&str; 9] = [
         ACCEPT_KEY,
         INSERT_DELIVERY,
         RETIRE_EVENT,

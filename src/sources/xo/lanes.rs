@@ -43,7 +43,7 @@ pub(super) struct Gap {
 }
 
 impl Gap {
-    pub fn is_open(&self) -> bool {
+    pub(super) fn is_open(&self) -> bool {
         self.open.load(Ordering::SeqCst)
     }
 
@@ -54,7 +54,7 @@ impl Gap {
     }
 
     /// Resolves once a gap opens.
-    pub async fn opened(&self) {
+    pub(super) async fn opened(&self) {
         loop {
             let notified = self.opened.notified();
             if self.is_open() {
@@ -66,7 +66,7 @@ impl Gap {
 
     /// Waits until nothing is queued (everything set aside or accepted),
     /// then closes the gap: events flow again.
-    pub async fn close(&self) {
+    pub(super) async fn close(&self) {
         loop {
             let drained = self.drained.notified();
             if self.queued.load(Ordering::SeqCst) == 0 {
@@ -96,7 +96,7 @@ pub(super) struct Lanes {
 
 impl Lanes {
     /// Starts the lanes: at most `max_pending` events wait in all.
-    pub fn start(
+    pub(super) fn start(
         max_pending: usize,
         ingest: &Arc<Ingest>,
         objects: &Arc<Mutex<Objects>>,
@@ -131,7 +131,7 @@ impl Lanes {
 
     /// Queues `pending` without waiting; during a gap, or if its lane is
     /// full (which opens one), it is set aside for the next listing.
-    pub fn send(&self, pending: Pending) {
+    pub(super) fn send(&self, pending: Pending) {
         if !self.gap.is_open() {
             let lane = &self.senders[lane_of(&pending.key)];
             self.gap.queued.fetch_add(1, Ordering::SeqCst);
@@ -157,7 +157,7 @@ impl Lanes {
     /// Queues `pending`, waiting for room in its lane: for a listing's
     /// differences, which are bounded, and which the stream is not read
     /// for meanwhile. During a gap it is set aside.
-    pub async fn send_waiting(&self, pending: Pending) {
+    pub(super) async fn send_waiting(&self, pending: Pending) {
         if self.gap.is_open() {
             set_aside(&self.objects, &self.status, pending);
             return;

@@ -86,7 +86,7 @@ pub(crate) struct XoSource {
 impl XoSource {
     /// Sets the source up (the token read, the HTTP client built) and
     /// starts its lanes; [`XoSource::run`] then reads the stream.
-    pub fn new(
+    pub(super) fn new(
         config: XoSourceConfig,
         ingest: Arc<Ingest>,
         status: Arc<Status>,
@@ -150,7 +150,7 @@ impl XoSource {
 
     /// Reads the stream for as long as the engine runs: each session until
     /// it fails or XO closes it, then again after a pause.
-    pub async fn run(mut self) {
+    pub(super) async fn run(mut self) {
         let url = shown(&self.config.url);
         let mut pause = FIRST_PAUSE;
         // Set once the objects hold a listing: a later session then says

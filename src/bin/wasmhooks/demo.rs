@@ -14,27 +14,27 @@ use std::time::Duration;
 const SAMPLES: &[(&str, &str)] = &[
     (
         "vm.start.pre",
-        include_str!("../tests/fixtures/xo/vm.start.pre.json"),
+        include_str!("../../../tests/fixtures/xo/vm.start.pre.json"),
     ),
     (
         "vm.start.post",
-        include_str!("../tests/fixtures/xo/vm.start.post.json"),
+        include_str!("../../../tests/fixtures/xo/vm.start.post.json"),
     ),
     (
         "vm.delete.pre",
-        include_str!("../tests/fixtures/xo/vm.delete.pre.json"),
+        include_str!("../../../tests/fixtures/xo/vm.delete.pre.json"),
     ),
     (
         "vm.create.post",
-        include_str!("../tests/fixtures/xo/vm.create.post.json"),
+        include_str!("../../../tests/fixtures/xo/vm.create.post.json"),
     ),
     (
         "vm.migrate.post.error",
-        include_str!("../tests/fixtures/xo/vm.migrate.post.error.json"),
+        include_str!("../../../tests/fixtures/xo/vm.migrate.post.error.json"),
     ),
     (
         "backupNg.runJob.post",
-        include_str!("../tests/fixtures/xo/backupNg.runJob.post.json"),
+        include_str!("../../../tests/fixtures/xo/backupNg.runJob.post.json"),
     ),
 ];
 

@@ -3,6 +3,7 @@
 //! sample event it comes with. Each one is the language's example from
 //! `guest-examples/`, renamed, with the WIT beside it.
 
+use crate::cli::NewArgs;
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 
@@ -18,7 +19,7 @@ pub enum Lang {
     Assemblyscript,
 }
 
-const WIT: &str = include_str!("../wit/hook.wit");
+const WIT: &str = include_str!("../../../wit/hook.wit");
 
 /// Creates `parent/name/` for `lang`; returns the folder.
 pub fn new(lang: Lang, name: &str, parent: &Path) -> Result<PathBuf> {
@@ -46,11 +47,12 @@ pub fn new(lang: Lang, name: &str, parent: &Path) -> Result<PathBuf> {
             vec![
                 (
                     $source,
-                    include_str!(concat!("../guest-examples/", $lang, "/", $source)).to_owned(),
+                    include_str!(concat!("../../../guest-examples/", $lang, "/", $source))
+                        .to_owned(),
                 ),
                 (
                     "build.sh",
-                    include_str!(concat!("../guest-examples/", $lang, "/build.sh"))
+                    include_str!(concat!("../../../guest-examples/", $lang, "/build.sh"))
                         .replace($out, &wasm),
                 ),
             ]
@@ -69,15 +71,15 @@ pub fn new(lang: Lang, name: &str, parent: &Path) -> Result<PathBuf> {
             ),
             (
                 "rust-toolchain.toml",
-                include_str!("../rust-toolchain.toml").to_owned(),
+                include_str!("../../../rust-toolchain.toml").to_owned(),
             ),
             (
                 "src/lib.rs",
-                include_str!("scaffold/rust_lib.rs").to_owned(),
+                include_str!("../../../templates/new/rust/lib.rs").to_owned(),
             ),
             (
                 "build.sh",
-                include_str!("scaffold/rust_build.sh")
+                include_str!("../../../templates/new/rust/build.sh")
                     .replace("NAME.wasm", &wasm)
                     .replace("CRATE", &name.replace('-', "_")),
             ),
@@ -96,27 +98,27 @@ pub fn new(lang: Lang, name: &str, parent: &Path) -> Result<PathBuf> {
     let (settings, event, what) = match lang {
         Lang::Rust | Lang::C => (
             "[settings]\nurl = \"https://ci.example/hooks/xo\"\n".to_owned(),
-            include_str!("../tests/fixtures/xo/vm.start.post.json"),
+            include_str!("../../../tests/fixtures/xo/vm.start.post.json"),
             "forwards each vm.* post event's payload to `url`",
         ),
         Lang::Python | Lang::Go => (
             "[settings]\nurl = \"https://hooks.slack.com/services/T000/B000/XXXX\"\n".to_owned(),
-            include_str!("../tests/fixtures/xo/vm.start.post.json"),
+            include_str!("../../../tests/fixtures/xo/vm.start.post.json"),
             "sends one Slack message per vm.* call",
         ),
         Lang::Js => (
             "[settings]\nprotected = [\"0a9b8c7d-6e5f-4a3b-2c1d-0e9f8a7b6c5d\"]\n".to_owned(),
-            include_str!("../tests/fixtures/xo/vm.delete.pre.json"),
+            include_str!("../../../tests/fixtures/xo/vm.delete.pre.json"),
             "vetoes vm.delete and vm.stop on protected VMs",
         ),
         Lang::Zig => (
-            include_str!("../guest-examples/zig/filter.toml").to_owned(),
-            include_str!("../tests/fixtures/xo/vm.migrate.post.error.json"),
+            include_str!("../../../guest-examples/zig/filter.toml").to_owned(),
+            include_str!("../../../tests/fixtures/xo/vm.migrate.post.error.json"),
             "a WASI command hook: pages post events that carry an `error`",
         ),
         Lang::Assemblyscript => (
-            include_str!("../guest-examples/assemblyscript/deny.toml").to_owned(),
-            include_str!("../tests/fixtures/xo/vm.delete.pre.json"),
+            include_str!("../../../guest-examples/assemblyscript/deny.toml").to_owned(),
+            include_str!("../../../tests/fixtures/xo/vm.delete.pre.json"),
             "a WASI command hook: vetoes vm.delete and vm.stop on protected VMs",
         ),
     };
@@ -149,4 +151,15 @@ pub fn new(lang: Lang, name: &str, parent: &Path) -> Result<PathBuf> {
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
         .with_context(|| format!("making {} executable", script.display()))?;
     Ok(dir)
+}
+
+/// `wasmhooks new`: creates the folder and says how to build it.
+pub(crate) fn command(args: NewArgs) -> Result<()> {
+    let dir = new(args.lang, &args.name, &args.dir)?;
+    println!(
+        "created {dir}\nnext: cd {dir} && ./build.sh && wasmhooks run {name}.wasm --event event.json",
+        dir = dir.display(),
+        name = args.name
+    );
+    Ok(())
 }

@@ -1,0 +1,204 @@
+//! The command line: what each command takes, parsed apart from running it.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use wasmhooks::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "wasmhooks",
+    version,
+    about = "A WebAssembly-scriptable webhook engine"
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+    /// Log filter, e.g. `info`, `debug`, or `wasmhooks=debug,wasmhooks::guest=info`.
+    #[arg(long, env = "WASMHOOKS_LOG", default_value = "info", global = true)]
+    pub(crate) log: String,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Serve the HTTP ingest API with the hooks of a folder.
+    Serve(ServeArgs),
+    /// Dry-run one hook on one event: print its subscription and outcome as JSON; send nothing.
+    Run(RunArgs),
+    /// Load and set up every hook of a folder, print a table, exit non-zero if any fails.
+    Check(CheckArgs),
+    /// Inspect or retry the queued deliveries in a state folder (the engine may be running).
+    Deliveries(DeliveriesArgs),
+    /// Create a hook folder in a language of your choice that builds with `./build.sh`
+    /// and runs on the sample event it comes with.
+    New(NewArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct NewArgs {
+    /// The hook's language.
+    #[arg(long, env = "WASMHOOKS_LANG", value_enum)]
+    pub(crate) lang: crate::new::Lang,
+    /// The hook's name: the folder, and `NAME.wasm` once built.
+    pub(crate) name: String,
+    /// Where to create the folder.
+    #[arg(long, env = "WASMHOOKS_NEW_DIR", default_value = ".")]
+    pub(crate) dir: PathBuf,
+}
+
+#[derive(Args)]
+pub(crate) struct DeliveriesArgs {
+    /// The engine's state folder. Defaults to `$XDG_STATE_HOME/wasmhooks` or `~/.local/state/wasmhooks`.
+    #[arg(long, env = "WASMHOOKS_STATE", global = true)]
+    pub(crate) state: Option<PathBuf>,
+    /// The engines' queue, if not SQLite in the state folder: `nats://HOST:PORT` (NATS
+    /// JetStream; a comma-separated list for a cluster).
+    #[arg(long, env = "WASMHOOKS_QUEUE", global = true)]
+    pub(crate) queue: Option<String>,
+    /// The engines' settings file, for its `queue` (e.g. a NATS prefix or credentials).
+    #[arg(long, env = "WASMHOOKS_CONFIG", global = true)]
+    pub(crate) config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub(crate) command: DeliveriesCommand,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum DeliveriesCommand {
+    /// List queued deliveries, oldest first (pending by default).
+    List {
+        /// Only those that failed at least once and are waiting to be retried.
+        #[arg(long, conflicts_with = "dead")]
+        failed: bool,
+        /// Only dead letters: deliveries that failed for good.
+        #[arg(long)]
+        dead: bool,
+        /// Most rows shown.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send dead letters again, with a fresh retry schedule.
+    Retry {
+        /// The delivery (its webhook-id, `msg_…`).
+        #[arg(required_unless_present = "all_dead", conflicts_with = "all_dead")]
+        id: Option<String>,
+        /// Every dead letter.
+        #[arg(long)]
+        all_dead: bool,
+    },
+    /// Delete dead letters whose delivery was queued more than N days ago
+    /// (a running engine does this hourly for `delivery.dead_letter_days`).
+    Purge {
+        /// Age in days; 0 deletes every dead letter.
+        #[arg(long, env = "WASMHOOKS_OLDER_THAN_DAYS")]
+        older_than_days: u32,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// Folder of hooks (`NAME.wasm`, each with an optional `NAME.toml`).
+    #[arg(long, env = "WASMHOOKS_HOOKS", default_value = "hooks")]
+    pub(crate) hooks: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "WASMHOOKS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub(crate) listen: SocketAddr,
+    /// Engine settings file (TOML; see `Config` in the docs). `--hooks` overrides its `hooks_dir`.
+    #[arg(long, env = "WASMHOOKS_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// Folder for compiled hooks, so restarts and reloads skip compiling.
+    /// Defaults to `$XDG_CACHE_HOME/wasmhooks` or `~/.cache/wasmhooks`.
+    #[arg(long, env = "WASMHOOKS_CACHE")]
+    pub(crate) cache: Option<PathBuf>,
+    /// Folder for the durable queue (`wasmhooks.db`): accepted events and pending
+    /// deliveries survive restarts there. Defaults to `$XDG_STATE_HOME/wasmhooks`
+    /// or `~/.local/state/wasmhooks`.
+    #[arg(long, env = "WASMHOOKS_STATE")]
+    pub(crate) state: Option<PathBuf>,
+    /// Which queue holds accepted events and deliveries: `sqlite` (the default, in the
+    /// state folder), `memory`, or `nats://HOST:PORT` (NATS JetStream, shared by several
+    /// engines; a comma-separated list for a cluster). Overrides the settings file's `queue`
+    /// (a NATS URL keeps its other NATS settings).
+    #[arg(long, env = "WASMHOOKS_QUEUE")]
+    pub(crate) queue: Option<String>,
+    /// Require `Authorization: Bearer TOKEN` on the API (all but /healthz).
+    /// At least 16 characters; prefer the environment variable to the flag,
+    /// which other users can see in the process list.
+    #[arg(long, env = "WASMHOOKS_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// Listen beyond loopback without a token, on a network you trust
+    /// entirely: anyone who reaches the API can then read dead letters,
+    /// post events and retry deliveries.
+    #[arg(long, env = "WASMHOOKS_INSECURE_NO_TOKEN")]
+    pub(crate) insecure_no_token: bool,
+    /// On SIGTERM or SIGINT, how long to let requests, hook calls and
+    /// delivery attempts in flight finish (and commit what they produced)
+    /// before exiting, in seconds. A second signal exits at once.
+    #[arg(long, env = "WASMHOOKS_GRACE", default_value_t = 10)]
+    pub(crate) grace: u64,
+    /// Do not hot-reload: load the hooks folder once at start.
+    #[arg(long, env = "WASMHOOKS_NO_WATCH")]
+    pub(crate) no_watch: bool,
+    /// Also serve a demo receiver at /demo/receiver/… that prints what it gets, and
+    /// replay the sample events to the engine every two seconds.
+    #[arg(long, env = "WASMHOOKS_DEMO")]
+    pub(crate) demo: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct RunArgs {
+    /// The hook's `.wasm` file.
+    pub(crate) hook: PathBuf,
+    /// The event, a JSON file in the orchestrator's format.
+    #[arg(long, env = "WASMHOOKS_EVENT")]
+    pub(crate) event: PathBuf,
+    /// The hook's settings, a `NAME.toml` file. Defaults to the `.toml` beside the hook.
+    #[arg(long, env = "WASMHOOKS_SETTINGS")]
+    pub(crate) settings: Option<PathBuf>,
+    /// Engine settings file (TOML), for limits.
+    #[arg(long, env = "WASMHOOKS_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub(crate) struct CheckArgs {
+    /// Folder of hooks.
+    pub(crate) dir: PathBuf,
+    /// Engine settings file (TOML), for limits.
+    #[arg(long, env = "WASMHOOKS_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+/// The engine settings in `file` (TOML), or the defaults.
+pub(crate) fn load_config(file: Option<&Path>) -> Result<Config> {
+    let Some(file) = file else {
+        return Ok(Config::default());
+    };
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read config file {}", file.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {} is not valid", file.display()))
+}
+
+/// Applies `--queue`: `sqlite`, `memory` or a NATS URL.
+pub(crate) fn set_queue(config: &mut Config, queue: &str) -> Result<()> {
+    use wasmhooks::config::{NatsConfig, QueueConfig};
+    config.queue = match queue {
+        "sqlite" => QueueConfig::Sqlite,
+        "memory" => QueueConfig::Memory,
+        url if url.starts_with("nats://") || url.starts_with("tls://") => {
+            let mut nats = match &config.queue {
+                QueueConfig::Nats(nats) => nats.clone(),
+                _ => NatsConfig::default(),
+            };
+            nats.url = url.to_owned();
+            QueueConfig::Nats(nats)
+        }
+        other => {
+            bail!("--queue / WASMHOOKS_QUEUE: {other:?} is not sqlite, memory or a nats:// URL")
+        }
+    };
+    Ok(())
+}

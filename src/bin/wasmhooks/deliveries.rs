@@ -1,0 +1,83 @@
+//! `wasmhooks deliveries`: list, retry and purge the queued deliveries.
+
+use crate::cli::{DeliveriesArgs, DeliveriesCommand, load_config, set_queue};
+use anyhow::{Context, Result, bail};
+use wasmhooks::{DeadLetters, DeliveryState};
+
+pub(crate) async fn deliveries(args: DeliveriesArgs) -> Result<()> {
+    let mut config = load_config(args.config.as_deref())?;
+    if let Some(queue) = &args.queue {
+        set_queue(&mut config, queue)?;
+    }
+    let admin = if let wasmhooks::config::QueueConfig::Nats(_) = &config.queue {
+        config.validate().context("--config / WASMHOOKS_CONFIG")?;
+        wasmhooks::DeliveryAdmin::connect(&config).await?
+    } else {
+        let Some(dir) = args.state.or_else(wasmhooks::config::default_state_dir) else {
+            bail!("no state folder: pass --state DIR");
+        };
+        wasmhooks::DeliveryAdmin::open(&dir)?
+    };
+    match args.command {
+        DeliveriesCommand::List {
+            failed,
+            dead,
+            limit,
+            json,
+        } => {
+            let filter = match (failed, dead) {
+                (true, _) => DeliveryState::Failed,
+                (_, true) => DeliveryState::Dead,
+                _ => DeliveryState::Pending,
+            };
+            let rows = admin
+                .list(wasmhooks::DeliveryQuery::new(filter, limit))
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(());
+            }
+            println!(
+                "{:<36} {:<14} {:<7} {:>8} {:>9}  URL / LAST ERROR",
+                "ID", "HOOK", "STATE", "ATTEMPTS", "AGE"
+            );
+            for d in &rows {
+                let age = std::time::Duration::from_secs(d.age().as_secs());
+                println!(
+                    "{:<36} {:<14} {:<7} {:>8} {:>9}  {}",
+                    d.id,
+                    d.hook,
+                    d.state,
+                    d.attempts,
+                    humantime::format_duration(age).to_string(),
+                    d.url
+                );
+                if let Some(error) = &d.last_error {
+                    println!("{:>78}{error}", "");
+                }
+            }
+            if rows.is_empty() {
+                println!("(none)");
+            }
+        }
+        DeliveriesCommand::Retry { id, all_dead } => {
+            let which = match id {
+                Some(id) if !all_dead => DeadLetters::One(id),
+                _ => DeadLetters::All,
+            };
+            let n = admin.retry(which.clone()).await?;
+            if let (DeadLetters::One(id), 0) = (&which, n) {
+                bail!(
+                    "{id} is not a dead letter in this queue (see `wasmhooks deliveries list --dead`)"
+                );
+            }
+            println!("{n} dead letters requeued; a running engine sends them within a second");
+        }
+        DeliveriesCommand::Purge { older_than_days } => {
+            let age = std::time::Duration::from_secs(u64::from(older_than_days) * 86_400);
+            let n = admin.purge_dead(age).await?;
+            println!("{n} dead letters deleted");
+        }
+    }
+    Ok(())
+}

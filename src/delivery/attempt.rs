@@ -3,36 +3,17 @@
 //! workers, which call this for every delivery.
 
 use super::error::RouteError;
-use super::{Delivery, DeliveryPolicy, schedule};
+use super::schedule::{self, Attempt};
+use super::{Delivery, DeliveryPolicy};
 use crate::config::DeliveryConfig;
 use crate::config::SettingsError;
 use crate::delivery::egress::{Egress, Guard, Refused};
 use crate::util::now_ms;
-use reqwest::StatusCode;
 use reqwest::Url;
 use reqwest::header::HeaderValue;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// How one attempt ended.
-#[derive(Debug)]
-pub(crate) enum Attempt {
-    /// 2xx.
-    Delivered(StatusCode),
-    /// Worth trying again: connect error, timeout, 408, 429 or 5xx.
-    Retry {
-        reason: String,
-        status: Option<StatusCode>,
-        retry_after: Option<Duration>,
-    },
-    /// Not worth trying again: 410 Gone, other 3xx/4xx, a refused address,
-    /// a signature that cannot be made, or a request that can't be built.
-    Permanent {
-        reason: String,
-        status: Option<StatusCode>,
-    },
-}
 
 /// Where deliveries under one pair of policies go out.
 struct Route {

@@ -11,10 +11,11 @@ mod error;
 pub(crate) mod schedule;
 pub(crate) mod signing;
 
-pub(crate) use attempt::{Attempt, Sender};
+pub(crate) use attempt::Sender;
 pub use breaker::Circuit;
 pub(crate) use breaker::{Breaker, CircuitState, ReceiverView};
 pub(crate) use error::{DeliveryError, EgressError, KeyError};
+pub(crate) use schedule::Attempt;
 
 use crate::config::{HookConfig, SettingsError};
 use crate::util::hex;

@@ -5,7 +5,24 @@ use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use std::time::Duration;
 
-use super::Attempt;
+/// How one attempt ended.
+#[derive(Debug)]
+pub(crate) enum Attempt {
+    /// 2xx.
+    Delivered(StatusCode),
+    /// Worth trying again: connect error, timeout, 408, 429 or 5xx.
+    Retry {
+        reason: String,
+        status: Option<StatusCode>,
+        retry_after: Option<Duration>,
+    },
+    /// Not worth trying again: 410 Gone, other 3xx/4xx, a refused address,
+    /// a signature that cannot be made, or a request that can't be built.
+    Permanent {
+        reason: String,
+        status: Option<StatusCode>,
+    },
+}
 
 /// The wait before the next try, after `attempts` tries: the schedule's
 /// delay with jitter, or the receiver's `Retry-After` (capped) if that is

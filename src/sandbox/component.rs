@@ -7,8 +7,9 @@
 //! did not change, so one linker serves both.
 
 use super::{Failure, Prepared, RawDelivery, RawOutcome, Sandbox, Subscription};
-use super::{HostState, Linked};
+use super::{HostState, Linked, MAX_LOG_LINE, MAX_LOG_LINES};
 use crate::event::{Event, Phase};
+use crate::util::truncate;
 use wasmtime::Store;
 use wasmtime::component::{Instance, InstancePre};
 
@@ -278,4 +279,31 @@ pub(super) async fn ready_instance(
             Err(message) => Err(format!("setup refused its settings: {message}")),
         },
     )
+}
+
+// The `log` import of the hook world (0.3.0's; 0.2.0 hooks link to it too).
+
+impl wit::Host for HostState {}
+
+impl v3::HookImports for HostState {
+    fn log(&mut self, level: wit::Level, message: String) {
+        self.log_lines += 1;
+        if self.log_lines > MAX_LOG_LINES {
+            if self.log_lines == MAX_LOG_LINES + 1 {
+                tracing::warn!(target: "wasmhooks::guest", hook = %self.hook, "more than {MAX_LOG_LINES} log lines in one call; dropping the rest");
+            }
+            return;
+        }
+        guest_log(&self.hook, level, truncate(&message, MAX_LOG_LINE));
+    }
+}
+
+/// Writes one guest line under the `wasmhooks::guest` target, with the hook's name.
+pub(super) fn guest_log(hook: &str, level: wit::Level, line: &str) {
+    match level {
+        wit::Level::Debug => tracing::debug!(target: "wasmhooks::guest", hook, "{line}"),
+        wit::Level::Info => tracing::info!(target: "wasmhooks::guest", hook, "{line}"),
+        wit::Level::Warn => tracing::warn!(target: "wasmhooks::guest", hook, "{line}"),
+        wit::Level::Error => tracing::error!(target: "wasmhooks::guest", hook, "{line}"),
+    }
 }

@@ -1,10 +1,7 @@
-//! What a hook's store holds: its WASI context (nothing granted), its
-//! memory limiter, and the `log` import.
+//! What a hook's store holds: its WASI context (nothing granted) and its
+//! memory limiter. (Its `log` import is the hook world's: `component.rs`.)
 
-use super::component::{v3, wit};
 use super::cpu::{Cpu, HasCpu};
-use super::{MAX_LOG_LINE, MAX_LOG_LINES};
-use crate::util::truncate;
 use std::sync::Arc;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
@@ -26,31 +23,6 @@ impl WasiView for HostState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
-    }
-}
-
-impl wit::Host for HostState {}
-
-impl v3::HookImports for HostState {
-    fn log(&mut self, level: wit::Level, message: String) {
-        self.log_lines += 1;
-        if self.log_lines > MAX_LOG_LINES {
-            if self.log_lines == MAX_LOG_LINES + 1 {
-                tracing::warn!(target: "wasmhooks::guest", hook = %self.hook, "more than {MAX_LOG_LINES} log lines in one call; dropping the rest");
-            }
-            return;
-        }
-        guest_log(&self.hook, level, truncate(&message, MAX_LOG_LINE));
-    }
-}
-
-/// Writes one guest line under the `wasmhooks::guest` target, with the hook's name.
-pub(super) fn guest_log(hook: &str, level: wit::Level, line: &str) {
-    match level {
-        wit::Level::Debug => tracing::debug!(target: "wasmhooks::guest", hook, "{line}"),
-        wit::Level::Info => tracing::info!(target: "wasmhooks::guest", hook, "{line}"),
-        wit::Level::Warn => tracing::warn!(target: "wasmhooks::guest", hook, "{line}"),
-        wit::Level::Error => tracing::error!(target: "wasmhooks::guest", hook, "{line}"),
     }
 }
 

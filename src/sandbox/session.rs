@@ -1,7 +1,8 @@
 //! A store and its captured stdio, run under a hook's deadline.
 
+use super::component::guest_log;
 use super::component::wit;
-use super::host::{DeadlineReached, HostState, guest_log};
+use super::host::{DeadlineReached, HostState};
 use super::{Failure, HOST_CALL_GRACE, Prepared};
 use crate::util::truncate;
 use wasmtime::{Store, UpdateDeadline};

@@ -11,6 +11,7 @@ mod delivery;
 mod examples;
 mod hostile;
 mod languages;
+mod layers;
 mod monitor;
 mod nats;
 mod openapi;

@@ -1,10 +1,10 @@
 //! [`Engine`]: the library's front door.
 
 use crate::activity::{Activity, EventActivity, ReceiverFailure};
-use crate::config::{Config, HookConfig};
+use crate::config::Config;
 use crate::coverage::{Coverage, CoverageError, CoverageReport, ReporterStatus};
+use crate::delivery::Sender;
 use crate::delivery::{Breaker, Circuit};
-use crate::delivery::{Sender, new_uid};
 use crate::error::Error;
 use crate::event::{Event, Phase};
 use crate::hooks::{HookStatus, Registry};
@@ -14,11 +14,10 @@ use crate::metrics::Metrics;
 use crate::outbox::Workers;
 use crate::queue::{DeadLetters, DeliveryInfo, DeliveryQuery, DeliveryState, Queue};
 use crate::run::{Runner, Verdict};
-use crate::sandbox::{Sandbox, Subscription};
+use crate::sandbox::Sandbox;
 use crate::sources::{SourceStatus, Sources};
 use serde::Serialize;
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -402,87 +401,4 @@ fn expect_phase(event: &Event, expected: Phase) -> Result<(), Error> {
             actual: event.phase(),
         })
     }
-}
-
-/// What a dry run found: see [`dry_run`].
-#[derive(Debug, Clone, Serialize)]
-pub struct DryRun {
-    /// The hook's name.
-    pub hook: String,
-    /// What `setup` returned.
-    pub subscription: Subscription,
-    /// Whether the event matches the subscription.
-    pub matches: bool,
-    /// What `handle` returned, if the event matched.
-    pub outcome: Option<DryOutcome>,
-}
-
-/// A hook's outcome, as a dry run shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct DryOutcome {
-    /// The deliveries it asked for (not sent).
-    pub deliveries: Vec<DryDelivery>,
-    /// Its veto, for a pre event.
-    pub deny: Option<String>,
-}
-
-/// One delivery a dry run would have sent.
-#[derive(Debug, Clone, Serialize)]
-pub struct DryDelivery {
-    /// The receiver.
-    pub url: String,
-    /// The request headers.
-    pub headers: Vec<(String, String)>,
-    /// The body: parsed JSON when it is JSON, else text.
-    pub body: serde_json::Value,
-}
-
-/// Loads one hook file with its `NAME.toml` (or `settings` if given), runs
-/// `setup` and, if the event matches, `handle`. Sends nothing.
-pub async fn dry_run(
-    config: &Config,
-    wasm: &Path,
-    settings: Option<HookConfig>,
-    event: &Event,
-) -> Result<DryRun, Error> {
-    let sandbox = Arc::new(Sandbox::new(config)?);
-    let registry = Registry::new(sandbox.clone(), config.limits.clone(), Default::default());
-    let hook = registry.load(wasm, settings).await?;
-    let matches = hook.wants(event);
-    let outcome = if matches {
-        let decision = Runner::new(sandbox, config)
-            .run(&hook, event, &new_uid())
-            .await?;
-        Some(DryOutcome {
-            deliveries: decision
-                .deliveries
-                .into_iter()
-                .map(|d| DryDelivery {
-                    url: d.url.to_string(),
-                    headers: d
-                        .headers
-                        .iter()
-                        .map(|(k, v)| {
-                            (
-                                k.to_string(),
-                                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                            )
-                        })
-                        .collect(),
-                    body: serde_json::from_slice(&d.body).unwrap_or_else(|_| {
-                        serde_json::Value::String(String::from_utf8_lossy(&d.body).into_owned())
-                    }),
-                })
-                .collect(),
-            deny: decision.deny,
-        })
-    } else {
-        None
-    };
-    Ok(DryRun {
-        hook: hook.name().to_owned(),
-        subscription: hook.subscription.clone(),
-        matches,
-        outcome,
-    })
 }

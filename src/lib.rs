@@ -63,6 +63,7 @@ pub mod activity;
 pub mod config;
 pub mod coverage;
 mod delivery;
+mod dry_run;
 mod engine;
 mod error;
 mod event;
@@ -81,7 +82,8 @@ pub mod sources;
 mod util;
 
 pub use delivery::Circuit;
-pub use engine::{DryDelivery, DryOutcome, DryRun, Engine, ReceiverStatus, dry_run};
+pub use dry_run::{DryDelivery, DryOutcome, DryRun, dry_run};
+pub use engine::{Engine, ReceiverStatus};
 pub use error::Error;
 pub use event::{Event, EventError, Phase};
 pub use hooks::{Abi, HookState, HookStatus, LoadError, Stage, WatchError};

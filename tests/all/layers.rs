@@ -31,8 +31,8 @@ const LAYERS: &[&[&str]] = &[
     &["sources"],
     // The public API's umbrella error.
     &["error"],
-    // The engine: builds all of the above.
-    &["engine"],
+    // The engine: builds all of the above; a dry run: one hook, one event.
+    &["engine", "dry_run"],
     // The HTTP API.
     &["server"],
 ];

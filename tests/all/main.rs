@@ -35,8 +35,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
-use wasmhooks::config::Config;
-use wasmhooks::config::DeliveryConfig;
+use wasmhooks::config::{Config, DeliveryConfig};
 use wasmhooks::{Engine, Event};
 
 #[path = "../support/guests.rs"]
@@ -48,6 +47,7 @@ pub mod serve;
 #[path = "../support/xo_events.rs"]
 pub mod xo_events;
 pub use guests::{root, wasm};
+pub use nats_server::free_port;
 pub use serve::Serve;
 
 /// Runs `node --test FILE` in `dir` against this build's `wasmhooks` and
@@ -191,15 +191,6 @@ pub async fn one_hook_file(name: &str, wasm: &Path, toml: &str) -> (tempfile::Te
 /// Why the engine's first hook failed to load; panics if it did not.
 pub fn load_error(engine: &Engine) -> wasmhooks::LoadError {
     engine.hooks()[0].last_error.clone().expect("a load error")
-}
-
-/// A loopback port nothing listens on (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Re-checks `ready` (every 10 ms, up to 30 s) until it holds: for state

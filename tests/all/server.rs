@@ -1,5 +1,6 @@
 //! The HTTP ingest API, served on 127.0.0.1 port 0.
 
+use crate::serve::serve_app;
 use crate::{Receiver, fixture_bytes, install, test_config};
 use serde_json::Value;
 use wasmhooks::Engine;
@@ -7,15 +8,6 @@ use wasmhooks::Engine;
 /// Serves the engine's HTTP API on a loopback port; returns its base URL.
 pub async fn serve(engine: Engine) -> String {
     serve_app(wasmhooks::server::router(engine)).await
-}
-
-async fn serve_app(app: axum::Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let http = wasmhooks::config::HttpConfig::default();
-    let forever = std::future::pending();
-    tokio::spawn(async move { wasmhooks::server::serve(listener, app, &http, forever).await });
-    format!("http://{addr}")
 }
 
 /// Behind `require_token`, only requests with the bearer token get through

@@ -37,7 +37,8 @@ pub fn nats_server_bin() -> PathBuf {
     bin
 }
 
-fn free_port() -> u16 {
+/// A loopback port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

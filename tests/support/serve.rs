@@ -109,3 +109,15 @@ impl Drop for Serve {
         let _ = self.child.wait();
     }
 }
+
+/// Serves `app` (the library's router) on a loopback port the way
+/// `wasmhooks serve` does, in this process; returns its base URL.
+pub async fn serve_app(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let http = wasmhooks::config::HttpConfig::default();
+        wasmhooks::server::serve(listener, app, &http, std::future::pending()).await
+    });
+    base
+}

@@ -1,0 +1,88 @@
+//! Measuring: medians, percentiles, CPU per item, memory and file descriptors.
+
+use std::time::{Duration, Instant};
+
+/// The median time of `f` over `batches` batches of `n` calls; and the
+/// process's CPU time (every thread) per call over all of them, which the
+/// machine's other tenants move less than time.
+pub(crate) async fn per_iter<F: AsyncFnMut()>(n: u32, batches: usize, mut f: F) -> PerIter {
+    for _ in 0..n / 10 {
+        f().await; // warm-up
+    }
+    let mut times = Vec::with_capacity(batches);
+    let cpu = cpu_seconds();
+    for _ in 0..batches {
+        let start = Instant::now();
+        for _ in 0..n {
+            f().await;
+        }
+        times.push(start.elapsed() / n);
+    }
+    let cpu = Duration::from_secs_f64((cpu_seconds() - cpu) / (n as usize * batches) as f64);
+    times.sort();
+    PerIter {
+        time: times[batches / 2],
+        cpu,
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+pub(crate) struct PerIter {
+    pub(crate) time: Duration,
+    pub(crate) cpu: Duration,
+}
+
+pub(crate) fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+pub(crate) fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+pub(crate) fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// The `p`-th percentile of `times` (sorted in place), in µs.
+pub(crate) fn percentile(times: &mut [Duration], p: f64) -> f64 {
+    times.sort();
+    let i = ((times.len() as f64 * p / 100.0) as usize).min(times.len() - 1);
+    micros(times[i])
+}
+
+/// Peak resident memory (VmHWM) of this process, in MiB.
+pub(crate) fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// CPU time (user + system) this process has used so far, in seconds.
+pub(crate) fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is the
+    // 12th, stime the 13th, in clock ticks (100 per second on Linux).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+pub(crate) fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}

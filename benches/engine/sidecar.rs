@@ -1,0 +1,163 @@
+//! `pre-latency` and `sidecar`: through the HTTP API, against a bare round
+//! trip and a minimal relay.
+
+use crate::measure::*;
+use crate::serve::serve_app;
+use crate::setup::*;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use wasmhooks::Engine;
+use wasmhooks::config::Config;
+
+/// What a pre event costs its caller through the HTTP API: 5 Rust hooks
+/// (`forward`, one delivery each, none `wait`), the durable queue with
+/// `fsync = true`, one caller sending one event at a time; against a bare
+/// round trip (`GET /healthz`) to the same server, in the same run.
+pub(crate) async fn pre_latency() {
+    let sink = Sink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = dir.path().join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    for i in 0..5 {
+        install_forward(&hooks, &format!("f{i}"), &sink.url, "pre", "");
+    }
+    let mut config = bench_config(&hooks);
+    config.state_dir = Some(dir.path().join("state"));
+    config.fsync = true;
+    config.watch = false;
+    let engine = Engine::new(config).await.unwrap();
+    let base = serve_app(wasmhooks::server::router(engine.clone())).await;
+    let client = reqwest::Client::new();
+    let mut template: serde_json::Value = serde_json::from_slice(&fixture("vm.start.pre")).unwrap();
+    let n = 2000;
+    let mut bare = Vec::with_capacity(n);
+    let mut pre = Vec::with_capacity(n);
+    // Interleaved, so both see the same machine; the first 200 warm up.
+    for i in 0..n + 200 {
+        let start = Instant::now();
+        let ok = client.get(format!("{base}/healthz")).send().await.unwrap();
+        assert!(ok.status().is_success());
+        ok.bytes().await.unwrap();
+        let bare_time = start.elapsed();
+        template["callId"] = format!("pre-{i}").into();
+        let body = serde_json::to_vec(&template).unwrap();
+        let start = Instant::now();
+        let verdict = client
+            .post(format!("{base}/v1/events"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(verdict.status().is_success());
+        verdict.bytes().await.unwrap();
+        if i >= 200 {
+            bare.push(bare_time);
+            pre.push(start.elapsed());
+        }
+    }
+    engine.drain().await;
+    assert_eq!(
+        sink.count.load(Ordering::SeqCst),
+        5 * (n + 200),
+        "every delivery sent"
+    );
+    let (bare50, bare99) = (percentile(&mut bare, 50.0), percentile(&mut bare, 99.0));
+    let (pre50, pre99) = (percentile(&mut pre, 50.0), percentile(&mut pre, 99.0));
+    println!("pre-latency: {n} pre events, one caller, 5 forward hooks (none wait), fsync = true");
+    println!("  bare round trip (GET /healthz)       p50 {bare50:>7.0} µs   p99 {bare99:>7.0} µs");
+    println!("  POST /v1/events, pre, 5 hooks        p50 {pre50:>7.0} µs   p99 {pre99:>7.0} µs");
+    println!(
+        "  added by the hooks                   p50 {:>7.0} µs   p99 {:>7.0} µs   (target: p50 <= 100 µs, p99 <= 1000 µs)",
+        pre50 - bare50,
+        pre99 - bare99
+    );
+}
+
+/// The sidecar path (`POST /v1/events` → the `forward` hook → the durable
+/// queue, fsync on → POST to the receiver), with the default configuration
+/// and one receiver, against a minimal relay in the same run: an axum
+/// handler that takes the event and POSTs it on with reqwest (no hook, no
+/// queue). CPU per delivery is this whole process's (the callers, the
+/// server, the engine or relay, and the receiver), as the raw loop counts
+/// both of its ends. Then a 100k-event burst: nothing lost.
+pub(crate) async fn sidecar() {
+    let sink = Sink::start().await;
+    let callers = 64;
+    let n = 20_000;
+    let events = |n: usize, tag: &str| {
+        let mut template: serde_json::Value =
+            serde_json::from_slice(&fixture("vm.start.post")).unwrap();
+        (0..n)
+            .map(|i| {
+                template["callId"] = format!("{tag}-{i}").into();
+                bytes::Bytes::from(serde_json::to_vec(&template).unwrap())
+            })
+            .collect::<Vec<_>>()
+    };
+    let relay = {
+        let (client, url) = (reqwest::Client::new(), sink.url.clone());
+        let forward = move |body: bytes::Bytes| {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let sent = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status().is_success() => axum::http::StatusCode::ACCEPTED,
+                    _ => axum::http::StatusCode::BAD_GATEWAY,
+                }
+            }
+        };
+        let app = axum::Router::new().route("/v1/events", axum::routing::post(forward));
+        serve_app(app).await
+    };
+    drive(&sink, &relay, events(2_000, "warm"), callers).await;
+    let (relay_rate, relay_cpu) = drive(&sink, &relay, events(n, "relay"), callers).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = dir.path().join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    install_forward(&hooks, "forward", &sink.url, "post", "");
+    // `BENCH_CONFIG='fsync = false'`: the same run with other settings (TOML).
+    let settings: Config = std::env::var("BENCH_CONFIG")
+        .map(|toml| toml::from_str(&toml).expect("BENCH_CONFIG is a wasmhooks config"))
+        .unwrap_or_default();
+    let config = Config {
+        hooks_dir: hooks,
+        state_dir: Some(dir.path().join("state")),
+        cache_dir: None,
+        watch: false,
+        ..settings
+    };
+    let engine = Engine::new(config).await.unwrap();
+    let base = serve_app(wasmhooks::server::router(engine.clone())).await;
+    drive(&sink, &base, events(2_000, "engine-warm"), callers).await;
+    let (rate, cpu) = drive(&sink, &base, events(n, "engine"), callers).await;
+    println!(
+        "sidecar: {callers} callers POST /v1/events, default config, one receiver, vs a minimal relay"
+    );
+    println!(
+        "  relay (axum → reqwest, no hook, no queue) {relay_rate:>8.0} deliveries/s  ({relay_cpu:.0} µs CPU each)"
+    );
+    println!(
+        "  wasmhooks serve path, fsync on           {rate:>8.0} deliveries/s  ({cpu:.0} µs CPU each, {:.2}x the relay; target <= 1.5x)",
+        cpu / relay_cpu
+    );
+    let burst: usize = std::env::var("BENCH_BURST").map_or(100_000, |n| n.parse().unwrap());
+    if burst == 0 {
+        return;
+    }
+    let before = sink.count.load(Ordering::SeqCst);
+    let (rate, cpu) = drive(&sink, &base, events(burst, "burst"), callers).await;
+    engine.drain().await;
+    let delivered = sink.count.load(Ordering::SeqCst) - before;
+    assert_eq!(delivered, burst, "every accepted event delivered");
+    println!(
+        "  {:<40} {rate:>8.0} deliveries/s  ({cpu:.0} µs CPU each, {:.2}x the relay; all {delivered} delivered)",
+        format!("{burst}-event burst"),
+        cpu / relay_cpu
+    );
+}

@@ -56,6 +56,45 @@
 //! assert!(matches!(bad, Err(wasmhooks::EventError::Field { field: "type", .. })));
 //! # Ok(()) }
 //! ```
+//!
+//! ## The path of an event
+//!
+//! Each folder of `src/` is one step, and a module imports only the steps
+//! before it (`tests/all/layers.rs` holds the list). An event crosses these
+//! modules, entering each once:
+//!
+//! **A post event**, from the caller's `Engine::post` to the receiver:
+//! 1. `engine`: checks that it is a post event.
+//! 2. `ingest`: the one place that accepts an event. It recognises a copy
+//!    sent before (dedup), and waits for a place among the events in flight.
+//! 3. `hooks`: the live snapshot says which hooks want it.
+//! 4. `run`: each of them, in a task of its own, and what it returned,
+//!    checked against the caps and made into delivery records (`delivery`).
+//! 5. `sandbox`: a fresh `Store` per hook and event, with a CPU deadline and
+//!    a memory cap.
+//! 6. `outbox`: commits the records (or, for slow hooks, the event itself,
+//!    journaled) ...
+//! 7. `queue`: ... durably; the caller's answer waits for this commit only.
+//!
+//! Then, apart from the caller: `outbox` claims what is due from `queue`,
+//! `delivery` makes one attempt (the egress guard, the signature, the POST,
+//! the breaker), and `outbox` records its outcome in `queue`. `activity`
+//! (what the console shows) and `metrics` are handed finished records.
+//!
+//! **A pre event**, from `Engine::pre` to its verdict: `engine` → `ingest`
+//! (a copy sent before gets the first one's verdict) → `hooks` → `run` →
+//! `sandbox`; `run` builds the verdict from every hook's answer in one place
+//! (`run/verdict.rs`); `ingest` then waits, within the wait budget, for the
+//! first outcome of the `wait` hooks' deliveries (`outbox`, `queue`,
+//! `delivery`, the same path as any delivery), commits the others, and
+//! returns the verdict.
+//!
+//! Beside the path: `config` (settings, checked once), `coverage` (which
+//! entry points into the orchestrator wait for a gate), `sources` (events
+//! the engine fetches itself, from XO's event stream, into `ingest`),
+//! `dry_run` (one hook on one event, nothing sent), `error` (the public
+//! API's umbrella error) and, behind the default `server` feature, `server`
+//! (the HTTP API, its OpenAPI document and the console).
 
 #![deny(missing_docs, unreachable_pub)]
 

@@ -85,6 +85,34 @@ impl Drop for Hold {
     }
 }
 
+/// How many more deliveries the engine may hold in memory: in flight plus
+/// claimed and waiting, at most twice `concurrency`.
+fn memory_room(concurrency: usize, slots: &Slots) -> usize {
+    (2 * concurrency).saturating_sub(slots.total + slots.ready)
+}
+
+/// How many more `r` may have claimed, its circuit being `circuit`: in
+/// flight plus held, up to [`READY_FACTOR`] rounds of its `per_receiver`
+/// slots; one at a time while half open; none while open.
+fn claim_room(r: &ReceiverState, circuit: Circuit, per_receiver: usize) -> usize {
+    let held = r.in_flight + r.held();
+    match circuit {
+        Circuit::Open => 0,
+        Circuit::HalfOpen => usize::from(held == 0),
+        Circuit::Closed => (READY_FACTOR * per_receiver).saturating_sub(held),
+    }
+}
+
+/// How many more `r` may send now, its circuit being `circuit`.
+fn send_room(r: &ReceiverState, circuit: Circuit, per_receiver: usize) -> usize {
+    match circuit {
+        Circuit::Open => 0,
+        // One probe at a time until one succeeds.
+        Circuit::HalfOpen => usize::from(r.in_flight == 0),
+        Circuit::Closed => per_receiver.saturating_sub(r.in_flight),
+    }
+}
+
 impl Workers {
     /// How many more deliveries each receiver may take now, and which are paused.
     pub(super) fn room(&self) -> Room {
@@ -110,8 +138,7 @@ impl Workers {
     /// How many more deliveries the engine may hold in memory: in flight
     /// plus claimed and waiting, at most twice `concurrency`.
     pub(super) fn memory_room(&self, slots: &Slots) -> usize {
-        let concurrency = self.sender.config().concurrency.max(1);
-        (2 * concurrency).saturating_sub(slots.total + slots.ready)
+        memory_room(self.sender.config().concurrency.max(1), slots)
     }
 
     pub(super) fn per_receiver(&self) -> usize {
@@ -121,21 +148,20 @@ impl Workers {
     /// How many more `r` may have claimed: in flight plus held, up to
     /// [`READY_FACTOR`] times its slots; one at a time while half open.
     pub(super) fn claimable(&self, r: &ReceiverState, now: u64) -> usize {
-        let held = r.in_flight + r.held();
-        match r.circuit.circuit(&self.breaker, now) {
-            Circuit::Open => 0,
-            Circuit::HalfOpen => usize::from(held == 0),
-            Circuit::Closed => (READY_FACTOR * self.per_receiver()).saturating_sub(held),
-        }
+        claim_room(
+            r,
+            r.circuit.circuit(&self.breaker, now),
+            self.per_receiver(),
+        )
     }
 
+    /// How many more `r` may send now.
     pub(super) fn room_of(&self, r: &ReceiverState, now: u64) -> usize {
-        match r.circuit.circuit(&self.breaker, now) {
-            Circuit::Open => 0,
-            // One probe at a time until one succeeds.
-            Circuit::HalfOpen => usize::from(r.in_flight == 0),
-            Circuit::Closed => self.per_receiver().saturating_sub(r.in_flight),
-        }
+        send_room(
+            r,
+            r.circuit.circuit(&self.breaker, now),
+            self.per_receiver(),
+        )
     }
 
     /// Takes a sending slot for `receiver` if it and the engine have room.
@@ -226,5 +252,71 @@ impl Workers {
         if refill {
             self.wake();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receiver(in_flight: usize, ready: usize, reserved: usize) -> ReceiverState {
+        let mut r = ReceiverState {
+            in_flight,
+            reserved,
+            ..ReceiverState::default()
+        };
+        for i in 0..ready {
+            r.ready.push_back(Claimed {
+                delivery: crate::delivery::Delivery::new(
+                    format!("d{i}"),
+                    "hook".into(),
+                    "http://r.test/",
+                    Vec::new(),
+                    Vec::new(),
+                    Default::default(),
+                )
+                .unwrap(),
+                attempts: 0,
+            });
+        }
+        r
+    }
+
+    #[test]
+    fn a_closed_receiver_claims_up_to_three_rounds_of_its_slots_held_or_in_flight() {
+        let per = 8;
+        assert_eq!(claim_room(&receiver(0, 0, 0), Circuit::Closed, per), 24);
+        // In flight, waiting and reserved places all count.
+        assert_eq!(claim_room(&receiver(8, 6, 2), Circuit::Closed, per), 8);
+        assert_eq!(claim_room(&receiver(8, 16, 4), Circuit::Closed, per), 0);
+        // It sends up to its slots, whatever it holds.
+        assert_eq!(send_room(&receiver(5, 16, 0), Circuit::Closed, per), 3);
+        assert_eq!(send_room(&receiver(9, 0, 0), Circuit::Closed, per), 0);
+    }
+
+    #[test]
+    fn an_open_receiver_gets_nothing_and_a_half_open_one_a_single_probe() {
+        let per = 8;
+        for r in [receiver(0, 0, 0), receiver(2, 1, 0)] {
+            assert_eq!(claim_room(&r, Circuit::Open, per), 0);
+            assert_eq!(send_room(&r, Circuit::Open, per), 0);
+        }
+        assert_eq!(claim_room(&receiver(0, 0, 0), Circuit::HalfOpen, per), 1);
+        assert_eq!(claim_room(&receiver(0, 1, 0), Circuit::HalfOpen, per), 0);
+        assert_eq!(claim_room(&receiver(0, 0, 1), Circuit::HalfOpen, per), 0);
+        assert_eq!(send_room(&receiver(0, 1, 0), Circuit::HalfOpen, per), 1);
+        assert_eq!(send_room(&receiver(1, 0, 0), Circuit::HalfOpen, per), 0);
+    }
+
+    #[test]
+    fn the_engine_holds_at_most_twice_its_concurrency() {
+        let slots = |total, ready| Slots {
+            total,
+            ready,
+            ..Slots::default()
+        };
+        assert_eq!(memory_room(64, &slots(0, 0)), 128);
+        assert_eq!(memory_room(64, &slots(64, 40)), 24);
+        assert_eq!(memory_room(64, &slots(64, 70)), 0);
     }
 }

@@ -123,8 +123,7 @@ impl HookFailure {
 impl Verdict {
     /// Records that `hook` failed; returns the veto its `on_error` makes of it.
     pub(crate) fn fail(&mut self, hook: &LiveHook, failure: HookFailure) -> Option<String> {
-        let deny = (hook.config.on_error == OnError::Deny)
-            .then(|| format!("hook failed and its on_error is deny: {}", failure.message));
+        let deny = failure_veto(hook.config.on_error, &failure.message);
         self.failures.push(failure);
         deny
     }
@@ -136,19 +135,31 @@ impl Verdict {
         if hook.config.mode == HookMode::Monitor {
             hook.stats.would_deny.inc();
             tracing::info!(hook = hook.name(), "would deny (monitor mode): {reason}");
+        } else {
+            hook.stats.denials.inc();
+        }
+        self.veto(hook.name(), hook.config.mode, reason);
+    }
+
+    /// The rule: a hook in monitor mode's veto is recorded, not enforced;
+    /// the first enforced veto decides, and later ones change nothing.
+    fn veto(&mut self, hook: &str, mode: HookMode, reason: String) {
+        if mode == HookMode::Monitor {
             self.would_deny.push(WouldDeny {
-                hook: hook.name().to_owned(),
+                hook: hook.to_owned(),
                 reason,
             });
-            return;
-        }
-        hook.stats.denials.inc();
-        if self.allowed {
+        } else if self.allowed {
             self.allowed = false;
-            self.denied_by = Some(hook.name().to_owned());
+            self.denied_by = Some(hook.to_owned());
             self.reason = Some(reason);
         }
     }
+}
+
+/// The veto a hook's failure makes under its `on_error`.
+fn failure_veto(on_error: OnError, message: &str) -> Option<String> {
+    (on_error == OnError::Deny).then(|| format!("hook failed and its on_error is deny: {message}"))
 }
 
 /// What each of `hooks` decided, from the results of their calls.
@@ -209,5 +220,44 @@ impl Verdict {
             allowed: self.allowed,
             denied_by: self.denied_by.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allowed() -> Verdict {
+        Verdict {
+            allowed: true,
+            denied_by: None,
+            reason: None,
+            would_deny: Vec::new(),
+            failures: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_first_enforced_veto_decides_and_monitor_vetoes_are_only_recorded() {
+        let mut v = allowed();
+        v.veto("a-watch", HookMode::Monitor, "would stop it".into());
+        assert!(v.allowed, "a monitor veto is not enforced");
+        v.veto("b-gate", HookMode::Enforce, "protected".into());
+        v.veto("c-gate", HookMode::Enforce, "also".into());
+        assert!(!v.allowed);
+        assert_eq!(v.denied_by.as_deref(), Some("b-gate"));
+        assert_eq!(v.reason.as_deref(), Some("protected"));
+        assert_eq!(v.would_deny.len(), 1);
+        assert_eq!(v.would_deny[0].hook, "a-watch");
+    }
+
+    #[test]
+    fn a_failure_vetoes_only_under_on_error_deny() {
+        assert_eq!(failure_veto(OnError::Allow, "trap"), None);
+        let veto = failure_veto(OnError::Deny, "trap").unwrap();
+        assert!(
+            veto.contains("on_error is deny") && veto.ends_with("trap"),
+            "{veto}"
+        );
     }
 }

@@ -24,29 +24,11 @@ pub(crate) async fn delivery() {
     let client = reqwest::Client::new();
     let raw = async |n: usize| {
         let done = sink.expect(n).await;
-        let (start, cpu) = (Instant::now(), cpu_seconds());
-        let left = Arc::new(AtomicUsize::new(n));
-        let tasks: Vec<_> = (0..concurrency)
-            .map(|_| {
-                let (client, url, body) = (client.clone(), sink.url.clone(), body.clone());
-                let left = left.clone();
-                tokio::spawn(async move {
-                    while left
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| l.checked_sub(1))
-                        .is_ok()
-                    {
-                        let r = client.post(&url).body(body.clone()).send().await.unwrap();
-                        assert!(r.status().is_success());
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
-        }
+        let bodies = vec![bytes::Bytes::from(body.clone()); n];
+        let clock = Stopwatch::start();
+        post_all(&client, &sink.url, bodies, concurrency).await;
         done.await;
-        let cpu_us = 1e6 * (cpu_seconds() - cpu) / n as f64;
-        (n as f64 / start.elapsed().as_secs_f64(), cpu_us)
+        clock.per_item(n)
     };
     raw(2_000).await; // warm-up
     let (raw_rate, raw_cpu) = raw(n).await;
@@ -59,10 +41,10 @@ pub(crate) async fn delivery() {
     // the operator's choice of a warm `forward` instance (`[reuse]`).
     for (fsync, reuse) in [(false, false), (true, false), (false, true)] {
         let dir = tempfile::tempdir().unwrap();
-        let cpu = cpu_seconds();
+        let clock = Stopwatch::start();
         let wide = Some(concurrency);
         let (rate, _) = engine_burst(&sink, dir.path(), fsync, reuse, n, wide).await;
-        let cpu_us = 1e6 * (cpu_seconds() - cpu) / n as f64;
+        let (_, cpu_us) = clock.per_item(n);
         let instance = if reuse { "reused" } else { "fresh " };
         println!(
             "  engine, fsync = {fsync:<5}, {instance} instance  {rate:>9.0} deliveries/s  ({:.0} % of raw; target >= 60 %; {cpu_us:.0} µs CPU each, {:.1}x raw)",
@@ -76,9 +58,9 @@ pub(crate) async fn delivery() {
     let mut flat = Vec::new();
     for n in [10_000, 100_000] {
         let dir = tempfile::tempdir().unwrap();
-        let cpu = cpu_seconds();
+        let clock = Stopwatch::start();
         let (rate, _) = engine_burst(&sink, dir.path(), true, false, n, None).await;
-        let cpu_us = 1e6 * (cpu_seconds() - cpu) / n as f64;
+        let (_, cpu_us) = clock.per_item(n);
         flat.push(cpu_us);
         println!(
             "  engine, default config, {n:>6} events   {rate:>9.0} deliveries/s  ({cpu_us:.0} µs CPU each, {:.1}x raw)",
@@ -113,9 +95,9 @@ pub(crate) async fn delivery_profile() {
     let dir = tempfile::tempdir().unwrap();
     let reuse = std::env::var_os("BENCH_REUSE").is_some();
     let n = 50_000;
-    let cpu = cpu_seconds();
+    let clock = Stopwatch::start();
     let (rate, _) = engine_burst(&sink, dir.path(), false, reuse, n, Some(64)).await;
-    let cpu_us = 1e6 * (cpu_seconds() - cpu) / n as f64;
+    let (_, cpu_us) = clock.per_item(n);
     println!("delivery-profile (reuse: {reuse}): {rate:.0} deliveries/s, {cpu_us:.0} µs CPU each");
 }
 

@@ -63,6 +63,28 @@ pub(crate) fn peak_rss_mib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Wall time and the process's CPU time since it was started.
+pub(crate) struct Stopwatch {
+    start: Instant,
+    cpu: f64,
+}
+
+impl Stopwatch {
+    pub(crate) fn start() -> Stopwatch {
+        Stopwatch {
+            start: Instant::now(),
+            cpu: cpu_seconds(),
+        }
+    }
+
+    /// For `n` items done since the start: items per second, and µs of CPU
+    /// (every thread) per item.
+    pub(crate) fn per_item(&self, n: usize) -> (f64, f64) {
+        let cpu_us = 1e6 * (cpu_seconds() - self.cpu) / n as f64;
+        (n as f64 / self.start.elapsed().as_secs_f64(), cpu_us)
+    }
+}
+
 /// CPU time (user + system) this process has used so far, in seconds.
 pub(crate) fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();

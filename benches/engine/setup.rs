@@ -6,7 +6,7 @@ use crate::measure::*;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use wasmhooks::config::Config;
 
 pub(crate) fn fixture(name: &str) -> Vec<u8> {
@@ -101,14 +101,26 @@ pub(crate) async fn drive(
     callers: usize,
 ) -> (f64, f64) {
     let n = bodies.len();
-    let bodies = Arc::new(bodies);
     let client = reqwest::Client::new();
     let done = sink.expect(n).await;
-    let (start, cpu) = (Instant::now(), cpu_seconds());
+    let clock = Stopwatch::start();
+    post_all(&client, &format!("{base}/v1/events"), bodies, callers).await;
+    done.await;
+    clock.per_item(n)
+}
+
+/// POSTs each of `bodies` to `url`, from `callers` tasks sharing `client`;
+/// each answer must be a success.
+pub(crate) async fn post_all(
+    client: &reqwest::Client,
+    url: &str,
+    bodies: Vec<bytes::Bytes>,
+    callers: usize,
+) {
+    let bodies = Arc::new(bodies);
     let tasks: Vec<_> = (0..callers)
         .map(|i| {
-            let (client, bodies, url) =
-                (client.clone(), bodies.clone(), format!("{base}/v1/events"));
+            let (client, bodies, url) = (client.clone(), bodies.clone(), url.to_owned());
             tokio::spawn(async move {
                 for body in bodies.iter().skip(i).step_by(callers) {
                     let r = client.post(&url).body(body.clone()).send().await.unwrap();
@@ -121,7 +133,4 @@ pub(crate) async fn drive(
     for t in tasks {
         t.await.unwrap();
     }
-    done.await;
-    let cpu_us = 1e6 * (cpu_seconds() - cpu) / n as f64;
-    (n as f64 / start.elapsed().as_secs_f64(), cpu_us)
 }

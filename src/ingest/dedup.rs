@@ -122,16 +122,6 @@ mod tests {
         .unwrap()
     }
 
-    fn allowed() -> Verdict {
-        Verdict {
-            allowed: true,
-            denied_by: None,
-            reason: None,
-            would_deny: Vec::new(),
-            failures: Vec::new(),
-        }
-    }
-
     #[test]
     fn a_copy_has_the_key_and_ids_of_the_first_within_a_period() {
         let window = Duration::from_secs(60);
@@ -164,7 +154,7 @@ mod tests {
         let mut copy = recent
             .remember("k", window, t0 + Duration::from_secs(1))
             .unwrap_err();
-        first.send_replace(Some(allowed()));
+        first.send_replace(Some(Verdict::allowing()));
         assert!(copy.borrow_and_update().as_ref().unwrap().allowed);
         // Past the window: decided anew.
         assert!(recent.remember("k", window, t0 + window).is_ok());

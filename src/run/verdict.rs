@@ -69,13 +69,7 @@ pub(crate) struct PreDecisions {
 /// name order) wins; a failed hook counts as its `on_error` says.
 pub(crate) fn decide(hooks: &Hooks, results: Vec<Result<Decision, CallError>>) -> PreDecisions {
     let mut decided = PreDecisions {
-        verdict: Verdict {
-            allowed: true,
-            denied_by: None,
-            reason: None,
-            would_deny: Vec::new(),
-            failures: Vec::new(),
-        },
+        verdict: Verdict::allowing(),
         queued: Vec::new(),
         waiting: Vec::new(),
     };
@@ -121,6 +115,17 @@ impl HookFailure {
 }
 
 impl Verdict {
+    /// No veto and no failure: where every pre event's verdict starts.
+    pub(crate) fn allowing() -> Verdict {
+        Verdict {
+            allowed: true,
+            denied_by: None,
+            reason: None,
+            would_deny: Vec::new(),
+            failures: Vec::new(),
+        }
+    }
+
     /// Records that `hook` failed; returns the veto its `on_error` makes of it.
     pub(crate) fn fail(&mut self, hook: &LiveHook, failure: HookFailure) -> Option<String> {
         let deny = failure_veto(hook.config.on_error, &failure.message);
@@ -227,19 +232,9 @@ impl Verdict {
 mod tests {
     use super::*;
 
-    fn allowed() -> Verdict {
-        Verdict {
-            allowed: true,
-            denied_by: None,
-            reason: None,
-            would_deny: Vec::new(),
-            failures: Vec::new(),
-        }
-    }
-
     #[test]
     fn the_first_enforced_veto_decides_and_monitor_vetoes_are_only_recorded() {
-        let mut v = allowed();
+        let mut v = Verdict::allowing();
         v.veto("a-watch", HookMode::Monitor, "would stop it".into());
         assert!(v.allowed, "a monitor veto is not enforced");
         v.veto("b-gate", HookMode::Enforce, "protected".into());

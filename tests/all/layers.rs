@@ -133,6 +133,12 @@ fn is_ident(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_'
 }
 
+/// The identifier `s` starts with (empty if none).
+fn ident(s: &str) -> &str {
+    let end = s.bytes().position(|c| !is_ident(c)).unwrap_or(s.len());
+    &s[..end]
+}
+
 /// The first identifier of every path that starts with `prefix` (`crate::`
 /// or `super::`), also inside `prefix{a, b::c}` groups.
 fn heads(code: &str, prefix: &str) -> BTreeSet<String> {
@@ -146,28 +152,13 @@ fn heads(code: &str, prefix: &str) -> BTreeSet<String> {
         }
         if let Some(group) = rest.strip_prefix('{') {
             let end = matching_brace(group);
-            for item in split_top(&group[..end]) {
-                let name: String = item
-                    .trim()
-                    .bytes()
-                    .take_while(|&c| is_ident(c))
-                    .map(char::from)
-                    .collect();
-                if !name.is_empty() {
-                    out.insert(name);
-                }
-            }
+            let items = split_top(&group[..end]);
+            out.extend(items.iter().map(|item| ident(item.trim()).to_owned()));
         } else {
-            let name: String = rest
-                .bytes()
-                .take_while(|&c| is_ident(c))
-                .map(char::from)
-                .collect();
-            if !name.is_empty() {
-                out.insert(name);
-            }
+            out.insert(ident(rest).to_owned());
         }
     }
+    out.remove("");
     out
 }
 
@@ -289,12 +280,7 @@ fn defined(code: &str) -> BTreeSet<String> {
             "fn ", "struct ", "enum ", "trait ", "type ", "const ", "static ", "mod ",
         ] {
             if let Some(name) = rest.strip_prefix(kind) {
-                out.insert(
-                    name.bytes()
-                        .take_while(|&c| is_ident(c))
-                        .map(char::from)
-                        .collect(),
-                );
+                out.insert(ident(name).to_owned());
             }
         }
         if let Some(used) = rest.strip_prefix("use ") {

@@ -1,7 +1,6 @@
 //! What a hook's store holds: its WASI context (nothing granted) and its
 //! memory limiter. (Its `log` import is the hook world's: `component.rs`.)
 
-use super::cpu::{Cpu, HasCpu};
 use std::sync::Arc;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
@@ -14,7 +13,6 @@ pub(crate) struct HostState {
     pub(super) limiter: MemoryLimiter,
     pub(super) hook: Arc<str>,
     pub(super) log_lines: u32,
-    pub(super) cpu: Cpu,
 }
 
 impl WasiView for HostState {
@@ -65,9 +63,3 @@ impl ResourceLimiter for MemoryLimiter {
 #[derive(Debug, thiserror::Error)]
 #[error("deadline reached")]
 pub(super) struct DeadlineReached;
-
-impl HasCpu for HostState {
-    fn cpu(&mut self) -> &mut Cpu {
-        &mut self.cpu
-    }
-}

@@ -346,17 +346,16 @@ impl Sandbox {
             },
             hook: hook.name.clone(),
             log_lines: 0,
-            cpu: cpu::Cpu::new(self.cpus.clone()),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        store.call_hook_async(cpu::Handoff);
         Session {
             store,
             stdout,
             stderr,
             is_command,
             logged: (0, 0),
+            cpus: self.cpus.clone(),
         }
     }
 }

@@ -2,9 +2,12 @@
 
 use super::component::guest_log;
 use super::component::wit;
+use super::cpu::CallClock;
 use super::host::{DeadlineReached, HostState};
 use super::{Failure, HOST_CALL_GRACE, Prepared};
 use crate::util::truncate;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
@@ -18,6 +21,8 @@ pub(super) struct Session {
     pub(super) is_command: bool,
     /// Bytes of stdout and stderr already logged (the pipes accumulate).
     pub(super) logged: (usize, usize),
+    /// The sandbox's CPUs, one of which each poll of a call holds.
+    pub(super) cpus: Arc<Semaphore>,
 }
 
 impl Session {
@@ -35,24 +40,23 @@ impl Session {
         state.limiter.exceeded = false;
         state.log_lines = 0;
         // The deadline counts the call's own running time (see cpu.rs).
-        let clock = self.store.data_mut().cpu.begin().await;
+        let clock = CallClock::new();
         let deadline = hook.limits.deadline;
         self.store.set_epoch_deadline(1);
         let charged = clock.clone();
-        self.store.epoch_deadline_callback(move |mut store| {
-            if charged.ran() >= deadline {
+        self.store.epoch_deadline_callback(move |_store| {
+            if charged.ran_in_poll() >= deadline {
                 Err(wasmtime::Error::new(DeadlineReached))
             } else {
-                store.data_mut().cpu.yielding();
+                charged.yielding();
                 Ok(UpdateDeadline::Yield(1))
             }
         });
         let run = body(&mut self.store, &self.stdout);
         let result = clock
-            .within(deadline + HOST_CALL_GRACE, run)
+            .within(&self.cpus, deadline + HOST_CALL_GRACE, run)
             .await
             .ok_or(());
-        self.store.data_mut().cpu.end();
         let ran = clock.ran();
         let stderr_tail = self.log_stdio(&hook.name);
         let is_command = self.is_command;

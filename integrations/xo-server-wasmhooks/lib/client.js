@@ -1,4 +1,12 @@
-// The few calls the plugin makes to wasmhooks' HTTP API.
+// The few calls the plugin makes to wasmhooks' HTTP API, over one pool of
+// kept-alive connections: a guarded call waits for this round trip, so it
+// neither opens a connection nor goes through `fetch`'s streams.
+
+import http from 'node:http'
+import https from 'node:https'
+
+/** How long an idle connection stays open for the next call. */
+const IDLE_MS = 5000
 
 /** Why wasmhooks could not answer: unreachable, timed out, or an error status. */
 export class Unreachable extends Error {
@@ -21,6 +29,18 @@ export class Client {
     if (token) {
       this._headers.authorization = `Bearer ${token}`
     }
+    this._transport = new URL(this._base).protocol === 'https:' ? https : http
+    this._agent = this._pool()
+  }
+
+  _pool() {
+    return new this._transport.Agent({ keepAlive: true, timeout: IDLE_MS })
+  }
+
+  /** Closes its connections (calls in flight fail); a later call opens new ones. */
+  close() {
+    this._agent.destroy()
+    this._agent = this._pool()
   }
 
   /**
@@ -48,23 +68,23 @@ export class Client {
     return this._request('/v1/hooks', { method: 'GET' }, timeoutMs)
   }
 
-  async _request(path, init, timeoutMs) {
+  async _request(path, { method, body }, timeoutMs) {
     const url = this._base + path
     let response
     try {
-      response = await fetch(url, { ...init, headers: this._headers, signal: AbortSignal.timeout(timeoutMs) })
+      response = await this._send(url, method, body, timeoutMs)
     } catch (error) {
-      const why = error.name === 'TimeoutError' ? `no answer within ${timeoutMs} ms` : (error.cause?.code ?? error.message)
+      const why = error.name === 'TimeoutError' ? `no answer within ${timeoutMs} ms` : (error.code ?? error.message)
       throw new Unreachable(`wasmhooks at ${this._base} cannot be reached (${why})`, { cause: error })
     }
-    const text = await response.text()
-    if (!response.ok) {
+    const { status, text } = response
+    if (status < 200 || status > 299) {
       let message = text
       try {
         message = JSON.parse(text).error ?? text
       } catch {}
-      throw new Unreachable(`wasmhooks at ${this._base} answered ${response.status} to ${init.method} ${path}: ${message}`, {
-        status: response.status,
+      throw new Unreachable(`wasmhooks at ${this._base} answered ${status} to ${method} ${path}: ${message}`, {
+        status,
       })
     }
     try {
@@ -74,5 +94,26 @@ export class Client {
       // need an answer check its shape.
       return undefined
     }
+  }
+
+  /** One request: its status and body, whole, within `timeoutMs`. */
+  _send(url, method, body, timeoutMs) {
+    const headers = body === undefined ? this._headers : { ...this._headers, 'content-length': Buffer.byteLength(body) }
+    return new Promise((resolve, reject) => {
+      const request = this._transport.request(
+        url,
+        { method, headers, agent: this._agent, signal: AbortSignal.timeout(timeoutMs) },
+        response => {
+          const chunks = []
+          response.on('data', chunk => chunks.push(chunk))
+          response.on('end', () => resolve({ status: response.statusCode, text: Buffer.concat(chunks).toString('utf8') }))
+          response.on('error', reject)
+        }
+      )
+      // An abort (the timeout) rejects with the signal's reason, a
+      // `TimeoutError`.
+      request.on('error', error => reject(error.name === 'AbortError' && error.cause !== undefined ? error.cause : error))
+      request.end(body)
+    })
   }
 }

@@ -66,6 +66,8 @@ export class WasmhooksPlugin {
       log.warn(`ignoring settings this version does not know: ${unknown.join(', ')}`)
     }
     this._conf = conf
+    // The previous client's idle connections close by themselves (an idle
+    // connection is not kept open by its pool for long, nor keeps Node up).
     this._client = new Client(conf)
     if (this._loaded) {
       this._forwarder.resize(conf.maxQueued)
@@ -105,6 +107,7 @@ export class WasmhooksPlugin {
     this._forwarder.stop()
     // Nothing is guarded any more: wasmhooks says so at once.
     await this._coverage.send(false)
+    this._client.close()
   }
 
   /** Sends a sample pre event and returns (and logs) the verdict. */

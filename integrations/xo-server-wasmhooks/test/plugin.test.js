@@ -4,6 +4,7 @@
 
 import { configure } from '@xen-orchestra/log/configure'
 import assert from 'node:assert/strict'
+import { createServer as createHttpServer } from 'node:http'
 import { createServer } from 'node:net'
 import { before, describe, test } from 'node:test'
 import { connection } from './xo/app.js'
@@ -41,6 +42,35 @@ async function nobodyThere() {
   const { port } = server.address()
   await new Promise(resolve => server.close(resolve))
   return `http://127.0.0.1:${port}`
+}
+
+/**
+ * An HTTP server on loopback that answers each request with `answer(req)`
+ * (a JSON value), or never if `answer` returns undefined; counts the
+ * connections it accepts.
+ */
+async function stub(answer) {
+  const server = createHttpServer((req, res) => {
+    req.resume()
+    req.on('end', () => {
+      const body = answer(req)
+      if (body !== undefined) {
+        res.setHeader('content-type', 'application/json')
+        res.end(JSON.stringify(body))
+      }
+    })
+  })
+  let connections = 0
+  server.on('connection', () => connections++)
+  await new Promise(resolve => server.listen(0, '127.0.0.1', resolve))
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    connections: () => connections,
+    close: () => {
+      server.closeAllConnections()
+      return new Promise(resolve => server.close(resolve))
+    },
+  }
 }
 
 function received(receiver, method) {
@@ -199,6 +229,22 @@ describe('wasmhooks down', () => {
     await assert.rejects(plugin.test(), /cannot be reached/)
   })
 
+  test('a wasmhooks that never answers: the guarded call fails closed at preTimeout, saying so', T, async t => {
+    const silent = await stub(() => undefined)
+    t.after(silent.close)
+    const xo = fakeXo()
+    await loaded(t, xo, { url: silent.url, guard: ['vm.delete'], failClosed: true, preTimeout: 300 })
+    const started = Date.now()
+    await assert.rejects(xo.callApiMethod(alice, 'vm.delete', { id: OTHER_VM }), error => {
+      assert.equal(error.code, 5)
+      assert.match(error.message, /cannot be reached \(no answer within 300 ms\)/)
+      return true
+    })
+    assert.ok(Date.now() - started < 5000, 'not held past its timeout')
+    assert.deepEqual(xo.ran, [])
+    await xo.plugins.unload(PLUGIN)
+  })
+
   test('past maxQueued, events are dropped and counted in the log', T, async t => {
     const xo = fakeXo()
     const plugin = await loaded(t, xo, { url: await nobodyThere(), guard: ['none'], maxQueued: 100 })
@@ -209,6 +255,25 @@ describe('wasmhooks down', () => {
     assert.ok(logs.messages().some(m => m.startsWith('queue full (100 events, maxQueued')))
     await xo.plugins.unload(PLUGIN)
     assert.ok(logs.messages().some(m => m.startsWith('unloaded with 100 events not yet forwarded')))
+  })
+})
+
+describe('the connection to wasmhooks', () => {
+  test('calls one after another share kept-alive connections', T, async t => {
+    const verdicts = await stub(req => (req.url === '/v1/events' ? { allowed: true } : []))
+    t.after(verdicts.close)
+    const xo = fakeXo()
+    await loaded(t, xo, { url: verdicts.url, guard: ['vm.delete'], failClosed: true })
+    const before = verdicts.connections()
+    for (let i = 0; i < 5; i++) {
+      await xo.callApiMethod(alice, 'vm.delete', { id: OTHER_VM })
+    }
+    assert.equal(xo.ran.length, 5)
+    // 5 pre events, 5 post events beside them, a coverage report: without
+    // keep-alive, one connection each.
+    const opened = verdicts.connections() - before
+    assert.ok(opened < 5, `${opened} connections for 5 guarded calls`)
+    await xo.plugins.unload(PLUGIN)
   })
 })
 

@@ -63,6 +63,11 @@ export class Client {
     return this._request(`/v1/coverage/${encodeURIComponent(reporter)}`, { method: 'PUT', body }, timeoutMs)
   }
 
+  /** `GET /healthz`: whether wasmhooks answers (the bench's floor). */
+  async health(timeoutMs) {
+    return this._request('/healthz', { method: 'GET' }, timeoutMs)
+  }
+
   /** Every hook's status, as `GET /v1/hooks` gives it. */
   async hooks(timeoutMs) {
     return this._request('/v1/hooks', { method: 'GET' }, timeoutMs)

@@ -126,6 +126,10 @@ pub use engine::{Engine, ReceiverStatus};
 pub use error::Error;
 pub use event::{Event, EventError, Phase};
 pub use hooks::{Abi, HookState, HookStatus, LoadError, Stage, WatchError};
+/// Not API: a door for `benches/` (the `bench` feature).
+#[cfg(feature = "bench")]
+#[doc(hidden)]
+pub use queue::bench;
 pub use queue::{
     DeadLetters, DeliveryAdmin, DeliveryInfo, DeliveryQuery, DeliveryState, QueueError,
 };

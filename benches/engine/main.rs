@@ -14,6 +14,7 @@ mod delivery;
 mod languages;
 mod measure;
 mod per_event;
+mod queue;
 mod reload;
 mod setup;
 mod sidecar;
@@ -21,6 +22,7 @@ mod sidecar;
 use delivery::{delivery, delivery_profile};
 use languages::languages;
 use per_event::{per_event, profile_loop};
+use queue::queue;
 use reload::{cold_start, many_hooks, reload};
 use sidecar::{pre_latency, sidecar};
 
@@ -74,6 +76,9 @@ fn main() {
     }
     if wanted("pre-latency") {
         on_worker(&runtime, pre_latency());
+    }
+    if wanted("queue") {
+        on_worker(&runtime, queue());
     }
     if wanted("languages") {
         on_worker(&runtime, languages());

@@ -87,6 +87,13 @@ impl Stopwatch {
 
 /// CPU time (user + system) this process has used so far, in seconds.
 pub(crate) fn cpu_seconds() -> f64 {
+    let (user, system) = cpu_split();
+    user + system
+}
+
+/// CPU time this process has used so far, in seconds: in user space, and
+/// in the kernel on its behalf (system calls: writes, fsync, wake-ups).
+pub(crate) fn cpu_split() -> (f64, f64) {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name (which is in parentheses): utime is the
     // 12th, stime the 13th, in clock ticks (100 per second on Linux).
@@ -100,7 +107,7 @@ pub(crate) fn cpu_seconds() -> f64 {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    (ticks(11) + ticks(12)) / 100.0
+    (ticks(11) / 100.0, ticks(12) / 100.0)
 }
 
 pub(crate) fn open_fds() -> usize {

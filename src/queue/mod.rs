@@ -15,6 +15,8 @@
 //! suite (`conformance.rs`). Operators reach a queue through
 //! [`DeliveryAdmin`], which never touches claims.
 
+#[cfg(feature = "bench")]
+pub mod bench;
 mod codec;
 #[cfg(test)]
 mod conformance;

@@ -30,6 +30,8 @@ mod tests;
 mod writer;
 
 use schema::{DB_FILE, SCHEMA_VERSION, lock, migrate, open_connection, open_error, schema_version};
+#[cfg(feature = "bench")]
+pub(super) use writer::transactions;
 use writer::{Job, run};
 
 /// The SQLite queue. Cheap to share; the connection lives on its own thread.

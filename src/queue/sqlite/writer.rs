@@ -18,6 +18,16 @@ pub(super) const GROUP_WINDOW: std::time::Duration = std::time::Duration::from_m
 /// Jobs (writes or reads) in a transaction that show the queue is busy.
 pub(super) const BUSY: usize = 4;
 
+/// Transactions committed by every queue thread of the process: what a
+/// commit (its page writes, its fsync) is shared by, in the benches.
+static TRANSACTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Transactions committed so far, by every queue in the process.
+#[cfg(feature = "bench")]
+pub(crate) fn transactions() -> u64 {
+    TRANSACTIONS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub(super) type Reply = Box<dyn FnOnce(Option<&Arc<rusqlite::Error>>) + Send>;
 pub(super) type Job = Box<dyn FnOnce(&Connection) -> Reply + Send>;
 
@@ -88,6 +98,7 @@ pub(super) fn run(conn: Connection, jobs: mpsc::Receiver<Job>) {
             Some(e) => Some(e),
             None => exec(&conn, "COMMIT").err().map(Arc::new),
         };
+        TRANSACTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if commit_error.is_some() && !conn.is_autocommit() {
             let _ = exec(&conn, "ROLLBACK");
         }

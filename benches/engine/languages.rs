@@ -102,8 +102,8 @@ pub(crate) async fn languages() {
         ),
     ];
     println!(
-        "  {:<8} {:<22} {:>10} {:>8} {:>11} {:>14}  {:>7}",
-        "hook", "language", "fresh", "vs Rust", "reused", "fresh/reused", "size"
+        "  {:<8} {:<22} {:>10} {:>8} {:>11} {:>14}  {:>7}  {:>15}",
+        "hook", "language", "fresh", "vs Rust", "reused", "fresh/reused", "size", "faults f / r"
     );
     let mut rust = Duration::ZERO;
     for (hook, lang, wasm, toml, event) in cases {
@@ -152,6 +152,13 @@ pub(crate) async fn languages() {
             engine.drain().await;
         }
         let (fresh, reused) = (per[0].unwrap().cpu, per[1].map(|p| p.cpu));
+        // Page faults per event: a fresh instance maps in, on first touch,
+        // the memory the pool did not keep resident from the last one.
+        let faults = format!(
+            "{:.0} / {}",
+            per[0].unwrap().faults,
+            per[1].map_or("-".to_owned(), |p| format!("{:.0}", p.faults))
+        );
         if lang == "Rust" {
             rust = fresh;
         }
@@ -166,7 +173,7 @@ pub(crate) async fn languages() {
             })
             .unwrap_or_else(|| format!("{:>11} {:>14}", "-", "-"));
         println!(
-            "  {hook:<8} {lang:<22} {:>7.1} µs {:>7.1}x {reused}  {size:>5.2} MB",
+            "  {hook:<8} {lang:<22} {:>7.1} µs {:>7.1}x {reused}  {size:>5.2} MB  {faults:>15}",
             micros(fresh),
             fresh.as_secs_f64() / rust.as_secs_f64()
         );

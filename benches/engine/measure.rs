@@ -10,7 +10,7 @@ pub(crate) async fn per_iter<F: AsyncFnMut()>(n: u32, batches: usize, mut f: F) 
         f().await; // warm-up
     }
     let mut times = Vec::with_capacity(batches);
-    let cpu = cpu_seconds();
+    let (cpu, faults) = (cpu_seconds(), minor_faults());
     for _ in 0..batches {
         let start = Instant::now();
         for _ in 0..n {
@@ -18,11 +18,14 @@ pub(crate) async fn per_iter<F: AsyncFnMut()>(n: u32, batches: usize, mut f: F) 
         }
         times.push(start.elapsed() / n);
     }
-    let cpu = Duration::from_secs_f64((cpu_seconds() - cpu) / (n as usize * batches) as f64);
+    let calls = (n as usize * batches) as f64;
+    let cpu = Duration::from_secs_f64((cpu_seconds() - cpu) / calls);
+    let faults = (minor_faults() - faults) as f64 / calls;
     times.sort();
     PerIter {
         time: times[batches / 2],
         cpu,
+        faults,
     }
 }
 
@@ -30,6 +33,9 @@ pub(crate) async fn per_iter<F: AsyncFnMut()>(n: u32, batches: usize, mut f: F) 
 pub(crate) struct PerIter {
     pub(crate) time: Duration,
     pub(crate) cpu: Duration,
+    /// Minor page faults per call: pages mapped in on first touch (a fresh
+    /// instance's memory beyond what the pool keeps resident).
+    pub(crate) faults: f64,
 }
 
 pub(crate) fn median(mut times: Vec<Duration>) -> Duration {
@@ -91,23 +97,35 @@ pub(crate) fn cpu_seconds() -> f64 {
     user + system
 }
 
-/// CPU time this process has used so far, in seconds: in user space, and
-/// in the kernel on its behalf (system calls: writes, fsync, wake-ups).
-pub(crate) fn cpu_split() -> (f64, f64) {
+/// Minor page faults this process has taken so far (`minflt`).
+pub(crate) fn minor_faults() -> u64 {
+    stat_fields(|fields| fields.get(7).and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+/// Reads `/proc/self/stat`'s fields after the command name (which is in
+/// parentheses, and may hold spaces).
+fn stat_fields<T>(read: impl FnOnce(&[&str]) -> T) -> T {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses): utime is the
-    // 12th, stime the 13th, in clock ticks (100 per second on Linux).
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) / 100.0, ticks(12) / 100.0)
+    read(&fields)
+}
+
+/// CPU time this process has used so far, in seconds: in user space, and
+/// in the kernel on its behalf (system calls: writes, fsync, wake-ups).
+pub(crate) fn cpu_split() -> (f64, f64) {
+    // utime and stime, in clock ticks (100 per second on Linux).
+    stat_fields(|fields| {
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (ticks(11) / 100.0, ticks(12) / 100.0)
+    })
 }
 
 pub(crate) fn open_fds() -> usize {

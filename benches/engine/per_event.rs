@@ -10,7 +10,9 @@ use wasmhooks::{Engine, Event};
 
 /// A pre event through the `deny` hook (fresh instance, setup with its
 /// settings, handle, which parses the event), against the same decision as a
-/// native Rust closure; then throughput from one caller and from two.
+/// native Rust closure; then throughput from one caller and from two,
+/// beside the same for wasmtime alone and for native work (the floors for
+/// scaling on this machine).
 pub(crate) async fn per_event() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(guests::wasm("deny"), dir.path().join("deny.wasm")).unwrap();
@@ -96,8 +98,44 @@ pub(crate) async fn per_event() {
         assert!(alone.denies(&event).await);
     })
     .await;
-    let one = throughput(&engine, &event, 1, 5 * n).await;
-    let two = throughput(&engine, &event, 2, 5 * n).await;
+    let pre = {
+        let (engine, event) = (engine.clone(), event.clone());
+        move || {
+            let (engine, event) = (engine.clone(), event.clone());
+            async move { drop(engine.pre(event).await.unwrap()) }
+        }
+    };
+    let one = throughput(1, 5 * n, pre.clone()).await;
+    let two = throughput(2, 5 * n, pre).await;
+    // The floor for scaling: wasmtime alone, from 1 and 2 callers, on the
+    // same runtime (the machine's 2 vCPUs and their neighbours set it).
+    let alone = std::sync::Arc::new(alone);
+    let alone_call = {
+        let (alone, event) = (alone.clone(), event.clone());
+        move || {
+            let (alone, event) = (alone.clone(), event.clone());
+            async move { assert!(alone.denies(&event).await) }
+        }
+    };
+    let alone_one = throughput(1, 5 * n, alone_call.clone()).await;
+    let alone_two = throughput(2, 5 * n, alone_call).await;
+    // And the machine's: native work of about the same CPU per call (the
+    // event parsed into a `serde_json::Value` three times), no wasmtime.
+    let work = {
+        let bytes = std::sync::Arc::new(delete.clone());
+        move || {
+            let bytes = bytes.clone();
+            async move {
+                for _ in 0..3 {
+                    std::hint::black_box(
+                        serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(),
+                    );
+                }
+            }
+        }
+    };
+    let native_one = throughput(1, 5 * n, work.clone()).await;
+    let native_two = throughput(2, 5 * n, work).await;
     println!("per-event: a pre event decided by the deny hook vs a native Rust closure");
     println!("  {:<40} {:>9} {:>12}", "", "time", "CPU (2 thr.)");
     let row = |what: &str, t: PerIter, vs: &str| {
@@ -133,23 +171,37 @@ pub(crate) async fn per_event() {
         t_unsubscribed,
         &format!("({:.1}x native)", ratio(t_unsubscribed, t_native)),
     );
-    println!("  throughput, 1 thread                    {one:>9.0} events/s");
+    let ((one, one_cpu), (two, two_cpu)) = (one, two);
+    let ((alone_one, alone_one_cpu), (alone_two, alone_two_cpu)) = (alone_one, alone_two);
+    let ((native_one, _), (native_two, _)) = (native_one, native_two);
     println!(
-        "  throughput, 2 threads                   {two:>9.0} events/s  ({:.2}x one thread; target >= 1.8x)",
-        two / one
+        "  throughput, 1 thread                    {one:>9.0} events/s  ({one_cpu:.1} µs CPU each; wasmtime alone {alone_one:.0}/s, {alone_one_cpu:.1} µs)"
+    );
+    println!(
+        "  throughput, 2 threads                   {two:>9.0} events/s  ({two_cpu:.1} µs CPU each, {:.2}x one thread; target >= 1.8x; wasmtime alone {alone_two:.0}/s, {alone_two_cpu:.1} µs)",
+        two / one,
+    );
+    println!(
+        "    the floors, 2 threads against 1:     wasmtime alone {:.2}x, native work {:.2}x",
+        alone_two / alone_one,
+        native_two / native_one
     );
 }
 
-/// Events per second through `engine.pre` from `tasks` concurrent callers,
-/// on the 2-worker runtime: 1 caller keeps one thread busy, 2 keep both.
-pub(crate) async fn throughput(engine: &Engine, event: &Event, tasks: usize, n: u32) -> f64 {
-    let start = Instant::now();
+/// Events per second from `tasks` concurrent callers of `call`, on the
+/// 2-worker runtime: 1 caller keeps one thread busy, 2 keep both.
+pub(crate) async fn throughput<F, R>(tasks: usize, n: u32, call: F) -> (f64, f64)
+where
+    F: Fn() -> R + Clone + Send + 'static,
+    R: Future<Output = ()> + Send,
+{
+    let (start, cpu) = (Instant::now(), cpu_seconds());
     let callers: Vec<_> = (0..tasks)
         .map(|_| {
-            let (engine, event) = (engine.clone(), event.clone());
+            let call = call.clone();
             tokio::spawn(async move {
                 for _ in 0..n {
-                    engine.pre(event.clone()).await.unwrap();
+                    call().await;
                 }
             })
         })
@@ -157,7 +209,9 @@ pub(crate) async fn throughput(engine: &Engine, event: &Event, tasks: usize, n: 
     for caller in callers {
         caller.await.unwrap();
     }
-    (tasks as f64 * f64::from(n)) / start.elapsed().as_secs_f64()
+    let events = tasks as f64 * f64::from(n);
+    let cpu = (cpu_seconds() - cpu) * 1e6 / events;
+    (events / start.elapsed().as_secs_f64(), cpu)
 }
 
 /// Three seconds of pre events through the deny hook, for profiling.

@@ -57,7 +57,7 @@ pub(super) fn claim_due(
                 due_soonest(next_ms);
                 break;
             }
-            picked.push(row.get::<_, String>(0)?);
+            picked.push(row.get::<_, i64>(0)?);
             taken += 1;
         }
         if picked.len() == limit {
@@ -69,24 +69,25 @@ pub(super) fn claim_due(
         next_due,
     };
     let mut take = conn.prepare_cached(sql::TAKE)?;
-    for id in picked {
-        let row = take.query_row(params![id, run], |r| {
+    for seq in picked {
+        let row = take.query_row(params![seq, run], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, String>(2)?,
-                r.get::<_, Vec<u8>>(3)?,
-                r.get::<_, u32>(4)?,
-                r.get::<_, bool>(5)?,
-                r.get::<_, Option<String>>(6)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Vec<u8>>(4)?,
+                r.get::<_, u32>(5)?,
+                r.get::<_, bool>(6)?,
+                r.get::<_, Option<String>>(7)?,
             ))
         })?;
-        let (hook, url, headers, body, attempts, signed, allow) = row;
+        let (id, hook, url, headers, body, attempts, signed, allow) = row;
         let Ok(url) = reqwest::Url::parse(&url) else {
             // Only a hand-edited database gets here.
             conn.execute(
-                "UPDATE deliveries SET dead = 1, claimed = 0, last_error = 'URL is not valid' WHERE id = ?1",
-                [&id],
+                "UPDATE deliveries SET dead = 1, claimed = 0, last_error = 'URL is not valid' WHERE seq = ?1",
+                [seq],
             )?;
             continue;
         };

@@ -22,6 +22,7 @@ use std::sync::mpsc;
 use tokio::sync::oneshot;
 
 mod claim;
+mod ids;
 mod queue;
 mod rows;
 mod schema;
@@ -116,7 +117,7 @@ impl SqliteQueue {
     /// failed statement); one of several wraps them in [`atomically`].
     fn call<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+        f: impl FnOnce(&mut writer::Store) -> rusqlite::Result<R> + Send + 'static,
     ) -> Fut<'_, R> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {

@@ -13,8 +13,8 @@ use std::collections::HashMap;
 
 impl Queue for SqliteQueue {
     fn journal(&self, event: Journaled) -> Fut<'_, Option<i64>> {
-        self.call(move |conn| {
-            atomically(conn, |conn| {
+        self.call(move |store| {
+            atomically(store, |conn| {
                 if let Some(key) = &event.key
                     && !accept_key(conn, key)?
                 {
@@ -41,11 +41,11 @@ impl Queue for SqliteQueue {
             + batch.queued.len()
             + usize::from(batch.ticket.is_some())
             + usize::from(batch.key.is_some());
-        self.call(move |conn| {
+        self.call(move |store| {
             if writes > 1 {
-                atomically(conn, |conn| write_batch(conn, run, &batch))
+                atomically(store, |store| write_batch(store, run, &batch))
             } else {
-                write_batch(conn, run, &batch)
+                write_batch(store, run, &batch)
             }
         })
     }
@@ -70,17 +70,17 @@ impl Queue for SqliteQueue {
 
     fn claim(&self, now_ms: u64, limit: usize, room: Room) -> Fut<'_, Claim> {
         let (run, cursor) = (self.run, self.cursor.clone());
-        self.call(move |conn| {
+        self.call(move |store| {
             let mut cursor = cursor.lock().unwrap();
-            atomically(conn, |conn| {
-                claim_due(conn, run, now_ms, limit, &room, &mut cursor)
+            atomically(store, |store| {
+                claim_due(store, run, now_ms, limit, &room, &mut cursor)
             })
         })
     }
 
     fn finish(&self, id: String, attempts: u32, how: Finish) -> Fut<'_, ()> {
         let run = self.run;
-        self.call(move |conn| record(conn, run, &id, attempts, how))
+        self.call(move |store| record(store, run, &id, attempts, how))
     }
 
     fn backlog(&self) -> Fut<'_, usize> {
@@ -147,24 +147,33 @@ impl Queue for SqliteQueue {
     }
 
     fn retry(&self, which: DeadLetters) -> Fut<'_, usize> {
-        self.call(move |conn| {
+        self.call(move |store| {
             let now = to_sql(now_ms());
             // Dead letters are never claimed: this touches no claim.
             let set = "UPDATE deliveries SET dead = 0, attempts = 0, next_ms = ?1";
             match which {
-                DeadLetters::One(id) => conn.execute(
-                    &format!("{set} WHERE id = ?2 AND dead = 1"),
-                    params![now, id],
-                ),
-                DeadLetters::All => conn.execute(&format!("{set} WHERE dead = 1"), [now]),
+                DeadLetters::One(id) => match store.ids.seq(&store.conn, &id)? {
+                    Some(seq) => store.execute(
+                        &format!("{set} WHERE seq = ?2 AND dead = 1"),
+                        params![now, seq],
+                    ),
+                    None => Ok(0),
+                },
+                DeadLetters::All => store.execute(&format!("{set} WHERE dead = 1"), [now]),
             }
         })
     }
 
     fn purge_dead(&self, before_ms: u64) -> Fut<'_, usize> {
-        self.call(move |conn| {
-            conn.prepare_cached("DELETE FROM deliveries WHERE dead = 1 AND created_ms <= ?1")?
-                .execute([to_sql(before_ms)])
+        self.call(move |store| {
+            let purged: Vec<String> = store
+                .prepare_cached(
+                    "DELETE FROM deliveries WHERE dead = 1 AND created_ms <= ?1 RETURNING id",
+                )?
+                .query_map([to_sql(before_ms)], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            store.ids.remove(purged.iter().map(String::as_str));
+            Ok(purged.len())
         })
     }
 

@@ -1,6 +1,7 @@
 //! The statements every delivery runs, and the rows they read and write.
 
 use super::super::codec::{header_map, header_pairs};
+use super::writer::Store;
 use super::{Batch, Committed, Finish};
 use crate::util::now_ms;
 use reqwest::header::HeaderMap;
@@ -26,7 +27,7 @@ pub(super) fn from_sql(v: i64) -> u64 {
 pub(super) mod sql {
     pub(crate) const ACCEPT_KEY: &str =
         "INSERT INTO accepted (key, at_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING";
-    pub(crate) const INSERT_DELIVERY: &str = "INSERT OR IGNORE INTO deliveries
+    pub(crate) const INSERT_DELIVERY: &str = "INSERT INTO deliveries
            (id, hook, receiver, url, headers, body, signed, allow, claimed, created_ms, next_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)";
     pub(crate) const RETIRE_EVENT: &str = "DELETE FROM events WHERE ticket = ?1";
@@ -34,16 +35,16 @@ pub(super) mod sql {
     pub(crate) const NEXT_RECEIVER: &str = "SELECT receiver FROM deliveries
          WHERE dead = 0 AND claimed = 0 AND receiver > ?1 ORDER BY receiver LIMIT 1";
     /// A receiver's unclaimed rows, soonest due first, in `deliveries_ready`'s order.
-    pub(crate) const OLDEST_DUE: &str = "SELECT id, next_ms FROM deliveries
+    pub(crate) const OLDEST_DUE: &str = "SELECT seq, next_ms FROM deliveries
          WHERE dead = 0 AND claimed = 0 AND receiver = (SELECT ?1)
          ORDER BY next_ms LIMIT (SELECT ?2)";
-    pub(crate) const TAKE: &str = "UPDATE deliveries SET claimed = ?2 WHERE id = ?1
-         RETURNING hook, url, headers, body, attempts, signed, allow";
-    pub(crate) const DELIVERED: &str = "DELETE FROM deliveries WHERE id = ?1 AND claimed = ?2";
+    pub(crate) const TAKE: &str = "UPDATE deliveries SET claimed = ?2 WHERE seq = ?1
+         RETURNING id, hook, url, headers, body, attempts, signed, allow";
+    pub(crate) const DELIVERED: &str = "DELETE FROM deliveries WHERE seq = ?1 AND claimed = ?2";
     pub(crate) const RETRY: &str = "UPDATE deliveries SET claimed = 0, attempts = ?2, next_ms = ?3,
-         last_error = ?4, last_status = ?5 WHERE id = ?1";
+         last_error = ?4, last_status = ?5 WHERE seq = ?1";
     pub(crate) const DEAD: &str = "UPDATE deliveries SET claimed = 0, dead = 1, attempts = ?2,
-         last_error = ?3, last_status = ?4 WHERE id = ?1 AND claimed = ?5";
+         last_error = ?3, last_status = ?4 WHERE seq = ?1 AND claimed = ?5";
     /// Every statement above.
     #[cfg(test)]
     pub(crate) const ALL: [&str; 9] = [
@@ -69,74 +70,93 @@ pub(super) fn accept_key(conn: &Connection, key: &str) -> rusqlite::Result<bool>
 
 /// Records how an attempt of `id` by `run` ended.
 pub(super) fn record(
-    conn: &Connection,
+    store: &mut Store,
     run: i64,
     id: &str,
     attempts: u32,
     how: Finish,
 ) -> rusqlite::Result<()> {
+    let Some(seq) = store.ids.seq(&store.conn, id)? else {
+        return Ok(()); // not queued (any more): nothing to record
+    };
+    let conn = &store.conn;
     match how {
-        Finish::Delivered => conn
-            .prepare_cached(sql::DELIVERED)?
-            .execute(params![id, run]),
+        Finish::Delivered => {
+            let deleted = conn
+                .prepare_cached(sql::DELIVERED)?
+                .execute(params![seq, run])?;
+            if deleted == 1 {
+                store.ids.remove([id]);
+            }
+            Ok(())
+        }
         Finish::Retry {
             at_ms,
             error,
             status,
-        } => conn.prepare_cached(sql::RETRY)?.execute(params![
-            id,
-            attempts,
-            to_sql(at_ms),
-            error,
-            status
-        ]),
+        } => conn
+            .prepare_cached(sql::RETRY)?
+            .execute(params![seq, attempts, to_sql(at_ms), error, status])
+            .map(drop),
         Finish::Dead { error, status } => conn
             .prepare_cached(sql::DEAD)?
-            .execute(params![id, attempts, error, status, run]),
+            .execute(params![seq, attempts, error, status, run])
+            .map(drop),
     }
-    .map(drop)
 }
 
 /// Writes a batch: its key, its deliveries (those `claimed` as claimed by
-/// `run`), and retires its journaled event.
+/// `run`), and retires its journaled event. A delivery whose id is queued
+/// already is left out.
 pub(super) fn write_batch(
-    conn: &Connection,
+    store: &mut Store,
     run: i64,
     batch: &Batch,
 ) -> rusqlite::Result<Committed> {
     if let Some(key) = &batch.key
-        && !accept_key(conn, key)?
+        && !accept_key(store, key)?
     {
         return Ok(Committed::Duplicate);
     }
     let now = to_sql(now_ms());
-    let mut insert = conn.prepare_cached(sql::INSERT_DELIVERY)?;
     let all = batch
         .claimed
         .iter()
         .map(|d| (d, run))
         .chain(batch.queued.iter().map(|d| (d, 0)));
-    let mut written = Vec::new();
+    let (mut written, mut rows) = (Vec::new(), Vec::new());
     for (d, claimed) in all {
-        let inserted = insert.execute(params![
-            d.id,
-            &*d.hook,
-            d.receiver(),
-            d.url.as_str(),
-            headers_to_json(&d.headers),
-            &d.body[..],
-            d.queued.signed,
-            d.queued.allow.as_deref(),
-            claimed,
-            now
-        ])?;
-        if inserted == 1 && claimed != 0 {
+        let twice = rows.iter().any(|(id, _)| *id == d.id);
+        if twice || store.ids.seq(&store.conn, &d.id)?.is_some() {
+            continue;
+        }
+        store
+            .conn
+            .prepare_cached(sql::INSERT_DELIVERY)?
+            .execute(params![
+                d.id,
+                &*d.hook,
+                d.receiver(),
+                d.url.as_str(),
+                headers_to_json(&d.headers),
+                &d.body[..],
+                d.queued.signed,
+                d.queued.allow.as_deref(),
+                claimed,
+                now
+            ])?;
+        rows.push((d.id.clone(), store.conn.last_insert_rowid()));
+        if claimed != 0 {
             written.push(d.id.clone());
         }
     }
     if let Some(ticket) = batch.ticket {
-        conn.prepare_cached(sql::RETIRE_EVENT)?.execute([ticket])?;
+        store
+            .conn
+            .prepare_cached(sql::RETIRE_EVENT)?
+            .execute([ticket])?;
     }
+    store.ids.insert(&store.conn, rows)?;
     Ok(Committed::Done { claimed: written })
 }
 

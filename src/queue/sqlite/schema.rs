@@ -5,10 +5,12 @@ use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 
 /// The schema this build writes. Bump it, with a migration, on any change.
-pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
-/// Schema 2. `claimed` holds the id of the engine run that claimed a row
+/// Schema 3. `claimed` holds the id of the engine run that claimed a row
 /// (0: not claimed); `allow` the hook's `allow_hosts` when it was queued.
+/// Deliveries are keyed by `seq`, in the order they are written; their ids
+/// have no index (see `ids.rs`: which ids are queued is kept in memory).
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
     ticket      INTEGER PRIMARY KEY,
@@ -18,7 +20,8 @@ CREATE TABLE IF NOT EXISTS events (
     accepted_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS deliveries (
-    id          TEXT PRIMARY KEY,  -- the webhook-id
+    seq         INTEGER PRIMARY KEY,
+    id          TEXT NOT NULL,     -- the webhook-id, unique
     hook        TEXT NOT NULL,
     receiver    TEXT NOT NULL,     -- host:port
     url         TEXT NOT NULL,
@@ -47,6 +50,24 @@ CREATE INDEX IF NOT EXISTS accepted_at ON accepted (at_ms);
 pub(super) const MIGRATE_1: &str = "
 ALTER TABLE deliveries ADD COLUMN allow TEXT;
 DROP INDEX IF EXISTS deliveries_due;
+";
+
+/// From schema 2, before [`SCHEMA`]: the table keyed by its random ids is
+/// set aside, for [`SCHEMA`] to create the new one and its indexes.
+pub(super) const MIGRATE_2: &str = "
+ALTER TABLE deliveries RENAME TO deliveries_2;
+DROP INDEX IF EXISTS deliveries_ready;
+DROP INDEX IF EXISTS deliveries_dead;
+";
+
+/// From schema 2, after [`SCHEMA`]: the rows, oldest first, into the new table.
+pub(super) const MIGRATE_2_ROWS: &str = "
+INSERT INTO deliveries (id, hook, receiver, url, headers, body, signed, dead, claimed,
+                        attempts, created_ms, next_ms, last_error, last_status, allow)
+SELECT id, hook, receiver, url, headers, body, signed, dead, claimed,
+       attempts, created_ms, next_ms, last_error, last_status, allow
+FROM deliveries_2 ORDER BY created_ms, id;
+DROP TABLE deliveries_2;
 ";
 
 /// The database's file name in the state folder.
@@ -144,9 +165,13 @@ pub(super) fn migrate(conn: &Connection, path: Option<&Path>) -> Result<(), Queu
             source: None,
         });
     }
-    let upgrade = if version == 1 { MIGRATE_1 } else { "" };
+    let (before, after) = match version {
+        1 => (format!("{MIGRATE_1} {MIGRATE_2}"), MIGRATE_2_ROWS),
+        2 => (MIGRATE_2.to_owned(), MIGRATE_2_ROWS),
+        _ => (String::new(), ""),
+    };
     conn.execute_batch(&format!(
-        "BEGIN IMMEDIATE; {upgrade} {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION};
+        "BEGIN IMMEDIATE; {before} {SCHEMA} {after} PRAGMA user_version = {SCHEMA_VERSION};
          UPDATE deliveries SET claimed = 0 WHERE claimed != 0; COMMIT;"
     ))
     .map_err(|e| open_error(path, e))

@@ -4,6 +4,7 @@ use super::claim::claim_due;
 use super::rows::{record, sql, write_batch};
 use super::*;
 use crate::delivery::{Delivery, QueuedUnder};
+use crate::queue::DeliveryAdmin;
 use crate::util::now_ms;
 
 /// A delivery to one of two receivers.
@@ -28,14 +29,15 @@ fn delivery(n: u32) -> Delivery {
 fn hot_statements_are_planned_once() {
     let conn = open_connection(None, false).unwrap();
     migrate(&conn, None).unwrap();
+    let mut store = writer::Store::new(conn);
     let (run, mut cursor) = (7, String::new());
     for round in 0..4u32 {
-        let ticket = conn
+        let ticket = store
             .execute(
                 "INSERT INTO events (uid, hooks, payload, accepted_ms) VALUES ('u', '[]', '{}', 0)",
                 [],
             )
-            .map(|_| conn.last_insert_rowid())
+            .map(|_| store.last_insert_rowid())
             .unwrap();
         let batch = Batch {
             ticket: Some(ticket),
@@ -43,12 +45,12 @@ fn hot_statements_are_planned_once() {
             claimed: vec![delivery(10 * round)],
             queued: (1..5).map(|i| delivery(10 * round + i)).collect(),
         };
-        write_batch(&conn, run, &batch).unwrap();
+        write_batch(&mut store, run, &batch).unwrap();
         let room = Room {
             default: 1 + round as usize,
             ..Room::default()
         };
-        let claim = claim_due(&conn, run, now_ms(), 8, &room, &mut cursor).unwrap();
+        let claim = claim_due(&store, run, now_ms(), 8, &room, &mut cursor).unwrap();
         assert!(!claim.claimed.is_empty());
         let ends = [
             Finish::Delivered,
@@ -65,14 +67,128 @@ fn hot_statements_are_planned_once() {
         let ids = std::iter::once(format!("d{}", 10 * round))
             .chain(claim.claimed.iter().map(|c| c.delivery.id.clone()));
         for (id, how) in ids.zip(ends.into_iter().cycle()) {
-            record(&conn, run, &id, round + 1, how).unwrap();
+            record(&mut store, run, &id, round + 1, how).unwrap();
         }
     }
     for sql in sql::ALL {
-        let planned = conn
+        let planned = store
             .prepare_cached(sql)
             .unwrap()
             .get_status(rusqlite::StatementStatus::RePrepare);
         assert_eq!(planned, 0, "planned again {planned} times: {sql}");
     }
+}
+
+/// Schema 2, as builds before schema 3 wrote it: deliveries keyed by their id.
+const SCHEMA_2: &str = "
+CREATE TABLE events (ticket INTEGER PRIMARY KEY, uid TEXT NOT NULL, hooks TEXT NOT NULL,
+    payload TEXT NOT NULL, accepted_ms INTEGER NOT NULL);
+CREATE TABLE deliveries (id TEXT PRIMARY KEY, hook TEXT NOT NULL, receiver TEXT NOT NULL,
+    url TEXT NOT NULL, headers TEXT NOT NULL, body BLOB NOT NULL, signed INTEGER NOT NULL,
+    dead INTEGER NOT NULL DEFAULT 0, claimed INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0, created_ms INTEGER NOT NULL, next_ms INTEGER NOT NULL,
+    last_error TEXT, last_status INTEGER, allow TEXT);
+CREATE INDEX deliveries_ready ON deliveries (receiver, next_ms) WHERE dead = 0 AND claimed = 0;
+CREATE INDEX deliveries_dead ON deliveries (created_ms) WHERE dead = 1;
+CREATE TABLE accepted (key TEXT PRIMARY KEY, at_ms INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX accepted_at ON accepted (at_ms);
+INSERT INTO deliveries (id, hook, receiver, url, headers, body, signed, dead, claimed,
+    attempts, created_ms, next_ms, last_error, allow)
+VALUES ('msg_pending', 'hook', 'r0.test:80', 'http://r0.test/path', '[[\"x-one\",\"1\"]]',
+        X'7B7D', 1, 0, 42, 1, 1000, 1000, 'timed out', '127.0.0.1/32'),
+       ('msg_dead', 'hook', 'r1.test:80', 'http://r1.test/path', '[]',
+        X'7B7D', 0, 1, 0, 5, 900, 900, 'refused', NULL);
+INSERT INTO accepted VALUES ('k1', 1000);
+PRAGMA user_version = 2;
+";
+
+fn queued(d: Delivery) -> Batch {
+    Batch {
+        queued: vec![d],
+        ..Batch::default()
+    }
+}
+
+fn with_id(id: &str) -> Delivery {
+    Delivery {
+        id: id.to_owned(),
+        ..delivery(0)
+    }
+}
+
+/// A state folder written by schema 2 keeps every delivery, its claim
+/// released, its attempts and its policy, and its ids stay unique.
+#[tokio::test]
+async fn an_upgrade_from_schema_2_keeps_every_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    rusqlite::Connection::open(dir.path().join(DB_FILE))
+        .unwrap()
+        .execute_batch(SCHEMA_2)
+        .unwrap();
+    let queue = SqliteQueue::open(Some(dir.path()), false).unwrap();
+    assert_eq!(queue.backlog().await.unwrap(), 1);
+    let dead = queue
+        .list(DeliveryQuery::new(DeliveryState::Dead, 10))
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].id.as_str(), dead[0].attempts), ("msg_dead", 5));
+    // Queued again, a known id is left as it is.
+    queue.commit(queued(with_id("msg_pending"))).await.unwrap();
+    queue.commit(queued(with_id("msg_dead"))).await.unwrap();
+    assert_eq!(queue.backlog().await.unwrap(), 1);
+    let room = Room {
+        default: 8,
+        ..Room::default()
+    };
+    let claim = queue.claim(now_ms(), 10, room.clone()).await.unwrap();
+    assert_eq!(claim.claimed.len(), 1, "the old run's claim is released");
+    let taken = &claim.claimed[0];
+    assert_eq!(taken.delivery.id, "msg_pending");
+    assert_eq!(taken.attempts, 1);
+    assert!(taken.delivery.queued.signed);
+    assert_eq!(taken.delivery.queued.allow.as_deref(), Some("127.0.0.1/32"));
+    assert_eq!(taken.delivery.headers["x-one"], "1");
+    queue
+        .finish("msg_pending".into(), 2, Finish::Delivered)
+        .await
+        .unwrap();
+    assert_eq!(queue.backlog().await.unwrap(), 0);
+    // Its key is still known.
+    let again = Batch {
+        key: Some("k1".into()),
+        ..queued(delivery(3))
+    };
+    assert_eq!(queue.commit(again).await.unwrap(), Committed::Duplicate);
+}
+
+/// The engine keeps the ids of its rows in memory; an operator's command
+/// (another connection) that deletes rows must not leave it believing they
+/// are still there, or the same delivery queued again would be dropped.
+#[tokio::test]
+async fn an_id_purged_by_an_operator_can_be_queued_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = SqliteQueue::open(Some(dir.path()), false).unwrap();
+    queue.commit(queued(with_id("msg_x"))).await.unwrap();
+    let room = Room {
+        default: 8,
+        ..Room::default()
+    };
+    let claim = queue.claim(now_ms(), 10, room.clone()).await.unwrap();
+    assert_eq!(claim.claimed.len(), 1);
+    let dead = Finish::Dead {
+        error: "refused".into(),
+        status: Some(410),
+    };
+    queue.finish("msg_x".into(), 1, dead).await.unwrap();
+    let admin = DeliveryAdmin::open(dir.path()).unwrap();
+    assert_eq!(
+        admin.purge_dead(std::time::Duration::ZERO).await.unwrap(),
+        1
+    );
+    queue.commit(queued(with_id("msg_x"))).await.unwrap();
+    assert_eq!(queue.backlog().await.unwrap(), 1, "queued again");
+    let claim = queue.claim(now_ms(), 10, room).await.unwrap();
+    assert_eq!(claim.claimed.len(), 1);
+    assert_eq!(claim.claimed[0].delivery.id, "msg_x");
 }

@@ -1,6 +1,7 @@
 //! The thread that owns the connection: every waiting job in one
 //! transaction, one commit (group commit).
 
+use super::ids::Ids;
 use rusqlite::Connection;
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -29,10 +30,51 @@ pub(crate) fn transactions() -> u64 {
 }
 
 pub(super) type Reply = Box<dyn FnOnce(Option<&Arc<rusqlite::Error>>) + Send>;
-pub(super) type Job = Box<dyn FnOnce(&Connection) -> Reply + Send>;
+pub(super) type Job = Box<dyn FnOnce(&mut Store) -> Reply + Send>;
+
+/// What a job works on: the connection, and the ids of the rows in its
+/// `deliveries` table.
+pub(super) struct Store {
+    pub(super) conn: Connection,
+    pub(super) ids: Ids,
+    /// SQLite's `data_version` when this connection last looked: it moves
+    /// when another connection commits to the file.
+    seen: Option<i64>,
+}
+
+impl std::ops::Deref for Store {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl Store {
+    pub(super) fn new(conn: Connection) -> Store {
+        Store {
+            conn,
+            ids: Ids::new(),
+            seen: None,
+        }
+    }
+
+    /// At the start of a transaction: if another connection wrote since
+    /// the last one, the ids are read again.
+    fn catch_up(&mut self) {
+        let version = self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
+            .ok();
+        if version.is_none() || version != self.seen {
+            self.ids.invalidate();
+        }
+        self.seen = version;
+    }
+}
 
 /// The queue thread: takes every waiting job into one transaction.
 pub(super) fn run(conn: Connection, jobs: mpsc::Receiver<Job>) {
+    let mut store = Store::new(conn);
     let (mut transactions, mut grouped, mut since) = (0u64, 0u64, std::time::Instant::now());
     let mut waiting = std::collections::VecDeque::new();
     let (mut began, mut last_group) = (std::time::Instant::now(), 0);
@@ -70,23 +112,26 @@ pub(super) fn run(conn: Connection, jobs: mpsc::Receiver<Job>) {
             );
             (transactions, grouped, since) = (0, 0, std::time::Instant::now());
         }
-        if let Err(e) = exec(&conn, "BEGIN IMMEDIATE") {
+        if let Err(e) = exec(&store, "BEGIN IMMEDIATE") {
             tracing::warn!("state database: cannot group writes ({e}); committing one by one");
+            // Read the ids again: nothing says what changed meanwhile.
+            store.ids.invalidate();
             for job in waiting.drain(..) {
                 // Outside a transaction, each statement commits (or fails) alone.
-                job(&conn)(None);
+                job(&mut store)(None);
             }
             continue;
         }
+        store.catch_up();
         let mut replies: Vec<Reply> = Vec::with_capacity(waiting.len());
         let mut rolled_back = None;
         while let Some(job) = waiting.pop_front() {
-            replies.push(job(&conn));
+            replies.push(job(&mut store));
             // After some errors (a full disk, an I/O error) SQLite rolls the
             // whole transaction back by itself: what the jobs before wrote
             // is gone, and the jobs after would run outside any transaction.
             // Those before fail; those after wait for the next transaction.
-            if conn.is_autocommit() {
+            if store.is_autocommit() {
                 rolled_back = Some(Arc::new(rusqlite::Error::SqliteFailure(
                     rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
                     Some("the transaction was rolled back by an error in it".into()),
@@ -96,11 +141,15 @@ pub(super) fn run(conn: Connection, jobs: mpsc::Receiver<Job>) {
         }
         let commit_error = match rolled_back {
             Some(e) => Some(e),
-            None => exec(&conn, "COMMIT").err().map(Arc::new),
+            None => exec(&store, "COMMIT").err().map(Arc::new),
         };
         TRANSACTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if commit_error.is_some() && !conn.is_autocommit() {
-            let _ = exec(&conn, "ROLLBACK");
+        if commit_error.is_some() {
+            if !store.is_autocommit() {
+                let _ = exec(&store, "ROLLBACK");
+            }
+            // The jobs' rows are gone with the transaction; their ids too.
+            store.ids.invalidate();
         }
         for reply in replies {
             reply(commit_error.as_ref());
@@ -111,18 +160,20 @@ pub(super) fn run(conn: Connection, jobs: mpsc::Receiver<Job>) {
 /// Runs `f` so that its writes are all or nothing, inside the group
 /// transaction: for jobs of more than one write statement.
 pub(super) fn atomically<R>(
-    conn: &Connection,
-    f: impl FnOnce(&Connection) -> rusqlite::Result<R>,
+    store: &mut Store,
+    f: impl FnOnce(&mut Store) -> rusqlite::Result<R>,
 ) -> rusqlite::Result<R> {
-    exec(conn, "SAVEPOINT job")?;
-    match f(conn) {
+    exec(store, "SAVEPOINT job")?;
+    match f(store) {
         Ok(value) => {
-            exec(conn, "RELEASE job")?;
+            exec(store, "RELEASE job")?;
             Ok(value)
         }
         Err(e) => {
-            let _ = exec(conn, "ROLLBACK TO job");
-            let _ = exec(conn, "RELEASE job");
+            let _ = exec(store, "ROLLBACK TO job");
+            let _ = exec(store, "RELEASE job");
+            // What the job recorded of its rows is undone with them.
+            store.ids.invalidate();
             Err(e)
         }
     }

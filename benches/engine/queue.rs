@@ -98,31 +98,40 @@ fn id() -> String {
     format!("{:032x}", fastrand::u128(..))
 }
 
+/// `CALLERS` writers commit `n` events between them, each with its key and
+/// one delivery (`claimed` at once, or queued), and then, if `finish`,
+/// record that delivery as delivered.
+async fn write_all(queue: &Arc<BenchQueue>, n: usize, body: &[u8], claimed: bool, finish: bool) {
+    let writers: Vec<_> = (0..CALLERS)
+        .map(|c| {
+            let (queue, body) = (queue.clone(), body.to_vec());
+            tokio::spawn(async move {
+                for i in (c..n).step_by(CALLERS) {
+                    let id = id();
+                    let key = key(if claimed { "claimed" } else { "queued" }, i);
+                    queue
+                        .commit(key, id.clone(), URL, body.clone(), claimed)
+                        .await
+                        .unwrap();
+                    if finish {
+                        queue.delivered(id).await.unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+}
+
 /// The engine's path when the receiver has a free slot: the delivery is
 /// written claimed in its event's commit, then finished once sent.
 async fn claimed_at_commit(n: usize, body: &[u8]) -> (Cost, u64) {
     let dir = tempfile::tempdir().unwrap();
     let queue = Arc::new(BenchQueue::open(dir.path(), true).unwrap());
     let (start, tx) = (now(), BenchQueue::transactions());
-    let tasks: Vec<_> = (0..CALLERS)
-        .map(|c| {
-            let (queue, body) = (queue.clone(), body.to_vec());
-            tokio::spawn(async move {
-                for i in (c..n).step_by(CALLERS) {
-                    let id = id();
-                    let key = key("claimed", i);
-                    queue
-                        .commit(key, id.clone(), URL, body.clone(), true)
-                        .await
-                        .unwrap();
-                    queue.delivered(id).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
+    write_all(&queue, n, body, true, true).await;
     (Cost::since(start, n), BenchQueue::transactions() - tx)
 }
 
@@ -134,23 +143,7 @@ async fn queued_then_claimed(n: usize, body: &[u8]) -> (Cost, Cost, u64) {
     let dir = tempfile::tempdir().unwrap();
     let queue = Arc::new(BenchQueue::open(dir.path(), true).unwrap());
     let (start, tx) = (now(), BenchQueue::transactions());
-    let writers: Vec<_> = (0..CALLERS)
-        .map(|c| {
-            let (queue, body) = (queue.clone(), body.to_vec());
-            tokio::spawn(async move {
-                for i in (c..n).step_by(CALLERS) {
-                    let key = key("queued", i);
-                    queue
-                        .commit(key, id(), URL, body.clone(), false)
-                        .await
-                        .unwrap();
-                }
-            })
-        })
-        .collect();
-    for w in writers {
-        w.await.unwrap();
-    }
+    write_all(&queue, n, body, false, false).await;
     let commits = Cost::since(start, n);
     let mut taken = 0;
     while taken < n {

@@ -63,7 +63,8 @@ impl Store {
     fn catch_up(&mut self) {
         let version = self
             .conn
-            .query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
+            .prepare_cached("PRAGMA data_version")
+            .and_then(|mut stmt| stmt.query_row([], |r| r.get::<_, i64>(0)))
             .ok();
         if version.is_none() || version != self.seen {
             self.ids.invalidate();

@@ -45,6 +45,9 @@ fn main() {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(2),
         )
+        // Named, so the sidecar section can tell its threads from the
+        // receiver's and the callers' (`measure::cpu_by_thread`).
+        .thread_name("bench-engine")
         .enable_all()
         .build()
         .unwrap();

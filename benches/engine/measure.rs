@@ -1,5 +1,7 @@
 //! Measuring: medians, percentiles, CPU per item, memory and file descriptors.
 
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// The median time of `f` over `batches` batches of `n` calls; and the
@@ -132,4 +134,60 @@ pub(crate) fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .map(|d| d.count())
         .unwrap_or(0)
+}
+
+/// CPU time (user + system) each thread of this process has used so far,
+/// in seconds, summed by thread name (truncated by Linux to 15 bytes).
+/// Threads that have exited are not in it.
+pub(crate) fn cpu_by_thread() -> BTreeMap<String, f64> {
+    let mut by_name = BTreeMap::new();
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Some((name, seconds)) = task_cpu(&task.path().join("stat")) {
+            *by_name.entry(name).or_default() += seconds;
+        }
+    }
+    by_name
+}
+
+/// CPU time (user + system) the calling thread has used so far, in seconds.
+pub(crate) fn thread_cpu_seconds() -> f64 {
+    task_cpu(Path::new("/proc/thread-self/stat")).map_or(0.0, |(_, seconds)| seconds)
+}
+
+/// A task's name and CPU time in seconds, from its `stat` file; `None` if
+/// it has exited.
+fn task_cpu(stat: &Path) -> Option<(String, f64)> {
+    let stat = std::fs::read_to_string(stat).ok()?;
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(').map_or("", |(_, name)| name);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Some((name.to_owned(), (ticks(11) + ticks(12)) / 100.0))
+}
+
+/// Runs `f`, the part of a section called `what`. With `BENCH_PERF_CTL`
+/// set to the control FIFO of a `perf record -D -1 --control fifo:PATH`,
+/// perf samples only while it runs, if `BENCH_PERF_WHAT` is `what` (or
+/// unset and `what` is `engine`).
+pub(crate) async fn profiled<T>(what: &str, f: impl Future<Output = T>) -> T {
+    let chosen = std::env::var("BENCH_PERF_WHAT").unwrap_or_else(|_| "engine".into());
+    let ctl = std::env::var_os("BENCH_PERF_CTL").filter(|_| chosen == what);
+    let say = |command: &str| {
+        if let Some(path) = &ctl {
+            std::fs::write(path, command).expect("BENCH_PERF_CTL names perf's control FIFO");
+        }
+    };
+    say("enable\n");
+    let out = f.await;
+    say("disable\n");
+    out
 }

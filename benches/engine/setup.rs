@@ -3,6 +3,7 @@
 
 use crate::guests;
 use crate::measure::*;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -78,6 +79,27 @@ impl Sink {
         }
     }
 
+    /// The same receiver on a thread of its own (`bench-receiver`, a
+    /// one-thread runtime), as a real receiver is apart from the engine,
+    /// and so that its CPU can be told apart.
+    pub(crate) fn apart() -> Sink {
+        let (started, sink) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("bench-receiver".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    started.send(Sink::start().await).unwrap();
+                    std::future::pending::<()>().await
+                })
+            })
+            .unwrap();
+        sink.recv().unwrap()
+    }
+
     /// Resolves once `n` more requests than now have arrived.
     pub(crate) async fn expect(&self, n: usize) -> impl Future<Output = ()> + use<> {
         let target = self.count.load(Ordering::SeqCst) + n;
@@ -92,21 +114,68 @@ impl Sink {
 }
 
 /// Posts `bodies` to `base`/v1/events from `callers` tasks and waits until
-/// the sink has had as many deliveries; returns deliveries/s and the CPU
-/// per delivery (µs).
+/// the sink has had as many deliveries; returns deliveries/s, the CPU per
+/// delivery (µs), and where that CPU went. The callers run on a thread of
+/// their own (`bench-callers`, a one-thread runtime), so that with a sink
+/// from [`Sink::apart`] the split tells the two ends from what is between.
 pub(crate) async fn drive(
     sink: &Sink,
     base: &str,
     bodies: Vec<bytes::Bytes>,
     callers: usize,
-) -> (f64, f64) {
+) -> (f64, f64, Split) {
     let n = bodies.len();
-    let client = reqwest::Client::new();
+    let url = format!("{base}/v1/events");
     let done = sink.expect(n).await;
-    let clock = Stopwatch::start();
-    post_all(&client, &format!("{base}/v1/events"), bodies, callers).await;
+    // Made before the clock starts: it reads the system's certificates.
+    let client = reqwest::Client::new();
+    let (clock, threads) = (Stopwatch::start(), cpu_by_thread());
+    let (posted, finished) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("bench-callers".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(post_all(&client, &url, bodies, callers));
+            // This thread's CPU, before it exits and leaves /proc/self/task.
+            let _ = posted.send(thread_cpu_seconds());
+        })
+        .unwrap();
+    let callers_cpu = finished.await.expect("every caller's answer is a success");
     done.await;
-    clock.per_item(n)
+    let (rate, cpu) = clock.per_item(n);
+    let mut by_thread: BTreeMap<String, f64> = cpu_by_thread()
+        .into_iter()
+        .map(|(name, after)| {
+            let before = threads.get(&name).copied().unwrap_or(0.0);
+            (name, 1e6 * (after - before) / n as f64)
+        })
+        .filter(|(_, us)| *us > 0.0)
+        .collect();
+    by_thread.insert("bench-callers".into(), 1e6 * callers_cpu / n as f64);
+    let exited = cpu - by_thread.values().sum::<f64>();
+    (rate, cpu, Split { by_thread, exited })
+}
+
+/// Where the CPU of a [`drive`] went, in µs per delivery.
+pub(crate) struct Split {
+    /// By thread name.
+    pub(crate) by_thread: BTreeMap<String, f64>,
+    /// Threads that exited during the run (the blocking pool's, mostly).
+    pub(crate) exited: f64,
+}
+
+impl Split {
+    /// The threads whose name starts with `prefix`, in µs per delivery.
+    pub(crate) fn of(&self, prefix: &str) -> f64 {
+        self.by_thread
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(_, us)| us)
+            .sum()
+    }
 }
 
 /// POSTs each of `bodies` to `url`, from `callers` tasks sharing `client`;

@@ -126,7 +126,7 @@ async fn pre_round(
 /// server, the engine or relay, and the receiver), as the raw loop counts
 /// both of its ends. Then a 100k-event burst: nothing lost.
 pub(crate) async fn sidecar() {
-    let sink = Sink::start().await;
+    let sink = Sink::apart();
     let callers = 64;
     let n = 20_000;
     let events = |n: usize, tag: &str| {
@@ -160,7 +160,8 @@ pub(crate) async fn sidecar() {
         serve_app(app).await
     };
     drive(&sink, &relay, events(2_000, "warm"), callers).await;
-    let (relay_rate, relay_cpu) = drive(&sink, &relay, events(n, "relay"), callers).await;
+    let (relay_rate, relay_cpu, relay_split) =
+        profiled("relay", drive(&sink, &relay, events(n, "relay"), callers)).await;
 
     let dir = tempfile::tempdir().unwrap();
     let hooks = dir.path().join("hooks");
@@ -180,7 +181,11 @@ pub(crate) async fn sidecar() {
     let engine = Engine::new(config).await.unwrap();
     let base = serve_app(wasmhooks::server::router(engine.clone())).await;
     drive(&sink, &base, events(2_000, "engine-warm"), callers).await;
-    let (rate, cpu) = drive(&sink, &base, events(n, "engine"), callers).await;
+    let transactions = wasmhooks::bench::BenchQueue::transactions();
+    let (rate, cpu, split) =
+        profiled("engine", drive(&sink, &base, events(n, "engine"), callers)).await;
+    let transactions =
+        (wasmhooks::bench::BenchQueue::transactions() - transactions) as f64 / n as f64;
     println!(
         "sidecar: {callers} callers POST /v1/events, default config, one receiver, vs a minimal relay"
     );
@@ -191,12 +196,14 @@ pub(crate) async fn sidecar() {
         "  wasmhooks serve path, fsync on           {rate:>8.0} deliveries/s  ({cpu:.0} µs CPU each, {:.2}x the relay; target <= 1.8x, moonshot 1.5x)",
         cpu / relay_cpu
     );
+    print_split(&relay_split, &split);
+    println!("    queue transactions (each one fsync) per delivery            {transactions:>9.2}");
     let burst: usize = std::env::var("BENCH_BURST").map_or(100_000, |n| n.parse().unwrap());
     if burst == 0 {
         return;
     }
     let before = sink.count.load(Ordering::SeqCst);
-    let (rate, cpu) = drive(&sink, &base, events(burst, "burst"), callers).await;
+    let (rate, cpu, _) = drive(&sink, &base, events(burst, "burst"), callers).await;
     engine.drain().await;
     let delivered = sink.count.load(Ordering::SeqCst) - before;
     assert_eq!(delivered, burst, "every accepted event delivered");
@@ -204,5 +211,48 @@ pub(crate) async fn sidecar() {
         "  {:<40} {rate:>8.0} deliveries/s  ({cpu:.0} µs CPU each, {:.2}x the relay; all {delivered} delivered)",
         format!("{burst}-event burst"),
         cpu / relay_cpu
+    );
+}
+
+/// Where each path's CPU went, by thread: the two ends (callers and
+/// receiver) are the same code in both, so the rows between them are what
+/// the engine costs over the relay.
+fn print_split(relay: &Split, engine: &Split) {
+    println!("  where it goes, µs CPU per delivery, by thread          relay  wasmhooks");
+    let rows: [(&str, &[&str]); 5] = [
+        ("callers (reqwest, bench-callers)", &["bench-callers"]),
+        ("receiver (axum, bench-receiver)", &["bench-receiver"]),
+        (
+            "server runtime: HTTP, hooks, attempts (bench-engine)",
+            &["bench-engine"],
+        ),
+        (
+            "queue writer: SQLite, fsync (wasmhooks-queue)",
+            &["wasmhooks-queue"],
+        ),
+        (
+            "epoch ticker, warm pool (wasmhooks-epoch, -warm)",
+            &["wasmhooks-epoch", "wasmhooks-warm"],
+        ),
+    ];
+    let of = |split: &Split, names: &[&str]| names.iter().map(|n| split.of(n)).sum::<f64>();
+    // What no row names: other threads, and threads that exited.
+    let rest = |split: &Split| {
+        split.exited + split.by_thread.values().sum::<f64>()
+            - rows.iter().map(|(_, names)| of(split, names)).sum::<f64>()
+    };
+    for (what, names) in rows {
+        // `+ 0.0`: an empty sum is -0.0.
+        println!(
+            "    {what:<52} {:>6.1} {:>9.1}",
+            of(relay, names) + 0.0,
+            of(engine, names) + 0.0
+        );
+    }
+    let what = "other threads, and threads that exited";
+    println!(
+        "    {what:<52} {:>6.1} {:>9.1}",
+        rest(relay) + 0.0,
+        rest(engine) + 0.0
     );
 }

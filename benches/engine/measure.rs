@@ -153,6 +153,28 @@ pub(crate) fn cpu_by_thread() -> BTreeMap<String, f64> {
     by_name
 }
 
+/// CPU time per thread name since it was started (see [`cpu_by_thread`]).
+pub(crate) struct ThreadClock(BTreeMap<String, f64>);
+
+impl ThreadClock {
+    pub(crate) fn start() -> ThreadClock {
+        ThreadClock(cpu_by_thread())
+    }
+
+    /// For `n` items done since the start: µs of CPU per item, by thread
+    /// name (those that used any).
+    pub(crate) fn per_item(&self, n: usize) -> BTreeMap<String, f64> {
+        cpu_by_thread()
+            .into_iter()
+            .map(|(name, after)| {
+                let before = self.0.get(&name).copied().unwrap_or(0.0);
+                (name, 1e6 * (after - before) / n as f64)
+            })
+            .filter(|(_, us)| *us > 0.0)
+            .collect()
+    }
+}
+
 /// CPU time (user + system) the calling thread has used so far, in seconds.
 pub(crate) fn thread_cpu_seconds() -> f64 {
     task_cpu(Path::new("/proc/thread-self/stat")).map_or(0.0, |(_, seconds)| seconds)

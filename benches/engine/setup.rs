@@ -84,19 +84,10 @@ impl Sink {
     /// and so that its CPU can be told apart.
     pub(crate) fn apart() -> Sink {
         let (started, sink) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("bench-receiver".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                runtime.block_on(async move {
-                    started.send(Sink::start().await).unwrap();
-                    std::future::pending::<()>().await
-                })
-            })
-            .unwrap();
+        on_own_thread("bench-receiver", async move {
+            started.send(Sink::start().await).unwrap();
+            std::future::pending::<()>().await
+        });
         sink.recv().unwrap()
     }
 
@@ -129,34 +120,35 @@ pub(crate) async fn drive(
     let done = sink.expect(n).await;
     // Made before the clock starts: it reads the system's certificates.
     let client = reqwest::Client::new();
-    let (clock, threads) = (Stopwatch::start(), cpu_by_thread());
+    let (clock, threads) = (Stopwatch::start(), ThreadClock::start());
     let (posted, finished) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("bench-callers".into())
-        .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(post_all(&client, &url, bodies, callers));
-            // This thread's CPU, before it exits and leaves /proc/self/task.
-            let _ = posted.send(thread_cpu_seconds());
-        })
-        .unwrap();
+    on_own_thread("bench-callers", async move {
+        post_all(&client, &url, bodies, callers).await;
+        // This thread's CPU, before it exits and leaves /proc/self/task.
+        let _ = posted.send(thread_cpu_seconds());
+    });
     let callers_cpu = finished.await.expect("every caller's answer is a success");
     done.await;
     let (rate, cpu) = clock.per_item(n);
-    let mut by_thread: BTreeMap<String, f64> = cpu_by_thread()
-        .into_iter()
-        .map(|(name, after)| {
-            let before = threads.get(&name).copied().unwrap_or(0.0);
-            (name, 1e6 * (after - before) / n as f64)
-        })
-        .filter(|(_, us)| *us > 0.0)
-        .collect();
+    let mut by_thread = threads.per_item(n);
     by_thread.insert("bench-callers".into(), 1e6 * callers_cpu / n as f64);
     let exited = cpu - by_thread.values().sum::<f64>();
     (rate, cpu, Split { by_thread, exited })
+}
+
+/// Runs `task` on a new thread called `name`, in a one-thread runtime of
+/// its own.
+fn on_own_thread(name: &str, task: impl Future<Output = ()> + Send + 'static) {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(task)
+        })
+        .unwrap();
 }
 
 /// Where the CPU of a [`drive`] went, in µs per delivery.

@@ -66,7 +66,11 @@ async fn pre_round(
     let mut bare = Vec::with_capacity(n);
     let mut pre = Vec::with_capacity(n);
     // Interleaved, so both see the same machine; the first 200 warm up.
+    let mut clock = None;
     for i in 0..n + 200 {
+        if i == 200 {
+            clock = Some((Stopwatch::start(), ThreadClock::start()));
+        }
         let start = Instant::now();
         let ok = client.get(format!("{base}/healthz")).send().await.unwrap();
         assert!(ok.status().is_success());
@@ -92,6 +96,15 @@ async fn pre_round(
             assert_eq!(verdict["allowed"], true, "the hooks allow: {verdict}");
         }
     }
+    let (clock, threads) = clock.expect("n > 0");
+    let ((_, cpu_both), threads_both) = (clock.per_item(n), threads.per_item(n));
+    // The bare round trips alone, to take their CPU out of the pair's.
+    let (clock, threads) = (Stopwatch::start(), ThreadClock::start());
+    for _ in 0..n {
+        let ok = client.get(format!("{base}/healthz")).send().await.unwrap();
+        ok.bytes().await.unwrap();
+    }
+    let ((_, cpu_bare), threads_bare) = (clock.per_item(n), threads.per_item(n));
     engine.drain().await;
     let metrics = client.get(format!("{base}/metrics")).send().await.unwrap();
     let metrics = metrics.text().await.unwrap();
@@ -116,6 +129,19 @@ async fn pre_round(
         pre50 - bare50,
         pre99 - bare99
     );
+    println!(
+        "    CPU added per event (all threads)  {:>7.0} µs   (5 fresh instances: see per-event's `engine.pre` for one)",
+        cpu_both - cpu_bare
+    );
+    // By thread: the bench's runtime runs the caller, the server and the
+    // hooks; the queue's writer journals the event and commits deliveries.
+    let added: Vec<String> = threads_both
+        .iter()
+        .map(|(name, us)| (name, us - threads_bare.get(name).copied().unwrap_or(0.0)))
+        .filter(|(_, us)| us.abs() >= 1.0)
+        .map(|(name, us)| format!("{name} {us:.0}"))
+        .collect();
+    println!("      by thread, µs: {}", added.join(", "));
 }
 
 /// The sidecar path (`POST /v1/events` → the `forward` hook → the durable

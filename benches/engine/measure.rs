@@ -104,30 +104,42 @@ pub(crate) fn minor_faults() -> u64 {
     stat_fields(|fields| fields.get(7).and_then(|v| v.parse().ok()).unwrap_or(0))
 }
 
-/// Reads `/proc/self/stat`'s fields after the command name (which is in
-/// parentheses, and may hold spaces).
-fn stat_fields<T>(read: impl FnOnce(&[&str]) -> T) -> T {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
+/// Reads `/proc/self/stat`'s fields after the command name.
+fn stat_fields<T>(read: impl FnOnce(&[String]) -> T) -> T {
+    let (_, fields) = read_stat(Path::new("/proc/self/stat")).unwrap_or_default();
     read(&fields)
+}
+
+/// A `stat` file of /proc, a process's or a thread's: the command name, and
+/// the fields after it (the name is in parentheses, and may hold spaces).
+/// `None` if it is gone (a thread that has exited).
+fn read_stat(path: &Path) -> Option<(String, Vec<String>)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(').map_or("", |(_, name)| name);
+    Some((
+        name.to_owned(),
+        rest.split_whitespace().map(str::to_owned).collect(),
+    ))
+}
+
+/// The CPU time in `stat`'s fields, in seconds: in user space, and in the
+/// kernel on the task's behalf.
+fn cpu_of(fields: &[String]) -> (f64, f64) {
+    // utime and stime, in clock ticks (100 per second on Linux).
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) / 100.0, ticks(12) / 100.0)
 }
 
 /// CPU time this process has used so far, in seconds: in user space, and
 /// in the kernel on its behalf (system calls: writes, fsync, wake-ups).
 pub(crate) fn cpu_split() -> (f64, f64) {
-    // utime and stime, in clock ticks (100 per second on Linux).
-    stat_fields(|fields| {
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        (ticks(11) / 100.0, ticks(12) / 100.0)
-    })
+    stat_fields(cpu_of)
 }
 
 pub(crate) fn open_fds() -> usize {
@@ -183,17 +195,9 @@ pub(crate) fn thread_cpu_seconds() -> f64 {
 /// A task's name and CPU time in seconds, from its `stat` file; `None` if
 /// it has exited.
 fn task_cpu(stat: &Path) -> Option<(String, f64)> {
-    let stat = std::fs::read_to_string(stat).ok()?;
-    let (head, rest) = stat.rsplit_once(')')?;
-    let name = head.split_once('(').map_or("", |(_, name)| name);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    Some((name.to_owned(), (ticks(11) + ticks(12)) / 100.0))
+    let (name, fields) = read_stat(stat)?;
+    let (user, system) = cpu_of(&fields);
+    Some((name, user + system))
 }
 
 /// Runs `f`, the part of a section called `what`. With `BENCH_PERF_CTL`

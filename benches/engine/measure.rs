@@ -200,20 +200,31 @@ fn task_cpu(stat: &Path) -> Option<(String, f64)> {
     Some((name, user + system))
 }
 
-/// Runs `f`, the part of a section called `what`. With `BENCH_PERF_CTL`
-/// set to the control FIFO of a `perf record -D -1 --control fifo:PATH`,
-/// perf samples only while it runs, if `BENCH_PERF_WHAT` is `what` (or
-/// unset and `what` is `engine`).
-pub(crate) async fn profiled<T>(what: &str, f: impl Future<Output = T>) -> T {
-    let chosen = std::env::var("BENCH_PERF_WHAT").unwrap_or_else(|_| "engine".into());
-    let ctl = std::env::var_os("BENCH_PERF_CTL").filter(|_| chosen == what);
-    let say = |command: &str| {
-        if let Some(path) = &ctl {
+/// While it lives, perf samples the part of a section called `what`: with
+/// `BENCH_PERF_CTL` set to the control FIFO of a `perf record -D -1
+/// --control fifo:PATH`, it enables perf when opened and disables it when
+/// dropped, if `BENCH_PERF_WHAT` is `what` (or unset and `what` is
+/// `engine`). A guard, not a wrapper, so a loop can open it after its
+/// warm-up.
+pub(crate) struct PerfWindow(Option<std::ffi::OsString>);
+
+impl PerfWindow {
+    pub(crate) fn open(what: &str) -> Self {
+        let chosen = std::env::var("BENCH_PERF_WHAT").unwrap_or_else(|_| "engine".into());
+        let window = Self(std::env::var_os("BENCH_PERF_CTL").filter(|_| chosen == what));
+        window.say("enable\n");
+        window
+    }
+
+    fn say(&self, command: &str) {
+        if let Some(path) = &self.0 {
             std::fs::write(path, command).expect("BENCH_PERF_CTL names perf's control FIFO");
         }
-    };
-    say("enable\n");
-    let out = f.await;
-    say("disable\n");
-    out
+    }
+}
+
+impl Drop for PerfWindow {
+    fn drop(&mut self) {
+        self.say("disable\n");
+    }
 }

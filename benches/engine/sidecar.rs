@@ -37,14 +37,24 @@ pub(crate) async fn pre_latency() {
             install_forward(hooks, &format!("f{i}"), url, "pre", "");
         }
     };
-    pre_round("5 hooks, verdict only", n, 0, 100.0, verdicts).await;
-    pre_round("5 hooks, one delivery each", n, 5, 150.0, deliveries).await;
+    pre_round("5 hooks, verdict only", "verdicts", n, 0, 100.0, verdicts).await;
+    pre_round(
+        "5 hooks, one delivery each",
+        "deliveries",
+        n,
+        5,
+        150.0,
+        deliveries,
+    )
+    .await;
 }
 
 /// One `pre-latency` row: the hooks `install` puts in the hooks folder
-/// (given the receiver's URL), each event making `deliveries` deliveries.
+/// (given the receiver's URL), each event making `deliveries` deliveries;
+/// `part` names it for `PerfWindow`.
 async fn pre_round(
     what: &str,
+    part: &str,
     n: usize,
     deliveries: usize,
     target_p50: f64,
@@ -69,7 +79,11 @@ async fn pre_round(
     let mut clock = None;
     for i in 0..n + 200 {
         if i == 200 {
-            clock = Some((Stopwatch::start(), ThreadClock::start()));
+            clock = Some((
+                Stopwatch::start(),
+                ThreadClock::start(),
+                PerfWindow::open(part),
+            ));
         }
         let start = Instant::now();
         let ok = client.get(format!("{base}/healthz")).send().await.unwrap();
@@ -96,8 +110,9 @@ async fn pre_round(
             assert_eq!(verdict["allowed"], true, "the hooks allow: {verdict}");
         }
     }
-    let (clock, threads) = clock.expect("n > 0");
+    let (clock, threads, window) = clock.expect("n > 0");
     let ((_, cpu_both), threads_both) = (clock.per_item(n), threads.per_item(n));
+    drop(window);
     // The bare round trips alone, to take their CPU out of the pair's.
     let (clock, threads) = (Stopwatch::start(), ThreadClock::start());
     for _ in 0..n {
@@ -186,8 +201,10 @@ pub(crate) async fn sidecar() {
         serve_app(app).await
     };
     drive(&sink, &relay, events(2_000, "warm"), callers).await;
+    let window = PerfWindow::open("relay");
     let (relay_rate, relay_cpu, relay_split) =
-        profiled("relay", drive(&sink, &relay, events(n, "relay"), callers)).await;
+        drive(&sink, &relay, events(n, "relay"), callers).await;
+    drop(window);
 
     let dir = tempfile::tempdir().unwrap();
     let hooks = dir.path().join("hooks");
@@ -208,8 +225,9 @@ pub(crate) async fn sidecar() {
     let base = serve_app(wasmhooks::server::router(engine.clone())).await;
     drive(&sink, &base, events(2_000, "engine-warm"), callers).await;
     let transactions = wasmhooks::bench::BenchQueue::transactions();
-    let (rate, cpu, split) =
-        profiled("engine", drive(&sink, &base, events(n, "engine"), callers)).await;
+    let window = PerfWindow::open("engine");
+    let (rate, cpu, split) = drive(&sink, &base, events(n, "engine"), callers).await;
+    drop(window);
     let transactions =
         (wasmhooks::bench::BenchQueue::transactions() - transactions) as f64 / n as f64;
     println!(

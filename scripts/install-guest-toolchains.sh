@@ -30,6 +30,8 @@ DEB_PACKAGES="clang lld wasi-libc libclang-rt-14-dev-wasm32 chromium fonts-dejav
 SCHEMATHESIS="schemathesis==4.32.5"
 WIT_BINDGEN=0.63.0
 ADAPTER=48.0.8
+# The Debian package (`cargo deb`), built and installed by the packaging test.
+CARGO_DEB=3.8.0
 
 step() { printf '\n== %s\n' "$*" >&2; }
 stamped() { [ -f "$dir/$1.stamp" ] && [ "$(cat "$dir/$1.stamp")" = "$2" ]; }
@@ -90,6 +92,11 @@ if ! stamped wit-bindgen "$WIT_BINDGEN"; then
   step "crates.io: wit-bindgen-cli $WIT_BINDGEN"
   cargo install --quiet --locked --root "$dir/cargo" "wit-bindgen-cli@$WIT_BINDGEN"
   stamp wit-bindgen "$WIT_BINDGEN"
+fi
+if ! stamped cargo-deb "$CARGO_DEB"; then
+  step "crates.io: cargo-deb $CARGO_DEB"
+  cargo install --quiet --locked --root "$dir/cargo" "cargo-deb@$CARGO_DEB"
+  stamp cargo-deb "$CARGO_DEB"
 fi
 if ! stamped go-pkg "$WIT_BINDGEN"; then
   step "crates.io: go.bytecodealliance.org/pkg, from wit-bindgen-go $WIT_BINDGEN"
@@ -171,6 +178,7 @@ ln -sf "$dir/schemathesis-venv/bin/schemathesis" "$dir/bin/schemathesis"
 ln -sf "$dir/node/node_modules/.bin/jco" "$dir/bin/jco"
 ln -sf "$dir/node/node_modules/.bin/asc" "$dir/bin/asc"
 ln -sf "$dir/cargo/bin/wit-bindgen" "$dir/bin/wit-bindgen"
+ln -sf "$dir/cargo/bin/cargo-deb" "$dir/bin/cargo-deb"
 # clang comes from Debian; linked here so that one folder lists every tool.
 ln -sf "$(command -v clang)" "$dir/bin/clang"
 cat >"$dir/bin/zig" <<EOF

@@ -214,6 +214,18 @@ impl Engine {
         hooks
     }
 
+    /// Reads the hooks folder again now, every file in it, as if each had
+    /// just been written: a hook whose content changed is loaded off to the
+    /// side and swapped in, a new version that fails leaves the last good
+    /// one serving ([`hooks`](Engine::hooks) says so), a removed hook is
+    /// unloaded. For `systemctl reload` (`wasmhooks serve` calls it on
+    /// `SIGHUP`), and for engines run with `watch = false`. Fails only if
+    /// the folder cannot be read.
+    pub async fn reload(&self) -> Result<(), Error> {
+        let dir = &self.inner.config.hooks_dir;
+        Ok(self.inner.registry.reload(dir).await?)
+    }
+
     /// Takes what an orchestrator plugin guards, replacing what `reporter`
     /// reported before (see [`crate::coverage`]). Refused if a field is
     /// missing, too long or out of range.

@@ -167,6 +167,24 @@ impl Registry {
         self.generation.subscribe()
     }
 
+    /// Reads every file in the folder again now, whatever its size and
+    /// mtime say, and reconciles: a hook whose content changed is
+    /// reloaded, one whose content did not is left as it is.
+    pub(crate) async fn reload(&self, dir: &Path) -> Result<(), HooksDirError> {
+        let every = match hook_files(dir) {
+            Ok(files) => files.iter().map(|f| hook_name(f)).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashSet::new(),
+            Err(source) => {
+                return Err(HooksDirError {
+                    path: dir.to_owned(),
+                    source,
+                });
+            }
+        };
+        self.reconcile(dir, &every, &HashSet::new(), Duration::ZERO)
+            .await
+    }
+
     /// Brings the snapshot in line with the folder, in one atomic swap:
     /// new and changed hooks are loaded off to the side (a version that
     /// fails leaves the last good one serving), removed ones are unloaded.

@@ -15,6 +15,7 @@ mod layers;
 mod monitor;
 mod nats;
 mod openapi;
+mod package;
 mod pipeline;
 mod preinit;
 mod reload;

@@ -549,3 +549,64 @@ async fn a_thousand_copies_of_one_hook_all_load() {
     assert_eq!(hooks.len(), 1000);
     assert!(hooks.iter().all(|h| h.state == wasmhooks::HookState::Live));
 }
+
+/// `Engine::reload` (`systemctl reload`, SIGHUP) with the watcher off:
+/// it reads the folder again, loading a new hook and a changed one whose
+/// size and mtime did not move, and a broken file still leaves the last
+/// good version serving.
+#[tokio::test]
+async fn reload_reads_the_folder_again_with_the_watcher_off() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    place(dir.path(), "echo.toml", echo_toml(&receiver, "").as_bytes());
+    place(dir.path(), "echo.wasm", &version(0));
+    let mut config = test_config(dir.path());
+    config.watch = false;
+    let engine = Engine::new(config).await.unwrap();
+    let hash = |engine: &Engine, name: &str| {
+        let hooks = engine.hooks();
+        let hook = hooks.iter().find(|h| h.name == name);
+        hook.map(|h| (h.state, h.hash.clone().unwrap_or_default()))
+    };
+    let first = hash(&engine, "echo").unwrap();
+
+    // Version 1 has the same size; give it the same mtime too, so that
+    // only reading the content tells it apart.
+    let wasm = dir.path().join("echo.wasm");
+    let mtime = std::fs::metadata(&wasm).unwrap().modified().unwrap();
+    std::fs::write(&wasm, version(1)).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&wasm)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    place(
+        dir.path(),
+        "other.toml",
+        echo_toml(&receiver, "").as_bytes(),
+    );
+    place(dir.path(), "other.wasm", &version(2));
+    assert_eq!(
+        hash(&engine, "other"),
+        None,
+        "no watcher: nothing moves by itself"
+    );
+    engine.reload().await.unwrap();
+    let second = hash(&engine, "echo").unwrap();
+    assert_eq!(second.0, HookState::Live);
+    assert_ne!(second.1, first.1, "the changed content was loaded");
+    assert_eq!(hash(&engine, "other").map(|h| h.0), Some(HookState::Live));
+
+    std::fs::write(&wasm, b"not wasm").unwrap();
+    engine.reload().await.unwrap();
+    let hooks = engine.hooks();
+    let echo = hooks.iter().find(|h| h.name == "echo").unwrap();
+    assert_eq!(echo.state, HookState::Live);
+    assert_eq!(
+        echo.hash.as_deref(),
+        Some(second.1.as_str()),
+        "version 1 keeps serving"
+    );
+    assert!(echo.last_error.is_some(), "the broken file is reported");
+}

@@ -1,6 +1,7 @@
 //! The `wasmhooks` command. `cli` is the command line (clap; every flag has
 //! an env var) and turns it into settings; each command is a file that runs
-//! it on the library: `serve` (with `demo`, the sample events), `run` (a dry
+//! it on the library: `serve` (with `demo`, the sample events, and `systemd`,
+//! readiness and reload), `run` (a dry
 //! run), `check`, `deliveries` and `new` (a hook's folder from a template).
 //! Logging is set up here, and only here.
 
@@ -11,6 +12,7 @@ mod demo;
 mod new;
 mod run;
 mod serve;
+mod systemd;
 
 use clap::Parser;
 use cli::{Cli, Command};

@@ -2,6 +2,7 @@
 
 use crate::cli::{ServeArgs, load_config, set_queue};
 use crate::demo;
+use crate::systemd;
 use anyhow::{Context, Result, bail};
 use wasmhooks::Engine;
 
@@ -63,12 +64,16 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<()> {
     if args.demo {
         tokio::spawn(demo::send_samples(addr, args.token.clone()));
     }
+    systemd::reload_on_hangup(engine.clone()).context("cannot handle SIGHUP")?;
+    systemd::watchdog(engine.clone());
+    systemd::ready(&engine);
     let grace = std::time::Duration::from_secs(args.grace);
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn({
         let stop = stop.clone();
         async move {
             stop_signal().await;
+            systemd::stopping();
             tracing::info!(
                 "stopping: no new requests; finishing what is in flight (up to {grace:?}); \
                  a second signal stops at once"

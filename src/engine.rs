@@ -219,8 +219,8 @@ impl Engine {
     /// side and swapped in, a new version that fails leaves the last good
     /// one serving ([`hooks`](Engine::hooks) says so), a removed hook is
     /// unloaded. For `systemctl reload` (`wasmhooks serve` calls it on
-    /// `SIGHUP`), and for engines run with `watch = false`. Fails only if
-    /// the folder cannot be read.
+    /// `SIGHUP`), and for engines run with `watch = false`. Fails, changing
+    /// nothing, if the folder is missing or cannot be read.
     pub async fn reload(&self) -> Result<(), Error> {
         let dir = &self.inner.config.hooks_dir;
         Ok(self.inner.registry.reload(dir).await?)

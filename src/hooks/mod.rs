@@ -169,18 +169,15 @@ impl Registry {
 
     /// Reads every file in the folder again now, whatever its size and
     /// mtime say, and reconciles: a hook whose content changed is
-    /// reloaded, one whose content did not is left as it is.
+    /// reloaded, one whose content did not is left as it is. A folder that
+    /// is missing is an error here, not an empty folder: an operator's
+    /// reload never unloads every gate by accident.
     pub(crate) async fn reload(&self, dir: &Path) -> Result<(), HooksDirError> {
-        let every = match hook_files(dir) {
-            Ok(files) => files.iter().map(|f| hook_name(f)).collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashSet::new(),
-            Err(source) => {
-                return Err(HooksDirError {
-                    path: dir.to_owned(),
-                    source,
-                });
-            }
-        };
+        let files = hook_files(dir).map_err(|source| HooksDirError {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let every = files.iter().map(|f| hook_name(f)).collect();
         self.reconcile(dir, &every, &HashSet::new(), Duration::ZERO)
             .await
     }

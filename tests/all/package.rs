@@ -18,9 +18,11 @@ const STATE: &str = "/var/lib/wasmhooks";
 
 /// Every setting in the shipped `config.toml` is commented out at its
 /// default, and every setting there is: uncommented, the file parses
-/// (an unknown or misspelt key is refused) and gives the defaults.
+/// (an unknown or misspelt key is refused), has the keys of a `Config`
+/// with every optional setting set, and gives the defaults.
 #[test]
 fn the_shipped_config_lists_every_setting_at_its_default() {
+    use wasmhooks::config::{Config, NatsConfig, QueueConfig, XoSourceConfig};
     let shipped = std::fs::read_to_string(guests::root().join("packaging/config.toml")).unwrap();
     // A commented line that is TOML on its own is a setting or a table;
     // `queue = "sqlite"` gives way to its alternative, `[queue.nats]`.
@@ -31,31 +33,86 @@ fn the_shipped_config_lists_every_setting_at_its_default() {
         .filter(|line| !line.starts_with("queue ="))
         .map(|line| format!("{line}\n"))
         .collect();
-    let config: wasmhooks::config::Config = toml::from_str(&uncommented)
+    let config: Config = toml::from_str(&uncommented)
         .unwrap_or_else(|e| panic!("packaging/config.toml, uncommented: {e}\n{uncommented}"));
     let listed = toml::Table::try_from(&config).unwrap();
-    let default = toml::Table::try_from(wasmhooks::config::Config::default()).unwrap();
+
+    // Every key, nested ones included: a missing one would take its
+    // default silently, so the keys are compared, not only the values.
+    let xo = config.sources.xo.clone().expect("[sources.xo] is listed");
+    let mut full = Config {
+        cache_dir: Some("/".into()),
+        state_dir: Some("/".into()),
+        queue: QueueConfig::Nats(NatsConfig {
+            credentials: Some("/".into()),
+            ..NatsConfig::default()
+        }),
+        ..Config::default()
+    };
+    full.sources.xo = Some(XoSourceConfig {
+        ca_file: Some("/".into()),
+        ..xo.clone()
+    });
+    let raw: toml::Table = uncommented.parse().unwrap();
+    let (shipped, all) = (
+        keys(&raw, ""),
+        keys(&toml::Table::try_from(&full).unwrap(), ""),
+    );
+    let missing: Vec<_> = all.difference(&shipped).collect();
+    let unknown: Vec<_> = shipped.difference(&all).collect();
+    assert!(
+        missing.is_empty() && unknown.is_empty(),
+        "packaging/config.toml lacks {missing:?} and has {unknown:?} besides the settings"
+    );
+
+    // And the defaults, but where the unit puts the folders.
+    let mut default = toml::Table::try_from(Config::default()).unwrap();
+    default.remove("cache_dir");
+    default.remove("state_dir");
+    default.remove("queue");
+    default.remove("sources");
     for (key, value) in &default {
-        match (key.as_str(), value) {
-            // Where the unit puts them, not the defaults of a user's shell.
-            ("cache_dir" | "state_dir", _) => assert!(listed.contains_key(key), "{key} is listed"),
-            ("queue", _) => {
-                let nats = wasmhooks::config::NatsConfig::default();
-                let nats = toml::Table::try_from(nats).unwrap();
-                let listed = &listed["queue"]["nats"];
-                for (key, value) in nats {
-                    assert_eq!(listed.get(&key), Some(&value), "[queue.nats] {key}");
-                }
+        assert_eq!(listed.get(key), Some(value), "{key}");
+    }
+    let nats = toml::Table::try_from(NatsConfig::default()).unwrap();
+    for (key, value) in nats {
+        assert_eq!(
+            listed["queue"]["nats"].get(&key),
+            Some(&value),
+            "[queue.nats] {key}"
+        );
+    }
+    // XO's two required settings, and the defaults of the others.
+    let required = format!("url = {:?}\ntoken = \"x\"\n", xo.url);
+    let xo_default: XoSourceConfig = toml::from_str(&required).unwrap();
+    let xo_default = toml::Table::try_from(xo_default).unwrap();
+    for (key, value) in xo_default
+        .iter()
+        .filter(|(k, _)| *k != "url" && *k != "token")
+    {
+        assert_eq!(
+            listed["sources"]["xo"].get(key),
+            Some(value),
+            "[sources.xo] {key}"
+        );
+    }
+}
+
+/// Every key of `table`, nested ones as `a.b`, tables themselves aside.
+fn keys(table: &toml::Table, prefix: &str) -> BTreeSet<String> {
+    let mut all = BTreeSet::new();
+    for (key, value) in table {
+        let path = format!("{prefix}{key}");
+        match value {
+            toml::Value::Table(inner) if !path.ends_with("collections") => {
+                all.extend(keys(inner, &format!("{path}.")))
             }
-            ("sources", _) => assert!(listed["sources"].get("xo").is_some(), "[sources.xo]"),
-            (_, toml::Value::Table(table)) => {
-                for (inner, value) in table {
-                    assert_eq!(listed[key].get(inner), Some(value), "[{key}] {inner}");
-                }
+            _ => {
+                all.insert(path);
             }
-            _ => assert_eq!(listed.get(key), Some(value), "{key}"),
         }
     }
+    all
 }
 
 fn is_table_header(line: &str) -> bool {
@@ -76,14 +133,17 @@ async fn the_debian_package_installs_a_service_that_serves_the_shipped_hooks() {
         .args(["--no-build", "--profile", "dev", "--fast", "--quiet", "-o"])
         .arg(&deb)
         .current_dir(guests::root()));
-    // A run before this one may have stopped half-way.
-    let _ = Command::new("dpkg").args(["--purge", "wasmhooks"]).output();
-    let _ = std::fs::remove_dir_all("/etc/wasmhooks");
-    run(Command::new("dpkg").arg("-i").arg(&deb));
+    let installed = Installed::install(&deb);
     let verified = run(Command::new("systemd-analyze").args(["verify", UNIT]));
     assert!(
         !verified.contains("wasmhooks.service"),
         "systemd-analyze verify complains about the unit:\n{verified}"
+    );
+    let config = std::fs::metadata(CONFIG).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&config.permissions()) & 0o777,
+        0o640,
+        "{CONFIG} may hold secrets"
     );
 
     // What an administrator does: take a shipped example, write a hook of
@@ -108,8 +168,11 @@ async fn the_debian_package_installs_a_service_that_serves_the_shipped_hooks() {
     let notify = Notify::bind(dir.path());
     let trace = dir.path().join("syscalls");
     let mut engine = unit.start(&notify, &trace);
-    let ready = notify.next(Duration::from_secs(120));
-    assert!(ready.contains("READY=1"), "{ready}");
+    let ready = notify.next_matching("READY=1", Duration::from_secs(120));
+    assert!(
+        ready.contains("STATUS=hooks live: 2, failing to load: 0"),
+        "{ready}"
+    );
     let addr = engine.addr();
     let base = format!("http://{addr}");
     let client = reqwest::Client::new();
@@ -152,17 +215,22 @@ async fn the_debian_package_installs_a_service_that_serves_the_shipped_hooks() {
         "the queue belongs to the unit's user"
     );
 
-    // `systemctl reload`: with the watcher off, only SIGHUP can load it.
-    for file in ["filter.wasm", "filter.toml"] {
+    // `systemctl reload`: RELOADING, then READY once the folder is read
+    // (that only a reload loads a file is `Engine::reload`'s test; here
+    // the watcher runs, as the unit ships it).
+    for file in ["filter.toml", "filter.wasm"] {
         std::fs::copy(examples.join(file), Path::new(HOOKS).join(file)).unwrap();
     }
     engine.signal("HUP");
     notify.next_matching("RELOADING=1", Duration::from_secs(60));
-    notify.next_matching("READY=1", Duration::from_secs(60));
+    let ready = notify.next_matching("READY=1", Duration::from_secs(60));
+    assert!(
+        ready.contains("STATUS=hooks live: 3, failing to load: 0"),
+        "{ready}"
+    );
     let hooks = json_of(client.get(format!("{base}/v1/hooks"))).await;
     assert!(live(&hooks).contains("filter"), "{hooks}");
-
-    // The watchdog pings (WatchdogSec=, here shortened).
+    // The watchdog still pings after the reload (WatchdogSec=, shortened).
     notify.next_matching("WATCHDOG=1", Duration::from_secs(60));
 
     engine.signal("TERM");
@@ -170,25 +238,98 @@ async fn the_debian_package_installs_a_service_that_serves_the_shipped_hooks() {
     let status = engine.wait();
     assert!(status.success(), "the engine stops cleanly: {status}");
 
-    // Every system call it made is one `SystemCallFilter=` allows.
+    // Every system call it made, its watcher's included, is one
+    // `SystemCallFilter=` allows.
     let allowed = syscall_set(unit.get("SystemCallFilter"));
     let made = engine_syscalls(&trace);
+    assert!(
+        made.contains("inotify_add_watch"),
+        "the watcher ran: {made:?}"
+    );
     let refused: Vec<&String> = made.iter().filter(|s| !allowed.contains(*s)).collect();
     assert!(
         refused.is_empty(),
         "the unit's SystemCallFilter= would refuse {refused:?} (the engine made {made:?})"
     );
 
-    // Removing keeps the state and the hooks; purging removes the state.
+    // Removing keeps the state, the configuration and the hooks; purging
+    // removes the state, the cache and the configuration, not the hooks.
     run(Command::new("dpkg").args(["-r", "wasmhooks"]));
     assert!(!Path::new("/usr/bin/wasmhooks").exists());
     assert!(Path::new(STATE).join("wasmhooks.db").exists());
+    assert!(Path::new(CONFIG).exists());
     assert!(Path::new(HOOKS).join("deny.wasm").exists());
     run(Command::new("dpkg").args(["--purge", "wasmhooks"]));
     assert!(!Path::new(STATE).exists());
+    assert!(!Path::new("/var/cache/wasmhooks").exists());
+    assert!(!Path::new(CONFIG).exists());
     assert!(Path::new(HOOKS).join("deny.wasm").exists());
-    std::fs::remove_dir_all("/etc/wasmhooks").unwrap();
+    drop(installed);
 }
+
+/// The package, installed by this test: purged with what the test put in
+/// `/etc/wasmhooks` when dropped, whether the test passed or not.
+struct Installed;
+
+impl Installed {
+    /// Installs `deb`, refusing to replace a wasmhooks this test did not
+    /// install (a real one: the test would wipe its queue and hooks). Where
+    /// systemd runs, the package's scripts do not start the service
+    /// (`policy-rc.d`), so that the test's engine is the only one.
+    fn install(deb: &Path) -> Installed {
+        let status = Command::new("dpkg-query")
+            .args(["-W", "-f", "${Status}", "wasmhooks"])
+            .output()
+            .unwrap();
+        let status = String::from_utf8_lossy(&status.stdout);
+        let ours = Path::new(MARK).exists();
+        assert!(
+            !status.contains("installed") || ours,
+            "a wasmhooks package is installed on this machine ({status}); the package \
+             test would replace it and wipe its queue: remove it, or run the tests elsewhere"
+        );
+        let installed = Installed;
+        if ours {
+            installed.clean(); // left by a run that was killed
+        }
+        let policy = Path::new("/usr/sbin/policy-rc.d");
+        let blocked = !policy.exists();
+        if blocked {
+            std::fs::write(policy, "#!/bin/sh\n# wasmhooks' package test\nexit 101\n").unwrap();
+            let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+            std::fs::set_permissions(policy, executable).unwrap();
+        }
+        let result = Command::new("dpkg").arg("-i").arg(deb).output();
+        if blocked {
+            let _ = std::fs::remove_file(policy);
+        }
+        std::fs::create_dir_all(HOOKS).unwrap();
+        std::fs::write(MARK, "").unwrap();
+        let output = result.unwrap();
+        assert!(
+            output.status.success(),
+            "dpkg -i failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        installed
+    }
+
+    fn clean(&self) {
+        let _ = Command::new("dpkg").args(["--purge", "wasmhooks"]).output();
+        let _ = std::fs::remove_dir_all("/etc/wasmhooks");
+    }
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        self.clean();
+    }
+}
+
+const CONFIG: &str = "/etc/wasmhooks/config.toml";
+/// Says the package was installed by this test, not by an administrator.
+const MARK: &str = "/etc/wasmhooks/hooks/.installed-by-the-package-test";
 
 /// Fails, saying why, unless this runs as root with `tools` installed.
 fn require_root_and(tools: &[&str]) {
@@ -254,9 +395,9 @@ impl Unit {
     }
 
     /// Starts `ExecStart=` as `User=`, with `Environment=` and nothing
-    /// else (systemd's way), under strace. Two overrides, as `systemctl
-    /// edit` would make: any free port, and the watcher off so that only
-    /// a reload loads a new hook; and a watchdog of a second.
+    /// else (systemd's way), under strace. The unit's hardening is not
+    /// applied: systemd is not running here. One override, as `systemctl
+    /// edit` would make it: any free port; and a watchdog of a second.
     fn start(&self, notify: &Notify, trace: &Path) -> Engine {
         let user = &self.get("User")[0];
         let group = &self.get("Group")[0];
@@ -284,7 +425,6 @@ impl Unit {
         }
         command
             .env("WASMHOOKS_LISTEN", "127.0.0.1:0")
-            .env("WASMHOOKS_NO_WATCH", "true")
             .env("NO_COLOR", "1");
         let mut child = command.spawn().expect("strace runs");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -317,17 +457,18 @@ impl Engine {
 
     /// Sends a signal to the engine itself, not to strace.
     fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("the engine runs");
         run(Command::new("kill")
             .arg(format!("-{signal}"))
-            .arg(self.pid().to_string()));
+            .arg(pid.to_string()));
     }
 
-    /// strace's child: setpriv, which executes the engine in its place.
-    fn pid(&self) -> u32 {
+    /// strace's child: setpriv, which executes the engine in its place;
+    /// `None` once it has exited.
+    fn pid(&self) -> Option<u32> {
         let children = format!("/proc/{0}/task/{0}/children", self.child.id());
         let children = std::fs::read_to_string(children).unwrap_or_default();
-        let pid = children.split_whitespace().next();
-        pid.expect("strace has started the engine").parse().unwrap()
+        children.split_whitespace().next()?.parse().ok()
     }
 
     fn wait(&mut self) -> std::process::ExitStatus {
@@ -338,9 +479,9 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         // Killing strace alone would leave the engine running, detached.
-        if let Ok(None) = self.child.try_wait() {
+        if let Some(pid) = self.pid() {
             let _ = Command::new("kill")
-                .args(["-KILL", &self.pid().to_string()])
+                .args(["-KILL", &pid.to_string()])
                 .status();
         }
         let _ = self.child.kill();
@@ -348,9 +489,10 @@ impl Drop for Engine {
     }
 }
 
-/// A notify socket, as systemd listens on (`NOTIFY_SOCKET`).
+/// A notify socket, as systemd listens on (`NOTIFY_SOCKET`), read on a
+/// thread of its own so that the engine never waits on a full one.
 struct Notify {
-    socket: UnixDatagram,
+    messages: std::sync::mpsc::Receiver<String>,
     path: std::path::PathBuf,
 }
 
@@ -362,21 +504,29 @@ impl Notify {
         let path = dir.join("notify");
         let socket = UnixDatagram::bind(&path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
-        Notify { socket, path }
+        let (tx, messages) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = socket.recv(&mut buf) {
+                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if tx.send(message).is_err() {
+                    break;
+                }
+            }
+        });
+        Notify { messages, path }
     }
 
-    /// The next message, within `timeout`.
-    fn next(&self, timeout: Duration) -> String {
-        self.socket.set_read_timeout(Some(timeout)).unwrap();
-        let mut buf = [0u8; 4096];
-        let n = self.socket.recv(&mut buf).expect("a notification in time");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    }
-
-    /// The next message holding `what`, skipping others (watchdog pings).
+    /// The next message holding `what`, skipping others (watchdog pings),
+    /// within `timeout` in all.
     fn next_matching(&self, what: &str, timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
         loop {
-            let message = self.next(timeout);
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let message = self
+                .messages
+                .recv_timeout(left)
+                .unwrap_or_else(|e| panic!("no {what} from the engine in {timeout:?}: {e}"));
             if message.contains(what) {
                 return message;
             }
@@ -392,6 +542,10 @@ fn syscall_set(filters: &[String]) -> BTreeSet<String> {
         .iter()
         .flat_map(|f| f.split_whitespace().map(str::to_owned))
         .collect();
+    assert!(
+        groups.iter().all(|g| !g.starts_with('~')),
+        "a deny list (~…) in SystemCallFilter= is not handled by this test: {groups:?}"
+    );
     let mut seen = BTreeSet::new();
     while let Some(group) = groups.pop() {
         if !seen.insert(group.clone()) {

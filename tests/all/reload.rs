@@ -557,10 +557,13 @@ async fn a_thousand_copies_of_one_hook_all_load() {
 #[tokio::test]
 async fn reload_reads_the_folder_again_with_the_watcher_off() {
     let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    place(dir.path(), "echo.toml", echo_toml(&receiver, "").as_bytes());
-    place(dir.path(), "echo.wasm", &version(0));
-    let mut config = test_config(dir.path());
+    let state = tempfile::tempdir().unwrap();
+    let hooks = state.path().join("hooks");
+    std::fs::create_dir(&hooks).unwrap();
+    place(&hooks, "echo.toml", echo_toml(&receiver, "").as_bytes());
+    place(&hooks, "echo.wasm", &version(0));
+    let mut config = test_config(state.path());
+    config.hooks_dir = hooks.clone();
     config.watch = false;
     let engine = Engine::new(config).await.unwrap();
     let hash = |engine: &Engine, name: &str| {
@@ -572,7 +575,7 @@ async fn reload_reads_the_folder_again_with_the_watcher_off() {
 
     // Version 1 has the same size; give it the same mtime too, so that
     // only reading the content tells it apart.
-    let wasm = dir.path().join("echo.wasm");
+    let wasm = hooks.join("echo.wasm");
     let mtime = std::fs::metadata(&wasm).unwrap().modified().unwrap();
     std::fs::write(&wasm, version(1)).unwrap();
     std::fs::File::options()
@@ -581,12 +584,8 @@ async fn reload_reads_the_folder_again_with_the_watcher_off() {
         .unwrap()
         .set_modified(mtime)
         .unwrap();
-    place(
-        dir.path(),
-        "other.toml",
-        echo_toml(&receiver, "").as_bytes(),
-    );
-    place(dir.path(), "other.wasm", &version(2));
+    place(&hooks, "other.toml", echo_toml(&receiver, "").as_bytes());
+    place(&hooks, "other.wasm", &version(2));
     assert_eq!(
         hash(&engine, "other"),
         None,
@@ -600,8 +599,8 @@ async fn reload_reads_the_folder_again_with_the_watcher_off() {
 
     std::fs::write(&wasm, b"not wasm").unwrap();
     engine.reload().await.unwrap();
-    let hooks = engine.hooks();
-    let echo = hooks.iter().find(|h| h.name == "echo").unwrap();
+    let statuses = engine.hooks();
+    let echo = statuses.iter().find(|h| h.name == "echo").unwrap();
     assert_eq!(echo.state, HookState::Live);
     assert_eq!(
         echo.hash.as_deref(),
@@ -609,4 +608,20 @@ async fn reload_reads_the_folder_again_with_the_watcher_off() {
         "version 1 keeps serving"
     );
     assert!(echo.last_error.is_some(), "the broken file is reported");
+
+    // A folder gone (unmounted, moved) unloads nothing.
+    let moved = state.path().join("moved");
+    std::fs::rename(&hooks, &moved).unwrap();
+    let gone = engine.reload().await;
+    std::fs::rename(&moved, &hooks).unwrap();
+    assert!(
+        matches!(gone, Err(wasmhooks::Error::HooksDir { .. })),
+        "{gone:?}"
+    );
+    let live = engine
+        .hooks()
+        .iter()
+        .filter(|h| h.state == HookState::Live)
+        .count();
+    assert_eq!(live, 2, "both hooks keep serving");
 }

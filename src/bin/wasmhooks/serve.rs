@@ -21,7 +21,9 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<()> {
     }
     let mut config = load_config(args.config.as_deref())?;
     config.hooks_dir = args.hooks;
-    config.watch = !args.no_watch;
+    if args.no_watch {
+        config.watch = false;
+    }
     if let Some(cache) = args.cache {
         config.cache_dir = Some(cache);
     }

@@ -8,9 +8,17 @@ use wasmhooks::Engine;
 use wasmhooks::HookState;
 
 /// Says the engine is ready: its queue is open, its hooks are loaded and
-/// it listens. systemd starts the units ordered after it only now.
+/// it listens. systemd starts the units ordered after it only now. From
+/// then on, the status line (`systemctl status`) follows the hooks.
 pub(crate) fn ready(engine: &Engine) {
     notify(&[NotifyState::Ready, NotifyState::Status(&status(engine))]);
+    let mut changes = engine.hook_changes();
+    let engine = engine.clone();
+    tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            notify(&[NotifyState::Status(&status(&engine))]);
+        }
+    });
 }
 
 /// Says the engine is stopping, so systemd does not count the time it
@@ -36,39 +44,48 @@ pub(crate) fn reload_on_hangup(engine: Engine) -> std::io::Result<()> {
                     anyhow::Error::from(e)
                 ),
             }
-            ready(&engine);
+            notify(&[NotifyState::Ready, NotifyState::Status(&status(&engine))]);
         }
     });
     Ok(())
 }
 
-/// With `WatchdogSec=` in the unit, pings systemd every half of it, each
-/// time only once the engine's runtime has run a task and its queue has
-/// answered (or failed: an unreachable NATS server is the queue's trouble,
-/// shown in `/metrics`, not a hang). A wedged runtime or queue stops the
-/// pings, and systemd restarts the engine, which resumes from its queue.
+/// With `WatchdogSec=` in the unit, pings systemd every quarter of it,
+/// each time only once the engine's runtime has run a task and its queue
+/// has answered (or failed: an unreachable NATS server is the queue's
+/// trouble, shown in `/metrics`, not a hang) within a quarter of it. So a
+/// ping is at most half of `WatchdogSec` late while all is well, and one
+/// slow answer does not cost a restart; a wedged runtime or queue stops
+/// the pings, and systemd restarts the engine, which resumes from its
+/// queue.
 pub(crate) fn watchdog(engine: Engine) {
-    let Some(every) = sd_notify::watchdog_enabled() else {
+    let Some(period) = sd_notify::watchdog_enabled() else {
         return;
     };
-    let every = every / 2;
+    let every = period / 4;
     tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::time::sleep(every).await;
+            ticks.tick().await;
             match tokio::time::timeout(every, engine.backlog()).await {
                 Ok(_) => notify(&[NotifyState::Watchdog]),
                 Err(_) => tracing::error!(
-                    "the queue has not answered in {every:?}: not pinging systemd's watchdog"
+                    "the queue has not answered in {every:?}: not pinging systemd's watchdog \
+                     (WatchdogSec={period:?})"
                 ),
             }
         }
     });
 }
 
+/// `hooks live: N, failing to load: M`: a hook whose new version failed
+/// counts in both (its last good version serves).
 fn status(engine: &Engine) -> String {
     let hooks = engine.hooks();
     let live = hooks.iter().filter(|h| h.state == HookState::Live).count();
-    format!("hooks live: {live}, failed to load: {}", hooks.len() - live)
+    let failing = hooks.iter().filter(|h| h.last_error.is_some()).count();
+    format!("hooks live: {live}, failing to load: {failing}")
 }
 
 fn notify(state: &[NotifyState]) {

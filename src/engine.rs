@@ -7,7 +7,7 @@ use crate::delivery::Sender;
 use crate::delivery::{Breaker, Circuit};
 use crate::error::Error;
 use crate::event::{Event, Phase};
-use crate::hooks::{HookStatus, Registry};
+use crate::hooks::{Force, HookStatus, Registry};
 use crate::hooks::{Watch, WatchOptions};
 use crate::ingest::{Ingest, MAX_POSTS_IN_FLIGHT};
 use crate::metrics::Metrics;
@@ -105,7 +105,12 @@ impl Engine {
             None
         };
         registry
-            .reconcile(dir, &HashSet::new(), &HashSet::new(), Duration::ZERO)
+            .reconcile(
+                dir,
+                Force::These(&HashSet::new()),
+                &HashSet::new(),
+                Duration::ZERO,
+            )
             .await?;
         let sender = Sender::new(&config.delivery)?;
         let queue = crate::queue::open(&config.queue_settings()).await?;

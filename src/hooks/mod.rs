@@ -144,6 +144,26 @@ pub(crate) struct Registry {
     generation: tokio::sync::watch::Sender<u64>,
 }
 
+/// Which hooks [`Registry::reconcile`] reads again whatever their files'
+/// size and mtime say.
+#[derive(Clone, Copy)]
+pub(crate) enum Force<'a> {
+    /// These (their writer closed them, or they were renamed).
+    These(&'a HashSet<String>),
+    /// Every hook in the folder: an operator's reload. A missing folder is
+    /// then an error.
+    Every,
+}
+
+impl Force<'_> {
+    fn covers(&self, name: &str) -> bool {
+        match self {
+            Force::These(names) => names.contains(name),
+            Force::Every => true,
+        }
+    }
+}
+
 impl Registry {
     pub(crate) fn new(sandbox: Arc<Sandbox>, limits: Limits, metrics: Arc<Metrics>) -> Registry {
         Registry {
@@ -173,12 +193,7 @@ impl Registry {
     /// is missing is an error here, not an empty folder: an operator's
     /// reload never unloads every gate by accident.
     pub(crate) async fn reload(&self, dir: &Path) -> Result<(), HooksDirError> {
-        let files = hook_files(dir).map_err(|source| HooksDirError {
-            path: dir.to_owned(),
-            source,
-        })?;
-        let every = files.iter().map(|f| hook_name(f)).collect();
-        self.reconcile(dir, &every, &HashSet::new(), Duration::ZERO)
+        self.reconcile(dir, Force::Every, &HashSet::new(), Duration::ZERO)
             .await
     }
 
@@ -186,15 +201,16 @@ impl Registry {
     /// new and changed hooks are loaded off to the side (a version that
     /// fails leaves the last good one serving), removed ones are unloaded.
     ///
-    /// Files are re-read when their hook is in `force` (its writer closed
-    /// it, or it was renamed), or when their size, mtime or inode changed
-    /// and they have been quiet for `quiet` (so a rescan does not catch a
-    /// writer mid-file). Hooks in `unsettled` (still being written) are left
-    /// as they are. A missing folder counts as empty.
+    /// Files are re-read when `force` covers their hook (its writer closed
+    /// it, it was renamed, or a reload asks for every file), or when their
+    /// size, mtime or inode changed and they have been quiet for `quiet`
+    /// (so a rescan does not catch a writer mid-file). Hooks in `unsettled`
+    /// (still being written) are left as they are. A missing folder counts
+    /// as empty, except for [`Force::Every`].
     pub(crate) async fn reconcile(
         &self,
         dir: &Path,
-        force: &HashSet<String>,
+        force: Force<'_>,
         unsettled: &HashSet<String>,
         quiet: Duration,
     ) -> Result<(), HooksDirError> {
@@ -202,7 +218,11 @@ impl Registry {
         let started = Instant::now();
         let files = match hook_files(dir) {
             Ok(files) => files,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound && !matches!(force, Force::Every) =>
+            {
+                Vec::new()
+            }
             Err(source) => {
                 return Err(HooksDirError {
                     path: dir.to_owned(),
@@ -228,7 +248,7 @@ impl Registry {
                 let settled = [wasm_sig, toml_sig]
                     .iter()
                     .all(|s| s.is_none_or(|s| s.modified.is_none_or(|m| m <= quiet_since)));
-                force.contains(name) || (settled && seen.get(name) != Some(&(*wasm_sig, *toml_sig)))
+                force.covers(name) || (settled && seen.get(name) != Some(&(*wasm_sig, *toml_sig)))
             })
             .map(|(name, wasm_sig, toml_sig, wasm)| (name, wasm, (wasm_sig, toml_sig)))
             .collect();

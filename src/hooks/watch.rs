@@ -12,7 +12,7 @@
 //! ignored; the recommended way to replace a hook is still to write a
 //! temporary file and rename it into place.
 
-use crate::hooks::{Registry, WatchError, hook_files, hook_name};
+use crate::hooks::{Force, Registry, WatchError, hook_files, hook_name};
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 use std::collections::{HashMap, HashSet};
@@ -197,7 +197,7 @@ async fn run(
         }
         let unsettled: HashSet<String> = writing.keys().cloned().collect();
         if let Err(e) = registry
-            .reconcile(&dir, &force, &unsettled, options.settle)
+            .reconcile(&dir, Force::These(&force), &unsettled, options.settle)
             .await
         {
             tracing::error!("{e}");

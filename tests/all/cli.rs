@@ -351,3 +351,32 @@ fn serve_refuses_to_listen_beyond_loopback_without_a_token() {
         assert!(stderr.contains(says), "{says} in: {stderr}");
     }
 }
+
+/// `watch = false` in the config file holds without `--no-watch`: with the
+/// watcher off a missing hooks folder is refused at start (with it on, the
+/// folder may appear later), so `serve` exits naming the folder.
+#[tokio::test]
+async fn serve_keeps_watch_false_from_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "watch = false\n").unwrap();
+    let missing = dir.path().join("no-hooks-here");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wasmhooks"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--hooks"])
+        .arg(&missing)
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .arg("--config")
+        .arg(&config)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("serve refuses a missing hooks folder at start, and exits")
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no-hooks-here"), "{stderr}");
+}

@@ -14,7 +14,8 @@
 //! `cargo bench --bench queues` (needs nats-server, which
 //! `scripts/install-guest-toolchains.sh` installs). `BENCH_EVENTS` sets the
 //! events per saturated row (6000; a paced row has a third of it per
-//! engine), `BENCH_PACE` the paced events per second per engine (400).
+//! engine), `BENCH_PACE` the paced events per second per engine (400),
+//! `BENCH_HISTORY=0` turns attempt history off (on, as by default).
 //! Figures go in BENCHMARKS.md.
 
 #[allow(dead_code)] // the benchmark uses a part
@@ -205,9 +206,14 @@ async fn row(sink: &Sink, dir: &Path, engines: usize, nats: bool, n: usize, load
         None => String::new(),
     };
     let config = dir.join("engine.toml");
+    // `BENCH_HISTORY=0`: keep no attempt and no delivered delivery.
+    let history = match std::env::var("BENCH_HISTORY").as_deref() {
+        Ok("0") => "history_attempts = 0\nhistory_hours = 0\n",
+        _ => "",
+    };
     std::fs::write(
         &config,
-        format!("fsync = false\n{queue}[delivery]\nallow_hosts = [\"127.0.0.1\"]\n"),
+        format!("fsync = false\n{queue}[delivery]\nallow_hosts = [\"127.0.0.1\"]\n{history}"),
     )
     .unwrap();
     let serves: Vec<Serve> = (0..engines)

@@ -12,7 +12,9 @@ use crate::hooks::{Watch, WatchOptions};
 use crate::ingest::{Ingest, MAX_POSTS_IN_FLIGHT};
 use crate::metrics::Metrics;
 use crate::outbox::Workers;
-use crate::queue::{DeadLetters, DeliveryInfo, DeliveryQuery, DeliveryState, Queue};
+use crate::queue::{
+    DeadLetters, DeliveryDetail, DeliveryInfo, DeliveryQuery, DeliveryState, Queue,
+};
 use crate::run::{Runner, Verdict};
 use crate::sandbox::Sandbox;
 use crate::sources::{SourceStatus, Sources};
@@ -281,6 +283,13 @@ impl Engine {
     /// The queued deliveries `query` asks for, oldest first.
     pub async fn find_deliveries(&self, query: DeliveryQuery) -> Result<Vec<DeliveryInfo>, Error> {
         Ok(self.inner.queue.list(query).await?)
+    }
+
+    /// One delivery (pending, dead, or delivered within
+    /// `delivery.history_hours`) with its latest attempts; `None` if the
+    /// queue has no delivery with that id.
+    pub async fn delivery(&self, id: &str) -> Result<Option<DeliveryDetail>, Error> {
+        Ok(self.inner.queue.get(id.to_owned()).await?)
     }
 
     /// Every receiver with deliveries queued, dead letters, attempts in

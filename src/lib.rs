@@ -120,7 +120,7 @@ pub mod server;
 pub mod sources;
 mod util;
 
-pub use delivery::Circuit;
+pub use delivery::{AttemptOutcome, AttemptRecord, Circuit};
 pub use dry_run::{DryDelivery, DryOutcome, DryRun, dry_run};
 pub use engine::{Engine, ReceiverStatus};
 pub use error::Error;
@@ -131,7 +131,8 @@ pub use hooks::{Abi, HookState, HookStatus, LoadError, Stage, WatchError};
 #[doc(hidden)]
 pub use queue::bench;
 pub use queue::{
-    DeadLetters, DeliveryAdmin, DeliveryInfo, DeliveryQuery, DeliveryState, QueueError,
+    DeadLetters, DeliveryAdmin, DeliveryDetail, DeliveryInfo, DeliveryQuery, DeliveryState,
+    QueueError,
 };
 pub use run::{CallError, CallSite, HookFailure, Verdict, WouldDeny};
 pub use sandbox::{SandboxError, Subscription};

@@ -22,7 +22,8 @@ pub(crate) async fn queue() {
         "queue: SQLite alone, fsync on, {n} deliveries of {} bytes, {CALLERS} writers; CPU and 4 KiB pages written per delivery",
         body.len()
     );
-    let (claimed, claimed_tx) = claimed_at_commit(n, &body).await;
+    let (claimed, claimed_tx) = claimed_at_commit(n, &body, true).await;
+    let (unkept, unkept_tx) = claimed_at_commit(n, &body, false).await;
     let (queued, commits, queued_tx) = queued_then_claimed(n, &body).await;
     let floor = tokio::task::spawn_blocking({
         let body = body.clone();
@@ -41,6 +42,7 @@ pub(crate) async fn queue() {
     };
     row("SQLite insert-only floor, same rows", claimed_tx, floor);
     row("commit (claimed at once) + finish", claimed_tx, claimed);
+    row("  the same, attempt history off", unkept_tx, unkept);
     row(
         "commit + claim + finish (target <= 15 µs)",
         queued_tx,
@@ -126,10 +128,12 @@ async fn write_all(queue: &Arc<BenchQueue>, n: usize, body: &[u8], claimed: bool
 }
 
 /// The engine's path when the receiver has a free slot: the delivery is
-/// written claimed in its event's commit, then finished once sent.
-async fn claimed_at_commit(n: usize, body: &[u8]) -> (Cost, u64) {
+/// written claimed in its event's commit, then finished once sent, and
+/// kept as delivered with its attempt if `history` (the default), else
+/// deleted.
+async fn claimed_at_commit(n: usize, body: &[u8], history: bool) -> (Cost, u64) {
     let dir = tempfile::tempdir().unwrap();
-    let queue = Arc::new(BenchQueue::open(dir.path(), true).unwrap());
+    let queue = Arc::new(BenchQueue::open(dir.path(), true, history).unwrap());
     let (start, tx) = (now(), BenchQueue::transactions());
     write_all(&queue, n, body, true, true).await;
     (Cost::since(start, n), BenchQueue::transactions() - tx)
@@ -141,7 +145,7 @@ async fn claimed_at_commit(n: usize, body: &[u8]) -> (Cost, u64) {
 /// and of the commits alone, and the transactions taken.
 async fn queued_then_claimed(n: usize, body: &[u8]) -> (Cost, Cost, u64) {
     let dir = tempfile::tempdir().unwrap();
-    let queue = Arc::new(BenchQueue::open(dir.path(), true).unwrap());
+    let queue = Arc::new(BenchQueue::open(dir.path(), true, true).unwrap());
     let (start, tx) = (now(), BenchQueue::transactions());
     write_all(&queue, n, body, false, false).await;
     let commits = Cost::since(start, n);

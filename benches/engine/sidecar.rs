@@ -214,8 +214,11 @@ pub(crate) async fn sidecar() {
     let settings: Config = std::env::var("BENCH_CONFIG")
         .map(|toml| toml::from_str(&toml).expect("BENCH_CONFIG is a wasmhooks config"))
         .unwrap_or_default();
+    let mut unkept = settings.clone();
+    unkept.delivery.history_attempts = 0;
+    unkept.delivery.history_hours = 0;
     let config = Config {
-        hooks_dir: hooks,
+        hooks_dir: hooks.clone(),
         state_dir: Some(dir.path().join("state")),
         cache_dir: None,
         watch: false,
@@ -242,6 +245,27 @@ pub(crate) async fn sidecar() {
     );
     print_split(&relay_split, &split);
     println!("    queue transactions (each one fsync) per delivery            {transactions:>9.2}");
+    // The same path keeping no attempt and no delivered delivery
+    // (`history_attempts = 0`, `history_hours = 0`): what the history costs.
+    let off = Engine::new(Config {
+        hooks_dir: hooks,
+        state_dir: Some(dir.path().join("state-off")),
+        cache_dir: None,
+        watch: false,
+        ..unkept
+    })
+    .await
+    .unwrap();
+    let off_base = serve_app(wasmhooks::server::router(off.clone())).await;
+    drive(&sink, &off_base, events(2_000, "off-warm"), callers).await;
+    let (off_rate, off_cpu, _) = drive(&sink, &off_base, events(n, "off"), callers).await;
+    println!(
+        "  the same, attempt history off            {off_rate:>8.0} deliveries/s  ({off_cpu:.0} µs CPU each, {:.2}x the relay; history on costs {:+.1} µs, {:+.0} %)",
+        off_cpu / relay_cpu,
+        cpu - off_cpu,
+        (cpu / off_cpu - 1.0) * 100.0
+    );
+    off.shutdown(std::time::Duration::from_secs(5)).await;
     let burst: usize = std::env::var("BENCH_BURST").map_or(100_000, |n| n.parse().unwrap());
     if burst == 0 {
         return;

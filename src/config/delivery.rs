@@ -43,6 +43,14 @@ pub struct DeliveryConfig {
     /// queued) for inspection and `retry`; older ones are deleted, hourly.
     /// 0 keeps them until deleted by hand (`wasmhooks deliveries purge`).
     pub dead_letter_days: u32,
+    /// Hours a delivered delivery is kept, with its attempts, after it was
+    /// delivered: to see what the receiver answered, and to replay it. 0
+    /// keeps none (a delivered delivery leaves the queue at once).
+    pub history_hours: u32,
+    /// Attempts kept per delivery, the latest: when each began, how long it
+    /// took, the status, the response's first 4 KiB and a few of its
+    /// headers. 0 keeps none, and response bodies are not read.
+    pub history_attempts: u32,
 }
 
 impl Default for DeliveryConfig {
@@ -63,6 +71,8 @@ impl Default for DeliveryConfig {
             allow_hosts: Vec::new(),
             wait_budget_ms: 15_000,
             dead_letter_days: 30,
+            history_hours: 24,
+            history_attempts: 10,
         }
     }
 }

@@ -12,7 +12,7 @@ pub use delivery::DeliveryConfig;
 pub use error::SettingsError;
 pub(crate) use hook::HookLimits;
 pub use hook::{HookConfig, HookMode, Limits, OnError, ReuseConfig, Secrets, SubscriptionConfig};
-pub(crate) use queue::QueueSettings;
+pub(crate) use queue::{History, QueueSettings};
 pub use queue::{NatsConfig, QueueConfig};
 pub use sources::{SecretString, SourcesConfig, XoSourceConfig};
 
@@ -156,6 +156,9 @@ impl Default for HttpConfig {
 /// Longest dedup window: a week.
 const MAX_DEDUP_WINDOW_SECS: u64 = 7 * 86_400;
 
+/// Most attempts kept per delivery (`delivery.history_attempts`).
+const MAX_HISTORY_ATTEMPTS: u32 = 100;
+
 impl Config {
     /// Checks the settings that no type can: called once, by [`crate::Engine::new`].
     pub fn validate(&self) -> Result<(), SettingsError> {
@@ -194,6 +197,15 @@ impl Config {
             if value == 0 {
                 return Err(SettingsError::field(field, "must be at least 1"));
             }
+        }
+        if d.history_attempts > MAX_HISTORY_ATTEMPTS {
+            return Err(SettingsError::field(
+                "delivery.history_attempts",
+                format!(
+                    "{} is more than {MAX_HISTORY_ATTEMPTS}: each attempt keeps up to 4 KiB",
+                    d.history_attempts
+                ),
+            ));
         }
         if d.per_receiver_concurrency > d.concurrency {
             return Err(SettingsError::field(

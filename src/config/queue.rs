@@ -105,6 +105,35 @@ pub(crate) struct QueueSettings {
     pub dead_letter_age: Duration,
     /// How long one attempt may take (`delivery.timeout_ms`).
     pub attempt_timeout: Duration,
+    /// What is kept of attempts and delivered deliveries.
+    pub history: History,
+}
+
+/// What a queue keeps of attempts and of delivered deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct History {
+    /// Attempts kept per delivery, the latest (`delivery.history_attempts`).
+    pub attempts: usize,
+    /// How long a delivered delivery is kept (`delivery.history_hours`);
+    /// zero: not at all.
+    pub delivered: Duration,
+}
+
+impl Default for History {
+    /// What `[delivery]`'s defaults keep.
+    fn default() -> History {
+        History::of(&super::DeliveryConfig::default())
+    }
+}
+
+impl History {
+    /// What `delivery` says to keep.
+    pub(crate) fn of(delivery: &super::DeliveryConfig) -> History {
+        History {
+            attempts: delivery.history_attempts as usize,
+            delivered: Duration::from_secs(u64::from(delivery.history_hours) * 3600),
+        }
+    }
 }
 
 impl super::Config {
@@ -119,6 +148,7 @@ impl super::Config {
                 u64::from(self.delivery.dead_letter_days) * 86_400,
             ),
             attempt_timeout: Duration::from_millis(self.delivery.timeout_ms),
+            history: History::of(&self.delivery),
         }
     }
 }

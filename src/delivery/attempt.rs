@@ -3,6 +3,7 @@
 //! workers, which call this for every delivery.
 
 use super::error::RouteError;
+use super::history::Answer;
 use super::schedule::{self, Attempt};
 use super::{Delivery, DeliveryPolicy};
 use crate::config::DeliveryConfig;
@@ -109,11 +110,24 @@ impl Sender {
     }
 
     /// One POST of `delivery`, under the policy it was queued with and
-    /// `current`, the hook's policy now (`None` if it is not loaded).
+    /// `current`, the hook's policy now (`None` if it is not loaded); with
+    /// what the receiver answered, as kept in the delivery's history
+    /// (unless `delivery.history_attempts` is 0).
     pub(crate) async fn attempt(
         &self,
         delivery: &Delivery,
         current: Option<&DeliveryPolicy>,
+    ) -> (Attempt, Option<Answer>) {
+        let mut answer = None;
+        let attempt = self.post(delivery, current, &mut answer).await;
+        (attempt, answer)
+    }
+
+    async fn post(
+        &self,
+        delivery: &Delivery,
+        current: Option<&DeliveryPolicy>,
+        answer: &mut Option<Answer>,
     ) -> Attempt {
         let permanent = |reason: String| Attempt::Permanent {
             reason,
@@ -158,7 +172,13 @@ impl Sender {
             .headers(headers)
             .body(delivery.body.clone());
         match request.send().await {
-            Ok(response) => schedule::classify(response.status(), response.headers()),
+            Ok(mut response) => {
+                let attempt = schedule::classify(response.status(), response.headers());
+                if self.config.history_attempts > 0 {
+                    *answer = Some(Answer::read(&mut response).await);
+                }
+                attempt
+            }
             Err(e) if e.is_builder() => permanent(format!("request could not be built: {e}")),
             Err(e) => match refused_in(&e) {
                 Some(refused) => permanent(format!("hook {}: {refused}", delivery.hook)),

@@ -1,13 +1,15 @@
 //! Deliveries: the record a hook's outcome becomes ([`Delivery`]), its ids,
 //! the policy it travels with (this file); one HTTP attempt (`attempt.rs`:
 //! route, guard, sign, POST, classify), with the SSRF guard (`egress.rs`)
-//! and signatures (`signing.rs`); the retry schedule (`schedule.rs`); and
-//! the circuit breaker (`breaker.rs`).
+//! and signatures (`signing.rs`); the retry schedule (`schedule.rs`); the
+//! circuit breaker (`breaker.rs`); and what is kept of each attempt
+//! (`history.rs`).
 
 mod attempt;
 mod breaker;
 pub(crate) mod egress;
 mod error;
+pub(crate) mod history;
 pub(crate) mod schedule;
 pub(crate) mod signing;
 
@@ -15,6 +17,7 @@ pub(crate) use attempt::Sender;
 pub use breaker::Circuit;
 pub(crate) use breaker::{Breaker, CircuitState, ReceiverView};
 pub(crate) use error::{DeliveryError, EgressError, KeyError};
+pub use history::{AttemptOutcome, AttemptRecord};
 pub(crate) use schedule::Attempt;
 
 use crate::config::{HookConfig, SettingsError};

@@ -22,83 +22,90 @@ impl Workers {
         } = claimed;
         let attempts = attempts + 1;
         let policy = self.policies.current(&d.hook);
+        let (at_ms, began) = (now_ms(), std::time::Instant::now());
         // A panic while attempting (a bug) fails this delivery alone.
-        let sent = std::panic::AssertUnwindSafe(self.sender.attempt(&d, policy.as_deref()))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|_| Attempt::Permanent {
-                reason: "the engine failed while sending it (a bug in wasmhooks; please \
-                         report it); retry this dead letter once fixed"
-                    .into(),
-                status: None,
-            });
-        let (finish, up) = match sent {
+        let (sent, answer) =
+            std::panic::AssertUnwindSafe(self.sender.attempt(&d, policy.as_deref()))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    let bug = Attempt::Permanent {
+                        reason: "the engine failed while sending it (a bug in wasmhooks; \
+                                 please report it); retry this dead letter once fixed"
+                            .into(),
+                        status: None,
+                    };
+                    (bug, None)
+                });
+        let duration_ms = began.elapsed().as_millis() as u64;
+        let (finish, error, status, up) = match sent {
             Attempt::Delivered(status) => {
                 tracing::debug!(hook = %d.hook, id = %d.id, url = %d.url, %status, attempts, "delivered");
-                (Finish::Delivered, Some(true))
+                (Finish::Delivered, None, Some(status), Some(true))
             }
             Attempt::Permanent { reason, status } => {
                 tracing::error!(hook = %d.hook, id = %d.id, url = %d.url, "delivery failed for good, kept as a dead letter: {reason}");
                 // An answer means the receiver is up; no answer (refused by
                 // the guard, cannot be signed) says nothing about it.
                 let up = status.is_some().then_some(true);
-                let status = status.map(|s| s.as_u16());
-                let error = reason;
-                (Finish::Dead { error, status }, up)
+                (Finish::Dead, Some(reason), status, up)
             }
             Attempt::Retry {
                 reason,
                 status,
                 retry_after,
-            } => {
-                let status = status.map(|s| s.as_u16());
-                match retry_delay(self.sender.config(), attempts, retry_after) {
-                    Some(delay) => {
-                        tracing::info!(hook = %d.hook, id = %d.id, url = %d.url, attempts, "{reason}; retrying in {delay:?}");
-                        let at_ms = now_ms() + delay.as_millis() as u64;
-                        let error = reason;
-                        (
-                            Finish::Retry {
-                                at_ms,
-                                error,
-                                status,
-                            },
-                            Some(false),
-                        )
-                    }
-                    None => {
-                        let error = gave_up(attempts, &reason);
-                        tracing::error!(hook = %d.hook, id = %d.id, url = %d.url, "delivery kept as a dead letter: {error}");
-                        (Finish::Dead { error, status }, Some(false))
-                    }
+            } => match retry_delay(self.sender.config(), attempts, retry_after) {
+                Some(delay) => {
+                    tracing::info!(hook = %d.hook, id = %d.id, url = %d.url, attempts, "{reason}; retrying in {delay:?}");
+                    let at_ms = now_ms() + delay.as_millis() as u64;
+                    (Finish::Retry { at_ms }, Some(reason), status, Some(false))
                 }
-            }
+                None => {
+                    let error = gave_up(attempts, &reason);
+                    tracing::error!(hook = %d.hook, id = %d.id, url = %d.url, "delivery kept as a dead letter: {error}");
+                    (Finish::Dead, Some(error), status, Some(false))
+                }
+            },
         };
         slot.up = up;
         drop(slot);
-        let counted = match &finish {
+        let record = AttemptRecord {
+            at_ms,
+            duration_ms,
+            outcome: finish.outcome(),
+            status: status.map(|s| s.as_u16()),
+            error,
+            headers: answer
+                .as_ref()
+                .map(|a| a.headers.clone())
+                .unwrap_or_default(),
+            body_truncated: answer.as_ref().is_some_and(|a| a.truncated),
+            body: answer.map(|a| a.body),
+            engine: self.engine.clone(),
+        };
+        let counted = match finish {
             Finish::Delivered => AttemptResult::Delivered,
             Finish::Retry { .. } => AttemptResult::Retry,
-            Finish::Dead { .. } => AttemptResult::Dead,
+            Finish::Dead => AttemptResult::Dead,
         };
         let receiver = d.receiver();
         self.metrics.attempt(&receiver, counted);
-        if let Finish::Retry { error, status, .. } | Finish::Dead { error, status } = &finish {
+        if let Some(error) = &record.error {
             self.activity.failure(
                 &receiver,
                 ReceiverFailure {
                     at_ms: now_ms(),
                     id: d.id.clone(),
                     hook: d.hook.to_string(),
-                    status: *status,
+                    status: record.status,
                     error: error.clone(),
-                    dead: matches!(finish, Finish::Dead { .. }),
+                    dead: finish == Finish::Dead,
                 },
             );
         }
-        let outcome = match &finish {
+        let outcome = match finish {
             Finish::Delivered => Some(WaitOutcome::Delivered),
-            Finish::Dead { error, .. } => Some(WaitOutcome::Dead(error.clone())),
+            Finish::Dead => Some(WaitOutcome::Dead(record.error.clone().unwrap_or_default())),
             Finish::Retry { .. } => None,
         };
         // The row stays claimed by this run until recorded: keep trying
@@ -106,7 +113,7 @@ impl Workers {
         let mut pause = FINISH_RETRY.0;
         while let Err(e) = self
             .queue
-            .finish(d.id.clone(), attempts, finish.clone())
+            .finish(d.id.clone(), attempts, finish, record.clone())
             .await
         {
             if matches!(e, QueueError::Closed) || self.stop.is_cancelled() {

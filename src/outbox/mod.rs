@@ -20,9 +20,11 @@ pub(crate) use attempt::WaitOutcome;
 use slots::{Slot, Slots};
 
 use crate::activity::{Activity, ReceiverFailure};
+use crate::delivery::history::engine_name;
 use crate::delivery::schedule::{gave_up, retry_delay};
 use crate::delivery::{
-    Attempt, Breaker, CircuitState, Delivery, DeliveryPolicy, PolicySource, ReceiverView, Sender,
+    Attempt, AttemptRecord, Breaker, CircuitState, Delivery, DeliveryPolicy, PolicySource,
+    ReceiverView, Sender,
 };
 use crate::metrics::{AttemptResult, Metrics};
 use crate::must_finish::MustFinish;
@@ -99,6 +101,8 @@ pub(crate) struct Workers {
     running: watch::Sender<usize>,
     /// How long accepted events' keys are kept (ms); 0: not at all.
     keys_ms: u64,
+    /// Which engine this is, in attempt records.
+    engine: String,
 }
 
 impl Workers {
@@ -129,6 +133,7 @@ impl Workers {
             progress: watch::channel(0).0,
             running: watch::channel(0).0,
             keys_ms,
+            engine: engine_name(),
         });
         tokio::spawn(workers.clone().pump());
         tokio::spawn(workers.clone().purge_old());

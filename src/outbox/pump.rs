@@ -4,12 +4,15 @@
 use super::*;
 
 impl Workers {
-    /// Deletes dead letters older than `delivery.dead_letter_days`, and
+    /// Deletes dead letters older than `delivery.dead_letter_days`,
+    /// deliveries delivered longer ago than `delivery.history_hours`, and
     /// the keys of events accepted longer ago than the window, at start and
     /// then hourly, so the state folder does not grow without bound.
     pub(super) async fn purge_old(self: Arc<Self>) {
         let days = self.sender.config().dead_letter_days;
         let keep_ms = u64::from(days) * 86_400_000;
+        let hours = self.sender.config().history_hours;
+        let history_ms = u64::from(hours) * 3_600_000;
         let stop = self.stop.clone();
         stop.run_until_cancelled(async {
             loop {
@@ -21,6 +24,15 @@ impl Workers {
                         ),
                         Err(e) => tracing::warn!("cannot delete old dead letters: {e}"),
                     }
+                }
+                let before = now_ms().saturating_sub(history_ms);
+                match self.queue.purge_delivered(before).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        "deleted {n} deliveries delivered more than {hours} hours ago \
+                         (delivery.history_hours)"
+                    ),
+                    Err(e) => tracing::warn!("cannot delete old delivered deliveries: {e}"),
                 }
                 let before = now_ms().saturating_sub(self.keys_ms);
                 if let Err(e) = self.queue.forget_keys(before).await {

@@ -4,8 +4,8 @@
 //! same batches the engine writes, against SQLite's own floor for the same
 //! rows (`cargo bench --bench engine -- queue`).
 
-use super::{Batch, Finish, Queue, QueueError, Room, SqliteQueue};
-use crate::delivery::{Delivery, QueuedUnder};
+use super::{Batch, Finish, History, Queue, QueueError, Room, SqliteQueue};
+use crate::delivery::{AttemptOutcome, AttemptRecord, Delivery, QueuedUnder};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -13,9 +13,18 @@ use std::sync::Arc;
 pub struct BenchQueue(Arc<SqliteQueue>);
 
 impl BenchQueue {
-    /// Opens (creates) the queue in `dir`.
-    pub fn open(dir: &Path, fsync: bool) -> Result<BenchQueue, QueueError> {
-        SqliteQueue::open(Some(dir), fsync).map(BenchQueue)
+    /// Opens (creates) the queue in `dir`, keeping attempts and delivered
+    /// deliveries as `[delivery]`'s defaults say if `history`, else none.
+    pub fn open(dir: &Path, fsync: bool, history: bool) -> Result<BenchQueue, QueueError> {
+        let history = if history {
+            History::default()
+        } else {
+            History {
+                attempts: 0,
+                delivered: std::time::Duration::ZERO,
+            }
+        };
+        SqliteQueue::open(Some(dir), fsync, history).map(BenchQueue)
     }
 
     /// Commits one accepted post event with its key and one delivery,
@@ -62,9 +71,22 @@ impl BenchQueue {
         Ok(claim.claimed.into_iter().map(|c| c.delivery.id).collect())
     }
 
-    /// Records a delivery this run claimed as delivered: it leaves the queue.
+    /// Records a delivery this run claimed as delivered, with a receiver's
+    /// usual answer (`200`, a JSON body of a few bytes): it leaves the
+    /// queue, or is kept as delivered.
     pub async fn delivered(&self, id: String) -> Result<(), QueueError> {
-        self.0.finish(id, 1, Finish::Delivered).await
+        let record = AttemptRecord {
+            at_ms: crate::util::now_ms(),
+            duration_ms: 1,
+            outcome: AttemptOutcome::Delivered,
+            status: Some(200),
+            error: None,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: Some("{\"ok\":true}".into()),
+            body_truncated: false,
+            engine: "bench/1".into(),
+        };
+        self.0.finish(id, 1, Finish::Delivered, record).await
     }
 
     /// Transactions committed by every SQLite queue in this process so far.

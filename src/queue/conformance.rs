@@ -9,8 +9,13 @@ use crate::util::now_ms;
 /// How the suite gets queues of one backend.
 trait Backend: Send {
     /// A queue for a new engine run on this backend's store (the same store
-    /// on every call). The previous run's queue is dropped first.
-    async fn open(&mut self) -> Arc<dyn Queue>;
+    /// on every call), keeping what `history` says. The previous run's
+    /// queue is dropped first.
+    async fn open_keeping(&mut self, history: History) -> Arc<dyn Queue>;
+    /// [`Backend::open_keeping`] what `[delivery]`'s defaults keep.
+    async fn open(&mut self) -> Arc<dyn Queue> {
+        self.open_keeping(History::default()).await
+    }
     /// Whether what was committed survives the next [`Backend::open`].
     fn durable(&self) -> bool;
     /// An operator's handle on the store while an engine runs, if the
@@ -21,8 +26,8 @@ trait Backend: Send {
 struct SqliteFile(tempfile::TempDir);
 
 impl Backend for SqliteFile {
-    async fn open(&mut self) -> Arc<dyn Queue> {
-        SqliteQueue::open(Some(self.0.path()), false).expect("opens")
+    async fn open_keeping(&mut self, history: History) -> Arc<dyn Queue> {
+        SqliteQueue::open(Some(self.0.path()), false, history).expect("opens")
     }
     fn durable(&self) -> bool {
         true
@@ -35,8 +40,8 @@ impl Backend for SqliteFile {
 struct SqliteMemory;
 
 impl Backend for SqliteMemory {
-    async fn open(&mut self) -> Arc<dyn Queue> {
-        SqliteQueue::open(None, false).expect("opens")
+    async fn open_keeping(&mut self, history: History) -> Arc<dyn Queue> {
+        SqliteQueue::open(None, false, history).expect("opens")
     }
     fn durable(&self) -> bool {
         false
@@ -79,7 +84,7 @@ impl Nats {
 }
 
 impl Backend for Nats {
-    async fn open(&mut self) -> Arc<dyn Queue> {
+    async fn open_keeping(&mut self, history: History) -> Arc<dyn Queue> {
         if let Some(mut last) = self.last.take() {
             let _ = last.wait_for(|released| *released).await;
         }
@@ -87,9 +92,11 @@ impl Backend for Nats {
         let crate::config::QueueConfig::Nats(nats) = &config.queue else {
             unreachable!()
         };
-        let queue = NatsQueue::open(nats, &config.queue_settings())
-            .await
-            .expect("opens");
+        let settings = QueueSettings {
+            history,
+            ..config.queue_settings()
+        };
+        let queue = NatsQueue::open(nats, &settings).await.expect("opens");
         self.last = Some(queue.released());
         queue
     }
@@ -134,6 +141,49 @@ fn queued(deliveries: Vec<Delivery>) -> Batch {
     }
 }
 
+/// An attempt's record: answered `status` with `body`, or failed with
+/// `error` before an answer.
+fn attempt(how: Finish, status: Option<u16>, body: &str) -> AttemptRecord {
+    let failed = how != Finish::Delivered;
+    AttemptRecord {
+        at_ms: now_ms(),
+        duration_ms: 3,
+        outcome: how.outcome(),
+        status,
+        error: failed.then(|| match status {
+            Some(s) => format!("receiver answered {s}"),
+            None => "could not connect".to_owned(),
+        }),
+        headers: status
+            .map(|_| vec![("content-type".to_owned(), "text/plain".to_owned())])
+            .unwrap_or_default(),
+        body: status.map(|_| body.to_owned()),
+        body_truncated: false,
+        engine: "test/1".into(),
+    }
+}
+
+/// Records `how` for `id`, with an attempt answered `status`.
+async fn finish(queue: &dyn Queue, id: &str, attempts: u32, how: Finish, status: Option<u16>) {
+    let record = attempt(how, status, "");
+    queue
+        .finish(id.to_owned(), attempts, how, record)
+        .await
+        .unwrap();
+}
+
+/// Queues `id` to `a.test:80`, and claims it.
+async fn commit_and_claim(queue: &dyn Queue, id: &str) {
+    let d = delivery(id, "a.test:80");
+    queue.commit(queued(vec![d])).await.unwrap();
+    assert_eq!(claim_ids(queue, 1, room(1)).await, [id]);
+}
+
+/// The first 10 deliveries in `state`.
+async fn listed(queue: &dyn Queue, state: DeliveryState) -> Vec<DeliveryInfo> {
+    queue.list(DeliveryQuery::new(state, 10)).await.unwrap()
+}
+
 async fn claim_ids(queue: &dyn Queue, limit: usize, room: Room) -> Vec<String> {
     let claim = queue.claim(now_ms(), limit, room).await.unwrap();
     claim.claimed.into_iter().map(|c| c.delivery.id).collect()
@@ -155,10 +205,7 @@ async fn commit_then_claim_round_trips_a_delivery(mut b: impl Backend) {
     assert_eq!(got.delivery.queued, d.queued, "the policy travels with it");
     // Claimed: not handed out again.
     assert!(claim_ids(&*queue, 10, room(8)).await.is_empty());
-    queue
-        .finish(d.id.clone(), 1, Finish::Delivered)
-        .await
-        .unwrap();
+    finish(&*queue, &d.id, 1, Finish::Delivered, Some(200)).await;
     assert_eq!(queue.backlog().await.unwrap(), 0);
 }
 
@@ -207,10 +254,7 @@ async fn a_delivery_id_is_queued_once(mut b: impl Backend) {
         }
     );
     // Recording an attempt needs the claim: the unclaimed row is left alone.
-    queue
-        .finish(d.id.clone(), 1, Finish::Delivered)
-        .await
-        .unwrap();
+    finish(&*queue, &d.id, 1, Finish::Delivered, Some(200)).await;
     assert_eq!(claim_ids(&*queue, 10, room(8)).await, ["msg_a"]);
 }
 
@@ -282,41 +326,22 @@ async fn claims_respect_room_and_pauses_and_tell_when_next_is_due(mut b: impl Ba
 
 async fn finish_retry_reschedules_and_dead_letters_can_be_retried_and_purged(mut b: impl Backend) {
     let queue = b.open().await;
-    queue
-        .commit(queued(vec![delivery("msg_a", "a.test:80")]))
-        .await
-        .unwrap();
-    assert_eq!(claim_ids(&*queue, 1, room(1)).await, ["msg_a"]);
+    commit_and_claim(&*queue, "msg_a").await;
     let at_ms = now_ms() + 60_000;
-    let retry = Finish::Retry {
-        at_ms,
-        error: "receiver answered 503".into(),
-        status: Some(503),
-    };
-    queue.finish("msg_a".into(), 1, retry).await.unwrap();
+    finish(&*queue, "msg_a", 1, Finish::Retry { at_ms }, Some(503)).await;
     assert!(
         claim_ids(&*queue, 1, room(1)).await.is_empty(),
         "not due yet"
     );
-    let failed = queue
-        .list(DeliveryQuery::new(DeliveryState::Failed, 10))
-        .await
-        .unwrap();
+    let failed = listed(&*queue, DeliveryState::Failed).await;
     assert_eq!(failed.len(), 1);
     assert_eq!((failed[0].attempts, failed[0].last_status), (1, Some(503)));
     assert_eq!(failed[0].next_ms, Some(at_ms));
     let claim = queue.claim(at_ms, 1, room(1)).await.unwrap();
     assert_eq!(claim.claimed[0].attempts, 1);
-    let dead = Finish::Dead {
-        error: "receiver answered 410 Gone".into(),
-        status: Some(410),
-    };
-    queue.finish("msg_a".into(), 2, dead).await.unwrap();
+    finish(&*queue, "msg_a", 2, Finish::Dead, Some(410)).await;
     assert_eq!(queue.backlog().await.unwrap(), 0);
-    let dead = queue
-        .list(DeliveryQuery::new(DeliveryState::Dead, 10))
-        .await
-        .unwrap();
+    let dead = listed(&*queue, DeliveryState::Dead).await;
     assert_eq!((dead[0].state, dead[0].attempts), ("dead", 2));
     assert_eq!(
         queue
@@ -328,24 +353,138 @@ async fn finish_retry_reschedules_and_dead_letters_can_be_retried_and_purged(mut
     assert_eq!(queue.retry(DeadLetters::All).await.unwrap(), 1);
     let claim = queue.claim(now_ms(), 1, room(1)).await.unwrap();
     assert_eq!(claim.claimed[0].attempts, 0, "a fresh schedule");
-    let dead = Finish::Dead {
-        error: "gone".into(),
-        status: None,
-    };
-    queue.finish("msg_a".into(), 1, dead).await.unwrap();
+    finish(&*queue, "msg_a", 1, Finish::Dead, None).await;
     assert_eq!(
         queue.purge_dead(now_ms() - 60_000).await.unwrap(),
         0,
         "too recent"
     );
     assert_eq!(queue.purge_dead(now_ms()).await.unwrap(), 1);
-    assert!(
+    assert!(listed(&*queue, DeliveryState::Dead).await.is_empty());
+}
+
+/// Answered 500, then 429 with a body, then 200: three attempts, each
+/// with its status and body, and the delivery kept as delivered; the
+/// credentials a hook set are never shown.
+async fn attempts_are_kept_with_what_the_receiver_answered(mut b: impl Backend) {
+    let queue = b.open().await;
+    let mut d = delivery("msg_a", "a.test:80");
+    d.headers
+        .insert("authorization", "Bearer s3cr3t-t0ken".parse().unwrap());
+    queue.commit(queued(vec![d])).await.unwrap();
+    assert!(queue.get("msg_none".into()).await.unwrap().is_none());
+    let pending = queue.get("msg_a".into()).await.unwrap().expect("pending");
+    assert_eq!(pending.delivery.state, "pending");
+    assert!(pending.history.is_empty());
+    let answers = [
+        (Finish::Retry { at_ms: now_ms() }, 500, ""),
+        (Finish::Retry { at_ms: now_ms() }, 429, "slow down, please"),
+        (Finish::Delivered, 200, "{\"ok\":true}"),
+    ];
+    for (n, (how, status, body)) in answers.into_iter().enumerate() {
+        assert_eq!(claim_ids(&*queue, 1, room(1)).await, ["msg_a"], "try {n}");
+        let record = attempt(how, Some(status), body);
         queue
-            .list(DeliveryQuery::new(DeliveryState::Dead, 10))
+            .finish("msg_a".into(), n as u32 + 1, how, record)
             .await
-            .unwrap()
-            .is_empty()
+            .unwrap();
+    }
+    assert_eq!(queue.backlog().await.unwrap(), 0, "delivered: not waiting");
+    let detail = queue.get("msg_a".into()).await.unwrap().expect("kept");
+    assert_eq!(detail.delivery.state, "delivered");
+    assert_eq!(detail.delivery.attempts, 3);
+    assert_eq!(detail.delivery.last_status, Some(200));
+    assert!(detail.delivery.delivered_ms.is_some());
+    let seen: Vec<_> = detail
+        .history
+        .iter()
+        .map(|a| (a.outcome, a.status, a.body.as_deref()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (AttemptOutcome::Retry, Some(500), Some("")),
+            (AttemptOutcome::Retry, Some(429), Some("slow down, please")),
+            (AttemptOutcome::Delivered, Some(200), Some("{\"ok\":true}")),
+        ]
     );
+    assert_eq!(
+        detail.history[1].error.as_deref(),
+        Some("receiver answered 429")
+    );
+    assert!(
+        detail
+            .headers
+            .contains(&("authorization".into(), "[redacted]".into()))
+    );
+    assert!(detail.headers.contains(&("x-one".into(), "1".into())));
+    let shown = serde_json::to_string(&detail).unwrap();
+    assert!(!shown.contains("s3cr3t"), "{shown}");
+    let delivered = listed(&*queue, DeliveryState::Delivered).await;
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0].id, "msg_a");
+    assert!(listed(&*queue, DeliveryState::Pending).await.is_empty());
+}
+
+/// Past `history.attempts`, the oldest attempts are dropped.
+async fn only_the_latest_attempts_are_kept(mut b: impl Backend) {
+    let keep = 3;
+    let history = History {
+        attempts: keep,
+        ..History::default()
+    };
+    let queue = b.open_keeping(history).await;
+    queue
+        .commit(queued(vec![delivery("msg_a", "a.test:80")]))
+        .await
+        .unwrap();
+    for n in 1..=5u16 {
+        assert_eq!(claim_ids(&*queue, 1, room(1)).await, ["msg_a"]);
+        let how = Finish::Retry { at_ms: now_ms() };
+        finish(&*queue, "msg_a", u32::from(n), how, Some(500 + n)).await;
+    }
+    let detail = queue.get("msg_a".into()).await.unwrap().unwrap();
+    let statuses: Vec<_> = detail.history.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [Some(503), Some(504), Some(505)]);
+    assert_eq!(detail.delivery.attempts, 5);
+}
+
+/// Delivered deliveries are kept until purged past their retention, and
+/// not at all with history off.
+async fn delivered_history_is_purged_after_its_retention(mut b: impl Backend) {
+    let queue = b.open().await;
+    commit_and_claim(&*queue, "msg_a").await;
+    finish(&*queue, "msg_a", 1, Finish::Delivered, Some(204)).await;
+    assert_eq!(
+        queue.purge_delivered(now_ms() - 60_000).await.unwrap(),
+        0,
+        "too recent"
+    );
+    assert!(queue.get("msg_a".into()).await.unwrap().is_some());
+    assert_eq!(queue.purge_delivered(now_ms()).await.unwrap(), 1);
+    assert!(queue.get("msg_a".into()).await.unwrap().is_none());
+    assert!(listed(&*queue, DeliveryState::Delivered).await.is_empty());
+    drop(queue);
+    let off = History {
+        attempts: 0,
+        delivered: std::time::Duration::ZERO,
+    };
+    let queue = b.open_keeping(off).await;
+    let ds = vec![
+        delivery("msg_b", "a.test:80"),
+        delivery("msg_c", "a.test:80"),
+    ];
+    queue.commit(queued(ds)).await.unwrap();
+    let mut ids = claim_ids(&*queue, 2, room(2)).await;
+    ids.sort();
+    assert_eq!(ids, ["msg_b", "msg_c"]);
+    finish(&*queue, "msg_b", 1, Finish::Delivered, Some(200)).await;
+    let at_ms = now_ms() + 60_000;
+    finish(&*queue, "msg_c", 1, Finish::Retry { at_ms }, Some(503)).await;
+    assert!(queue.get("msg_b".into()).await.unwrap().is_none());
+    let retried = queue.get("msg_c".into()).await.unwrap().unwrap();
+    assert!(retried.history.is_empty(), "no attempt kept");
+    assert_eq!(retried.delivery.last_status, Some(503));
 }
 
 async fn depth_counts_per_receiver(mut b: impl Backend) {
@@ -378,10 +517,7 @@ async fn lists_filter_by_hook_and_receiver_and_page(mut b: impl Backend) {
     ];
     queue.commit(queued(ds)).await.unwrap();
     let ids = |rows: Vec<DeliveryInfo>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
-    let all = queue
-        .list(DeliveryQuery::new(DeliveryState::Pending, 10))
-        .await
-        .unwrap();
+    let all = listed(&*queue, DeliveryState::Pending).await;
     assert_eq!(all.len(), 5);
     assert_eq!(all[2].receiver, "b.test:8080");
     let mut q = DeliveryQuery::new(DeliveryState::Pending, 10);
@@ -555,6 +691,9 @@ macro_rules! backends {
                     a_key_is_accepted_once_until_forgotten,
                     claims_respect_room_and_pauses_and_tell_when_next_is_due,
                     finish_retry_reschedules_and_dead_letters_can_be_retried_and_purged,
+                    attempts_are_kept_with_what_the_receiver_answered,
+                    only_the_latest_attempts_are_kept,
+                    delivered_history_is_purged_after_its_retention,
                     depth_counts_per_receiver,
                     lists_filter_by_hook_and_receiver_and_page,
                     a_new_run_reclaims_the_last_runs_claims_and_journal,

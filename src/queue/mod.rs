@@ -26,8 +26,8 @@ mod sqlite;
 pub(crate) use nats::NatsQueue;
 pub(crate) use sqlite::SqliteQueue;
 
-use crate::config::{Config, QueueConfig, QueueSettings};
-use crate::delivery::Delivery;
+use crate::config::{Config, History, QueueConfig, QueueSettings};
+use crate::delivery::{AttemptOutcome, AttemptRecord, Delivery};
 use futures::future::BoxFuture;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -152,27 +152,31 @@ pub(crate) struct Claim {
     pub next_due: Option<u64>,
 }
 
-/// How an attempt ended, as recorded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How an attempt ended, as recorded. Why it failed, and what the
+/// receiver answered, are in its [`AttemptRecord`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Finish {
-    /// The receiver took it: the delivery leaves the queue.
+    /// The receiver took it: the delivery leaves the queue (kept as
+    /// delivered for [`History::delivered`], if that is not zero).
     Delivered,
     /// Try again at `at_ms` (Unix ms).
     Retry {
         /// When.
         at_ms: u64,
-        /// Why this attempt failed.
-        error: String,
-        /// The receiver's status, if it answered.
-        status: Option<u16>,
     },
     /// Failed for good: the delivery becomes a dead letter.
-    Dead {
-        /// Why.
-        error: String,
-        /// The receiver's status, if it answered.
-        status: Option<u16>,
-    },
+    Dead,
+}
+
+impl Finish {
+    /// As shown in the attempt's record.
+    pub(crate) fn outcome(self) -> AttemptOutcome {
+        match self {
+            Finish::Delivered => AttemptOutcome::Delivered,
+            Finish::Retry { .. } => AttemptOutcome::Retry,
+            Finish::Dead => AttemptOutcome::Dead,
+        }
+    }
 }
 
 /// Where a delivery stands: what a listing asks for.
@@ -187,6 +191,8 @@ pub enum DeliveryState {
     Failed,
     /// Dead letters: failed for good.
     Dead,
+    /// Delivered, kept for `delivery.history_hours` after.
+    Delivered,
 }
 
 /// Which dead letters to send again.
@@ -250,21 +256,41 @@ pub struct DeliveryInfo {
     pub url: String,
     /// The receiver: the URL's `host:port`.
     pub receiver: String,
-    /// `pending` or `dead`.
-    #[cfg_attr(feature = "server", schema(value_type = String, pattern = "^(pending|dead)$"))]
+    /// `pending`, `dead` or `delivered`.
+    #[cfg_attr(feature = "server", schema(value_type = String, pattern = "^(pending|dead|delivered)$"))]
     pub state: &'static str,
     /// Attempts made.
     pub attempts: u32,
     /// When it was queued (Unix ms).
     pub created_ms: u64,
-    /// When it is next tried (Unix ms); none for a dead letter.
+    /// When it is next tried (Unix ms); none for a dead letter or a
+    /// delivered one.
     pub next_ms: Option<u64>,
+    /// When it was delivered (Unix ms); none unless it was.
+    pub delivered_ms: Option<u64>,
     /// Why the last attempt failed.
     pub last_error: Option<String>,
     /// The receiver's last status, if it answered.
     pub last_status: Option<u16>,
     /// Body size in bytes.
     pub body_bytes: usize,
+}
+
+/// One delivery, as operators inspect it: its request headers (without
+/// credentials) and its latest attempts.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct DeliveryDetail {
+    /// Where it stands.
+    pub delivery: DeliveryInfo,
+    /// Its request headers as `[name, value]` pairs, the values of
+    /// credentials (`Authorization`, `Cookie`, API keys, tokens…) replaced
+    /// by `[redacted]`. `webhook-id`, `webhook-timestamp` and
+    /// `webhook-signature` are added to each attempt.
+    pub headers: Vec<(String, String)>,
+    /// Its latest attempts (up to `delivery.history_attempts`), oldest
+    /// first.
+    pub history: Vec<AttemptRecord>,
 }
 
 impl DeliveryInfo {
@@ -330,12 +356,17 @@ pub(crate) trait Queue: Send + Sync + 'static {
     /// next engine run reclaims them).
     fn claim(&self, now_ms: u64, limit: usize, room: Room) -> Fut<'_, Claim>;
     /// Records how an attempt ended, for a delivery this run claimed (a
-    /// row claimed by no one, or another run, is left alone).
-    fn finish(&self, id: String, attempts: u32, how: Finish) -> Fut<'_, ()>;
+    /// row claimed by no one, or another run, is left alone), and keeps
+    /// `record` in its history, with the latest [`History::attempts`].
+    fn finish(&self, id: String, attempts: u32, how: Finish, record: AttemptRecord) -> Fut<'_, ()>;
     /// Pending deliveries, claimed or not, and journaled events.
     fn backlog(&self) -> Fut<'_, usize>;
     /// Deliveries matching `query`, oldest first.
     fn list(&self, query: DeliveryQuery) -> Fut<'_, Vec<DeliveryInfo>>;
+    /// One delivery, pending, dead or delivered (within
+    /// [`History::delivered`]), with its history; `None` if there is none
+    /// with that id.
+    fn get(&self, id: String) -> Fut<'_, Option<DeliveryDetail>>;
     /// Makes dead letters pending again, due now, with a fresh schedule.
     /// Returns how many.
     fn retry(&self, which: DeadLetters) -> Fut<'_, usize>;
@@ -344,6 +375,9 @@ pub(crate) trait Queue: Send + Sync + 'static {
     /// Deletes dead letters queued at or before `before_ms` (Unix ms).
     /// Returns how many.
     fn purge_dead(&self, before_ms: u64) -> Fut<'_, usize>;
+    /// Deletes the deliveries delivered at or before `before_ms` (Unix
+    /// ms), with their history. Returns how many.
+    fn purge_delivered(&self, before_ms: u64) -> Fut<'_, usize>;
     /// Forgets the keys of events accepted at or before `before_ms`: sent
     /// again after that, an event is accepted anew.
     fn forget_keys(&self, before_ms: u64) -> Fut<'_, usize>;
@@ -373,7 +407,8 @@ pub(crate) async fn open(settings: &QueueSettings) -> Result<Arc<dyn Queue>, Que
         QueueConfig::Nats(nats) => return Ok(NatsQueue::open(nats, settings).await?),
     };
     let fsync = settings.fsync;
-    tokio::task::spawn_blocking(move || SqliteQueue::open(dir.as_deref(), fsync))
+    let history = settings.history;
+    tokio::task::spawn_blocking(move || SqliteQueue::open(dir.as_deref(), fsync, history))
         .await
         .map_err(|_| QueueError::Closed)?
         .map(|q| q as Arc<dyn Queue>)
@@ -414,6 +449,12 @@ impl DeliveryAdmin {
     /// Deliveries matching `query`, oldest first.
     pub async fn list(&self, query: DeliveryQuery) -> Result<Vec<DeliveryInfo>, QueueError> {
         self.queue.list(query).await
+    }
+
+    /// One delivery with its latest attempts; `None` if no delivery has
+    /// that id (or it was delivered longer ago than `delivery.history_hours`).
+    pub async fn get(&self, id: &str) -> Result<Option<DeliveryDetail>, QueueError> {
+        self.queue.get(id.to_owned()).await
     }
 
     /// Makes dead letters pending again, due now; a running engine picks

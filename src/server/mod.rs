@@ -8,8 +8,9 @@
 //!   plugins guard (see [`crate::coverage`]).
 //! - `GET /v1/sources`: the sources the engine reads by itself (see
 //!   [`crate::sources`]).
-//! - `GET /v1/deliveries?state=pending|failed|dead&limit=N&hook=H&receiver=R`:
+//! - `GET /v1/deliveries?state=pending|failed|dead|delivered&limit=N&hook=H&receiver=R`:
 //!   queued deliveries, a page at a time (`after=CREATED_MS:ID`).
+//! - `GET /v1/deliveries/{id}`: one delivery and its latest attempts.
 //! - `POST /v1/deliveries/retry` with `{"id": "msg_…"}` or `{"all_dead": true}`:
 //!   send dead letters again.
 //! - `GET /v1/receivers`: each receiver's circuit, depth and last failures.
@@ -64,6 +65,7 @@ pub fn router(engine: Engine) -> Router {
         .routes(routes!(routes::coverage_put))
         .routes(routes!(routes::sources))
         .routes(routes!(routes::deliveries))
+        .routes(routes!(routes::delivery))
         .routes(routes!(routes::retry))
         .routes(routes!(routes::receivers))
         .routes(routes!(routes::activity))

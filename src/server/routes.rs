@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::event::{Event, Phase};
 use crate::hooks::HookStatus;
 use crate::queue::{DeadLetters, DeliveryState};
-use crate::queue::{DeliveryInfo, DeliveryQuery};
+use crate::queue::{DeliveryDetail, DeliveryInfo, DeliveryQuery};
 use crate::run::Verdict;
 use crate::sources::SourceStatus;
 use axum::Json;
@@ -152,7 +152,8 @@ pub(super) async fn sources(State(engine): State<Engine>) -> Json<Vec<SourceStat
 #[into_params(parameter_in = Query)]
 pub(super) struct ListParams {
     /// `pending` (waiting, retries included), `failed` (pending, failed at
-    /// least once) or `dead` (dead letters).
+    /// least once), `dead` (dead letters) or `delivered` (within
+    /// `delivery.history_hours`).
     #[serde(default)]
     #[param(inline)]
     state: DeliveryState,
@@ -223,6 +224,36 @@ pub(super) async fn deliveries(
     };
     match engine.find_deliveries(query).await {
         Ok(rows) => Json(rows).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// One delivery, pending, dead or delivered (within
+/// `delivery.history_hours`), with its latest attempts: when each began,
+/// how long it took, the status, a few response headers and the first
+/// 4 KiB of the response body, or the error. Credentials in its request
+/// headers are shown as `[redacted]`.
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries/{id}",
+    tag = "deliveries",
+    params(("id" = String, Path, description = "The delivery's `webhook-id`", example = "msg_2f9c0a4b1d3e5f60718293a4b5c6d7e8")),
+    responses(
+        (status = 200, description = "The delivery and its attempts, oldest first", body = DeliveryDetail),
+        (status = 404, description = "No delivery with that id (or delivered longer ago than `delivery.history_hours`)", body = ApiError),
+        (status = 500, description = "The queue failed to read", body = ApiError),
+    )
+)]
+pub(super) async fn delivery(State(engine): State<Engine>, Path(id): Path<String>) -> Response {
+    match engine.delivery(&id).await {
+        Ok(Some(detail)) => Json(detail).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no delivery {id:?}: it may have been delivered longer ago than \
+                 delivery.history_hours, or purged"
+            ),
+        ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

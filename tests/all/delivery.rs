@@ -387,6 +387,95 @@ async fn a_failing_receiver_is_paused_then_probed_then_resumed(q: Backend) {
     );
 }
 
+/// Answered 500, then 429 with a body, then 200: the delivery's three
+/// attempts are kept with their statuses, bodies and kept headers, and
+/// shown by `GET /v1/deliveries/{id}`; the `Authorization` the hook set
+/// and the receiver's `Set-Cookie` are neither kept nor shown.
+async fn each_attempt_is_kept_with_the_receivers_answer(q: Backend) {
+    let receiver = Receiver::answering(0, |_, n| match n {
+        0 => (StatusCode::INTERNAL_SERVER_ERROR, vec![], b"boom".to_vec()),
+        1 => (
+            StatusCode::TOO_MANY_REQUESTS,
+            vec![
+                ("retry-after", "0".into()),
+                ("set-cookie", "session=c00kie-value".into()),
+                ("x-request-id", "req-42".into()),
+            ],
+            b"slow down, please".to_vec(),
+        ),
+        _ => (StatusCode::OK, vec![], b"{\"ok\":true}".to_vec()),
+    })
+    .await;
+    let toml = echo(&receiver, "").replace(
+        "[settings]\n",
+        "[settings]\nauthorization = \"Bearer hunter2-t0ken\"\n",
+    );
+    let (_dir, engine) = q.one_hook("echo", "misbehave", &toml).await;
+    let base = crate::serve::serve_app(wasmhooks::server::router(engine.clone())).await;
+    engine.post(fixture("vm.start.post")).await.unwrap();
+    let got = receiver.wait_for(3).await;
+    assert_eq!(got[0].header("authorization"), "Bearer hunter2-t0ken");
+    let id = got[0].header("webhook-id");
+    let url = format!("{base}/v1/deliveries/{id}");
+    let client = reqwest::Client::new();
+    let detail = || async {
+        let response = client.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    };
+    eventually("the delivery recorded as delivered", || async {
+        detail().await.contains("\"state\":\"delivered\"")
+    })
+    .await;
+    let text = detail().await;
+    for secret in ["hunter2", "c00kie"] {
+        assert!(!text.contains(secret), "{secret} shown: {text}");
+    }
+    let shown: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(shown["delivery"]["attempts"], 3);
+    let history = shown["history"].as_array().unwrap();
+    let seen: Vec<_> = history
+        .iter()
+        .map(|a| {
+            (
+                a["outcome"].as_str().unwrap(),
+                a["status"].as_u64().unwrap(),
+                a["body"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("retry", 500, "boom"),
+            ("retry", 429, "slow down, please"),
+            ("delivered", 200, "{\"ok\":true}"),
+        ]
+    );
+    let headers = history[1]["headers"].to_string();
+    assert!(
+        headers.contains("retry-after") && headers.contains("req-42"),
+        "{headers}"
+    );
+    assert!(
+        history
+            .iter()
+            .all(|a| a["engine"].as_str().unwrap().contains('/'))
+    );
+    assert!(
+        shown["headers"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(["authorization", "[redacted]"]))
+    );
+    let missing = client
+        .get(format!("{base}/v1/deliveries/msg_none"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
 /// Each check above, on each queue backend: SQLite, and NATS JetStream (a
 /// server of its own per test).
 macro_rules! on_every_queue {
@@ -401,6 +490,7 @@ macro_rules! on_every_queue {
 }
 
 on_every_queue!(
+    each_attempt_is_kept_with_the_receivers_answer,
     retries_5xx_then_delivers_with_the_same_id,
     honours_retry_after_on_429,
     gone_and_other_4xx_are_not_retried,

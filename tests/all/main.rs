@@ -250,8 +250,9 @@ pub async fn failing_once(first: StatusCode) -> Receiver {
     .await
 }
 
-type Responder =
-    Box<dyn Fn(&Received, usize) -> (StatusCode, Vec<(&'static str, String)>) + Send + Sync>;
+type Responder = Box<
+    dyn Fn(&Received, usize) -> (StatusCode, Vec<(&'static str, String)>, Vec<u8>) + Send + Sync,
+>;
 
 struct ReceiverState {
     requests: Mutex<Vec<Received>>,
@@ -289,6 +290,21 @@ impl Receiver {
     pub async fn on(
         port: u16,
         respond: impl Fn(&Received, usize) -> (StatusCode, Vec<(&'static str, String)>)
+        + Send
+        + Sync
+        + 'static,
+    ) -> Receiver {
+        Receiver::answering(port, move |r, n| {
+            let (status, headers) = respond(r, n);
+            (status, headers, Vec::new())
+        })
+        .await
+    }
+
+    /// Like [`Receiver::on`], with a body in each answer.
+    pub async fn answering(
+        port: u16,
+        respond: impl Fn(&Received, usize) -> (StatusCode, Vec<(&'static str, String)>, Vec<u8>)
         + Send
         + Sync
         + 'static,
@@ -393,14 +409,14 @@ async fn record(State(state): State<Arc<ReceiverState>>, request: Request) -> im
         requests.len() - 1
     };
     state.count.send_modify(|c| *c += 1);
-    let (status, headers) = (state.respond)(&received, before);
+    let (status, headers, body) = (state.respond)(&received, before);
     let _ = state.open.subscribe().wait_for(|open| *open).await;
     let delay = state.delay_ms.load(std::sync::atomic::Ordering::Relaxed);
     if delay > 0 {
         // A slow receiver: the delay is what is under test, not a wait for it.
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    let mut response = status.into_response();
+    let mut response = (status, body).into_response();
     for (name, value) in headers {
         response.headers_mut().insert(name, value.parse().unwrap());
     }

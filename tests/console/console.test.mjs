@@ -48,7 +48,7 @@ async function startReceiver() {
     const status = receiver.answer(request.url, body)
     const entry = { path: request.url, body, status, id: request.headers['webhook-id'] }
     received.push(entry)
-    response.writeHead(status).end()
+    response.writeHead(status, { 'content-type': 'text/plain' }).end(`answered ${status}`)
     waiters = waiters.filter(w => !(w.match(entry) && (w.resolve(entry), true)))
   })
   server.listen(0, '127.0.0.1')
@@ -332,6 +332,29 @@ test('a delivery that gets 410 is dead; retrying it once the receiver is fixed d
     assert.equal(delivered.body.callId, 'call-gone')
     await row.waitFor({ state: 'detached', ...WAIT })
     await page.locator('#deliveries-message', { hasText: '1 dead letter queued again' }).waitFor(WAIT)
+
+    // Kept as delivered: opened, it shows both attempts, with what the
+    // receiver answered each time.
+    await page.selectOption('#delivery-state', 'delivered')
+    const kept = page.locator(`#deliveries tr[data-id="${gone.id}"][data-state="delivered"]`)
+    await kept.waitFor(WAIT)
+    await kept.locator('button.open').click()
+    const dialog = page.locator(`#delivery-detail[open][data-id="${gone.id}"]`)
+    await dialog.waitFor(WAIT)
+    const attempts = dialog.locator('table.attempts tbody tr')
+    assert.equal(await attempts.count(), 2)
+    const first = attempts.nth(0)
+    assert.equal(await first.getAttribute('data-outcome'), 'dead')
+    assert.equal(await first.getAttribute('data-status'), '410')
+    assert.match(await first.innerText(), /answered 410/)
+    assert.match(await first.innerText(), /410 Gone/)
+    const second = attempts.nth(1)
+    assert.equal(await second.getAttribute('data-outcome'), 'delivered')
+    assert.match(await second.innerText(), /answered 200/)
+    assert.match(await dialog.locator('table.headers').innerText(), /content-type\s+application\/json/)
+    await page.click('#detail-close')
+    await dialog.waitFor({ state: 'detached', ...WAIT })
+    await page.selectOption('#delivery-state', 'pending')
   })
 })
 

@@ -71,12 +71,25 @@ pub(crate) enum DeliveriesCommand {
         #[arg(long, conflicts_with = "dead")]
         failed: bool,
         /// Only dead letters: deliveries that failed for good.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "delivered")]
         dead: bool,
+        /// Only delivered deliveries, kept `delivery.history_hours`.
+        #[arg(long, conflicts_with = "failed")]
+        delivered: bool,
         /// Most rows shown.
         #[arg(long, default_value_t = 100)]
         limit: usize,
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one delivery (pending, dead, or delivered within
+    /// `delivery.history_hours`) and its latest attempts: when, how long,
+    /// the status, and what the receiver answered.
+    Show {
+        /// The delivery (its webhook-id, `msg_…`).
+        id: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },

@@ -22,12 +22,14 @@ pub(crate) async fn deliveries(args: DeliveriesArgs) -> Result<()> {
         DeliveriesCommand::List {
             failed,
             dead,
+            delivered,
             limit,
             json,
         } => {
-            let filter = match (failed, dead) {
-                (true, _) => DeliveryState::Failed,
-                (_, true) => DeliveryState::Dead,
+            let filter = match (failed, dead, delivered) {
+                (true, _, _) => DeliveryState::Failed,
+                (_, true, _) => DeliveryState::Dead,
+                (_, _, true) => DeliveryState::Delivered,
                 _ => DeliveryState::Pending,
             };
             let rows = admin
@@ -60,6 +62,19 @@ pub(crate) async fn deliveries(args: DeliveriesArgs) -> Result<()> {
                 println!("(none)");
             }
         }
+        DeliveriesCommand::Show { id, json } => {
+            let Some(detail) = admin.get(&id).await? else {
+                bail!(
+                    "no delivery {id} in this queue: it may have been delivered more than \
+                     delivery.history_hours ago, or purged (see `wasmhooks deliveries list`)"
+                );
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&detail)?);
+                return Ok(());
+            }
+            show(&detail);
+        }
         DeliveriesCommand::Retry { id, all_dead } => {
             let which = match id {
                 Some(id) if !all_dead => DeadLetters::One(id),
@@ -80,4 +95,46 @@ pub(crate) async fn deliveries(args: DeliveriesArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One delivery and its attempts, as text.
+fn show(detail: &wasmhooks::DeliveryDetail) {
+    let d = &detail.delivery;
+    println!(
+        "{}  {}  hook {}  {} attempts",
+        d.id, d.state, d.hook, d.attempts
+    );
+    println!("POST {}  ({} bytes)", d.url, d.body_bytes);
+    for (name, value) in &detail.headers {
+        println!("  {name}: {value}");
+    }
+    if detail.history.is_empty() {
+        println!("no attempt recorded");
+    }
+    for (n, a) in detail.history.iter().enumerate() {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(a.at_ms);
+        let status = a.status.map_or("-".to_owned(), |s| s.to_string());
+        println!(
+            "\n#{} {}  {:?}  status {status}  {} ms  by {}",
+            n + 1,
+            humantime::format_rfc3339_millis(at),
+            a.outcome,
+            a.duration_ms,
+            a.engine
+        );
+        if let Some(error) = &a.error {
+            println!("  error: {error}");
+        }
+        for (name, value) in &a.headers {
+            println!("  {name}: {value}");
+        }
+        if let Some(body) = &a.body {
+            let more = if a.body_truncated {
+                " …(truncated)"
+            } else {
+                ""
+            };
+            println!("  body: {body}{more}");
+        }
+    }
 }

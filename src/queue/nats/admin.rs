@@ -27,6 +27,7 @@ impl NatsQueue {
                 (&self.streams.deliveries, format!("{p}.*.*"), "pending")
             }
             DeliveryState::Dead => (&self.streams.dead, format!("{p}.x.>"), "dead"),
+            DeliveryState::Delivered => (&self.streams.delivered, format!("{p}.o.>"), "delivered"),
         };
         // By id: while a delivery changes state, its old version is
         // removed just after the new one is stored (later in the
@@ -53,13 +54,64 @@ impl NatsQueue {
         Ok(out)
     }
 
+    /// One delivery with its history: delivered, dead, else pending.
+    pub(super) async fn get_delivery(
+        &self,
+        id: String,
+    ) -> Result<Option<DeliveryDetail>, QueueError> {
+        if !plain_id(&id) {
+            return Ok(None);
+        }
+        let p = &self.streams.prefix;
+        for (stream, subject, state) in [
+            (
+                &self.streams.delivered,
+                format!("{p}.o.*.{id}"),
+                "delivered",
+            ),
+            (&self.streams.dead, format!("{p}.x.*.{id}"), "dead"),
+        ] {
+            match next_raw(stream, &subject, 1).await {
+                Ok(m) => {
+                    if let Some((record, body)) = Record::decode(&m.payload) {
+                        return Ok(Some(self.trimmed(record.detail(state, body.len()))));
+                    }
+                }
+                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {}
+                Err(e) => return Err(nats_error(e)),
+            }
+        }
+        // Pending deliveries' subjects do not name them: the newest
+        // version, while one replaces another, is the last in the stream.
+        let mut found = None;
+        NatsQueue::scan(
+            &self.streams.deliveries,
+            &format!("{p}.*.*"),
+            |_, payload| {
+                if let Some((record, body)) = Record::decode(payload)
+                    && record.id == id
+                {
+                    found = Some(record.detail("pending", body.len()));
+                }
+                true
+            },
+        )
+        .await?;
+        Ok(found.map(|d| self.trimmed(d)))
+    }
+
+    /// `detail` with the latest [`History::attempts`] attempts only.
+    fn trimmed(&self, mut detail: DeliveryDetail) -> DeliveryDetail {
+        let over = detail.history.len().saturating_sub(self.history.attempts);
+        detail.history.drain(..over);
+        detail
+    }
+
     /// Makes dead letters pending again.
     pub(super) async fn retry_dead(&self, which: DeadLetters) -> Result<usize, QueueError> {
         let p = &self.streams.prefix;
         let subject = match &which {
-            DeadLetters::One(id) if !id.is_empty() && !id.contains(['.', '*', '>', ' ']) => {
-                format!("{p}.x.*.{id}")
-            }
+            DeadLetters::One(id) if plain_id(id) => format!("{p}.x.*.{id}"),
             DeadLetters::One(_) => return Ok(0),
             DeadLetters::All => format!("{p}.x.>"),
         };
@@ -136,35 +188,63 @@ impl NatsQueue {
 
     /// Forgets the keys accepted before `before_ms`.
     pub(super) async fn forget_keys_before(&self, before_ms: u64) -> Result<usize, QueueError> {
-        let keys = &self.streams.keys;
-        let before = keys.get_info().await.map_err(nats_error)?.state;
-        if before.messages == 0 {
-            return Ok(0);
-        }
-        // Keys are stored in the order they were accepted: find the
-        // first one accepted after `before_ms`, and purge up to it.
         let filter = format!("{}.k.*", self.streams.prefix);
-        let (mut lo, mut hi) = (before.first_sequence, before.last_sequence + 1);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            match next_raw(keys, &filter, mid).await {
-                Ok(m) => {
-                    let at: u64 = std::str::from_utf8(&m.payload)
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(0);
-                    if at <= before_ms {
-                        lo = m.sequence + 1;
-                    } else {
-                        hi = mid;
-                    }
-                }
-                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => hi = mid,
-                Err(e) => return Err(nats_error(e)),
-            }
-        }
-        keys.purge().sequence(lo).await.map_err(nats_error)?;
-        let after = keys.get_info().await.map_err(nats_error)?.state;
-        Ok(before.messages.saturating_sub(after.messages) as usize)
+        purge_until(&self.streams.keys, &filter, before_ms, |payload| {
+            std::str::from_utf8(payload)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0)
+        })
+        .await
     }
+
+    /// Deletes the deliveries delivered before `before_ms`.
+    pub(super) async fn purge_delivered_before(&self, before_ms: u64) -> Result<usize, QueueError> {
+        let filter = format!("{}.o.>", self.streams.prefix);
+        purge_until(&self.streams.delivered, &filter, before_ms, |payload| {
+            Record::decode(payload)
+                .and_then(|(r, _)| r.done_ms)
+                .unwrap_or(0)
+        })
+        .await
+    }
+}
+
+/// Whether `id` can stand in a subject as one token.
+fn plain_id(id: &str) -> bool {
+    !id.is_empty() && !id.contains(['.', '*', '>', ' '])
+}
+
+/// Purges the messages of `stream` stored up to the first one whose time
+/// (`at`, Unix ms) is after `before_ms`: messages are stored about in the
+/// order of their time (several engines may store a few out of order).
+/// Returns how many were purged.
+async fn purge_until(
+    stream: &stream::Stream,
+    filter: &str,
+    before_ms: u64,
+    at: impl Fn(&Bytes) -> u64,
+) -> Result<usize, QueueError> {
+    let before = stream.get_info().await.map_err(nats_error)?.state;
+    if before.messages == 0 {
+        return Ok(0);
+    }
+    let (mut lo, mut hi) = (before.first_sequence, before.last_sequence + 1);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match next_raw(stream, filter, mid).await {
+            Ok(m) => {
+                if at(&m.payload) <= before_ms {
+                    lo = m.sequence + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => hi = mid,
+            Err(e) => return Err(nats_error(e)),
+        }
+    }
+    stream.purge().sequence(lo).await.map_err(nats_error)?;
+    let after = stream.get_info().await.map_err(nats_error)?.state;
+    Ok(before.messages.saturating_sub(after.messages) as usize)
 }

@@ -3,6 +3,41 @@
 
 use super::*;
 
+type Consumer = jetstream::consumer::Consumer<pull::Config>;
+
+/// Longest a second fetch waits for deliveries this run published and the
+/// first fetch did not get (see `claim_due`).
+const FETCH_WAIT: Duration = Duration::from_millis(50);
+
+/// Up to `want` messages of `consumer`: those it has now, or with `wait`,
+/// the first to come within it. `None` if the fetch failed.
+async fn fetch(
+    consumer: &Consumer,
+    receiver: &str,
+    want: usize,
+    wait: Option<Duration>,
+) -> Option<Vec<jetstream::Message>> {
+    let mut request = consumer.fetch().max_messages(want);
+    if let Some(wait) = wait {
+        request = request.expires(wait);
+    }
+    let messages = match request.messages().await {
+        Ok(messages) => messages,
+        Err(e) => {
+            tracing::warn!(receiver, "cannot fetch deliveries from NATS: {e}");
+            return None;
+        }
+    };
+    let batch = messages
+        .filter_map(|m| async move {
+            m.map_err(|e| tracing::warn!(receiver, "a fetch from NATS ended early: {e}"))
+                .ok()
+        })
+        .collect()
+        .await;
+    Some(batch)
+}
+
 impl NatsQueue {
     /// Fetches due deliveries from the receivers with room.
     pub(super) async fn claim_due(
@@ -46,16 +81,16 @@ impl NatsQueue {
             }
             state.parked = keep;
         }
-        let receivers: Vec<(String, String, jetstream::consumer::Consumer<pull::Config>)> = {
+        let receivers: Vec<(String, String, Consumer, usize)> = {
             let state = self.state.lock().unwrap();
             state
                 .receivers
                 .iter()
                 .filter(|(_, r)| r.busy)
-                .map(|(tok, r)| (tok.clone(), r.name.clone(), r.consumer.clone()))
+                .map(|(tok, r)| (tok.clone(), r.name.clone(), r.consumer.clone(), r.published))
                 .collect()
         };
-        for (tok, name, consumer) in receivers {
+        for (tok, name, consumer, published) in receivers {
             if let Some(&until) = room.paused.get(&name) {
                 due_at(until);
                 continue;
@@ -66,23 +101,26 @@ impl NatsQueue {
             }
             // A failing fetch skips this receiver only: what was taken
             // from others is held, and must be returned.
-            let batch: Vec<jetstream::Message> =
-                match consumer.fetch().max_messages(want).messages().await {
-                    Ok(messages) => {
-                        messages
-                            .filter_map(|m| async move { m.ok() })
-                            .collect()
-                            .await
-                    }
-                    Err(e) => {
-                        tracing::warn!(receiver = %name, "cannot fetch deliveries from NATS: {e}");
-                        continue;
-                    }
-                };
-            if batch.len() < want
-                && let Some(r) = self.state.lock().unwrap().receivers.get_mut(&tok)
+            let Some(mut batch) = fetch(&consumer, &name, want, None).await else {
+                continue;
+            };
+            // JetStream tells a consumer of a new message a moment after
+            // acknowledging its publish: a fetch just after can come back
+            // empty. If this run published more than came back, one more
+            // fetch waits for them, up to `FETCH_WAIT` (only as long as
+            // none is there: other engines may have taken them).
+            if batch.len() < want.min(published)
+                && let Some(more) =
+                    fetch(&consumer, &name, want - batch.len(), Some(FETCH_WAIT)).await
             {
-                r.busy = false;
+                batch.extend(more);
+            }
+            if let Some(r) = self.state.lock().unwrap().receivers.get_mut(&tok) {
+                // Published to since this claim began: not dry.
+                if batch.len() < want && r.published <= published {
+                    r.busy = false;
+                }
+                r.published = r.published.saturating_sub(published);
             }
             let real_now = crate::util::now_ms();
             for m in batch {

@@ -56,7 +56,7 @@ impl NatsQueue {
             };
             let payload = record.encode(&d.body);
             let ack = self.publish(subject, d.id.clone(), payload).await?;
-            acks.push((record, d.body.clone(), ack));
+            acks.push((record, d.body.clone(), ack, tok));
         }
         // What this run sends itself is held only once the whole batch
         // is in: after a failure the caller sends none of it, and a
@@ -64,8 +64,11 @@ impl NatsQueue {
         // this run's lease sweep forever. Unheld, it is freed like any
         // lapsed lease (and a retry of the batch is a duplicate).
         let mut held = Vec::new();
-        for (record, body, ack) in acks {
+        for (record, body, ack, tok) in acks {
             let ack = ack.await.map_err(nats_error)?;
+            if record.held_until.is_none() && !ack.duplicate {
+                self.published(&tok);
+            }
             if record.held_until.is_some() && !ack.duplicate {
                 held.push(Held {
                     seq: ack.sequence,
@@ -117,12 +120,14 @@ impl NatsQueue {
         Ok(out)
     }
 
-    /// Records how an attempt ended: removes, retries or buries the delivery.
+    /// Records how an attempt ended: removes (keeping it as delivered),
+    /// retries or buries the delivery, with `attempt` in its history.
     pub(super) async fn finish_attempt(
         &self,
         id: String,
         attempts: u32,
         how: Finish,
+        attempt: AttemptRecord,
     ) -> Result<(), QueueError> {
         let Some(held) = self.state.lock().unwrap().held.remove(&id) else {
             return Ok(());
@@ -131,36 +136,33 @@ impl NatsQueue {
             let mut record = held.record.clone();
             record.attempts = attempts;
             record.held_until = None;
-            match &how {
-                Finish::Delivered => {}
-                Finish::Retry {
-                    at_ms,
-                    error,
-                    status,
-                } => {
-                    record.next_ms = *at_ms;
-                    record.last_error = Some(error.clone());
-                    record.last_status = *status;
+            record.last_status = attempt.status;
+            record.last_error = attempt.error.clone();
+            record.keep(&attempt, self.history.attempts);
+            let mut retried = None;
+            let (subject, msg_id) = match how {
+                Finish::Delivered if self.history.delivered.is_zero() => (None, ""),
+                Finish::Delivered => {
+                    record.done_ms = Some(now_ms());
+                    (Some(self.delivered_subject(&record)), "done")
+                }
+                Finish::Retry { at_ms } => {
+                    record.next_ms = at_ms;
                     let tok = self.ensure_receiver(&record.receiver()).await?;
-                    let msg_id = format!("{id}.next.{}", held.seq);
-                    let ack = self
-                        .publish(self.subject(&tok), msg_id, record.encode(&held.body))
-                        .await?;
-                    ack.await.map_err(nats_error)?;
+                    retried = Some(tok.clone());
+                    (Some(self.subject(&tok)), "next")
                 }
-                Finish::Dead { error, status } => {
-                    record.last_error = Some(error.clone());
-                    record.last_status = *status;
-                    let msg_id = format!("{id}.dead.{}", held.seq);
-                    let ack = self
-                        .publish(
-                            self.dead_subject(&record),
-                            msg_id,
-                            record.encode(&held.body),
-                        )
-                        .await?;
-                    ack.await.map_err(nats_error)?;
-                }
+                Finish::Dead => (Some(self.dead_subject(&record)), "dead"),
+            };
+            if let Some(subject) = subject {
+                let msg_id = format!("{id}.{msg_id}.{}", held.seq);
+                let ack = self
+                    .publish(subject, msg_id, record.encode(&held.body))
+                    .await?;
+                ack.await.map_err(nats_error)?;
+            }
+            if let Some(tok) = retried {
+                self.published(&tok);
             }
             self.remove(&held).await
         };

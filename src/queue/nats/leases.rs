@@ -41,6 +41,7 @@ impl NatsQueue {
                 .publish(self.subject(&tok), msg_id, record.encode(&body))
                 .await?;
             ack.await.map_err(nats_error)?;
+            self.published(&tok);
             delete(&self.streams.deliveries, m.sequence).await?;
         }
     }

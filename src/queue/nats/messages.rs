@@ -100,6 +100,15 @@ impl NatsQueue {
         )
     }
 
+    pub(super) fn delivered_subject(&self, record: &Record) -> String {
+        format!(
+            "{}.o.{}.{}",
+            self.streams.prefix,
+            token(&record.receiver()),
+            record.id
+        )
+    }
+
     /// Makes the dead letter at `seq` pending again, due now.
     pub(super) async fn requeue(&self, seq: u64, payload: &Bytes) -> Result<bool, QueueError> {
         let Some((mut record, body)) = Record::decode(payload) else {
@@ -117,6 +126,7 @@ impl NatsQueue {
             )
             .await?;
         ack.await.map_err(nats_error)?;
+        self.published(&tok);
         delete(&self.streams.dead, seq).await?;
         Ok(true)
     }

@@ -1,6 +1,6 @@
 //! The queue on NATS JetStream, shared by several engines.
 //!
-//! Four streams, named from [`NatsConfig::prefix`] (`P` below):
+//! Five streams, named from [`NatsConfig::prefix`] (`P` below):
 //! - `P_DELIVERIES` (work-queue retention), one message per pending
 //!   delivery on `P.d.<receiver>` (or `P.h.<receiver>`, see below), where `<receiver>` is a hash of its
 //!   `host:port`. Each receiver has one durable pull consumer, `r<receiver>`
@@ -10,6 +10,8 @@
 //!   holds up its own consumer only.
 //! - `P_DEAD`: dead letters on `P.x.<receiver>.<id>`, kept
 //!   `dead_letter_days`.
+//! - `P_DELIVERED`: delivered deliveries on `P.o.<receiver>.<id>`, with
+//!   their history, kept `delivery.history_hours` (none if 0).
 //! - `P_JOURNAL`: accepted post events whose hooks have not finished, on
 //!   `P.j`; a ticket is the message's sequence.
 //! - `P_KEYS`: the keys of accepted events, one message each on
@@ -91,6 +93,9 @@ struct Receiver {
     consumer: jetstream::consumer::Consumer<pull::Config>,
     /// Whether it may have something to fetch, as last seen.
     busy: bool,
+    /// Deliveries this run published for it to hand out since its last
+    /// fetch.
+    published: usize,
 }
 
 #[derive(Debug, Default)]
@@ -108,6 +113,7 @@ struct Streams {
     prefix: String,
     deliveries: stream::Stream,
     dead: stream::Stream,
+    delivered: stream::Stream,
     journal: stream::Stream,
     keys: stream::Stream,
 }
@@ -119,6 +125,8 @@ pub(crate) struct NatsQueue {
     ack_wait: Duration,
     /// How long a delivery queued as claimed is leased to this run (ms).
     lease_ms: u64,
+    /// What is kept of attempts and delivered deliveries.
+    history: History,
     state: Mutex<State>,
     /// Tells, once what this run held is handed back, that it was.
     released: watch::Sender<bool>,

@@ -79,6 +79,7 @@ impl NatsQueue {
                 max_age: dead_age,
                 ..make("DEAD", vec![format!("{p}.x.>")])
             },
+            make("DELIVERED", vec![format!("{p}.o.*.*")]),
             make("JOURNAL", vec![format!("{p}.j")]),
             stream::Config {
                 max_messages_per_subject: 1,
@@ -116,11 +117,13 @@ impl NatsQueue {
             };
             opened.push(stream);
         }
-        let [deliveries, dead, journal, keys] = <[stream::Stream; 4]>::try_from(opened).unwrap();
+        let [deliveries, dead, delivered, journal, keys] =
+            <[stream::Stream; 5]>::try_from(opened).unwrap();
         let streams = Streams {
             prefix: p.clone(),
             deliveries,
             dead,
+            delivered,
             journal,
             keys,
         };
@@ -143,6 +146,7 @@ impl NatsQueue {
                 streams,
                 ack_wait,
                 lease_ms: nats.ack_wait_ms + settings.attempt_timeout.as_millis() as u64,
+                history: settings.history,
                 state: Mutex::new(State::default()),
                 released: watch::channel(false).0,
                 renew,

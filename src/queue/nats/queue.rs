@@ -25,8 +25,14 @@ impl Queue for NatsQueue {
         Box::pin(self.claim_due(now_ms, limit, room))
     }
 
-    fn finish(&self, id: String, attempts: u32, how: Finish) -> Fut<'_, ()> {
-        Box::pin(self.finish_attempt(id, attempts, how))
+    fn finish(
+        &self,
+        id: String,
+        attempts: u32,
+        how: Finish,
+        attempt: AttemptRecord,
+    ) -> Fut<'_, ()> {
+        Box::pin(self.finish_attempt(id, attempts, how, attempt))
     }
 
     fn backlog(&self) -> Fut<'_, usize> {
@@ -35,6 +41,10 @@ impl Queue for NatsQueue {
 
     fn list(&self, query: DeliveryQuery) -> Fut<'_, Vec<DeliveryInfo>> {
         Box::pin(self.list_deliveries(query))
+    }
+
+    fn get(&self, id: String) -> Fut<'_, Option<DeliveryDetail>> {
+        Box::pin(self.get_delivery(id))
     }
 
     fn retry(&self, which: DeadLetters) -> Fut<'_, usize> {
@@ -47,6 +57,10 @@ impl Queue for NatsQueue {
 
     fn purge_dead(&self, before_ms: u64) -> Fut<'_, usize> {
         Box::pin(self.purge_dead_before(before_ms))
+    }
+
+    fn purge_delivered(&self, before_ms: u64) -> Fut<'_, usize> {
+        Box::pin(self.purge_delivered_before(before_ms))
     }
 
     fn forget_keys(&self, before_ms: u64) -> Fut<'_, usize> {

@@ -34,9 +34,18 @@ impl NatsQueue {
                 name: receiver.to_owned(),
                 consumer,
                 busy: true,
+                published: 0,
             },
         );
         Ok(tok)
+    }
+
+    /// Notes that this run published a delivery for `tok`'s consumer.
+    pub(super) fn published(&self, tok: &str) {
+        if let Some(r) = self.state.lock().unwrap().receivers.get_mut(tok) {
+            r.busy = true;
+            r.published += 1;
+        }
     }
 
     /// Every receiver's consumer, with its counts.
@@ -91,6 +100,7 @@ impl NatsQueue {
                     name,
                     consumer,
                     busy,
+                    published: 0,
                 },
             );
         }

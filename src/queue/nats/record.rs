@@ -2,6 +2,7 @@
 
 use super::super::codec::{header_map, header_pairs};
 use super::*;
+use crate::delivery::history::shown_headers;
 use crate::delivery::receiver_of;
 
 /// A delivery's state, stored before its body in its message.
@@ -23,6 +24,12 @@ pub(super) struct Record {
     pub(super) last_error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) last_status: Option<u16>,
+    /// When it was delivered (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) done_ms: Option<u64>,
+    /// Its latest attempts, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) history: Vec<AttemptRecord>,
 }
 
 impl Record {
@@ -40,6 +47,8 @@ impl Record {
             held_until: None,
             last_error: None,
             last_status: None,
+            done_ms: None,
+            history: Vec::new(),
         }
     }
 
@@ -90,9 +99,31 @@ impl Record {
             attempts: self.attempts,
             created_ms: self.created_ms,
             next_ms: (state == "pending").then_some(self.next_ms),
+            delivered_ms: self.done_ms,
             last_error: self.last_error.clone(),
             last_status: self.last_status,
             body_bytes,
+        }
+    }
+}
+
+impl Record {
+    /// Keeps `attempt`, and the latest `keep` before it.
+    pub(super) fn keep(&mut self, attempt: &AttemptRecord, keep: usize) {
+        if keep == 0 {
+            return;
+        }
+        self.history.push(attempt.clone());
+        let over = self.history.len().saturating_sub(keep);
+        self.history.drain(..over);
+    }
+
+    /// As operators inspect it, in `state`.
+    pub(super) fn detail(self, state: &'static str, body_bytes: usize) -> DeliveryDetail {
+        DeliveryDetail {
+            delivery: self.info(state, body_bytes),
+            headers: shown_headers(&self.headers),
+            history: self.history,
         }
     }
 }

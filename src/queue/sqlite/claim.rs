@@ -86,7 +86,7 @@ pub(super) fn claim_due(
         let Ok(url) = reqwest::Url::parse(&url) else {
             // Only a hand-edited database gets here.
             conn.execute(
-                "UPDATE deliveries SET dead = 1, claimed = 0, last_error = 'URL is not valid' WHERE seq = ?1",
+                "UPDATE deliveries SET state = 1, claimed = 0, last_error = 'URL is not valid' WHERE seq = ?1",
                 [seq],
             )?;
             continue;

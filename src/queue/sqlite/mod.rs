@@ -12,8 +12,8 @@
 //! [`Queue`] methods).
 
 use super::{
-    Batch, Claim, Claimed, Committed, DeadLetters, DeliveryInfo, DeliveryQuery, DeliveryState,
-    Depth, Finish, Fut, Journaled, Queue, QueueError, Room,
+    AttemptRecord, Batch, Claim, Claimed, Committed, DeadLetters, DeliveryDetail, DeliveryInfo,
+    DeliveryQuery, DeliveryState, Depth, Finish, Fut, History, Journaled, Queue, QueueError, Room,
 };
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
@@ -40,6 +40,8 @@ pub(crate) struct SqliteQueue {
     jobs: mpsc::Sender<Job>,
     /// This engine run's id, written into the rows it claims.
     run: i64,
+    /// What is kept of attempts and delivered deliveries.
+    history: History,
     /// The receiver the last claim looked at last: the next one starts
     /// after it, so past [`CLAIM_RECEIVERS`] every receiver gets its turn.
     cursor: Arc<std::sync::Mutex<String>>,
@@ -55,12 +57,16 @@ impl SqliteQueue {
     ///
     /// With `fsync`, each commit waits for the disk (survives power loss);
     /// without it, commits survive a crash of the process but not of the machine.
-    pub(crate) fn open(dir: Option<&Path>, fsync: bool) -> Result<Arc<SqliteQueue>, QueueError> {
+    pub(crate) fn open(
+        dir: Option<&Path>,
+        fsync: bool,
+        history: History,
+    ) -> Result<Arc<SqliteQueue>, QueueError> {
         let lock = dir.map(lock).transpose()?;
         let path = dir.map(|d| d.join(DB_FILE));
         let conn = open_connection(path.as_deref(), fsync)?;
         migrate(&conn, path.as_deref())?;
-        SqliteQueue::start(conn, lock)
+        SqliteQueue::start(conn, lock, history)
     }
 
     /// Opens the state folder of an engine that may be running, for
@@ -88,12 +94,18 @@ impl SqliteQueue {
                 source: None,
             });
         }
-        SqliteQueue::start(conn, None)
+        // It records no attempt, and shows every one kept.
+        let history = History {
+            attempts: usize::MAX,
+            ..History::default()
+        };
+        SqliteQueue::start(conn, None, history)
     }
 
     fn start(
         conn: Connection,
         lock: Option<std::fs::File>,
+        history: History,
     ) -> Result<Arc<SqliteQueue>, QueueError> {
         let (jobs, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
@@ -107,6 +119,7 @@ impl SqliteQueue {
         Ok(Arc::new(SqliteQueue {
             jobs,
             run: fastrand::i64(1..),
+            history,
             cursor: Arc::default(),
             _lock: lock,
         }))

@@ -2,7 +2,7 @@
 
 use super::super::codec::{header_map, header_pairs};
 use super::writer::Store;
-use super::{Batch, Committed, Finish};
+use super::{AttemptRecord, Batch, Committed, Finish, History};
 use crate::util::now_ms;
 use reqwest::header::HeaderMap;
 use rusqlite::{Connection, params};
@@ -33,21 +33,45 @@ pub(super) mod sql {
     pub(crate) const RETIRE_EVENT: &str = "DELETE FROM events WHERE ticket = ?1";
     /// The next receiver with unclaimed rows: one seek in `deliveries_ready`.
     pub(crate) const NEXT_RECEIVER: &str = "SELECT receiver FROM deliveries
-         WHERE dead = 0 AND claimed = 0 AND receiver > ?1 ORDER BY receiver LIMIT 1";
+         WHERE state = 0 AND claimed = 0 AND receiver > ?1 ORDER BY receiver LIMIT 1";
     /// A receiver's unclaimed rows, soonest due first, in `deliveries_ready`'s order.
     pub(crate) const OLDEST_DUE: &str = "SELECT seq, next_ms FROM deliveries
-         WHERE dead = 0 AND claimed = 0 AND receiver = (SELECT ?1)
+         WHERE state = 0 AND claimed = 0 AND receiver = (SELECT ?1)
          ORDER BY next_ms LIMIT (SELECT ?2)";
     pub(crate) const TAKE: &str = "UPDATE deliveries SET claimed = ?2 WHERE seq = ?1
          RETURNING id, hook, url, headers, body, attempts, signed, allow";
-    pub(crate) const DELIVERED: &str = "DELETE FROM deliveries WHERE seq = ?1 AND claimed = ?2";
-    pub(crate) const RETRY: &str = "UPDATE deliveries SET claimed = 0, attempts = ?2, next_ms = ?3,
-         last_error = ?4, last_status = ?5 WHERE seq = ?1";
-    pub(crate) const DEAD: &str = "UPDATE deliveries SET claimed = 0, dead = 1, attempts = ?2,
-         last_error = ?3, last_status = ?4 WHERE seq = ?1 AND claimed = ?5";
+    /// `history` with the attempt `?3` (JSON; NULL: none kept) appended,
+    /// the oldest dropped once it holds `?4`.
+    macro_rules! append {
+        () => {
+            "history = CASE WHEN ?3 IS NULL THEN history ELSE json_insert(
+                 CASE WHEN json_array_length(coalesce(history, '[]')) >= ?4
+                      THEN json_remove(history, '$[0]') ELSE coalesce(history, '[]') END,
+                 '$[#]', json(?3)) END"
+        };
+    }
+    /// Delivered, kept as history.
+    pub(crate) const DELIVERED: &str = concat!(
+        "UPDATE deliveries SET claimed = 0, state = 2, attempts = ?2, ",
+        append!(),
+        ", done_ms = ?5, last_error = NULL, last_status = ?6 WHERE seq = ?1 AND claimed = ?7"
+    );
+    /// Delivered, not kept.
+    pub(crate) const DELIVERED_GONE: &str =
+        "DELETE FROM deliveries WHERE seq = ?1 AND claimed = ?2";
+    pub(crate) const RETRY: &str = concat!(
+        "UPDATE deliveries SET claimed = 0, attempts = ?2, ",
+        append!(),
+        ", next_ms = ?5, last_error = ?6, last_status = ?7 WHERE seq = ?1"
+    );
+    pub(crate) const DEAD: &str = concat!(
+        "UPDATE deliveries SET claimed = 0, state = 1, attempts = ?2, ",
+        append!(),
+        ", last_error = ?5, last_status = ?6 WHERE seq = ?1 AND claimed = ?7"
+    );
     /// Every statement above.
     #[cfg(test)]
-    pub(crate) const ALL: [&str; 9] = [
+    pub(crate) const ALL: [&str; 10] = [
         ACCEPT_KEY,
         INSERT_DELIVERY,
         RETIRE_EVENT,
@@ -55,6 +79,7 @@ pub(super) mod sql {
         OLDEST_DUE,
         TAKE,
         DELIVERED,
+        DELIVERED_GONE,
         RETRY,
         DEAD,
     ];
@@ -68,39 +93,61 @@ pub(super) fn accept_key(conn: &Connection, key: &str) -> rusqlite::Result<bool>
     Ok(inserted == 1)
 }
 
-/// Records how an attempt of `id` by `run` ended.
+/// Records how an attempt of `id` by `run` ended, and keeps `record`.
 pub(super) fn record(
     store: &mut Store,
     run: i64,
+    history: History,
     id: &str,
     attempts: u32,
     how: Finish,
+    record: &AttemptRecord,
 ) -> rusqlite::Result<()> {
     let Some(seq) = store.ids.seq(&store.conn, id)? else {
         return Ok(()); // not queued (any more): nothing to record
     };
     let conn = &store.conn;
+    let kept =
+        (history.attempts > 0).then(|| serde_json::to_string(record).expect("a record serializes"));
+    let keep = to_sql(history.attempts as u64);
+    let (error, status) = (record.error.as_deref(), record.status);
     match how {
-        Finish::Delivered => {
+        Finish::Delivered if history.delivered.is_zero() => {
             let deleted = conn
-                .prepare_cached(sql::DELIVERED)?
+                .prepare_cached(sql::DELIVERED_GONE)?
                 .execute(params![seq, run])?;
             if deleted == 1 {
                 store.ids.remove([id]);
             }
             Ok(())
         }
-        Finish::Retry {
-            at_ms,
-            error,
-            status,
-        } => conn
-            .prepare_cached(sql::RETRY)?
-            .execute(params![seq, attempts, to_sql(at_ms), error, status])
+        Finish::Delivered => conn
+            .prepare_cached(sql::DELIVERED)?
+            .execute(params![
+                seq,
+                attempts,
+                kept,
+                keep,
+                to_sql(now_ms()),
+                status,
+                run
+            ])
             .map(drop),
-        Finish::Dead { error, status } => conn
+        Finish::Retry { at_ms } => conn
+            .prepare_cached(sql::RETRY)?
+            .execute(params![
+                seq,
+                attempts,
+                kept,
+                keep,
+                to_sql(at_ms),
+                error,
+                status
+            ])
+            .map(drop),
+        Finish::Dead => conn
             .prepare_cached(sql::DEAD)?
-            .execute(params![seq, attempts, error, status, run])
+            .execute(params![seq, attempts, kept, keep, error, status, run])
             .map(drop),
     }
 }

@@ -5,12 +5,15 @@ use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 
 /// The schema this build writes. Bump it, with a migration, on any change.
-pub(super) const SCHEMA_VERSION: i64 = 3;
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
-/// Schema 3. `claimed` holds the id of the engine run that claimed a row
-/// (0: not claimed); `allow` the hook's `allow_hosts` when it was queued.
-/// Deliveries are keyed by `seq`, in the order they are written; their ids
-/// have no index (see `ids.rs`: which ids are queued is kept in memory).
+/// Schema 4. `state` is 0 for a pending delivery, 1 for a dead letter, 2
+/// for a delivered one (kept `delivery.history_hours` after `done_ms`);
+/// `history` holds its latest attempts. `claimed` holds the id of the
+/// engine run that claimed a row (0: not claimed); `allow` the hook's
+/// `allow_hosts` when it was queued. Deliveries are keyed by `seq`, in the
+/// order they are written; their ids have no index (see `ids.rs`: which
+/// ids are in the table is kept in memory).
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
     ticket      INTEGER PRIMARY KEY,
@@ -28,17 +31,20 @@ CREATE TABLE IF NOT EXISTS deliveries (
     headers     TEXT NOT NULL,     -- JSON array of [name, value]
     body        BLOB NOT NULL,
     signed      INTEGER NOT NULL,  -- the hook had a secret: never send unsigned
-    dead        INTEGER NOT NULL DEFAULT 0,
+    state       INTEGER NOT NULL DEFAULT 0,  -- 0 pending, 1 dead, 2 delivered
     claimed     INTEGER NOT NULL DEFAULT 0,
     attempts    INTEGER NOT NULL DEFAULT 0,
     created_ms  INTEGER NOT NULL,
     next_ms     INTEGER NOT NULL,
     last_error  TEXT,
     last_status INTEGER,
-    allow       TEXT               -- allow_hosts when queued; NULL: before schema 2
+    allow       TEXT,              -- allow_hosts when queued; NULL: before schema 2
+    done_ms     INTEGER,           -- when it was delivered
+    history     TEXT               -- JSON array of its latest attempts
 );
-CREATE INDEX IF NOT EXISTS deliveries_ready ON deliveries (receiver, next_ms) WHERE dead = 0 AND claimed = 0;
-CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries (created_ms) WHERE dead = 1;
+CREATE INDEX IF NOT EXISTS deliveries_ready ON deliveries (receiver, next_ms) WHERE state = 0 AND claimed = 0;
+CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries (created_ms) WHERE state = 1;
+CREATE INDEX IF NOT EXISTS deliveries_done ON deliveries (done_ms) WHERE state = 2;
 CREATE TABLE IF NOT EXISTS accepted (
     key         TEXT PRIMARY KEY,  -- method, call id and phase of an accepted event
     at_ms       INTEGER NOT NULL
@@ -62,12 +68,20 @@ DROP INDEX IF EXISTS deliveries_dead;
 
 /// From schema 2, after [`SCHEMA`]: the rows, oldest first, into the new table.
 pub(super) const MIGRATE_2_ROWS: &str = "
-INSERT INTO deliveries (id, hook, receiver, url, headers, body, signed, dead, claimed,
+INSERT INTO deliveries (id, hook, receiver, url, headers, body, signed, state, claimed,
                         attempts, created_ms, next_ms, last_error, last_status, allow)
 SELECT id, hook, receiver, url, headers, body, signed, dead, claimed,
        attempts, created_ms, next_ms, last_error, last_status, allow
 FROM deliveries_2 ORDER BY created_ms, id;
 DROP TABLE deliveries_2;
+";
+
+/// From schema 3: `dead` becomes `state` (its indexes follow), with room
+/// for delivered deliveries and attempts.
+pub(super) const MIGRATE_3: &str = "
+ALTER TABLE deliveries RENAME COLUMN dead TO state;
+ALTER TABLE deliveries ADD COLUMN done_ms INTEGER;
+ALTER TABLE deliveries ADD COLUMN history TEXT;
 ";
 
 /// The database's file name in the state folder.
@@ -168,6 +182,7 @@ pub(super) fn migrate(conn: &Connection, path: Option<&Path>) -> Result<(), Queu
     let (before, after) = match version {
         1 => (format!("{MIGRATE_1} {MIGRATE_2}"), MIGRATE_2_ROWS),
         2 => (MIGRATE_2.to_owned(), MIGRATE_2_ROWS),
+        3 => (MIGRATE_3.to_owned(), ""),
         _ => (String::new(), ""),
     };
     conn.execute_batch(&format!(

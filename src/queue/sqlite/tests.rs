@@ -23,6 +23,21 @@ fn delivery(n: u32) -> Delivery {
     .unwrap()
 }
 
+/// An attempt's record, answered `status`.
+fn answered(how: Finish, status: u16) -> AttemptRecord {
+    AttemptRecord {
+        at_ms: now_ms(),
+        duration_ms: 1,
+        outcome: how.outcome(),
+        status: Some(status),
+        error: (how != Finish::Delivered).then(|| format!("receiver answered {status}")),
+        headers: Vec::new(),
+        body: Some(String::new()),
+        body_truncated: false,
+        engine: "test/1".into(),
+    }
+}
+
 /// Planning a statement costs more than running it: the ones that run
 /// for every delivery are planned once, whatever values they are given.
 #[test]
@@ -56,18 +71,23 @@ fn hot_statements_are_planned_once() {
             Finish::Delivered,
             Finish::Retry {
                 at_ms: now_ms() + u64::from(round),
-                error: format!("e{round}"),
-                status: Some(500 + round as u16),
             },
-            Finish::Dead {
-                error: format!("e{round}"),
-                status: None,
-            },
+            Finish::Dead,
         ];
+        // Kept, then not, so that every statement runs with both.
+        let history = if round % 2 == 0 {
+            History::default()
+        } else {
+            History {
+                attempts: 0,
+                delivered: std::time::Duration::ZERO,
+            }
+        };
         let ids = std::iter::once(format!("d{}", 10 * round))
             .chain(claim.claimed.iter().map(|c| c.delivery.id.clone()));
         for (id, how) in ids.zip(ends.into_iter().cycle()) {
-            record(&mut store, run, &id, round + 1, how).unwrap();
+            let attempt = answered(how, 500 + round as u16);
+            record(&mut store, run, history, &id, round + 1, how, &attempt).unwrap();
         }
     }
     for sql in sql::ALL {
@@ -102,6 +122,17 @@ INSERT INTO accepted VALUES ('k1', 1000);
 PRAGMA user_version = 2;
 ";
 
+/// A state folder that `schema` (SQL) wrote, opened by this build.
+fn written_by(schema: &str) -> (tempfile::TempDir, Arc<SqliteQueue>) {
+    let dir = tempfile::tempdir().unwrap();
+    rusqlite::Connection::open(dir.path().join(DB_FILE))
+        .unwrap()
+        .execute_batch(schema)
+        .unwrap();
+    let queue = SqliteQueue::open(Some(dir.path()), false, History::default()).unwrap();
+    (dir, queue)
+}
+
 fn queued(d: Delivery) -> Batch {
     Batch {
         queued: vec![d],
@@ -120,12 +151,7 @@ fn with_id(id: &str) -> Delivery {
 /// released, its attempts and its policy, and its ids stay unique.
 #[tokio::test]
 async fn an_upgrade_from_schema_2_keeps_every_delivery() {
-    let dir = tempfile::tempdir().unwrap();
-    rusqlite::Connection::open(dir.path().join(DB_FILE))
-        .unwrap()
-        .execute_batch(SCHEMA_2)
-        .unwrap();
-    let queue = SqliteQueue::open(Some(dir.path()), false).unwrap();
+    let (_dir, queue) = written_by(SCHEMA_2);
     assert_eq!(queue.backlog().await.unwrap(), 1);
     let dead = queue
         .list(DeliveryQuery::new(DeliveryState::Dead, 10))
@@ -149,8 +175,9 @@ async fn an_upgrade_from_schema_2_keeps_every_delivery() {
     assert!(taken.delivery.queued.signed);
     assert_eq!(taken.delivery.queued.allow.as_deref(), Some("127.0.0.1/32"));
     assert_eq!(taken.delivery.headers["x-one"], "1");
+    let delivered = answered(Finish::Delivered, 200);
     queue
-        .finish("msg_pending".into(), 2, Finish::Delivered)
+        .finish("msg_pending".into(), 2, Finish::Delivered, delivered)
         .await
         .unwrap();
     assert_eq!(queue.backlog().await.unwrap(), 0);
@@ -168,7 +195,7 @@ async fn an_upgrade_from_schema_2_keeps_every_delivery() {
 #[tokio::test]
 async fn an_id_purged_by_an_operator_can_be_queued_again() {
     let dir = tempfile::tempdir().unwrap();
-    let queue = SqliteQueue::open(Some(dir.path()), false).unwrap();
+    let queue = SqliteQueue::open(Some(dir.path()), false, History::default()).unwrap();
     queue.commit(queued(with_id("msg_x"))).await.unwrap();
     let room = Room {
         default: 8,
@@ -176,11 +203,11 @@ async fn an_id_purged_by_an_operator_can_be_queued_again() {
     };
     let claim = queue.claim(now_ms(), 10, room.clone()).await.unwrap();
     assert_eq!(claim.claimed.len(), 1);
-    let dead = Finish::Dead {
-        error: "refused".into(),
-        status: Some(410),
-    };
-    queue.finish("msg_x".into(), 1, dead).await.unwrap();
+    let dead = answered(Finish::Dead, 410);
+    queue
+        .finish("msg_x".into(), 1, Finish::Dead, dead)
+        .await
+        .unwrap();
     let admin = DeliveryAdmin::open(dir.path()).unwrap();
     assert_eq!(
         admin.purge_dead(std::time::Duration::ZERO).await.unwrap(),
@@ -191,4 +218,58 @@ async fn an_id_purged_by_an_operator_can_be_queued_again() {
     let claim = queue.claim(now_ms(), 10, room).await.unwrap();
     assert_eq!(claim.claimed.len(), 1);
     assert_eq!(claim.claimed[0].delivery.id, "msg_x");
+}
+
+/// Schema 3, as builds before schema 4 wrote it: `dead` for a row's state,
+/// and no history.
+const SCHEMA_3: &str = "
+CREATE TABLE events (ticket INTEGER PRIMARY KEY, uid TEXT NOT NULL, hooks TEXT NOT NULL,
+    payload TEXT NOT NULL, accepted_ms INTEGER NOT NULL);
+CREATE TABLE deliveries (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, hook TEXT NOT NULL,
+    receiver TEXT NOT NULL, url TEXT NOT NULL, headers TEXT NOT NULL, body BLOB NOT NULL,
+    signed INTEGER NOT NULL, dead INTEGER NOT NULL DEFAULT 0,
+    claimed INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0,
+    created_ms INTEGER NOT NULL, next_ms INTEGER NOT NULL, last_error TEXT,
+    last_status INTEGER, allow TEXT);
+CREATE INDEX deliveries_ready ON deliveries (receiver, next_ms) WHERE dead = 0 AND claimed = 0;
+CREATE INDEX deliveries_dead ON deliveries (created_ms) WHERE dead = 1;
+CREATE TABLE accepted (key TEXT PRIMARY KEY, at_ms INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX accepted_at ON accepted (at_ms);
+INSERT INTO deliveries (id, hook, receiver, url, headers, body, signed, dead, claimed,
+    attempts, created_ms, next_ms, last_error, allow)
+VALUES ('msg_pending', 'hook', 'r0.test:80', 'http://r0.test/path', '[]',
+        X'7B7D', 0, 0, 42, 1, 1000, 1000, 'timed out', NULL),
+       ('msg_dead', 'hook', 'r1.test:80', 'http://r1.test/path', '[]',
+        X'7B7D', 0, 1, 0, 5, 900, 900, 'refused', NULL);
+PRAGMA user_version = 3;
+";
+
+/// A state folder written by schema 3 keeps its pending and dead
+/// deliveries as they were, and then keeps attempts and delivered ones.
+#[tokio::test]
+async fn an_upgrade_from_schema_3_keeps_every_delivery_and_then_their_history() {
+    let (_dir, queue) = written_by(SCHEMA_3);
+    assert_eq!(queue.backlog().await.unwrap(), 1);
+    let dead = queue.get("msg_dead".into()).await.unwrap().unwrap();
+    assert_eq!((dead.delivery.state, dead.delivery.attempts), ("dead", 5));
+    let room = Room {
+        default: 8,
+        ..Room::default()
+    };
+    let claim = queue.claim(now_ms(), 10, room).await.unwrap();
+    assert_eq!(claim.claimed.len(), 1, "the old run's claim is released");
+    let delivered = answered(Finish::Delivered, 200);
+    queue
+        .finish(
+            "msg_pending".into(),
+            2,
+            Finish::Delivered,
+            delivered.clone(),
+        )
+        .await
+        .unwrap();
+    let detail = queue.get("msg_pending".into()).await.unwrap().unwrap();
+    assert_eq!(detail.delivery.state, "delivered");
+    assert_eq!(detail.history, [delivered]);
+    assert_eq!(queue.backlog().await.unwrap(), 0);
 }

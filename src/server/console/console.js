@@ -261,14 +261,14 @@ function renderDeliveries() {
     const retrying = d.state === 'pending' && d.attempts > 0;
     const shown = retrying ? 'retrying' : d.state;
     return el('tr', { 'data-id': d.id, 'data-state': d.state },
-      el('td', { class: 'mono' }, d.id),
+      el('td', { class: 'mono' }, el('button', { type: 'button', class: 'link open', title: 'its attempts', onclick: () => openDelivery(d.id) }, d.id)),
       el('td', {}, d.hook),
       el('td', { class: 'mono', title: d.url }, d.receiver),
       el('td', {}, badge(shown)),
       el('td', { class: 'num' }, d.attempts),
       el('td', { class: 'why' }, d.last_error || ''),
       el('td', {}, ago(d.created_ms)),
-      el('td', {}, d.state === 'dead' ? '' : until(d.next_ms)),
+      el('td', {}, d.state === 'pending' ? until(d.next_ms) : ''),
       el('td', {}, d.state === 'dead'
         ? el('button', { type: 'button', class: 'retry', onclick: () => retry({ id: d.id }) }, 'Retry')
         : null));
@@ -289,6 +289,48 @@ async function retry(which) {
     message.textContent = `Retry failed: ${e.message}`;
   }
   await refresh();
+}
+
+/** One delivery and its attempts, in the dialog. */
+async function openDelivery(id) {
+  const dialog = $('#delivery-detail');
+  const problem = $('p.error', dialog);
+  let d;
+  try {
+    d = await api(`/v1/deliveries/${encodeURIComponent(id)}`);
+    problem.textContent = '';
+  } catch (e) {
+    if (e instanceof Unauthorized) return askForToken();
+    problem.textContent = `Cannot show ${id}: ${e.message}`;
+    if (!dialog.open) dialog.showModal();
+    return;
+  }
+  const info = d.delivery;
+  dialog.dataset.id = info.id;
+  $('#detail-title').textContent = `Delivery ${info.id}`;
+  $('.summary', dialog).replaceChildren(
+    badge(info.state), ' ', el('strong', {}, info.hook), ' → ', el('span', { class: 'mono' }, info.url),
+    ` · ${info.body_bytes} bytes · ${info.attempts} attempt${info.attempts === 1 ? '' : 's'} · queued `, ago(info.created_ms),
+    info.delivered_ms ? [' · delivered ', ago(info.delivered_ms)] : '');
+  $('table.headers tbody', dialog).replaceChildren(...d.headers.map(([name, value]) =>
+    el('tr', {}, el('td', { class: 'mono' }, name), el('td', { class: 'mono why' }, value))));
+  const answer = a => [
+    a.error ? el('div', { class: 'why error' }, a.error) : null,
+    a.headers?.length ? el('div', { class: 'mono muted' }, a.headers.map(([n, v]) => `${n}: ${v}`).join('\n')) : null,
+    a.body !== undefined && a.body !== null
+      ? el('pre', { class: 'body' }, a.body === '' ? '(empty body)' : a.body, a.body_truncated ? ' …(truncated)' : '')
+      : null,
+  ];
+  $('table.attempts tbody', dialog).replaceChildren(...d.history.map((a, n) =>
+    el('tr', { 'data-attempt': n + 1, 'data-outcome': a.outcome, 'data-status': a.status ?? '' },
+      el('td', {}, new Date(a.at_ms).toLocaleString()),
+      el('td', {}, badge(a.outcome === 'retry' ? 'retrying' : a.outcome, a.outcome === 'retry' ? 'retrying' : a.outcome)),
+      el('td', { class: 'num' }, a.status ?? '—'),
+      el('td', { class: 'num' }, `${a.duration_ms} ms`),
+      el('td', {}, answer(a)),
+      el('td', { class: 'mono muted' }, a.engine))));
+  $('.empty', dialog).hidden = d.history.length > 0;
+  if (!dialog.open) dialog.showModal();
 }
 
 function resetDeliveries() {
@@ -456,5 +498,6 @@ $('#deliveries-next').addEventListener('click', () => {
 });
 $('#deliveries-first').addEventListener('click', resetDeliveries);
 $('#retry-all').addEventListener('click', () => retry({ all_dead: true }));
+$('#detail-close').addEventListener('click', () => $('#delivery-detail').close());
 
 refresh();

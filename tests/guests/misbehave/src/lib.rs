@@ -20,8 +20,8 @@ fn version() -> &'static str {
 #[serde(rename_all = "lowercase")]
 enum Mode {
     /// One delivery of the payload to `url`, headers `x-mark`, `x-call-id`
-    /// and `x-version`, after `delay_ms` if set, and `headers` more
-    /// distinct ones if set.
+    /// and `x-version`, after `delay_ms` if set, `headers` more distinct
+    /// ones if set, and `authorization` as its `Authorization` if set.
     Echo,
     /// Spins forever.
     Loop,
@@ -64,6 +64,8 @@ struct Settings {
     print_bytes: Option<usize>,
     headers: Option<usize>,
     body_bytes: Option<usize>,
+    /// The `Authorization` header of an echo's delivery.
+    authorization: Option<String>,
     /// Printed to stdout by `setup`.
     setup_print: Option<String>,
     #[serde(default = "wasmhooks_sdk::all_methods")]
@@ -84,6 +86,7 @@ struct Misbehave {
     print_bytes: usize,
     headers: usize,
     body_bytes: usize,
+    authorization: Option<String>,
     /// What `setup` read from the clock (Stamp mode).
     stamp: u128,
 }
@@ -112,6 +115,7 @@ impl Hook for Misbehave {
             print_bytes: s.print_bytes.unwrap_or(0),
             headers: s.headers.unwrap_or(0),
             body_bytes: s.body_bytes.unwrap_or(0),
+            authorization: s.authorization,
             stamp: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos()),
@@ -132,6 +136,9 @@ impl Hook for Misbehave {
                     .with_header("x-version", version());
                 for i in 0..self.headers {
                     delivery = delivery.with_header(format!("x-bomb-{i}"), "1");
+                }
+                if let Some(authorization) = &self.authorization {
+                    delivery = delivery.with_header("authorization", authorization.as_str());
                 }
                 Ok(Outcome::deliver(vec![delivery]))
             }

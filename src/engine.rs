@@ -12,9 +12,7 @@ use crate::hooks::{Watch, WatchOptions};
 use crate::ingest::{Ingest, MAX_POSTS_IN_FLIGHT};
 use crate::metrics::Metrics;
 use crate::outbox::Workers;
-use crate::queue::{
-    DeadLetters, DeliveryDetail, DeliveryInfo, DeliveryQuery, DeliveryState, Queue,
-};
+use crate::queue::{DeliveryDetail, DeliveryInfo, DeliveryQuery, DeliveryState, Queue, Replay};
 use crate::run::{Runner, Verdict};
 use crate::sandbox::Sandbox;
 use crate::sources::{SourceStatus, Sources};
@@ -358,12 +356,20 @@ impl Engine {
             .encode(&depth, &warm, &receivers, crate::util::now_ms()))
     }
 
-    /// Sends dead letters again (one, or all) with a fresh retry schedule.
-    /// Returns how many were requeued.
-    pub async fn retry(&self, which: DeadLetters) -> Result<usize, Error> {
-        let n = self.inner.queue.retry(which).await?;
+    /// Sends again the deliveries `which` names (dead letters, delivered
+    /// ones within `delivery.history_hours`, pending ones that failed),
+    /// each under its `webhook-id`, with a fresh retry schedule, due now.
+    /// None that is in flight is taken. Returns how many were requeued.
+    pub async fn retry(&self, which: Replay) -> Result<usize, Error> {
+        let n = self.inner.queue.retry(which, false).await?;
         self.inner.workers.wake();
         Ok(n)
+    }
+
+    /// How many deliveries [`retry`](Engine::retry) would requeue now,
+    /// changing nothing: what to confirm before a replay.
+    pub async fn count_retry(&self, which: Replay) -> Result<usize, Error> {
+        Ok(self.inner.queue.retry(which, true).await?)
     }
 
     /// Deletes dead letters whose delivery was queued more than `older_than`

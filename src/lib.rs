@@ -131,8 +131,8 @@ pub use hooks::{Abi, HookState, HookStatus, LoadError, Stage, WatchError};
 #[doc(hidden)]
 pub use queue::bench;
 pub use queue::{
-    DeadLetters, DeliveryAdmin, DeliveryDetail, DeliveryInfo, DeliveryQuery, DeliveryState,
-    QueueError,
+    DeliveryAdmin, DeliveryDetail, DeliveryFilter, DeliveryInfo, DeliveryQuery, DeliveryState,
+    QueueError, Replay,
 };
 pub use run::{CallError, CallSite, HookFailure, Verdict, WouldDeny};
 pub use sandbox::{SandboxError, Subscription};

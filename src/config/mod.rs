@@ -12,7 +12,7 @@ pub use delivery::DeliveryConfig;
 pub use error::SettingsError;
 pub(crate) use hook::HookLimits;
 pub use hook::{HookConfig, HookMode, Limits, OnError, ReuseConfig, Secrets, SubscriptionConfig};
-pub(crate) use queue::{History, QueueSettings};
+pub(crate) use queue::{HISTORY_MAX_BYTES, History, QueueSettings};
 pub use queue::{NatsConfig, QueueConfig};
 pub use sources::{SecretString, SourcesConfig, XoSourceConfig};
 
@@ -202,7 +202,7 @@ impl Config {
             return Err(SettingsError::field(
                 "delivery.history_attempts",
                 format!(
-                    "{} is more than {MAX_HISTORY_ATTEMPTS}: each attempt keeps up to 4 KiB",
+                    "{} is more than {MAX_HISTORY_ATTEMPTS}: each attempt keeps up to 4 KiB of its answer",
                     d.history_attempts
                 ),
             ));

@@ -109,6 +109,10 @@ pub(crate) struct QueueSettings {
     pub history: History,
 }
 
+/// Most bytes of a delivery's attempts kept in its NATS message (which
+/// holds the delivery, its body included): the oldest go first past it.
+pub(crate) const HISTORY_MAX_BYTES: usize = 256 * 1024;
+
 /// What a queue keeps of attempts and of delivered deliveries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct History {
@@ -143,7 +147,14 @@ impl super::Config {
             queue: self.queue.clone(),
             state_dir: self.state_dir.clone(),
             fsync: self.fsync,
-            max_record_bytes: self.max_body_bytes + self.max_header_bytes + 8192,
+            max_record_bytes: self.max_body_bytes
+                + self.max_header_bytes
+                + 8192
+                + if self.delivery.history_attempts > 0 {
+                    HISTORY_MAX_BYTES
+                } else {
+                    0
+                },
             dead_letter_age: Duration::from_secs(
                 u64::from(self.delivery.dead_letter_days) * 86_400,
             ),

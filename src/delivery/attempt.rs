@@ -3,7 +3,7 @@
 //! workers, which call this for every delivery.
 
 use super::error::RouteError;
-use super::history::Answer;
+use super::history::{Answer, redact, secrets_of};
 use super::schedule::{self, Attempt};
 use super::{Delivery, DeliveryPolicy};
 use crate::config::DeliveryConfig;
@@ -166,6 +166,12 @@ impl Sender {
             }
             (_, false) => {}
         }
+        // What a receiver must not get stored by echoing it back.
+        let secrets: Vec<String> = secrets_of(&headers, &delivery.url)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
         let request = route
             .client
             .post(delivery.url.clone())
@@ -175,15 +181,18 @@ impl Sender {
             Ok(mut response) => {
                 let attempt = schedule::classify(response.status(), response.headers());
                 if self.config.history_attempts > 0 {
-                    *answer = Some(Answer::read(&mut response).await);
+                    *answer = Some(Answer::read(&mut response, &secrets).await);
                 }
                 attempt
             }
-            Err(e) if e.is_builder() => permanent(format!("request could not be built: {e}")),
+            Err(e) if e.is_builder() => permanent(redact(
+                &format!("request could not be built: {e}"),
+                &secrets,
+            )),
             Err(e) => match refused_in(&e) {
                 Some(refused) => permanent(format!("hook {}: {refused}", delivery.hook)),
                 None => Attempt::Retry {
-                    reason: describe(&e),
+                    reason: redact(&describe(&e), &secrets),
                     status: None,
                     retry_after: None,
                 },

@@ -18,7 +18,7 @@ pub(crate) const BODY_KEPT: usize = 4096;
 /// Longest wait for a response body's first [`BODY_KEPT`] bytes, once its
 /// status is known: a receiver that answers then stalls holds its slot no
 /// longer than this.
-const BODY_WAIT: Duration = Duration::from_secs(2);
+const BODY_WAIT: Duration = Duration::from_secs(1);
 
 /// Most bytes kept of one response header's value.
 const HEADER_KEPT: usize = 256;
@@ -76,11 +76,12 @@ pub struct AttemptRecord {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<(String, String)>,
     /// The response body's first 4 KiB, as text (bytes that are not UTF-8
-    /// replaced), if it answered.
+    /// replaced; the request's credentials, if echoed, redacted), if it
+    /// answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
     /// Whether the body was longer than what is kept, or could not be read
-    /// in full within 2 s.
+    /// in full within a second.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub body_truncated: bool,
     /// Which engine made it: `host/pid`.
@@ -100,38 +101,51 @@ pub(crate) struct Answer {
 
 impl Answer {
     /// The kept headers of `response`, and its body's first [`BODY_KEPT`]
-    /// bytes, read within [`BODY_WAIT`].
-    pub(crate) async fn read(response: &mut reqwest::Response) -> Answer {
-        let headers = kept_headers(response.headers());
+    /// bytes, read within [`BODY_WAIT`]; any of `secrets` (the request's
+    /// credentials) that the receiver echoed is replaced by `[redacted]`.
+    pub(crate) async fn read(response: &mut reqwest::Response, secrets: &[&str]) -> Answer {
+        let headers = kept_headers(response.headers())
+            .into_iter()
+            .map(|(name, value)| (name, redact(&value, secrets)))
+            .collect();
         let mut body = Vec::new();
-        let mut truncated = false;
         let read = async {
             loop {
                 match response.chunk().await {
-                    Ok(Some(chunk)) => {
+                    Ok(Some(chunk)) if body.len() + chunk.len() > BODY_KEPT => {
                         let room = BODY_KEPT - body.len();
-                        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                        if chunk.len() >= room {
-                            // The connection is not reused unless the rest
-                            // is read: reading no more is cheaper.
-                            return chunk.len() > room;
-                        }
+                        body.extend_from_slice(&chunk[..room]);
+                        // The connection is not reused unless the rest is
+                        // read: reading no more is cheaper.
+                        return true;
                     }
+                    Ok(Some(chunk)) => body.extend_from_slice(&chunk),
                     Ok(None) => return false,
                     Err(_) => return true,
                 }
             }
         };
-        match tokio::time::timeout(BODY_WAIT, read).await {
-            Ok(more) => truncated |= more,
-            Err(_) => truncated = true,
-        }
+        let truncated = tokio::time::timeout(BODY_WAIT, read).await.unwrap_or(true);
+        let text = String::from_utf8_lossy(&body);
         Answer {
             headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
+            body: redact(cut(&text, BODY_KEPT), secrets),
             truncated,
         }
     }
+}
+
+/// `text` with each of `secrets` in it replaced by `[redacted]`.
+pub(crate) fn redact(text: &str, secrets: &[&str]) -> String {
+    let mut text = text.to_owned();
+    for secret in secrets {
+        // Short values ("1", "yes") are not credentials worth hiding, and
+        // would blank out unrelated text.
+        if secret.len() >= 8 && text.contains(secret) {
+            text = text.replace(secret, REDACTED);
+        }
+    }
+    text
 }
 
 /// The headers of `headers` among [`KEPT_HEADERS`], each value cut to 256
@@ -163,16 +177,39 @@ fn cut(text: &str, max: usize) -> &str {
 /// headers are shown.
 pub(crate) const REDACTED: &str = "[redacted]";
 
-/// Whether a request header's value may be a credential: it is never shown.
+/// Whether a request header's value may be a credential: it is never
+/// shown. Broad on purpose: hiding a harmless value costs little.
 pub(crate) fn is_secret(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    matches!(
-        name.as_str(),
-        "authorization" | "proxy-authorization" | "cookie" | "set-cookie"
-    ) || name.starts_with("webhook-")
-        || ["token", "secret", "key", "password", "signature", "auth"]
-            .iter()
-            .any(|word| name.contains(word))
+    matches!(name.as_str(), "cookie" | "set-cookie")
+        || name.starts_with("webhook-")
+        || [
+            "auth",
+            "token",
+            "secret",
+            "key",
+            "pass",
+            "signature",
+            "hmac",
+            "session",
+            "jwt",
+            "credential",
+            "bearer",
+            "cert",
+        ]
+        .iter()
+        .any(|word| name.contains(word))
+}
+
+/// The values of `headers` that [`is_secret`] names, and the URL's
+/// password: what must not come back in what a receiver answered.
+pub(crate) fn secrets_of<'a>(headers: &'a HeaderMap, url: &'a reqwest::Url) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter(|(name, _)| is_secret(name.as_str()))
+        .filter_map(|(_, value)| value.to_str().ok())
+        .chain(url.password())
+        .collect()
 }
 
 /// A delivery's request headers as operators see them: credentials'
@@ -225,6 +262,26 @@ mod tests {
         for name in ["set-cookie", "authorization", "www-authenticate", "cookie"] {
             assert!(!KEPT_HEADERS.contains(&name), "{name}");
         }
+    }
+
+    #[test]
+    fn credentials_echoed_back_are_redacted() {
+        let token = "Bearer hunter2-t0ken";
+        let text = format!("401: bad {token} for you");
+        assert_eq!(redact(&text, &[token, "1"]), "401: bad [redacted] for you");
+        assert_eq!(
+            redact("1 and 1", &["1"]),
+            "1 and 1",
+            "short values are left"
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", token.parse().unwrap());
+        headers.insert("x-shopify-hmac-sha256", "c2lnbmF0dXJlcw==".parse().unwrap());
+        headers.insert("x-mark", "visible-value".parse().unwrap());
+        let url: reqwest::Url = "https://user:p4ssw0rd-long@example.com/".parse().unwrap();
+        let mut secrets = secrets_of(&headers, &url);
+        secrets.sort();
+        assert_eq!(secrets, [token, "c2lnbmF0dXJlcw==", "p4ssw0rd-long"]);
     }
 
     #[test]

@@ -25,14 +25,18 @@ impl Workers {
                         Err(e) => tracing::warn!("cannot delete old dead letters: {e}"),
                     }
                 }
-                let before = now_ms().saturating_sub(history_ms);
-                match self.queue.purge_delivered(before).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(
-                        "deleted {n} deliveries delivered more than {hours} hours ago \
-                         (delivery.history_hours)"
-                    ),
-                    Err(e) => tracing::warn!("cannot delete old delivered deliveries: {e}"),
+                // With none kept, none to delete (and on a shared queue,
+                // another engine's may be kept).
+                if hours > 0 {
+                    let before = now_ms().saturating_sub(history_ms);
+                    match self.queue.purge_delivered(before).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(
+                            "deleted {n} deliveries delivered more than {hours} hours ago \
+                             (delivery.history_hours)"
+                        ),
+                        Err(e) => tracing::warn!("cannot delete old delivered deliveries: {e}"),
+                    }
                 }
                 let before = now_ms().saturating_sub(self.keys_ms);
                 if let Err(e) = self.queue.forget_keys(before).await {

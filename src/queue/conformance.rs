@@ -345,12 +345,12 @@ async fn finish_retry_reschedules_and_dead_letters_can_be_retried_and_purged(mut
     assert_eq!((dead[0].state, dead[0].attempts), ("dead", 2));
     assert_eq!(
         queue
-            .retry(DeadLetters::One("msg_none".into()))
+            .retry(Replay::One("msg_none".into()), false)
             .await
             .unwrap(),
         0
     );
-    assert_eq!(queue.retry(DeadLetters::All).await.unwrap(), 1);
+    assert_eq!(queue.retry(Replay::all_dead(), false).await.unwrap(), 1);
     let claim = queue.claim(now_ms(), 1, room(1)).await.unwrap();
     assert_eq!(claim.claimed[0].attempts, 0, "a fresh schedule");
     finish(&*queue, "msg_a", 1, Finish::Dead, None).await;
@@ -487,6 +487,116 @@ async fn delivered_history_is_purged_after_its_retention(mut b: impl Backend) {
     assert_eq!(retried.delivery.last_status, Some(503));
 }
 
+/// A replay of a time range for one receiver requeues exactly those
+/// deliveries, under their ids; a dry run counts them first; one by id
+/// takes a delivered delivery or a pending one that failed.
+async fn a_replay_by_range_requeues_exactly_those_under_their_ids(mut b: impl Backend) {
+    let queue = b.open().await;
+    let (a, b) = ("a.test:80", "b.test:80");
+    let old = vec![delivery("msg_o1", a), delivery("msg_o2", b)];
+    queue.commit(queued(old)).await.unwrap();
+    // The clock moves on a millisecond: the range below tells them apart.
+    let queued_old = listed(&*queue, DeliveryState::Pending).await[0].created_ms;
+    while now_ms() <= queued_old {
+        tokio::task::yield_now().await;
+    }
+    let mid = now_ms();
+    let new = vec![
+        delivery("msg_n1", a),
+        delivery("msg_n2", b),
+        delivery("msg_n3", a),
+    ];
+    queue.commit(queued(new)).await.unwrap();
+    let mut ids = claim_ids(&*queue, 10, room(10)).await;
+    ids.sort();
+    assert_eq!(ids, ["msg_n1", "msg_n2", "msg_n3", "msg_o1", "msg_o2"]);
+    for id in ["msg_o1", "msg_o2", "msg_n1", "msg_n2"] {
+        finish(&*queue, id, 1, Finish::Dead, Some(410)).await;
+    }
+    finish(&*queue, "msg_n3", 1, Finish::Delivered, Some(200)).await;
+
+    let recent_dead_to_a = Replay::Matching(DeliveryFilter {
+        receiver: Some(a.into()),
+        from_ms: Some(mid),
+        ..DeliveryFilter::new(DeliveryState::Dead)
+    });
+    assert_eq!(
+        queue.retry(recent_dead_to_a.clone(), true).await.unwrap(),
+        1
+    );
+    let older_dead_to_b = Replay::Matching(DeliveryFilter {
+        receiver: Some(b.into()),
+        to_ms: Some(mid),
+        ..DeliveryFilter::new(DeliveryState::Dead)
+    });
+    assert_eq!(queue.retry(older_dead_to_b, true).await.unwrap(), 1);
+    assert_eq!(
+        listed(&*queue, DeliveryState::Dead).await.len(),
+        4,
+        "a dry run changes nothing"
+    );
+
+    assert_eq!(queue.retry(recent_dead_to_a, false).await.unwrap(), 1);
+    let claim = queue.claim(now_ms(), 10, room(10)).await.unwrap();
+    assert_eq!(claim.claimed.len(), 1);
+    assert_eq!(claim.claimed[0].delivery.id, "msg_n1", "under its id");
+    assert_eq!(claim.claimed[0].attempts, 0, "a fresh schedule");
+    let mut dead: Vec<_> = listed(&*queue, DeliveryState::Dead)
+        .await
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    dead.sort();
+    assert_eq!(dead, ["msg_n2", "msg_o1", "msg_o2"]);
+
+    // By id: a delivered one, then a pending one that failed, each sent
+    // again at once with its history kept.
+    assert_eq!(
+        queue
+            .retry(Replay::One("msg_n3".into()), false)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(claim_ids(&*queue, 10, room(10)).await, ["msg_n3"]);
+    let replayed = queue.get("msg_n3".into()).await.unwrap().unwrap();
+    assert_eq!(replayed.delivery.state, "pending");
+    assert_eq!(replayed.history.len(), 1, "its history stays");
+    let later = now_ms() + 3_600_000;
+    finish(
+        &*queue,
+        "msg_n1",
+        1,
+        Finish::Retry { at_ms: later },
+        Some(503),
+    )
+    .await;
+    assert!(
+        claim_ids(&*queue, 10, room(10)).await.is_empty(),
+        "not due for an hour"
+    );
+    assert_eq!(
+        queue
+            .retry(Replay::One("msg_n1".into()), false)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        claim_ids(&*queue, 10, room(10)).await,
+        ["msg_n1"],
+        "due now"
+    );
+    assert_eq!(
+        queue
+            .retry(Replay::One("msg_n1".into()), false)
+            .await
+            .unwrap(),
+        0,
+        "claimed: in flight, not taken"
+    );
+}
+
 async fn depth_counts_per_receiver(mut b: impl Backend) {
     let queue = b.open().await;
     let ds = vec![
@@ -521,8 +631,8 @@ async fn lists_filter_by_hook_and_receiver_and_page(mut b: impl Backend) {
     assert_eq!(all.len(), 5);
     assert_eq!(all[2].receiver, "b.test:8080");
     let mut q = DeliveryQuery::new(DeliveryState::Pending, 10);
-    q.hook = Some("slack".into());
-    q.receiver = Some("a.test:80".into());
+    q.filter.hook = Some("slack".into());
+    q.filter.receiver = Some("a.test:80".into());
     let mut matching = ids(queue.list(q.clone()).await.unwrap());
     matching.sort();
     assert_eq!(matching, ["msg_1", "msg_4", "msg_5"]);
@@ -540,7 +650,7 @@ async fn lists_filter_by_hook_and_receiver_and_page(mut b: impl Backend) {
     paged.sort();
     assert_eq!(paged, matching, "every matching row once");
     let mut none = DeliveryQuery::new(DeliveryState::Dead, 10);
-    none.hook = Some("slack".into());
+    none.filter.hook = Some("slack".into());
     assert!(queue.list(none).await.unwrap().is_empty());
 }
 
@@ -607,7 +717,7 @@ async fn operators_never_touch_claims(mut b: impl Backend) {
             .unwrap();
         assert_eq!(listed.len(), 1);
         drop(b.admin().await); // another operator command opening the store
-        assert_eq!(admin.retry(DeadLetters::All).await.unwrap(), 0);
+        assert_eq!(admin.retry(Replay::all_dead()).await.unwrap(), 0);
         assert_eq!(
             admin.purge_dead(std::time::Duration::ZERO).await.unwrap(),
             0
@@ -694,6 +804,7 @@ macro_rules! backends {
                     attempts_are_kept_with_what_the_receiver_answered,
                     only_the_latest_attempts_are_kept,
                     delivered_history_is_purged_after_its_retention,
+                    a_replay_by_range_requeues_exactly_those_under_their_ids,
                     depth_counts_per_receiver,
                     lists_filter_by_hook_and_receiver_and_page,
                     a_new_run_reclaims_the_last_runs_claims_and_journal,

@@ -195,25 +195,70 @@ pub enum DeliveryState {
     Delivered,
 }
 
-/// Which dead letters to send again.
-#[derive(Debug, Clone)]
-pub enum DeadLetters {
-    /// One delivery, by id.
+/// Which deliveries to send again (replay): each keeps its `webhook-id`
+/// and gets a fresh retry schedule, due now. Nothing in flight is taken:
+/// a delivery claimed by an engine run is left to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replay {
+    /// One delivery, by id: a dead letter, a delivered one (within
+    /// `delivery.history_hours`), or a pending one that failed.
     One(String),
-    /// Every dead letter.
-    All,
+    /// Every delivery [`DeliveryFilter`] matches.
+    Matching(DeliveryFilter),
 }
 
-/// Which deliveries to list ([`Engine::find_deliveries`](crate::Engine::find_deliveries)),
-/// oldest first: one page of them.
+impl Replay {
+    /// Every dead letter.
+    pub fn all_dead() -> Replay {
+        Replay::Matching(DeliveryFilter::new(DeliveryState::Dead))
+    }
+}
+
+/// Which deliveries a listing shows, or a [`Replay::Matching`] takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeliveryQuery {
-    /// Pending, failed or dead.
+pub struct DeliveryFilter {
+    /// Pending, failed (pending, failed at least once), dead or delivered.
+    /// A replay of `Pending` takes the failed ones: a pending delivery
+    /// never tried is due already.
     pub state: DeliveryState,
     /// Only the deliveries this hook asked for.
     pub hook: Option<String>,
     /// Only the deliveries to this receiver (`host:port`).
     pub receiver: Option<String>,
+    /// Only those queued at or after this time (Unix ms).
+    pub from_ms: Option<u64>,
+    /// Only those queued before this time (Unix ms).
+    pub to_ms: Option<u64>,
+}
+
+impl DeliveryFilter {
+    /// Every delivery in `state`.
+    pub fn new(state: DeliveryState) -> DeliveryFilter {
+        DeliveryFilter {
+            state,
+            hook: None,
+            receiver: None,
+            from_ms: None,
+            to_ms: None,
+        }
+    }
+
+    /// Whether a delivery of `hook` to `receiver`, queued at `created_ms`,
+    /// is one this filter takes, its state aside.
+    fn wants(&self, hook: &str, receiver: &str, created_ms: u64) -> bool {
+        self.hook.as_deref().is_none_or(|h| h == hook)
+            && self.receiver.as_deref().is_none_or(|r| r == receiver)
+            && self.from_ms.is_none_or(|from| created_ms >= from)
+            && self.to_ms.is_none_or(|to| created_ms < to)
+    }
+}
+
+/// Which deliveries to list ([`Engine::find_deliveries`](crate::Engine::find_deliveries)),
+/// oldest first: one page of those [`DeliveryFilter`] matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryQuery {
+    /// Which ones.
+    pub filter: DeliveryFilter,
     /// Only those after this delivery in the listing's order, given by its
     /// `created_ms` and `id`: the last row of the previous page.
     pub after: Option<(u64, String)>,
@@ -225,9 +270,7 @@ impl DeliveryQuery {
     /// The first `limit` deliveries in `state`, of every hook and receiver.
     pub fn new(state: DeliveryState, limit: usize) -> DeliveryQuery {
         DeliveryQuery {
-            state,
-            hook: None,
-            receiver: None,
+            filter: DeliveryFilter::new(state),
             after: None,
             limit,
         }
@@ -235,8 +278,8 @@ impl DeliveryQuery {
 
     /// Whether `info` is one this query asks for, its state aside.
     fn wants(&self, info: &DeliveryInfo) -> bool {
-        self.hook.as_ref().is_none_or(|h| *h == info.hook)
-            && self.receiver.as_ref().is_none_or(|r| *r == info.receiver)
+        self.filter
+            .wants(&info.hook, &info.receiver, info.created_ms)
             && self
                 .after
                 .as_ref()
@@ -367,9 +410,11 @@ pub(crate) trait Queue: Send + Sync + 'static {
     /// [`History::delivered`]), with its history; `None` if there is none
     /// with that id.
     fn get(&self, id: String) -> Fut<'_, Option<DeliveryDetail>>;
-    /// Makes dead letters pending again, due now, with a fresh schedule.
-    /// Returns how many.
-    fn retry(&self, which: DeadLetters) -> Fut<'_, usize>;
+    /// Makes the deliveries `which` names pending again, due now, with a
+    /// fresh schedule, under their ids; none that a run has claimed.
+    /// Returns how many, or with `dry_run` how many it would, changing
+    /// nothing.
+    fn retry(&self, which: Replay, dry_run: bool) -> Fut<'_, usize>;
     /// Queue depth per receiver.
     fn depth(&self) -> Fut<'_, HashMap<String, Depth>>;
     /// Deletes dead letters queued at or before `before_ms` (Unix ms).
@@ -415,7 +460,7 @@ pub(crate) async fn open(settings: &QueueSettings) -> Result<Arc<dyn Queue>, Que
 }
 
 /// The queued deliveries, for operators (`wasmhooks deliveries`): list,
-/// retry and purge dead letters, also while engines run on the queue. It
+/// show, replay, and purge dead letters, also while engines run on the queue. It
 /// never takes or resets a claim, so it never disturbs the deliveries in
 /// flight.
 pub struct DeliveryAdmin {
@@ -457,10 +502,17 @@ impl DeliveryAdmin {
         self.queue.get(id.to_owned()).await
     }
 
-    /// Makes dead letters pending again, due now; a running engine picks
-    /// them up within a second. Returns how many.
-    pub async fn retry(&self, which: DeadLetters) -> Result<usize, QueueError> {
-        self.queue.retry(which).await
+    /// Makes the deliveries `which` names pending again, due now, under
+    /// their ids; a running engine picks them up within a second. Returns
+    /// how many.
+    pub async fn retry(&self, which: Replay) -> Result<usize, QueueError> {
+        self.queue.retry(which, false).await
+    }
+
+    /// How many deliveries [`retry`](DeliveryAdmin::retry) would make
+    /// pending again now, changing nothing.
+    pub async fn count(&self, which: Replay) -> Result<usize, QueueError> {
+        self.queue.retry(which, true).await
     }
 
     /// Deletes dead letters queued more than `older_than` ago. Returns how many.

@@ -11,8 +11,9 @@
 //! - `GET /v1/deliveries?state=pending|failed|dead|delivered&limit=N&hook=H&receiver=R`:
 //!   queued deliveries, a page at a time (`after=CREATED_MS:ID`).
 //! - `GET /v1/deliveries/{id}`: one delivery and its latest attempts.
-//! - `POST /v1/deliveries/retry` with `{"id": "msg_…"}` or `{"all_dead": true}`:
-//!   send dead letters again.
+//! - `POST /v1/deliveries/retry` with `{"id": "msg_…"}`, `{"all_dead": true}`
+//!   or a filter (`state`, `hook`, `receiver`, `from_ms`, `to_ms`), and
+//!   `dry_run` to count only: send deliveries again under their ids.
 //! - `GET /v1/receivers`: each receiver's circuit, depth and last failures.
 //! - `GET /v1/activity`: the last events and what each hook decided.
 //! - `GET /metrics`: Prometheus metrics.

@@ -7,6 +7,7 @@
 //! one place.
 
 use crate::event::Phase;
+use crate::queue::DeliveryState;
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
@@ -123,22 +124,30 @@ pub(super) struct Accepted {
     pub accepted: bool,
 }
 
-/// Which dead letters to send again: one by id, or all of them.
+/// Which deliveries to send again, each under its `webhook-id` with a fresh
+/// retry schedule: one by id, every dead letter, or those a filter matches.
+/// With `dry_run`, nothing changes: the answer says how many would be.
 #[derive(Deserialize, ToSchema)]
 #[serde(untagged)]
 pub(super) enum RetryRequest {
-    /// One dead letter.
+    /// One delivery.
     One(RetryOne),
     /// Every dead letter.
     All(RetryAll),
+    /// Those a filter matches.
+    Matching(RetryMatching),
 }
 
-/// One dead letter.
+/// One delivery: a dead letter, a delivered one (within
+/// `delivery.history_hours`), or a pending one that failed.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RetryOne {
     /// Its `webhook-id`.
     pub id: String,
+    /// Count only.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// Every dead letter.
@@ -148,6 +157,33 @@ pub(super) struct RetryAll {
     /// `true`.
     #[schema(schema_with = always_true)]
     pub all_dead: bool,
+    /// Count only.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// The deliveries in `state`, of a hook, to a receiver, queued within a
+/// time range.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RetryMatching {
+    /// `dead`, `delivered` (within `delivery.history_hours`), or `failed`
+    /// (pending, failed at least once; `pending` means the same here).
+    #[schema(inline)]
+    pub state: DeliveryState,
+    /// Only the deliveries this hook asked for.
+    pub hook: Option<String>,
+    /// Only the deliveries to this receiver, as `host:port`.
+    pub receiver: Option<String>,
+    /// Only those queued at or after this time (Unix ms).
+    #[schema(minimum = 0, maximum = 999_999_999_999_999_i64)]
+    pub from_ms: Option<u64>,
+    /// Only those queued before this time (Unix ms).
+    #[schema(minimum = 0, maximum = 999_999_999_999_999_i64)]
+    pub to_ms: Option<u64>,
+    /// Count only.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// The schema of a boolean that must be `true`.
@@ -158,11 +194,13 @@ fn always_true() -> utoipa::openapi::schema::Object {
         .build()
 }
 
-/// How many dead letters were made pending again.
+/// How many deliveries were made pending again.
 #[derive(Serialize, ToSchema)]
 pub(super) struct Requeued {
-    /// How many.
+    /// How many are pending again (with `dry_run`: would be).
     pub requeued: usize,
+    /// Whether this only counted them.
+    pub dry_run: bool,
 }
 
 /// An event, as Xen Orchestra's web-hook plugin sends it. Fields not listed

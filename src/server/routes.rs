@@ -11,8 +11,8 @@ use crate::engine::ReceiverStatus;
 use crate::error::Error;
 use crate::event::{Event, Phase};
 use crate::hooks::HookStatus;
-use crate::queue::{DeadLetters, DeliveryState};
 use crate::queue::{DeliveryDetail, DeliveryInfo, DeliveryQuery};
+use crate::queue::{DeliveryFilter, DeliveryState, Replay};
 use crate::run::Verdict;
 use crate::sources::SourceStatus;
 use axum::Json;
@@ -164,6 +164,12 @@ pub(super) struct ListParams {
     hook: Option<String>,
     /// Only the deliveries to this receiver, as `host:port`.
     receiver: Option<String>,
+    /// Only those queued at or after this time (Unix ms).
+    #[param(minimum = 0, maximum = 999_999_999_999_999_i64)]
+    from_ms: Option<u64>,
+    /// Only those queued before this time (Unix ms).
+    #[param(minimum = 0, maximum = 999_999_999_999_999_i64)]
+    to_ms: Option<u64>,
     /// The next page: the previous page's last row, as `CREATED_MS:ID`
     /// (its `created_ms` and `id`).
     #[param(pattern = "^[0-9]{1,15}:.+$", example = "1764338400123:msg_2f9c…")]
@@ -174,7 +180,7 @@ const BAD_CURSOR: &str =
     "after is the previous page's last row as CREATED_MS:ID, e.g. 1764338400123:msg_2f9c";
 
 /// Queued deliveries, oldest first (no bodies): one page, filtered by
-/// state, hook and receiver.
+/// state, hook, receiver and when they were queued.
 #[utoipa::path(
     get,
     path = "/v1/deliveries",
@@ -215,10 +221,17 @@ pub(super) async fn deliveries(
         }
         Some(_) => return error(StatusCode::BAD_REQUEST, BAD_CURSOR.into()),
     };
+    if let Err(e) = times_in_range(q.from_ms, q.to_ms) {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
     let query = DeliveryQuery {
-        state: q.state,
-        hook: q.hook,
-        receiver: q.receiver,
+        filter: DeliveryFilter {
+            state: q.state,
+            hook: q.hook,
+            receiver: q.receiver,
+            from_ms: q.from_ms,
+            to_ms: q.to_ms,
+        },
         after,
         limit,
     };
@@ -258,18 +271,38 @@ pub(super) async fn delivery(State(engine): State<Engine>, Path(id): Path<String
     }
 }
 
-const NOT_A_RETRY: &str = "give either {\"id\": \"msg_…\"} or {\"all_dead\": true}";
+/// Latest time a filter takes (Unix ms): 15 digits, as `after`'s.
+const MAX_MS: u64 = 999_999_999_999_999;
 
-/// Sends dead letters again, with a fresh retry schedule: one by id, or all.
+/// Refuses a `from_ms` or `to_ms` past [`MAX_MS`].
+fn times_in_range(from: Option<u64>, to: Option<u64>) -> Result<(), String> {
+    for (name, ms) in [("from_ms", from), ("to_ms", to)] {
+        if ms.is_some_and(|ms| ms > MAX_MS) {
+            return Err(format!("{name} is a Unix time in ms, at most {MAX_MS}"));
+        }
+    }
+    Ok(())
+}
+
+const NOT_A_RETRY: &str = "give {\"id\": \"msg_…\"}, {\"all_dead\": true}, or a filter: \
+     {\"state\": \"dead\"|\"failed\"|\"delivered\"} with optional hook, receiver, from_ms, \
+     to_ms; add \"dry_run\": true to count only";
+
+/// Sends deliveries again (replay), each under its `webhook-id`, with a
+/// fresh retry schedule, due now: one by id (a dead letter, a delivered
+/// one within `delivery.history_hours`, or a pending one that failed),
+/// every dead letter, or those a filter matches (state, hook, receiver,
+/// and when they were queued). None that an engine is sending is taken.
+/// With `dry_run`, only counts them: what to confirm first.
 #[utoipa::path(
     post,
     path = "/v1/deliveries/retry",
     tag = "deliveries",
     request_body = RetryRequest,
     responses(
-        (status = 200, description = "How many dead letters are pending again", body = Requeued),
-        (status = 400, description = "Neither or both of `id` and `all_dead`, `all_dead` not true, or not JSON", body = ApiError),
-        (status = 404, description = "No dead letter with that id", body = ApiError),
+        (status = 200, description = "How many deliveries are pending again (with `dry_run`, would be)", body = Requeued),
+        (status = 400, description = "Not one of the three forms, `all_dead` not true, `from_ms` after `to_ms` or past 15 digits, or not JSON", body = ApiError),
+        (status = 404, description = "No delivery with that id to send again", body = ApiError),
         (status = 413, description = "A body larger than 1 MiB", body = ApiError),
         (status = 500, description = "The queue failed to write", body = ApiError),
     )
@@ -278,18 +311,52 @@ pub(super) async fn retry(State(engine): State<Engine>, body: Bytes) -> Response
     let Ok(r) = serde_json::from_slice::<RetryRequest>(&body) else {
         return error(StatusCode::BAD_REQUEST, NOT_A_RETRY.into());
     };
-    let which = match r {
-        RetryRequest::One(one) => DeadLetters::One(one.id),
-        RetryRequest::All(all) if all.all_dead => DeadLetters::All,
+    let (which, dry_run) = match r {
+        RetryRequest::One(one) => (Replay::One(one.id), one.dry_run),
+        RetryRequest::All(all) if all.all_dead => (Replay::all_dead(), all.dry_run),
         RetryRequest::All(_) => {
             return error(StatusCode::BAD_REQUEST, NOT_A_RETRY.into());
         }
-    };
-    match engine.retry(which.clone()).await {
-        Ok(0) if matches!(which, DeadLetters::One(_)) => {
-            error(StatusCode::NOT_FOUND, "no dead letter with that id".into())
+        RetryRequest::Matching(m) => {
+            if let Err(e) = times_in_range(m.from_ms, m.to_ms) {
+                return error(StatusCode::BAD_REQUEST, e);
+            }
+            if let (Some(from), Some(to)) = (m.from_ms, m.to_ms)
+                && from > to
+            {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("from_ms ({from}) is after to_ms ({to})"),
+                );
+            }
+            let filter = DeliveryFilter {
+                state: m.state,
+                hook: m.hook,
+                receiver: m.receiver,
+                from_ms: m.from_ms,
+                to_ms: m.to_ms,
+            };
+            (Replay::Matching(filter), m.dry_run)
         }
-        Ok(n) => Json(Requeued { requeued: n }).into_response(),
+    };
+    let one = matches!(which, Replay::One(_));
+    let done = if dry_run {
+        engine.count_retry(which).await
+    } else {
+        engine.retry(which).await
+    };
+    match done {
+        Ok(0) if one => error(
+            StatusCode::NOT_FOUND,
+            "no delivery with that id to send again: not a dead letter, a delivered one within \
+             delivery.history_hours, or a pending one that failed (or it is being sent now)"
+                .into(),
+        ),
+        Ok(n) => Json(Requeued {
+            requeued: n,
+            dry_run,
+        })
+        .into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

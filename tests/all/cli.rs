@@ -210,16 +210,41 @@ async fn deliveries_lists_and_retries_dead_letters_in_a_state_folder() {
         "{out}{err}"
     );
 
-    let (ok, _, err) = deliveries(&["retry", "msg_nope"]);
+    let (ok, out, err) = deliveries(&["show", id]);
     assert!(
-        !ok && err.contains("msg_nope is not a dead letter"),
-        "{err}"
-    );
-    let (ok, out, err) = deliveries(&["retry", "--all-dead"]);
-    assert!(
-        ok && out.starts_with("1 dead letters requeued"),
+        ok && out.contains("dead") && out.contains("status 410") && out.contains("by "),
         "{out}{err}"
     );
+    let (ok, _, err) = deliveries(&["retry", "msg_nope"]);
+    assert!(
+        !ok && err.contains("msg_nope cannot be sent again"),
+        "{err}"
+    );
+    let (ok, _, err) = deliveries(&["retry", "--hook", "echo"]);
+    assert!(
+        !ok && err.contains("--dead|--failed|--delivered"),
+        "a filter needs a state: {err}"
+    );
+    let (ok, out, err) = deliveries(&[
+        "retry",
+        "--dead",
+        "--hook",
+        "echo",
+        "--since",
+        "1h",
+        "--dry-run",
+    ]);
+    assert!(
+        ok && out.starts_with("1 deliveries would be sent again"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = deliveries(&["retry", "--dead", "--until", "1h"]);
+    assert!(
+        ok && out.starts_with("0 deliveries requeued"),
+        "queued within the hour, not before: {out}{err}"
+    );
+    let (ok, out, err) = deliveries(&["retry", "--all-dead"]);
+    assert!(ok && out.starts_with("1 deliveries requeued"), "{out}{err}");
     let (_, out, _) = deliveries(&["list", "--json"]);
     let pending: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(pending[0]["id"], id);

@@ -7,7 +7,7 @@ use crate::{
 };
 use axum::http::StatusCode;
 use std::sync::atomic::Ordering;
-use wasmhooks::{DeadLetters, DeliveryState, Engine};
+use wasmhooks::{DeliveryState, Engine, Replay};
 
 fn echo(receiver: &Receiver, extra: &str) -> String {
     format!(
@@ -314,17 +314,11 @@ async fn a_spent_schedule_makes_a_dead_letter_that_can_be_retried() {
 
     up.store(true, Ordering::SeqCst);
     assert_eq!(
-        engine
-            .retry(DeadLetters::One("msg_nope".into()))
-            .await
-            .unwrap(),
+        engine.retry(Replay::One("msg_nope".into())).await.unwrap(),
         0
     );
     assert_eq!(
-        engine
-            .retry(DeadLetters::One(dead[0].id.clone()))
-            .await
-            .unwrap(),
+        engine.retry(Replay::One(dead[0].id.clone())).await.unwrap(),
         1
     );
     let got = receiver.wait_for(5).await;
@@ -392,8 +386,13 @@ async fn a_failing_receiver_is_paused_then_probed_then_resumed(q: Backend) {
 /// shown by `GET /v1/deliveries/{id}`; the `Authorization` the hook set
 /// and the receiver's `Set-Cookie` are neither kept nor shown.
 async fn each_attempt_is_kept_with_the_receivers_answer(q: Backend) {
-    let receiver = Receiver::answering(0, |_, n| match n {
-        0 => (StatusCode::INTERNAL_SERVER_ERROR, vec![], b"boom".to_vec()),
+    let receiver = Receiver::answering(0, |r, n| match n {
+        // A debug page that echoes what it got: the credential is not kept.
+        0 => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            vec![],
+            format!("boom: {}", r.header("authorization")).into_bytes(),
+        ),
         1 => (
             StatusCode::TOO_MANY_REQUESTS,
             vec![
@@ -447,7 +446,7 @@ async fn each_attempt_is_kept_with_the_receivers_answer(q: Backend) {
     assert_eq!(
         seen,
         [
-            ("retry", 500, "boom"),
+            ("retry", 500, "boom: [redacted]"),
             ("retry", 429, "slow down, please"),
             ("delivered", 200, "{\"ok\":true}"),
         ]

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use wasmhooks::config::Config;
-use wasmhooks::{DeadLetters, DeliveryState, Engine, Event};
+use wasmhooks::{DeliveryState, Engine, Event, Replay};
 
 /// A sample event with its own call id.
 pub fn event(name: &str, call_id: &str) -> Event {
@@ -197,10 +197,7 @@ async fn a_wait_hooks_failed_delivery_is_a_dead_letter_that_retry_sends() {
 
     fixed.store(true, Ordering::SeqCst);
     assert_eq!(
-        engine
-            .retry(DeadLetters::One(dead[0].id.clone()))
-            .await
-            .unwrap(),
+        engine.retry(Replay::One(dead[0].id.clone())).await.unwrap(),
         1
     );
     let got = receiver.wait_for(2).await;
@@ -319,7 +316,7 @@ async fn deliveries_queued_signed_are_never_sent_unsigned() {
     std::fs::write(dir.path().join(".signed.tmp"), &signed).unwrap();
     std::fs::rename(dir.path().join(".signed.tmp"), &toml).unwrap();
     changes.changed().await.unwrap();
-    assert_eq!(engine.retry(DeadLetters::All).await.unwrap(), 3);
+    assert_eq!(engine.retry(Replay::all_dead()).await.unwrap(), 3);
     engine.drain().await;
     let got = receiver.received();
     verify(&got);

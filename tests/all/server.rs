@@ -166,6 +166,24 @@ async fn events_in_verdicts_and_status_out() {
     let r = retry(serde_json::json!({"id": "msg_nope"})).await.unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(retry(serde_json::json!({})).await.unwrap().status(), 400);
+    // The slack hook's three deliveries, delivered and kept: counted only.
+    engine.drain().await;
+    let r = retry(serde_json::json!({"state": "delivered", "hook": "slack", "dry_run": true}))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        serde_json::json!({"requeued": 3, "dry_run": true})
+    );
+    let r = get("/v1/deliveries?state=delivered&hook=slack")
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap().as_array().unwrap().len(),
+        3
+    );
+    let backwards = serde_json::json!({"state": "dead", "from_ms": 2, "to_ms": 1});
+    assert_eq!(retry(backwards).await.unwrap().status(), 400);
 
     engine.drain().await;
     let metrics = get("/metrics").await.unwrap().text().await.unwrap();

@@ -341,6 +341,9 @@ test('a delivery that gets 410 is dead; retrying it once the receiver is fixed d
     await kept.locator('button.open').click()
     const dialog = page.locator(`#delivery-detail[open][data-id="${gone.id}"]`)
     await dialog.waitFor(WAIT)
+    const summary = await dialog.locator('.summary').innerText()
+    assert.match(summary, /delivered .* ago/)
+    assert.doesNotMatch(summary, /object/)
     const attempts = dialog.locator('table.attempts tbody tr')
     assert.equal(await attempts.count(), 2)
     const first = attempts.nth(0)
@@ -394,6 +397,22 @@ test('dead letters are filtered by hook and receiver, and paged', async () => {
     await page.selectOption('#delivery-hook', 'notify')
     await page.locator('#deliveries .empty').waitFor({ state: 'visible', ...WAIT })
     assert.equal(await rows.count(), 0)
+
+    // Replayed, after a confirmation that gives the count first: each is
+    // sent again under its own id.
+    await page.selectOption('#delivery-hook', 'archive')
+    await page.selectOption('#delivery-since', '3600000')
+    await page.locator(`#deliveries tbody tr[data-id="${expected[0]}"]`).waitFor(WAIT)
+    await page.click('#replay')
+    const confirm = page.locator(`#replay-confirm[data-count="${N}"]`)
+    await confirm.waitFor({ state: 'visible', ...WAIT })
+    assert.match(await confirm.innerText(), new RegExp(`Send ${N} deliveries again \\(dead of archive to ${receiverName.replace(/[.]/g, '\\.')}`))
+    assert.equal(await page.locator('#replay-yes').innerText(), `Replay ${N}`)
+    receiver.answer = () => 200
+    await page.click('#replay-yes')
+    await page.locator('#deliveries-message', { hasText: `${N} deliveries queued again` }).waitFor(WAIT)
+    await Promise.all(expected.map(id => receiver.until(r => r.id === id && r.status === 200)))
+    await page.locator('#deliveries .empty').waitFor({ state: 'visible', ...WAIT })
   })
 })
 

@@ -93,14 +93,47 @@ pub(crate) enum DeliveriesCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Send dead letters again, with a fresh retry schedule.
+    /// Send deliveries again (replay), each under its webhook-id, with a
+    /// fresh retry schedule: one by id, every dead letter, or those a
+    /// filter matches (`--dead`, `--failed` or `--delivered`, with
+    /// `--hook`, `--receiver`, `--since`, `--until`). Nothing an engine is
+    /// sending is taken.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all_dead", "dead", "failed", "delivered"])))]
+    #[command(group(clap::ArgGroup::new("filter").args(["dead", "failed", "delivered"])))]
     Retry {
-        /// The delivery (its webhook-id, `msg_…`).
-        #[arg(required_unless_present = "all_dead", conflicts_with = "all_dead")]
+        /// The delivery (its webhook-id, `msg_…`): a dead letter, a
+        /// delivered one, or a pending one that failed.
         id: Option<String>,
         /// Every dead letter.
         #[arg(long)]
         all_dead: bool,
+        /// The dead letters the other options match.
+        #[arg(long, env = "WASMHOOKS_REPLAY_DEAD")]
+        dead: bool,
+        /// The pending deliveries that failed at least once the other
+        /// options match.
+        #[arg(long, env = "WASMHOOKS_REPLAY_FAILED")]
+        failed: bool,
+        /// The delivered deliveries (within `delivery.history_hours`) the
+        /// other options match.
+        #[arg(long, env = "WASMHOOKS_REPLAY_DELIVERED")]
+        delivered: bool,
+        /// Only those this hook asked for.
+        #[arg(long, env = "WASMHOOKS_REPLAY_HOOK", requires = "filter")]
+        hook: Option<String>,
+        /// Only those to this receiver (`host:port`).
+        #[arg(long, env = "WASMHOOKS_REPLAY_RECEIVER", requires = "filter")]
+        receiver: Option<String>,
+        /// Only those queued since then: a time ago (`2h`, `30min`) or an
+        /// RFC 3339 time (`2026-12-07T09:00:00Z`).
+        #[arg(long, env = "WASMHOOKS_REPLAY_SINCE", requires = "filter", value_parser = parse_time)]
+        since: Option<u64>,
+        /// Only those queued before then (same forms as --since).
+        #[arg(long, env = "WASMHOOKS_REPLAY_UNTIL", requires = "filter", value_parser = parse_time)]
+        until: Option<u64>,
+        /// Only count them; change nothing.
+        #[arg(long, env = "WASMHOOKS_DRY_RUN")]
+        dry_run: bool,
     },
     /// Delete dead letters whose delivery was queued more than N days ago
     /// (a running engine does this hourly for `delivery.dead_letter_days`).
@@ -214,4 +247,20 @@ pub(crate) fn set_queue(config: &mut Config, queue: &str) -> Result<()> {
         }
     };
     Ok(())
+}
+
+/// A time as Unix ms: a duration ago (`2h`), or an RFC 3339 time.
+fn parse_time(text: &str) -> Result<u64, String> {
+    let now = std::time::SystemTime::now();
+    let at = match humantime::parse_duration(text) {
+        Ok(ago) => now.checked_sub(ago).ok_or("too long ago")?,
+        Err(_) => humantime::parse_rfc3339_weak(text).map_err(|_| {
+            format!("{text:?} is neither a time ago (2h, 30min) nor an RFC 3339 time")
+        })?,
+    };
+    let ms = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| "before 1970".to_owned())?
+        .as_millis();
+    Ok(ms as u64)
 }

@@ -2,7 +2,7 @@
 
 use crate::cli::{DeliveriesArgs, DeliveriesCommand, load_config, set_queue};
 use anyhow::{Context, Result, bail};
-use wasmhooks::{DeadLetters, DeliveryState};
+use wasmhooks::{DeliveryFilter, DeliveryState, Replay};
 
 pub(crate) async fn deliveries(args: DeliveriesArgs) -> Result<()> {
     let mut config = load_config(args.config.as_deref())?;
@@ -40,13 +40,13 @@ pub(crate) async fn deliveries(args: DeliveriesArgs) -> Result<()> {
                 return Ok(());
             }
             println!(
-                "{:<36} {:<14} {:<7} {:>8} {:>9}  URL / LAST ERROR",
+                "{:<36} {:<14} {:<9} {:>8} {:>9}  URL / LAST ERROR",
                 "ID", "HOOK", "STATE", "ATTEMPTS", "AGE"
             );
             for d in &rows {
                 let age = std::time::Duration::from_secs(d.age().as_secs());
                 println!(
-                    "{:<36} {:<14} {:<7} {:>8} {:>9}  {}",
+                    "{:<36} {:<14} {:<9} {:>8} {:>9}  {}",
                     d.id,
                     d.hook,
                     d.state,
@@ -55,7 +55,7 @@ pub(crate) async fn deliveries(args: DeliveriesArgs) -> Result<()> {
                     d.url
                 );
                 if let Some(error) = &d.last_error {
-                    println!("{:>78}{error}", "");
+                    println!("{:>78}{}", "", printable(error));
                 }
             }
             if rows.is_empty() {
@@ -75,18 +75,50 @@ pub(crate) async fn deliveries(args: DeliveriesArgs) -> Result<()> {
             }
             show(&detail);
         }
-        DeliveriesCommand::Retry { id, all_dead } => {
-            let which = match id {
-                Some(id) if !all_dead => DeadLetters::One(id),
-                _ => DeadLetters::All,
+        DeliveriesCommand::Retry {
+            id,
+            all_dead,
+            dead,
+            failed,
+            delivered,
+            hook,
+            receiver,
+            since,
+            until,
+            dry_run,
+        } => {
+            let which = match (id, all_dead) {
+                (Some(id), _) => Replay::One(id),
+                (None, true) => Replay::all_dead(),
+                (None, false) => Replay::Matching(DeliveryFilter {
+                    state: match (dead, failed, delivered) {
+                        (_, true, _) => DeliveryState::Failed,
+                        (_, _, true) => DeliveryState::Delivered,
+                        _ => DeliveryState::Dead,
+                    },
+                    hook,
+                    receiver,
+                    from_ms: since,
+                    to_ms: until,
+                }),
             };
-            let n = admin.retry(which.clone()).await?;
-            if let (DeadLetters::One(id), 0) = (&which, n) {
+            let n = if dry_run {
+                admin.count(which.clone()).await?
+            } else {
+                admin.retry(which.clone()).await?
+            };
+            if let (Replay::One(id), 0) = (&which, n) {
                 bail!(
-                    "{id} is not a dead letter in this queue (see `wasmhooks deliveries list --dead`)"
+                    "{id} cannot be sent again: it is not a dead letter, a delivered delivery \
+                     within delivery.history_hours, or a pending one that failed (see \
+                     `wasmhooks deliveries show {id}`)"
                 );
             }
-            println!("{n} dead letters requeued; a running engine sends them within a second");
+            if dry_run {
+                println!("{n} deliveries would be sent again (nothing changed: --dry-run)");
+            } else {
+                println!("{n} deliveries requeued; a running engine sends them within a second");
+            }
         }
         DeliveriesCommand::Purge { older_than_days } => {
             let age = std::time::Duration::from_secs(u64::from(older_than_days) * 86_400);
@@ -97,7 +129,8 @@ pub(crate) async fn deliveries(args: DeliveriesArgs) -> Result<()> {
     Ok(())
 }
 
-/// One delivery and its attempts, as text.
+/// One delivery and its attempts, as text. What receivers wrote is shown
+/// with its control characters escaped: it never drives the terminal.
 fn show(detail: &wasmhooks::DeliveryDetail) {
     let d = &detail.delivery;
     println!(
@@ -106,7 +139,7 @@ fn show(detail: &wasmhooks::DeliveryDetail) {
     );
     println!("POST {}  ({} bytes)", d.url, d.body_bytes);
     for (name, value) in &detail.headers {
-        println!("  {name}: {value}");
+        println!("  {name}: {}", printable(value));
     }
     if detail.history.is_empty() {
         println!("no attempt recorded");
@@ -114,19 +147,23 @@ fn show(detail: &wasmhooks::DeliveryDetail) {
     for (n, a) in detail.history.iter().enumerate() {
         let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(a.at_ms);
         let status = a.status.map_or("-".to_owned(), |s| s.to_string());
+        let outcome = match a.outcome {
+            wasmhooks::AttemptOutcome::Delivered => "delivered",
+            wasmhooks::AttemptOutcome::Retry => "retry",
+            wasmhooks::AttemptOutcome::Dead => "dead",
+        };
         println!(
-            "\n#{} {}  {:?}  status {status}  {} ms  by {}",
+            "\n#{} {}  {outcome}  status {status}  {} ms  by {}",
             n + 1,
             humantime::format_rfc3339_millis(at),
-            a.outcome,
             a.duration_ms,
             a.engine
         );
         if let Some(error) = &a.error {
-            println!("  error: {error}");
+            println!("  error: {}", printable(error));
         }
         for (name, value) in &a.headers {
-            println!("  {name}: {value}");
+            println!("  {name}: {}", printable(value));
         }
         if let Some(body) = &a.body {
             let more = if a.body_truncated {
@@ -134,7 +171,18 @@ fn show(detail: &wasmhooks::DeliveryDetail) {
             } else {
                 ""
             };
-            println!("  body: {body}{more}");
+            println!("  body: {}{more}", printable(body));
         }
     }
+}
+
+/// `text` with control characters but line breaks and tabs escaped.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '\n' | '\t' => c.to_string(),
+            c if c.is_control() => c.escape_unicode().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
 }

@@ -21,7 +21,7 @@ impl NatsQueue {
         query: DeliveryQuery,
     ) -> Result<Vec<DeliveryInfo>, QueueError> {
         let p = &self.streams.prefix;
-        let filter = query.state;
+        let filter = query.filter.state;
         let (stream, subject, state) = match filter {
             DeliveryState::Pending | DeliveryState::Failed => {
                 (&self.streams.deliveries, format!("{p}.*.*"), "pending")
@@ -107,24 +107,76 @@ impl NatsQueue {
         detail
     }
 
-    /// Makes dead letters pending again.
-    pub(super) async fn retry_dead(&self, which: DeadLetters) -> Result<usize, QueueError> {
+    /// Makes the deliveries `which` names pending again, due now (with
+    /// `dry_run`, counts them).
+    pub(super) async fn replay(&self, which: Replay, dry_run: bool) -> Result<usize, QueueError> {
         let p = &self.streams.prefix;
-        let subject = match &which {
-            DeadLetters::One(id) if plain_id(id) => format!("{p}.x.*.{id}"),
-            DeadLetters::One(_) => return Ok(0),
-            DeadLetters::All => format!("{p}.x.>"),
+        let s = &self.streams;
+        // Where to look, and what to take there.
+        let (sources, filter, id) = match &which {
+            Replay::One(id) if plain_id(id) => (
+                vec![
+                    (&s.dead, format!("{p}.x.*.{id}")),
+                    (&s.delivered, format!("{p}.o.*.{id}")),
+                    (&s.deliveries, format!("{p}.d.*")),
+                ],
+                None,
+                Some(id.as_str()),
+            ),
+            Replay::One(_) => return Ok(0),
+            Replay::Matching(f) => {
+                let source = match f.state {
+                    DeliveryState::Dead => (&s.dead, format!("{p}.x.>")),
+                    DeliveryState::Delivered => (&s.delivered, format!("{p}.o.>")),
+                    DeliveryState::Pending | DeliveryState::Failed => {
+                        (&s.deliveries, format!("{p}.d.*"))
+                    }
+                };
+                (vec![source], Some(f), None)
+            }
         };
-        let mut found = Vec::new();
-        NatsQueue::scan(&self.streams.dead, &subject, |seq, payload| {
-            found.push((seq, payload.clone()));
-            true
-        })
-        .await?;
         let mut n = 0;
-        for (seq, payload) in found {
-            if self.requeue(seq, &payload).await? {
-                n += 1;
+        for (stream, subject) in sources {
+            // By id, the newest version (a delivery being changed has two
+            // for a moment); a pending one only if it failed (one never
+            // tried is due already), and not held by this run.
+            let mut found: HashMap<String, (u64, Bytes)> = HashMap::new();
+            let pending = std::ptr::eq(stream, &s.deliveries);
+            NatsQueue::scan(stream, &subject, |seq, payload| {
+                if let Some((record, _)) = Record::decode(payload) {
+                    let wanted = id.is_none_or(|id| record.id == id)
+                        && filter.is_none_or(|f| {
+                            f.wants(&record.hook, &record.receiver(), record.created_ms)
+                        })
+                        && (!pending || record.attempts > 0);
+                    if wanted {
+                        found.insert(record.id, (seq, payload.clone()));
+                    } else {
+                        found.remove(&record.id);
+                    }
+                }
+                true
+            })
+            .await?;
+            if pending {
+                let mut state = self.state.lock().unwrap();
+                found.retain(|id, _| !state.held.contains_key(id));
+                if !dry_run {
+                    // A retry this run keeps until it is due is replaced
+                    // by the version requeued now.
+                    state
+                        .parked
+                        .retain(|p| !found.contains_key(&p.held.record.id));
+                }
+            }
+            if dry_run {
+                n += found.len();
+                continue;
+            }
+            for (seq, payload) in found.into_values() {
+                if self.requeue(stream, seq, &payload).await? {
+                    n += 1;
+                }
             }
         }
         Ok(n)
@@ -212,7 +264,10 @@ impl NatsQueue {
 
 /// Whether `id` can stand in a subject as one token.
 fn plain_id(id: &str) -> bool {
-    !id.is_empty() && !id.contains(['.', '*', '>', ' '])
+    !id.is_empty()
+        && !id
+            .chars()
+            .any(|c| matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control())
 }
 
 /// Purges the messages of `stream` stored up to the first one whose time

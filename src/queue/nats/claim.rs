@@ -5,9 +5,13 @@ use super::*;
 
 type Consumer = jetstream::consumer::Consumer<pull::Config>;
 
-/// Longest a second fetch waits for deliveries this run published and the
-/// first fetch did not get (see `claim_due`).
-const FETCH_WAIT: Duration = Duration::from_millis(50);
+/// Longest one claim waits, in all, for deliveries this run published and
+/// a first fetch did not get (see `claim_due`).
+const FETCH_WAIT: Duration = Duration::from_millis(100);
+
+/// How recent this run's last publish to a receiver must be for a claim to
+/// wait for it: later, it was seen or another engine took it.
+const FETCH_RECENT: Duration = Duration::from_secs(1);
 
 /// Up to `want` messages of `consumer`: those it has now, or with `wait`,
 /// the first to come within it. `None` if the fetch failed.
@@ -87,9 +91,14 @@ impl NatsQueue {
                 .receivers
                 .iter()
                 .filter(|(_, r)| r.busy)
-                .map(|(tok, r)| (tok.clone(), r.name.clone(), r.consumer.clone(), r.published))
+                .map(|(tok, r)| {
+                    let recent = r.published_at.is_some_and(|at| at.elapsed() < FETCH_RECENT);
+                    let published = if recent { r.published } else { 0 };
+                    (tok.clone(), r.name.clone(), r.consumer.clone(), published)
+                })
                 .collect()
         };
+        let mut wait_left = FETCH_WAIT;
         for (tok, name, consumer, published) in receivers {
             if let Some(&until) = room.paused.get(&name) {
                 due_at(until);
@@ -106,21 +115,22 @@ impl NatsQueue {
             };
             // JetStream tells a consumer of a new message a moment after
             // acknowledging its publish: a fetch just after can come back
-            // empty. If this run published more than came back, one more
-            // fetch waits for them, up to `FETCH_WAIT` (only as long as
-            // none is there: other engines may have taken them).
-            if batch.len() < want.min(published)
-                && let Some(more) =
-                    fetch(&consumer, &name, want - batch.len(), Some(FETCH_WAIT)).await
-            {
-                batch.extend(more);
+            // empty. If this run just published more than came back, one
+            // more fetch waits for them, while none is there (other engines
+            // may have taken them), `FETCH_WAIT` at most for the whole claim.
+            if batch.len() < want.min(published) && !wait_left.is_zero() {
+                let began = Instant::now();
+                let more = fetch(&consumer, &name, want - batch.len(), Some(wait_left)).await;
+                wait_left = wait_left.saturating_sub(began.elapsed());
+                batch.extend(more.into_iter().flatten());
             }
             if let Some(r) = self.state.lock().unwrap().receivers.get_mut(&tok) {
                 // Published to since this claim began: not dry.
                 if batch.len() < want && r.published <= published {
                     r.busy = false;
                 }
-                r.published = r.published.saturating_sub(published);
+                // Seen, or taken by another engine: not waited for again.
+                r.published = 0;
             }
             let real_now = crate::util::now_ms();
             for m in batch {

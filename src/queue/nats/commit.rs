@@ -156,13 +156,25 @@ impl NatsQueue {
             };
             if let Some(subject) = subject {
                 let msg_id = format!("{id}.{msg_id}.{}", held.seq);
-                let ack = self
-                    .publish(subject, msg_id, record.encode(&held.body))
-                    .await?;
-                ack.await.map_err(nats_error)?;
-            }
-            if let Some(tok) = retried {
-                self.published(&tok);
+                let stored = async {
+                    let ack = self
+                        .publish(subject, msg_id, record.encode(&held.body))
+                        .await?;
+                    ack.await.map_err(nats_error)
+                };
+                match (stored.await, how) {
+                    (Ok(ack), _) => {
+                        if let (Some(tok), false) = (&retried, ack.duplicate) {
+                            self.published(tok);
+                        }
+                    }
+                    // The delivered copy is history: without it, the
+                    // delivery is still delivered, not sent again.
+                    (Err(e), Finish::Delivered) => {
+                        tracing::warn!(%id, "cannot keep a delivered delivery's history in NATS: {e}");
+                    }
+                    (Err(e), _) => return Err(e),
+                }
             }
             self.remove(&held).await
         };

@@ -109,8 +109,15 @@ impl NatsQueue {
         )
     }
 
-    /// Makes the dead letter at `seq` pending again, due now.
-    pub(super) async fn requeue(&self, seq: u64, payload: &Bytes) -> Result<bool, QueueError> {
+    /// Makes the delivery stored at `seq` of `from` (a dead letter, a
+    /// delivered one, or a pending version) pending again, due now, with a
+    /// fresh schedule and its history.
+    pub(super) async fn requeue(
+        &self,
+        from: &stream::Stream,
+        seq: u64,
+        payload: &Bytes,
+    ) -> Result<bool, QueueError> {
         let Some((mut record, body)) = Record::decode(payload) else {
             return Ok(false);
         };
@@ -118,16 +125,18 @@ impl NatsQueue {
         record.attempts = 0;
         record.next_ms = now_ms();
         record.held_until = None;
+        record.done_ms = None;
+        let from_name = &from.cached_info().config.name;
         let ack = self
             .publish(
                 self.subject(&tok),
-                format!("{}.requeue.{seq}", record.id),
+                format!("{}.requeue.{from_name}.{seq}", record.id),
                 record.encode(&body),
             )
             .await?;
         ack.await.map_err(nats_error)?;
         self.published(&tok);
-        delete(&self.streams.dead, seq).await?;
+        delete(from, seq).await?;
         Ok(true)
     }
 }

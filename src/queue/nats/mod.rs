@@ -94,8 +94,9 @@ struct Receiver {
     /// Whether it may have something to fetch, as last seen.
     busy: bool,
     /// Deliveries this run published for it to hand out since its last
-    /// fetch.
+    /// fetch, and when it last did.
     published: usize,
+    published_at: Option<Instant>,
 }
 
 #[derive(Debug, Default)]

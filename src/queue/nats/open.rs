@@ -79,7 +79,14 @@ impl NatsQueue {
                 max_age: dead_age,
                 ..make("DEAD", vec![format!("{p}.x.>")])
             },
-            make("DELIVERED", vec![format!("{p}.o.*.*")]),
+            stream::Config {
+                // Each engine purges past `history_hours` hourly; this is
+                // the backstop, and one copy per delivery.
+                max_age: settings.history.delivered.max(Duration::from_secs(3600))
+                    + Duration::from_secs(3600),
+                max_messages_per_subject: 1,
+                ..make("DELIVERED", vec![format!("{p}.o.*.*")])
+            },
             make("JOURNAL", vec![format!("{p}.j")]),
             stream::Config {
                 max_messages_per_subject: 1,

@@ -47,8 +47,8 @@ impl Queue for NatsQueue {
         Box::pin(self.get_delivery(id))
     }
 
-    fn retry(&self, which: DeadLetters) -> Fut<'_, usize> {
-        Box::pin(self.retry_dead(which))
+    fn retry(&self, which: Replay, dry_run: bool) -> Fut<'_, usize> {
+        Box::pin(self.replay(which, dry_run))
     }
 
     fn depth(&self) -> Fut<'_, HashMap<String, Depth>> {

@@ -35,6 +35,7 @@ impl NatsQueue {
                 consumer,
                 busy: true,
                 published: 0,
+                published_at: None,
             },
         );
         Ok(tok)
@@ -45,6 +46,7 @@ impl NatsQueue {
         if let Some(r) = self.state.lock().unwrap().receivers.get_mut(tok) {
             r.busy = true;
             r.published += 1;
+            r.published_at = Some(Instant::now());
         }
     }
 
@@ -101,6 +103,7 @@ impl NatsQueue {
                     consumer,
                     busy,
                     published: 0,
+                    published_at: None,
                 },
             );
         }

@@ -2,6 +2,7 @@
 
 use super::super::codec::{header_map, header_pairs};
 use super::*;
+use crate::config::HISTORY_MAX_BYTES;
 use crate::delivery::history::shown_headers;
 use crate::delivery::receiver_of;
 
@@ -27,8 +28,13 @@ pub(super) struct Record {
     /// When it was delivered (Unix ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) done_ms: Option<u64>,
-    /// Its latest attempts, oldest first.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Its latest attempts, oldest first. One this build cannot read (a
+    /// newer build's) is left out rather than failing the whole record.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "lenient"
+    )]
     pub(super) history: Vec<AttemptRecord>,
 }
 
@@ -107,8 +113,20 @@ impl Record {
     }
 }
 
+/// The attempts of a record, each one this build cannot read left out.
+fn lenient<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<AttemptRecord>, D::Error> {
+    let values = Vec::<serde_json::Value>::deserialize(d)?;
+    Ok(values
+        .into_iter()
+        .filter_map(|v| serde_json::from_value(v).ok())
+        .collect())
+}
+
 impl Record {
-    /// Keeps `attempt`, and the latest `keep` before it.
+    /// Keeps `attempt`, and the latest `keep` before it, within
+    /// [`HISTORY_MAX_BYTES`] in all: the record travels in one message.
+    /// The newest alone always fits: its body (4 KiB) and headers (12 of
+    /// 256 bytes) are at most about 43 KiB even with every byte escaped.
     pub(super) fn keep(&mut self, attempt: &AttemptRecord, keep: usize) {
         if keep == 0 {
             return;
@@ -116,6 +134,11 @@ impl Record {
         self.history.push(attempt.clone());
         let over = self.history.len().saturating_sub(keep);
         self.history.drain(..over);
+        while self.history.len() > 1
+            && serde_json::to_vec(&self.history).map_or(0, |v| v.len()) > HISTORY_MAX_BYTES
+        {
+            self.history.remove(0);
+        }
     }
 
     /// As operators inspect it, in `state`.

@@ -13,13 +13,15 @@
 //! table on first use, whenever a transaction of this connection did not
 //! commit, and whenever another connection (an operator's `wasmhooks
 //! deliveries`) wrote to the file, which SQLite's `data_version` tells.
-//! About 40 bytes per queued delivery.
+//! About 40 bytes per pending or dead delivery.
 
 use rusqlite::Connection;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 
-/// Delivery id (hashed) → `seq`, of every row, pending or dead.
+/// Delivery id (hashed) → `seq`, of every row pending or dead. Delivered
+/// rows (kept `delivery.history_hours`) are not in it: a day of them would
+/// cost memory by the million, and only an operator looks one up.
 pub(super) struct Ids {
     /// `None` until used, and after anything that may have put it out of
     /// step with the table.
@@ -44,7 +46,7 @@ impl Ids {
     /// The map, read from the table if it is not in step.
     fn rows(&mut self, conn: &Connection) -> rusqlite::Result<&mut HashMap<u128, i64>> {
         if self.rows.is_none() {
-            let mut stmt = conn.prepare("SELECT id, seq FROM deliveries")?;
+            let mut stmt = conn.prepare("SELECT id, seq FROM deliveries WHERE state < 2")?;
             let mut rows = HashMap::new();
             let mut cursor = stmt.query([])?;
             while let Some(row) = cursor.next()? {

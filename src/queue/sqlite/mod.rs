@@ -12,8 +12,9 @@
 //! [`Queue`] methods).
 
 use super::{
-    AttemptRecord, Batch, Claim, Claimed, Committed, DeadLetters, DeliveryDetail, DeliveryInfo,
-    DeliveryQuery, DeliveryState, Depth, Finish, Fut, History, Journaled, Queue, QueueError, Room,
+    AttemptRecord, Batch, Claim, Claimed, Committed, DeliveryDetail, DeliveryFilter, DeliveryInfo,
+    DeliveryQuery, DeliveryState, Depth, Finish, Fut, History, Journaled, Queue, QueueError,
+    Replay, Room,
 };
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};

@@ -4,11 +4,12 @@ use super::claim::claim_due;
 use super::rows::{accept_key, from_sql, record, to_sql, write_batch};
 use super::writer::{Store, atomically};
 use super::{
-    AttemptRecord, Batch, Claim, Committed, DeadLetters, DeliveryDetail, DeliveryInfo,
-    DeliveryQuery, DeliveryState, Depth, Finish, Fut, Journaled, Queue, Room, SqliteQueue,
+    AttemptRecord, Batch, Claim, Committed, DeliveryDetail, DeliveryFilter, DeliveryInfo,
+    DeliveryQuery, DeliveryState, Depth, Finish, Fut, Journaled, Queue, Replay, Room, SqliteQueue,
 };
 use crate::delivery::history::shown_headers;
 use crate::util::now_ms;
+use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, params};
 use std::collections::HashMap;
 
@@ -104,33 +105,27 @@ impl Queue for SqliteQueue {
 
     fn list(&self, query: DeliveryQuery) -> Fut<'_, Vec<DeliveryInfo>> {
         self.call(move |conn| {
-            use rusqlite::types::Value;
-            let mut sql = format!("SELECT {INFO} FROM deliveries WHERE ");
-            sql.push_str(match query.state {
+            let state = match query.filter.state {
                 DeliveryState::Pending => "state = 0",
                 DeliveryState::Failed => "state = 0 AND attempts > 0",
                 DeliveryState::Dead => "state = 1",
                 DeliveryState::Delivered => "state = 2",
-            });
-            let mut args: Vec<Value> = Vec::new();
-            if let Some(hook) = query.hook {
-                args.push(Value::Text(hook));
-                sql.push_str(&format!(" AND hook = ?{}", args.len()));
-            }
-            if let Some(receiver) = query.receiver {
-                args.push(Value::Text(receiver));
-                sql.push_str(&format!(" AND receiver = ?{}", args.len()));
-            }
+            };
+            let mut w = Where::filtered(state, query.filter);
             if let Some((ms, id)) = query.after {
-                args.push(Value::Integer(to_sql(ms)));
-                args.push(Value::Text(id));
-                let n = args.len();
-                sql.push_str(&format!(" AND (created_ms, id) > (?{}, ?{n})", n - 1));
+                w.and(
+                    "(created_ms, id) > (?, ?)",
+                    Some(Value::Integer(to_sql(ms))),
+                );
+                w.args.push(Value::Text(id));
             }
-            args.push(Value::Integer(to_sql(query.limit as u64)));
-            sql.push_str(&format!(" ORDER BY created_ms, id LIMIT ?{}", args.len()));
+            w.args.push(Value::Integer(to_sql(query.limit as u64)));
+            let sql = format!(
+                "SELECT {INFO} FROM deliveries WHERE {} ORDER BY created_ms, id LIMIT ?",
+                w.sql
+            );
             let mut stmt = conn.prepare_cached(&sql)?;
-            let rows = stmt.query_map(rusqlite::params_from_iter(args), info)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(w.args), info)?;
             rows.collect()
         })
     }
@@ -138,7 +133,7 @@ impl Queue for SqliteQueue {
     fn get(&self, id: String) -> Fut<'_, Option<DeliveryDetail>> {
         let keep = self.history.attempts;
         self.call(move |store| {
-            let Some(seq) = store.ids.seq(&store.conn, &id)? else {
+            let Some(seq) = seq_of(store, &id)? else {
                 return Ok(None);
             };
             store
@@ -165,21 +160,55 @@ impl Queue for SqliteQueue {
         })
     }
 
-    fn retry(&self, which: DeadLetters) -> Fut<'_, usize> {
+    fn retry(&self, which: Replay, dry_run: bool) -> Fut<'_, usize> {
         self.call(move |store| {
-            let now = to_sql(now_ms());
-            // Dead letters are never claimed: this touches no claim.
-            let set = "UPDATE deliveries SET state = 0, attempts = 0, next_ms = ?1";
-            match which {
-                DeadLetters::One(id) => match store.ids.seq(&store.conn, &id)? {
-                    Some(seq) => store.execute(
-                        &format!("{set} WHERE seq = ?2 AND state = 1"),
-                        params![now, seq],
-                    ),
-                    None => Ok(0),
+            // What is claimed is in flight, or about to be: left to its run.
+            let mut w = match which {
+                Replay::One(id) => match seq_of(store, &id)? {
+                    Some(seq) => {
+                        let mut w = Where::new("(state != 0 OR attempts > 0) AND claimed = 0");
+                        w.and("seq = ?", Some(Value::Integer(seq)));
+                        w
+                    }
+                    None => return Ok(0),
                 },
-                DeadLetters::All => store.execute(&format!("{set} WHERE state = 1"), [now]),
+                Replay::Matching(f) => {
+                    let state = match f.state {
+                        DeliveryState::Pending | DeliveryState::Failed => {
+                            "state = 0 AND attempts > 0 AND claimed = 0"
+                        }
+                        DeliveryState::Dead => "state = 1",
+                        DeliveryState::Delivered => "state = 2",
+                    };
+                    Where::filtered(state, f)
+                }
+            };
+            if dry_run {
+                let sql = format!("SELECT count(*) FROM deliveries WHERE {}", w.sql);
+                return store
+                    .query_row(&sql, rusqlite::params_from_iter(w.args), |r| {
+                        r.get::<_, i64>(0)
+                    })
+                    .map(|n| from_sql(n) as usize);
             }
+            w.args.push(Value::Integer(to_sql(now_ms())));
+            let sql = format!(
+                "UPDATE deliveries SET state = 0, attempts = 0, done_ms = NULL, next_ms = ? \
+                 WHERE {} RETURNING id, seq",
+                w.sql
+            );
+            // The `SET`'s argument comes first.
+            w.args.rotate_right(1);
+            let requeued: Vec<(String, i64)> = store
+                .prepare(&sql)?
+                .query_map(rusqlite::params_from_iter(w.args), |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let n = requeued.len();
+            // Delivered ones are queued again: among the ids in memory.
+            store.ids.insert(&store.conn, requeued)?;
+            Ok(n)
         })
     }
 
@@ -194,12 +223,26 @@ impl Queue for SqliteQueue {
     }
 
     fn purge_delivered(&self, before_ms: u64) -> Fut<'_, usize> {
-        self.call(move |store| {
-            purge(
-                store,
-                "DELETE FROM deliveries WHERE state = 2 AND done_ms <= ?1 RETURNING id",
-                before_ms,
-            )
+        Box::pin(async move {
+            // An hour of deliveries, a thousand per job: the jobs waiting
+            // (commits, claims) go in between.
+            let mut purged = 0;
+            loop {
+                let n = self
+                    .call(move |store| {
+                        purge(
+                            store,
+                            "DELETE FROM deliveries WHERE seq IN (SELECT seq FROM deliveries
+                             WHERE state = 2 AND done_ms <= ?1 LIMIT 1000) RETURNING id",
+                            before_ms,
+                        )
+                    })
+                    .await?;
+                purged += n;
+                if n < 1000 {
+                    return Ok(purged);
+                }
+            }
         })
     }
 
@@ -231,6 +274,52 @@ impl Queue for SqliteQueue {
     }
 }
 
+/// The row of `id`: a pending or dead one from the ids in memory, else the
+/// latest delivered one, found by reading the table (for operators only).
+fn seq_of(store: &mut Store, id: &str) -> rusqlite::Result<Option<i64>> {
+    if let Some(seq) = store.ids.seq(&store.conn, id)? {
+        return Ok(Some(seq));
+    }
+    store
+        .prepare_cached("SELECT max(seq) FROM deliveries WHERE state = 2 AND id = ?1")?
+        .query_row([id], |r| r.get(0))
+}
+
+/// A `WHERE` clause and its arguments, in order (`?` placeholders).
+struct Where {
+    sql: String,
+    args: Vec<Value>,
+}
+
+impl Where {
+    fn new(sql: &str) -> Where {
+        Where {
+            sql: sql.to_owned(),
+            args: Vec::new(),
+        }
+    }
+
+    /// Rows in `state` (SQL) that `filter` matches, its state aside.
+    fn filtered(state: &str, filter: DeliveryFilter) -> Where {
+        let mut w = Where::new(state);
+        let ms = |v: Option<u64>| v.map(|v| Value::Integer(to_sql(v)));
+        w.and("hook = ?", filter.hook.map(Value::Text));
+        w.and("receiver = ?", filter.receiver.map(Value::Text));
+        w.and("created_ms >= ?", ms(filter.from_ms));
+        w.and("created_ms < ?", ms(filter.to_ms));
+        w
+    }
+
+    /// Adds `AND condition` with its first argument, if there is one.
+    fn and(&mut self, condition: &str, value: Option<Value>) {
+        if let Some(value) = value {
+            self.sql.push_str(" AND ");
+            self.sql.push_str(condition);
+            self.args.push(value);
+        }
+    }
+}
+
 /// Deletes the rows `sql` (a `DELETE … RETURNING id` with `?1`) names.
 fn purge(store: &mut Store, sql: &str, before_ms: u64) -> rusqlite::Result<usize> {
     let purged: Vec<String> = store
@@ -253,7 +342,8 @@ fn info(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryInfo> {
     let state = match r.get::<_, i64>(3)? {
         0 => "pending",
         1 => "dead",
-        _ => "delivered",
+        2 => "delivered",
+        _ => "unknown",
     };
     Ok(DeliveryInfo {
         id: r.get(0)?,

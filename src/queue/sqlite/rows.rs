@@ -121,9 +121,8 @@ pub(super) fn record(
             }
             Ok(())
         }
-        Finish::Delivered => conn
-            .prepare_cached(sql::DELIVERED)?
-            .execute(params![
+        Finish::Delivered => {
+            let kept = conn.prepare_cached(sql::DELIVERED)?.execute(params![
                 seq,
                 attempts,
                 kept,
@@ -131,8 +130,13 @@ pub(super) fn record(
                 to_sql(now_ms()),
                 status,
                 run
-            ])
-            .map(drop),
+            ])?;
+            if kept == 1 {
+                // Kept as history, out of the ids of what is queued.
+                store.ids.remove([id]);
+            }
+            Ok(())
+        }
         Finish::Retry { at_ms } => conn
             .prepare_cached(sql::RETRY)?
             .execute(params![

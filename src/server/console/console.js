@@ -243,6 +243,8 @@ function deliveryQuery() {
   const receiver = $('#delivery-receiver').value;
   if (hook) params.set('hook', hook);
   if (receiver) params.set('receiver', receiver);
+  const since = Number($('#delivery-since').value);
+  if (since) params.set('from_ms', Date.now() - since);
   const cursor = state.deliveries.cursors.at(-1);
   if (cursor) params.set('after', `${cursor.created_ms}:${cursor.id}`);
   return `/v1/deliveries?${params}`;
@@ -253,6 +255,58 @@ async function loadDeliveries() {
   if (!changed('deliveries', rows)) return;
   state.deliveries.rows = rows;
   renderDeliveries();
+}
+
+/** What the filters above the table select, as a replay's filter. */
+function replayFilter() {
+  const filter = { state: $('#delivery-state').value };
+  if (filter.state === 'pending') filter.state = 'failed';
+  const hook = $('#delivery-hook').value;
+  const receiver = $('#delivery-receiver').value;
+  const since = Number($('#delivery-since').value);
+  if (hook) filter.hook = hook;
+  if (receiver) filter.receiver = receiver;
+  if (since) filter.from_ms = Date.now() - since;
+  return filter;
+}
+
+function describe(filter) {
+  const parts = [filter.state === 'failed' ? 'failing' : filter.state];
+  if (filter.hook) parts.push(`of ${filter.hook}`);
+  if (filter.receiver) parts.push(`to ${filter.receiver}`);
+  if (filter.from_ms) parts.push(`queued since ${new Date(filter.from_ms).toLocaleTimeString()}`);
+  return parts.join(' ');
+}
+
+/** Counts what a replay would take, and asks before doing it. */
+async function askReplay() {
+  const filter = replayFilter();
+  const message = $('#deliveries-message');
+  let requeued;
+  try {
+    ({ requeued } = await api('/v1/deliveries/retry', { method: 'POST', body: { ...filter, dry_run: true } }));
+  } catch (e) {
+    if (e instanceof Unauthorized) return askForToken();
+    message.textContent = `Cannot count them: ${e.message}`;
+    return;
+  }
+  const box = $('#replay-confirm');
+  box.dataset.count = requeued;
+  state.replay = filter;
+  const plural = requeued === 1 ? 'delivery' : 'deliveries';
+  $('.what', box).textContent = requeued
+    ? `Send ${requeued} ${plural} again (${describe(filter)}), each under its own id?`
+    : `Nothing to send again (${describe(filter)}).`;
+  $('#replay-yes').textContent = `Replay ${requeued}`;
+  $('#replay-yes').hidden = requeued === 0;
+  box.hidden = false;
+}
+
+async function confirmReplay() {
+  $('#replay-confirm').hidden = true;
+  const filter = state.replay;
+  state.replay = null;
+  if (filter) await retry(filter);
 }
 
 function renderDeliveries() {
@@ -283,7 +337,8 @@ async function retry(which) {
   const message = $('#deliveries-message');
   try {
     const { requeued } = await api('/v1/deliveries/retry', { method: 'POST', body: which });
-    message.textContent = `${requeued} dead letter${requeued === 1 ? '' : 's'} queued again`;
+    const what = which.state ? (requeued === 1 ? 'delivery' : 'deliveries') : (requeued === 1 ? 'dead letter' : 'dead letters');
+    message.textContent = `${requeued} ${what} queued again`;
   } catch (e) {
     if (e instanceof Unauthorized) return askForToken();
     message.textContent = `Retry failed: ${e.message}`;
@@ -301,6 +356,10 @@ async function openDelivery(id) {
     problem.textContent = '';
   } catch (e) {
     if (e instanceof Unauthorized) return askForToken();
+    // Nothing of another delivery stays under the error.
+    for (const part of dialog.querySelectorAll('.summary, tbody')) part.replaceChildren();
+    $('.empty', dialog).hidden = true;
+    dialog.dataset.id = id;
     problem.textContent = `Cannot show ${id}: ${e.message}`;
     if (!dialog.open) dialog.showModal();
     return;
@@ -311,7 +370,7 @@ async function openDelivery(id) {
   $('.summary', dialog).replaceChildren(
     badge(info.state), ' ', el('strong', {}, info.hook), ' → ', el('span', { class: 'mono' }, info.url),
     ` · ${info.body_bytes} bytes · ${info.attempts} attempt${info.attempts === 1 ? '' : 's'} · queued `, ago(info.created_ms),
-    info.delivered_ms ? [' · delivered ', ago(info.delivered_ms)] : '');
+    ...(info.delivered_ms ? [' · delivered ', ago(info.delivered_ms)] : []));
   $('table.headers tbody', dialog).replaceChildren(...d.headers.map(([name, value]) =>
     el('tr', {}, el('td', { class: 'mono' }, name), el('td', { class: 'mono why' }, value))));
   const answer = a => [
@@ -499,5 +558,9 @@ $('#deliveries-next').addEventListener('click', () => {
 $('#deliveries-first').addEventListener('click', resetDeliveries);
 $('#retry-all').addEventListener('click', () => retry({ all_dead: true }));
 $('#detail-close').addEventListener('click', () => $('#delivery-detail').close());
+$('#replay').addEventListener('click', askReplay);
+$('#replay-yes').addEventListener('click', confirmReplay);
+$('#replay-no').addEventListener('click', () => { $('#replay-confirm').hidden = true; state.replay = null; });
+$('#delivery-since').addEventListener('change', () => { $('#replay-confirm').hidden = true; resetDeliveries(); });
 
 refresh();

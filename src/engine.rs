@@ -357,9 +357,10 @@ impl Engine {
     }
 
     /// Sends again the deliveries `which` names (dead letters, delivered
-    /// ones within `delivery.history_hours`, pending ones that failed),
-    /// each under its `webhook-id`, with a fresh retry schedule, due now.
-    /// None that is in flight is taken. Returns how many were requeued.
+    /// ones within `delivery.history_hours`, and on SQLite pending ones
+    /// that failed), each under its `webhook-id`, with a fresh retry
+    /// schedule, due now. None that is in flight is taken. Returns how many
+    /// were requeued.
     pub async fn retry(&self, which: Replay) -> Result<usize, Error> {
         let n = self.inner.queue.retry(which, false).await?;
         self.inner.workers.wake();

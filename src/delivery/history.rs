@@ -104,17 +104,17 @@ impl Answer {
     /// bytes, read within [`BODY_WAIT`]; any of `secrets` (the request's
     /// credentials) that the receiver echoed is replaced by `[redacted]`.
     pub(crate) async fn read(response: &mut reqwest::Response, secrets: &[&str]) -> Answer {
-        let headers = kept_headers(response.headers())
-            .into_iter()
-            .map(|(name, value)| (name, redact(&value, secrets)))
-            .collect();
+        let headers = kept_headers(response.headers(), secrets);
+        // A little past what is kept, so that a credential across the cut
+        // is still found whole, and redacted before the cut.
+        let room = BODY_KEPT + SECRET_SLACK;
         let mut body = Vec::new();
         let read = async {
             loop {
                 match response.chunk().await {
-                    Ok(Some(chunk)) if body.len() + chunk.len() > BODY_KEPT => {
-                        let room = BODY_KEPT - body.len();
-                        body.extend_from_slice(&chunk[..room]);
+                    Ok(Some(chunk)) if body.len() + chunk.len() > room => {
+                        let left = room - body.len();
+                        body.extend_from_slice(&chunk[..left]);
                         // The connection is not reused unless the rest is
                         // read: reading no more is cheaper.
                         return true;
@@ -125,15 +125,19 @@ impl Answer {
                 }
             }
         };
-        let truncated = tokio::time::timeout(BODY_WAIT, read).await.unwrap_or(true);
-        let text = String::from_utf8_lossy(&body);
+        let cut_short = tokio::time::timeout(BODY_WAIT, read).await.unwrap_or(true);
+        let text = redact(&String::from_utf8_lossy(&body), secrets);
+        let kept = cut(&text, BODY_KEPT);
         Answer {
             headers,
-            body: redact(cut(&text, BODY_KEPT), secrets),
-            truncated,
+            truncated: cut_short || kept.len() < text.len(),
+            body: kept.to_owned(),
         }
     }
 }
+
+/// Bytes read past [`BODY_KEPT`] to find a credential across the cut.
+const SECRET_SLACK: usize = 1024;
 
 /// `text` with each of `secrets` in it replaced by `[redacted]`.
 pub(crate) fn redact(text: &str, secrets: &[&str]) -> String {
@@ -148,14 +152,14 @@ pub(crate) fn redact(text: &str, secrets: &[&str]) -> String {
     text
 }
 
-/// The headers of `headers` among [`KEPT_HEADERS`], each value cut to 256
-/// bytes.
-fn kept_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+/// The headers of `headers` among [`KEPT_HEADERS`], `secrets` redacted,
+/// then each value cut to 256 bytes.
+fn kept_headers(headers: &HeaderMap, secrets: &[&str]) -> Vec<(String, String)> {
     headers
         .iter()
         .filter(|(name, _)| KEPT_HEADERS.contains(&name.as_str()))
         .map(|(name, value)| {
-            let value = String::from_utf8_lossy(value.as_bytes());
+            let value = redact(&String::from_utf8_lossy(value.as_bytes()), secrets);
             (
                 name.as_str().to_owned(),
                 cut(&value, HEADER_KEPT).to_owned(),
@@ -182,7 +186,6 @@ pub(crate) const REDACTED: &str = "[redacted]";
 pub(crate) fn is_secret(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     matches!(name.as_str(), "cookie" | "set-cookie")
-        || name.starts_with("webhook-")
         || [
             "auth",
             "token",
@@ -201,15 +204,31 @@ pub(crate) fn is_secret(name: &str) -> bool {
         .any(|word| name.contains(word))
 }
 
-/// The values of `headers` that [`is_secret`] names, and the URL's
-/// password: what must not come back in what a receiver answered.
+/// The values of `headers` that [`is_secret`] names (whole, and past an
+/// auth scheme such as `Bearer `), and the URL's password: what must not
+/// come back in what a receiver answered.
 pub(crate) fn secrets_of<'a>(headers: &'a HeaderMap, url: &'a reqwest::Url) -> Vec<&'a str> {
     headers
         .iter()
         .filter(|(name, _)| is_secret(name.as_str()))
         .filter_map(|(_, value)| value.to_str().ok())
+        .flat_map(|value| {
+            let credential = value.split_once(' ').map(|(_, rest)| rest.trim());
+            std::iter::once(value).chain(credential)
+        })
         .chain(url.password())
         .collect()
+}
+
+/// `url` as operators see it: its password, if any, replaced.
+pub(crate) fn shown_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some(REDACTED));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// A delivery's request headers as operators see them: credentials'
@@ -281,7 +300,13 @@ mod tests {
         let url: reqwest::Url = "https://user:p4ssw0rd-long@example.com/".parse().unwrap();
         let mut secrets = secrets_of(&headers, &url);
         secrets.sort();
-        assert_eq!(secrets, [token, "c2lnbmF0dXJlcw==", "p4ssw0rd-long"]);
+        assert_eq!(
+            secrets,
+            [token, "c2lnbmF0dXJlcw==", "hunter2-t0ken", "p4ssw0rd-long"]
+        );
+        assert!(!shown_url(url.as_str()).contains("p4ssw0rd"));
+        assert_eq!(shown_url("http://a.test/x"), "http://a.test/x");
+        assert!(!is_secret("webhook-id") && is_secret("webhook-signature"));
     }
 
     #[test]

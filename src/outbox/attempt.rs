@@ -2,6 +2,7 @@
 //! dead), the breaker told, and the callers waiting for it answered.
 
 use super::*;
+use crate::delivery::history::shown_url;
 
 /// How a `wait` delivery's wait ended.
 #[derive(Debug, Clone)]
@@ -38,13 +39,15 @@ impl Workers {
                     (bug, None)
                 });
         let duration_ms = began.elapsed().as_millis() as u64;
+        // Logged without the URL's password, if it has one.
+        let shown = shown_url(d.url.as_str());
         let (finish, error, status, up) = match sent {
             Attempt::Delivered(status) => {
-                tracing::debug!(hook = %d.hook, id = %d.id, url = %d.url, %status, attempts, "delivered");
+                tracing::debug!(hook = %d.hook, id = %d.id, url = %shown, %status, attempts, "delivered");
                 (Finish::Delivered, None, Some(status), Some(true))
             }
             Attempt::Permanent { reason, status } => {
-                tracing::error!(hook = %d.hook, id = %d.id, url = %d.url, "delivery failed for good, kept as a dead letter: {reason}");
+                tracing::error!(hook = %d.hook, id = %d.id, url = %shown, "delivery failed for good, kept as a dead letter: {reason}");
                 // An answer means the receiver is up; no answer (refused by
                 // the guard, cannot be signed) says nothing about it.
                 let up = status.is_some().then_some(true);
@@ -56,13 +59,13 @@ impl Workers {
                 retry_after,
             } => match retry_delay(self.sender.config(), attempts, retry_after) {
                 Some(delay) => {
-                    tracing::info!(hook = %d.hook, id = %d.id, url = %d.url, attempts, "{reason}; retrying in {delay:?}");
+                    tracing::info!(hook = %d.hook, id = %d.id, url = %shown, attempts, "{reason}; retrying in {delay:?}");
                     let at_ms = now_ms() + delay.as_millis() as u64;
                     (Finish::Retry { at_ms }, Some(reason), status, Some(false))
                 }
                 None => {
                     let error = gave_up(attempts, &reason);
-                    tracing::error!(hook = %d.hook, id = %d.id, url = %d.url, "delivery kept as a dead letter: {error}");
+                    tracing::error!(hook = %d.hook, id = %d.id, url = %shown, "delivery kept as a dead letter: {error}");
                     (Finish::Dead, Some(error), status, Some(false))
                 }
             },

@@ -66,6 +66,9 @@ pub enum QueueError {
         #[source]
         source: Option<Arc<dyn std::error::Error + Send + Sync>>,
     },
+    /// What was asked cannot be done on this backend.
+    #[error("not supported: {0}")]
+    Unsupported(&'static str),
     /// NATS JetStream failed a request (the server is unreachable, a
     /// timeout…). What the request was to write may or may not have been
     /// written; trying it again writes it once.
@@ -197,11 +200,13 @@ pub enum DeliveryState {
 
 /// Which deliveries to send again (replay): each keeps its `webhook-id`
 /// and gets a fresh retry schedule, due now. Nothing in flight is taken:
-/// a delivery claimed by an engine run is left to it.
+/// a delivery claimed by an engine run is left to it. On NATS JetStream,
+/// pending deliveries cannot be replayed (any engine may hold one):
+/// [`QueueError::Unsupported`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Replay {
     /// One delivery, by id: a dead letter, a delivered one (within
-    /// `delivery.history_hours`), or a pending one that failed.
+    /// `delivery.history_hours`), or (on SQLite) a pending one that failed.
     One(String),
     /// Every delivery [`DeliveryFilter`] matches.
     Matching(DeliveryFilter),

@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::event::{Event, Phase};
 use crate::hooks::HookStatus;
 use crate::queue::{DeliveryDetail, DeliveryInfo, DeliveryQuery};
-use crate::queue::{DeliveryFilter, DeliveryState, Replay};
+use crate::queue::{DeliveryFilter, DeliveryState, QueueError, Replay};
 use crate::run::Verdict;
 use crate::sources::SourceStatus;
 use axum::Json;
@@ -274,7 +274,8 @@ pub(super) async fn delivery(State(engine): State<Engine>, Path(id): Path<String
 /// Latest time a filter takes (Unix ms): 15 digits, as `after`'s.
 const MAX_MS: u64 = 999_999_999_999_999;
 
-/// Refuses a `from_ms` or `to_ms` past [`MAX_MS`].
+/// Refuses a `from_ms` or `to_ms` past [`MAX_MS`]. (A `from_ms` after
+/// `to_ms` is an empty range: it matches nothing.)
 fn times_in_range(from: Option<u64>, to: Option<u64>) -> Result<(), String> {
     for (name, ms) in [("from_ms", from), ("to_ms", to)] {
         if ms.is_some_and(|ms| ms > MAX_MS) {
@@ -290,10 +291,13 @@ const NOT_A_RETRY: &str = "give {\"id\": \"msg_…\"}, {\"all_dead\": true}, or 
 
 /// Sends deliveries again (replay), each under its `webhook-id`, with a
 /// fresh retry schedule, due now: one by id (a dead letter, a delivered
-/// one within `delivery.history_hours`, or a pending one that failed),
-/// every dead letter, or those a filter matches (state, hook, receiver,
-/// and when they were queued). None that an engine is sending is taken.
-/// With `dry_run`, only counts them: what to confirm first.
+/// one within `delivery.history_hours`, or on SQLite a pending one that
+/// failed), every dead letter, or those a filter matches (state, hook,
+/// receiver, and when they were queued). None that an engine is sending is
+/// taken; on NATS JetStream pending deliveries are refused (409), since any
+/// engine may hold one. With `dry_run`, only counts them: what to confirm
+/// first. A receiver that deduplicates on `webhook-id` drops a replayed
+/// delivery it already took.
 #[utoipa::path(
     post,
     path = "/v1/deliveries/retry",
@@ -301,8 +305,9 @@ const NOT_A_RETRY: &str = "give {\"id\": \"msg_…\"}, {\"all_dead\": true}, or 
     request_body = RetryRequest,
     responses(
         (status = 200, description = "How many deliveries are pending again (with `dry_run`, would be)", body = Requeued),
-        (status = 400, description = "Not one of the three forms, `all_dead` not true, `from_ms` after `to_ms` or past 15 digits, or not JSON", body = ApiError),
+        (status = 400, description = "Not one of the three forms, `all_dead` not true, `from_ms` or `to_ms` past 15 digits, or not JSON", body = ApiError),
         (status = 404, description = "No delivery with that id to send again", body = ApiError),
+        (status = 409, description = "Pending deliveries on NATS JetStream, which any engine may be holding: not replayed", body = ApiError),
         (status = 413, description = "A body larger than 1 MiB", body = ApiError),
         (status = 500, description = "The queue failed to write", body = ApiError),
     )
@@ -320,14 +325,6 @@ pub(super) async fn retry(State(engine): State<Engine>, body: Bytes) -> Response
         RetryRequest::Matching(m) => {
             if let Err(e) = times_in_range(m.from_ms, m.to_ms) {
                 return error(StatusCode::BAD_REQUEST, e);
-            }
-            if let (Some(from), Some(to)) = (m.from_ms, m.to_ms)
-                && from > to
-            {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("from_ms ({from}) is after to_ms ({to})"),
-                );
             }
             let filter = DeliveryFilter {
                 state: m.state,
@@ -349,7 +346,7 @@ pub(super) async fn retry(State(engine): State<Engine>, body: Bytes) -> Response
         Ok(0) if one => error(
             StatusCode::NOT_FOUND,
             "no delivery with that id to send again: not a dead letter, a delivered one within \
-             delivery.history_hours, or a pending one that failed (or it is being sent now)"
+             delivery.history_hours, or (on SQLite) a pending one that failed, not being sent now"
                 .into(),
         ),
         Ok(n) => Json(Requeued {
@@ -357,6 +354,9 @@ pub(super) async fn retry(State(engine): State<Engine>, body: Bytes) -> Response
             dry_run,
         })
         .into_response(),
+        Err(e @ Error::Queue(QueueError::Unsupported(_))) => {
+            error(StatusCode::CONFLICT, e.to_string())
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -235,7 +235,7 @@ async fn deliveries_lists_and_retries_dead_letters_in_a_state_folder() {
         "--dry-run",
     ]);
     assert!(
-        ok && out.starts_with("1 deliveries would be sent again"),
+        ok && out.starts_with("1 delivery would be sent again"),
         "{out}{err}"
     );
     let (ok, out, err) = deliveries(&["retry", "--dead", "--until", "1h"]);
@@ -244,7 +244,7 @@ async fn deliveries_lists_and_retries_dead_letters_in_a_state_folder() {
         "queued within the hour, not before: {out}{err}"
     );
     let (ok, out, err) = deliveries(&["retry", "--all-dead"]);
-    assert!(ok && out.starts_with("1 deliveries requeued"), "{out}{err}");
+    assert!(ok && out.starts_with("1 delivery requeued"), "{out}{err}");
     let (_, out, _) = deliveries(&["list", "--json"]);
     let pending: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(pending[0]["id"], id);

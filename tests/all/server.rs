@@ -183,7 +183,14 @@ async fn events_in_verdicts_and_status_out() {
         3
     );
     let backwards = serde_json::json!({"state": "dead", "from_ms": 2, "to_ms": 1});
-    assert_eq!(retry(backwards).await.unwrap().status(), 400);
+    let r = retry(backwards).await.unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["requeued"],
+        0,
+        "an empty range"
+    );
+    let too_late = serde_json::json!({"state": "dead", "to_ms": 10_000_000_000_000_000_u64});
+    assert_eq!(retry(too_late).await.unwrap().status(), 400);
 
     engine.drain().await;
     let metrics = get("/metrics").await.unwrap().text().await.unwrap();

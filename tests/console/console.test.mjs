@@ -406,7 +406,13 @@ test('dead letters are filtered by hook and receiver, and paged', async () => {
     await page.click('#replay')
     const confirm = page.locator(`#replay-confirm[data-count="${N}"]`)
     await confirm.waitFor({ state: 'visible', ...WAIT })
-    assert.match(await confirm.innerText(), new RegExp(`Send ${N} deliveries again \\(dead of archive to ${receiverName.replace(/[.]/g, '\\.')}`))
+    assert.match(await confirm.innerText(), new RegExp(`Send ${N} deliveries again \\(dead of archive to ${receiverName.replace(/[.]/g, '\\.')} queued since`))
+    // Another filter chosen: the count no longer stands.
+    await page.selectOption('#delivery-hook', 'notify')
+    await page.locator('#replay-confirm').waitFor({ state: 'hidden', ...WAIT })
+    await page.selectOption('#delivery-hook', 'archive')
+    await page.click('#replay')
+    await confirm.waitFor({ state: 'visible', ...WAIT })
     assert.equal(await page.locator('#replay-yes').innerText(), `Replay ${N}`)
     receiver.answer = () => 200
     await page.click('#replay-yes')

@@ -97,42 +97,43 @@ pub(crate) enum DeliveriesCommand {
     /// fresh retry schedule: one by id, every dead letter, or those a
     /// filter matches (`--dead`, `--failed` or `--delivered`, with
     /// `--hook`, `--receiver`, `--since`, `--until`). Nothing an engine is
-    /// sending is taken.
+    /// sending is taken. These flags have no environment variables: one
+    /// left set would silently widen or narrow a later replay.
     #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all_dead", "dead", "failed", "delivered"])))]
     #[command(group(clap::ArgGroup::new("filter").args(["dead", "failed", "delivered"])))]
     Retry {
         /// The delivery (its webhook-id, `msg_…`): a dead letter, a
-        /// delivered one, or a pending one that failed.
+        /// delivered one, or (SQLite only) a pending one that failed.
         id: Option<String>,
         /// Every dead letter.
         #[arg(long)]
         all_dead: bool,
         /// The dead letters the other options match.
-        #[arg(long, env = "WASMHOOKS_REPLAY_DEAD")]
+        #[arg(long)]
         dead: bool,
         /// The pending deliveries that failed at least once the other
-        /// options match.
-        #[arg(long, env = "WASMHOOKS_REPLAY_FAILED")]
+        /// options match (SQLite only: on NATS any engine may hold one).
+        #[arg(long)]
         failed: bool,
         /// The delivered deliveries (within `delivery.history_hours`) the
         /// other options match.
-        #[arg(long, env = "WASMHOOKS_REPLAY_DELIVERED")]
+        #[arg(long)]
         delivered: bool,
         /// Only those this hook asked for.
-        #[arg(long, env = "WASMHOOKS_REPLAY_HOOK", requires = "filter")]
+        #[arg(long, requires = "filter")]
         hook: Option<String>,
         /// Only those to this receiver (`host:port`).
-        #[arg(long, env = "WASMHOOKS_REPLAY_RECEIVER", requires = "filter")]
+        #[arg(long, requires = "filter")]
         receiver: Option<String>,
         /// Only those queued since then: a time ago (`2h`, `30min`) or an
         /// RFC 3339 time (`2026-12-07T09:00:00Z`).
-        #[arg(long, env = "WASMHOOKS_REPLAY_SINCE", requires = "filter", value_parser = parse_time)]
+        #[arg(long, requires = "filter", value_parser = parse_time)]
         since: Option<u64>,
         /// Only those queued before then (same forms as --since).
-        #[arg(long, env = "WASMHOOKS_REPLAY_UNTIL", requires = "filter", value_parser = parse_time)]
+        #[arg(long, requires = "filter", value_parser = parse_time)]
         until: Option<u64>,
         /// Only count them; change nothing.
-        #[arg(long, env = "WASMHOOKS_DRY_RUN")]
+        #[arg(long)]
         dry_run: bool,
     },
     /// Delete dead letters whose delivery was queued more than N days ago

@@ -110,14 +110,15 @@ pub(crate) async fn deliveries(args: DeliveriesArgs) -> Result<()> {
             if let (Replay::One(id), 0) = (&which, n) {
                 bail!(
                     "{id} cannot be sent again: it is not a dead letter, a delivered delivery \
-                     within delivery.history_hours, or a pending one that failed (see \
+                     within delivery.history_hours, or (SQLite) a pending one that failed (see \
                      `wasmhooks deliveries show {id}`)"
                 );
             }
+            let what = if n == 1 { "delivery" } else { "deliveries" };
             if dry_run {
-                println!("{n} deliveries would be sent again (nothing changed: --dry-run)");
+                println!("{n} {what} would be sent again (nothing changed: --dry-run)");
             } else {
-                println!("{n} deliveries requeued; a running engine sends them within a second");
+                println!("{n} {what} requeued; a running engine sends them within a second");
             }
         }
         DeliveriesCommand::Purge { older_than_days } => {

@@ -108,17 +108,20 @@ impl NatsQueue {
     }
 
     /// Makes the deliveries `which` names pending again, due now (with
-    /// `dry_run`, counts them).
+    /// `dry_run`, counts them): dead letters and delivered deliveries.
+    /// Pending ones are refused: any engine may hold one (fetched, or kept
+    /// until its retry is due), and no one engine can take it from the
+    /// others.
     pub(super) async fn replay(&self, which: Replay, dry_run: bool) -> Result<usize, QueueError> {
         let p = &self.streams.prefix;
         let s = &self.streams;
-        // Where to look, and what to take there.
+        // Where to look, and what to take there: by id, the first stream
+        // that has it.
         let (sources, filter, id) = match &which {
             Replay::One(id) if plain_id(id) => (
                 vec![
                     (&s.dead, format!("{p}.x.*.{id}")),
                     (&s.delivered, format!("{p}.o.*.{id}")),
-                    (&s.deliveries, format!("{p}.d.*")),
                 ],
                 None,
                 Some(id.as_str()),
@@ -129,7 +132,10 @@ impl NatsQueue {
                     DeliveryState::Dead => (&s.dead, format!("{p}.x.>")),
                     DeliveryState::Delivered => (&s.delivered, format!("{p}.o.>")),
                     DeliveryState::Pending | DeliveryState::Failed => {
-                        (&s.deliveries, format!("{p}.d.*"))
+                        return Err(QueueError::Unsupported(
+                            "a replay of pending deliveries on NATS JetStream: any engine may \
+                             be holding one; replay dead letters or delivered deliveries",
+                        ));
                     }
                 };
                 (vec![source], Some(f), None)
@@ -137,46 +143,32 @@ impl NatsQueue {
         };
         let mut n = 0;
         for (stream, subject) in sources {
-            // By id, the newest version (a delivery being changed has two
-            // for a moment); a pending one only if it failed (one never
-            // tried is due already), and not held by this run.
+            // By id, the newest version (a dead letter replayed and dead
+            // again has a new message).
             let mut found: HashMap<String, (u64, Bytes)> = HashMap::new();
-            let pending = std::ptr::eq(stream, &s.deliveries);
             NatsQueue::scan(stream, &subject, |seq, payload| {
-                if let Some((record, _)) = Record::decode(payload) {
-                    let wanted = id.is_none_or(|id| record.id == id)
-                        && filter.is_none_or(|f| {
-                            f.wants(&record.hook, &record.receiver(), record.created_ms)
-                        })
-                        && (!pending || record.attempts > 0);
-                    if wanted {
-                        found.insert(record.id, (seq, payload.clone()));
-                    } else {
-                        found.remove(&record.id);
-                    }
+                if let Some((record, _)) = Record::decode(payload)
+                    && id.is_none_or(|id| record.id == id)
+                    && filter.is_none_or(|f| {
+                        f.wants(&record.hook, &record.receiver(), record.created_ms)
+                    })
+                {
+                    found.insert(record.id, (seq, payload.clone()));
                 }
                 true
             })
             .await?;
-            if pending {
-                let mut state = self.state.lock().unwrap();
-                found.retain(|id, _| !state.held.contains_key(id));
-                if !dry_run {
-                    // A retry this run keeps until it is due is replaced
-                    // by the version requeued now.
-                    state
-                        .parked
-                        .retain(|p| !found.contains_key(&p.held.record.id));
-                }
-            }
             if dry_run {
                 n += found.len();
-                continue;
-            }
-            for (seq, payload) in found.into_values() {
-                if self.requeue(stream, seq, &payload).await? {
-                    n += 1;
+            } else {
+                for (seq, payload) in found.into_values() {
+                    if self.requeue(stream, seq, &payload).await? {
+                        n += 1;
+                    }
                 }
+            }
+            if id.is_some() && n > 0 {
+                break;
             }
         }
         Ok(n)

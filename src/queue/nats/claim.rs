@@ -118,19 +118,26 @@ impl NatsQueue {
             // empty. If this run just published more than came back, one
             // more fetch waits for them, while none is there (other engines
             // may have taken them), `FETCH_WAIT` at most for the whole claim.
-            if batch.len() < want.min(published) && !wait_left.is_zero() {
-                let began = Instant::now();
-                let more = fetch(&consumer, &name, want - batch.len(), Some(wait_left)).await;
-                wait_left = wait_left.saturating_sub(began.elapsed());
-                batch.extend(more.into_iter().flatten());
+            let mut unwaited = false;
+            if batch.len() < want.min(published) {
+                if wait_left.is_zero() {
+                    // No time left in this claim to wait for them: the
+                    // receiver stays busy, its count kept, for the next.
+                    unwaited = true;
+                } else {
+                    let began = Instant::now();
+                    let more = fetch(&consumer, &name, want - batch.len(), Some(wait_left)).await;
+                    wait_left = wait_left.saturating_sub(began.elapsed());
+                    batch.extend(more.into_iter().flatten());
+                }
             }
-            if let Some(r) = self.state.lock().unwrap().receivers.get_mut(&tok) {
+            if !unwaited && let Some(r) = self.state.lock().unwrap().receivers.get_mut(&tok) {
                 // Published to since this claim began: not dry.
                 if batch.len() < want && r.published <= published {
                     r.busy = false;
                 }
                 // Seen, or taken by another engine: not waited for again.
-                r.published = 0;
+                r.published = r.published.saturating_sub(published);
             }
             let real_now = crate::util::now_ms();
             for m in batch {

@@ -109,9 +109,9 @@ impl NatsQueue {
         )
     }
 
-    /// Makes the delivery stored at `seq` of `from` (a dead letter, a
-    /// delivered one, or a pending version) pending again, due now, with a
-    /// fresh schedule and its history.
+    /// Makes the delivery stored at `seq` of `from` (a dead letter or a
+    /// delivered one) pending again, due now, with a fresh schedule and its
+    /// history.
     pub(super) async fn requeue(
         &self,
         from: &stream::Stream,
@@ -136,7 +136,11 @@ impl NatsQueue {
             .await?;
         ack.await.map_err(nats_error)?;
         self.published(&tok);
-        delete(from, seq).await?;
+        // Pending again either way: a copy left behind is only shown
+        // twice, and is deleted at the next replay or purge.
+        if let Err(e) = delete(from, seq).await {
+            tracing::warn!(id = %record.id, "requeued, but its old copy stays for now: {e}");
+        }
         Ok(true)
     }
 }

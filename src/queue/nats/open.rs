@@ -124,8 +124,29 @@ impl NatsQueue {
             };
             opened.push(stream);
         }
-        let [deliveries, dead, delivered, journal, keys] =
+        let [deliveries, dead, mut delivered, journal, keys] =
             <[stream::Stream; 5]>::try_from(opened).unwrap();
+        // Created by an engine that keeps less: keep as long as this one.
+        let keep = settings.history.delivered + Duration::from_secs(3600);
+        let current = delivered.cached_info().config.max_age;
+        if !current.is_zero() && current < keep {
+            let mut config = delivered.cached_info().config.clone();
+            config.max_age = keep;
+            match js.update_stream(config).await {
+                Ok(_) => {
+                    delivered = js.get_stream(format!("{p}_DELIVERED")).await.map_err(|e| {
+                        connect(
+                            "cannot open the stream of delivered deliveries".into(),
+                            Some(e.into()),
+                        )
+                    })?
+                }
+                Err(e) => tracing::warn!(
+                    "the stream {p}_DELIVERED keeps delivered deliveries less than \
+                     delivery.history_hours, and cannot be changed: {e}"
+                ),
+            }
+        }
         let streams = Streams {
             prefix: p.clone(),
             deliveries,

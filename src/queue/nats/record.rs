@@ -3,7 +3,7 @@
 use super::super::codec::{header_map, header_pairs};
 use super::*;
 use crate::config::HISTORY_MAX_BYTES;
-use crate::delivery::history::shown_headers;
+use crate::delivery::history::{shown_headers, shown_url};
 use crate::delivery::receiver_of;
 
 /// A delivery's state, stored before its body in its message.
@@ -99,7 +99,7 @@ impl Record {
         DeliveryInfo {
             id: self.id.clone(),
             hook: self.hook.clone(),
-            url: self.url.clone(),
+            url: shown_url(&self.url),
             receiver: self.receiver(),
             state,
             attempts: self.attempts,

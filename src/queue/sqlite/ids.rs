@@ -78,12 +78,18 @@ impl Ids {
         Ok(())
     }
 
-    /// Forgets rows just deleted.
-    pub(super) fn remove<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>) {
-        let keys: Vec<u128> = ids.into_iter().map(|id| self.key(id)).collect();
-        if let Some(rows) = &mut self.rows {
-            for key in keys {
-                rows.remove(&key);
+    /// Forgets rows just deleted or delivered, each by id and row: an id
+    /// that now names another row (queued again since) keeps it.
+    pub(super) fn remove<'a>(&mut self, rows: impl IntoIterator<Item = (&'a str, i64)>) {
+        let keys: Vec<(u128, i64)> = rows
+            .into_iter()
+            .map(|(id, seq)| (self.key(id), seq))
+            .collect();
+        if let Some(map) = &mut self.rows {
+            for (key, seq) in keys {
+                if map.get(&key) == Some(&seq) {
+                    map.remove(&key);
+                }
             }
         }
     }

@@ -7,7 +7,7 @@ use super::{
     AttemptRecord, Batch, Claim, Committed, DeliveryDetail, DeliveryFilter, DeliveryInfo,
     DeliveryQuery, DeliveryState, Depth, Finish, Fut, Journaled, Queue, Replay, Room, SqliteQueue,
 };
-use crate::delivery::history::shown_headers;
+use crate::delivery::history::{shown_headers, shown_url};
 use crate::util::now_ms;
 use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, params};
@@ -161,62 +161,14 @@ impl Queue for SqliteQueue {
     }
 
     fn retry(&self, which: Replay, dry_run: bool) -> Fut<'_, usize> {
-        self.call(move |store| {
-            // What is claimed is in flight, or about to be: left to its run.
-            let mut w = match which {
-                Replay::One(id) => match seq_of(store, &id)? {
-                    Some(seq) => {
-                        let mut w = Where::new("(state != 0 OR attempts > 0) AND claimed = 0");
-                        w.and("seq = ?", Some(Value::Integer(seq)));
-                        w
-                    }
-                    None => return Ok(0),
-                },
-                Replay::Matching(f) => {
-                    let state = match f.state {
-                        DeliveryState::Pending | DeliveryState::Failed => {
-                            "state = 0 AND attempts > 0 AND claimed = 0"
-                        }
-                        DeliveryState::Dead => "state = 1",
-                        DeliveryState::Delivered => "state = 2",
-                    };
-                    Where::filtered(state, f)
-                }
-            };
-            if dry_run {
-                let sql = format!("SELECT count(*) FROM deliveries WHERE {}", w.sql);
-                return store
-                    .query_row(&sql, rusqlite::params_from_iter(w.args), |r| {
-                        r.get::<_, i64>(0)
-                    })
-                    .map(|n| from_sql(n) as usize);
-            }
-            w.args.push(Value::Integer(to_sql(now_ms())));
-            let sql = format!(
-                "UPDATE deliveries SET state = 0, attempts = 0, done_ms = NULL, next_ms = ? \
-                 WHERE {} RETURNING id, seq",
-                w.sql
-            );
-            // The `SET`'s argument comes first.
-            w.args.rotate_right(1);
-            let requeued: Vec<(String, i64)> = store
-                .prepare(&sql)?
-                .query_map(rusqlite::params_from_iter(w.args), |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?
-                .collect::<rusqlite::Result<_>>()?;
-            let n = requeued.len();
-            // Delivered ones are queued again: among the ids in memory.
-            store.ids.insert(&store.conn, requeued)?;
-            Ok(n)
-        })
+        self.call(move |store| atomically(store, |store| replay(store, which, dry_run)))
     }
 
     fn purge_dead(&self, before_ms: u64) -> Fut<'_, usize> {
         self.call(move |store| {
             purge(
                 store,
-                "DELETE FROM deliveries WHERE state = 1 AND created_ms <= ?1 RETURNING id",
+                "DELETE FROM deliveries WHERE state = 1 AND created_ms <= ?1 RETURNING id, seq",
                 before_ms,
             )
         })
@@ -233,7 +185,7 @@ impl Queue for SqliteQueue {
                         purge(
                             store,
                             "DELETE FROM deliveries WHERE seq IN (SELECT seq FROM deliveries
-                             WHERE state = 2 AND done_ms <= ?1 LIMIT 1000) RETURNING id",
+                             WHERE state = 2 AND done_ms <= ?1 LIMIT 1000) RETURNING id, seq",
                             before_ms,
                         )
                     })
@@ -272,6 +224,64 @@ impl Queue for SqliteQueue {
             rows.collect()
         })
     }
+}
+
+/// Makes the rows `which` names pending again, due now (with `dry_run`,
+/// counts them). What is claimed is in flight, or about to be: left to its
+/// run.
+fn replay(store: &mut Store, which: Replay, dry_run: bool) -> rusqlite::Result<usize> {
+    let w = match which {
+        Replay::One(id) => match seq_of(store, &id)? {
+            Some(seq) => {
+                let mut w = Where::new("(state != 0 OR attempts > 0) AND claimed = 0");
+                w.and("seq = ?", Some(Value::Integer(seq)));
+                w
+            }
+            None => return Ok(0),
+        },
+        Replay::Matching(f) => {
+            let state = match f.state {
+                DeliveryState::Pending | DeliveryState::Failed => {
+                    "state = 0 AND attempts > 0 AND claimed = 0"
+                }
+                DeliveryState::Dead => "state = 1",
+                DeliveryState::Delivered => "state = 2",
+            };
+            Where::filtered(state, f)
+        }
+    };
+    let sql = format!("SELECT id, seq, state FROM deliveries WHERE {}", w.sql);
+    let found: Vec<(String, i64, i64)> = store
+        .prepare(&sql)?
+        .query_map(rusqlite::params_from_iter(w.args), |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    // A delivered row whose id was queued again since (a live row
+    // of the same id) stays history: the live one is sent.
+    let mut taken = Vec::with_capacity(found.len());
+    for (id, seq, state) in found {
+        if state == 2 && store.ids.seq(&store.conn, &id)?.is_some() {
+            continue;
+        }
+        taken.push((id, seq));
+    }
+    if dry_run {
+        return Ok(taken.len());
+    }
+    let now = to_sql(now_ms());
+    let mut update = store.conn.prepare_cached(
+        "UPDATE deliveries SET state = 0, attempts = 0, done_ms = NULL, next_ms = ?2 \
+         WHERE seq = ?1",
+    )?;
+    for (_, seq) in &taken {
+        update.execute(params![seq, now])?;
+    }
+    drop(update);
+    let n = taken.len();
+    // Delivered ones are queued again: among the ids in memory.
+    store.ids.insert(&store.conn, taken)?;
+    Ok(n)
 }
 
 /// The row of `id`: a pending or dead one from the ids in memory, else the
@@ -320,13 +330,15 @@ impl Where {
     }
 }
 
-/// Deletes the rows `sql` (a `DELETE … RETURNING id` with `?1`) names.
+/// Deletes the rows `sql` (a `DELETE … RETURNING id, seq` with `?1`) names.
 fn purge(store: &mut Store, sql: &str, before_ms: u64) -> rusqlite::Result<usize> {
-    let purged: Vec<String> = store
+    let purged: Vec<(String, i64)> = store
         .prepare_cached(sql)?
-        .query_map([to_sql(before_ms)], |r| r.get(0))?
+        .query_map([to_sql(before_ms)], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    store.ids.remove(purged.iter().map(String::as_str));
+    store
+        .ids
+        .remove(purged.iter().map(|(id, seq)| (id.as_str(), *seq)));
     Ok(purged.len())
 }
 
@@ -348,7 +360,7 @@ fn info(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryInfo> {
     Ok(DeliveryInfo {
         id: r.get(0)?,
         hook: r.get(1)?,
-        url: r.get(2)?,
+        url: shown_url(&r.get::<_, String>(2)?),
         receiver: r.get(10)?,
         state,
         attempts: r.get(4)?,

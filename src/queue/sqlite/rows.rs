@@ -117,7 +117,7 @@ pub(super) fn record(
                 .prepare_cached(sql::DELIVERED_GONE)?
                 .execute(params![seq, run])?;
             if deleted == 1 {
-                store.ids.remove([id]);
+                store.ids.remove([(id, seq)]);
             }
             Ok(())
         }
@@ -133,7 +133,7 @@ pub(super) fn record(
             ])?;
             if kept == 1 {
                 // Kept as history, out of the ids of what is queued.
-                store.ids.remove([id]);
+                store.ids.remove([(id, seq)]);
             }
             Ok(())
         }

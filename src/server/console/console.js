@@ -266,7 +266,10 @@ function replayFilter() {
   const since = Number($('#delivery-since').value);
   if (hook) filter.hook = hook;
   if (receiver) filter.receiver = receiver;
-  if (since) filter.from_ms = Date.now() - since;
+  const now = Date.now();
+  if (since) filter.from_ms = now - since;
+  // What is queued after the count is not part of what was confirmed.
+  filter.to_ms = now + 1;
   return filter;
 }
 
@@ -275,6 +278,7 @@ function describe(filter) {
   if (filter.hook) parts.push(`of ${filter.hook}`);
   if (filter.receiver) parts.push(`to ${filter.receiver}`);
   if (filter.from_ms) parts.push(`queued since ${new Date(filter.from_ms).toLocaleTimeString()}`);
+  parts.push(`until ${new Date(filter.to_ms).toLocaleTimeString()}`);
   return parts.join(' ');
 }
 
@@ -300,6 +304,12 @@ async function askReplay() {
   $('#replay-yes').textContent = `Replay ${requeued}`;
   $('#replay-yes').hidden = requeued === 0;
   box.hidden = false;
+}
+
+/** A count asked for other filters than those now chosen is dropped. */
+function hideReplay() {
+  $('#replay-confirm').hidden = true;
+  state.replay = null;
 }
 
 async function confirmReplay() {
@@ -546,7 +556,7 @@ $('#hook-search').addEventListener('input', () => { state.hooksPage = 0; renderH
 $('#hooks-prev').addEventListener('click', () => { state.hooksPage--; renderHooks(); });
 $('#hooks-next').addEventListener('click', () => { state.hooksPage++; renderHooks(); });
 for (const id of ['#delivery-state', '#delivery-hook', '#delivery-receiver']) {
-  $(id).addEventListener('change', resetDeliveries);
+  $(id).addEventListener('change', () => { hideReplay(); resetDeliveries(); });
 }
 $('#deliveries-next').addEventListener('click', () => {
   const last = state.deliveries.rows.at(-1);
@@ -560,7 +570,7 @@ $('#retry-all').addEventListener('click', () => retry({ all_dead: true }));
 $('#detail-close').addEventListener('click', () => $('#delivery-detail').close());
 $('#replay').addEventListener('click', askReplay);
 $('#replay-yes').addEventListener('click', confirmReplay);
-$('#replay-no').addEventListener('click', () => { $('#replay-confirm').hidden = true; state.replay = null; });
-$('#delivery-since').addEventListener('change', () => { $('#replay-confirm').hidden = true; resetDeliveries(); });
+$('#replay-no').addEventListener('click', hideReplay);
+$('#delivery-since').addEventListener('change', () => { hideReplay(); resetDeliveries(); });
 
 refresh();

@@ -55,14 +55,26 @@ impl NatsServer {
     }
 
     /// A cluster of `n` nodes with JetStream, routed to each other, once
-    /// it has a JetStream leader.
+    /// it has a JetStream leader. Its ports are picked free, then released
+    /// (`free_port`): a server of a test running beside may take one in
+    /// between, and a node that cannot bind exits. Such a cluster is
+    /// started again on other ports, up to three times.
     pub fn cluster(n: usize) -> Vec<NatsServer> {
+        for _ in 0..2 {
+            if let Some(nodes) = NatsServer::try_cluster(n) {
+                return nodes;
+            }
+        }
+        NatsServer::try_cluster(n).expect("the NATS cluster formed")
+    }
+
+    fn try_cluster(n: usize) -> Option<Vec<NatsServer>> {
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let routes: Vec<String> = ports
             .iter()
             .map(|p| format!("nats-route://127.0.0.1:{p}"))
             .collect();
-        let nodes: Vec<NatsServer> = (0..n)
+        let mut nodes: Vec<NatsServer> = (0..n)
             .map(|i| {
                 NatsServer::spawn(vec![
                     "--name".into(),
@@ -76,20 +88,31 @@ impl NatsServer {
                 ])
             })
             .collect();
-        for node in &nodes {
-            node.wait_ready();
-        }
         // And until JetStream's meta group knows every node and has a
         // leader, so that streams with `n` replicas can be placed.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !nodes.iter().all(|node| node.meta_formed(n)) {
-            assert!(
-                Instant::now() < deadline,
-                "the NATS cluster did not form within 30 s"
-            );
+        while !nodes
+            .iter()
+            .all(|node| node.healthy() && node.meta_formed(n))
+        {
+            if Instant::now() >= deadline {
+                eprintln!("the NATS cluster did not form within 30 s");
+                return None;
+            }
+            if nodes.iter_mut().any(NatsServer::exited) {
+                eprintln!("a NATS node exited while the cluster formed (a port taken?)");
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(50)); // polling a readiness check
         }
-        nodes
+        Some(nodes)
+    }
+
+    /// Whether its process has exited.
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| child.try_wait().ok().flatten().is_some())
     }
 
     fn spawn(extra: Vec<String>) -> NatsServer {

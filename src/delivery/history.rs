@@ -223,12 +223,29 @@ pub(crate) fn secrets_of<'a>(headers: &'a HeaderMap, url: &'a reqwest::Url) -> V
 /// `url` as operators see it: its password, if any, replaced.
 pub(crate) fn shown_url(url: &str) -> String {
     match reqwest::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some(REDACTED));
-            parsed.to_string()
-        }
-        _ => url.to_owned(),
+        Ok(parsed) => ShownUrl(&parsed).to_string(),
+        Err(_) => url.to_owned(),
     }
+}
+
+/// A URL shown (logged) without its password, formatted only if shown:
+/// nothing is parsed or copied for a log line that is filtered out.
+pub(crate) struct ShownUrl<'a>(pub &'a reqwest::Url);
+
+impl std::fmt::Display for ShownUrl<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.password().is_none() {
+            return f.write_str(self.0.as_str());
+        }
+        let mut masked = self.0.clone();
+        let _ = masked.set_password(Some(REDACTED));
+        f.write_str(masked.as_str())
+    }
+}
+
+/// Drops all but the latest `keep` attempts of `history` (oldest first).
+pub(crate) fn keep_latest(history: &mut Vec<AttemptRecord>, keep: usize) {
+    history.drain(..history.len().saturating_sub(keep));
 }
 
 /// A delivery's request headers as operators see them: credentials'

@@ -2,7 +2,7 @@
 //! dead), the breaker told, and the callers waiting for it answered.
 
 use super::*;
-use crate::delivery::history::shown_url;
+use crate::delivery::history::ShownUrl;
 
 /// How a `wait` delivery's wait ended.
 #[derive(Debug, Clone)]
@@ -40,7 +40,7 @@ impl Workers {
                 });
         let duration_ms = began.elapsed().as_millis() as u64;
         // Logged without the URL's password, if it has one.
-        let shown = shown_url(d.url.as_str());
+        let shown = ShownUrl(&d.url);
         let (finish, error, status, up) = match sent {
             Attempt::Delivered(status) => {
                 tracing::debug!(hook = %d.hook, id = %d.id, url = %shown, %status, attempts, "delivered");

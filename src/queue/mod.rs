@@ -516,7 +516,7 @@ impl DeliveryAdmin {
 
     /// How many deliveries [`retry`](DeliveryAdmin::retry) would make
     /// pending again now, changing nothing.
-    pub async fn count(&self, which: Replay) -> Result<usize, QueueError> {
+    pub async fn count_retry(&self, which: Replay) -> Result<usize, QueueError> {
         self.queue.retry(which, true).await
     }
 

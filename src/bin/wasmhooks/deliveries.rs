@@ -103,7 +103,7 @@ pub(crate) async fn deliveries(args: DeliveriesArgs) -> Result<()> {
                 }),
             };
             let n = if dry_run {
-                admin.count(which.clone()).await?
+                admin.count_retry(which.clone()).await?
             } else {
                 admin.retry(which.clone()).await?
             };

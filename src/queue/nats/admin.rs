@@ -1,6 +1,7 @@
 //! What operators see and do: the backlog, listings, retries and purges.
 
 use super::*;
+use crate::delivery::history::keep_latest;
 
 impl NatsQueue {
     /// Messages waiting: deliveries and journaled events.
@@ -102,8 +103,7 @@ impl NatsQueue {
 
     /// `detail` with the latest [`History::attempts`] attempts only.
     fn trimmed(&self, mut detail: DeliveryDetail) -> DeliveryDetail {
-        let over = detail.history.len().saturating_sub(self.history.attempts);
-        detail.history.drain(..over);
+        keep_latest(&mut detail.history, self.history.attempts);
         detail
     }
 

@@ -3,7 +3,7 @@
 use super::super::codec::{header_map, header_pairs};
 use super::*;
 use crate::config::HISTORY_MAX_BYTES;
-use crate::delivery::history::{shown_headers, shown_url};
+use crate::delivery::history::{keep_latest, shown_headers, shown_url};
 use crate::delivery::receiver_of;
 
 /// A delivery's state, stored before its body in its message.
@@ -132,8 +132,7 @@ impl Record {
             return;
         }
         self.history.push(attempt.clone());
-        let over = self.history.len().saturating_sub(keep);
-        self.history.drain(..over);
+        keep_latest(&mut self.history, keep);
         while self.history.len() > 1
             && serde_json::to_vec(&self.history).map_or(0, |v| v.len()) > HISTORY_MAX_BYTES
         {

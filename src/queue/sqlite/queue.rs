@@ -7,7 +7,7 @@ use super::{
     AttemptRecord, Batch, Claim, Committed, DeliveryDetail, DeliveryFilter, DeliveryInfo,
     DeliveryQuery, DeliveryState, Depth, Finish, Fut, Journaled, Queue, Replay, Room, SqliteQueue,
 };
-use crate::delivery::history::{shown_headers, shown_url};
+use crate::delivery::history::{keep_latest, shown_headers, shown_url};
 use crate::util::now_ms;
 use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, params};
@@ -146,7 +146,7 @@ impl Queue for SqliteQueue {
                     let mut history: Vec<AttemptRecord> = history
                         .and_then(|h| serde_json::from_str(&h).ok())
                         .unwrap_or_default();
-                    history.drain(..history.len().saturating_sub(keep));
+                    keep_latest(&mut history, keep);
                     Ok(DeliveryDetail {
                         delivery: info(r)?,
                         headers: shown_headers(

@@ -55,7 +55,11 @@ impl NatsQueue {
         Ok(out)
     }
 
-    /// One delivery with its history: delivered, dead, else pending.
+    /// One delivery with its history: pending, else delivered, else dead.
+    /// A delivery moves on by storing its new copy before removing the old
+    /// one, so looking where it goes after where it leaves never misses it
+    /// (pending before delivered and dead); a dead letter being replayed
+    /// moves back, so a lookup that finds nothing looks once more.
     pub(super) async fn get_delivery(
         &self,
         id: String,
@@ -63,25 +67,16 @@ impl NatsQueue {
         if !plain_id(&id) {
             return Ok(None);
         }
-        let p = &self.streams.prefix;
-        for (stream, subject, state) in [
-            (
-                &self.streams.delivered,
-                format!("{p}.o.*.{id}"),
-                "delivered",
-            ),
-            (&self.streams.dead, format!("{p}.x.*.{id}"), "dead"),
-        ] {
-            match next_raw(stream, &subject, 1).await {
-                Ok(m) => {
-                    if let Some((record, body)) = Record::decode(&m.payload) {
-                        return Ok(Some(self.trimmed(record.detail(state, body.len()))));
-                    }
-                }
-                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {}
-                Err(e) => return Err(nats_error(e)),
+        for _ in 0..2 {
+            if let Some(found) = self.find_delivery(&id).await? {
+                return Ok(Some(self.trimmed(found)));
             }
         }
+        Ok(None)
+    }
+
+    async fn find_delivery(&self, id: &str) -> Result<Option<DeliveryDetail>, QueueError> {
+        let p = &self.streams.prefix;
         // Pending deliveries' subjects do not name them: the newest
         // version, while one replaces another, is the last in the stream.
         let mut found = None;
@@ -98,7 +93,28 @@ impl NatsQueue {
             },
         )
         .await?;
-        Ok(found.map(|d| self.trimmed(d)))
+        if found.is_some() {
+            return Ok(found);
+        }
+        for (stream, subject, state) in [
+            (
+                &self.streams.delivered,
+                format!("{p}.o.*.{id}"),
+                "delivered",
+            ),
+            (&self.streams.dead, format!("{p}.x.*.{id}"), "dead"),
+        ] {
+            match next_raw(stream, &subject, 1).await {
+                Ok(m) => {
+                    if let Some((record, body)) = Record::decode(&m.payload) {
+                        return Ok(Some(record.detail(state, body.len())));
+                    }
+                }
+                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {}
+                Err(e) => return Err(nats_error(e)),
+            }
+        }
+        Ok(None)
     }
 
     /// `detail` with the latest [`History::attempts`] attempts only.

@@ -1,6 +1,7 @@
 //! [`dry_run`]: one hook on one event, as `wasmhooks run` shows it; nothing
 //! is queued or sent.
 
+use crate::alerts::Alerts;
 use crate::config::{Config, HookConfig};
 use crate::delivery::new_uid;
 use crate::error::Error;
@@ -54,7 +55,12 @@ pub async fn dry_run(
     event: &Event,
 ) -> Result<DryRun, Error> {
     let sandbox = Arc::new(Sandbox::new(config)?);
-    let registry = Registry::new(sandbox.clone(), config.limits.clone(), Default::default());
+    let registry = Registry::new(
+        sandbox.clone(),
+        config.limits.clone(),
+        Default::default(),
+        Arc::new(Alerts::off()),
+    );
     let hook = registry.load(wasm, settings).await?;
     let matches = hook.wants(event);
     let outcome = if matches {

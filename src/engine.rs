@@ -1,6 +1,7 @@
 //! [`Engine`]: the library's front door.
 
 use crate::activity::{Activity, EventActivity, ReceiverFailure};
+use crate::alerts::Alerts;
 use crate::config::Config;
 use crate::coverage::{Coverage, CoverageError, CoverageReport, ReporterStatus};
 use crate::delivery::Sender;
@@ -11,7 +12,7 @@ use crate::hooks::{Force, HookStatus, Registry};
 use crate::hooks::{Watch, WatchOptions};
 use crate::ingest::{Ingest, MAX_POSTS_IN_FLIGHT};
 use crate::metrics::Metrics;
-use crate::outbox::Workers;
+use crate::outbox::{Told, Workers};
 use crate::queue::{DeliveryDetail, DeliveryInfo, DeliveryQuery, DeliveryState, Queue, Replay};
 use crate::run::{Runner, Verdict};
 use crate::sandbox::Sandbox;
@@ -82,10 +83,16 @@ impl Engine {
         config.validate()?;
         let sandbox = Arc::new(Sandbox::new(&config)?);
         let metrics = Arc::new(Metrics::default());
+        let system = &config.sources.system;
+        let alerts = Arc::new(Alerts::new(
+            Duration::from_secs(system.window_secs),
+            system.enabled,
+        ));
         let registry = Arc::new(Registry::new(
             sandbox.clone(),
             config.limits.clone(),
             metrics.clone(),
+            alerts.clone(),
         ));
         let dir = &config.hooks_dir;
         if !config.watch && !dir.is_dir() {
@@ -127,8 +134,11 @@ impl Engine {
             sender,
             registry.clone(),
             breaker,
-            metrics.clone(),
-            activity.clone(),
+            Told {
+                metrics: metrics.clone(),
+                activity: activity.clone(),
+                alerts: alerts.clone(),
+            },
             dedup_window.as_millis() as u64,
         );
         let ingest = Arc::new(Ingest {
@@ -149,7 +159,7 @@ impl Engine {
             activity: activity.clone(),
         });
         ingest.resume_journal().await?;
-        let sources = Sources::start(&config.sources, &ingest, &metrics)?;
+        let sources = Sources::start(&config.sources, &ingest, &metrics, &alerts)?;
         Ok(Engine {
             inner: Arc::new(Inner {
                 config,
@@ -196,7 +206,8 @@ impl Engine {
     /// event sent again within `dedup_window_secs` is accepted once.
     ///
     /// An observed event (a change reported after the fact, see
-    /// [`Phase::Observed`]) is accepted the same way.
+    /// [`Phase::Observed`]) is accepted the same way. A system event is
+    /// refused: only the engine emits those.
     pub async fn post(&self, event: Event) -> Result<(), Error> {
         if event.phase() != Phase::Observed {
             expect_phase(&event, Phase::Post)?;

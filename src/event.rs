@@ -18,6 +18,10 @@ pub enum Phase {
     /// (XO's event stream: `COLLECTION.add|update|remove`, or `resync`).
     /// Like a post event, it is accepted once committed, and vetoes nothing.
     Observed,
+    /// What the engine says about itself (`wasmhooks.*`: a receiver's
+    /// circuit opened, a dead letter, a hook that failed to load…),
+    /// summarised. Only the engine emits these: callers cannot post one.
+    System,
 }
 
 impl fmt::Display for Phase {
@@ -26,6 +30,7 @@ impl fmt::Display for Phase {
             Phase::Pre => "pre",
             Phase::Post => "post",
             Phase::Observed => "observed",
+            Phase::System => "system",
         })
     }
 }
@@ -105,6 +110,8 @@ impl Event {
             "pre" => Phase::Pre,
             "post" => Phase::Post,
             "observed" => Phase::Observed,
+            // Read back from the engine's own journal; refused at the doors.
+            "system" => Phase::System,
             other => {
                 return Err(field(
                     "type",

@@ -79,7 +79,9 @@
 //! Then, apart from the caller: `outbox` claims what is due from `queue`,
 //! `delivery` makes one attempt (the egress guard, the signature, the POST,
 //! the breaker), and `outbox` records its outcome in `queue`. `activity`
-//! (what the console shows) and `metrics` are handed finished records.
+//! (what the console shows) and `metrics` are handed finished records, and
+//! `alerts` what the engine has to say about itself (a circuit opened, a
+//! dead letter, a hook that failed to load), summarised.
 //!
 //! **A pre event**, from `Engine::pre` to its verdict: `engine` → `ingest`
 //! (a copy sent before gets the first one's verdict) → `hooks` → `run` →
@@ -91,7 +93,8 @@
 //!
 //! Beside the path: `config` (settings, checked once), `coverage` (which
 //! entry points into the orchestrator wait for a gate), `sources` (events
-//! the engine fetches itself, from XO's event stream, into `ingest`),
+//! the engine fetches itself, from XO's event stream, into `ingest`, and
+//! its own alerts, as system events, into `ingest` too),
 //! `dry_run` (one hook on one event, nothing sent), `error` (the public
 //! API's umbrella error) and, behind the default `server` feature, `server`
 //! (the HTTP API, its OpenAPI document and the console).
@@ -99,6 +102,7 @@
 #![deny(missing_docs, unreachable_pub)]
 
 pub mod activity;
+mod alerts;
 pub mod config;
 pub mod coverage;
 mod delivery;

@@ -97,6 +97,7 @@ impl Alone {
                 Phase::Pre => wit::Phase::Pre,
                 Phase::Post => wit::Phase::Post,
                 Phase::Observed => wit::Phase::Observed,
+                Phase::System => wit::Phase::System,
             },
             method: event.method().to_owned(),
             timestamp_ms: event.timestamp_ms(),

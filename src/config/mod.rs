@@ -14,7 +14,7 @@ pub(crate) use hook::HookLimits;
 pub use hook::{HookConfig, HookMode, Limits, OnError, ReuseConfig, Secrets, SubscriptionConfig};
 pub(crate) use queue::{HISTORY_MAX_BYTES, History, QueueSettings};
 pub use queue::{NatsConfig, QueueConfig};
-pub use sources::{SecretString, SourcesConfig, XoSourceConfig};
+pub use sources::{SecretString, SourcesConfig, SystemSourceConfig, XoSourceConfig};
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -168,6 +168,7 @@ impl Config {
         if let Some(xo) = &self.sources.xo {
             xo.validate()?;
         }
+        self.sources.system.validate()?;
         if self.dedup_window_secs > MAX_DEDUP_WINDOW_SECS {
             return Err(SettingsError::field(
                 "dedup_window_secs",

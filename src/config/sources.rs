@@ -12,6 +12,46 @@ pub struct SourcesConfig {
     /// XO's objects, whoever made them, as observed events. Needs no XO
     /// plugin.
     pub xo: Option<XoSourceConfig>,
+    /// The engine's own alerts (a receiver's circuit opened, a dead
+    /// letter, a hook that failed to load, a source that lost its
+    /// orchestrator) as system events, for hooks subscribed to them.
+    pub system: SystemSourceConfig,
+}
+
+/// `[sources.system]`: the engine's own alerts as system events.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SystemSourceConfig {
+    /// Whether the engine emits them at all (it costs nothing while no
+    /// hook subscribes to the `system` phase).
+    pub enabled: bool,
+    /// The summary window, in seconds: the first alert about a receiver,
+    /// hook or source goes out at once, and those that follow within the
+    /// window go out as one summary with their count at its end (1 to
+    /// 3600).
+    pub window_secs: u64,
+}
+
+impl Default for SystemSourceConfig {
+    fn default() -> Self {
+        SystemSourceConfig {
+            enabled: true,
+            window_secs: 60,
+        }
+    }
+}
+
+impl SystemSourceConfig {
+    /// Checks the window.
+    pub(crate) fn validate(&self) -> Result<(), SettingsError> {
+        if !(1..=3600).contains(&self.window_secs) {
+            return Err(SettingsError::field(
+                "sources.system.window_secs",
+                format!("{} is not between 1 and 3600", self.window_secs),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[sources.xo]`: XO's event stream as a source of observed events.

@@ -60,20 +60,23 @@ impl CircuitState {
     }
 
     /// Counts a success or failure; opens the circuit after too many
-    /// failures, and says so in the log.
-    pub(crate) fn record(&mut self, breaker: &Breaker, name: &str, up: bool) {
+    /// failures, and says so in the log. Returns whether the circuit opened
+    /// (from closed: a failed probe keeps it open) or closed.
+    pub(crate) fn record(&mut self, breaker: &Breaker, name: &str, up: bool) -> Option<Transition> {
         let now = now_ms();
         if up {
-            if self.failures >= breaker.failures {
+            let was_open = self.failures >= breaker.failures;
+            if was_open {
                 tracing::info!(receiver = name, "receiver is back; resuming its deliveries");
             }
             *self = CircuitState::default();
-            return;
+            return was_open.then_some(Transition::Closed);
         }
         self.failures += 1;
         if self.failures < breaker.failures || self.open_until(now).is_some() {
-            return;
+            return None;
         }
+        let opened = self.cooldown_ms == 0;
         self.cooldown_ms = if self.cooldown_ms == 0 {
             breaker.cooldown_ms
         } else {
@@ -86,7 +89,20 @@ impl CircuitState {
             "receiver keeps failing; pausing its deliveries for {:?}",
             Duration::from_millis(self.cooldown_ms)
         );
+        opened.then_some(Transition::Opened {
+            failures: self.failures,
+            cooldown_ms: self.cooldown_ms,
+        })
     }
+}
+
+/// A change of a receiver's circuit, for an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transition {
+    /// It opened after `failures` failed attempts in a row, for `cooldown_ms`.
+    Opened { failures: u32, cooldown_ms: u64 },
+    /// A delivery went through after it had opened.
+    Closed,
 }
 
 /// What the metrics and the status API show of a receiver.
@@ -113,21 +129,32 @@ mod tests {
         };
         let mut c = CircuitState::default();
         let now = now_ms();
-        c.record(&breaker, "r", false);
+        assert_eq!(c.record(&breaker, "r", false), None);
         assert_eq!(c.circuit(&breaker, now), Circuit::Closed);
-        c.record(&breaker, "r", false);
+        assert_eq!(
+            c.record(&breaker, "r", false),
+            Some(Transition::Opened {
+                failures: 2,
+                cooldown_ms: 1_000
+            })
+        );
         assert_eq!(c.circuit(&breaker, now), Circuit::Open);
         assert!(c.open_until(now).is_some());
         // The pause over: half open, and a failed probe doubles the pause.
         assert_eq!(c.circuit(&breaker, now + 1_001), Circuit::HalfOpen);
         c.open_until = Some(now - 1);
-        c.record(&breaker, "r", false);
+        assert_eq!(
+            c.record(&breaker, "r", false),
+            None,
+            "still open: no change"
+        );
         assert_eq!(c.cooldown_ms, 2_000);
         c.open_until = Some(now - 1);
         c.record(&breaker, "r", false);
         assert_eq!(c.cooldown_ms, 3_000, "capped");
-        c.record(&breaker, "r", true);
+        assert_eq!(c.record(&breaker, "r", true), Some(Transition::Closed));
         assert_eq!(c.circuit(&breaker, now), Circuit::Closed);
+        assert_eq!(c.record(&breaker, "r", true), None);
         assert_eq!(c.failures(), 0);
     }
 }

@@ -15,12 +15,13 @@ pub(crate) mod signing;
 
 pub(crate) use attempt::Sender;
 pub use breaker::Circuit;
-pub(crate) use breaker::{Breaker, CircuitState, ReceiverView};
+pub(crate) use breaker::{Breaker, CircuitState, ReceiverView, Transition};
 pub(crate) use error::{DeliveryError, EgressError, KeyError};
 pub use history::{AttemptOutcome, AttemptRecord};
 pub(crate) use schedule::Attempt;
 
 use crate::config::{HookConfig, SettingsError};
+use crate::event::Phase;
 use crate::util::hex;
 use egress::Egress;
 use reqwest::Url;
@@ -189,10 +190,16 @@ pub(crate) fn uid_of(key: &str) -> String {
     hex(&Sha256::digest(key.as_bytes())[..16])
 }
 
+/// How the id of a delivery a system event caused begins (`msg_` for any
+/// other): its failures raise no further alert, so alerts cannot feed on
+/// themselves, even after a restart or a replay.
+pub(crate) const SYSTEM_ID_PREFIX: &str = "sys_";
+
 /// The id of a hook's `index`-th delivery for the event accepted as `uid`:
-/// `msg_` and 128 bits of a hash. Derived rather than random, so running
-/// the event again after a crash yields the same `webhook-id`s.
-pub(crate) fn delivery_id(uid: &str, hook: &str, index: usize) -> String {
+/// `msg_` (`sys_` for a system event's) and 128 bits of a hash. Derived
+/// rather than random, so running the event again after a crash yields
+/// the same `webhook-id`s.
+pub(crate) fn delivery_id(uid: &str, hook: &str, index: usize, phase: Phase) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(uid.as_bytes());
@@ -200,7 +207,12 @@ pub(crate) fn delivery_id(uid: &str, hook: &str, index: usize) -> String {
     h.update(hook.as_bytes());
     h.update([0]);
     h.update(index.to_le_bytes());
-    format!("msg_{}", hex(&h.finalize()[..16]))
+    let prefix = if phase == Phase::System {
+        SYSTEM_ID_PREFIX
+    } else {
+        "msg_"
+    };
+    format!("{prefix}{}", hex(&h.finalize()[..16]))
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub(crate) use load::{hook_files, hook_name, short};
 pub use status::{Abi, HookState, HookStatus};
 pub(crate) use watch::{Watch, WatchOptions};
 
+use crate::alerts::{Alert, Alerts, Kind};
 use crate::config::{HookConfig, Limits};
 use crate::delivery::DeliveryPolicy;
 use crate::event::{Event, Phase};
@@ -138,6 +139,8 @@ pub(crate) struct Registry {
     snapshot: ArcSwap<Snapshot>,
     stats: Mutex<BTreeMap<String, Arc<HookStats>>>,
     metrics: Arc<Metrics>,
+    /// Where a hook failing to load, or recovering, is raised.
+    alerts: Arc<Alerts>,
     /// Serialises writers; holds the file signatures seen at the last look.
     writer: tokio::sync::Mutex<HashMap<String, HookSigs>>,
     /// Bumped after every swap, so callers can wait for a change.
@@ -165,11 +168,17 @@ impl Force<'_> {
 }
 
 impl Registry {
-    pub(crate) fn new(sandbox: Arc<Sandbox>, limits: Limits, metrics: Arc<Metrics>) -> Registry {
+    pub(crate) fn new(
+        sandbox: Arc<Sandbox>,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+        alerts: Arc<Alerts>,
+    ) -> Registry {
         Registry {
             sandbox,
             limits,
             metrics,
+            alerts,
             snapshot: ArcSwap::default(),
             stats: Mutex::default(),
             writer: tokio::sync::Mutex::default(),
@@ -272,7 +281,12 @@ impl Registry {
             seen.insert(name.clone(), sigs);
             let old = live.get(&name).map(|h| h.hash.clone());
             match result {
-                Ok(None) => changed |= failed.remove(&name).is_some(),
+                Ok(None) => {
+                    if failed.remove(&name).is_some() {
+                        self.recovered(&name, current.live.get(&name).map(|h| &*h.hash));
+                        changed = true;
+                    }
+                }
                 Ok(Some(hook)) => {
                     hook.stats.loads.inc();
                     match &old {
@@ -284,7 +298,9 @@ impl Registry {
                             "hook reloaded"
                         ),
                     }
-                    failed.remove(&name);
+                    if failed.remove(&name).is_some() {
+                        self.recovered(&name, Some(&hook.hash));
+                    }
                     live.insert(name, Arc::new(hook));
                     changed = true;
                 }
@@ -294,6 +310,13 @@ impl Registry {
                         Some(old) => tracing::error!("{err}; version {} keeps serving", short(old)),
                         None => tracing::error!("{err}"),
                     }
+                    self.alerts.raise(
+                        Alert::new(Kind::HookLoadFailed, name.as_str())
+                            .with("file", err.file.display().to_string())
+                            .with("stage", err.stage.to_string())
+                            .with("error", err.reason.as_str())
+                            .with("serving", old.as_deref().map(short)),
+                    );
                     failed.insert(name, err);
                     changed = true;
                 }
@@ -325,6 +348,13 @@ impl Registry {
             self.generation.send_modify(|g| *g += 1);
         }
         Ok(())
+    }
+
+    /// Raises that a hook which had failed to load serves again, as
+    /// `version` (`None`: none, its file is gone or no longer fails).
+    fn recovered(&self, name: &str, version: Option<&str>) {
+        self.alerts
+            .raise(Alert::new(Kind::HookRecovered, name).with("version", version.map(short)));
     }
 
     fn stats_for(&self, name: &str) -> Arc<HookStats> {

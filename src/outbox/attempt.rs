@@ -2,6 +2,8 @@
 //! dead), the breaker told, and the callers waiting for it answered.
 
 use super::*;
+use crate::alerts::{Alert, Kind};
+use crate::delivery::SYSTEM_ID_PREFIX;
 use crate::delivery::history::ShownUrl;
 
 /// How a `wait` delivery's wait ended.
@@ -71,6 +73,7 @@ impl Workers {
             },
         };
         slot.up = up;
+        slot.why = error.clone();
         drop(slot);
         let record = AttemptRecord {
             at_ms,
@@ -93,6 +96,19 @@ impl Workers {
         };
         let receiver = d.receiver();
         self.metrics.attempt(&receiver, counted);
+        // A system event's own dead letters raise nothing: alerts cannot
+        // feed on themselves.
+        if finish == Finish::Dead && !d.id.starts_with(SYSTEM_ID_PREFIX) {
+            let mut alert = Alert::new(Kind::DeliveryDead, receiver.clone())
+                .with("id", d.id.as_str())
+                .with("hook", &*d.hook)
+                .with("attempts", attempts)
+                .with("error", record.error.clone());
+            if let Some(status) = record.status {
+                alert = alert.with("status", status);
+            }
+            self.alerts.raise(alert);
+        }
         if let Some(error) = &record.error {
             self.activity.failure(
                 &receiver,

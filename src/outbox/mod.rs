@@ -20,6 +20,7 @@ pub(crate) use attempt::WaitOutcome;
 use slots::{Slot, Slots};
 
 use crate::activity::{Activity, ReceiverFailure};
+use crate::alerts::Alerts;
 use crate::delivery::history::engine_name;
 use crate::delivery::schedule::{gave_up, retry_delay};
 use crate::delivery::{
@@ -81,6 +82,14 @@ impl Policies {
     }
 }
 
+/// Where the outbox tells what happens to deliveries: the metrics, the
+/// console's activity log, and the engine's alerts.
+pub(crate) struct Told {
+    pub metrics: Arc<Metrics>,
+    pub activity: Arc<Activity>,
+    pub alerts: Arc<Alerts>,
+}
+
 pub(crate) struct Workers {
     queue: Arc<dyn Queue>,
     sender: Sender,
@@ -89,6 +98,8 @@ pub(crate) struct Workers {
     metrics: Arc<Metrics>,
     /// Where failed attempts are noted for operators.
     activity: Arc<Activity>,
+    /// Where circuits opening and closing, and dead letters, are raised.
+    alerts: Arc<Alerts>,
     slots: Mutex<Slots>,
     /// Callers waiting for a delivery's first final outcome, by id.
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<WaitOutcome>>>>,
@@ -112,10 +123,14 @@ impl Workers {
         sender: Sender,
         policies: Arc<dyn PolicySource>,
         breaker: Breaker,
-        metrics: Arc<Metrics>,
-        activity: Arc<Activity>,
+        told: Told,
         keys_ms: u64,
     ) -> Arc<Workers> {
+        let Told {
+            metrics,
+            activity,
+            alerts,
+        } = told;
         let workers = Arc::new(Workers {
             queue,
             sender,
@@ -126,6 +141,7 @@ impl Workers {
             breaker,
             metrics,
             activity,
+            alerts,
             slots: Mutex::default(),
             waiters: Mutex::default(),
             wake: Notify::new(),

@@ -3,7 +3,8 @@
 //! and from these and each receiver's circuit, the room to claim more.
 
 use super::*;
-use crate::delivery::Circuit;
+use crate::alerts::{Alert, Kind};
+use crate::delivery::{Circuit, Transition};
 
 /// What the workers know about one receiver.
 #[derive(Debug, Default)]
@@ -41,12 +42,14 @@ pub(super) struct Slot {
     pub(super) workers: Arc<Workers>,
     pub(super) receiver: String,
     pub(super) up: Option<bool>,
+    /// Why the attempt failed, if it did: what a circuit that opens says.
+    pub(super) why: Option<String>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let workers = self.workers.clone();
-        workers.release_slot(&self.receiver, self.up);
+        workers.release_slot(&self.receiver, self.up, self.why.take());
     }
 }
 
@@ -215,21 +218,25 @@ impl Workers {
             workers: self.clone(),
             receiver,
             up: None,
+            why: None,
         }
     }
 
     /// Gives a slot back (with `up`, updating the receiver's breaker too)
     /// and hands it to the receiver's next held delivery, if it may send.
-    pub(super) fn release_slot(self: &Arc<Self>, receiver: &str, up: Option<bool>) {
-        let (next, refill) = {
+    pub(super) fn release_slot(
+        self: &Arc<Self>,
+        receiver: &str,
+        up: Option<bool>,
+        why: Option<String>,
+    ) {
+        let (next, refill, changed) = {
             let mut slots = self.slots.lock().unwrap();
             let slots = &mut *slots;
             slots.total -= 1;
             let r = slots.receivers.entry(receiver.to_owned()).or_default();
             r.in_flight -= 1;
-            if let Some(up) = up {
-                r.circuit.record(&self.breaker, receiver, up);
-            }
+            let changed = up.and_then(|up| r.circuit.record(&self.breaker, receiver, up));
             // Once stopping, held deliveries stay claimed for the next run.
             let next = if self.room_of(r, now_ms()) > 0 && !self.stop.is_cancelled() {
                 r.ready.pop_front()
@@ -243,8 +250,20 @@ impl Workers {
             }
             // Claim more once it holds less than a round of its slots (so a
             // claim serves many deliveries), or if this slot went unused.
-            (next, r.ready.len() < self.per_receiver())
+            (next, r.ready.len() < self.per_receiver(), changed)
         };
+        if let Some(changed) = changed {
+            self.alerts.raise(match changed {
+                Transition::Opened {
+                    failures,
+                    cooldown_ms,
+                } => Alert::new(Kind::CircuitOpened, receiver)
+                    .with("failures", failures)
+                    .with("paused_ms", cooldown_ms)
+                    .with("error", why),
+                Transition::Closed => Alert::new(Kind::CircuitClosed, receiver),
+            });
+        }
         if let Some(claimed) = next {
             let slot = self.guard(receiver.to_owned());
             self.launch(claimed, slot);

@@ -204,7 +204,7 @@ impl Runner {
                 .into_iter()
                 .enumerate()
                 .map(|(i, d)| {
-                    let id = delivery_id(uid, hook.name(), i);
+                    let id = delivery_id(uid, hook.name(), i, event.phase());
                     let name = hook.prepared.name.clone();
                     let queued = QueuedUnder::of(&hook.policy);
                     Delivery::new(id, name, &d.url, d.headers, d.body, queued)

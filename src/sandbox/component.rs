@@ -1,10 +1,13 @@
 //! The `hook` world's ABI: its bindings, `setup` and `handle` on a component.
 //!
-//! Two versions of the world are served. 0.3.0 (`wit/hook.wit`) is the one
-//! hooks are written against; 0.2.0 (`wit-0.2.0/hook.wit`, frozen) is what
-//! hooks built before the `observed` phase target, and they keep working:
-//! linking tries 0.3.0, then 0.2.0. Both import the same `log`, whose types
-//! did not change, so one linker serves both.
+//! Three versions of the world are served. 0.4.0 (`wit/hook.wit`) is the
+//! one hooks are written against; 0.3.0 (before the `system` phase) and
+//! 0.2.0 (before the `observed` one), frozen in `wit-0.3.0/` and
+//! `wit-0.2.0/`, are what older hooks target, and they keep working:
+//! linking tries the newest first. Each imports the same `log`, whose
+//! types did not change, so one linker serves them all. A hook never gets
+//! an event of a phase its version cannot name: its subscription cannot
+//! ask for one.
 
 use super::{Failure, Prepared, RawDelivery, RawOutcome, Sandbox, Subscription};
 use super::{HostState, Linked, MAX_LOG_LINE, MAX_LOG_LINES};
@@ -13,10 +16,19 @@ use crate::util::truncate;
 use wasmtime::Store;
 use wasmtime::component::{Instance, InstancePre};
 
-/// wasmhooks:hook@0.3.0, the current world.
-pub(super) mod v3 {
+/// wasmhooks:hook@0.4.0, the current world.
+pub(super) mod v4 {
     wasmtime::component::bindgen!({
         path: "wit",
+        world: "hook",
+        exports: { default: async },
+    });
+}
+
+/// wasmhooks:hook@0.3.0, for hooks built before 0.4.0.
+mod v3 {
+    wasmtime::component::bindgen!({
+        path: "src/sandbox/wit-0.3.0",
         world: "hook",
         exports: { default: async },
     });
@@ -32,24 +44,26 @@ mod v2 {
 }
 
 use v2::wasmhooks::hook::types as wit2;
+use v3::wasmhooks::hook::types as wit3;
 /// The current world's types, for the host's imports (`log`) too.
-pub(super) use v3::wasmhooks::hook::types as wit;
-use wit as wit3;
+pub(super) use v4::wasmhooks::hook::types as wit;
 
 /// A component of the `hook` world, linked: instantiated per call.
 #[derive(Clone)]
 pub(crate) enum HookPre {
+    V4(v4::HookPre<HostState>),
     V3(v3::HookPre<HostState>),
     V2(v2::HookPre<HostState>),
 }
 
 /// An instance of a component of the `hook` world.
 pub(crate) enum Hook {
+    V4(v4::Hook),
     V3(v3::Hook),
     V2(v2::Hook),
 }
 
-/// One event as `handle` receives it, in either version's terms.
+/// One event as `handle` receives it, in any version's terms.
 pub(crate) struct HookEvent<'a> {
     call_id: &'a str,
     phase: Phase,
@@ -71,17 +85,21 @@ impl<'a> From<&'a Event> for HookEvent<'a> {
 }
 
 impl HookPre {
-    /// The component's exports as either version of the world, 0.3.0 first;
-    /// the error is 0.3.0's.
+    /// The component's exports as some version of the world, newest first;
+    /// the error is the newest's.
     pub(crate) fn new(pre: InstancePre<HostState>) -> wasmtime::Result<HookPre> {
-        match v3::HookPre::new(pre.clone()) {
-            Ok(pre) => Ok(HookPre::V3(pre)),
-            Err(v3_error) => v2::HookPre::new(pre).map(HookPre::V2).map_err(|_| v3_error),
+        match v4::HookPre::new(pre.clone()) {
+            Ok(pre) => Ok(HookPre::V4(pre)),
+            Err(v4_error) => v3::HookPre::new(pre.clone())
+                .map(HookPre::V3)
+                .or_else(|_| v2::HookPre::new(pre).map(HookPre::V2))
+                .map_err(|_| v4_error),
         }
     }
 
     pub(crate) fn instance_pre(&self) -> &InstancePre<HostState> {
         match self {
+            HookPre::V4(pre) => pre.instance_pre(),
             HookPre::V3(pre) => pre.instance_pre(),
             HookPre::V2(pre) => pre.instance_pre(),
         }
@@ -92,6 +110,7 @@ impl HookPre {
         store: &mut Store<HostState>,
     ) -> wasmtime::Result<Hook> {
         Ok(match self {
+            HookPre::V4(pre) => Hook::V4(pre.instantiate_async(store).await?),
             HookPre::V3(pre) => Hook::V3(pre.instantiate_async(store).await?),
             HookPre::V2(pre) => Hook::V2(pre.instantiate_async(store).await?),
         })
@@ -104,10 +123,92 @@ impl HookPre {
         instance: &Instance,
     ) -> wasmtime::Result<Hook> {
         Ok(match self {
+            HookPre::V4(_) => Hook::V4(v4::Hook::new(store, instance)?),
             HookPre::V3(_) => Hook::V3(v3::Hook::new(store, instance)?),
             HookPre::V2(_) => Hook::V2(v2::Hook::new(store, instance)?),
         })
     }
+}
+
+/// A version's phases, in the host's terms and back.
+trait VersionPhase: Sized {
+    fn to_host(self) -> Phase;
+    /// `None` for a phase added after this version.
+    fn from_host(phase: Phase) -> Option<Self>;
+}
+
+impl VersionPhase for wit::Phase {
+    fn to_host(self) -> Phase {
+        match self {
+            wit::Phase::Pre => Phase::Pre,
+            wit::Phase::Post => Phase::Post,
+            wit::Phase::Observed => Phase::Observed,
+            wit::Phase::System => Phase::System,
+        }
+    }
+    fn from_host(phase: Phase) -> Option<Self> {
+        Some(match phase {
+            Phase::Pre => wit::Phase::Pre,
+            Phase::Post => wit::Phase::Post,
+            Phase::Observed => wit::Phase::Observed,
+            Phase::System => wit::Phase::System,
+        })
+    }
+}
+
+impl VersionPhase for wit3::Phase {
+    fn to_host(self) -> Phase {
+        match self {
+            wit3::Phase::Pre => Phase::Pre,
+            wit3::Phase::Post => Phase::Post,
+            wit3::Phase::Observed => Phase::Observed,
+        }
+    }
+    fn from_host(phase: Phase) -> Option<Self> {
+        match phase {
+            Phase::Pre => Some(wit3::Phase::Pre),
+            Phase::Post => Some(wit3::Phase::Post),
+            Phase::Observed => Some(wit3::Phase::Observed),
+            Phase::System => None,
+        }
+    }
+}
+
+impl VersionPhase for wit2::Phase {
+    fn to_host(self) -> Phase {
+        match self {
+            wit2::Phase::Pre => Phase::Pre,
+            wit2::Phase::Post => Phase::Post,
+        }
+    }
+    fn from_host(phase: Phase) -> Option<Self> {
+        match phase {
+            Phase::Pre => Some(wit2::Phase::Pre),
+            Phase::Post => Some(wit2::Phase::Post),
+            Phase::Observed | Phase::System => None,
+        }
+    }
+}
+
+/// The same code for each version of the world, whose types differ only
+/// in the phases they name.
+macro_rules! versioned {
+    ($hook:expr, |$h:ident, $types:ident| $body:expr) => {
+        match $hook {
+            Hook::V4($h) => {
+                use wit as $types;
+                $body
+            }
+            Hook::V3($h) => {
+                use wit3 as $types;
+                $body
+            }
+            Hook::V2($h) => {
+                use wit2 as $types;
+                $body
+            }
+        }
+    };
 }
 
 impl Hook {
@@ -117,22 +218,14 @@ impl Hook {
         store: &mut Store<HostState>,
         settings: &str,
     ) -> wasmtime::Result<Result<Subscription, String>> {
-        Ok(match self {
-            Hook::V3(hook) => hook
-                .call_setup(store, settings)
+        Ok(versioned!(self, |hook, types| {
+            hook.call_setup(store, settings)
                 .await?
                 .map(|s| Subscription {
                     methods: s.methods,
-                    phases: s.phases.into_iter().map(phase3).collect(),
-                }),
-            Hook::V2(hook) => hook
-                .call_setup(store, settings)
-                .await?
-                .map(|s| Subscription {
-                    methods: s.methods,
-                    phases: s.phases.into_iter().map(phase2).collect(),
-                }),
-        })
+                    phases: s.phases.into_iter().map(types::Phase::to_host).collect(),
+                })
+        }))
     }
 
     /// `handle`, on an instance whose `setup` has run.
@@ -141,80 +234,34 @@ impl Hook {
         store: &mut Store<HostState>,
         event: &HookEvent<'_>,
     ) -> wasmtime::Result<Result<RawOutcome, String>> {
-        Ok(match self {
-            Hook::V3(hook) => {
-                let phase = match event.phase {
-                    Phase::Pre => wit3::Phase::Pre,
-                    Phase::Post => wit3::Phase::Post,
-                    Phase::Observed => wit3::Phase::Observed,
-                };
-                let e = wit3::Event {
-                    call_id: event.call_id.to_owned(),
-                    phase,
-                    method: event.method.to_owned(),
-                    timestamp_ms: event.timestamp_ms,
-                    payload: event.payload.to_owned(),
-                };
-                hook.call_handle(store, &e).await?.map(|o| RawOutcome {
-                    deliveries: o.deliveries.into_iter().map(delivery3).collect(),
-                    deny: o.deny,
-                })
-            }
-            Hook::V2(hook) => {
-                let phase = match event.phase {
-                    Phase::Pre => wit2::Phase::Pre,
-                    Phase::Post => wit2::Phase::Post,
-                    // Its subscription cannot name the phase: not reached.
-                    Phase::Observed => {
-                        return Ok(Err(
-                            "a wasmhooks:hook@0.2.0 hook cannot take an observed event".into(),
-                        ));
-                    }
-                };
-                let e = wit2::Event {
-                    call_id: event.call_id.to_owned(),
-                    phase,
-                    method: event.method.to_owned(),
-                    timestamp_ms: event.timestamp_ms,
-                    payload: event.payload.to_owned(),
-                };
-                hook.call_handle(store, &e).await?.map(|o| RawOutcome {
-                    deliveries: o
-                        .deliveries
-                        .into_iter()
-                        .map(|d| RawDelivery {
-                            url: d.url,
-                            headers: d.headers,
-                            body: d.body,
-                        })
-                        .collect(),
-                    deny: o.deny,
-                })
-            }
-        })
-    }
-}
-
-fn phase3(p: wit3::Phase) -> Phase {
-    match p {
-        wit3::Phase::Pre => Phase::Pre,
-        wit3::Phase::Post => Phase::Post,
-        wit3::Phase::Observed => Phase::Observed,
-    }
-}
-
-fn phase2(p: wit2::Phase) -> Phase {
-    match p {
-        wit2::Phase::Pre => Phase::Pre,
-        wit2::Phase::Post => Phase::Post,
-    }
-}
-
-fn delivery3(d: wit3::Delivery) -> RawDelivery {
-    RawDelivery {
-        url: d.url,
-        headers: d.headers,
-        body: d.body,
+        Ok(versioned!(self, |hook, types| {
+            // Its subscription cannot name a later phase: not reached.
+            let Some(phase) = types::Phase::from_host(event.phase) else {
+                return Ok(Err(format!(
+                    "a hook built against an older wasmhooks:hook cannot take a {} event",
+                    event.phase
+                )));
+            };
+            let e = types::Event {
+                call_id: event.call_id.to_owned(),
+                phase,
+                method: event.method.to_owned(),
+                timestamp_ms: event.timestamp_ms,
+                payload: event.payload.to_owned(),
+            };
+            hook.call_handle(store, &e).await?.map(|o| RawOutcome {
+                deliveries: o
+                    .deliveries
+                    .into_iter()
+                    .map(|d| RawDelivery {
+                        url: d.url,
+                        headers: d.headers,
+                        body: d.body,
+                    })
+                    .collect(),
+                deny: o.deny,
+            })
+        }))
     }
 }
 
@@ -281,11 +328,11 @@ pub(super) async fn ready_instance(
     )
 }
 
-// The `log` import of the hook world (0.3.0's; 0.2.0 hooks link to it too).
+// The `log` import of the hook world (0.4.0's; older hooks link to it too).
 
 impl wit::Host for HostState {}
 
-impl v3::HookImports for HostState {
+impl v4::HookImports for HostState {
     fn log(&mut self, level: wit::Level, message: String) {
         self.log_lines += 1;
         if self.log_lines > MAX_LOG_LINES {

@@ -50,7 +50,7 @@ pub enum SandboxError {
     /// The component is neither a `hook` world nor a WASI command.
     #[error(
         "{0:#}; a hook must be a component exporting `setup` and `handle` of the \
-         wasmhooks:hook `hook` world (0.3.0 or 0.2.0; see wit/hook.wit), or a WASI \
+         wasmhooks:hook `hook` world (0.4.0, 0.3.0 or 0.2.0; see wit/hook.wit), or a WASI \
          command (a wasm32-wasip1 module with `_start`, or a component exporting \
          wasi:cli/run) that reads the event on stdin (see docs/writing-hooks.md)"
     )]

@@ -188,8 +188,8 @@ impl Sandbox {
         };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(SandboxError::Setup)?;
-        // 0.3.0's `log`; 0.2.0 hooks link to it too (its types are the same).
-        component::v3::Hook::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
+        // 0.4.0's `log`; older hooks link to it too (its types are the same).
+        component::v4::Hook::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
             &mut linker,
             |s| s,
         )

@@ -6,7 +6,6 @@
 //! (the bearer token's 401, the connection limit's 503) is added here, in
 //! one place.
 
-use crate::event::Phase;
 use crate::queue::DeliveryState;
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::path::Operation;
@@ -219,9 +218,11 @@ pub(super) struct EventBody {
     /// The API method, e.g. `vm.start`; 1 to 256 bytes.
     #[schema(min_length = 1, max_length = 256)]
     method: String,
-    /// `pre` (before the operation; hooks may veto it) or `post`.
+    /// `pre` (before the operation; hooks may veto it), `post`, or
+    /// `observed` (a change reported after the fact). Never `system`:
+    /// those come from the engine itself.
     #[serde(rename = "type")]
-    phase: Phase,
+    phase: EventType,
     /// Milliseconds since the Unix epoch (for a post event, its end).
     timestamp: u64,
     /// The user who called the method.
@@ -238,6 +239,19 @@ pub(super) struct EventBody {
     result: Option<serde_json::Value>,
     /// Post events: why the call failed.
     error: Option<CallFailure>,
+}
+
+/// The phases a caller may send.
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum EventType {
+    /// Before the operation.
+    Pre,
+    /// After it.
+    Post,
+    /// A change reported after the fact.
+    Observed,
 }
 
 /// Why an orchestrator call failed, as the orchestrator serialized its

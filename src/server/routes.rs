@@ -62,6 +62,14 @@ pub(super) async fn ingest(State(engine): State<Engine>, body: Bytes) -> Respons
             .post(event)
             .await
             .map(|()| (StatusCode::ACCEPTED, Json(Accepted { accepted: true })).into_response()),
+        Phase::System => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "event field `type`: \"system\" events come from the engine itself; \
+                 send \"pre\", \"post\" or \"observed\""
+                    .into(),
+            );
+        }
     };
     result.unwrap_or_else(|e: Error| {
         // The queue could not take it: the sender should retry later.

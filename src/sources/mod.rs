@@ -1,15 +1,20 @@
 //! Event sources the engine reads by itself, beside the events callers
 //! post: Xen Orchestra's event stream (`xo`), which turns what XO reports
-//! of its objects into observed events ([`Phase::Observed`]).
+//! of its objects into observed events ([`Phase::Observed`]); and the
+//! engine itself (`system`), whose alerts become system events
+//! ([`Phase::System`]).
 //!
 //! A source runs for as long as its engine does, reconnects by itself, and
 //! says how it is doing ([`SourceStatus`], `GET /v1/sources`).
 //!
 //! [`Phase::Observed`]: crate::Phase::Observed
+//! [`Phase::System`]: crate::Phase::System
 
 mod objects;
+mod system;
 mod xo;
 
+use crate::alerts::{Alert, Alerts, Kind};
 use crate::config::SourcesConfig;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
@@ -165,18 +170,30 @@ impl SourceError {
 /// A source's status, updated as it goes.
 pub(crate) struct Status {
     inner: Mutex<StatusInner>,
+    /// Where losing the orchestrator, and finding it again, is raised.
+    alerts: Arc<Alerts>,
 }
 
 struct StatusInner {
     status: SourceStatus,
     /// When the last live session ended, and why: the gap a resync reports.
     gap: Option<(Instant, String)>,
+    /// Whether losing the orchestrator was raised, and not its return.
+    down: bool,
 }
 
 impl Status {
-    fn new(name: &str, url: &str, max_objects: usize, collections: Vec<String>) -> Status {
+    fn new(
+        name: &str,
+        url: &str,
+        max_objects: usize,
+        collections: Vec<String>,
+        alerts: Arc<Alerts>,
+    ) -> Status {
         Status {
+            alerts,
             inner: Mutex::new(StatusInner {
+                down: false,
                 status: SourceStatus {
                     name: name.into(),
                     url: url.into(),
@@ -218,6 +235,12 @@ impl Status {
         i.status.objects = objects;
         i.status.last_error = None;
         i.gap = None;
+        if std::mem::take(&mut i.down) {
+            let alert = Alert::new(Kind::SourceReconnected, i.status.name.as_str())
+                .with("url", i.status.url.as_str());
+            drop(i);
+            self.alerts.raise(alert);
+        }
     }
 
     pub(crate) fn failed(&self, state: SourceState, why: String) {
@@ -225,7 +248,17 @@ impl Status {
         i.status.state = state;
         i.status.since_ms = crate::util::now_ms();
         i.gap.get_or_insert_with(|| (Instant::now(), why.clone()));
+        let alert = (!std::mem::replace(&mut i.down, true)).then(|| {
+            Alert::new(Kind::SourceDisconnected, i.status.name.as_str())
+                .with("url", i.status.url.as_str())
+                .with("state", serde_json::to_value(state).unwrap_or_default())
+                .with("error", why.as_str())
+        });
         i.status.last_error = Some(why);
+        drop(i);
+        if let Some(alert) = alert {
+            self.alerts.raise(alert);
+        }
     }
 
     /// What the last gap was, for a resync event: how long, and why.
@@ -267,6 +300,8 @@ impl Status {
 /// The engine's running sources.
 pub(crate) struct Sources {
     running: Vec<(Arc<Status>, AbortOnDropHandle<()>)>,
+    /// The engine's own alerts, as system events.
+    system: AbortOnDropHandle<()>,
 }
 
 impl Sources {
@@ -275,6 +310,7 @@ impl Sources {
         config: &SourcesConfig,
         ingest: &Arc<Ingest>,
         metrics: &Arc<Metrics>,
+        alerts: &Arc<Alerts>,
     ) -> Result<Sources, SourceError> {
         let mut running = Vec::new();
         if let Some(xo) = &config.xo {
@@ -283,13 +319,16 @@ impl Sources {
                 &xo::shown(&xo.url),
                 xo.max_objects,
                 xo.collections.keys().cloned().collect(),
+                alerts.clone(),
             ));
             let source =
                 xo::XoSource::new(xo.clone(), ingest.clone(), status.clone(), metrics.clone())?;
             let task = AbortOnDropHandle::new(tokio::spawn(source.run()));
             running.push((status, task));
         }
-        Ok(Sources { running })
+        let system = system::emit(alerts.clone(), ingest.clone(), metrics.clone());
+        let system = AbortOnDropHandle::new(tokio::spawn(system));
+        Ok(Sources { running, system })
     }
 
     /// Every source's status.
@@ -302,5 +341,6 @@ impl Sources {
         for (_, task) in &self.running {
             task.abort();
         }
+        self.system.abort();
     }
 }

@@ -14,9 +14,10 @@ const LAYERS: &[&[&str]] = &[
     &["util", "event", "files", "must_finish"],
     // Settings, parsed and checked once.
     &["config"],
-    // What the console shows (finished records only); the WebAssembly
-    // side; one delivery (record, policy, attempt, breaker).
-    &["activity", "sandbox", "delivery"],
+    // What the console shows (finished records only); the engine's own
+    // alerts, summarised; the WebAssembly side; one delivery (record,
+    // policy, attempt, breaker).
+    &["activity", "alerts", "sandbox", "delivery"],
     // Where deliveries wait.
     &["queue"],
     // Counters of the layers below; which entry points a gate covers.

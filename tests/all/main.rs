@@ -2,6 +2,7 @@
 //! dirs, a real HTTP receiver on 127.0.0.1.
 
 mod activity;
+mod alerts;
 mod bad_files;
 mod cli;
 mod clients;

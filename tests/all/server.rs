@@ -125,6 +125,19 @@ async fn events_in_verdicts_and_status_out() {
     let r = send(b"not json".to_vec()).await.unwrap();
     assert_eq!(r.status(), 400);
 
+    // System events come from the engine alone: a forged one is refused.
+    let forged = br#"{"callId":"x","method":"wasmhooks.receiver.circuit_opened","type":"system","timestamp":1}"#;
+    let r = send(forged.to_vec()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("from the engine itself"),
+        "{body}"
+    );
+
     let r = send(vec![b' '; wasmhooks::server::MAX_EVENT_BYTES + 1])
         .await
         .unwrap();

@@ -429,3 +429,49 @@ async fn events_lost_to_a_slow_hook_leave_every_object_a_consistent_history() {
         assert_eq!(told, json!("s5"), "{id}");
     }
 }
+
+#[tokio::test]
+async fn losing_xo_and_finding_it_again_are_system_events() {
+    let xo = FakeXo::start(TOKEN, PING).await;
+    xo.add("VM", vm("vm-1", "Running"));
+    let pager = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let alerts = format!(
+        "[settings]\nmode = \"echo\"\nurl = \"{}\"\nmethods = [\"wasmhooks.source.*\"]\nphases = [\"system\"]\n",
+        pager.url("/alerts")
+    );
+    install(dir.path(), "alerts", "misbehave", Some(&alerts));
+    let mut config = test_config(dir.path());
+    config.sources.xo = Some(source(&xo, &[("VM", &["power_state"])]));
+    config.sources.system.window_secs = 1;
+    let engine = Engine::new(config).await.expect("engine starts");
+    live(&engine).await;
+
+    xo.kill();
+    let lost = pager.wait_for(1).await[0].json();
+    assert_eq!(lost["type"], "system");
+    assert_eq!(lost["method"], "wasmhooks.source.disconnected");
+    assert_eq!(lost["params"]["source"], "xo");
+    assert_eq!(lost["params"]["url"], xo.url());
+    assert!(
+        lost["params"]["error"].as_str().unwrap().len() > 5,
+        "{lost}"
+    );
+
+    xo.restart(PING).await;
+    live(&engine).await;
+    // Within the window, the return is its summary, named after the
+    // latest alert: the source's state now.
+    pager
+        .wait_until("the reconnected alert", |got| {
+            got.iter()
+                .any(|r| r.json()["method"] == "wasmhooks.source.reconnected")
+        })
+        .await;
+    let events: Vec<Value> = pager.received().iter().map(|r| r.json()).collect();
+    assert_eq!(
+        events.last().unwrap()["method"],
+        "wasmhooks.source.reconnected"
+    );
+    assert!(events.len() <= 3, "{events:?}");
+}

@@ -210,8 +210,8 @@ pub fn both_phases() -> Vec<Phase> {
     vec![Phase::Pre, Phase::Post]
 }
 
-/// Serde `deserialize_with` for a list of phases written `"pre"`, `"post"`
-/// or `"observed"`.
+/// Serde `deserialize_with` for a list of phases written `"pre"`, `"post"`,
+/// `"observed"` or `"system"`.
 pub fn deserialize_phases<'de, D>(de: D) -> Result<Vec<Phase>, D::Error>
 where
     D: serde::Deserializer<'de>,
@@ -222,6 +222,7 @@ where
         Pre,
         Post,
         Observed,
+        System,
     }
     let names = Vec::<Name>::deserialize(de)?;
     let mut phases = Vec::with_capacity(names.len());
@@ -230,6 +231,7 @@ where
             Name::Pre => Phase::Pre,
             Name::Post => Phase::Post,
             Name::Observed => Phase::Observed,
+            Name::System => Phase::System,
         };
         if !phases.contains(&phase) {
             phases.push(phase);
@@ -301,12 +303,14 @@ impl Subscription {
 // Events
 
 impl Phase {
-    /// `"pre"`, `"post"` or `"observed"`, as in the payload's `type` field.
+    /// `"pre"`, `"post"`, `"observed"` or `"system"`, as in the payload's
+    /// `type` field.
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Pre => "pre",
             Phase::Post => "post",
             Phase::Observed => "observed",
+            Phase::System => "system",
         }
     }
 }

@@ -19,6 +19,8 @@ pub fn event(payload: &str) -> Event {
         call_id: v["callId"].as_str().unwrap_or_default().to_string(),
         phase: match v["type"].as_str() {
             Some("pre") => Phase::Pre,
+            Some("observed") => Phase::Observed,
+            Some("system") => Phase::System,
             _ => Phase::Post,
         },
         method: v["method"].as_str().unwrap_or_default().to_string(),

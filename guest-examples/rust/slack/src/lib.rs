@@ -1,5 +1,8 @@
 //! `slack`: one Slack message per `vm.*` call, before and after it runs:
-//! who did what to which VM, and how it went.
+//! who did what to which VM, and how it went. With `alerts = true`, also
+//! one per alert the engine raises about itself (system events,
+//! `wasmhooks.*`): a receiver's circuit opened or closed, dead letters, a
+//! hook that failed to load, a source that lost XO.
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -11,6 +14,9 @@ use wasmhooks_sdk::{
 #[serde(deny_unknown_fields)]
 struct Settings {
     url: String,
+    /// Also post the engine's own alerts (system events).
+    #[serde(default)]
+    alerts: bool,
 }
 
 struct Slack {
@@ -22,12 +28,25 @@ impl Hook for Slack {
 
     fn setup(s: Settings) -> Result<(Self, Subscription), String> {
         wasmhooks_sdk::check_url("url", &s.url)?;
-        let subscription = Subscription::new(["vm.*"], [Phase::Pre, Phase::Post]);
+        // XO names no method `wasmhooks.*`, and the engine only those: the
+        // one subscription serves both without crossing them.
+        let subscription = if s.alerts {
+            Subscription::new(
+                ["vm.*", "wasmhooks.*"],
+                [Phase::Pre, Phase::Post, Phase::System],
+            )
+        } else {
+            Subscription::new(["vm.*"], [Phase::Pre, Phase::Post])
+        };
         Ok((Slack { url: s.url }, subscription))
     }
 
     fn handle(&self, event: &Event) -> Result<Outcome, String> {
         let payload = event.json()?;
+        if event.phase == Phase::System {
+            let body = json!({ "text": escape(&alert(&event.method, &payload)) });
+            return Ok(Outcome::deliver(vec![json_delivery(&self.url, &body)]));
+        }
         let message = format!(
             "{} called {} on VM {}: {}",
             user(&payload),
@@ -77,6 +96,65 @@ fn outcome(phase: Phase, payload: &Value) -> String {
         Some(ms) => format!("succeeded in {ms} ms"),
         None => "succeeded".to_string(),
     }
+}
+
+/// One line for an alert: what happened, to what, how often, and what to
+/// do, from the system event's `params`.
+fn alert(method: &str, payload: &Value) -> String {
+    let p = &payload["params"];
+    let field = |key: &str| str_field(p, key).unwrap_or("?").to_string();
+    let count = p["count"].as_u64().unwrap_or(1);
+    let error = str_field(p, "error")
+        .map(|e| format!(": {e}"))
+        .unwrap_or_default();
+    let what = match method {
+        "wasmhooks.receiver.circuit_opened" => format!(
+            "receiver {} keeps failing; its deliveries are paused{error}",
+            field("receiver")
+        ),
+        "wasmhooks.receiver.circuit_closed" => format!(
+            "receiver {} is back; its deliveries resume",
+            field("receiver")
+        ),
+        "wasmhooks.delivery.dead" => {
+            let receiver = field("receiver");
+            let what = match count {
+                1 => format!("a delivery to {receiver} became a dead letter"),
+                n => format!("{n} deliveries to {receiver} became dead letters"),
+            };
+            format!(
+                "{what}{error}; replay with `wasmhooks deliveries retry --dead --receiver {receiver}`"
+            )
+        }
+        "wasmhooks.hook.load_failed" => {
+            let serving = match str_field(p, "serving") {
+                Some(v) => format!("version {v} keeps serving"),
+                None => "it is not serving".to_string(),
+            };
+            format!(
+                "hook {} failed to load ({} of {}){error}; {serving}",
+                field("hook"),
+                field("stage"),
+                field("file")
+            )
+        }
+        "wasmhooks.hook.recovered" => format!("hook {} loads again", field("hook")),
+        "wasmhooks.source.disconnected" => {
+            format!("source {} lost {}{error}", field("source"), field("url"))
+        }
+        "wasmhooks.source.reconnected" => {
+            format!("source {} reads {} again", field("source"), field("url"))
+        }
+        other => format!("{other}: {}", text(p)),
+    };
+    // A summary stands for several alerts: the latest one's words, counted.
+    let times = if p["summary"] == true && method != "wasmhooks.delivery.dead" {
+        format!(" ({count} times this window)")
+    } else {
+        String::new()
+    };
+    let engine = str_field(payload, "engine").unwrap_or("wasmhooks");
+    format!("[{engine}] {what}{times}")
 }
 
 /// Slack's three control characters in message text.
@@ -137,6 +215,40 @@ mod tests {
         assert_eq!(
             bodies(&out)[0].1["text"],
             "u1 called vm.stop on VM ?: requested"
+        );
+    }
+
+    #[test]
+    fn alerts_only_when_asked_for() {
+        let circuit = event(
+            r#"{"callId":"sys-1","method":"wasmhooks.receiver.circuit_opened","type":"system",
+                "timestamp":1,"engine":"xo1/42","params":{"receiver":"ci.example.org:443",
+                "count":1,"summary":false,"failures":5,"error":"connection refused"}}"#,
+        );
+        let subscription = setup::<Slack>(r#"{"url": "https://hooks.slack.com/services/T/B/X"}"#);
+        assert!(!subscription.unwrap().matches(&circuit));
+        setup::<Slack>(r#"{"url": "https://hooks.slack.com/services/T/B/X", "alerts": true}"#)
+            .unwrap();
+        let out = handle::<Slack>(&circuit).unwrap();
+        assert_eq!(
+            bodies(&out)[0].1["text"],
+            "[xo1/42] receiver ci.example.org:443 keeps failing; its deliveries are paused: connection refused"
+        );
+        let dead = event(
+            r#"{"callId":"sys-2","method":"wasmhooks.delivery.dead","type":"system",
+                "timestamp":1,"engine":"xo1/42","params":{"receiver":"r:80","count":999,
+                "summary":true,"error":"gave up after 3 attempts: 500"}}"#,
+        );
+        let out = handle::<Slack>(&dead).unwrap();
+        assert_eq!(
+            bodies(&out)[0].1["text"],
+            "[xo1/42] 999 deliveries to r:80 became dead letters: gave up after 3 attempts: 500; \
+             replay with `wasmhooks deliveries retry --dead --receiver r:80`"
+        );
+        // XO's events still come through.
+        assert_eq!(
+            bodies(&handle::<Slack>(&fixture("vm.start.pre")).unwrap()).len(),
+            1
         );
     }
 

@@ -34,7 +34,7 @@ impl Hook for Teams {
             Phase::Post if has_error(&payload) => ("failed", "D13438"),
             Phase::Post => ("succeeded", "2EB886"),
             // Subscription::all() is pre and post: not reached.
-            Phase::Observed => ("observed", "8A8886"),
+            Phase::Observed | Phase::System => (event.phase.as_str(), "8A8886"),
         };
         let facts: Vec<Value> = match &payload {
             Value::Object(fields) => fields

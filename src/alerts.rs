@@ -22,7 +22,7 @@ use crate::util::now_ms;
 use serde_json::{Map, Value};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// Groups tracked at once; past this, new subjects are merged under `*`.
@@ -139,6 +139,9 @@ pub(crate) struct Alerts {
     ready: Notify,
     window_ms: u64,
     enabled: bool,
+    /// Windows are timed from here, on the monotonic clock: a wall clock
+    /// stepped back must not hold summaries for as long.
+    epoch: Instant,
 }
 
 #[derive(Default)]
@@ -151,7 +154,7 @@ struct State {
 
 /// A group within its window: what came after the event that opened it.
 struct Group {
-    /// When the window ends (Unix ms).
+    /// When the window ends ([`Alerts::clock`]).
     ends_ms: u64,
     /// Alerts since the last event, and what the latest said.
     count: u64,
@@ -170,7 +173,13 @@ impl Alerts {
             ready: Notify::new(),
             window_ms: (window.as_millis() as u64).max(1),
             enabled,
+            epoch: Instant::now(),
         }
+    }
+
+    /// Now on the clock windows are timed by: ms since these alerts began.
+    pub(crate) fn clock(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     /// Alerts that go nowhere: for a dry run.
@@ -184,7 +193,7 @@ impl Alerts {
         if !self.enabled {
             return;
         }
-        let now = now_ms();
+        let (now, clock) = (now_ms(), self.clock());
         let mut state = self.state.lock().unwrap();
         let state = &mut *state;
         let topic = alert.kind.topic();
@@ -221,7 +230,7 @@ impl Alerts {
                 state.groups.insert(
                     key,
                     Group {
-                        ends_ms: now + self.window_ms,
+                        ends_ms: clock + self.window_ms,
                         count: 0,
                         kind: alert.kind,
                         first_ms: now,
@@ -236,8 +245,9 @@ impl Alerts {
         }
     }
 
-    /// The events due at `now`: first alerts, and the summaries of the
-    /// windows that ended; and when the next window ends, if one is open.
+    /// The events due at `now` ([`Alerts::clock`]): first alerts, and the
+    /// summaries of the windows that ended; and when the next window ends,
+    /// if one is open.
     pub(crate) fn take(&self, now: u64) -> (Vec<Summary>, Option<u64>) {
         let mut state = self.state.lock().unwrap();
         let state = &mut *state;
@@ -327,7 +337,7 @@ mod tests {
         for i in 0..1000 {
             alerts.raise(dead("r:80", &format!("msg_{i}")));
         }
-        let (first, next) = alerts.take(now_ms());
+        let (first, next) = alerts.take(alerts.clock());
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].params["count"], 1);
         assert_eq!(first[0].params["summary"], false);
@@ -353,7 +363,7 @@ mod tests {
         // A quiet window closes the group: the next alert leads again.
         assert!(alerts.take(next.unwrap()).0.is_empty());
         alerts.raise(dead("r:80", "msg_y"));
-        assert_eq!(alerts.take(now_ms()).0[0].params["summary"], false);
+        assert_eq!(alerts.take(alerts.clock()).0[0].params["summary"], false);
     }
 
     #[test]
@@ -363,7 +373,7 @@ mod tests {
         alerts.raise(Alert::new(Kind::CircuitClosed, "r:80"));
         alerts.raise(Alert::new(Kind::CircuitOpened, "r:80"));
         alerts.raise(Alert::new(Kind::CircuitClosed, "r:80"));
-        let (first, next) = alerts.take(now_ms());
+        let (first, next) = alerts.take(alerts.clock());
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].kind, Kind::CircuitOpened);
         assert_eq!(first[0].params["receiver"], "r:80");
@@ -378,11 +388,11 @@ mod tests {
         for i in 0..MAX_SUBJECTS + 50 {
             alerts.raise(dead(&format!("r{i}:80"), "msg"));
         }
-        let (first, _) = alerts.take(now_ms());
+        let (first, _) = alerts.take(alerts.clock());
         assert_eq!(first.len(), MAX_SUBJECTS + 1);
         assert_eq!(first[MAX_SUBJECTS].params["receiver"], "*");
         let off = Alerts::off();
         off.raise(dead("r:80", "msg"));
-        assert_eq!(off.take(now_ms()), (Vec::new(), None));
+        assert_eq!(off.take(off.clock()), (Vec::new(), None));
     }
 }

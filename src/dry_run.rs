@@ -64,7 +64,7 @@ pub async fn dry_run(
     let hook = registry.load(wasm, settings).await?;
     let matches = hook.wants(event);
     let outcome = if matches {
-        let decision = Runner::new(sandbox, config)
+        let decision = Runner::new(sandbox, config, Default::default())
             .run(&hook, event, &new_uid())
             .await?;
         Some(DryOutcome {

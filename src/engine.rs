@@ -1,13 +1,13 @@
 //! [`Engine`]: the library's front door.
 
-use crate::activity::{Activity, EventActivity, ReceiverFailure};
+use crate::activity::{Activity, EventActivity, ReceiverFailure, SeriesView};
 use crate::alerts::Alerts;
 use crate::config::Config;
 use crate::coverage::{Coverage, CoverageError, CoverageReport, ReporterStatus};
 use crate::delivery::Sender;
 use crate::delivery::{Breaker, Circuit};
 use crate::error::Error;
-use crate::event::{Event, Phase};
+use crate::event::{Event, EventError, Phase};
 use crate::hooks::{Force, HookStatus, Registry};
 use crate::hooks::{Watch, WatchOptions};
 use crate::ingest::{Ingest, MAX_POSTS_IN_FLIGHT};
@@ -143,7 +143,7 @@ impl Engine {
         );
         let ingest = Arc::new(Ingest {
             registry: registry.clone(),
-            runner: Arc::new(Runner::new(sandbox, &config)),
+            runner: Arc::new(Runner::new(sandbox, &config, activity.clone())),
             queue: queue.clone(),
             workers: workers.clone(),
             redact: config
@@ -190,7 +190,7 @@ impl Engine {
     /// Cancellation-safe: dropping the future only stops waiting. The same
     /// event sent again within `dedup_window_secs` gets the first verdict.
     pub async fn pre(&self, event: Event) -> Result<Verdict, Error> {
-        expect_phase(&event, Phase::Pre)?;
+        from_caller(&event, Phase::Pre)?;
         Ok(self.inner.ingest.pre(event).await?)
     }
 
@@ -206,11 +206,13 @@ impl Engine {
     /// event sent again within `dedup_window_secs` is accepted once.
     ///
     /// An observed event (a change reported after the fact, see
-    /// [`Phase::Observed`]) is accepted the same way. A system event is
-    /// refused: only the engine emits those.
+    /// [`Phase::Observed`]) is accepted the same way. A system event, or
+    /// any event of a `wasmhooks.*` method, is refused: only the engine
+    /// emits those, so a hook can trust them.
     pub async fn post(&self, event: Event) -> Result<(), Error> {
-        if event.phase() != Phase::Observed {
-            expect_phase(&event, Phase::Post)?;
+        match event.phase() {
+            Phase::Observed => from_caller(&event, Phase::Observed)?,
+            _ => from_caller(&event, Phase::Post)?,
         }
         Ok(self.inner.ingest.post(event).await?)
     }
@@ -352,6 +354,13 @@ impl Engine {
         self.inner.activity.recent(limit)
     }
 
+    /// The last hour, per minute, since the engine started: events, each
+    /// receiver's attempts and latency, each hook's time. Kept in memory:
+    /// empty after a restart.
+    pub fn series(&self) -> SeriesView {
+        self.inner.activity.series().view(crate::util::now_ms())
+    }
+
     /// The metrics in Prometheus text format (what `GET /metrics` serves).
     pub async fn metrics(&self) -> Result<String, Error> {
         let depth = self.inner.queue.depth().await?;
@@ -433,6 +442,25 @@ impl Drop for Inner {
     fn drop(&mut self) {
         self.workers.stop();
     }
+}
+
+/// How the methods of the engine's own events (system events) begin.
+const SYSTEM_METHODS: &str = "wasmhooks.";
+
+/// Checks an event a caller sent: of the phase the call takes, and not
+/// posing as one of the engine's own.
+fn from_caller(event: &Event, expected: Phase) -> Result<(), Error> {
+    expect_phase(event, expected)?;
+    if event.method().starts_with(SYSTEM_METHODS) {
+        return Err(Error::Event(EventError::Field {
+            field: "method",
+            problem: format!(
+                "{} is a method of the engine's own events (wasmhooks.*): callers cannot send one",
+                event.method()
+            ),
+        }));
+    }
+    Ok(())
 }
 
 fn expect_phase(event: &Event, expected: Phase) -> Result<(), Error> {

@@ -6,6 +6,7 @@
 //! letters, and, read from the queue at scrape time, queue depth and the
 //! age of the oldest pending delivery.
 
+use crate::activity::Attempted;
 use crate::queue::Depth;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -243,13 +244,6 @@ impl Default for Metrics {
     }
 }
 
-/// How an attempt ended, for the receiver's counters.
-pub(crate) enum AttemptResult {
-    Delivered,
-    Retry,
-    Dead,
-}
-
 impl Metrics {
     pub(crate) fn source_up(&self, source: &str, up: bool) {
         self.source_up
@@ -315,17 +309,17 @@ impl Metrics {
     }
 
     /// Counts one delivery attempt to `receiver`.
-    pub(crate) fn attempt(&self, receiver: &str, result: AttemptResult) {
+    pub(crate) fn attempt(&self, receiver: &str, result: Attempted) {
         let label = self.receiver_label(receiver);
         match result {
-            AttemptResult::Delivered => {
+            Attempted::Delivered => {
                 self.delivered.get_or_create(&label).inc();
             }
-            AttemptResult::Retry => {
+            Attempted::Failed => {
                 self.failed.get_or_create(&label).inc();
                 self.retried.get_or_create(&label).inc();
             }
-            AttemptResult::Dead => {
+            Attempted::Dead => {
                 self.failed.get_or_create(&label).inc();
                 self.dead.get_or_create(&label).inc();
             }

@@ -76,7 +76,8 @@ impl CircuitState {
         if self.failures < breaker.failures || self.open_until(now).is_some() {
             return None;
         }
-        let opened = self.cooldown_ms == 0;
+        // Open now, from closed (not a probe that failed: still open).
+        let opened = self.open_until.is_none();
         self.cooldown_ms = if self.cooldown_ms == 0 {
             breaker.cooldown_ms
         } else {

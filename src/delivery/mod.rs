@@ -191,8 +191,9 @@ pub(crate) fn uid_of(key: &str) -> String {
 }
 
 /// How the id of a delivery a system event caused begins (`msg_` for any
-/// other): its failures raise no further alert, so alerts cannot feed on
-/// themselves, even after a restart or a replay.
+/// other): its dead letters raise no further alert, so alerts cannot feed
+/// on their own dead letters, even after a restart or a replay (its
+/// receiver's circuit changing still does, once per change, summarised).
 pub(crate) const SYSTEM_ID_PREFIX: &str = "sys_";
 
 /// The id of a hook's `index`-th delivery for the event accepted as `uid`:

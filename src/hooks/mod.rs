@@ -332,7 +332,9 @@ impl Registry {
             if let Some(hook) = live.remove(&name) {
                 tracing::info!(hook = %name, hash = %short(&hook.hash), "hook unloaded: its file was removed");
             }
-            failed.remove(&name);
+            if failed.remove(&name).is_some() {
+                self.recovered(&name, None); // its failing file is gone
+            }
             seen.remove(&name);
             changed = true;
         }
@@ -350,8 +352,8 @@ impl Registry {
         Ok(())
     }
 
-    /// Raises that a hook which had failed to load serves again, as
-    /// `version` (`None`: none, its file is gone or no longer fails).
+    /// Raises that a hook which had failed to load no longer fails: it
+    /// serves as `version`, or (`None`) its file was removed.
     fn recovered(&self, name: &str, version: Option<&str>) {
         self.alerts
             .raise(Alert::new(Kind::HookRecovered, name).with("version", version.map(short)));

@@ -18,7 +18,11 @@ impl Ingest {
     pub(crate) async fn post(self: &Arc<Self>, mut event: Event) -> Result<(), IngestError> {
         let hooks = self.registry.snapshot().matching(&event);
         if hooks.is_empty() {
-            self.activity.event(&event, Vec::new(), None);
+            // The engine's own alerts, unwanted, would only push the
+            // orchestrator's events out of the console's log.
+            if event.phase() != Phase::System {
+                self.activity.event(&event, Vec::new(), None);
+            }
             return Ok(()); // no WASM call for an event nobody wants
         }
         if self.redact.iter().any(|m| m.matches(event.method())) {

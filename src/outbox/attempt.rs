@@ -2,6 +2,7 @@
 //! dead), the breaker told, and the callers waiting for it answered.
 
 use super::*;
+use crate::activity::Attempted;
 use crate::alerts::{Alert, Kind};
 use crate::delivery::SYSTEM_ID_PREFIX;
 use crate::delivery::history::ShownUrl;
@@ -40,7 +41,8 @@ impl Workers {
                     };
                     (bug, None)
                 });
-        let duration_ms = began.elapsed().as_millis() as u64;
+        let took = began.elapsed();
+        let duration_ms = took.as_millis() as u64;
         // Logged without the URL's password, if it has one.
         let shown = ShownUrl(&d.url);
         let (finish, error, status, up) = match sent {
@@ -89,26 +91,14 @@ impl Workers {
             body: answer.map(|a| a.body),
             engine: self.engine.clone(),
         };
-        let counted = match finish {
-            Finish::Delivered => AttemptResult::Delivered,
-            Finish::Retry { .. } => AttemptResult::Retry,
-            Finish::Dead => AttemptResult::Dead,
-        };
         let receiver = d.receiver();
-        self.metrics.attempt(&receiver, counted);
-        // A system event's own dead letters raise nothing: alerts cannot
-        // feed on themselves.
-        if finish == Finish::Dead && !d.id.starts_with(SYSTEM_ID_PREFIX) {
-            let mut alert = Alert::new(Kind::DeliveryDead, receiver.clone())
-                .with("id", d.id.as_str())
-                .with("hook", &*d.hook)
-                .with("attempts", attempts)
-                .with("error", record.error.clone());
-            if let Some(status) = record.status {
-                alert = alert.with("status", status);
-            }
-            self.alerts.raise(alert);
-        }
+        let attempted = match finish {
+            Finish::Delivered => Attempted::Delivered,
+            Finish::Retry { .. } => Attempted::Failed,
+            Finish::Dead => Attempted::Dead,
+        };
+        self.metrics.attempt(&receiver, attempted);
+        self.activity.series().attempt(&receiver, attempted, took);
         if let Some(error) = &record.error {
             self.activity.failure(
                 &receiver,
@@ -122,6 +112,20 @@ impl Workers {
                 },
             );
         }
+        // Once recorded as dead (not when the next run sends it again),
+        // and never for a system event's own: alerts cannot feed on
+        // their own dead letters.
+        let alert = (finish == Finish::Dead && !d.id.starts_with(SYSTEM_ID_PREFIX)).then(|| {
+            let alert = Alert::new(Kind::DeliveryDead, receiver.clone())
+                .with("id", d.id.as_str())
+                .with("hook", &*d.hook)
+                .with("attempts", attempts)
+                .with("error", record.error.clone());
+            match record.status {
+                Some(status) => alert.with("status", status),
+                None => alert,
+            }
+        });
         let outcome = match finish {
             Finish::Delivered => Some(WaitOutcome::Delivered),
             Finish::Dead => Some(WaitOutcome::Dead(record.error.clone().unwrap_or_default())),
@@ -130,17 +134,23 @@ impl Workers {
         // The row stays claimed by this run until recorded: keep trying
         // (a full disk), or it would wait for the next start.
         let mut pause = FINISH_RETRY.0;
-        while let Err(e) = self
-            .queue
-            .finish(d.id.clone(), attempts, finish, record.clone())
-            .await
-        {
+        let recorded = loop {
+            let Err(e) = self
+                .queue
+                .finish(d.id.clone(), attempts, finish, record.clone())
+                .await
+            else {
+                break true;
+            };
             if matches!(e, QueueError::Closed) || self.stop.is_cancelled() {
-                break; // the next run reclaims it and sends it again
+                break false; // the next run reclaims it and sends it again
             }
             tracing::error!(id = %d.id, "cannot record a delivery attempt ({e}); trying again in {pause:?}");
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(FINISH_RETRY.1);
+        };
+        if let Some(alert) = alert.filter(|_| recorded) {
+            self.alerts.raise(alert);
         }
         if let Some(outcome) = outcome {
             self.tell_waiters(&d.id, outcome);

@@ -27,7 +27,7 @@ use crate::delivery::{
     Attempt, AttemptRecord, Breaker, CircuitState, Delivery, DeliveryPolicy, PolicySource,
     ReceiverView, Sender,
 };
-use crate::metrics::{AttemptResult, Metrics};
+use crate::metrics::Metrics;
 use crate::must_finish::MustFinish;
 use crate::queue::{Batch, Claimed, Committed, Finish, Queue, QueueError, Room};
 use crate::util::now_ms;

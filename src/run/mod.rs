@@ -11,6 +11,7 @@ pub use error::{CallError, CallSite};
 pub use verdict::{HookFailure, Verdict, WouldDeny};
 pub(crate) use verdict::{PreDecisions, activity_of, decide, with_failures};
 
+use crate::activity::Activity;
 use crate::config::Config;
 use crate::delivery::{Delivery, QueuedUnder, delivery_id};
 use crate::event::Event;
@@ -28,6 +29,8 @@ pub(crate) struct Decision {
 /// Calls hooks and checks what they return: all a dry run needs.
 pub(crate) struct Runner {
     pub sandbox: Arc<Sandbox>,
+    /// Where each call's time is kept for the console's plots.
+    pub activity: Arc<Activity>,
     pub max_deliveries: usize,
     pub max_body_bytes: usize,
     pub max_headers: usize,
@@ -110,9 +113,10 @@ fn site(hook: &LiveHook, event: &Event) -> CallSite {
 }
 
 impl Runner {
-    pub(crate) fn new(sandbox: Arc<Sandbox>, config: &Config) -> Runner {
+    pub(crate) fn new(sandbox: Arc<Sandbox>, config: &Config, activity: Arc<Activity>) -> Runner {
         Runner {
             sandbox,
+            activity,
             max_deliveries: config.max_deliveries_per_event,
             max_body_bytes: config.max_body_bytes,
             max_headers: config.max_headers_per_delivery,
@@ -172,7 +176,9 @@ impl Runner {
         // when it is spawned and when its task finishes.
         let call = Box::pin(self.sandbox.handle(&hook.prepared, event));
         let result = call.await;
-        hook.stats.duration.observe(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        hook.stats.duration.observe(took.as_secs_f64());
+        self.activity.series().hook(hook.name(), took);
         let site = || site(hook, event);
         let outcome = result.map_err(|f| match f {
             Failure::Timeout(deadline, ran) => CallError::Timeout {

@@ -16,6 +16,7 @@
 //!   `dry_run` to count only: send deliveries again under their ids.
 //! - `GET /v1/receivers`: each receiver's circuit, depth and last failures.
 //! - `GET /v1/activity`: the last events and what each hook decided.
+//! - `GET /v1/series`: the last hour per minute, for plots.
 //! - `GET /metrics`: Prometheus metrics.
 //! - `GET /healthz`: liveness.
 //! - `GET /v1/openapi.json`: the OpenAPI document of all of the above,
@@ -70,6 +71,7 @@ pub fn router(engine: Engine) -> Router {
         .routes(routes!(routes::retry))
         .routes(routes!(routes::receivers))
         .routes(routes!(routes::activity))
+        .routes(routes!(routes::series))
         .routes(routes!(routes::metrics))
         .routes(routes!(routes::healthz))
         .routes(routes!(openapi_json))

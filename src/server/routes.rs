@@ -4,7 +4,7 @@
 
 use super::error;
 use super::openapi::{Accepted, ApiError, EventBody, Requeued, RetryRequest};
-use crate::activity::{EventActivity, MAX_EVENTS};
+use crate::activity::{EventActivity, MAX_EVENTS, SeriesView};
 use crate::coverage::{CoverageReport, ReporterStatus};
 use crate::engine::Engine;
 use crate::engine::ReceiverStatus;
@@ -75,6 +75,8 @@ pub(super) async fn ingest(State(engine): State<Engine>, body: Bytes) -> Respons
         // The queue could not take it: the sender should retry later.
         let status = match e {
             Error::Queue(_) => StatusCode::SERVICE_UNAVAILABLE,
+            // A method of the engine's own events, posed as by a caller.
+            Error::Event(_) | Error::WrongPhase { .. } => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         error(status, e.to_string())
@@ -424,6 +426,20 @@ pub(super) async fn activity(
         );
     }
     Json(engine.activity(limit)).into_response()
+}
+
+/// The last hour, per minute, since the engine started: events accepted,
+/// attempts per receiver (delivered, failed, dead, latency p50 and p99),
+/// and each hook's time (p50 and p99). Kept in memory, empty after a
+/// restart; what the console plots.
+#[utoipa::path(
+    get,
+    path = "/v1/series",
+    tag = "events",
+    responses((status = 200, description = "Every minute since the engine started, at most the last 60, oldest first", body = SeriesView))
+)]
+pub(super) async fn series(State(engine): State<Engine>) -> Json<SeriesView> {
+    Json(engine.series())
 }
 
 /// Prometheus metrics, in the OpenMetrics text format.

@@ -2,8 +2,8 @@
 //! summarised there, accepted here as system events through the one
 //! ingest path, so hooks subscribed to `wasmhooks.*` in the `system`
 //! phase get them like any other event, and their deliveries are queued
-//! and sent like any other (under `sys_` ids, whose failures raise
-//! nothing more).
+//! and sent like any other (under `sys_` ids: their dead letters raise no
+//! alert; their receiver's circuit opening or closing does, summarised).
 
 use crate::alerts::{Alerts, Summary};
 use crate::delivery::history::engine_name;
@@ -12,6 +12,7 @@ use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::util::{now_ms, random_id};
 use serde_json::{Value, json};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,12 +22,29 @@ const NAME: &str = "system";
 /// Longest wait between two looks when no window is open.
 const IDLE: Duration = Duration::from_secs(3600);
 
-/// Turns alerts into system events for as long as the engine runs.
+/// First and longest pause before trying again an event the engine
+/// could not accept (the queue failing: a full disk, NATS unreachable).
+const RETRY: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(30));
+
+/// Events waiting to be accepted again; past this the oldest go, said.
+const MAX_WAITING: usize = 4096;
+
+/// Turns alerts into system events for as long as the engine runs. One the
+/// engine cannot accept is tried again, with back-off: alerts matter most
+/// when the engine is in trouble.
 pub(super) async fn emit(alerts: Arc<Alerts>, ingest: Arc<Ingest>, metrics: Arc<Metrics>) {
     let engine = engine_name();
+    let mut waiting: VecDeque<Summary> = VecDeque::new();
+    let mut pause = RETRY.0;
     loop {
-        let (due, next) = alerts.take(now_ms());
-        for summary in due {
+        let (due, next) = alerts.take(alerts.clock());
+        waiting.extend(due);
+        while waiting.len() > MAX_WAITING {
+            waiting.pop_front();
+            tracing::warn!("a system event was dropped: the engine could not accept it in time");
+        }
+        let mut failed = false;
+        while let Some(summary) = waiting.pop_front() {
             let method = summary.kind.method();
             let event = match event(&summary, &engine) {
                 Ok(event) => event,
@@ -44,15 +62,30 @@ pub(super) async fn emit(alerts: Arc<Alerts>, ingest: Arc<Ingest>, metrics: Arc<
                         .split_once('.')
                         .unwrap_or(("", method));
                     metrics.source_event(NAME, topic, action);
+                    pause = RETRY.0;
                 }
-                Err(e) => tracing::error!(method, "cannot accept a system event: {e}"),
+                Err(e) => {
+                    tracing::error!(
+                        method,
+                        "cannot accept a system event ({e}); trying again in {pause:?}"
+                    );
+                    waiting.push_front(summary);
+                    failed = true;
+                    break;
+                }
             }
         }
-        let wait = next.map_or(IDLE, |at| {
-            Duration::from_millis(at.saturating_sub(now_ms()).max(1))
-        });
+        let wait = if failed {
+            let wait = pause;
+            pause = (pause * 2).min(RETRY.1);
+            wait
+        } else {
+            next.map_or(IDLE, |at| {
+                Duration::from_millis(at.saturating_sub(alerts.clock()).max(1))
+            })
+        };
         tokio::select! {
-            () = alerts.raised() => {}
+            () = alerts.raised(), if !failed => {}
             () = tokio::time::sleep(wait) => {}
         }
     }

@@ -250,6 +250,27 @@ async fn a_hook_that_fails_to_load_then_loads_again_is_told_both_times() {
         engine.hooks().iter().all(|h| h.last_error.is_none())
     })
     .await;
+
+    // A failing hook whose file is removed fails no more: told too.
+    std::fs::write(dir.path().join("gone.wasm"), b"not a component either").unwrap();
+    engine.reload().await.unwrap();
+    std::fs::remove_file(dir.path().join("gone.wasm")).unwrap();
+    engine.reload().await.unwrap();
+    pager
+        .wait_until("the removed hook's alert", |got| {
+            got.iter().any(|r| {
+                let e = r.json();
+                e["method"] == "wasmhooks.hook.recovered" && e["params"]["hook"] == "gone"
+            })
+        })
+        .await;
+    let gone = pager
+        .received()
+        .into_iter()
+        .map(|r| r.json())
+        .find(|e| e["method"] == "wasmhooks.hook.recovered" && e["params"]["hook"] == "gone")
+        .unwrap();
+    assert_eq!(gone["params"]["version"], Value::Null, "no version serves");
 }
 
 #[tokio::test]
@@ -267,4 +288,28 @@ async fn callers_cannot_post_a_system_event() {
             ..
         })
     ));
+    // Nor one of its methods under another phase: a hook can trust them.
+    for phase in ["pre", "post", "observed"] {
+        let posing = Event::from_json(
+            format!(
+                r#"{{"callId":"x","method":"wasmhooks.delivery.dead","type":"{phase}","timestamp":1}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let refused = match phase {
+            "pre" => engine.pre(posing).await.map(drop),
+            _ => engine.post(posing).await,
+        };
+        assert!(
+            matches!(
+                refused,
+                Err(wasmhooks::Error::Event(wasmhooks::EventError::Field {
+                    field: "method",
+                    ..
+                }))
+            ),
+            "{phase}: {refused:?}"
+        );
+    }
 }

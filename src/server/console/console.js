@@ -464,6 +464,143 @@ async function loadActivity() {
   $('#activity .empty').hidden = events.length > 0;
 }
 
+// ---- plots: the last hour, per minute ----------------------------------------
+
+const SVG_NS = 'http://www.w3.org/2000/svg';
+const COLORS = ['#1f5fbf', '#17803d', '#b42318', '#9a6700', '#6941c6', '#0e7490', '#c11574', '#4b5563'];
+/** Lines drawn per plot; the busiest first. */
+const MAX_LINES = 8;
+
+/** An SVG element with attributes and children (strings become text). */
+function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value !== undefined && value !== null) node.setAttribute(name, value);
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+const hhmm = ms => new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+/** A number for an axis or a tooltip: about three significant digits. */
+function num(v) {
+  if (v === null || v === undefined) return '–';
+  if (v === 0) return '0';
+  if (Math.abs(v) >= 100) return String(Math.round(v));
+  if (Math.abs(v) >= 10) return v.toFixed(1);
+  return v.toPrecision(2);
+}
+
+/**
+ * A line plot over `minutes`: `lines` are `{ name, color, dashed, values }`
+ * (one value or null per minute). Each minute is a column whose tooltip
+ * is `tip(i)`, and whose `data` attributes are `data(i)`, so values are
+ * readable on hover.
+ */
+function linePlot(figure, minutes, lines, tip, data = () => ({})) {
+  const W = 640, H = 170, L = 46, R = 10, T = 8, B = 20;
+  const n = minutes.length;
+  const values = lines.flatMap(l => l.values.filter(v => v !== null && v !== undefined));
+  const top = Math.max(...values, 0) || 1;
+  const step = n > 1 ? (W - L - R) / (n - 1) : 0;
+  const x = i => (n > 1 ? L + i * step : (L + W - R) / 2);
+  const y = v => T + (H - T - B) * (1 - v / top);
+  const chart = svg('svg', { class: 'chart', viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': $('figcaption', figure).textContent });
+  for (const v of [0, top / 2, top]) {
+    chart.append(
+      svg('line', { x1: L, x2: W - R, y1: y(v), y2: y(v), stroke: '#e3e6ec' }),
+      svg('text', { x: L - 5, y: y(v) + 3.5, 'text-anchor': 'end', 'font-size': 10, fill: '#687083' }, num(v)));
+  }
+  for (const i of new Set([0, Math.floor((n - 1) / 2), n - 1])) {
+    if (i < 0) continue;
+    chart.append(svg('text', { x: x(i), y: H - 5, 'text-anchor': 'middle', 'font-size': 10, fill: '#687083' }, hhmm(minutes[i].start_ms)));
+  }
+  for (const line of lines) {
+    let d = '';
+    let pen = 'M';
+    line.values.forEach((v, i) => {
+      if (v === null || v === undefined) { pen = 'M'; return; }
+      d += `${pen}${x(i).toFixed(1)} ${y(v).toFixed(1)} `;
+      pen = 'L';
+      // A point too, so that a lone minute shows.
+      chart.append(svg('circle', { cx: x(i), cy: y(v), r: 1.8, fill: line.color }));
+    });
+    chart.append(svg('path', {
+      d: d.trim() || null, fill: 'none', stroke: line.color, 'stroke-width': 1.6,
+      'stroke-dasharray': line.dashed ? '5 3' : null, 'data-line': line.name,
+    }));
+  }
+  const width = Math.max(step, 6);
+  minutes.forEach((m, i) => {
+    chart.append(svg('rect', {
+      x: x(i) - width / 2, y: T, width, height: H - T - B, fill: 'transparent',
+      'data-minute': m.start_ms, ...data(i),
+    }, svg('title', {}, tip(i))));
+  });
+  const legend = lines.filter(l => !l.dashed || !lines.some(o => o !== l && o.name === l.name && !o.dashed));
+  $('.plot', figure).replaceChildren(chart);
+  $('.legend', figure).replaceChildren(...legend.map(l => el('span', { 'data-name': l.name },
+    svg('svg', { width: 14, height: 6 }, svg('rect', { width: 14, height: 3, y: 1.5, fill: l.color })), l.name)));
+}
+
+/** The names in `minutes[*][key]` (receivers or hooks), busiest first. */
+function busiest(minutes, key, name, weight) {
+  const total = new Map();
+  for (const m of minutes) for (const p of m[key]) total.set(p[name], (total.get(p[name]) ?? 0) + weight(p));
+  return [...total].filter(([, w]) => w > 0).sort((a, b) => b[1] - a[1]).slice(0, MAX_LINES).map(([n]) => n);
+}
+
+/** Each name's value per minute, null where it has none. */
+const valuesOf = (minutes, key, name, field, value) =>
+  minutes.map(m => { const p = m[key].find(q => q[field] === name); return p ? value(p) : null; });
+
+async function loadSeries() {
+  const series = await api('/v1/series');
+  const minutes = series.minutes;
+  const started = series.started_ms;
+  $('#plots-note').textContent = minutes.length && minutes[0].start_ms <= started
+    ? `per minute since the engine started at ${hhmm(started)} (kept in memory: a restart starts them empty)`
+    : 'per minute, the last 60 minutes (kept in memory: a restart starts them empty)';
+  const rate = (count, m) => count / m.seconds;
+
+  linePlot($('#plot-traffic'), minutes, [
+    { name: 'events', color: COLORS[0], values: minutes.map(m => rate(m.events, m)) },
+    { name: 'deliveries', color: COLORS[1], values: minutes.map(m => rate(m.delivered, m)) },
+  ], i => {
+    const m = minutes[i];
+    return `${hhmm(m.start_ms)}: ${num(rate(m.events, m))} events/s (${m.events}), ${num(rate(m.delivered, m))} deliveries/s (${m.delivered})`;
+  }, i => ({ 'data-events': minutes[i].events, 'data-delivered': minutes[i].delivered }));
+
+  const failing = busiest(minutes, 'receivers', 'receiver', p => p.failed);
+  linePlot($('#plot-failures'), minutes, failing.flatMap((name, k) => [
+    { name, color: COLORS[k % COLORS.length], values: valuesOf(minutes, 'receivers', name, 'receiver', p => p.failed) },
+    { name, color: COLORS[k % COLORS.length], dashed: true, values: valuesOf(minutes, 'receivers', name, 'receiver', p => p.dead) },
+  ]), i => {
+    const m = minutes[i];
+    const parts = m.receivers.filter(p => p.failed).map(p => `${p.receiver}: ${p.failed} failed, ${p.dead} dead`);
+    return `${hhmm(m.start_ms)}: ${parts.length ? parts.join('; ') : 'no failure'}`;
+  }, i => ({ 'data-failed': minutes[i].failed, 'data-dead': minutes[i].dead }));
+
+  const percentiles = (key, field, names) => names.flatMap((name, k) => [
+    { name, color: COLORS[k % COLORS.length], values: valuesOf(minutes, key, name, field, p => p.p50_ms) },
+    { name, color: COLORS[k % COLORS.length], dashed: true, values: valuesOf(minutes, key, name, field, p => p.p99_ms) },
+  ]);
+  const timesTip = (key, field, count) => i => {
+    const m = minutes[i];
+    const parts = m[key].map(p => `${p[field]}: p50 ${num(p.p50_ms)} ms, p99 ${num(p.p99_ms)} ms (${count(p)})`);
+    return `${hhmm(m.start_ms)}: ${parts.length ? parts.join('; ') : 'none'}`;
+  };
+  const hooks = busiest(minutes, 'hooks', 'hook', p => p.calls);
+  linePlot($('#plot-hooks'), minutes, percentiles('hooks', 'hook', hooks),
+    timesTip('hooks', 'hook', p => `${p.calls} calls`));
+  const receivers = busiest(minutes, 'receivers', 'receiver', p => p.delivered + p.failed);
+  linePlot($('#plot-latency'), minutes, percentiles('receivers', 'receiver', receivers),
+    timesTip('receivers', 'receiver', p => `${p.delivered + p.failed} attempts`));
+}
+
 // ---- the page --------------------------------------------------------------------
 
 function renderSummary() {
@@ -497,7 +634,7 @@ function refresh() {
     do {
       again = false;
       try {
-        await Promise.all([loadHooks(), loadCoverage(), loadSources(), loadDeliveries(), loadReceivers(), loadActivity()]);
+        await Promise.all([loadHooks(), loadCoverage(), loadSources(), loadDeliveries(), loadReceivers(), loadActivity(), loadSeries()]);
         renderSummary();
         updateTimes();
         setStatus(`updated ${new Date().toLocaleTimeString()}`);
@@ -531,7 +668,8 @@ function askForToken() {
   timer = null;
   $('#app').hidden = true;
   // Nothing of the engine stays on the page without the token.
-  for (const body of document.querySelectorAll('#app tbody')) body.replaceChildren();
+  for (const body of document.querySelectorAll('#app tbody, #plots .plot, #plots .legend')) body.replaceChildren();
+  $('#plots-note').textContent = '';
   $('#summary').replaceChildren();
   state.lastJson = {};
   $('#login').hidden = false;

@@ -28,8 +28,9 @@ impl Hook for Slack {
 
     fn setup(s: Settings) -> Result<(Self, Subscription), String> {
         wasmhooks_sdk::check_url("url", &s.url)?;
-        // XO names no method `wasmhooks.*`, and the engine only those: the
-        // one subscription serves both without crossing them.
+        // XO names no method `wasmhooks.*`, callers may not send one, and
+        // the engine sends only those: the one subscription serves both
+        // without crossing them.
         let subscription = if s.alerts {
             Subscription::new(
                 ["vm.*", "wasmhooks.*"],

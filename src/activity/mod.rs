@@ -1,9 +1,15 @@
 //! The recent past, for operators: the last events accepted and what each
-//! hook decided on them, and each receiver's last failed attempts.
+//! hook decided on them, each receiver's last failed attempts (this file),
+//! and the last hour per minute for the console's plots (`series.rs`).
 //!
 //! Kept in memory, bounded whatever hooks and receivers do, and lost at
 //! restart: it is for looking at (the console, `GET /v1/activity`), not a
 //! record. The queue and the metrics are the record.
+
+mod series;
+
+pub(crate) use series::{Attempted, Series};
+pub use series::{HookPoint, MAX_NAMED, MINUTES, MinuteView, OTHERS, ReceiverPoint, SeriesView};
 
 use crate::event::{Event, Phase};
 use crate::util::truncate;
@@ -113,6 +119,7 @@ pub struct ReceiverFailure {
 pub(crate) struct Activity {
     events: Mutex<Events>,
     failures: Mutex<HashMap<String, VecDeque<ReceiverFailure>>>,
+    series: Series,
 }
 
 #[derive(Default)]
@@ -125,6 +132,7 @@ impl Activity {
     /// Records that `event` was accepted and what its `hooks` decided;
     /// `verdict` for a pre event.
     pub(crate) fn event(&self, event: &Event, hooks: Vec<HookActivity>, verdict: Option<Allowed>) {
+        self.series.event();
         let more_hooks = hooks.len().saturating_sub(MAX_HOOKS_PER_EVENT);
         let mut hooks = hooks;
         hooks.truncate(MAX_HOOKS_PER_EVENT);
@@ -145,6 +153,11 @@ impl Activity {
             events.recent.pop_front();
         }
         events.recent.push_back(entry);
+    }
+
+    /// The last hour, per minute, for plots.
+    pub(crate) fn series(&self) -> &Series {
+        &self.series
     }
 
     /// The last `limit` events, newest first.

@@ -22,7 +22,8 @@ pub const MAX_NAMED: usize = 32;
 pub const OTHERS: &str = "(others)";
 /// Buckets of a time: two per doubling from [`FIRST_US`].
 const BUCKETS: usize = 56;
-/// The first bucket's upper bound, in µs; 56 buckets reach about 4 min.
+/// The first bucket's upper bound, in µs; 56 buckets reach about 50 min.
+/// (A time under it reads as half of it, one past the last as the last.)
 const FIRST_US: f64 = 16.0;
 const MINUTE_MS: u64 = 60_000;
 
@@ -77,7 +78,7 @@ impl Sketch {
     }
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct ReceiverMinute {
     delivered: u64,
     failed: u64,
@@ -85,12 +86,13 @@ struct ReceiverMinute {
     latency: Sketch,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct HookMinute {
     calls: u64,
     time: Sketch,
 }
 
+#[derive(Clone)]
 struct Minute {
     start_ms: u64,
     events: u64,
@@ -196,22 +198,34 @@ impl Series {
     /// started (at most [`MINUTES`]), oldest first, empty ones included.
     pub(crate) fn view(&self, now: u64) -> SeriesView {
         let current = now - now % MINUTE_MS;
+        // A clock stepped back behind the start shows the current minute.
         let first = (self.started_ms - self.started_ms % MINUTE_MS)
-            .max(current.saturating_sub((MINUTES as u64 - 1) * MINUTE_MS));
-        let minutes = self.minutes.lock().unwrap();
+            .max(current.saturating_sub((MINUTES as u64 - 1) * MINUTE_MS))
+            .min(current);
+        // Copied under the lock and built outside it: recording an event
+        // never waits for a view being built.
+        let kept: Vec<Minute> = {
+            let minutes = self.minutes.lock().unwrap();
+            minutes
+                .iter()
+                .filter(|m| (first..=current).contains(&m.start_ms))
+                .cloned()
+                .collect()
+        };
         let mut out = Vec::with_capacity(MINUTES);
-        let mut kept = minutes.iter().peekable();
+        let mut kept = kept.iter().peekable();
         let mut start_ms = first;
         while start_ms <= current {
             while kept.peek().is_some_and(|m| m.start_ms < start_ms) {
                 kept.next();
             }
             let minute = kept.peek().filter(|m| m.start_ms == start_ms);
-            let seconds = if start_ms == current {
-                ((now - current) as f64 / 1e3).max(1.0)
-            } else {
-                60.0
-            };
+            // The part of the minute the engine ran: a count over it is a
+            // rate, in the minute it started and the current one too.
+            let ran = (start_ms + MINUTE_MS)
+                .min(now)
+                .saturating_sub(start_ms.max(self.started_ms));
+            let seconds = (ran as f64 / 1e3).max(1.0);
             out.push(minute_view(start_ms, seconds, minute.copied()));
             start_ms += MINUTE_MS;
         }
@@ -291,8 +305,9 @@ pub struct SeriesView {
 pub struct MinuteView {
     /// When it began (Unix ms).
     pub start_ms: u64,
-    /// How long it has run: 60, or for the current one the seconds so far
-    /// (at least 1): a count over this is a rate per second.
+    /// How long the engine ran in it: 60, or for the current one, and the
+    /// one the engine started in, the seconds so far (at least 1): a count
+    /// over this is a rate per second.
     pub seconds: f64,
     /// Events accepted.
     pub events: u64,
@@ -373,6 +388,22 @@ mod tests {
         }
         series.at(t0 + 2 * MINUTE_MS, |m| m.events += 1);
         let view = series.view(t0 + 2 * MINUTE_MS + 30_000);
+        // A clock behind the start: the current minute alone, not nothing.
+        let late = Series {
+            started_ms: t0 + MINUTE_MS,
+            minutes: Mutex::default(),
+        };
+        assert_eq!(late.view(t0).minutes.len(), 1);
+        // The minute the engine started in counts from its start.
+        let started = Series {
+            started_ms: t0 + 50_000,
+            minutes: Mutex::default(),
+        };
+        assert_eq!(started.view(t0 + 55_000).minutes[0].seconds, 5.0);
+        assert_eq!(
+            started.view(t0 + MINUTE_MS + 1_000).minutes[0].seconds,
+            10.0
+        );
         assert_eq!(view.minutes.len(), MINUTES);
         let last = &view.minutes[MINUTES - 1];
         assert_eq!((last.events, last.seconds), (1, 30.0));

@@ -158,4 +158,22 @@ mod tests {
         assert_eq!(c.record(&breaker, "r", true), None);
         assert_eq!(c.failures(), 0);
     }
+
+    #[test]
+    fn with_no_cooldown_only_the_first_failure_past_the_bound_opens_it() {
+        let breaker = Breaker {
+            failures: 1,
+            cooldown_ms: 0,
+            max_cooldown_ms: 0,
+        };
+        let mut c = CircuitState::default();
+        assert!(matches!(
+            c.record(&breaker, "r", false),
+            Some(Transition::Opened { .. })
+        ));
+        for _ in 0..3 {
+            assert_eq!(c.record(&breaker, "r", false), None, "still open");
+        }
+        assert_eq!(c.record(&breaker, "r", true), Some(Transition::Closed));
+    }
 }

@@ -5,11 +5,12 @@
 //! and sent like any other (under `sys_` ids: their dead letters raise no
 //! alert; their receiver's circuit opening or closing does, summarised).
 
-use crate::alerts::{Alerts, Summary};
+use crate::alerts::{Alerts, Kind, Summary};
 use crate::delivery::history::engine_name;
 use crate::event::Event;
-use crate::ingest::Ingest;
+use crate::ingest::{Ingest, IngestError};
 use crate::metrics::Metrics;
+use crate::queue::QueueError;
 use crate::util::{now_ms, random_id};
 use serde_json::{Value, json};
 use std::collections::VecDeque;
@@ -30,32 +31,32 @@ const RETRY: (Duration, Duration) = (Duration::from_millis(250), Duration::from_
 const MAX_WAITING: usize = 4096;
 
 /// Turns alerts into system events for as long as the engine runs. One the
-/// engine cannot accept is tried again, with back-off: alerts matter most
-/// when the engine is in trouble.
+/// queue could not take is tried again, the same event (so a write that
+/// went through after all is recognised, not sent twice), with back-off:
+/// alerts matter most when the engine is in trouble. Any other failure is
+/// logged and the event dropped, so that it cannot hold the others back.
 pub(super) async fn emit(alerts: Arc<Alerts>, ingest: Arc<Ingest>, metrics: Arc<Metrics>) {
     let engine = engine_name();
-    let mut waiting: VecDeque<Summary> = VecDeque::new();
+    let mut waiting: VecDeque<(Kind, Event)> = VecDeque::new();
     let mut pause = RETRY.0;
     loop {
         let (due, next) = alerts.take(alerts.clock());
-        waiting.extend(due);
+        for summary in due {
+            match event(&summary, &engine) {
+                Ok(event) => waiting.push_back((summary.kind, event)),
+                Err(e) => tracing::error!("a system event is malformed (a bug in wasmhooks): {e}"),
+            }
+        }
         while waiting.len() > MAX_WAITING {
             waiting.pop_front();
             tracing::warn!("a system event was dropped: the engine could not accept it in time");
         }
         let mut failed = false;
-        while let Some(summary) = waiting.pop_front() {
-            let method = summary.kind.method();
-            let event = match event(&summary, &engine) {
-                Ok(event) => event,
-                Err(e) => {
-                    tracing::error!("a system event is malformed (a bug in wasmhooks): {e}");
-                    continue;
-                }
-            };
+        while let Some((kind, event)) = waiting.pop_front() {
+            let method = kind.method();
             // Waits only while too many events are in progress: the
             // alerts meanwhile stay summarised, bounded.
-            match ingest.post(event).await {
+            match ingest.post(event.clone()).await {
                 Ok(()) => {
                     let (topic, action) = method
                         .trim_start_matches("wasmhooks.")
@@ -64,15 +65,17 @@ pub(super) async fn emit(alerts: Arc<Alerts>, ingest: Arc<Ingest>, metrics: Arc<
                     metrics.source_event(NAME, topic, action);
                     pause = RETRY.0;
                 }
-                Err(e) => {
+                Err(IngestError::Queue(QueueError::Closed)) => return, // the engine is going away
+                Err(e @ IngestError::Queue(_)) => {
                     tracing::error!(
                         method,
                         "cannot accept a system event ({e}); trying again in {pause:?}"
                     );
-                    waiting.push_front(summary);
+                    waiting.push_front((kind, event));
                     failed = true;
                     break;
                 }
+                Err(e) => tracing::error!(method, "a system event was dropped: {e}"),
             }
         }
         let wait = if failed {

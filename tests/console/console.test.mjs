@@ -423,46 +423,72 @@ test('dead letters are filtered by hook and receiver, and paged', async () => {
 })
 
 test("the last hour plots a burst of 500 events in its minute, and a failing receiver's failures", async () => {
-  receiver.answer = path => (path === '/archive' ? 503 : 200)
   const receiverName = new URL(receiver.url).host
-  await withPage('plots', engine.url, async page => {
-    await page.locator('#plot-traffic rect[data-minute]').first().waitFor({ state: 'attached', ...WAIT })
-    assert.match(await page.locator('#plots-note').innerText(), /since the engine started at .*a restart starts them empty/)
+  const series = async () => (await (await fetch(`${engine.url}/v1/series`)).json()).minutes
+  const sum = (minutes, field, since = 0) =>
+    minutes.filter(m => m.start_ms >= since).reduce((n, m) => n + m[field], 0)
+  try {
+    await withPage('plots', engine.url, async page => {
+      await page.locator('#plot-traffic rect[data-minute]').first().waitFor({ state: 'attached', ...WAIT })
+      assert.match(await page.locator('#plots-note').innerText(), /since the engine started at .*a restart starts them empty/)
 
-    // The burst, 50 at a time; `notify` forwards each to the receiver.
-    const since = Date.now() - (Date.now() % 60_000)
-    const N = 500
-    for (let i = 0; i < N; i += 50) {
-      await Promise.all(Array.from({ length: 50 }, (_, j) =>
-        post(engine, postEvent('vm.start', `call-burst-${i + j}`, { id: `vm-burst-${i + j}` }))))
-    }
-    await Promise.all(Array.from({ length: N }, (_, i) =>
-      receiver.until(r => r.path === '/notify' && r.body.callId === `call-burst-${i}` && r.status === 200)))
-    // In the minute it happened (or the two, if it straddled one's end).
-    const counted = field => page.evaluate(([field, since]) =>
-      [...document.querySelectorAll('#plot-traffic rect[data-minute]')]
+      // The burst, 50 at a time; `notify` forwards each to the receiver.
+      const since = Date.now() - (Date.now() % 60_000)
+      const before = await series()
+      const N = 500
+      for (let i = 0; i < N; i += 50) {
+        await Promise.all(Array.from({ length: 50 }, (_, j) =>
+          post(engine, postEvent('vm.start', `call-burst-${i + j}`, { id: `vm-burst-${i + j}` }))))
+      }
+      await Promise.all(Array.from({ length: N }, (_, i) =>
+        receiver.until(r => r.path === '/notify' && r.body.callId === `call-burst-${i}` && r.status === 200)))
+      // Counted once each, in the minute they happened (or the two, if the
+      // burst straddled a minute's end).
+      let after = await series()
+      assert.equal(sum(after, 'events') - sum(before, 'events'), N, 'each event counted once')
+      while (sum(after, 'delivered') - sum(before, 'delivered') < N) after = await series()
+      // The page plots what the API says, minute by minute.
+      await page.waitForFunction(since => [...document.querySelectorAll('#plot-traffic rect[data-minute]')]
         .filter(r => Number(r.dataset.minute) >= since)
-        .reduce((n, r) => n + Number(r.dataset[field]), 0), [field, since])
-    await page.waitForFunction(since => [...document.querySelectorAll('#plot-traffic rect[data-minute]')]
-      .filter(r => Number(r.dataset.minute) >= since)
-      .reduce((n, r) => n + Number(r.dataset.delivered), 0) >= 500, since, WAIT)
-    assert.ok(await counted('events') >= N, 'the events too')
-    const current = page.locator('#plot-traffic rect[data-minute]').last()
-    assert.match(await current.locator('title').textContent(), /events\/s \(\d+\), .* deliveries\/s \(\d+\)/)
-    await page.locator('#plot-traffic path[data-line="deliveries"]').waitFor({ state: 'attached', ...WAIT })
-    await page.locator('#plot-hooks .legend [data-name="notify"], #plot-hooks [data-line="notify"]').first().waitFor({ state: 'attached', ...WAIT })
-    await page.locator('#plot-latency path[data-line="' + receiverName + '"]').first().waitFor({ state: 'attached', ...WAIT })
+        .reduce((n, r) => n + Number(r.dataset.delivered), 0) >= 500, since, WAIT)
+      const shown = await page.evaluate(since => [...document.querySelectorAll('#plot-traffic rect[data-minute]')]
+        .filter(r => Number(r.dataset.minute) >= since)
+        .map(r => [Number(r.dataset.minute), Number(r.dataset.events)]), since)
+      for (const [minute, events] of shown) {
+        const m = (await series()).find(m => m.start_ms === minute)
+        assert.ok(m && events <= m.events && events >= 0, `minute ${minute}: ${events} shown, ${m?.events} counted`)
+      }
+      assert.ok(shown.reduce((n, [, e]) => n + e, 0) >= N, 'the burst is plotted')
 
-    // A receiver failing: its failures show in its plot, by name.
-    for (let i = 0; i < 3; i++) await post(engine, postEvent('vm.delete', `call-fail-${i}`, { id: `vm-fail-${i}` }))
-    await page.locator(`#plot-failures path[data-line="${receiverName}"]`).first().waitFor({ state: 'attached', ...WAIT })
-    await page.locator(`#plot-failures .legend [data-name="${receiverName}"]`).waitFor(WAIT)
-    await page.waitForFunction(() => [...document.querySelectorAll('#plot-failures rect[data-minute]')]
-      .reduce((n, r) => n + Number(r.dataset.failed), 0) >= 3, null, WAIT)
-    const tips = await page.locator('#plot-failures rect[data-minute] title').allTextContents()
-    assert.ok(tips.some(t => new RegExp(`${receiverName.replace(/[.]/g, '\\.')}: [1-9]\\d* failed`).test(t)), tips.join('\n'))
+      // Its values are readable on hover, and stay while the page polls.
+      const current = page.locator('#plot-traffic rect[data-minute]').last()
+      const title = await current.locator('title').textContent()
+      assert.match(title, /: \d[\d.]* events\/s \(\d+\), \d[\d.]* deliveries\/s \(\d+\)$/)
+      assert.doesNotMatch(title, /NaN|Infinity/)
+      await current.hover()
+      const readout = page.locator('#plot-traffic .readout')
+      await readout.filter({ hasText: /events\/s/ }).waitFor(WAIT)
+      const status = await page.locator('#status').innerText()
+      await page.waitForFunction(before => document.querySelector('#status').textContent !== before, status, WAIT)
+      assert.match(await readout.innerText(), /events\/s \(\d+\)/, 'the readout outlives a redraw')
+      await page.locator('#plot-hooks .legend [data-name="notify"]').waitFor(WAIT)
+      await page.locator(`#plot-latency path[data-line="${receiverName}"]`).first().waitFor({ state: 'attached', ...WAIT })
+
+      // A receiver failing for good: its failures and dead letters show in
+      // its plot, by name.
+      receiver.answer = path => (path === '/archive' ? 410 : 200)
+      for (let i = 0; i < 3; i++) await post(engine, postEvent('vm.delete', `call-fail-${i}`, { id: `vm-fail-${i}` }))
+      await page.locator(`#plot-failures path[data-line="${receiverName}"]`).first().waitFor({ state: 'attached', ...WAIT })
+      await page.locator(`#plot-failures .legend [data-name="${receiverName}"]`).waitFor(WAIT)
+      await page.waitForFunction(() => [...document.querySelectorAll('#plot-failures rect[data-minute]')]
+        .reduce((n, r) => n + Number(r.dataset.dead), 0) >= 3, null, WAIT)
+      const tips = await page.locator('#plot-failures rect[data-minute] title').allTextContents()
+      const name = receiverName.replace(/[.]/g, '\\.')
+      assert.ok(tips.some(t => new RegExp(`${name}: [1-9]\\d* failed, [1-9]\\d* dead`).test(t)), tips.join('\n'))
+    })
+  } finally {
     receiver.answer = () => 200
-  })
+  }
 })
 
 test('with --token, the page shows nothing until the token is given', async () => {

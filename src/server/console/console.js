@@ -503,6 +503,10 @@ function num(v) {
 function linePlot(figure, minutes, lines, tip, data = () => ({})) {
   const W = 640, H = 170, L = 46, R = 10, T = 8, B = 20;
   const n = minutes.length;
+  if (n === 0) {
+    $('.plot', figure).replaceChildren();
+    return;
+  }
   const values = lines.flatMap(l => l.values.filter(v => v !== null && v !== undefined));
   const top = Math.max(...values, 0) || 1;
   const step = n > 1 ? (W - L - R) / (n - 1) : 0;
@@ -515,8 +519,8 @@ function linePlot(figure, minutes, lines, tip, data = () => ({})) {
       svg('text', { x: L - 5, y: y(v) + 3.5, 'text-anchor': 'end', 'font-size': 10, fill: '#687083' }, num(v)));
   }
   for (const i of new Set([0, Math.floor((n - 1) / 2), n - 1])) {
-    if (i < 0) continue;
-    chart.append(svg('text', { x: x(i), y: H - 5, 'text-anchor': 'middle', 'font-size': 10, fill: '#687083' }, hhmm(minutes[i].start_ms)));
+    const anchor = n === 1 || (i > 0 && i < n - 1) ? 'middle' : (i === 0 ? 'start' : 'end');
+    chart.append(svg('text', { x: x(i), y: H - 5, 'text-anchor': anchor, 'font-size': 10, fill: '#687083' }, hhmm(minutes[i].start_ms)));
   }
   for (const line of lines) {
     let d = '';
@@ -533,13 +537,27 @@ function linePlot(figure, minutes, lines, tip, data = () => ({})) {
       'stroke-dasharray': line.dashed ? '5 3' : null, 'data-line': line.name,
     }));
   }
-  const width = Math.max(step, 6);
+  // A column per minute: hovering one shows its values below the plot (a
+  // readout that outlives the redraw of every poll) and in a tooltip.
+  const width = n > 1 ? step : W - L - R;
+  const readout = $('.readout', figure);
+  const show = i => {
+    figure.dataset.hover = minutes[i].start_ms;
+    readout.textContent = tip(i);
+  };
   minutes.forEach((m, i) => {
     chart.append(svg('rect', {
       x: x(i) - width / 2, y: T, width, height: H - T - B, fill: 'transparent',
       'data-minute': m.start_ms, ...data(i),
     }, svg('title', {}, tip(i))));
+    chart.lastChild.addEventListener('pointerenter', () => show(i));
   });
+  chart.addEventListener('pointerleave', () => {
+    delete figure.dataset.hover;
+    readout.textContent = '';
+  });
+  const hovered = minutes.findIndex(m => String(m.start_ms) === figure.dataset.hover);
+  if (hovered >= 0) show(hovered);
   const legend = lines.filter(l => !l.dashed || !lines.some(o => o !== l && o.name === l.name && !o.dashed));
   $('.plot', figure).replaceChildren(chart);
   $('.legend', figure).replaceChildren(...legend.map(l => el('span', { 'data-name': l.name },
@@ -576,8 +594,8 @@ async function loadSeries() {
 
   const failing = busiest(minutes, 'receivers', 'receiver', p => p.failed);
   linePlot($('#plot-failures'), minutes, failing.flatMap((name, k) => [
-    { name, color: COLORS[k % COLORS.length], values: valuesOf(minutes, 'receivers', name, 'receiver', p => p.failed) },
-    { name, color: COLORS[k % COLORS.length], dashed: true, values: valuesOf(minutes, 'receivers', name, 'receiver', p => p.dead) },
+    { name, color: COLORS[k % COLORS.length], values: valuesOf(minutes, 'receivers', name, 'receiver', p => p.failed).map(v => v ?? 0) },
+    { name, color: COLORS[k % COLORS.length], dashed: true, values: valuesOf(minutes, 'receivers', name, 'receiver', p => p.dead).map(v => v ?? 0) },
   ]), i => {
     const m = minutes[i];
     const parts = m.receivers.filter(p => p.failed).map(p => `${p.receiver}: ${p.failed} failed, ${p.dead} dead`);
@@ -668,7 +686,7 @@ function askForToken() {
   timer = null;
   $('#app').hidden = true;
   // Nothing of the engine stays on the page without the token.
-  for (const body of document.querySelectorAll('#app tbody, #plots .plot, #plots .legend')) body.replaceChildren();
+  for (const body of document.querySelectorAll('#app tbody, #plots .plot, #plots .legend, #plots .readout')) body.replaceChildren();
   $('#plots-note').textContent = '';
   $('#summary').replaceChildren();
   state.lastJson = {};

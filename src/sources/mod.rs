@@ -243,7 +243,9 @@ impl Status {
         }
     }
 
-    pub(crate) fn failed(&self, state: SourceState, why: String) {
+    /// The source stopped reading (`kind`: as the metric's label, e.g.
+    /// `unreachable`, or `overflow` when the engine fell behind).
+    pub(crate) fn failed(&self, state: SourceState, why: String, kind: &'static str) {
         let mut i = self.inner.lock().unwrap();
         i.status.state = state;
         i.status.since_ms = crate::util::now_ms();
@@ -252,6 +254,7 @@ impl Status {
             Alert::new(Kind::SourceDisconnected, i.status.name.as_str())
                 .with("url", i.status.url.as_str())
                 .with("state", serde_json::to_value(state).unwrap_or_default())
+                .with("reason", kind)
                 .with("error", why.as_str())
         });
         i.status.last_error = Some(why);

@@ -32,7 +32,8 @@ async fn engine_with(
 async fn a_receiver_that_goes_down_pages_through_the_slack_example(q: Backend) {
     let pager = Receiver::start().await;
     // Nothing listens there: every attempt is refused.
-    let down = format!("127.0.0.1:{}", free_port());
+    let port = free_port();
+    let down = format!("127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
     install(
         dir.path(),
@@ -53,6 +54,9 @@ async fn a_receiver_that_goes_down_pages_through_the_slack_example(q: Backend) {
     );
     let engine = engine_with(&q, dir.path(), |c| {
         c.delivery.breaker_failures = 2;
+        c.delivery.breaker_cooldown_ms = 200;
+        c.delivery.breaker_max_cooldown_ms = 400;
+        c.delivery.retry_schedule_ms = vec![10; 50];
         c.sources.system.window_secs = 1;
     })
     .await;
@@ -88,6 +92,18 @@ async fn a_receiver_that_goes_down_pages_through_the_slack_example(q: Backend) {
     assert_eq!(system.phase, Phase::System);
     assert_eq!(system.hooks.len(), 1, "the slack hook, not the other one");
     assert_eq!(system.hooks[0].hook, "slack");
+
+    // The receiver comes back on its port: a probe goes through, its
+    // circuit closes, and the pager is told.
+    let back = Receiver::on(port, |_, _| (StatusCode::OK, vec![])).await;
+    back.wait_for(1).await;
+    let closed = format!("receiver {down} is back; its deliveries resume");
+    pager
+        .wait_until("the circuit_closed alert", |got| {
+            got.iter()
+                .any(|r| r.json()["text"].as_str().unwrap().contains(&closed))
+        })
+        .await;
 }
 
 async fn a_storm_of_a_thousand_dead_letters_is_a_few_summaries(q: Backend) {

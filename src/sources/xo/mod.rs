@@ -163,10 +163,11 @@ impl XoSource {
             if started.elapsed() > STABLE {
                 pause = FIRST_PAUSE;
             }
-            let (state, why) = match ended {
+            let (state, why, kind) = match ended {
                 Ok(()) => (
                     SourceState::Retrying,
                     "XO closed the event stream".to_owned(),
+                    "closed",
                 ),
                 Err(e) => {
                     self.metrics.source_failure(NAME, e.kind());
@@ -177,7 +178,7 @@ impl XoSource {
                     } else {
                         SourceState::Retrying
                     };
-                    (state, e.to_string())
+                    (state, e.to_string(), e.kind())
                 }
             };
             // Jitter, so that engines sharing an XO do not knock together.
@@ -188,7 +189,7 @@ impl XoSource {
             } else {
                 tracing::warn!(source = NAME, %url, "{why}; reconnecting in {wait:?}");
             }
-            self.status.failed(state, why);
+            self.status.failed(state, why, kind);
             tokio::time::sleep(wait).await;
             pause = (pause * 2).min(Duration::from_millis(self.config.reconnect_max_ms));
         }

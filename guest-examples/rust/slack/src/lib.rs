@@ -140,6 +140,11 @@ fn alert(method: &str, payload: &Value) -> String {
             )
         }
         "wasmhooks.hook.recovered" => format!("hook {} loads again", field("hook")),
+        "wasmhooks.source.disconnected" if str_field(p, "reason") == Some("overflow") => format!(
+            "source {} fell behind {}'s events and reads them again from scratch{error}",
+            field("source"),
+            field("url")
+        ),
         "wasmhooks.source.disconnected" => {
             format!("source {} lost {}{error}", field("source"), field("url"))
         }
@@ -245,6 +250,15 @@ mod tests {
             bodies(&out)[0].1["text"],
             "[xo1/42] 999 deliveries to r:80 became dead letters: gave up after 3 attempts: 500; \
              replay with `wasmhooks deliveries retry --dead --receiver r:80`"
+        );
+        let behind = event(
+            r#"{"callId":"sys-3","method":"wasmhooks.source.disconnected","type":"system",
+                "timestamp":1,"engine":"xo1/42","params":{"source":"xo","url":"https://xo",
+                "reason":"overflow","count":1,"summary":false}}"#,
+        );
+        assert_eq!(
+            bodies(&handle::<Slack>(&behind).unwrap())[0].1["text"],
+            "[xo1/42] source xo fell behind https://xo's events and reads them again from scratch"
         );
         // XO's events still come through.
         assert_eq!(

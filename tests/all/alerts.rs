@@ -67,17 +67,13 @@ async fn a_receiver_that_goes_down_pages_through_the_slack_example(q: Backend) {
     engine.post(event).await.unwrap();
 
     let opened = format!("receiver {down} keeps failing; its deliveries are paused");
-    pager
-        .wait_until("the circuit_opened alert", |got| {
-            got.iter()
-                .any(|r| r.json()["text"].as_str().unwrap().contains(&opened))
-        })
-        .await;
+    let says = |text: &str| {
+        let text = text.to_owned();
+        move |r: &crate::Received| r.json()["text"].as_str().unwrap().contains(&text)
+    };
     let alert = pager
-        .received()
-        .into_iter()
-        .find(|r| r.json()["text"].as_str().unwrap().contains(&opened))
-        .unwrap();
+        .wait_for_one("the circuit_opened alert", says(&opened))
+        .await;
     let text = alert.json()["text"].as_str().unwrap().to_owned();
     // It says why: the last attempt's error.
     assert!(text.contains(&format!("{opened}: ")), "{text}");
@@ -99,10 +95,7 @@ async fn a_receiver_that_goes_down_pages_through_the_slack_example(q: Backend) {
     back.wait_for(1).await;
     let closed = format!("receiver {down} is back; its deliveries resume");
     pager
-        .wait_until("the circuit_closed alert", |got| {
-            got.iter()
-                .any(|r| r.json()["text"].as_str().unwrap().contains(&closed))
-        })
+        .wait_for_one("the circuit_closed alert", says(&closed))
         .await;
 }
 
@@ -196,18 +189,6 @@ async fn a_storm_of_a_thousand_dead_letters_is_a_few_summaries(q: Backend) {
     assert!(pagers_dead.iter().all(|d| d.id.starts_with("sys_")));
 }
 
-/// Each check above, on each queue backend.
-macro_rules! on_every_queue {
-    ($($check:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test] async fn $check() { super::$check(crate::Backend::Sqlite).await })*
-        }
-        mod nats {
-            $(#[tokio::test] async fn $check() { super::$check(crate::Backend::nats()).await })*
-        }
-    };
-}
-
 on_every_queue!(
     a_receiver_that_goes_down_pages_through_the_slack_example,
     a_storm_of_a_thousand_dead_letters_is_a_few_summaries,
@@ -248,18 +229,16 @@ async fn a_hook_that_fails_to_load_then_loads_again_is_told_both_times() {
     );
     install(dir.path(), "broken", "misbehave", Some(&fixed));
     engine.reload().await.unwrap();
-    pager
-        .wait_until("the recovered alert", |got| {
-            got.iter()
-                .any(|r| r.json()["method"] == "wasmhooks.hook.recovered")
-        })
-        .await;
+    let recovered_alert = |hook: &'static str| {
+        move |r: &crate::Received| {
+            let e = r.json();
+            e["method"] == "wasmhooks.hook.recovered" && e["params"]["hook"] == hook
+        }
+    };
     let recovered = pager
-        .received()
-        .into_iter()
-        .map(|r| r.json())
-        .find(|e| e["method"] == "wasmhooks.hook.recovered")
-        .unwrap();
+        .wait_for_one("the recovered alert", recovered_alert("broken"))
+        .await
+        .json();
     assert_eq!(recovered["params"]["hook"], "broken");
     assert_eq!(recovered["params"]["version"].as_str().unwrap().len(), 12);
     eventually("the hook live", || async {
@@ -272,20 +251,10 @@ async fn a_hook_that_fails_to_load_then_loads_again_is_told_both_times() {
     engine.reload().await.unwrap();
     std::fs::remove_file(dir.path().join("gone.wasm")).unwrap();
     engine.reload().await.unwrap();
-    pager
-        .wait_until("the removed hook's alert", |got| {
-            got.iter().any(|r| {
-                let e = r.json();
-                e["method"] == "wasmhooks.hook.recovered" && e["params"]["hook"] == "gone"
-            })
-        })
-        .await;
     let gone = pager
-        .received()
-        .into_iter()
-        .map(|r| r.json())
-        .find(|e| e["method"] == "wasmhooks.hook.recovered" && e["params"]["hook"] == "gone")
-        .unwrap();
+        .wait_for_one("the removed hook's alert", recovered_alert("gone"))
+        .await
+        .json();
     assert_eq!(gone["params"]["version"], Value::Null, "no version serves");
 }
 

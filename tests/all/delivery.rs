@@ -475,19 +475,6 @@ async fn each_attempt_is_kept_with_the_receivers_answer(q: Backend) {
     assert_eq!(missing.status(), 404);
 }
 
-/// Each check above, on each queue backend: SQLite, and NATS JetStream (a
-/// server of its own per test).
-macro_rules! on_every_queue {
-    ($($check:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test] async fn $check() { super::$check(crate::Backend::Sqlite).await })*
-        }
-        mod nats {
-            $(#[tokio::test] async fn $check() { super::$check(crate::Backend::nats()).await })*
-        }
-    };
-}
-
 on_every_queue!(
     each_attempt_is_kept_with_the_receivers_answer,
     retries_5xx_then_delivers_with_the_same_id,

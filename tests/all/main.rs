@@ -1,6 +1,20 @@
 //! Integration tests: real components built from source, real files in temp
 //! dirs, a real HTTP receiver on 127.0.0.1.
 
+/// The checks named, each as a test on each queue backend: SQLite, and
+/// NATS JetStream (a server of its own per test). Defined before the
+/// modules that use it.
+macro_rules! on_every_queue {
+    ($($check:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $check() { super::$check(crate::Backend::Sqlite).await })*
+        }
+        mod nats {
+            $(#[tokio::test] async fn $check() { super::$check(crate::Backend::nats()).await })*
+        }
+    };
+}
+
 mod activity;
 mod alerts;
 mod bad_files;
@@ -389,6 +403,16 @@ impl Receiver {
                 self.received().len()
             );
         }
+    }
+
+    /// Waits (up to 30 s) for a request `matches` accepts, and returns the
+    /// first one.
+    pub async fn wait_for_one(&self, what: &str, matches: impl Fn(&Received) -> bool) -> Received {
+        self.wait_until(what, |got| got.iter().any(&matches)).await;
+        self.received()
+            .into_iter()
+            .find(matches)
+            .expect("waited for it")
     }
 
     pub fn received(&self) -> Vec<Received> {

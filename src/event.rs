@@ -81,6 +81,7 @@ pub struct Event {
     phase: Phase,
     timestamp_ms: u64,
     payload: Arc<str>,
+    traceparent: Option<Arc<str>>,
 }
 
 impl Event {
@@ -157,6 +158,7 @@ impl Event {
             phase,
             timestamp_ms,
             payload: payload.into(),
+            traceparent: None,
         })
     }
 
@@ -183,6 +185,19 @@ impl Event {
     /// The whole event as compact JSON text, as hooks receive it.
     pub fn payload(&self) -> &str {
         &self.payload
+    }
+
+    /// The caller's W3C trace context (the `traceparent` header of `POST
+    /// /v1/events`): with tracing on, the event's spans continue that trace
+    /// (see [`crate::trace`]). A malformed one is ignored. Hooks do not see it.
+    pub fn with_traceparent(mut self, traceparent: &str) -> Event {
+        self.traceparent = Some(traceparent.into());
+        self
+    }
+
+    /// The caller's trace context, if it gave one.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.traceparent.as_deref()
     }
 
     /// Replaces the `result` field's value with `replacement`, e.g. to keep

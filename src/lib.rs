@@ -91,6 +91,11 @@
 //! `delivery`, the same path as any delivery), commits the others, and
 //! returns the verdict.
 //!
+//! Each step opens a span under the target `wasmhooks::trace` ([`trace`]):
+//! `ingest`, then `hook` per call and `commit`, and `attempt` per attempt,
+//! which become one OpenTelemetry trace per event where the subscriber has a
+//! `tracing-opentelemetry` layer (`wasmhooks serve --otlp-endpoint`).
+//!
 //! Beside the path: `config` (settings, checked once), `coverage` (which
 //! entry points into the orchestrator wait for a gate), `sources` (events
 //! the engine fetches itself, from XO's event stream, into `ingest`, and
@@ -122,6 +127,7 @@ mod sandbox;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod sources;
+pub mod trace;
 mod util;
 
 pub use delivery::{AttemptOutcome, AttemptRecord, Circuit};

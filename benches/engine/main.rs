@@ -18,6 +18,7 @@ mod queue;
 mod reload;
 mod setup;
 mod sidecar;
+mod traced;
 
 use delivery::{delivery, delivery_profile};
 use languages::languages;
@@ -33,8 +34,9 @@ fn main() {
         .collect();
     let wanted = |name: &str| sections.is_empty() || sections.iter().any(|s| s == name);
     if let Ok(filter) = std::env::var("WASMHOOKS_LOG") {
+        // As `wasmhooks serve` logs: the engine's spans are for traces.
         tracing_subscriber::fmt()
-            .with_env_filter(filter)
+            .with_env_filter(format!("{filter},wasmhooks::trace=off"))
             .with_writer(std::io::stderr)
             .init();
     }

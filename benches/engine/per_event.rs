@@ -89,6 +89,22 @@ pub(crate) async fn per_event() {
         assert!(engine.pre(unsubscribed.clone()).await.unwrap().allowed);
     })
     .await;
+    // Tracing on (every span exported over OTLP), then off again with its
+    // subscriber still installed, as `serve --otlp-endpoint` has it.
+    let mut traced_rows = None;
+    if let Some(traced) = crate::traced::Traced::get().await {
+        traced.set(true);
+        let on = per_iter(n, 5, async || {
+            assert!(!engine.pre(event.clone()).await.unwrap().allowed);
+        })
+        .await;
+        traced.set(false);
+        let off = per_iter(n, 5, async || {
+            assert!(!engine.pre(event.clone()).await.unwrap().allowed);
+        })
+        .await;
+        traced_rows = Some((on, off));
+    }
     let alone = alone::Alone::new(
         &std::fs::read(guests::wasm("deny")).unwrap(),
         &format!("{{\"protected\":[\"{protected}\"]}}"),
@@ -166,6 +182,22 @@ pub(crate) async fn per_event() {
         t_snapshot,
         &format!("({:.2}x without)", ratio(t_snapshot, t_hook)),
     );
+    if let Some((on, off)) = traced_rows {
+        row(
+            "the same, tracing on (2 spans, OTLP)",
+            on,
+            &format!(
+                "({:.2}x tracing off, +{:.2} µs)",
+                ratio(on, t_hook),
+                micros(on.cpu) - micros(t_hook.cpu)
+            ),
+        );
+        row(
+            "the same, tracing switched off again",
+            off,
+            &format!("({:.2}x before it was set up)", ratio(off, t_hook)),
+        );
+    }
     row(
         "engine.pre, no hook subscribed",
         t_unsubscribed,
@@ -258,6 +290,11 @@ pub(crate) async fn profile_loop() {
         Some(_) => None,
         None => Some(Engine::new(config.clone()).await.unwrap()),
     };
+    // `BENCH_TRACE=1`: with tracing on (every span exported over OTLP).
+    if std::env::var_os("BENCH_TRACE").is_some() {
+        let traced = crate::traced::Traced::get().await;
+        traced.expect("no WASMHOOKS_LOG with BENCH_TRACE").set(true);
+    }
     let (start, cpu) = (Instant::now(), cpu_seconds());
     let mut n = 0u64;
     while events.map_or(start.elapsed() < Duration::from_secs(3), |events| {

@@ -112,14 +112,17 @@ impl Sender {
     /// One POST of `delivery`, under the policy it was queued with and
     /// `current`, the hook's policy now (`None` if it is not loaded); with
     /// what the receiver answered, as kept in the delivery's history
-    /// (unless `delivery.history_attempts` is 0).
+    /// (unless `delivery.history_attempts` is 0). `traceparent`, the
+    /// attempt's own trace context, is sent as such (replacing one the hook
+    /// set).
     pub(crate) async fn attempt(
         &self,
         delivery: &Delivery,
         current: Option<&DeliveryPolicy>,
+        traceparent: Option<&str>,
     ) -> (Attempt, Option<Answer>) {
         let mut answer = None;
-        let attempt = self.post(delivery, current, &mut answer).await;
+        let attempt = self.post(delivery, current, traceparent, &mut answer).await;
         (attempt, answer)
     }
 
@@ -127,6 +130,7 @@ impl Sender {
         &self,
         delivery: &Delivery,
         current: Option<&DeliveryPolicy>,
+        traceparent: Option<&str>,
         answer: &mut Option<Answer>,
     ) -> Attempt {
         let permanent = |reason: String| Attempt::Permanent {
@@ -142,6 +146,11 @@ impl Sender {
         }
         let mut headers = delivery.headers.clone();
         headers.insert("webhook-id", header_value(&delivery.id));
+        // Never sent: the attempt's own context goes as `traceparent`.
+        headers.remove(crate::trace::STORED);
+        if let Some(traceparent) = traceparent {
+            headers.insert(crate::trace::TRACEPARENT, header_value(traceparent));
+        }
         match (current.map(|p| &p.signer), delivery.queued.signed) {
             (Some(Some(signer)), _) => {
                 let timestamp = now_ms() / 1000;
@@ -224,7 +233,8 @@ fn refused_in(e: &reqwest::Error) -> Option<Refused> {
 }
 
 fn header_value(text: &str) -> HeaderValue {
-    HeaderValue::from_str(text).expect("ids, timestamps and base64 are valid header values")
+    HeaderValue::from_str(text)
+        .expect("ids, timestamps, base64 and trace contexts are valid header values")
 }
 
 /// A transport error with its cause, e.g. "connect error: Connection refused".

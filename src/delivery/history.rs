@@ -54,6 +54,17 @@ pub enum AttemptOutcome {
     Dead,
 }
 
+impl AttemptOutcome {
+    /// As the API spells it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Delivered => "delivered",
+            AttemptOutcome::Retry => "retry",
+            AttemptOutcome::Dead => "dead",
+        }
+    }
+}
+
 /// One attempt of a delivery, as kept in its history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
@@ -253,6 +264,8 @@ pub(crate) fn keep_latest(history: &mut Vec<AttemptRecord>, keep: usize) {
 pub(crate) fn shown_headers(pairs: &[(String, String)]) -> Vec<(String, String)> {
     pairs
         .iter()
+        // The engine's own, never sent.
+        .filter(|(name, _)| !name.eq_ignore_ascii_case(crate::trace::STORED))
         .map(|(name, value)| {
             let value = if is_secret(name) {
                 REDACTED.to_owned()

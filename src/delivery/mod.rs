@@ -110,12 +110,13 @@ impl DeliveryPolicy {
 }
 
 /// Headers the host sets itself; a hook may not.
-const RESERVED_HEADERS: [&str; 5] = [
+const RESERVED_HEADERS: [&str; 6] = [
     "host",
     "content-length",
     "transfer-encoding",
     "connection",
     "webhook-id",
+    crate::trace::STORED,
 ];
 
 impl Delivery {
@@ -159,6 +160,21 @@ impl Delivery {
             body: body.into(),
             queued,
         })
+    }
+
+    /// Records the trace context of the hook call that asked for it (see
+    /// [`crate::trace`]): kept with the delivery, the parent of each of its
+    /// attempts.
+    pub(crate) fn set_traceparent(&mut self, traceparent: &str) {
+        if let Ok(value) = HeaderValue::from_str(traceparent) {
+            self.headers.insert(crate::trace::STORED, value);
+        }
+    }
+
+    /// The trace context it was queued with, if any.
+    pub(crate) fn traceparent(&self) -> Option<&str> {
+        let value = self.headers.get(crate::trace::STORED)?;
+        value.to_str().ok()
     }
 
     /// The receiver, as `host:port`: the unit of concurrency limits and
@@ -248,5 +264,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!(d.headers[CONTENT_TYPE], "text/plain");
+    }
+
+    /// The engine's own headers: a hook cannot set its `webhook-id`, nor
+    /// the trace context its attempts are children of (a hook's
+    /// `traceparent` is its own business, replaced as sent with tracing on).
+    #[test]
+    fn a_hook_cannot_set_the_engines_headers() {
+        let with = |name: &str| {
+            let headers = vec![(name.to_owned(), "00-1-2-01".to_owned())];
+            let q = QueuedUnder::default();
+            Delivery::new("msg_1".into(), "h".into(), "http://x/", headers, vec![], q)
+        };
+        for name in ["webhook-id", "X-Wasmhooks-Traceparent"] {
+            let refused = matches!(with(name), Err(DeliveryError::Reserved(n)) if n == name);
+            assert!(refused, "{name}");
+        }
+        assert_eq!(with("traceparent").unwrap().traceparent(), None);
     }
 }

@@ -92,7 +92,10 @@ impl Ingest {
                 .collect();
             let permit: OwnedSemaphorePermit = self.place().await;
             let ingest = self.clone();
-            tokio::spawn(async move {
+            // A trace of its own: the caller's context is not journaled.
+            let span = super::span_of(&event);
+            span.record("wasmhooks.hooks", hooks.len() as i64);
+            let resumed = async move {
                 let (queued, decided) = ingest.run_post(&hooks, &event, &journaled.uid).await;
                 ingest.activity.event(&event, decided, None);
                 ingest
@@ -103,7 +106,8 @@ impl Ingest {
                     })
                     .await;
                 drop(permit);
-            });
+            };
+            tokio::spawn(tracing::Instrument::instrument(resumed, span));
         }
         Ok(())
     }

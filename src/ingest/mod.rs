@@ -26,12 +26,13 @@
 //!   delivery.
 
 use crate::activity::Activity;
-use crate::event::Phase;
+use crate::event::{Event, Phase};
 use crate::hooks::Registry;
 use crate::must_finish::MustFinish;
 use crate::outbox::Workers;
 use crate::queue::Queue;
 use crate::run::Runner;
+use crate::trace;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -89,6 +90,27 @@ impl Ingest {
             .expect("never closed");
         drop(all);
     }
+}
+
+/// The span of an event's path, from acceptance to commit (see
+/// [`crate::trace`]): the caller's trace continued, if it gave one.
+fn span_of(event: &Event) -> tracing::Span {
+    let span = trace::span(|| {
+        tracing::info_span!(
+            target: trace::TARGET,
+            "ingest",
+            otel.kind = "server",
+            wasmhooks.method = event.method(),
+            wasmhooks.phase = %event.phase(),
+            wasmhooks.call_id = event.call_id(),
+            wasmhooks.hooks = tracing::field::Empty,
+            wasmhooks.allowed = tracing::field::Empty,
+        )
+    });
+    if let Some(traceparent) = event.traceparent() {
+        trace::continue_from(&span, traceparent);
+    }
+    span
 }
 
 /// An event's work, with a panic in it (a bug in the engine: hooks' own

@@ -1,7 +1,7 @@
 //! A post event: acknowledged once what it became is committed (see the
 //! module's doc above).
 
-use super::{Ingest, IngestError, caught};
+use super::{Ingest, IngestError, caught, span_of};
 use crate::activity::HookActivity;
 use crate::delivery::Delivery;
 use crate::event::{Event, Phase};
@@ -11,12 +11,25 @@ use crate::queue::{Batch, Committed, Journaled};
 use crate::run;
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
 
 impl Ingest {
     /// Accepts a post event (see the module's doc). Waits only when too
     /// many post events are already in progress.
-    pub(crate) async fn post(self: &Arc<Self>, mut event: Event) -> Result<(), IngestError> {
+    pub(crate) async fn post(self: &Arc<Self>, event: Event) -> Result<(), IngestError> {
+        let span = span_of(&event);
+        self.post_in_span(&span, event)
+            .instrument(span.clone())
+            .await
+    }
+
+    async fn post_in_span(
+        self: &Arc<Self>,
+        span: &tracing::Span,
+        mut event: Event,
+    ) -> Result<(), IngestError> {
         let hooks = self.registry.snapshot().matching(&event);
+        span.record("wasmhooks.hooks", hooks.len() as i64);
         if hooks.is_empty() {
             // The engine's own alerts, unwanted, would only push the
             // orchestrator's events out of the console's log.
@@ -32,11 +45,11 @@ impl Ingest {
         let (key, uid) = self.identify(&event);
         let ingest = self.clone();
         // In the caller's task; what is left of it finishes in a task of its
-        // own if the caller goes away.
-        let work =
-            MustFinish::new(
-                async move { ingest.accept_post(hooks, event, key, uid, permit).await },
-            );
+        // own if the caller goes away (in the event's span, either way).
+        let work = MustFinish::new(
+            async move { ingest.accept_post(hooks, event, key, uid, permit).await }
+                .in_current_span(),
+        );
         caught(work, Phase::Post).await?
     }
 
@@ -53,7 +66,7 @@ impl Ingest {
         let mut run = MustFinish::new({
             let (ingest, hooks, event, uid) =
                 (self.clone(), hooks.clone(), event.clone(), uid.clone());
-            async move { ingest.run_post(&hooks, &event, &uid).await }
+            async move { ingest.run_post(&hooks, &event, &uid).await }.in_current_span()
         });
         // Hooks that finish quickly: their deliveries are the one write.
         if let Ok((deliveries, decided)) = tokio::time::timeout(self.inline, &mut run).await {
@@ -80,7 +93,9 @@ impl Ingest {
         // The hooks go on meanwhile, in a task of their own: nothing polls
         // them here while the journal is written.
         let run = run.spawn();
-        let ticket = match self.queue.journal(journaled).await {
+        let journal =
+            crate::trace::span(|| tracing::info_span!(target: crate::trace::TARGET, "journal"));
+        let ticket = match self.queue.journal(journaled).instrument(journal).await {
             Ok(Some(ticket)) => ticket,
             Ok(None) => {
                 run.abort(); // sent before: its deliveries are queued already
@@ -92,17 +107,20 @@ impl Ingest {
             }
         };
         // The rest is not the caller's to wait for.
-        tokio::spawn(async move {
-            let (deliveries, decided) = run.await.unwrap_or_default();
-            self.activity.event(&event, decided, None);
-            self.commit_until_done(Batch {
-                ticket: Some(ticket),
-                queued: deliveries,
-                ..Batch::default()
-            })
-            .await;
-            drop(permit);
-        });
+        tokio::spawn(
+            async move {
+                let (deliveries, decided) = run.await.unwrap_or_default();
+                self.activity.event(&event, decided, None);
+                self.commit_until_done(Batch {
+                    ticket: Some(ticket),
+                    queued: deliveries,
+                    ..Batch::default()
+                })
+                .await;
+                drop(permit);
+            }
+            .in_current_span(),
+        );
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! A pre event: its hooks, its vetoes, the `wait` hooks' deliveries, and
 //! its verdict (see the module's doc above).
 
-use super::{Ingest, IngestError, caught};
+use super::{Ingest, IngestError, caught, span_of};
 use crate::delivery::Delivery;
 use crate::event::{Event, Phase};
 use crate::hooks::LiveHook;
@@ -10,12 +10,32 @@ use crate::outbox::WaitOutcome;
 use crate::queue::Batch;
 use crate::run::{self, HookFailure, Verdict};
 use std::sync::Arc;
+use tracing::Instrument;
 
 impl Ingest {
     /// Runs a pre event through the hooks subscribed to it and returns the
     /// verdict (see the module's doc).
     pub(crate) async fn pre(self: &Arc<Self>, event: Event) -> Result<Verdict, IngestError> {
+        let span = span_of(&event);
+        let verdict = self
+            .pre_in_span(&span, event)
+            .instrument(span.clone())
+            .await;
+        if !span.is_disabled()
+            && let Ok(verdict) = &verdict
+        {
+            span.record("wasmhooks.allowed", verdict.allowed().allowed);
+        }
+        verdict
+    }
+
+    async fn pre_in_span(
+        self: &Arc<Self>,
+        span: &tracing::Span,
+        event: Event,
+    ) -> Result<Verdict, IngestError> {
         let hooks = self.registry.snapshot().matching(&event);
+        span.record("wasmhooks.hooks", hooks.len() as i64);
         if hooks.is_empty() {
             // No WASM call, nothing to queue: nothing to recognise either.
             let verdict = run::decide(&hooks, Vec::new()).verdict;
@@ -46,39 +66,45 @@ impl Ingest {
         let permit = Arc::new(self.place().await);
         // In the caller's task; what is left of it finishes in a task of its
         // own if the caller goes away.
-        let work = MustFinish::new(async move {
-            let results = run::run_all(&ingest.runner, &hooks, &event, &uid).await;
-            let decided = run::activity_of(&hooks, &results);
-            let run::PreDecisions {
-                verdict,
-                queued,
-                waiting,
-            } = run::decide(&hooks, results);
-            // The verdict needs the vetoes and the `wait` hooks' outcomes,
-            // not the other deliveries: they are committed alongside, and
-            // the caller does not wait for that commit.
-            if !queued.is_empty() {
-                let (ingest, permit) = (ingest.clone(), permit.clone());
-                tokio::spawn(async move {
-                    let batch = Batch {
-                        queued,
-                        ..Batch::default()
-                    };
-                    ingest.commit_until_done(batch).await;
-                    drop(permit);
-                });
+        let work = MustFinish::new(
+            async move {
+                let results = run::run_all(&ingest.runner, &hooks, &event, &uid).await;
+                let decided = run::activity_of(&hooks, &results);
+                let run::PreDecisions {
+                    verdict,
+                    queued,
+                    waiting,
+                } = run::decide(&hooks, results);
+                // The verdict needs the vetoes and the `wait` hooks' outcomes,
+                // not the other deliveries: they are committed alongside, and
+                // the caller does not wait for that commit.
+                if !queued.is_empty() {
+                    let (ingest, permit) = (ingest.clone(), permit.clone());
+                    tokio::spawn(
+                        async move {
+                            let batch = Batch {
+                                queued,
+                                ..Batch::default()
+                            };
+                            ingest.commit_until_done(batch).await;
+                            drop(permit);
+                        }
+                        .in_current_span(),
+                    );
+                }
+                let verdict = ingest.wait_pre(verdict, waiting).await;
+                let decided = run::with_failures(decided, &verdict);
+                ingest
+                    .activity
+                    .event(&event, decided, Some(verdict.allowed()));
+                if let Some(publish) = publish {
+                    publish.send_replace(Some(verdict.clone()));
+                }
+                drop(permit);
+                verdict
             }
-            let verdict = ingest.wait_pre(verdict, waiting).await;
-            let decided = run::with_failures(decided, &verdict);
-            ingest
-                .activity
-                .event(&event, decided, Some(verdict.allowed()));
-            if let Some(publish) = publish {
-                publish.send_replace(Some(verdict.clone()));
-            }
-            drop(permit);
-            verdict
-        });
+            .in_current_span(),
+        );
         caught(work, Phase::Pre).await
     }
 

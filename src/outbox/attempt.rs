@@ -6,6 +6,9 @@ use crate::activity::Attempted;
 use crate::alerts::{Alert, Kind};
 use crate::delivery::SYSTEM_ID_PREFIX;
 use crate::delivery::history::ShownUrl;
+use crate::trace;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// How a `wait` delivery's wait ended.
 #[derive(Debug, Clone)]
@@ -25,22 +28,27 @@ impl Workers {
             attempts,
         } = claimed;
         let attempts = attempts + 1;
+        let receiver = d.receiver();
+        let span = self.span_of(&d, attempts);
+        let traceparent = trace::traceparent_of(&span);
         let policy = self.policies.current(&d.hook);
         let (at_ms, began) = (now_ms(), std::time::Instant::now());
+        let send = self
+            .sender
+            .attempt(&d, policy.as_deref(), traceparent.as_deref());
         // A panic while attempting (a bug) fails this delivery alone.
-        let (sent, answer) =
-            std::panic::AssertUnwindSafe(self.sender.attempt(&d, policy.as_deref()))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| {
-                    let bug = Attempt::Permanent {
-                        reason: "the engine failed while sending it (a bug in wasmhooks; \
+        let (sent, answer) = std::panic::AssertUnwindSafe(send.instrument(span.clone()))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                let bug = Attempt::Permanent {
+                    reason: "the engine failed while sending it (a bug in wasmhooks; \
                                  please report it); retry this dead letter once fixed"
-                            .into(),
-                        status: None,
-                    };
-                    (bug, None)
-                });
+                        .into(),
+                    status: None,
+                };
+                (bug, None)
+            });
         let took = began.elapsed();
         let duration_ms = took.as_millis() as u64;
         // Logged without the URL's password, if it has one.
@@ -91,7 +99,7 @@ impl Workers {
             body: answer.map(|a| a.body),
             engine: self.engine.clone(),
         };
-        let receiver = d.receiver();
+        self.trace_outcome(&span, &d.id, finish, &record);
         let attempted = match finish {
             Finish::Delivered => Attempted::Delivered,
             Finish::Retry { .. } => Attempted::Failed,
@@ -154,6 +162,63 @@ impl Workers {
         }
         if let Some(outcome) = outcome {
             self.tell_waiters(&d.id, outcome);
+        }
+    }
+
+    /// An attempt's span (see [`crate::trace`]): a child of the hook call
+    /// that asked for the delivery, linked to the delivery's attempt before.
+    fn span_of(&self, d: &Delivery, attempts: u32) -> tracing::Span {
+        let span = trace::span(|| {
+            tracing::info_span!(
+                target: trace::TARGET,
+                parent: None,
+                "attempt",
+                otel.kind = "client",
+                wasmhooks.delivery = %d.id,
+                wasmhooks.hook = &*d.hook,
+                server.address = d.url.host_str().unwrap_or(""),
+                server.port = d.url.port_or_known_default().map_or(0, i64::from),
+                wasmhooks.retry = i64::from(attempts) - 1,
+                http.response.status_code = tracing::field::Empty,
+                wasmhooks.outcome = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+                otel.status_description = tracing::field::Empty,
+            )
+        });
+        if span.is_disabled() {
+            return span;
+        }
+        if let Some(traceparent) = d.traceparent() {
+            trace::continue_from(&span, traceparent);
+        }
+        if let Some(before) = self.retried.lock().unwrap().remove(&d.id) {
+            span.add_link(before);
+        }
+        span
+    }
+
+    /// Records an attempt's outcome in its span; remembers the span of one
+    /// to be retried, for the next attempt to link to.
+    fn trace_outcome(
+        &self,
+        span: &tracing::Span,
+        id: &str,
+        finish: Finish,
+        record: &AttemptRecord,
+    ) {
+        if span.is_disabled() {
+            return;
+        }
+        if let Some(status) = record.status {
+            span.record("http.response.status_code", i64::from(status));
+        }
+        span.record("wasmhooks.outcome", record.outcome.as_str());
+        if let Some(error) = &record.error {
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", error.as_str());
+        }
+        if let (Finish::Retry { .. }, Some(context)) = (finish, trace::context_of(span)) {
+            self.retried.lock().unwrap().insert(id.to_owned(), context);
         }
     }
 

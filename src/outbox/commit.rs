@@ -11,7 +11,15 @@ impl Workers {
     /// claimed row is left behind: the rest finishes in a task of its own.
     pub(crate) async fn submit(self: &Arc<Self>, batch: Batch) -> Result<Committed, QueueError> {
         let workers = self.clone();
-        MustFinish::new(async move { workers.commit_and_launch(batch).await }).await
+        let span = crate::trace::span(|| {
+            tracing::info_span!(
+                target: crate::trace::TARGET,
+                "commit",
+                wasmhooks.deliveries = batch.queued.len() as i64,
+            )
+        });
+        let commit = async move { workers.commit_and_launch(batch).await };
+        MustFinish::new(tracing::Instrument::instrument(commit, span)).await
     }
 
     /// [`Workers::submit`] for a `wait` hook's deliveries: also returns, per

@@ -82,6 +82,10 @@ impl Policies {
     }
 }
 
+/// Most deliveries whose last failed attempt is remembered, to link the
+/// next one to it in their trace; older ones' next attempts go unlinked.
+const MAX_LINKED: usize = 4096;
+
 /// Where the outbox tells what happens to deliveries: the metrics, the
 /// console's activity log, and the engine's alerts.
 pub(crate) struct Told {
@@ -103,6 +107,9 @@ pub(crate) struct Workers {
     slots: Mutex<Slots>,
     /// Callers waiting for a delivery's first final outcome, by id.
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<WaitOutcome>>>>,
+    /// With tracing on, the span of each delivery's last failed attempt,
+    /// which its next attempt links to: the latest `MAX_LINKED` only.
+    retried: Mutex<hashlink::LruCache<String, opentelemetry::trace::SpanContext>>,
     wake: Notify,
     /// Stops the pump when the engine is dropped.
     stop: tokio_util::sync::CancellationToken,
@@ -144,6 +151,7 @@ impl Workers {
             alerts,
             slots: Mutex::default(),
             waiters: Mutex::default(),
+            retried: Mutex::new(hashlink::LruCache::new(MAX_LINKED)),
             wake: Notify::new(),
             stop: tokio_util::sync::CancellationToken::new(),
             progress: watch::channel(0).0,

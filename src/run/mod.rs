@@ -17,8 +17,10 @@ use crate::delivery::{Delivery, QueuedUnder, delivery_id};
 use crate::event::Event;
 use crate::hooks::{Hooks, LiveHook};
 use crate::sandbox::{Failure, Sandbox};
+use crate::trace;
 use futures::FutureExt;
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// What one hook decided on one event, checked.
 pub(crate) struct Decision {
@@ -60,9 +62,10 @@ pub(crate) async fn run_all(
         .map(|hook| {
             let (runner, hook, event, uid) =
                 (runner.clone(), hook.clone(), event.clone(), uid.to_owned());
-            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
-                caught(&hook, &event, runner.run(&hook, &event, &uid)).await
-            }))
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+                async move { caught(&hook, &event, runner.run(&hook, &event, &uid)).await }
+                    .in_current_span(),
+            ))
         })
         .collect();
     let mut results = Vec::with_capacity(tasks.len());
@@ -162,13 +165,57 @@ impl Runner {
     }
 
     /// Calls the hook, counts the call, logs and returns a failure, and
-    /// checks its outcome.
+    /// checks its outcome; in a span of its own (see [`crate::trace`]).
     pub(crate) async fn run(
         &self,
         hook: &LiveHook,
         event: &Event,
         uid: &str,
     ) -> Result<Decision, CallError> {
+        let span = trace::span(|| {
+            tracing::info_span!(
+                target: trace::TARGET,
+                "hook",
+                wasmhooks.hook = hook.name(),
+                wasmhooks.version = %hook.hash,
+                wasmhooks.outcome = tracing::field::Empty,
+                wasmhooks.deliveries = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+                otel.status_description = tracing::field::Empty,
+            )
+        });
+        let decision = self.call(hook, event, uid).instrument(span.clone()).await;
+        if span.is_disabled() {
+            return decision;
+        }
+        match &decision {
+            Ok(decision) => {
+                let outcome = match (&decision.deny, decision.deliveries.len()) {
+                    (Some(_), _) => "deny",
+                    (None, 0) => "nothing",
+                    (None, _) => "deliveries",
+                };
+                span.record("wasmhooks.outcome", outcome);
+                span.record("wasmhooks.deliveries", decision.deliveries.len() as i64);
+            }
+            Err(e) => {
+                span.record("wasmhooks.outcome", e.kind());
+                span.record("otel.status_code", "ERROR");
+                span.record("otel.status_description", e.to_string());
+            }
+        }
+        decision.map(|mut decision| {
+            // Each attempt of these will be a child of this call.
+            if let Some(traceparent) = trace::traceparent_of(&span) {
+                for d in &mut decision.deliveries {
+                    d.set_traceparent(&traceparent);
+                }
+            }
+            decision
+        })
+    }
+
+    async fn call(&self, hook: &LiveHook, event: &Event, uid: &str) -> Result<Decision, CallError> {
         hook.stats.calls.inc();
         let started = std::time::Instant::now();
         // Boxed: the call's future (wasmtime's instantiation and calls) is

@@ -33,11 +33,13 @@ pub const MAX_LIST: usize = 1000;
 /// durable queue; its hooks and deliveries run in the background. The
 /// same event (method, `callId` and phase) sent again within the engine's
 /// `dedup_window_secs` gets the first answer and no second set of
-/// deliveries.
+/// deliveries. With tracing on, a W3C `traceparent` header is continued:
+/// the event's spans join the caller's trace.
 #[utoipa::path(
     post,
     path = "/v1/events",
     tag = "events",
+    params(("traceparent" = Option<String>, Header, description = "A W3C trace context (`00-TRACEID-PARENTID-FLAGS`): with tracing on, the event's spans continue this trace; a malformed one is ignored", example = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")),
     request_body(content = EventBody, description = "The orchestrator's event (Xen Orchestra's web-hook payload), at most 1 MiB"),
     responses(
         (status = 200, description = "A pre event's verdict", body = Verdict),
@@ -48,11 +50,22 @@ pub const MAX_LIST: usize = 1000;
         (status = 503, description = "The queue cannot take it now (a full disk, NATS unreachable), or too many connections: send it again later", body = ApiError),
     )
 )]
-pub(super) async fn ingest(State(engine): State<Engine>, body: Bytes) -> Response {
-    let event = match Event::from_json(&body) {
+pub(super) async fn ingest(
+    State(engine): State<Engine>,
+    Traceparent(traceparent): Traceparent,
+    body: Bytes,
+) -> Response {
+    let mut event = match Event::from_json(&body) {
         Ok(event) => event,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
+    // The caller's trace, continued by the event's spans (ignored if
+    // malformed, as the W3C asks).
+    if let Some(traceparent) = traceparent
+        && let Ok(traceparent) = traceparent.to_str()
+    {
+        event = event.with_traceparent(traceparent);
+    }
     let result = match event.phase() {
         Phase::Pre => engine
             .pre(event)
@@ -81,6 +94,23 @@ pub(super) async fn ingest(State(engine): State<Engine>, body: Bytes) -> Respons
         };
         error(status, e.to_string())
     })
+}
+
+/// A request's `traceparent` header, taken only with tracing on: the rest of
+/// the time an event costs no more for carrying one.
+pub(super) struct Traceparent(Option<axum::http::HeaderValue>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Traceparent {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let wanted = crate::trace::enabled();
+        let header = wanted.then(|| parts.headers.get(crate::trace::TRACEPARENT).cloned());
+        Ok(Traceparent(header.flatten()))
+    }
 }
 
 /// Every hook in the hooks folder: live or failed (with the file, stage

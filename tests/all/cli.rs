@@ -99,6 +99,37 @@ fn serve_refuses_a_short_token_before_starting() {
     );
 }
 
+#[test]
+fn serve_refuses_bad_trace_settings_before_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&[&str], &[&str]); 3] = [
+        (
+            &["--otlp-endpoint", "grpc://collector:4317"],
+            &["--otlp-endpoint", "gRPC is not supported"],
+        ),
+        (
+            &["--otlp-endpoint", "collector"],
+            &["--otlp-endpoint", "not a URL"],
+        ),
+        (&["--trace-sample", "2"], &["--trace-sample", "from 0 to 1"]),
+    ];
+    for (args, says) in cases {
+        let out = wasmhooks()
+            .args(["serve", "--listen", "127.0.0.1:0", "--hooks"])
+            .arg(dir.path())
+            .arg("--state")
+            .arg(dir.path().join("state"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for said in says {
+            assert!(stderr.contains(said), "{args:?}: {said} in {stderr}");
+        }
+    }
+}
+
 /// `secret = "env:NAME"` reads the engine's environment at load.
 #[test]
 fn a_secret_from_the_environment_is_read_at_load() {

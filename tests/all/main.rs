@@ -38,6 +38,7 @@ mod reuse;
 mod safety;
 mod server;
 mod sources;
+mod traces;
 mod worlds;
 mod xo_plugin;
 

@@ -48,9 +48,11 @@ export class Client {
    * the answer (a pre event's verdict, or `{accepted: true}`).
    * @param {string} body
    * @param {number} timeoutMs
+   * @param {string} [traceparent] the W3C trace context of the event's call
+   *   (lib/trace.js), which wasmhooks continues when its tracing is on
    */
-  async postEvent(body, timeoutMs) {
-    return this._request('/v1/events', { method: 'POST', body }, timeoutMs)
+  async postEvent(body, timeoutMs, traceparent) {
+    return this._request('/v1/events', { method: 'POST', body, traceparent }, timeoutMs)
   }
 
   /**
@@ -73,11 +75,11 @@ export class Client {
     return this._request('/v1/hooks', { method: 'GET' }, timeoutMs)
   }
 
-  async _request(path, { method, body }, timeoutMs) {
+  async _request(path, { method, body, traceparent }, timeoutMs) {
     const url = this._base + path
     let response
     try {
-      response = await this._send(url, method, body, timeoutMs)
+      response = await this._send(url, method, body, traceparent, timeoutMs)
     } catch (error) {
       const why = error.name === 'TimeoutError' ? `no answer within ${timeoutMs} ms` : (error.code ?? error.message)
       throw new Unreachable(`wasmhooks at ${this._base} cannot be reached (${why})`, { cause: error })
@@ -102,8 +104,14 @@ export class Client {
   }
 
   /** One request: its status and body, whole, within `timeoutMs`. */
-  _send(url, method, body, timeoutMs) {
-    const headers = body === undefined ? this._headers : { ...this._headers, 'content-length': Buffer.byteLength(body) }
+  _send(url, method, body, traceparent, timeoutMs) {
+    const headers = { ...this._headers }
+    if (body !== undefined) {
+      headers['content-length'] = Buffer.byteLength(body)
+    }
+    if (traceparent !== undefined) {
+      headers.traceparent = traceparent
+    }
     return new Promise((resolve, reject) => {
       const request = this._transport.request(
         url,

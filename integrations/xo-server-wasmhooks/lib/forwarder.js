@@ -55,8 +55,11 @@ export class Forwarder {
     return this._queue.length - this._head
   }
 
-  /** Queues one event (its JSON text) for sending. */
-  push(body) {
+  /**
+   * Queues one event (its JSON text) for sending, with its call's
+   * `traceparent` (lib/trace.js), which goes with it on every attempt.
+   */
+  push(body, traceparent) {
     if (this._stopped) {
       return
     }
@@ -75,7 +78,7 @@ export class Forwarder {
       return
     }
     this._bytes += body.length
-    this._queue.push(body)
+    this._queue.push({ body, traceparent })
     this._pump()
   }
 
@@ -111,20 +114,22 @@ export class Forwarder {
 
   _pump() {
     while (!this._stopped && this._timer === undefined && this._inFlight < this._concurrency && this.queued !== 0) {
-      const body = this._queue[this._head++]
+      const event = this._queue[this._head++]
       if (this._head > 1024 && this._head * 2 > this._queue.length) {
         this._queue = this._queue.slice(this._head)
         this._head = 0
       }
       this._inFlight++
-      this._send(body)
+      this._send(event)
     }
   }
 
-  async _send(body) {
+  /** @param {{ body: string, traceparent?: string }} event as queued by `push` */
+  async _send(event) {
+    const { body, traceparent } = event
     let done = true
     try {
-      await this._client.postEvent(body, this._timeoutMs)
+      await this._client.postEvent(body, this._timeoutMs, traceparent)
       this.stats.forwarded++
       // Only once no back-off is pending: a success among failures (a busy
       // engine answering some 503s) does not reset it.
@@ -145,7 +150,7 @@ export class Forwarder {
       } else if (retryable(error)) {
         done = false
         this.stats.retried++
-        this._queue.splice(this._head, 0, body)
+        this._queue.splice(this._head, 0, event)
         this._backOff(error)
       } else {
         this.stats.rejected++

@@ -1,8 +1,11 @@
 // Asking wasmhooks whether a guarded call may go ahead: one place for both
 // entry points (JSON-RPC and REST), so a veto, a monitor-mode hook and a
 // missing verdict are handled the same way whichever way the call came in.
+// Each call's events carry the trace context the call started with
+// (`startTrace`), so that its pre and post events land in one trace.
 
 import { forbidden } from './events.js'
+import { traceparent } from './trace.js'
 
 export class Gate {
   /**
@@ -17,18 +20,29 @@ export class Gate {
   }
 
   /**
+   * A new call's trace context (a `traceparent`), sampled as configured
+   * (`traceSampleRatio`): the entry points take one when a call starts and
+   * send it with each of its events.
+   */
+  startTrace() {
+    return traceparent(this._settings().traceSampleRatio)
+  }
+
+  /**
    * Sends a guarded call's pre event (with `type: 'pre'`) and waits for the
    * verdict. Resolves if the call may go ahead; throws XO's
    * `forbiddenOperation` error, with the hook's name and reason, if not.
+   * @param {object} event
+   * @param {string} trace the call's `traceparent` (`startTrace`)
    */
-  async check(event) {
+  async check(event, trace) {
     const { method } = event
     const conf = this._settings()
     let verdict
     let body
     try {
       body = JSON.stringify(event)
-      verdict = await this._client().postEvent(body, conf.preTimeout)
+      verdict = await this._client().postEvent(body, conf.preTimeout, trace)
       if (typeof verdict?.allowed !== 'boolean') {
         throw new Error(`not a verdict: ${JSON.stringify(verdict)?.slice(0, 200)}`)
       }
@@ -37,7 +51,7 @@ export class Gate {
       // not JSON. The hooks still get the event, later (a copy that did
       // arrive is recognised by its callId).
       if (body !== undefined) {
-        this._forwarder.push(body)
+        this._forwarder.push(body, trace)
       }
       if (conf.failClosed) {
         this._log.warn(`refusing ${method}: no verdict (${error.message}), and the plugin fails closed`)
@@ -60,10 +74,15 @@ export class Gate {
     }
   }
 
-  /** Queues an event XO does not wait for; never throws. */
-  forward(data, type) {
+  /**
+   * Queues an event XO does not wait for; never throws.
+   * @param {object} data
+   * @param {'pre' | 'post'} type
+   * @param {string} trace the call's `traceparent` (`startTrace`)
+   */
+  forward(data, type, trace) {
     try {
-      this._forwarder.push(JSON.stringify({ ...data, type }))
+      this._forwarder.push(JSON.stringify({ ...data, type }), trace)
     } catch (error) {
       this._log.warn(`cannot forward the ${type} event of ${data?.method}: ${error.message}`)
     }

@@ -7,6 +7,12 @@
 // (permission, params, resolve, …), so XO still checks permissions and
 // parameters first; then it sends the call's pre event (XO's own, with its
 // callId, user and IP) and waits for the verdict.
+//
+// A call's trace context (`traceparent`, lib/trace.js) is taken at its pre
+// event and kept with what pairs it with its post event: the call's API
+// context for JSON-RPC, and XO's own event object for a backup run, which
+// XO emits again, completed, as the post event. Both are XO's per-call
+// objects, so the plugin keeps nothing once a call is over.
 
 import { ENTRY, callId, mask } from './events.js'
 import { globMatch } from './glob.js'
@@ -25,13 +31,16 @@ export class JsonRpcGuard {
     Object.assign(this, { _xo: xo, _gate: gate, _log: log })
     // Guarded method name → { original, wrapper }.
     this._guarded = new Map()
-    // XO's own pre event of a guarded call, by the call's API context, for
-    // the wrapper to send (once) after the permission check.
+    // XO's own pre event of each call, by the call's API context, until its
+    // post event: { data, withheld, asked, trace }. The wrapper of a guarded
+    // method sends it (once) after the permission check.
     this._pending = new WeakMap()
+    // A backup run's trace context, by XO's event object (see above).
+    this._backupTraces = new WeakMap()
     this._onPreCall = this._onPreCall.bind(this)
     this._onPostCall = this._onPostCall.bind(this)
-    this._onBackupPreCall = data => this._gate.forward({ ...data, entry: ENTRY.job }, 'pre')
-    this._onBackupPostCall = data => this._gate.forward({ ...data, entry: ENTRY.job }, 'post')
+    this._onBackupPreCall = this._onBackupPreCall.bind(this)
+    this._onBackupPostCall = this._onBackupPostCall.bind(this)
   }
 
   start() {
@@ -136,12 +145,15 @@ export class JsonRpcGuard {
     const context = app?.apiContext
     const pending = context === undefined ? undefined : this._pending.get(context)
     let event
-    if (pending !== undefined && pending.data.method === name) {
+    let trace
+    if (pending !== undefined && !pending.asked && pending.data.method === name) {
       // XO's own pre event. If it was forwarded already (the method was
       // guarded meanwhile), wasmhooks recognises the callId and answers
-      // with the first verdict, sending nothing twice.
-      this._pending.delete(context)
+      // with the first verdict, sending nothing twice. Kept for the post
+      // event's trace context; no later call in this context takes it.
+      pending.asked = true
       event = { ...pending.data, entry: ENTRY.jsonrpc, type: 'pre' }
+      trace = pending.trace
     } else {
       // Called without XO's pre event (another caller than the API).
       event = {
@@ -155,8 +167,10 @@ export class JsonRpcGuard {
         entry: ENTRY.jsonrpc,
         type: 'pre',
       }
+      // No post event follows (XO emits none): a trace of its own.
+      trace = this._gate.startTrace()
     }
-    await this._gate.check(event)
+    await this._gate.check(event, trace)
   }
 
   // XO looked the method up before this event: whether the wrapper runs
@@ -166,12 +180,13 @@ export class JsonRpcGuard {
   // XO's permission check), forwarded if not.
   _onPreCall(data) {
     const withheld = this._guarded.has(data.method)
+    const trace = this._gate.startTrace()
     const context = this._xo.apiContext
     if (context !== undefined) {
-      this._pending.set(context, { data, withheld })
+      this._pending.set(context, { data, withheld, asked: false, trace })
     }
     if (!withheld) {
-      this._gate.forward({ ...data, entry: ENTRY.jsonrpc }, 'pre')
+      this._gate.forward({ ...data, entry: ENTRY.jsonrpc }, 'pre', trace)
     }
   }
 
@@ -180,15 +195,33 @@ export class JsonRpcGuard {
   _onPostCall(data) {
     const context = this._xo.apiContext
     const pending = context === undefined ? undefined : this._pending.get(context)
+    let trace
     if (pending !== undefined && pending.data.callId === data.callId) {
       this._pending.delete(context)
+      trace = pending.trace
       // Withheld, and no wrapper sent it: the method was unguarded in
       // between. Unless XO refused the call itself (permission: 2,
       // parameters: 10), the hooks get it now.
-      if (pending.withheld && ![2, 10].includes(data.error?.code)) {
-        this._gate.forward({ ...pending.data, entry: ENTRY.jsonrpc }, 'pre')
+      if (pending.withheld && !pending.asked && ![2, 10].includes(data.error?.code)) {
+        this._gate.forward({ ...pending.data, entry: ENTRY.jsonrpc }, 'pre', trace)
       }
     }
-    this._gate.forward({ ...data, entry: ENTRY.jsonrpc }, 'post')
+    // A post event whose pre event the plugin did not see (loaded during
+    // the call, or an XO without API contexts) starts a trace of its own.
+    this._gate.forward({ ...data, entry: ENTRY.jsonrpc }, 'post', trace ?? this._gate.startTrace())
+  }
+
+  _onBackupPreCall(data) {
+    const trace = this._gate.startTrace()
+    this._backupTraces.set(data, trace)
+    this._gate.forward({ ...data, entry: ENTRY.job }, 'pre', trace)
+  }
+
+  // XO emits the pre event's object again, with the run's outcome: the same
+  // key. A run that began before the plugin loaded starts its own trace.
+  _onBackupPostCall(data) {
+    const trace = this._backupTraces.get(data) ?? this._gate.startTrace()
+    this._backupTraces.delete(data)
+    this._gate.forward({ ...data, entry: ENTRY.job }, 'post', trace)
   }
 }

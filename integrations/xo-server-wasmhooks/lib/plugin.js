@@ -31,7 +31,7 @@ export class WasmhooksPlugin {
     this._gate = new Gate({
       settings: () => this._conf,
       client: () => this._client,
-      forwarder: { push: body => this._forwarder.push(body) },
+      forwarder: { push: (body, trace) => this._forwarder.push(body, trace) },
       log,
     })
     this._jsonrpc = new JsonRpcGuard({ xo, gate: this._gate, log })
@@ -85,7 +85,9 @@ export class WasmhooksPlugin {
     if (this._loaded) {
       return
     }
-    const client = { postEvent: (body, timeoutMs) => this._client.postEvent(body, timeoutMs) }
+    const client = {
+      postEvent: (body, timeoutMs, trace) => this._client.postEvent(body, timeoutMs, trace),
+    }
     this._forwarder = new Forwarder({ client, log, maxQueued: conf.maxQueued, timeoutMs: Math.max(conf.preTimeout, 10000) })
     this._jsonrpc.start()
     this._rest.start()
@@ -124,7 +126,8 @@ export class WasmhooksPlugin {
       entry: ENTRY.jsonrpc,
       type: 'pre',
     }
-    const verdict = await this._client.postEvent(JSON.stringify(event), this._conf.preTimeout)
+    // Traced as a call is, so that a sampled test shows in the engine's traces.
+    const verdict = await this._client.postEvent(JSON.stringify(event), this._conf.preTimeout, this._gate.startTrace())
     if (typeof verdict?.allowed !== 'boolean') {
       throw new Error(`wasmhooks at ${this._conf.url} did not answer with a verdict: ${JSON.stringify(verdict)}`)
     }

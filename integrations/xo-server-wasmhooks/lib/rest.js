@@ -322,6 +322,8 @@ export class RestGuard {
     const call = {
       route,
       event,
+      // The trace context its pre and post events carry.
+      trace: this._gate.startTrace(),
       guarded: this._isGuarded(method),
       // The verdict's promise, once asked (or forwarded, if not guarded).
       checked: undefined,
@@ -355,7 +357,7 @@ export class RestGuard {
     call.checked ??= (async () => {
       if (call.guarded) {
         try {
-          await this._gate.check({ ...call.event, type: 'pre' })
+          await this._gate.check({ ...call.event, type: 'pre' }, call.trace)
         } catch (error) {
           call.error = error
           this._post(call, error)
@@ -367,7 +369,7 @@ export class RestGuard {
           throw error
         }
       } else {
-        this._gate.forward(call.event, 'pre')
+        this._gate.forward(call.event, 'pre', call.trace)
       }
       call.started = true
     })()
@@ -443,7 +445,7 @@ export class RestGuard {
     } else {
       post.resultOmitted = `larger than ${MAX_RESULT_BYTES} bytes as JSON`
     }
-    this._gate.forward(post, 'post')
+    this._gate.forward(post, 'post', call.trace)
   }
 
   // ---------------------------------------------------------------------

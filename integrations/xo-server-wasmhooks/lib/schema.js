@@ -54,6 +54,15 @@ export const configurationSchema = {
       minimum: 1,
       default: 10000,
     },
+    traceSampleRatio: {
+      title: 'Trace sample ratio',
+      description:
+        "The share of XO calls whose trace wasmhooks records, from 0 to 1, when its tracing is on (wasmhooks serve --otlp-endpoint). Each call's events carry a W3C traceparent header, marked sampled with this probability; wasmhooks follows that mark",
+      type: 'number',
+      minimum: 0,
+      maximum: 1,
+      default: 1,
+    },
   },
   required: ['url'],
 }
@@ -96,15 +105,16 @@ export function settings(configuration) {
     if (value === undefined) {
       continue
     }
-    const ok =
-      spec.type === 'integer'
-        ? Number.isInteger(value) && value >= (spec.minimum ?? -Infinity)
-        : spec.type === 'array'
-          ? Array.isArray(value) && value.every(item => typeof item === 'string')
-          : typeof value === spec.type
+    const numeric = spec.type === 'integer' || spec.type === 'number'
+    const ok = numeric
+      ? (spec.type === 'integer' ? Number.isInteger(value) : Number.isFinite(value)) &&
+        value >= (spec.minimum ?? -Infinity) &&
+        value <= (spec.maximum ?? Infinity)
+      : spec.type === 'array'
+        ? Array.isArray(value) && value.every(item => typeof item === 'string')
+        : typeof value === spec.type
     if (!ok) {
-      const wanted = spec.type === 'integer' && spec.minimum !== undefined ? `an integer of at least ${spec.minimum}` : spec.type === 'array' ? 'a list of strings' : `a ${spec.type}`
-      throw new SettingsError(`${key} (${spec.title}) must be ${wanted}, got ${JSON.stringify(value)}`)
+      throw new SettingsError(`${key} (${spec.title}) must be ${wanted(spec)}, got ${JSON.stringify(value)}`)
     }
     out[key] = value
   }
@@ -121,6 +131,18 @@ export function settings(configuration) {
     throw new SettingsError(`url must be an http(s) URL such as http://127.0.0.1:8080, got ${JSON.stringify(out.url)}`)
   }
   return out
+}
+
+/** What a setting's value must be, as its error message says it. */
+function wanted({ type, minimum, maximum }) {
+  if (type === 'array') {
+    return 'a list of strings'
+  }
+  const a = type === 'integer' ? 'an integer' : `a ${type}`
+  if (minimum !== undefined && maximum !== undefined) {
+    return `${a} from ${minimum} to ${maximum}`
+  }
+  return minimum !== undefined ? `${a} of at least ${minimum}` : a
 }
 
 /** The keys of `configuration` that the plugin does not know. */

@@ -6,6 +6,7 @@
 // Without them, preflight.js stops the run at once and says how to run it.
 
 import './preflight.js'
+import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { after, before } from 'node:test'
 import { once } from 'node:events'
@@ -108,8 +109,13 @@ export async function startWasmhooks({ hooks, state, port = 0, token }) {
   }
 }
 
-/** An HTTP receiver on 127.0.0.1: records each POST's path and JSON body. */
-export async function startReceiver() {
+/**
+ * An HTTP receiver on 127.0.0.1: records each request's path, headers and
+ * JSON body. It answers `ok`, or, given `answer`, `answer({ path, body })`
+ * as JSON: standing in for wasmhooks itself, to see the requests the plugin
+ * sends it.
+ */
+export async function startReceiver({ answer } = {}) {
   const received = []
   const waiters = []
   const server = createServer(async (request, response) => {
@@ -123,8 +129,13 @@ export async function startReceiver() {
     } catch {
       body = Buffer.concat(chunks).toString('utf8')
     }
-    received.push({ path: request.url, body })
-    response.end('ok')
+    received.push({ path: request.url, headers: request.headers, body })
+    if (answer === undefined) {
+      response.end('ok')
+    } else {
+      response.setHeader('content-type', 'application/json')
+      response.end(JSON.stringify(answer({ path: request.url, body })))
+    }
     for (const waiter of waiters.splice(0)) {
       waiter()
     }
@@ -144,6 +155,54 @@ export async function startReceiver() {
     },
     close: () => new Promise(resolve => server.close(resolve)),
   }
+}
+
+/** A W3C `traceparent`: version 00, trace id, parent id, flags. */
+const TRACEPARENT = /^00-([0-9a-f]{32})-([0-9a-f]{16})-(0[01])$/
+
+/**
+ * The `traceparent` headers of the events a stand-in wasmhooks
+ * (`startReceiver` with `answer`) was sent, by call, in the order the calls
+ * were first seen: callId → { method, pre: [...], post: [...] }.
+ */
+export function tracesByCall(received) {
+  const calls = new Map()
+  for (const { path, headers, body } of received) {
+    if (path === '/v1/events') {
+      let call = calls.get(body.callId)
+      if (call === undefined) {
+        call = { method: body.method, pre: [], post: [] }
+        calls.set(body.callId, call)
+      }
+      call[body.type].push(headers.traceparent)
+    }
+  }
+  return calls
+}
+
+/** Whether every call in `tracesByCall(received)`, `count` of them, has its pre and post events. */
+export function callsComplete(count) {
+  return received => {
+    const calls = [...tracesByCall(received).values()]
+    return calls.length === count && calls.every(call => call.pre.length !== 0 && call.post.length !== 0)
+  }
+}
+
+/**
+ * Checks that a call (from `tracesByCall`) sent one pre and one post event
+ * with the same well-formed trace context; returns its trace id and flags.
+ */
+export function oneTrace(call) {
+  assert.equal(call.pre.length, 1, `${call.method}: one pre event`)
+  assert.equal(call.post.length, 1, `${call.method}: one post event`)
+  const [pre, post] = [call.pre[0], call.post[0]]
+  const parsed = TRACEPARENT.exec(pre)
+  assert.ok(parsed !== null, `${call.method}: a W3C traceparent, not ${pre}`)
+  const [, traceId, parentId, flags] = parsed
+  assert.notEqual(traceId, '0'.repeat(32), 'a valid trace id')
+  assert.notEqual(parentId, '0'.repeat(16), 'a valid parent id')
+  assert.equal(post, pre, `${call.method}: the post event continues the pre event's trace`)
+  return { traceId, flags }
 }
 
 /** Pending deliveries of a wasmhooks, from its API. */

@@ -71,6 +71,10 @@ describe('not configured', () => {
     assert.throws(() => plugin.configure({ url: 'http://127.0.0.1:1', preTimeout: 'soon' }), {
       message: /preTimeout \(Verdict timeout \(ms\)\) must be an integer of at least 100, got "soon"/,
     })
+    assert.throws(() => plugin.configure({ url: 'http://127.0.0.1:1', traceSampleRatio: 1.5 }), {
+      message: /traceSampleRatio \(Trace sample ratio\) must be a number from 0 to 1, got 1\.5/,
+    })
+    await assert.rejects(xo.plugins.configure(PLUGIN, { url: 'http://127.0.0.1:1', traceSampleRatio: -1 }), { code: 10 })
     await assert.rejects(async () => plugin.test({}), { name: 'SettingsError' })
     assert.equal(xo.listenerCount('xo:preCall'), 0, 'nothing was hooked in')
   })

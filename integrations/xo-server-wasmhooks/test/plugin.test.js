@@ -13,14 +13,17 @@ import {
   PLUGIN,
   PROTECTED_VM,
   allDelivered,
+  callsComplete,
   captureLogs,
   hooksFolder,
   loadPlugin,
+  oneTrace,
   servedHooks,
   standIn,
   startReceiver,
   startWasmhooks,
   tempDir,
+  tracesByCall,
 } from './helpers.js'
 
 // Each test's bound: far past what it takes, so a hang fails it.
@@ -273,6 +276,65 @@ describe('the connection to wasmhooks', () => {
     // keep-alive, one connection each.
     const opened = verdicts.connections() - before
     assert.ok(opened < 5, `${opened} connections for 5 guarded calls`)
+    await xo.plugins.unload(PLUGIN)
+  })
+})
+
+describe('the trace context of each call', () => {
+  /**
+   * A stand-in wasmhooks that allows every call and records the requests
+   * the plugin sends it, headers included (the real one does not show the
+   * `traceparent` it was sent).
+   */
+  async function recordingEngine(t) {
+    const engine = await startReceiver({ answer: () => ({ allowed: true }) })
+    t.after(engine.close)
+    return engine
+  }
+
+  test("a call's pre and post events carry the same traceparent; each call has its own trace", T, async t => {
+    const engine = await recordingEngine(t)
+    const xo = fakeXo()
+    // vm.delete's pre event waits for the verdict (the method's wrapper);
+    // vm.start's is forwarded from xo:preCall.
+    await loaded(t, xo, { url: engine.url(''), guard: ['vm.delete'] })
+    await xo.callApiMethod(alice, 'vm.delete', { id: OTHER_VM })
+    await xo.callApiMethod(alice, 'vm.delete', { id: OTHER_VM })
+    await xo.callApiMethod(alice, 'vm.start', { id: OTHER_VM })
+    await xo.runBackupJob({ id: 'job-1', schedule: 'sched-1', vms: { id: OTHER_VM } }, async () => {})
+    await engine.until(callsComplete(4))
+
+    const calls = [...tracesByCall(engine.received).values()]
+    assert.deepEqual(calls.map(call => call.method), ['vm.delete', 'vm.delete', 'vm.start', 'backupNg.runJob'])
+    const traces = calls.map(oneTrace)
+    assert.equal(new Set(traces.map(trace => trace.traceId)).size, 4, 'one trace per call')
+    assert.deepEqual(traces.map(trace => trace.flags), ['01', '01', '01', '01'], 'traceSampleRatio is 1 by default')
+    await xo.plugins.unload(PLUGIN)
+  })
+
+  test('traceSampleRatio 0 marks no call sampled, 1 every call', T, async t => {
+    const engine = await recordingEngine(t)
+    const xo = fakeXo()
+    const conf = { url: engine.url(''), guard: ['vm.delete'] }
+    await loaded(t, xo, { ...conf, traceSampleRatio: 0 })
+    // Three calls whose pre event waits for the verdict, three whose pre event is forwarded.
+    const sixCalls = async () => {
+      for (let i = 0; i < 3; i++) {
+        await xo.callApiMethod(alice, 'vm.delete', { id: OTHER_VM })
+        await xo.callApiMethod(alice, 'vm.start', { id: OTHER_VM })
+      }
+    }
+    await sixCalls()
+    await engine.until(callsComplete(6))
+    const unsampled = [...tracesByCall(engine.received).values()].map(oneTrace)
+    assert.deepEqual(new Set(unsampled.map(trace => trace.flags)), new Set(['00']))
+
+    const earlier = engine.received.length
+    await xo.plugins.configure(PLUGIN, { ...conf, traceSampleRatio: 1 })
+    await sixCalls()
+    await engine.until(got => callsComplete(6)(got.slice(earlier)))
+    const sampled = [...tracesByCall(engine.received.slice(earlier)).values()].map(oneTrace)
+    assert.deepEqual(new Set(sampled.map(trace => trace.flags)), new Set(['01']))
     await xo.plugins.unload(PLUGIN)
   })
 })

@@ -14,8 +14,10 @@ import {
   PLUGIN,
   PROTECTED_VM,
   allDelivered,
+  callsComplete,
   captureLogs,
   loadPlugin,
+  oneTrace,
   rest,
   servedHooks,
   standIn,
@@ -23,6 +25,7 @@ import {
   startWasmhooks,
   taskEnded,
   tempDir,
+  tracesByCall,
 } from './helpers.js'
 
 const T = { timeout: 90_000 }
@@ -330,6 +333,32 @@ describe('REST, with deny and forward', () => {
     const deleted = await rest(api.url, 'DELETE', `/REST/V0/VMS/${PROTECTED_VM}`, { token })
     assert.equal(deleted.status, 403)
     assert.deepEqual(xo.ran, [])
+  })
+})
+
+describe('REST, the trace context of each call', () => {
+  test("a call's pre and post events carry the same traceparent, gated before its handler or in its task", T, async t => {
+    // A stand-in wasmhooks that allows every call and records the requests
+    // the plugin sends it, headers included.
+    const engine = await startReceiver({ answer: () => ({ allowed: true }) })
+    t.after(engine.close)
+    const { xo, api, token } = await xoWithRest(t, { url: engine.url(''), guard: ['vm.*'] })
+
+    // Gated in its task (answered 202 at once), before its handler, and
+    // not guarded (its pre event forwarded).
+    const started = await rest(api.url, 'POST', `/rest/v0/vms/${OTHER_VM}/actions/start`, { token, body: {} })
+    assert.equal(started.status, 202)
+    assert.equal((await taskEnded(xo, started.body.taskId)).status, 'success')
+    assert.equal((await rest(api.url, 'DELETE', `/rest/v0/vms/${OTHER_VM}`, { token })).status, 204)
+    const group = await rest(api.url, 'POST', '/rest/v0/groups', { token, body: { name: 'ops' } })
+    assert.ok(group.status < 300, JSON.stringify(group.body))
+    await engine.until(callsComplete(3))
+
+    const calls = [...tracesByCall(engine.received).values()]
+    assert.deepEqual(calls.map(call => call.method), ['vm.start', 'vm.delete', 'group.create'])
+    const traces = calls.map(oneTrace)
+    assert.equal(new Set(traces.map(trace => trace.traceId)).size, 3, 'one trace per call')
+    assert.deepEqual(traces.map(trace => trace.flags), ['01', '01', '01'])
   })
 })
 

@@ -193,6 +193,31 @@ pub(crate) struct ServeArgs {
     /// replay the sample events to the engine every two seconds.
     #[arg(long, env = "WASMHOOKS_DEMO")]
     pub(crate) demo: bool,
+    /// Export traces (one per event: ingest, each hook call, the commit,
+    /// each delivery attempt) over OTLP/HTTP to this URL, e.g.
+    /// `http://127.0.0.1:4318/v1/traces`. Off unless set. Headers for the
+    /// collector (an API key) come from OTEL_EXPORTER_OTLP_HEADERS. Empty:
+    /// off.
+    #[arg(long, env = "WASMHOOKS_OTLP_ENDPOINT", value_parser = crate::telemetry::parse_endpoint)]
+    pub(crate) otlp_endpoint: Option<crate::telemetry::Endpoint>,
+    /// With --otlp-endpoint, the share of traces recorded, from 0 to 1, for
+    /// events whose caller sent no `traceparent`; a caller's decides for its
+    /// own (the XO plugin's `traceSampleRatio`). Ignored without it.
+    #[arg(long, env = "WASMHOOKS_TRACE_SAMPLE", default_value = "1", value_parser = crate::telemetry::parse_ratio)]
+    pub(crate) trace_sample: f64,
+}
+
+impl ServeArgs {
+    /// Where to send traces, if anywhere.
+    pub(crate) fn tracing(&self) -> Option<crate::telemetry::Tracing> {
+        let crate::telemetry::Endpoint(Some(endpoint)) = self.otlp_endpoint.clone()? else {
+            return None;
+        };
+        Some(crate::telemetry::Tracing {
+            endpoint,
+            sample: self.trace_sample,
+        })
+    }
 }
 
 #[derive(Args)]

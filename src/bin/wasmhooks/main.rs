@@ -3,7 +3,7 @@
 //! it on the library: `serve` (with `demo`, the sample events, and `systemd`,
 //! readiness and reload), `run` (a dry
 //! run), `check`, `deliveries` and `new` (a hook's folder from a template).
-//! Logging is set up here, and only here.
+//! Logging, and traces, are set up here (`telemetry`), and only here.
 
 mod check;
 mod cli;
@@ -13,6 +13,7 @@ mod new;
 mod run;
 mod serve;
 mod systemd;
+mod telemetry;
 
 use clap::Parser;
 use cli::{Cli, Command};
@@ -20,13 +21,18 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let tracing = match &cli.command {
+        Command::Serve(args) => args.tracing(),
+        _ => None,
+    };
+    // Dropped last: what is left of the traces is exported at exit.
+    let _flush = match telemetry::init(&cli.log, tracing.as_ref()) {
+        Ok(flush) => flush,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
     let result = runtime.block_on(async {
         match cli.command {

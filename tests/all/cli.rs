@@ -299,8 +299,9 @@ fn wasmhooks_deliveries_missing(dir: &std::path::Path) -> (bool, String, String)
     )
 }
 
-/// `wasmhooks new` in every language: the folder builds with `./build.sh`
-/// and its hook passes `wasmhooks run` on the sample event it comes with.
+/// `wasmhooks new` in every language: the folder builds with `./build.sh`,
+/// its hook passes `wasmhooks run` on the sample event it comes with, and
+/// `wasmhooks test` on the test cases it comes with.
 #[test]
 fn new_scaffolds_a_hook_that_builds_and_runs_in_every_language() {
     let parent = tempfile::tempdir().unwrap();
@@ -364,6 +365,18 @@ fn new_scaffolds_a_hook_that_builds_and_runs_in_every_language() {
                 "{lang}: {dry}"
             );
         }
+        // Its test cases pass as they come.
+        let tested = wasmhooks()
+            .args(["test", "--config", "loaded.toml"])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            tested.status.success(),
+            "{lang}: wasmhooks test failed:\n{}{}",
+            String::from_utf8_lossy(&tested.stdout),
+            String::from_utf8_lossy(&tested.stderr)
+        );
     }
 
     // A name that cannot be a file name, and an existing folder, are refused.

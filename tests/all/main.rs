@@ -24,6 +24,7 @@ mod console;
 mod crash;
 mod delivery;
 mod examples;
+mod hook_tests;
 mod hostile;
 mod languages;
 mod layers;

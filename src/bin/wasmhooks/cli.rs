@@ -28,6 +28,10 @@ pub(crate) enum Command {
     Run(RunArgs),
     /// Load and set up every hook of a folder, print a table, exit non-zero if any fails.
     Check(CheckArgs),
+    /// Run hooks' test cases (`NAME.test.toml` beside `NAME.wasm`): each an
+    /// event and what the hook must do with it, run under the engine's
+    /// sandbox and limits, sending nothing. Exits non-zero if a case fails.
+    Test(TestArgs),
     /// Inspect or retry the queued deliveries in a state folder (the engine may be running).
     Deliveries(DeliveriesArgs),
     /// Create a hook folder in a language of your choice that builds with `./build.sh`
@@ -233,6 +237,19 @@ pub(crate) struct RunArgs {
     /// Engine settings file (TOML), for limits.
     #[arg(long, env = "WASMHOOKS_CONFIG")]
     pub(crate) config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub(crate) struct TestArgs {
+    /// Test files (`NAME.test.toml`, or any `.toml` in a `NAME.tests/`
+    /// folder), or folders holding them. Defaults to the current folder.
+    pub(crate) paths: Vec<PathBuf>,
+    /// Engine settings file (TOML), for limits.
+    #[arg(long, env = "WASMHOOKS_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// Also write the results as JUnit XML to this file, for CI.
+    #[arg(long, env = "WASMHOOKS_JUNIT")]
+    pub(crate) junit: Option<PathBuf>,
 }
 
 #[derive(Args)]

@@ -2,7 +2,8 @@
 //! an env var) and turns it into settings; each command is a file that runs
 //! it on the library: `serve` (with `demo`, the sample events, and `systemd`,
 //! readiness and reload), `run` (a dry
-//! run), `check`, `deliveries` and `new` (a hook's folder from a template).
+//! run), `check`, `test` (a hook's test cases), `deliveries` and `new` (a
+//! hook's folder from a template).
 //! Logging, and traces, are set up here (`telemetry`), and only here.
 
 mod check;
@@ -14,6 +15,7 @@ mod run;
 mod serve;
 mod systemd;
 mod telemetry;
+mod test;
 
 use clap::Parser;
 use cli::{Cli, Command};
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
             Command::Run(args) => run::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::New(args) => new::command(args).map(|()| ExitCode::SUCCESS),
             Command::Check(args) => check::check(args).await,
+            Command::Test(args) => test::test(args).await,
             Command::Deliveries(args) => deliveries::deliveries(args)
                 .await
                 .map(|()| ExitCode::SUCCESS),

@@ -95,30 +95,44 @@ pub fn new(lang: Lang, name: &str, parent: &Path) -> Result<PathBuf> {
         Lang::Zig => example!("zig", "filter.zig", "filter.wasm"),
         Lang::Assemblyscript => example!("assemblyscript", "deny.ts", "deny.wasm"),
     };
-    let (settings, event, what) = match lang {
-        Lang::Rust | Lang::C => (
+    // Each kind of example with its sample event and the test cases that
+    // hold for it as it comes (`templates/new/tests/`).
+    let (settings, event, tests, what) = match lang {
+        Lang::Rust => (
             "[settings]\nurl = \"https://ci.example/hooks/xo\"\n".to_owned(),
             include_str!("../../../tests/fixtures/xo/vm.start.post.json"),
+            include_str!("../../../templates/new/tests/forward.test.toml"),
+            "forwards each vm.* post event's payload to `url`",
+        ),
+        // The C example forwards every method unless told which.
+        Lang::C => (
+            "[settings]\nurl = \"https://ci.example/hooks/xo\"\nmethods = [\"vm.*\"]\n".to_owned(),
+            include_str!("../../../tests/fixtures/xo/vm.start.post.json"),
+            include_str!("../../../templates/new/tests/forward.test.toml"),
             "forwards each vm.* post event's payload to `url`",
         ),
         Lang::Python | Lang::Go => (
             "[settings]\nurl = \"https://hooks.slack.com/services/T000/B000/XXXX\"\n".to_owned(),
             include_str!("../../../tests/fixtures/xo/vm.start.post.json"),
+            include_str!("../../../templates/new/tests/slack.test.toml"),
             "sends one Slack message per vm.* call",
         ),
         Lang::Js => (
             "[settings]\nprotected = [\"0a9b8c7d-6e5f-4a3b-2c1d-0e9f8a7b6c5d\"]\n".to_owned(),
             include_str!("../../../tests/fixtures/xo/vm.delete.pre.json"),
+            include_str!("../../../templates/new/tests/deny.test.toml"),
             "vetoes vm.delete and vm.stop on protected VMs",
         ),
         Lang::Zig => (
             include_str!("../../../guest-examples/zig/filter.toml").to_owned(),
             include_str!("../../../tests/fixtures/xo/vm.migrate.post.error.json"),
+            include_str!("../../../templates/new/tests/filter.test.toml"),
             "a WASI command hook: pages post events that carry an `error`",
         ),
         Lang::Assemblyscript => (
             include_str!("../../../guest-examples/assemblyscript/deny.toml").to_owned(),
             include_str!("../../../tests/fixtures/xo/vm.delete.pre.json"),
+            include_str!("../../../templates/new/tests/deny.test.toml"),
             "a WASI command hook: vetoes vm.delete and vm.stop on protected VMs",
         ),
     };
@@ -128,12 +142,15 @@ pub fn new(lang: Lang, name: &str, parent: &Path) -> Result<PathBuf> {
     files.push(("event.json", event.to_owned()));
     let toml = format!("{name}.toml");
     files.push((&toml, settings));
+    let test = format!("{name}.test.toml");
+    files.push((&test, tests.to_owned()));
     let readme = format!(
         "# {name}\n\nA wasmhooks hook in {lang:?} that {what}. Edit it to taste.\n\n\
          Build it (the toolchain comes from the wasmhooks repository's \
          `scripts/install-guest-toolchains.sh`; put its `.toolchains/bin` on PATH), \
-         then try it on the sample event:\n\n\
-         ```sh\n./build.sh\nwasmhooks run {wasm} --event event.json\n```\n\n\
+         then try it on the sample event, and run its test cases ({test}: each \
+         an event and what the hook must do with it; add yours):\n\n\
+         ```sh\n./build.sh\nwasmhooks run {wasm} --event event.json\nwasmhooks test\n```\n\n\
          Deploy it by copying `{wasm}` and `{toml}` into the engine's hooks folder \
          (write to a temporary name, then rename). The guide: docs/writing-hooks.md \
          in the wasmhooks repository.\n"
@@ -147,6 +164,17 @@ pub fn new(lang: Lang, name: &str, parent: &Path) -> Result<PathBuf> {
         std::fs::write(&path, content).with_context(|| format!("writing {}", path.display()))?;
     }
     let script = dir.join("build.sh");
+    // The next steps, where an author looks first.
+    let next = format!(
+        "\n# Then: `wasmhooks run {wasm} --event event.json` shows what it does with the\n\
+         # sample event, and `wasmhooks test` runs the cases of {test}.\n"
+    );
+    let mut build = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&script)
+        .with_context(|| format!("writing {}", script.display()))?;
+    std::io::Write::write_all(&mut build, next.as_bytes())
+        .with_context(|| format!("writing {}", script.display()))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
         .with_context(|| format!("making {} executable", script.display()))?;
@@ -157,7 +185,7 @@ pub fn new(lang: Lang, name: &str, parent: &Path) -> Result<PathBuf> {
 pub(crate) fn command(args: NewArgs) -> Result<()> {
     let dir = new(args.lang, &args.name, &args.dir)?;
     println!(
-        "created {dir}\nnext: cd {dir} && ./build.sh && wasmhooks run {name}.wasm --event event.json",
+        "created {dir}\nnext: cd {dir} && ./build.sh && wasmhooks run {name}.wasm --event event.json && wasmhooks test",
         dir = dir.display(),
         name = args.name
     );

@@ -79,7 +79,20 @@ fn passing_cases_pass() {
         "misbehave",
         Some("deadline_ms = 100\n[settings]\nmode = \"loop\"\n"),
     );
+    // More cases of deny, in a folder of them.
+    std::fs::create_dir(dir.join("deny.tests")).unwrap();
     let files = [
+        (
+            "deny.tests/stop.test.toml",
+            r#"
+[[case]]
+name = "a protected VM cannot be stopped either"
+event = "../fixtures/vm.delete.pre.json"
+set = { method = "vm.stop" }
+expect = { allowed = false }
+"#
+            .to_owned(),
+        ),
         (
             "deny.test.toml",
             format!(
@@ -162,12 +175,13 @@ expect = { failure = "timeout", message = "*deadline*" }
     let report = text(&out);
     assert!(out.status.success(), "{report}");
     assert!(
-        report.contains("8 cases in 4 files: 8 passed, 0 failed"),
+        report.contains("9 cases in 5 files: 9 passed, 0 failed"),
         "{report}"
     );
     for says in [
         "deny.test.toml\n  ok    a protected VM cannot be deleted",
         "spin.test.toml\n  ok    a hook that loops is stopped at its deadline",
+        "deny.tests/stop.test.toml\n  ok    a protected VM cannot be stopped either",
     ] {
         assert!(report.contains(says), "{says:?} in:\n{report}");
     }
@@ -175,20 +189,22 @@ expect = { failure = "timeout", message = "*deadline*" }
     let junit = quick_junit::Report::deserialize_from_str(&xml).unwrap();
     assert_eq!(
         (junit.tests, junit.failures, junit.errors),
-        (8, 0, 0),
+        (9, 0, 0),
         "{xml}"
     );
-    assert_eq!(junit.test_suites.len(), 4);
+    assert_eq!(junit.test_suites.len(), 5);
 }
 
 /// Cases that do not hold: each fails with what was expected against what
-/// the hook did, the others still run, the command exits non-zero, and the
-/// JUnit XML says which failed and why.
+/// the hook did, the others still run, and so do the files after one that
+/// cannot run (its hook missing); the command exits 2 (1 for failures
+/// alone), and the JUnit XML says which failed and why.
 #[test]
 fn failing_cases_fail_and_say_why() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     examples(dir);
+    std::fs::write(dir.join("broken.wasm"), b"not WebAssembly").unwrap();
     let cases = [
         (
             "deny.test.toml",
@@ -202,6 +218,11 @@ expect = { allowed = true }
 name = "holds"
 event = "fixtures/vm.delete.pre.json"
 expect = { allowed = false }
+
+[[case]]
+name = "claims an answer on an event it does not subscribe to"
+event = "fixtures/vm.start.pre.json"
+expect = { allowed = true, deliveries = 0 }
 "#,
         ),
         (
@@ -221,48 +242,74 @@ event = "fixtures/vm.start.post.json"
 expect = { failure = "timeout" }
 "#,
         ),
+        (
+            "broken.test.toml",
+            r#"
+[[case]]
+name = "claims setup refuses, when it does not even load"
+event = "fixtures/vm.start.post.json"
+expect = { failure = "setup" }
+"#,
+        ),
+        (
+            "missing.test.toml",
+            r#"
+hook = "nowhere.wasm"
+[[case]]
+name = "cannot run"
+event = "fixtures/vm.start.post.json"
+expect = { deliveries = 0 }
+"#,
+        ),
     ];
     for (file, cases) in cases {
         std::fs::write(dir.join(file), cases).unwrap();
     }
     let out = wasmhooks_test(dir, &["--junit", "report.xml"]);
     let report = text(&out);
-    assert!(!out.status.success(), "{report}");
+    assert_eq!(out.status.code(), Some(2), "{report}");
     for says in [
-        "4 cases in 2 files: 1 passed, 3 failed",
+        "6 cases in 4 files: 1 passed, 5 failed; 1 file could not run",
         "FAIL  claims a protected VM may be deleted",
         "expected allowed, got denied: \"VM 0a9b8c7d-6e5f-4a3b-2c1d-0e9f8a7b6c5d is protected",
         "ok    holds",
+        "expected an answer from the hook, but it was not called",
         "delivery 1: expected a URL like \"https://elsewhere.example/*\", got \"https://ci.example/hooks/xo\"",
         "delivery 1: expected the body to hold {\"method\":\"vm.stop\"}, but at /method it has \"vm.start\"",
-        "expected failure timeout, got allowed, with 1 deliveries",
+        "expected failure timeout, got allowed, with 1 delivery",
+        "expected failure setup, got failure load",
+        "missing.test.toml\n  ERROR test file missing.test.toml: the hook nowhere.wasm is not there",
     ] {
         assert!(report.contains(says), "{says:?} in:\n{report}");
     }
     let xml = std::fs::read_to_string(dir.join("report.xml")).unwrap();
     let junit = quick_junit::Report::deserialize_from_str(&xml).unwrap();
-    assert_eq!((junit.tests, junit.failures), (4, 3), "{xml}");
-    let failed: Vec<_> = junit
-        .test_suites
-        .iter()
-        .flat_map(|s| &s.test_cases)
-        .filter_map(|c| match &c.status {
-            quick_junit::TestCaseStatus::NonSuccess { message, .. } => {
-                Some((c.name.to_string(), message.as_ref().map(|m| m.to_string())))
-            }
-            _ => None,
-        })
-        .collect();
-    assert_eq!(failed.len(), 3, "{failed:?}");
-    let (name, message) = &failed[0];
-    assert_eq!(name, "claims a protected VM may be deleted");
-    assert!(
-        message
-            .as_deref()
-            .unwrap_or("")
-            .starts_with("expected allowed, got denied"),
-        "{message:?}"
+    assert_eq!(
+        (junit.tests, junit.failures, junit.errors),
+        (7, 5, 1),
+        "{xml}"
     );
+    let message_of = |name: &str| {
+        let case = junit
+            .test_suites
+            .iter()
+            .flat_map(|s| &s.test_cases)
+            .find(|c| c.name.as_str() == name)
+            .unwrap_or_else(|| panic!("no case {name} in {xml}"));
+        match &case.status {
+            quick_junit::TestCaseStatus::NonSuccess { message, .. } => {
+                message.as_ref().map(|m| m.to_string()).unwrap_or_default()
+            }
+            _ => panic!("{name} passed: {xml}"),
+        }
+    };
+    let message = message_of("claims a protected VM may be deleted");
+    assert!(
+        message.starts_with("expected allowed, got denied"),
+        "{message}"
+    );
+    let message = message_of("(the test file)");
+    assert!(message.contains("nowhere.wasm is not there"), "{message}");
 }
 
 /// A malformed test file is an error naming the file and the line, and so
@@ -282,6 +329,10 @@ fn a_malformed_test_file_is_named_with_its_line() {
             "alowed",
         ),
         ("# no cases\n", "no cases"),
+        (
+            "[[case]]\nname = \"a\"\nevent = \"fixtures/vm.delete.pre.json\"\nset = { params.id = \"x\" }\nexpect = { allowed = true }\n",
+            "quote a dotted path",
+        ),
     ];
     for (content, says) in files {
         std::fs::write(dir.join("deny.test.toml"), content).unwrap();

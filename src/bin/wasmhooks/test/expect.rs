@@ -50,6 +50,22 @@ pub(crate) fn differences(expect: &Expect, ran: &Ran) -> Vec<String> {
             false => format!("expected the hook not to be called, got {}", summary(run)),
         });
     }
+    // What the hook answered cannot be checked on an event it was not given:
+    // a case about its answer would otherwise pass on a broken subscription.
+    let about_answer = expect.allowed.is_some()
+        || expect.reason.is_some()
+        || expect.deliveries.is_some()
+        || !expect.delivery.is_empty();
+    if !run.matches && about_answer {
+        if expect.called.is_none() {
+            out.push(
+                "expected an answer from the hook, but it was not called (the event is not \
+                 in its subscription)"
+                    .into(),
+            );
+        }
+        return out;
+    }
     let (deny, deliveries) = match &run.outcome {
         Some(o) => (o.deny.as_deref(), &o.deliveries[..]),
         None => (None, &[][..]),
@@ -159,11 +175,15 @@ fn pointer<'a>(value: &'a Value, at: &str) -> Option<&'a Value> {
     }
 }
 
-/// A failure's word, as a case names it.
+/// A failure's word, as a case names it: how the call failed; `setup`
+/// when the hook's `setup` failed (refused its settings, trapped, timed
+/// out); `load` when it failed before (unreadable, not a component, not of
+/// the hook world, settings the engine refuses).
 fn kind_of(e: &Error) -> &'static str {
     match e {
         Error::Call(call) => call.kind(),
-        _ => "setup",
+        Error::Load(load) if load.stage == wasmhooks::Stage::Setup => "setup",
+        _ => "load",
     }
 }
 
@@ -173,7 +193,10 @@ fn summary(run: &DryRun) -> String {
         None => "not called (the event is not in its subscription)".into(),
         Some(o) => match &o.deny {
             Some(reason) => format!("a veto: {reason:?}"),
-            None => format!("allowed, with {} deliveries", o.deliveries.len()),
+            None => match o.deliveries.len() {
+                1 => "allowed, with 1 delivery".into(),
+                n => format!("allowed, with {n} deliveries"),
+            },
         },
     }
 }

@@ -77,8 +77,10 @@ pub(crate) struct Expect {
     #[serde(default)]
     pub(crate) delivery: Vec<ExpectDelivery>,
     /// The call fails, this way: `timeout`, `memory`, `trap`, `error` (the
-    /// hook returned one), `bad-outcome`, or `setup` (setup refused its
-    /// settings, or the hook did not load).
+    /// hook returned one), `bad-outcome` (beyond the engine's caps),
+    /// `internal`, `setup` (its `setup` refused the settings, trapped or
+    /// timed out), or `load` (it failed before: unreadable, not a
+    /// component, not of the hook world, settings the engine refuses).
     pub(crate) failure: Option<String>,
     /// The failure's message, as a glob.
     pub(crate) message: Option<String>,
@@ -101,7 +103,7 @@ pub(crate) struct ExpectDelivery {
 }
 
 /// The failures a case may expect.
-pub(crate) const FAILURES: [&str; 7] = [
+pub(crate) const FAILURES: [&str; 8] = [
     "timeout",
     "memory",
     "trap",
@@ -109,6 +111,7 @@ pub(crate) const FAILURES: [&str; 7] = [
     "bad-outcome",
     "internal",
     "setup",
+    "load",
 ];
 
 impl TestFile {
@@ -156,6 +159,15 @@ impl Case {
             EventSource::Inline(table) => json_of(&toml::Value::Table(table.clone())),
         };
         for (path, value) in &self.set {
+            // `set = { params.id = "x" }` is TOML for `{ params = { id = "x" } }`:
+            // it would replace all of `params`.
+            if value.is_table() {
+                bail!(
+                    "case {:?}: set {path:?} is a table, which would replace the whole field; \
+                     quote a dotted path instead: set = {{ \"{path}.…\" = … }}",
+                    self.name
+                );
+            }
             set(&mut event, path, json_of(value))
                 .with_context(|| format!("case {:?}: set {path:?}", self.name))?;
         }

@@ -10,6 +10,11 @@ pub(crate) fn write(path: &Path, results: &[FileResult]) -> Result<()> {
     let mut report = Report::new("wasmhooks test");
     for file in results {
         let mut suite = TestSuite::new(super::shown(&file.file).display().to_string());
+        if let Some(error) = &file.error {
+            let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
+            status.set_message(error.as_str());
+            suite.add_test_case(TestCase::new("(the test file)", status));
+        }
         for case in &file.cases {
             let status = match case.differences.first() {
                 None => TestCaseStatus::success(),

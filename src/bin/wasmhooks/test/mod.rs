@@ -33,6 +33,8 @@ pub(crate) fn shown(path: &Path) -> &Path {
 pub(crate) struct FileResult {
     pub(crate) file: PathBuf,
     pub(crate) cases: Vec<CaseResult>,
+    /// Why the file could not run (malformed, its hook or an event missing).
+    pub(crate) error: Option<String>,
 }
 
 pub(crate) async fn test(args: TestArgs) -> Result<ExitCode> {
@@ -45,28 +47,48 @@ pub(crate) async fn test(args: TestArgs) -> Result<ExitCode> {
     let files: Vec<PathBuf> = files.iter().map(|f| shown(f).to_owned()).collect();
     let mut results = Vec::new();
     for file in files {
-        let result = run_file(&config, &file).await?;
+        // A broken test file (or a missing hook) is reported, and the
+        // other files still run.
+        let result = run_file(&config, &file)
+            .await
+            .unwrap_or_else(|e| FileResult {
+                file: file.clone(),
+                cases: Vec::new(),
+                error: Some(format!("{e:#}")),
+            });
         print(&result);
         results.push(result);
     }
     let cases: Vec<&CaseResult> = results.iter().flat_map(|r| &r.cases).collect();
     let failed = cases.iter().filter(|c| !c.differences.is_empty()).count();
-    let files = match results.len() {
-        1 => "1 file".to_owned(),
-        n => format!("{n} files"),
-    };
+    let broken = results.iter().filter(|r| r.error.is_some()).count();
     println!(
-        "{} cases in {files}: {} passed, {failed} failed",
-        cases.len(),
-        cases.len() - failed
+        "{} in {}: {} passed, {failed} failed{}",
+        count(cases.len(), "case"),
+        count(results.len(), "file"),
+        cases.len() - failed,
+        match broken {
+            0 => String::new(),
+            n => format!("; {} could not run", count(n, "file")),
+        }
     );
     if let Some(path) = &args.junit {
         junit::write(path, &results)?;
     }
-    Ok(match failed {
-        0 => ExitCode::SUCCESS,
-        _ => ExitCode::FAILURE,
+    // 1: a case failed; 2: a test file could not run.
+    Ok(match (broken, failed) {
+        (0, 0) => ExitCode::SUCCESS,
+        (0, _) => ExitCode::FAILURE,
+        _ => ExitCode::from(2),
     })
+}
+
+/// `n` things, in English.
+fn count(n: usize, thing: &str) -> String {
+    match n {
+        1 => format!("1 {thing}"),
+        n => format!("{n} {thing}s"),
+    }
 }
 
 /// The test files named: files as they are; in a folder, each
@@ -79,18 +101,16 @@ fn test_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
             continue;
         }
         let mut found = Vec::new();
-        for entry in read_dir(path)? {
-            let name = entry.file_name().map(|n| n.to_string_lossy().into_owned());
-            let name = name.unwrap_or_default();
-            if entry.is_file() && name.ends_with(".test.toml") {
-                found.push(entry);
-            } else if entry.is_dir() && name.ends_with(".tests") {
-                let tomls = read_dir(&entry)?;
-                found.extend(
-                    tomls
-                        .into_iter()
-                        .filter(|f| f.is_file() && f.extension().is_some_and(|e| e == "toml")),
-                );
+        if is_tests_folder(path) {
+            found = tomls_in(path)?;
+        } else {
+            for entry in read_dir(path)? {
+                let name = entry.file_name().unwrap_or_default().to_string_lossy();
+                if entry.is_file() && name.ends_with(".test.toml") {
+                    found.push(entry.clone());
+                } else if entry.is_dir() && is_tests_folder(&entry) {
+                    found.extend(tomls_in(&entry)?);
+                }
             }
         }
         if found.is_empty() {
@@ -102,6 +122,21 @@ fn test_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
         files.extend(found);
     }
     Ok(files)
+}
+
+/// Whether `dir` is a `NAME.tests/` folder: each `.toml` in it is a test
+/// file of `NAME.wasm`.
+fn is_tests_folder(dir: &Path) -> bool {
+    dir.file_name()
+        .is_some_and(|n| n.to_string_lossy().ends_with(".tests"))
+}
+
+/// The `.toml` files of a `NAME.tests/` folder.
+fn tomls_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let files = read_dir(dir)?.into_iter();
+    Ok(files
+        .filter(|f| f.is_file() && f.extension().is_some_and(|e| e == "toml"))
+        .collect())
 }
 
 /// A folder's entries, sorted.
@@ -127,14 +162,15 @@ fn hook_of(file: &Path, test: &TestFile) -> Result<PathBuf> {
     if let Some(hook) = &test.hook {
         return Ok(dir.join(hook));
     }
-    let name = file.file_name().unwrap_or_default().to_string_lossy();
-    if let Some(hook) = name.strip_suffix(".test.toml") {
-        return Ok(dir.join(format!("{hook}.wasm")));
-    }
+    // A folder of tests first: `deny.tests/protected.test.toml` tests deny.
     let folder = dir.file_name().unwrap_or_default().to_string_lossy();
     if let Some(hook) = folder.strip_suffix(".tests") {
         let parent = dir.parent().unwrap_or(Path::new("."));
         return Ok(parent.join(format!("{hook}.wasm")));
+    }
+    let name = file.file_name().unwrap_or_default().to_string_lossy();
+    if let Some(hook) = name.strip_suffix(".test.toml") {
+        return Ok(dir.join(format!("{hook}.wasm")));
     }
     bail!(
         "test file {}: which hook? name it NAME.test.toml beside NAME.wasm, put it in a \
@@ -192,11 +228,15 @@ async fn run_file(config: &wasmhooks::config::Config, file: &Path) -> Result<Fil
     Ok(FileResult {
         file: file.to_owned(),
         cases,
+        error: None,
     })
 }
 
 fn print(result: &FileResult) {
     println!("{}", shown(&result.file).display());
+    if let Some(error) = &result.error {
+        println!("  ERROR {error}");
+    }
     for case in &result.cases {
         let word = match case.differences.is_empty() {
             true => "ok  ",

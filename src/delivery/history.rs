@@ -56,7 +56,7 @@ pub enum AttemptOutcome {
 
 impl AttemptOutcome {
     /// As the API spells it.
-    pub(crate) fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             AttemptOutcome::Delivered => "delivered",
             AttemptOutcome::Retry => "retry",

@@ -93,8 +93,7 @@ impl Ingest {
             let permit: OwnedSemaphorePermit = self.place().await;
             let ingest = self.clone();
             // A trace of its own: the caller's context is not journaled.
-            let span = super::span_of(&event);
-            span.record("wasmhooks.hooks", hooks.len() as i64);
+            let span = super::span_of(&event, hooks.len());
             let resumed = async move {
                 let (queued, decided) = ingest.run_post(&hooks, &event, &journaled.uid).await;
                 ingest.activity.event(&event, decided, None);

@@ -93,8 +93,9 @@ impl Ingest {
 }
 
 /// The span of an event's path, from acceptance to commit (see
-/// [`crate::trace`]): the caller's trace continued, if it gave one.
-fn span_of(event: &Event) -> tracing::Span {
+/// [`crate::trace`]), with how many hooks it goes to: the caller's trace
+/// continued, if it gave one.
+fn span_of(event: &Event, hooks: usize) -> tracing::Span {
     let span = trace::span(|| {
         tracing::info_span!(
             target: trace::TARGET,
@@ -103,7 +104,7 @@ fn span_of(event: &Event) -> tracing::Span {
             wasmhooks.method = event.method(),
             wasmhooks.phase = %event.phase(),
             wasmhooks.call_id = event.call_id(),
-            wasmhooks.hooks = tracing::field::Empty,
+            wasmhooks.hooks = hooks as i64,
             wasmhooks.allowed = tracing::field::Empty,
         )
     });

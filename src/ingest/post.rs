@@ -17,19 +17,12 @@ impl Ingest {
     /// Accepts a post event (see the module's doc). Waits only when too
     /// many post events are already in progress.
     pub(crate) async fn post(self: &Arc<Self>, event: Event) -> Result<(), IngestError> {
-        let span = span_of(&event);
-        self.post_in_span(&span, event)
-            .instrument(span.clone())
-            .await
+        let hooks = self.registry.snapshot().matching(&event);
+        let span = span_of(&event, hooks.len());
+        self.post_to(hooks, event).instrument(span).await
     }
 
-    async fn post_in_span(
-        self: &Arc<Self>,
-        span: &tracing::Span,
-        mut event: Event,
-    ) -> Result<(), IngestError> {
-        let hooks = self.registry.snapshot().matching(&event);
-        span.record("wasmhooks.hooks", hooks.len() as i64);
+    async fn post_to(self: &Arc<Self>, hooks: Hooks, mut event: Event) -> Result<(), IngestError> {
         if hooks.is_empty() {
             // The engine's own alerts, unwanted, would only push the
             // orchestrator's events out of the console's log.

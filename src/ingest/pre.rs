@@ -4,7 +4,7 @@
 use super::{Ingest, IngestError, caught, span_of};
 use crate::delivery::Delivery;
 use crate::event::{Event, Phase};
-use crate::hooks::LiveHook;
+use crate::hooks::{Hooks, LiveHook};
 use crate::must_finish::MustFinish;
 use crate::outbox::WaitOutcome;
 use crate::queue::Batch;
@@ -16,26 +16,18 @@ impl Ingest {
     /// Runs a pre event through the hooks subscribed to it and returns the
     /// verdict (see the module's doc).
     pub(crate) async fn pre(self: &Arc<Self>, event: Event) -> Result<Verdict, IngestError> {
-        let span = span_of(&event);
-        let verdict = self
-            .pre_in_span(&span, event)
-            .instrument(span.clone())
-            .await;
+        let hooks = self.registry.snapshot().matching(&event);
+        let span = span_of(&event, hooks.len());
+        let verdict = self.pre_to(hooks, event).instrument(span.clone()).await;
         if !span.is_disabled()
             && let Ok(verdict) = &verdict
         {
-            span.record("wasmhooks.allowed", verdict.allowed().allowed);
+            span.record("wasmhooks.allowed", verdict.allowed);
         }
         verdict
     }
 
-    async fn pre_in_span(
-        self: &Arc<Self>,
-        span: &tracing::Span,
-        event: Event,
-    ) -> Result<Verdict, IngestError> {
-        let hooks = self.registry.snapshot().matching(&event);
-        span.record("wasmhooks.hooks", hooks.len() as i64);
+    async fn pre_to(self: &Arc<Self>, hooks: Hooks, event: Event) -> Result<Verdict, IngestError> {
         if hooks.is_empty() {
             // No WASM call, nothing to queue: nothing to recognise either.
             let verdict = run::decide(&hooks, Vec::new()).verdict;

@@ -29,6 +29,20 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// Fails unless the report says each of `lines`.
+fn says(report: &str, lines: &[&str]) {
+    for says in lines {
+        assert!(report.contains(says), "{says:?} in:\n{report}");
+    }
+}
+
+/// The JUnit XML the run wrote in `dir`, and as read back.
+fn junit_in(dir: &Path) -> (String, quick_junit::Report) {
+    let xml = std::fs::read_to_string(dir.join("report.xml")).unwrap();
+    let junit = quick_junit::Report::deserialize_from_str(&xml).unwrap();
+    (xml, junit)
+}
+
 /// The XO fixtures the cases read, in `dir/fixtures/`, and the deny and
 /// forward examples with their settings.
 fn examples(dir: &Path) {
@@ -174,19 +188,16 @@ expect = { failure = "timeout", message = "*deadline*" }
     let out = wasmhooks_test(dir, &["--junit", "report.xml"]);
     let report = text(&out);
     assert!(out.status.success(), "{report}");
-    assert!(
-        report.contains("9 cases in 5 files: 9 passed, 0 failed"),
-        "{report}"
+    says(
+        &report,
+        &[
+            "9 cases in 5 files: 9 passed, 0 failed",
+            "deny.test.toml\n  ok    a protected VM cannot be deleted",
+            "spin.test.toml\n  ok    a hook that loops is stopped at its deadline",
+            "deny.tests/stop.test.toml\n  ok    a protected VM cannot be stopped either",
+        ],
     );
-    for says in [
-        "deny.test.toml\n  ok    a protected VM cannot be deleted",
-        "spin.test.toml\n  ok    a hook that loops is stopped at its deadline",
-        "deny.tests/stop.test.toml\n  ok    a protected VM cannot be stopped either",
-    ] {
-        assert!(report.contains(says), "{says:?} in:\n{report}");
-    }
-    let xml = std::fs::read_to_string(dir.join("report.xml")).unwrap();
-    let junit = quick_junit::Report::deserialize_from_str(&xml).unwrap();
+    let (xml, junit) = junit_in(dir);
     assert_eq!(
         (junit.tests, junit.failures, junit.errors),
         (9, 0, 0),
@@ -268,22 +279,22 @@ expect = { deliveries = 0 }
     let out = wasmhooks_test(dir, &["--junit", "report.xml"]);
     let report = text(&out);
     assert_eq!(out.status.code(), Some(2), "{report}");
-    for says in [
-        "6 cases in 4 files: 1 passed, 5 failed; 1 file could not run",
-        "FAIL  claims a protected VM may be deleted",
-        "expected allowed, got denied: \"VM 0a9b8c7d-6e5f-4a3b-2c1d-0e9f8a7b6c5d is protected",
-        "ok    holds",
-        "expected an answer from the hook, but it was not called",
-        "delivery 1: expected a URL like \"https://elsewhere.example/*\", got \"https://ci.example/hooks/xo\"",
-        "delivery 1: expected the body to hold {\"method\":\"vm.stop\"}, but at /method it has \"vm.start\"",
-        "expected failure timeout, got allowed, with 1 delivery",
-        "expected failure setup, got failure load",
-        "missing.test.toml\n  ERROR test file missing.test.toml: the hook nowhere.wasm is not there",
-    ] {
-        assert!(report.contains(says), "{says:?} in:\n{report}");
-    }
-    let xml = std::fs::read_to_string(dir.join("report.xml")).unwrap();
-    let junit = quick_junit::Report::deserialize_from_str(&xml).unwrap();
+    says(
+        &report,
+        &[
+            "6 cases in 4 files: 1 passed, 5 failed; 1 file could not run",
+            "FAIL  claims a protected VM may be deleted",
+            "expected allowed, got denied: \"VM 0a9b8c7d-6e5f-4a3b-2c1d-0e9f8a7b6c5d is protected",
+            "ok    holds",
+            "expected an answer from the hook, but it was not called",
+            "delivery 1: expected a URL like \"https://elsewhere.example/*\", got \"https://ci.example/hooks/xo\"",
+            "delivery 1: expected the body to hold {\"method\":\"vm.stop\"}, but at /method it has \"vm.start\"",
+            "expected failure timeout, got allowed, with 1 delivery",
+            "expected failure setup, got failure load",
+            "missing.test.toml\n  ERROR test file missing.test.toml: the hook nowhere.wasm is not there",
+        ],
+    );
+    let (xml, junit) = junit_in(dir);
     assert_eq!(
         (junit.tests, junit.failures, junit.errors),
         (7, 5, 1),

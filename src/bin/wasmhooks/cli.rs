@@ -271,6 +271,14 @@ pub(crate) fn load_config(file: Option<&Path>) -> Result<Config> {
     toml::from_str(&text).with_context(|| format!("config file {} is not valid", file.display()))
 }
 
+/// A hook's settings file (`NAME.toml`), read and checked.
+pub(crate) fn load_hook_settings(file: &Path) -> Result<wasmhooks::config::HookConfig> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read settings file {}", file.display()))?;
+    wasmhooks::config::HookConfig::from_toml(&text)
+        .with_context(|| format!("settings file {} is not valid", file.display()))
+}
+
 /// Applies `--queue`: `sqlite`, `memory` or a NATS URL.
 pub(crate) fn set_queue(config: &mut Config, queue: &str) -> Result<()> {
     use wasmhooks::config::{NatsConfig, QueueConfig};

@@ -148,11 +148,7 @@ fn show(detail: &wasmhooks::DeliveryDetail) {
     for (n, a) in detail.history.iter().enumerate() {
         let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(a.at_ms);
         let status = a.status.map_or("-".to_owned(), |s| s.to_string());
-        let outcome = match a.outcome {
-            wasmhooks::AttemptOutcome::Delivered => "delivered",
-            wasmhooks::AttemptOutcome::Retry => "retry",
-            wasmhooks::AttemptOutcome::Dead => "dead",
-        };
+        let outcome = a.outcome.as_str();
         println!(
             "\n#{} {}  {outcome}  status {status}  {} ms  by {}",
             n + 1,

@@ -1,9 +1,8 @@
 //! `wasmhooks run`: one hook on one event, nothing sent.
 
-use crate::cli::{RunArgs, load_config};
+use crate::cli::{RunArgs, load_config, load_hook_settings};
 use anyhow::{Context, Result};
 use wasmhooks::Event;
-use wasmhooks::config::HookConfig;
 
 pub(crate) async fn run(args: RunArgs) -> Result<()> {
     let config = load_config(args.config.as_deref())?;
@@ -11,17 +10,11 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
         .with_context(|| format!("cannot read event file {}", args.event.display()))?;
     let event =
         Event::from_json(&bytes).with_context(|| format!("event file {}", args.event.display()))?;
-    let settings = match &args.settings {
-        None => None,
-        Some(file) => {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("cannot read settings file {}", file.display()))?;
-            Some(
-                HookConfig::from_toml(&text)
-                    .with_context(|| format!("settings file {} is not valid", file.display()))?,
-            )
-        }
-    };
+    let settings = args
+        .settings
+        .as_deref()
+        .map(load_hook_settings)
+        .transpose()?;
     let result = wasmhooks::dry_run(&config, &args.hook, settings, &event).await?;
     println!("{}", serde_json::to_string_pretty(&result)?);
     Ok(())

@@ -7,7 +7,7 @@ mod expect;
 mod file;
 mod junit;
 
-use crate::cli::{TestArgs, load_config};
+use crate::cli::{TestArgs, load_config, load_hook_settings};
 use anyhow::{Context, Result, bail};
 use file::TestFile;
 use std::path::{Path, PathBuf};
@@ -195,12 +195,7 @@ async fn run_file(config: &wasmhooks::config::Config, file: &Path) -> Result<Fil
         None => Some(hook.with_extension("toml")).filter(|f| f.is_file()),
     };
     let settings = match &settings_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read settings file {}", path.display()))?;
-            HookConfig::from_toml(&text)
-                .with_context(|| format!("settings file {} is not valid", path.display()))?
-        }
+        Some(path) => load_hook_settings(path)?,
         None => HookConfig::default(),
     };
     let mut cases = Vec::with_capacity(test.cases.len());

@@ -6,7 +6,7 @@ use crate::config::{Config, HookConfig};
 use crate::delivery::new_uid;
 use crate::error::Error;
 use crate::event::Event;
-use crate::hooks::Registry;
+use crate::hooks::{LiveHook, Registry, SettingsFrom};
 use crate::run::Runner;
 use crate::sandbox::{Sandbox, Subscription};
 use serde::Serialize;
@@ -46,14 +46,12 @@ pub struct DryDelivery {
     pub body: serde_json::Value,
 }
 
-/// Loads one hook file with its `NAME.toml` (or `settings` if given), runs
-/// `setup` and, if the event matches, `handle`. Sends nothing.
-pub async fn dry_run(
+/// Loads one hook file with its settings in a sandbox of its own, with what runs it: a dry run's, or a simulation's.
+pub(crate) async fn load_alone(
     config: &Config,
     wasm: &Path,
-    settings: Option<HookConfig>,
-    event: &Event,
-) -> Result<DryRun, Error> {
+    settings: SettingsFrom,
+) -> Result<(Runner, LiveHook), Error> {
     let sandbox = Arc::new(Sandbox::new(config)?);
     let registry = Registry::new(
         sandbox.clone(),
@@ -62,11 +60,22 @@ pub async fn dry_run(
         Arc::new(Alerts::off()),
     );
     let hook = registry.load(wasm, settings).await?;
+    Ok((Runner::new(sandbox, config, Default::default()), hook))
+}
+
+/// Loads one hook file with its `NAME.toml` (or `settings` if given), runs
+/// `setup` and, if the event matches, `handle`. Sends nothing.
+pub async fn dry_run(
+    config: &Config,
+    wasm: &Path,
+    settings: Option<HookConfig>,
+    event: &Event,
+) -> Result<DryRun, Error> {
+    let settings = settings.map_or(SettingsFrom::Beside, SettingsFrom::Given);
+    let (runner, hook) = load_alone(config, wasm, settings).await?;
     let matches = hook.wants(event);
     let outcome = if matches {
-        let decision = Runner::new(sandbox, config, Default::default())
-            .run(&hook, event, &new_uid())
-            .await?;
+        let decision = runner.run(&hook, event, &new_uid()).await?;
         Some(DryOutcome {
             deliveries: decision
                 .deliveries

@@ -2,6 +2,7 @@
 
 use crate::activity::{Activity, EventActivity, ReceiverFailure, SeriesView};
 use crate::alerts::Alerts;
+use crate::archive::{Archive, Archiver};
 use crate::config::Config;
 use crate::coverage::{Coverage, CoverageError, CoverageReport, ReporterStatus};
 use crate::delivery::Sender;
@@ -157,6 +158,14 @@ impl Engine {
             dedup_window,
             recent: Default::default(),
             activity: activity.clone(),
+            archive: config.archive.as_ref().map(|archive| {
+                Archiver::start(
+                    queue.clone(),
+                    archive,
+                    metrics.archived.clone(),
+                    metrics.archive_lost.clone(),
+                )
+            }),
         });
         ingest.resume_journal().await?;
         let sources = Sources::start(&config.sources, &ingest, &metrics, &alerts)?;
@@ -430,6 +439,15 @@ impl Engine {
             tracing::warn!("cannot hand back the deliveries this engine held: {e}");
         }
         done
+    }
+
+    /// The archive of accepted events (`[archive]`), if it is on.
+    pub fn archive(&self) -> Option<Archive> {
+        self.inner
+            .config
+            .archive
+            .as_ref()
+            .map(|_| Archive::of(self.inner.queue.clone()))
     }
 
     /// The settings the engine runs with.

@@ -69,6 +69,9 @@ pub enum Error {
     /// The durable queue (state database) failed: the event was not accepted.
     #[error(transparent)]
     Queue(#[from] crate::queue::QueueError),
+    /// The archive could not be read.
+    #[error(transparent)]
+    Archive(#[from] crate::archive::ArchiveError),
     /// A source (`[sources]`) could not start: its token or CA file.
     #[error(transparent)]
     Source(#[from] crate::sources::SourceError),

@@ -108,6 +108,7 @@
 
 pub mod activity;
 mod alerts;
+mod archive;
 pub mod config;
 pub mod coverage;
 mod delivery;
@@ -126,10 +127,12 @@ mod run;
 mod sandbox;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod simulate;
 pub mod sources;
 pub mod trace;
 mod util;
 
+pub use archive::{Archive, ArchiveError, ArchivedEvent};
 pub use delivery::{AttemptOutcome, AttemptRecord, Circuit};
 pub use dry_run::{DryDelivery, DryOutcome, DryRun, dry_run};
 pub use engine::{Engine, ReceiverStatus};

@@ -113,6 +113,10 @@ pub(crate) struct Metrics {
     source_events: Family<SourceEventLabel, Counter>,
     source_failures: Family<SourceFailureLabel, Counter>,
     source_resyncs: Family<SourceLabel, Counter>,
+    /// Events written to the archive.
+    pub archived: Counter,
+    /// Events not archived: its writer was behind, or the write failed.
+    pub archive_lost: Counter,
 }
 
 impl Default for Metrics {
@@ -141,6 +145,8 @@ impl Default for Metrics {
             source_events: Family::default(),
             source_failures: Family::default(),
             source_resyncs: Family::default(),
+            archived: Counter::default(),
+            archive_lost: Counter::default(),
         };
         let r = &mut m.registry;
         r.register("hook_calls", "Events handed to a hook", m.calls.clone());
@@ -239,6 +245,16 @@ impl Default for Metrics {
             "source_resyncs",
             "Times a source compared a fresh listing after a gap",
             m.source_resyncs.clone(),
+        );
+        r.register(
+            "archive_events",
+            "Events written to the archive ([archive])",
+            m.archived.clone(),
+        );
+        r.register(
+            "archive_lost",
+            "Events not archived: the archive's writer was behind, or its write failed",
+            m.archive_lost.clone(),
         );
         m
     }

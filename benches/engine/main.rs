@@ -18,6 +18,7 @@ mod queue;
 mod reload;
 mod setup;
 mod sidecar;
+mod simulate;
 mod traced;
 
 use delivery::{delivery, delivery_profile};
@@ -87,6 +88,9 @@ fn main() {
     }
     if wanted("languages") {
         on_worker(&runtime, languages());
+    }
+    if wanted("simulate") {
+        on_worker(&runtime, simulate::simulate());
     }
 }
 

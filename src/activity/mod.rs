@@ -13,8 +13,8 @@ pub use series::{HookPoint, MAX_NAMED, MINUTES, MinuteView, OTHERS, ReceiverPoin
 
 use crate::event::{Event, Phase};
 use crate::util::truncate;
-use serde::Serialize;
-use std::collections::{HashMap, VecDeque};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 
 /// Events kept in the activity log; the oldest go first.
@@ -31,6 +31,7 @@ pub const FAILURES_PER_RECEIVER: usize = 5;
 pub(crate) const MAX_TEXT: usize = 512;
 
 /// A pre event's verdict, as the log keeps it.
+#[derive(Clone)]
 pub(crate) struct Allowed {
     pub allowed: bool,
     pub denied_by: Option<String>,
@@ -64,22 +65,33 @@ pub struct EventActivity {
 }
 
 /// What one hook decided on one event.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct HookActivity {
     /// The hook.
     pub hook: String,
+    /// The hook's version: the hash of its `.wasm` and `NAME.toml`.
+    #[serde(default)]
+    pub version: String,
     /// What it decided.
     pub decision: Decided,
     /// Deliveries it asked for (queued).
     pub deliveries: usize,
+    /// Those deliveries per receiver (`host:port`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub receivers: BTreeMap<String, usize>,
+    /// For a pre event: whether what it did counts as a veto, its mode
+    /// aside: it vetoed, would have (monitor mode), or failed with
+    /// `on_error = "deny"`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub denies: bool,
     /// The veto's reason, or why the hook failed.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
 
 /// A hook's decision on one event, in a word.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Decided {

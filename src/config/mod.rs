@@ -2,12 +2,15 @@
 //! read once and checked once ([`Config::validate`]), and [`SettingsError`]
 //! when they cannot be used.
 
+mod archive;
 mod delivery;
 mod error;
 mod hook;
 mod queue;
 mod sources;
 
+pub(crate) use archive::ArchiveBounds;
+pub use archive::ArchiveConfig;
 pub use delivery::DeliveryConfig;
 pub use error::SettingsError;
 pub(crate) use hook::HookLimits;
@@ -94,6 +97,10 @@ pub struct Config {
     pub http: HttpConfig,
     /// Event sources the engine reads by itself, such as XO's event stream.
     pub sources: SourcesConfig,
+    /// Keep the accepted events and what the hooks decided, for `wasmhooks
+    /// simulate` and `wasmhooks events export`: off unless `[archive]` is
+    /// there.
+    pub archive: Option<ArchiveConfig>,
 }
 
 impl Default for Config {
@@ -120,6 +127,7 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             http: HttpConfig::default(),
             sources: SourcesConfig::default(),
+            archive: None,
         }
     }
 }
@@ -169,6 +177,9 @@ impl Config {
             xo.validate()?;
         }
         self.sources.system.validate()?;
+        if let Some(archive) = &self.archive {
+            archive.validate()?;
+        }
         if self.dedup_window_secs > MAX_DEDUP_WINDOW_SECS {
             return Err(SettingsError::field(
                 "dedup_window_secs",

@@ -20,9 +20,9 @@ impl Registry {
     pub(crate) async fn load(
         &self,
         wasm: &Path,
-        config: Option<HookConfig>,
+        settings: SettingsFrom,
     ) -> Result<LiveHook, LoadError> {
-        self.build(self.read(wasm, config).await?).await
+        self.build(self.read(wasm, settings).await?).await
     }
 
     /// Reads a hook's files and hashes them, on a blocking thread: the
@@ -31,12 +31,12 @@ impl Registry {
     pub(super) async fn read(
         &self,
         wasm: &Path,
-        config: Option<HookConfig>,
+        settings: SettingsFrom,
     ) -> Result<HookFiles, LoadError> {
         let (wasm, limits) = (wasm.to_owned(), self.limits.clone());
         let name = hook_name(&wasm);
         let file = wasm.clone();
-        tokio::task::spawn_blocking(move || read_files(&wasm, config, &limits))
+        tokio::task::spawn_blocking(move || read_files(&wasm, settings, &limits))
             .await
             .unwrap_or_else(|e| {
                 Err(LoadError {
@@ -191,15 +191,26 @@ impl Registry {
     }
 }
 
-/// Reads `wasm` and its `NAME.toml` (unless `config` is given), checks
-/// the settings, and hashes them.
+/// Where a hook's settings come from, when it is loaded alone (a dry run,
+/// a simulation).
+pub(crate) enum SettingsFrom {
+    /// `NAME.toml` beside the `.wasm`, if there is one, as in the folder.
+    Beside,
+    /// This file, which must exist; its `file:` secrets are relative to
+    /// its folder, and it counts in the version's hash as `NAME.toml` does.
+    File(PathBuf),
+    /// These (not part of the version's hash).
+    Given(HookConfig),
+}
+
+/// Reads `wasm` and its settings (see [`SettingsFrom`]), checks the
+/// settings, and hashes them.
 fn read_files(
     wasm: &Path,
-    config: Option<HookConfig>,
+    settings: SettingsFrom,
     engine: &Limits,
 ) -> Result<HookFiles, LoadError> {
     let name = hook_name(wasm);
-    let toml_path = wasm.with_extension("toml");
     let fail = |file: &Path, stage, reason: String| LoadError {
         hook: name.clone(),
         file: file.to_owned(),
@@ -208,19 +219,26 @@ fn read_files(
     };
     let bytes =
         read_regular(wasm, MAX_WASM_BYTES).map_err(|e| fail(wasm, Stage::Read, e.to_string()))?;
-    let (config, toml_text) = match config {
-        Some(config) => (config, String::new()),
-        None => match read_regular(&toml_path, MAX_TOML_BYTES) {
-            Ok(bytes) => {
-                let text = String::from_utf8(bytes)
-                    .map_err(|_| fail(&toml_path, Stage::Read, "it is not UTF-8 text".into()))?;
-                let config = HookConfig::from_toml(&text)
-                    .map_err(|e| fail(&toml_path, Stage::Settings, e.to_string()))?;
-                (config, text)
+    let (toml_path, must_exist) = match &settings {
+        SettingsFrom::File(path) => (path.clone(), true),
+        _ => (wasm.with_extension("toml"), false),
+    };
+    let (config, toml_text) = match settings {
+        SettingsFrom::Given(config) => (config, String::new()),
+        SettingsFrom::Beside | SettingsFrom::File(_) => {
+            match read_regular(&toml_path, MAX_TOML_BYTES) {
+                Ok(bytes) => {
+                    let text = String::from_utf8(bytes).map_err(|_| {
+                        fail(&toml_path, Stage::Read, "it is not UTF-8 text".into())
+                    })?;
+                    let config = HookConfig::from_toml(&text)
+                        .map_err(|e| fail(&toml_path, Stage::Settings, e.to_string()))?;
+                    (config, text)
+                }
+                Err(e) if e.is_not_found() && !must_exist => (HookConfig::default(), String::new()),
+                Err(e) => return Err(fail(&toml_path, Stage::Read, e.to_string())),
             }
-            Err(e) if e.is_not_found() => (HookConfig::default(), String::new()),
-            Err(e) => return Err(fail(&toml_path, Stage::Read, e.to_string())),
-        },
+        }
     };
     let limits = config
         .limits(engine)

@@ -11,7 +11,7 @@ mod watch;
 
 pub(crate) use error::HooksDirError;
 pub use error::{LoadError, Stage, WatchError};
-pub(crate) use load::{hook_files, hook_name, short};
+pub(crate) use load::{SettingsFrom, hook_files, hook_name, short};
 pub use status::{Abi, HookState, HookStatus};
 pub(crate) use watch::{Watch, WatchOptions};
 
@@ -264,7 +264,7 @@ impl Registry {
         let loads = candidates.iter().map(|(name, wasm, _)| {
             let live_hash = current.live.get(name).map(|h| h.hash.clone());
             async move {
-                let files = self.read(wasm, None).await?;
+                let files = self.read(wasm, SettingsFrom::Beside).await?;
                 if live_hash.as_deref() == Some(files.hash.as_str()) {
                     return Ok(None); // touched, not changed
                 }

@@ -96,7 +96,7 @@ impl Ingest {
             let span = super::span_of(&event, hooks.len());
             let resumed = async move {
                 let (queued, decided) = ingest.run_post(&hooks, &event, &journaled.uid).await;
-                ingest.activity.event(&event, decided, None);
+                ingest.decided(&event, decided, None);
                 ingest
                     .commit_until_done(Batch {
                         ticket,

@@ -25,7 +25,8 @@
 //!   event's notifications, never a post event and never a `wait`
 //!   delivery.
 
-use crate::activity::Activity;
+use crate::activity::{Activity, Allowed, HookActivity};
+use crate::archive::Archiver;
 use crate::event::{Event, Phase};
 use crate::hooks::Registry;
 use crate::must_finish::MustFinish;
@@ -67,6 +68,8 @@ pub(crate) struct Ingest {
     pub recent: Mutex<RecentVerdicts>,
     /// What the console shows of the last events.
     pub activity: Arc<Activity>,
+    /// Where every accepted event is kept, with `[archive]`.
+    pub archive: Option<Archiver>,
 }
 
 impl Ingest {
@@ -80,6 +83,20 @@ impl Ingest {
             .expect("never closed")
     }
 
+    /// Records what an accepted event's hooks decided (`verdict` for a pre
+    /// event): in the console's log, and in the archive if there is one.
+    pub(super) fn decided(
+        &self,
+        event: &Event,
+        hooks: Vec<HookActivity>,
+        verdict: Option<Allowed>,
+    ) {
+        if let Some(archive) = &self.archive {
+            archive.record(event, hooks.clone(), verdict.clone());
+        }
+        self.activity.event(event, hooks, verdict);
+    }
+
     /// Waits until every event accepted so far is committed: post events,
     /// and pre events' deliveries.
     pub(crate) async fn settled(&self) {
@@ -89,6 +106,9 @@ impl Ingest {
             .await
             .expect("never closed");
         drop(all);
+        if let Some(archive) = &self.archive {
+            archive.flush().await;
+        }
     }
 }
 

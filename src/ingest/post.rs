@@ -23,16 +23,18 @@ impl Ingest {
     }
 
     async fn post_to(self: &Arc<Self>, hooks: Hooks, mut event: Event) -> Result<(), IngestError> {
+        // Before anything keeps it: the hooks, and the archive, which keeps
+        // the events no hook wants too.
+        if self.redact.iter().any(|m| m.matches(event.method())) {
+            event.redact_result("* obfuscated *");
+        }
         if hooks.is_empty() {
             // The engine's own alerts, unwanted, would only push the
             // orchestrator's events out of the console's log.
             if event.phase() != Phase::System {
-                self.activity.event(&event, Vec::new(), None);
+                self.decided(&event, Vec::new(), None);
             }
             return Ok(()); // no WASM call for an event nobody wants
-        }
-        if self.redact.iter().any(|m| m.matches(event.method())) {
-            event.redact_result("* obfuscated *");
         }
         let permit = self.place().await;
         let (key, uid) = self.identify(&event);
@@ -71,7 +73,7 @@ impl Ingest {
             let committed = self.workers.submit(batch).await;
             // Shown only if it was accepted, and accepted now (not a copy).
             if let Ok(Committed::Done { .. }) = committed {
-                self.activity.event(&event, decided, None);
+                self.decided(&event, decided, None);
             }
             return committed.map(drop).map_err(Into::into);
         }
@@ -103,7 +105,7 @@ impl Ingest {
         tokio::spawn(
             async move {
                 let (deliveries, decided) = run.await.unwrap_or_default();
-                self.activity.event(&event, decided, None);
+                self.decided(&event, decided, None);
                 self.commit_until_done(Batch {
                     ticket: Some(ticket),
                     queued: deliveries,
@@ -127,7 +129,7 @@ impl Ingest {
         uid: &str,
     ) -> (Vec<Delivery>, Vec<HookActivity>) {
         let results = run::run_all(&self.runner, hooks, event, uid).await;
-        let decided = run::activity_of(hooks, &results);
+        let decided = run::activity_of(hooks, &results, false);
         let deliveries = results
             .into_iter()
             .flatten()

@@ -31,8 +31,7 @@ impl Ingest {
         if hooks.is_empty() {
             // No WASM call, nothing to queue: nothing to recognise either.
             let verdict = run::decide(&hooks, Vec::new()).verdict;
-            self.activity
-                .event(&event, Vec::new(), Some(verdict.allowed()));
+            self.decided(&event, Vec::new(), Some(verdict.allowed()));
             return Ok(verdict);
         }
         let (key, uid) = self.identify(&event);
@@ -61,7 +60,7 @@ impl Ingest {
         let work = MustFinish::new(
             async move {
                 let results = run::run_all(&ingest.runner, &hooks, &event, &uid).await;
-                let decided = run::activity_of(&hooks, &results);
+                let decided = run::activity_of(&hooks, &results, true);
                 let run::PreDecisions {
                     verdict,
                     queued,
@@ -86,9 +85,7 @@ impl Ingest {
                 }
                 let verdict = ingest.wait_pre(verdict, waiting).await;
                 let decided = run::with_failures(decided, &verdict);
-                ingest
-                    .activity
-                    .event(&event, decided, Some(verdict.allowed()));
+                ingest.decided(&event, decided, Some(verdict.allowed()));
                 if let Some(publish) = publish {
                     publish.send_replace(Some(verdict.clone()));
                 }

@@ -499,6 +499,65 @@ async fn delivered_history_is_purged_after_its_retention(mut b: impl Backend) {
     assert_eq!(retried.delivery.last_status, Some(503));
 }
 
+/// The archive gives back what it was given, oldest first, a page at a
+/// time, from a point in time; past its size, the oldest records go first.
+async fn the_archive_keeps_its_newest_records_within_its_size(mut b: impl Backend) {
+    let queue = b.open().await;
+    assert!(
+        queue.archived(0, 0, 10).await.unwrap().is_empty(),
+        "none yet"
+    );
+    let bounds = ArchiveBounds {
+        max_age: std::time::Duration::from_secs(86_400),
+        max_bytes: 100_000,
+    };
+    // 200 records of 1,000 bytes, numbered: twice what the archive keeps.
+    let record = |i: usize| format!("{i:05}{}", "x".repeat(995)).into_bytes();
+    for batch in 0..20 {
+        let records = (0..10)
+            .map(|j| Archived {
+                seq: 0,
+                at_ms: now_ms(),
+                record: record(batch * 10 + j),
+            })
+            .collect();
+        queue.archive(records, bounds).await.unwrap();
+    }
+    let (mut all, mut after) = (Vec::new(), 0);
+    loop {
+        let page = queue.archived(0, after, 7).await.unwrap();
+        assert!(page.len() <= 7);
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        all.extend(page);
+    }
+    let kept: Vec<usize> = all
+        .iter()
+        .map(|a| {
+            std::str::from_utf8(&a.record[..5])
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(kept.last(), Some(&199), "the newest is kept");
+    assert!(
+        kept.windows(2).all(|w| w[1] == w[0] + 1),
+        "the oldest went first, in order: {kept:?}"
+    );
+    assert!(
+        (80..=100).contains(&kept.len()),
+        "about 100 KB kept: {}",
+        kept.len()
+    );
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    let later = now_ms() + 60_000;
+    assert!(
+        queue.archived(later, 0, 10).await.unwrap().is_empty(),
+        "nothing archived after a time to come"
+    );
+}
+
 /// A replay of a time range for one receiver requeues exactly those
 /// deliveries, under their ids; a dry run counts them first; one by id
 /// takes a delivered delivery or a pending one that failed.
@@ -836,6 +895,7 @@ macro_rules! backends {
                     lists_filter_by_hook_and_receiver_and_page,
                     a_new_run_reclaims_the_last_runs_claims_and_journal,
                     operators_never_touch_claims,
+                    the_archive_keeps_its_newest_records_within_its_size,
                 );
             }
         )*

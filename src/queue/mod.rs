@@ -26,7 +26,7 @@ mod sqlite;
 pub(crate) use nats::NatsQueue;
 pub(crate) use sqlite::SqliteQueue;
 
-use crate::config::{Config, History, QueueConfig, QueueSettings};
+use crate::config::{ArchiveBounds, Config, History, QueueConfig, QueueSettings};
 use crate::delivery::{AttemptOutcome, AttemptRecord, Delivery};
 use futures::future::BoxFuture;
 use serde::Serialize;
@@ -373,6 +373,18 @@ impl Room {
     }
 }
 
+/// One archived event, as the queue keeps it: the record is the archive's
+/// (JSON), opaque here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Archived {
+    /// Its place in the archive, increasing (0 when writing).
+    pub seq: u64,
+    /// When it was archived (Unix ms).
+    pub at_ms: u64,
+    /// The record.
+    pub record: Vec<u8>,
+}
+
 /// Queue depth per receiver, for metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Depth {
@@ -431,6 +443,15 @@ pub(crate) trait Queue: Send + Sync + 'static {
     /// Forgets the keys of events accepted at or before `before_ms`: sent
     /// again after that, an event is accepted anew.
     fn forget_keys(&self, before_ms: u64) -> Fut<'_, usize>;
+    /// Appends `records` to the archive, then drops its oldest records
+    /// past `bounds`: older than `max_age`, or beyond `max_bytes` of
+    /// records in all (with no records: only that). Returns how many of
+    /// `records` were too large for the backend to keep (not kept).
+    fn archive(&self, records: Vec<Archived>, bounds: ArchiveBounds) -> Fut<'_, usize>;
+    /// Up to `limit` archived records after `after` (a `seq`; 0: from the
+    /// start) archived at or after `from_ms`, oldest first; none if there
+    /// is no archive.
+    fn archived(&self, from_ms: u64, after: u64, limit: usize) -> Fut<'_, Vec<Archived>>;
     /// Whether a delivery committed as claimed ([`Batch::claimed`]) stays
     /// claimed by this run until it is finished, however long it waits for
     /// a slot. `false` where such a claim is a lease that ends on its own.
@@ -464,6 +485,21 @@ pub(crate) async fn open(settings: &QueueSettings) -> Result<Arc<dyn Queue>, Que
         .map(|q| q as Arc<dyn Queue>)
 }
 
+/// The queue `config` names (`queue` and `state_dir`), for operator
+/// commands while engines may run on it: see [`SqliteQueue::inspect`].
+pub(crate) async fn inspect(config: &Config) -> Result<Arc<dyn Queue>, QueueError> {
+    let settings = config.queue_settings();
+    match (&settings.queue, &settings.state_dir) {
+        (QueueConfig::Nats(nats), _) => Ok(NatsQueue::open(nats, &settings).await?),
+        (QueueConfig::Sqlite, Some(dir)) => Ok(SqliteQueue::inspect(dir)?),
+        _ => Err(QueueError::Open {
+            path: PathBuf::new(),
+            reason: "a queue in memory cannot be inspected from outside the engine".into(),
+            source: None,
+        }),
+    }
+}
+
 /// The queued deliveries, for operators (`wasmhooks deliveries`): list,
 /// show, replay, and purge dead letters, also while engines run on the queue. It
 /// never takes or resets a claim, so it never disturbs the deliveries in
@@ -482,18 +518,9 @@ impl DeliveryAdmin {
 
     /// Opens the queue `config` names (`queue` and `state_dir`).
     pub async fn connect(config: &Config) -> Result<DeliveryAdmin, QueueError> {
-        let settings = config.queue_settings();
-        match (&settings.queue, &settings.state_dir) {
-            (QueueConfig::Nats(nats), _) => Ok(DeliveryAdmin {
-                queue: NatsQueue::open(nats, &settings).await?,
-            }),
-            (QueueConfig::Sqlite, Some(dir)) => DeliveryAdmin::open(dir),
-            _ => Err(QueueError::Open {
-                path: PathBuf::new(),
-                reason: "a queue in memory cannot be inspected from outside the engine".into(),
-                source: None,
-            }),
-        }
+        Ok(DeliveryAdmin {
+            queue: inspect(config).await?,
+        })
     }
 
     /// Deliveries matching `query`, oldest first.

@@ -37,6 +37,9 @@ pub(crate) struct Runner {
     pub max_body_bytes: usize,
     pub max_headers: usize,
     pub max_header_bytes: usize,
+    /// Whether a hook's failure is logged: not in a simulation, whose
+    /// report counts them (one a replayed event would flood the log).
+    pub log_failures: bool,
 }
 
 /// The hooks' decisions on one event, each hook's alone: a hook that
@@ -124,6 +127,7 @@ impl Runner {
             max_body_bytes: config.max_body_bytes,
             max_headers: config.max_headers_per_delivery,
             max_header_bytes: config.max_header_bytes,
+            log_failures: true,
         }
     }
 
@@ -274,7 +278,9 @@ impl Runner {
             if matches!(e, CallError::Timeout { .. }) {
                 hook.stats.timeouts.inc();
             }
-            tracing::warn!("{e}");
+            if self.log_failures {
+                tracing::warn!("{e}");
+            }
         }
         decision
     }

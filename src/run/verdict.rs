@@ -171,6 +171,7 @@ fn failure_veto(on_error: OnError, message: &str) -> Option<String> {
 pub(crate) fn activity_of(
     hooks: &Hooks,
     results: &[Result<Decision, CallError>],
+    pre: bool,
 ) -> Vec<HookActivity> {
     hooks
         .iter()
@@ -188,10 +189,23 @@ pub(crate) fn activity_of(
                 },
                 Err(e) => (Decided::Failed, 0, text(&format!("{}: {e}", e.kind()))),
             };
+            let mut receivers = std::collections::BTreeMap::new();
+            if let Ok(d) = result {
+                for delivery in &d.deliveries {
+                    *receivers.entry(delivery.receiver()).or_default() += 1;
+                }
+            }
+            let denies = match result {
+                Ok(d) => d.deny.is_some(),
+                Err(_) => hook.config.on_error == OnError::Deny,
+            };
             HookActivity {
                 hook: hook.name().to_owned(),
+                version: hook.hash.clone(),
                 decision,
                 deliveries,
+                receivers,
+                denies: pre && denies,
                 reason,
             }
         })
@@ -211,6 +225,9 @@ pub(crate) fn with_failures(
             .find(|h| h.hook == failure.hook && h.decision != Decided::Failed)
         {
             h.decision = Decided::Failed;
+            // Its failure counts as a veto if its `on_error` made one.
+            h.denies |= verdict.denied_by.as_deref() == Some(&h.hook)
+                || verdict.would_deny.iter().any(|w| w.hook == h.hook);
             let reason = format!("{}: {}", failure.kind, failure.message);
             h.reason = Some(truncate(&reason, MAX_TEXT).to_owned());
         }

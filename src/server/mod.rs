@@ -33,6 +33,7 @@ mod console;
 mod listen;
 mod openapi;
 mod routes;
+mod simulate;
 
 pub use listen::{OVERFLOW_CONNECTIONS, serve};
 pub use routes::MAX_LIST;
@@ -60,6 +61,7 @@ pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
 /// bigger router.
 pub fn router(engine: Engine) -> Router {
     let body_timeout = Duration::from_millis(engine.config().http.body_timeout_ms);
+    let archive_on = engine.config().archive.is_some();
     let (router, mut doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(routes::ingest))
         .routes(routes!(routes::hooks))
@@ -71,6 +73,7 @@ pub fn router(engine: Engine) -> Router {
         .routes(routes!(routes::retry))
         .routes(routes!(routes::receivers))
         .routes(routes!(routes::activity))
+        .routes(routes!(simulate::simulate))
         .routes(routes!(routes::series))
         .routes(routes!(routes::metrics))
         .routes(routes!(routes::healthz))
@@ -85,7 +88,7 @@ pub fn router(engine: Engine) -> Router {
     router
         .layer(Extension(OpenApiJson(doc)))
         .layer(axum::middleware::from_fn(move |request, next| {
-            read_body(body_timeout, request, next)
+            read_body(body_timeout, archive_on, request, next)
         }))
         .with_state(engine)
 }
@@ -112,23 +115,37 @@ async fn openapi_json(Extension(OpenApiJson(doc)): Extension<OpenApiJson>) -> Re
 
 /// Reads the request's body within `timeout` and up to [`MAX_EVENT_BYTES`]
 /// before any handler runs: one place for both limits, so a client that
-/// announces a large body, or sends it slowly, holds nothing for long.
-async fn read_body(timeout: Duration, request: Request, next: Next) -> Response {
-    let (parts, body) = request.into_parts();
+/// announces a large body, or sends it slowly, holds nothing for long. A
+/// simulation's upload is read only once it may run (`archive_on`, and no
+/// other running).
+async fn read_body(timeout: Duration, archive_on: bool, request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    // A hook's `.wasm` (Go and JavaScript ones weigh megabytes) for a
+    // simulation, read only in its turn; an event, or a few fields,
+    // anywhere else.
+    let max = if parts.uri.path() == "/v1/simulate" && parts.method == axum::http::Method::POST {
+        match simulate::turn(archive_on) {
+            Ok(turn) => parts.extensions.insert(turn),
+            Err(refused) => return close(refused.response()),
+        };
+        simulate::MAX_HOOK_BYTES
+    } else {
+        MAX_EVENT_BYTES
+    };
     let too_large = || {
         close(error(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("a request body is at most {MAX_EVENT_BYTES} bytes"),
+            format!("a request body here is at most {max} bytes"),
         ))
     };
     let announced = parts
         .headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if announced.is_some_and(|n| n > MAX_EVENT_BYTES as u64) {
+    if announced.is_some_and(|n| n > max as u64) {
         return too_large();
     }
-    let limited = http_body_util::Limited::new(body, MAX_EVENT_BYTES);
+    let limited = http_body_util::Limited::new(body, max);
     let bytes = match tokio::time::timeout(timeout, http_body_util::BodyExt::collect(limited)).await
     {
         Ok(Ok(collected)) => collected.to_bytes(),

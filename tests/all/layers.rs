@@ -20,8 +20,9 @@ const LAYERS: &[&[&str]] = &[
     &["activity", "alerts", "sandbox", "delivery"],
     // Where deliveries wait.
     &["queue"],
-    // Counters of the layers below; which entry points a gate covers.
-    &["metrics", "coverage"],
+    // Counters of the layers below; which entry points a gate covers; the
+    // archive of accepted events.
+    &["metrics", "coverage", "archive"],
     // The loaded hooks; the scheduler that sends what is queued.
     &["hooks", "outbox"],
     // Running hooks on an event, and its verdict.
@@ -34,6 +35,8 @@ const LAYERS: &[&[&str]] = &[
     &["error"],
     // The engine: builds all of the above; a dry run: one hook, one event.
     &["engine", "dry_run"],
+    // A simulation: one hook, dry run over the archived events.
+    &["simulate"],
     // The HTTP API.
     &["server"],
 ];

@@ -113,7 +113,10 @@ async function startEngine({ dir, hooks }, args = []) {
   // Retries every second, and a breaker that stays closed, so a failing
   // delivery goes out soon after its receiver is fixed.
   const config = join(dir, 'engine.toml')
-  writeFileSync(config, `[delivery]
+  writeFileSync(config, `[archive]
+days = 1
+
+[delivery]
 retry_schedule_ms = [${Array(60).fill(1000).join(', ')}]
 breaker_failures = 1000
 
@@ -308,6 +311,33 @@ test('an event shows in recent activity, and its delivery while it is retried', 
     for (const u of api) {
       assert.ok(doc.paths[u.pathname], `${u.pathname} is in /v1/openapi.json`)
     }
+  })
+})
+
+test('a new version uploaded is simulated over the archive; one that does not load says why', async () => {
+  await withPage('simulate', engine.url, async page => {
+    await page.locator('#app').waitFor({ state: 'visible', ...WAIT })
+    await post(engine, { callId: 'call-simulated', method: 'vm.delete', type: 'pre', timestamp: Date.now(),
+      userName: 'carol@example.org', params: { id: '0a9b8c7d-6e5f-4a3b-2c1d-0e9f8a7b6c5d' } })
+    await page.locator('#simulate-as option[value="deny"]').waitFor({ state: 'attached', ...WAIT })
+    await page.selectOption('#simulate-as', 'deny')
+
+    // The live version itself: the same version, nothing changes.
+    await page.setInputFiles('#simulate-file', join(GUESTS, 'deny.wasm'))
+    await page.click('#simulate-run')
+    const report = page.locator('#simulate-report')
+    await report.waitFor({ state: 'visible', ...WAIT })
+    assert.match(await report.locator('.summary').innerText(), /deny .* against the live deny \(the same version\)/)
+    assert.equal(await report.locator('tr[data-count="newly_denied"] td.num').innerText(), '0')
+    assert.equal(await report.locator('tr[data-count="newly_allowed"] td.num').innerText(), '0')
+
+    // A hook that cannot take the live hook's settings: why, and no report.
+    await page.setInputFiles('#simulate-file', join(GUESTS, 'forward.wasm'))
+    await page.click('#simulate-run')
+    const message = page.locator('#simulate-message.error')
+    await message.waitFor(WAIT)
+    assert.match(await message.innerText(), /setup/)
+    assert.equal(await report.isVisible(), false)
   })
 })
 

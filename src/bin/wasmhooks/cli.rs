@@ -34,6 +34,12 @@ pub(crate) enum Command {
     Test(TestArgs),
     /// Inspect or retry the queued deliveries in a state folder (the engine may be running).
     Deliveries(DeliveriesArgs),
+    /// The archived events (`[archive]`): export them as JSON lines, for fixtures.
+    Events(EventsArgs),
+    /// Replay the archived events through a new version of a hook, in dry run (nothing is
+    /// sent or stopped), and report what it would change against the live version: events
+    /// newly denied or allowed, deliveries per receiver, failures, time per event.
+    Simulate(SimulateArgs),
     /// Create a hook folder in a language of your choice that builds with `./build.sh`
     /// and runs on the sample event it comes with.
     New(NewArgs),
@@ -51,20 +57,98 @@ pub(crate) struct NewArgs {
     pub(crate) dir: PathBuf,
 }
 
+/// Where the engines keep their queue (and archive): for the commands
+/// that read it while engines run.
 #[derive(Args)]
-pub(crate) struct DeliveriesArgs {
-    /// The engine's state folder. Defaults to `$XDG_STATE_HOME/wasmhooks` or `~/.local/state/wasmhooks`.
+pub(crate) struct StoreArgs {
+    /// The engine's state folder. Defaults to the settings file's `state_dir`, else
+    /// `$XDG_STATE_HOME/wasmhooks` or `~/.local/state/wasmhooks`.
     #[arg(long, env = "WASMHOOKS_STATE", global = true)]
     pub(crate) state: Option<PathBuf>,
     /// The engines' queue, if not SQLite in the state folder: `nats://HOST:PORT` (NATS
     /// JetStream; a comma-separated list for a cluster).
     #[arg(long, env = "WASMHOOKS_QUEUE", global = true)]
     pub(crate) queue: Option<String>,
-    /// The engines' settings file, for its `queue` (e.g. a NATS prefix or credentials).
+    /// The engines' settings file, for its `queue` (e.g. a NATS prefix or credentials)
+    /// and, for `simulate`, its limits.
     #[arg(long, env = "WASMHOOKS_CONFIG", global = true)]
     pub(crate) config: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// The engines' settings, with `--queue` and `--state` applied, checked.
+    pub(crate) fn engine_config(&self) -> Result<Config> {
+        let mut config = load_config(self.config.as_deref())?;
+        if let Some(queue) = &self.queue {
+            set_queue(&mut config, queue)?;
+        }
+        if let Some(state) = &self.state {
+            config.state_dir = Some(state.clone());
+        }
+        config.validate().context("--config / WASMHOOKS_CONFIG")?;
+        let nats = matches!(config.queue, wasmhooks::config::QueueConfig::Nats(_));
+        if !nats && config.state_dir.is_none() {
+            bail!("no state folder: pass --state DIR");
+        }
+        Ok(config)
+    }
+}
+
+#[derive(Args)]
+pub(crate) struct DeliveriesArgs {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
     #[command(subcommand)]
     pub(crate) command: DeliveriesCommand,
+}
+
+#[derive(Args)]
+pub(crate) struct EventsArgs {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    #[command(subcommand)]
+    pub(crate) command: EventsCommand,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum EventsCommand {
+    /// Print the archived events (`[archive]` in the engine's settings), oldest first, one
+    /// JSON object a line: the event as the hooks saw it (`event`, masked) and what each hook
+    /// version decided (`hooks`). `jq -c .event` turns a line into a test fixture.
+    Export {
+        /// Those archived since then: a time ago (`7d`, `2h`) or an RFC 3339 time.
+        #[arg(long, env = "WASMHOOKS_SINCE", default_value = "7d", value_parser = parse_time)]
+        since: u64,
+        /// Only those of these methods (globs, e.g. `vm.*`); repeat for more.
+        #[arg(long)]
+        method: Vec<String>,
+        /// Only those of this phase.
+        #[arg(long, value_parser = ["pre", "post", "observed"])]
+        phase: Option<String>,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct SimulateArgs {
+    /// The new version's `.wasm` file.
+    pub(crate) hook: PathBuf,
+    /// The new version's settings, a `NAME.toml` file. Defaults to the `.toml` beside the hook.
+    #[arg(long, env = "WASMHOOKS_SETTINGS")]
+    pub(crate) settings: Option<PathBuf>,
+    /// The live hook to compare with, as the engine names it. Defaults to the file's name.
+    #[arg(long = "as", env = "WASMHOOKS_AS")]
+    pub(crate) live: Option<String>,
+    /// Replay the events archived since then: a time ago (`30d`, `12h`) or an RFC 3339 time.
+    #[arg(long, env = "WASMHOOKS_SINCE", default_value = "30d", value_parser = parse_time)]
+    pub(crate) since: u64,
+    /// Examples shown of each change (newly denied, newly allowed).
+    #[arg(long, env = "WASMHOOKS_EXAMPLES", default_value_t = 10)]
+    pub(crate) examples: usize,
+    /// Print the report as JSON, for CI.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
 }
 
 #[derive(Subcommand)]

@@ -1,23 +1,12 @@
 //! `wasmhooks deliveries`: list, retry and purge the queued deliveries.
 
-use crate::cli::{DeliveriesArgs, DeliveriesCommand, load_config, set_queue};
-use anyhow::{Context, Result, bail};
+use crate::cli::{DeliveriesArgs, DeliveriesCommand};
+use anyhow::{Result, bail};
 use wasmhooks::{DeliveryFilter, DeliveryState, Replay};
 
 pub(crate) async fn deliveries(args: DeliveriesArgs) -> Result<()> {
-    let mut config = load_config(args.config.as_deref())?;
-    if let Some(queue) = &args.queue {
-        set_queue(&mut config, queue)?;
-    }
-    let admin = if let wasmhooks::config::QueueConfig::Nats(_) = &config.queue {
-        config.validate().context("--config / WASMHOOKS_CONFIG")?;
-        wasmhooks::DeliveryAdmin::connect(&config).await?
-    } else {
-        let Some(dir) = args.state.or_else(wasmhooks::config::default_state_dir) else {
-            bail!("no state folder: pass --state DIR");
-        };
-        wasmhooks::DeliveryAdmin::open(&dir)?
-    };
+    let config = args.store.engine_config()?;
+    let admin = wasmhooks::DeliveryAdmin::connect(&config).await?;
     match args.command {
         DeliveriesCommand::List {
             failed,

@@ -2,17 +2,20 @@
 //! an env var) and turns it into settings; each command is a file that runs
 //! it on the library: `serve` (with `demo`, the sample events, and `systemd`,
 //! readiness and reload), `run` (a dry
-//! run), `check`, `test` (a hook's test cases), `deliveries` and `new` (a
-//! hook's folder from a template).
+//! run), `check`, `test` (a hook's test cases), `deliveries`, `events` (the
+//! archive), `simulate` (a new version over the archive) and `new` (a hook's
+//! folder from a template).
 //! Logging, and traces, are set up here (`telemetry`), and only here.
 
 mod check;
 mod cli;
 mod deliveries;
 mod demo;
+mod events;
 mod new;
 mod run;
 mod serve;
+mod simulate;
 mod systemd;
 mod telemetry;
 mod test;
@@ -46,6 +49,8 @@ fn main() -> ExitCode {
             Command::Deliveries(args) => deliveries::deliveries(args)
                 .await
                 .map(|()| ExitCode::SUCCESS),
+            Command::Events(args) => events::events(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Simulate(args) => simulate::simulate(args).await,
         }
     });
     result.unwrap_or_else(|e| {

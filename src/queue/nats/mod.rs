@@ -16,6 +16,8 @@
 //!   `P.j`; a ticket is the message's sequence.
 //! - `P_KEYS`: the keys of accepted events, one message each on
 //!   `P.k.<hash of key>`, holding when it was accepted.
+//! - `P_ARCHIVE`, with `[archive]` only: the archive's records on `P.a`,
+//!   kept `days` and `max_mib` by JetStream itself (oldest first).
 //!
 //! A delivery's state travels in its message ([`Record`] then the body).
 //! Changing it (a retry, a dead letter) publishes the new version before
@@ -47,6 +49,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 mod admin;
+mod archive;
 mod claim;
 mod commit;
 mod leases;
@@ -132,6 +135,8 @@ pub(crate) struct NatsQueue {
     /// Tells, once what this run held is handed back, that it was.
     released: watch::Sender<bool>,
     renew: tokio::task::JoinHandle<()>,
+    /// `P_ARCHIVE`, once this run archived something (see `archive.rs`).
+    archive: tokio::sync::OnceCell<stream::Stream>,
 }
 
 fn nats_error(e: impl Into<async_nats::Error>) -> QueueError {

@@ -178,6 +178,7 @@ impl NatsQueue {
                 state: Mutex::new(State::default()),
                 released: watch::channel(false).0,
                 renew,
+                archive: tokio::sync::OnceCell::new(),
             }
         });
         Ok(queue)

@@ -35,6 +35,14 @@ impl Queue for NatsQueue {
         Box::pin(self.finish_attempt(id, attempts, how, attempt))
     }
 
+    fn archive(&self, records: Vec<Archived>, bounds: ArchiveBounds) -> Fut<'_, usize> {
+        Box::pin(self.append_archive(records, bounds))
+    }
+
+    fn archived(&self, from_ms: u64, after: u64, limit: usize) -> Fut<'_, Vec<Archived>> {
+        Box::pin(self.read_archive(from_ms, after, limit))
+    }
+
     fn backlog(&self) -> Fut<'_, usize> {
         Box::pin(self.count_backlog())
     }

@@ -12,9 +12,9 @@
 //! [`Queue`] methods).
 
 use super::{
-    AttemptRecord, Batch, Claim, Claimed, Committed, DeliveryDetail, DeliveryFilter, DeliveryInfo,
-    DeliveryQuery, DeliveryState, Depth, Finish, Fut, History, Journaled, Queue, QueueError,
-    Replay, Room,
+    ArchiveBounds, Archived, AttemptRecord, Batch, Claim, Claimed, Committed, DeliveryDetail,
+    DeliveryFilter, DeliveryInfo, DeliveryQuery, DeliveryState, Depth, Finish, Fut, History,
+    Journaled, Queue, QueueError, Replay, Room,
 };
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use tokio::sync::oneshot;
 
+mod archive;
 mod claim;
 mod ids;
 mod queue;
@@ -46,6 +47,12 @@ pub(crate) struct SqliteQueue {
     /// The receiver the last claim looked at last: the next one starts
     /// after it, so past [`CLAIM_RECEIVERS`] every receiver gets its turn.
     cursor: Arc<std::sync::Mutex<String>>,
+    /// Bytes of archived records, once counted (see `archive.rs`).
+    archived_bytes: Arc<std::sync::Mutex<Option<u64>>>,
+    /// The database file (`None`: in memory), and a read-only connection
+    /// to it for reading the archive beside the writer's (see `archive.rs`).
+    path: Option<PathBuf>,
+    reader: Arc<std::sync::Mutex<Option<Connection>>>,
     /// Held while the engine runs: one engine per state folder.
     _lock: Option<std::fs::File>,
 }
@@ -67,7 +74,7 @@ impl SqliteQueue {
         let path = dir.map(|d| d.join(DB_FILE));
         let conn = open_connection(path.as_deref(), fsync)?;
         migrate(&conn, path.as_deref())?;
-        SqliteQueue::start(conn, lock, history)
+        SqliteQueue::start(conn, lock, history, path)
     }
 
     /// Opens the state folder of an engine that may be running, for
@@ -100,13 +107,14 @@ impl SqliteQueue {
             attempts: usize::MAX,
             ..History::default()
         };
-        SqliteQueue::start(conn, None, history)
+        SqliteQueue::start(conn, None, history, Some(path))
     }
 
     fn start(
         conn: Connection,
         lock: Option<std::fs::File>,
         history: History,
+        path: Option<PathBuf>,
     ) -> Result<Arc<SqliteQueue>, QueueError> {
         let (jobs, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
@@ -122,6 +130,9 @@ impl SqliteQueue {
             run: fastrand::i64(1..),
             history,
             cursor: Arc::default(),
+            archived_bytes: Arc::default(),
+            path,
+            reader: Arc::default(),
             _lock: lock,
         }))
     }

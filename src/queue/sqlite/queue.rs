@@ -4,8 +4,9 @@ use super::claim::claim_due;
 use super::rows::{accept_key, from_sql, record, to_sql, write_batch};
 use super::writer::{Store, atomically};
 use super::{
-    AttemptRecord, Batch, Claim, Committed, DeliveryDetail, DeliveryFilter, DeliveryInfo,
-    DeliveryQuery, DeliveryState, Depth, Finish, Fut, Journaled, Queue, Replay, Room, SqliteQueue,
+    ArchiveBounds, Archived, AttemptRecord, Batch, Claim, Committed, DeliveryDetail,
+    DeliveryFilter, DeliveryInfo, DeliveryQuery, DeliveryState, Depth, Finish, Fut, Journaled,
+    Queue, Replay, Room, SqliteQueue,
 };
 use crate::delivery::history::{keep_latest, shown_headers, shown_url};
 use crate::util::now_ms;
@@ -203,6 +204,14 @@ impl Queue for SqliteQueue {
             conn.prepare_cached("DELETE FROM accepted WHERE at_ms <= ?1")?
                 .execute([to_sql(before_ms)])
         })
+    }
+
+    fn archive(&self, records: Vec<Archived>, bounds: ArchiveBounds) -> Fut<'_, usize> {
+        self.append_archive(records, bounds)
+    }
+
+    fn archived(&self, from_ms: u64, after: u64, limit: usize) -> Fut<'_, Vec<Archived>> {
+        self.read_archive(from_ms, after, limit)
     }
 
     fn depth(&self) -> Fut<'_, HashMap<String, Depth>> {

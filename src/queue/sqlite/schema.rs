@@ -5,15 +5,16 @@ use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 
 /// The schema this build writes. Bump it, with a migration, on any change.
-pub(super) const SCHEMA_VERSION: i64 = 4;
+pub(super) const SCHEMA_VERSION: i64 = 5;
 
-/// Schema 4. `state` is 0 for a pending delivery, 1 for a dead letter, 2
+/// Schema 5 (4 without `archive`, which 5 only adds). `state` is 0 for a pending delivery, 1 for a dead letter, 2
 /// for a delivered one (kept `delivery.history_hours` after `done_ms`);
 /// `history` holds its latest attempts. `claimed` holds the id of the
 /// engine run that claimed a row (0: not claimed); `allow` the hook's
 /// `allow_hosts` when it was queued. Deliveries are keyed by `seq`, in the
 /// order they are written; their ids have no index (see `ids.rs`: which
-/// ids are in the table is kept in memory).
+/// ids are in the table is kept in memory). `archive` holds the archive's
+/// records (`[archive]`), in the order they were written.
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
     ticket      INTEGER PRIMARY KEY,
@@ -50,6 +51,12 @@ CREATE TABLE IF NOT EXISTS accepted (
     at_ms       INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS accepted_at ON accepted (at_ms);
+CREATE TABLE IF NOT EXISTS archive (
+    seq         INTEGER PRIMARY KEY,
+    at_ms       INTEGER NOT NULL,  -- when it was archived
+    record      BLOB NOT NULL      -- the archive's JSON
+);
+CREATE INDEX IF NOT EXISTS archive_at ON archive (at_ms);
 ";
 
 /// From schema 1: the `allow` column, the per-receiver index, the keys.

@@ -220,6 +220,40 @@ async fn an_id_purged_by_an_operator_can_be_queued_again() {
     assert_eq!(claim.claimed[0].delivery.id, "msg_x");
 }
 
+/// Records older than the archive's days go at the next write, whatever
+/// room is left; a read from a time skips the older ones.
+#[tokio::test]
+async fn the_archive_drops_what_is_older_than_its_days() {
+    let queue = SqliteQueue::open(None, false, History::default()).unwrap();
+    let day = 86_400_000;
+    let bounds = ArchiveBounds {
+        max_age: std::time::Duration::from_millis(2 * day),
+        max_bytes: 1 << 30,
+    };
+    let now = now_ms();
+    let at = |at_ms: u64, name: &str| Archived {
+        seq: 0,
+        at_ms,
+        record: name.as_bytes().to_vec(),
+    };
+    let records = vec![
+        at(now - 3 * day, "3 days"),
+        at(now - day, "1 day"),
+        at(now, "now"),
+    ];
+    queue.archive(records, bounds).await.unwrap();
+    let kept: Vec<_> = queue.archived(0, 0, 10).await.unwrap();
+    let names: Vec<_> = kept
+        .iter()
+        .map(|a| std::str::from_utf8(&a.record).unwrap())
+        .collect();
+    assert_eq!(names, ["1 day", "now"]);
+    let recent = queue.archived(now - 60_000, 0, 10).await.unwrap();
+    assert_eq!(recent.len(), 1);
+    assert_eq!(recent[0].record, b"now");
+    assert_eq!(recent[0].at_ms, now);
+}
+
 /// Schema 3, as builds before schema 4 wrote it: `dead` for a row's state,
 /// and no history.
 const SCHEMA_3: &str = "

@@ -145,6 +145,7 @@ async function loadHooks() {
   renderHooks();
   renderGates();
   fillSelect($('#delivery-hook'), hooks.map(h => h.name), 'every hook');
+  fillSelect($('#simulate-as'), hooks.filter(h => h.state === 'live').map(h => h.name), 'a live hook…');
 }
 
 // ---- sources ---------------------------------------------------------------
@@ -438,6 +439,66 @@ async function loadReceivers() {
   $('#receivers .empty').hidden = receivers.length > 0;
 }
 
+// ---- simulate --------------------------------------------------------------------
+
+/** Sends the chosen `.wasm` to POST /v1/simulate and shows the report. */
+async function simulate(event) {
+  event.preventDefault();
+  const file = $('#simulate-file').files[0];
+  const live = $('#simulate-as').value;
+  if (!file || !live) return;
+  const message = $('#simulate-message');
+  message.textContent = `replaying the archive through ${file.name}…`;
+  message.classList.remove('error');
+  $('#simulate-run').disabled = true;
+  $('#simulate-report').hidden = true;
+  try {
+    const headers = { 'Content-Type': 'application/octet-stream' };
+    if (token) headers.Authorization = `Bearer ${token}`;
+    const query = new URLSearchParams({ as: live, hours: $('#simulate-hours').value });
+    const response = await fetch(`/v1/simulate?${query}`, { method: 'POST', headers, body: file, cache: 'no-store' });
+    if (response.status === 401) throw new Unauthorized();
+    const data = await response.json().catch(() => null);
+    if (!response.ok) throw new Error((data && data.error) || `POST /v1/simulate: ${response.status}`);
+    message.textContent = '';
+    renderSimulation(data);
+  } catch (e) {
+    if (e instanceof Unauthorized) return askForToken();
+    message.textContent = e.message;
+    message.classList.add('error');
+  } finally {
+    $('#simulate-run').disabled = false;
+  }
+}
+
+function renderSimulation(r) {
+  const report = $('#simulate-report');
+  const same = r.live_versions.length === 1 && r.live_versions[0] === r.version;
+  $('.summary', report).textContent = `${r.hook} (version ${r.version.slice(0, 12)}) against the live ${r.live}`
+    + (same ? ' (the same version)' : r.live_versions.length ? ` (version ${r.live_versions.map(v => v.slice(0, 12)).join(', ')})` : ' (no decision of it archived)')
+    + `, over ${r.events} archived events.`;
+  const count = (label, value, live, field) => el('tr', { 'data-count': field },
+    el('th', {}, label), el('td', { class: 'num' }, value), el('td', { class: 'muted' }, live));
+  $('.counts tbody', report).replaceChildren(
+    count('handed the events', r.called, `live: ${r.live_called}`, 'called'),
+    count('denies', r.denied, `live: ${r.live_denied}`, 'denied'),
+    count('newly denied', r.newly_denied.count, '', 'newly_denied'),
+    count('newly allowed', r.newly_allowed.count, '', 'newly_allowed'),
+    count('failed', r.failures.reduce((n, f) => n + f.count, 0), `live: ${r.live_failures}`, 'failed'),
+    count('time per event', `p50 ${r.time.p50_ms.toFixed(2)} ms · p99 ${r.time.p99_ms.toFixed(2)} ms`, `max ${r.time.max_ms.toFixed(2)} ms`, 'time'));
+  const example = x => el('tr', {},
+    el('td', {}, x.method), el('td', { class: 'mono' }, x.call_id), el('td', { class: 'mono' }, x.object || ''),
+    el('td', {}, x.user || ''), el('td', { class: 'why' }, x.reason || ''));
+  $('.newly-denied tbody', report).replaceChildren(...r.newly_denied.examples.map(example));
+  $('.newly-allowed tbody', report).replaceChildren(...r.newly_allowed.examples.map(example));
+  $('.failures tbody', report).replaceChildren(...r.failures.map(f => el('tr', {},
+    el('td', {}, badge(f.kind, 'failed')), el('td', {}, f.method), el('td', { class: 'num' }, f.count), el('td', { class: 'why' }, f.message))));
+  $('.receivers tbody', report).replaceChildren(...r.receivers.map(c => el('tr', { 'data-receiver': c.receiver },
+    el('td', { class: 'mono' }, c.receiver), el('td', { class: 'num' }, c.live), el('td', { class: 'num' }, c.new),
+    el('td', { class: 'num' }, c.new === c.live ? '' : `${c.new > c.live ? '+' : ''}${c.new - c.live}`))));
+  report.hidden = false;
+}
+
 // ---- activity ------------------------------------------------------------------
 
 async function loadActivity() {
@@ -725,6 +786,7 @@ $('#deliveries-first').addEventListener('click', resetDeliveries);
 $('#retry-all').addEventListener('click', () => retry({ all_dead: true }));
 $('#detail-close').addEventListener('click', () => $('#delivery-detail').close());
 $('#replay').addEventListener('click', askReplay);
+$('#simulate-form').addEventListener('submit', simulate);
 $('#replay-yes').addEventListener('click', confirmReplay);
 $('#replay-no').addEventListener('click', hideReplay);
 $('#delivery-since').addEventListener('change', () => { hideReplay(); resetDeliveries(); });

@@ -372,6 +372,7 @@ impl Engine {
 
     /// The metrics in Prometheus text format (what `GET /metrics` serves).
     pub async fn metrics(&self) -> Result<String, Error> {
+        self.inner.metrics.stalls(self.inner.queue.stalls());
         let depth = self.inner.queue.depth().await?;
         let warm: Vec<(String, usize)> = self
             .hooks()
@@ -439,6 +440,13 @@ impl Engine {
             tracing::warn!("cannot hand back the deliveries this engine held: {e}");
         }
         done
+    }
+
+    /// How long requests have been waiting for the queue's backend now
+    /// (NATS JetStream electing a leader after a node was lost; see
+    /// `queue.nats.election_wait_ms`), if they are.
+    pub fn queue_waiting(&self) -> Option<Duration> {
+        self.inner.queue.stalls().waiting
     }
 
     /// The archive of accepted events (`[archive]`), if it is on.

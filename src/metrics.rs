@@ -7,7 +7,7 @@
 //! age of the oldest pending delivery.
 
 use crate::activity::Attempted;
-use crate::queue::Depth;
+use crate::queue::{Depth, Stalls};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -113,6 +113,11 @@ pub(crate) struct Metrics {
     source_events: Family<SourceEventLabel, Counter>,
     source_failures: Family<SourceFailureLabel, Counter>,
     source_resyncs: Family<SourceLabel, Counter>,
+    /// Seconds requests have been waiting for the queue's backend now.
+    queue_waiting: Gauge<f64, AtomicU64>,
+    /// Requests that waited for it.
+    queue_waits: Counter,
+    stalls_lock: Mutex<()>,
     /// Events written to the archive.
     pub archived: Counter,
     /// Events not archived: its writer was behind, or the write failed.
@@ -145,6 +150,9 @@ impl Default for Metrics {
             source_events: Family::default(),
             source_failures: Family::default(),
             source_resyncs: Family::default(),
+            queue_waiting: Gauge::default(),
+            queue_waits: Counter::default(),
+            stalls_lock: Mutex::default(),
             archived: Counter::default(),
             archive_lost: Counter::default(),
         };
@@ -247,6 +255,18 @@ impl Default for Metrics {
             m.source_resyncs.clone(),
         );
         r.register(
+            "queue_waiting_seconds",
+            "How long requests to the queue have been waiting for it now (NATS JetStream \
+             electing a leader); 0 when none waits",
+            m.queue_waiting.clone(),
+        );
+        r.register(
+            "queue_waits",
+            "Requests to the queue that waited for it (NATS JetStream electing a leader) \
+             instead of failing",
+            m.queue_waits.clone(),
+        );
+        r.register(
             "archive_events",
             "Events written to the archive ([archive])",
             m.archived.clone(),
@@ -340,6 +360,16 @@ impl Metrics {
                 self.dead.get_or_create(&label).inc();
             }
         }
+    }
+
+    /// Sets how the queue's backend keeps requests waiting.
+    pub(crate) fn stalls(&self, stalls: Stalls) {
+        self.queue_waiting
+            .set(stalls.waiting.map_or(0.0, |w| w.as_secs_f64()));
+        // One scrape at a time, or two would both add the same requests.
+        let _one = self.stalls_lock.lock().unwrap();
+        let more = stalls.requests.saturating_sub(self.queue_waits.get());
+        self.queue_waits.inc_by(more);
     }
 
     /// The text exposition, with queue gauges set from `depth` and the

@@ -385,6 +385,16 @@ pub(crate) struct Archived {
     pub record: Vec<u8>,
 }
 
+/// How long the queue's backend has kept requests waiting for it (NATS
+/// JetStream electing a leader), for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Stalls {
+    /// Since when requests wait now, if they do.
+    pub waiting: Option<std::time::Duration>,
+    /// Requests that waited, ever.
+    pub requests: u64,
+}
+
 /// Queue depth per receiver, for metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Depth {
@@ -457,6 +467,10 @@ pub(crate) trait Queue: Send + Sync + 'static {
     /// a slot. `false` where such a claim is a lease that ends on its own.
     fn claims_last(&self) -> bool {
         true
+    }
+    /// How long requests have waited for the backend (see [`Stalls`]).
+    fn stalls(&self) -> Stalls {
+        Stalls::default()
     }
     /// Hands back the deliveries this run holds (claimed, not finished), as
     /// the engine stops, so that other engines sharing the queue can take

@@ -18,7 +18,8 @@
 //! - `GET /v1/activity`: the last events and what each hook decided.
 //! - `GET /v1/series`: the last hour per minute, for plots.
 //! - `GET /metrics`: Prometheus metrics.
-//! - `GET /healthz`: liveness.
+//! - `GET /healthz`: liveness; `GET /readyz`: readiness (`degraded` while
+//!   the queue's backend keeps requests waiting).
 //! - `GET /v1/openapi.json`: the OpenAPI document of all of the above,
 //!   generated from the handlers (`routes.rs`).
 //! - `GET /`: the operator console (`console.rs`).
@@ -77,6 +78,7 @@ pub fn router(engine: Engine) -> Router {
         .routes(routes!(routes::series))
         .routes(routes!(routes::metrics))
         .routes(routes!(routes::healthz))
+        .routes(routes!(routes::readyz))
         .routes(routes!(openapi_json))
         .routes(routes!(console::page))
         .split_for_parts();
@@ -193,7 +195,7 @@ pub fn check_token(token: &str) -> Result<(), SettingsError> {
     Ok(())
 }
 
-/// Puts `router` behind a bearer token: every route but `/healthz` and the
+/// Puts `router` behind a bearer token: every route but `/healthz`, `/readyz` and the
 /// console's page (which asks for the token and sends it) answers 401 unless the request has `Authorization: Bearer TOKEN`. Refuses a
 /// token shorter than [`MIN_TOKEN_CHARS`] or with whitespace in it.
 pub fn require_token(router: Router, token: &str) -> Result<Router, SettingsError> {

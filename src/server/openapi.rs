@@ -18,7 +18,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 #[openapi(
     info(
         title = "wasmhooks",
-        description = "The HTTP API of `wasmhooks serve`: events in, the hooks' status, the delivery queue, metrics. Started with a token (`--token`), every route but `/healthz` and the console (`/`) wants `Authorization: Bearer TOKEN`.",
+        description = "The HTTP API of `wasmhooks serve`: events in, the hooks' status, the delivery queue, metrics. Started with a token (`--token`), every route but `/healthz`, `/readyz` and the console (`/`) wants `Authorization: Bearer TOKEN`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     tags(
@@ -31,7 +31,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 pub(super) struct ApiDoc;
 
 /// Routes open without the token.
-pub(super) const OPEN_PATHS: [&str; 2] = ["/healthz", "/"];
+pub(super) const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/"];
 
 /// Adds what every route shares; applied once the routes are in (see
 /// [`router`](super::router)).

@@ -507,3 +507,25 @@ pub(super) async fn metrics(State(engine): State<Engine>) -> Response {
 pub(super) async fn healthz() -> &'static str {
     "ok\n"
 }
+
+/// Readiness, for a load balancer, without a token: `ready`, or
+/// `degraded` while requests wait for the queue (NATS JetStream electing a
+/// leader after a node was lost): events are then accepted late, not
+/// refused, so the engine stays in rotation. Always 200.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "`ready`, or `degraded: …` with why", content_type = "text/plain; charset=utf-8", body = String, example = "ready\n"))
+)]
+pub(super) async fn readyz(State(engine): State<Engine>) -> String {
+    match engine.queue_waiting() {
+        None => "ready\n".into(),
+        Some(waiting) => format!(
+            "degraded: requests have waited {:.1} s for the queue (NATS JetStream has no \
+             leader); they are accepted once it has one\n",
+            waiting.as_secs_f64()
+        ),
+    }
+}

@@ -301,3 +301,256 @@ async fn a_nats_node_killed_mid_burst_loses_no_accepted_event() {
     );
     drop(engines);
 }
+
+/// Which node of three a test kills.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Victim {
+    /// The leader of the deliveries stream.
+    StreamLeader,
+    /// The leader of JetStream's meta group (streams and consumers).
+    MetaLeader,
+    /// A node that leads no stream of the queue and not the meta group.
+    Follower,
+}
+
+/// A node of three SIGKILLed a third of the way into 3,000 post events
+/// from 8 clients on two engines (`replicas = 3`), in turn: the leader of
+/// the deliveries stream, the leader of the meta group, and a node that
+/// leads nothing. The engines wait for JetStream's new leaders instead of
+/// refusing, every accepted event is delivered, and the node, restarted,
+/// rejoins. One after the other: three clusters at once would slow this
+/// 2-core machine into elections of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_a_nats_node_costs_a_wait_not_a_refusal() {
+    for victim in [Victim::StreamLeader, Victim::MetaLeader, Victim::Follower] {
+        lose_a_node(victim).await;
+    }
+}
+
+/// Kills `victim` mid-burst (see the test above). Measured in the same
+/// run: how long JetStream took to elect new leaders for what the victim
+/// led, the floor under any pause in accepting.
+async fn lose_a_node(which: Victim) {
+    use async_nats::jetstream;
+    use std::time::Instant;
+    const N: usize = 3_000;
+    const CLIENTS: usize = 8;
+    let mut nodes = NatsServer::cluster(3);
+    let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
+    let receiver = Tally::start(Duration::ZERO).await;
+    let cluster = Cluster::new(&receiver, &urls.join(","), "replicas = 3");
+    let engines: Vec<Serve> = (0..2).map(|i| cluster.engine(i)).collect();
+    let addrs: Vec<_> = engines.iter().map(|e| e.addr).collect();
+    let all: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let js = jetstream::new(async_nats::connect(all).await.unwrap());
+    const STREAMS: [&str; 5] = ["DELIVERIES", "DEAD", "DELIVERED", "JOURNAL", "KEYS"];
+    let leader_of = async |js: &jetstream::Context, stream: &str| -> Option<String> {
+        tokio::time::timeout(Duration::from_millis(500), async {
+            let mut stream = js.get_stream(format!("WASMHOOKS_{stream}")).await.ok()?;
+            let info = stream.info().await.ok()?;
+            info.cluster.clone()?.leader.filter(|l| !l.is_empty())
+        })
+        .await
+        .ok()?
+    };
+    let meta_leader = |node: &NatsServer| -> Option<String> {
+        let jsz: serde_json::Value = serde_json::from_str(&node.monitor_get("/jsz")?).ok()?;
+        jsz["meta_cluster"]["leader"]
+            .as_str()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+    };
+    let meta = meta_leader(&nodes[0]).expect("a meta leader");
+    let mut leaders = Vec::new();
+    for stream in STREAMS {
+        leaders.push(
+            leader_of(&js, stream)
+                .await
+                .expect("every stream has a leader"),
+        );
+    }
+    let name = match which {
+        Victim::StreamLeader => leaders[0].clone(),
+        Victim::MetaLeader => meta.clone(),
+        Victim::Follower => {
+            // Leaders are placed at random: move them off one node that
+            // is not the meta leader (a stream's leader steps down to
+            // another node) until it leads nothing.
+            let quiet = (0..3)
+                .map(|i| format!("node{i}"))
+                .find(|n| *n != meta)
+                .unwrap();
+            for _ in 0..20 {
+                let mut led = Vec::new();
+                for stream in STREAMS {
+                    if leader_of(&js, stream).await.as_deref() == Some(quiet.as_str()) {
+                        led.push(stream);
+                    }
+                }
+                if led.is_empty() {
+                    break;
+                }
+                for stream in led {
+                    let _: Result<serde_json::Value, _> = js
+                        .request(
+                            format!("STREAM.LEADER.STEPDOWN.WASMHOOKS_{stream}"),
+                            &serde_json::json!({}),
+                        )
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await; // polling its state
+            }
+            quiet
+        }
+    };
+    let victim: usize = name.trim_start_matches("node").parse().unwrap();
+    // What the victim leads, whose new leaders the pause waits for.
+    let mut led = Vec::new();
+    for stream in STREAMS {
+        if leader_of(&js, stream).await.as_deref() == Some(name.as_str()) {
+            led.push(stream);
+        }
+    }
+    let leads_meta = meta == name;
+    if which == Victim::Follower {
+        for stream in STREAMS {
+            assert_ne!(
+                leader_of(&js, stream).await.as_deref(),
+                Some(name.as_str()),
+                "{stream}"
+            );
+        }
+        assert!(!leads_meta);
+    }
+
+    // 8 clients, each sending its share one event at a time.
+    let accepted = Arc::new(Mutex::new(Vec::<(Instant, String)>::new()));
+    let (count, mut counted) = watch::channel(0usize);
+    let count = Arc::new(count);
+    let client = reqwest::Client::new();
+    let event = fixture_json("vm.start.post");
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (client, event, accepted, count) = (
+                client.clone(),
+                event.clone(),
+                accepted.clone(),
+                count.clone(),
+            );
+            let addrs = addrs.clone();
+            tokio::spawn(async move {
+                let mut refused = Vec::new();
+                for i in (c..N).step_by(CLIENTS) {
+                    let id = format!("lost-leader-{i}");
+                    let mut event = event.clone();
+                    event["callId"] = id.clone().into();
+                    let answer = client
+                        .post(format!("http://{}/v1/events", addrs[i % addrs.len()]))
+                        .timeout(Duration::from_secs(60))
+                        .json(&event)
+                        .send()
+                        .await;
+                    match answer {
+                        Ok(r) if r.status() == 202 => {
+                            accepted.lock().unwrap().push((Instant::now(), id));
+                            count.send_modify(|n| *n += 1);
+                        }
+                        Ok(r) => refused.push(format!(
+                            "{}: {}",
+                            r.status(),
+                            r.text().await.unwrap_or_default()
+                        )),
+                        Err(e) => refused.push(e.to_string()),
+                    }
+                }
+                refused
+            })
+        })
+        .collect();
+    counted.wait_for(|&n| n >= N / 3).await.unwrap();
+    nodes[victim].kill();
+    let killed = Instant::now();
+    // How long JetStream takes to elect a new leader (polled through the
+    // surviving nodes).
+    let survivors: Vec<&str> = urls
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != victim)
+        .map(|(_, u)| u.as_str())
+        .collect();
+    let watcher = jetstream::new(async_nats::connect(survivors).await.unwrap());
+    let election = loop {
+        let mut stream_led = true;
+        for stream in &led {
+            stream_led &= leader_of(&watcher, stream).await.is_some_and(|l| l != name);
+        }
+        let meta_led = !leads_meta
+            || nodes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != victim)
+                .any(|(_, n)| meta_leader(n).is_some_and(|l| l != name));
+        if stream_led && meta_led {
+            break killed.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling its state
+    };
+    let mut refused = Vec::new();
+    for c in clients {
+        refused.extend(c.await.unwrap());
+    }
+    let accepted = std::mem::take(&mut *accepted.lock().unwrap());
+    let mut times: Vec<Instant> = accepted.iter().map(|(t, _)| *t).collect();
+    times.sort();
+    let longest_pause = times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    let ids: Vec<String> = accepted.into_iter().map(|(_, id)| id).collect();
+    receiver.wait_all(&ids, Duration::from_secs(120)).await;
+    println!(
+        "{which:?} ({name}; leading {led:?}, meta leader: {leads_meta}) \
+         SIGKILLed: {} of {N} events accepted, {} refused (e.g. {:?}); JetStream had new \
+         leaders in {election:.1?}; the longest pause between two accepted events: \
+         {longest_pause:.1?}; all delivered, {} duplicates",
+        ids.len(),
+        refused.len(),
+        refused.first(),
+        receiver.duplicates()
+    );
+    assert!(
+        refused.is_empty(),
+        "{} refused, e.g. {:?}",
+        refused.len(),
+        refused.first()
+    );
+    assert!(
+        longest_pause <= election + Duration::from_secs(3),
+        "the engines accepted again within 3 s of the new leader: paused {longest_pause:?}, \
+         election {election:?}"
+    );
+    // Restarted, the node rejoins: the stream has its three replicas again.
+    nodes[victim].restart();
+    nodes[victim].wait_ready();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut stream = watcher.get_stream("WASMHOOKS_DELIVERIES").await.unwrap();
+        let current = match stream.info().await {
+            Ok(info) => info
+                .cluster
+                .as_ref()
+                .map(|c| c.replicas.iter().filter(|r| r.current).count()),
+            Err(_) => None,
+        };
+        if current == Some(2) {
+            break; // the leader and two current followers
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node did not rejoin: {current:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await; // polling its state
+    }
+    drop(engines);
+}

@@ -22,7 +22,7 @@ const STATE: &str = "/var/lib/wasmhooks";
 /// with every optional setting set, and gives the defaults.
 #[test]
 fn the_shipped_config_lists_every_setting_at_its_default() {
-    use wasmhooks::config::{Config, NatsConfig, QueueConfig, XoSourceConfig};
+    use wasmhooks::config::{ArchiveConfig, Config, NatsConfig, QueueConfig, XoSourceConfig};
     let shipped = std::fs::read_to_string(guests::root().join("packaging/config.toml")).unwrap();
     // A commented line that is TOML on its own is a setting or a table;
     // `queue = "sqlite"` gives way to its alternative, `[queue.nats]`.
@@ -47,6 +47,7 @@ fn the_shipped_config_lists_every_setting_at_its_default() {
             credentials: Some("/".into()),
             ..NatsConfig::default()
         }),
+        archive: Some(ArchiveConfig::default()),
         ..Config::default()
     };
     full.sources.xo = Some(XoSourceConfig {
@@ -82,6 +83,11 @@ fn the_shipped_config_lists_every_setting_at_its_default() {
             "[queue.nats] {key}"
         );
     }
+    assert_eq!(
+        config.archive,
+        Some(ArchiveConfig::default()),
+        "[archive] at its defaults"
+    );
     // XO's two required settings, and the defaults of the others.
     let required = format!("url = {:?}\ntoken = \"x\"\n", xo.url);
     let xo_default: XoSourceConfig = toml::from_str(&required).unwrap();

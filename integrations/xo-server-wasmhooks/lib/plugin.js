@@ -88,7 +88,7 @@ export class WasmhooksPlugin {
     const client = {
       postEvent: (body, timeoutMs, trace) => this._client.postEvent(body, timeoutMs, trace),
     }
-    this._forwarder = new Forwarder({ client, log, maxQueued: conf.maxQueued, timeoutMs: Math.max(conf.preTimeout, 10000) })
+    this._forwarder = new Forwarder({ client, log, maxQueued: conf.maxQueued, timeoutMs: Math.max(conf.preTimeout, 15000) })
     this._jsonrpc.start()
     this._rest.start()
     this._loaded = true

@@ -17,13 +17,11 @@ impl NatsQueue {
             payload: &event.payload,
         })
         .expect("an entry serializes");
+        // Its uid as its id, so a publish tried again is stored once.
+        let subject = format!("{}.j", self.streams.prefix);
         let ack = self
-            .js
-            .publish(format!("{}.j", self.streams.prefix), payload.into())
-            .await
-            .map_err(nats_error)?
-            .await
-            .map_err(nats_error)?;
+            .store(subject, format!("j.{}", event.uid), payload.into())
+            .await?;
         if let Some(key) = &event.key {
             self.accept_key(key).await?;
         }
@@ -45,7 +43,10 @@ impl NatsQueue {
             .map(|d| (d, true))
             .chain(batch.queued.iter().map(|d| (d, false)))
         {
-            let tok = self.ensure_receiver(&d.receiver()).await?;
+            let receiver = d.receiver();
+            let tok = self
+                .ride_out("a receiver's consumer", || self.ensure_receiver(&receiver))
+                .await?;
             let mut record = Record::of(d, now);
             // Sent at once by this run: out of the consumer's sight.
             let subject = if claimed {
@@ -55,8 +56,10 @@ impl NatsQueue {
                 self.subject(&tok)
             };
             let payload = record.encode(&d.body);
-            let ack = self.publish(subject, d.id.clone(), payload).await?;
-            acks.push((record, d.body.clone(), ack, tok));
+            let ack = self
+                .publish(subject.clone(), d.id.clone(), payload.clone())
+                .await;
+            acks.push((record, d.body.clone(), ack, tok, subject, payload));
         }
         // What this run sends itself is held only once the whole batch
         // is in: after a failure the caller sends none of it, and a
@@ -64,8 +67,24 @@ impl NatsQueue {
         // this run's lease sweep forever. Unheld, it is freed like any
         // lapsed lease (and a retry of the batch is a duplicate).
         let mut held = Vec::new();
-        for (record, body, ack, tok) in acks {
-            let ack = ack.await.map_err(nats_error)?;
+        for (record, body, ack, tok, subject, payload) in acks {
+            let ack = match ack {
+                Ok(ack) => ack.await.map_err(nats_error),
+                Err(e) => Err(e),
+            };
+            let ack = match ack {
+                Ok(ack) => ack,
+                // No leader for a moment: publish it again, under the same
+                // id, until one answers. If the first publish was stored,
+                // this one is a duplicate of it, and treated as any
+                // duplicate: not held by this run (another's copy may be
+                // the one stored), so a delivery to send at once is sent
+                // once its lease ends, late rather than twice.
+                Err(e) if retry::transient(&e) => {
+                    self.store(subject, record.id.clone(), payload).await?
+                }
+                Err(e) => return Err(e),
+            };
             if record.held_until.is_none() && !ack.duplicate {
                 self.published(&tok);
             }
@@ -82,7 +101,10 @@ impl NatsQueue {
             self.accept_key(key).await?;
         }
         if let Some(ticket) = batch.ticket {
-            delete(&self.streams.journal, ticket as u64).await?;
+            self.ride_out("a journal entry's removal", || {
+                delete(&self.streams.journal, ticket as u64)
+            })
+            .await?;
         }
         let claimed = held.iter().map(|h| h.record.id.clone()).collect();
         let mut state = self.state.lock().unwrap();
@@ -148,7 +170,10 @@ impl NatsQueue {
                 }
                 Finish::Retry { at_ms } => {
                     record.next_ms = at_ms;
-                    let tok = self.ensure_receiver(&record.receiver()).await?;
+                    let receiver = record.receiver();
+                    let tok = self
+                        .ride_out("a receiver's consumer", || self.ensure_receiver(&receiver))
+                        .await?;
                     retried = Some(tok.clone());
                     (Some(self.subject(&tok)), "next")
                 }
@@ -156,12 +181,7 @@ impl NatsQueue {
             };
             if let Some(subject) = subject {
                 let msg_id = format!("{id}.{msg_id}.{}", held.seq);
-                let stored = async {
-                    let ack = self
-                        .publish(subject, msg_id, record.encode(&held.body))
-                        .await?;
-                    ack.await.map_err(nats_error)
-                };
+                let stored = self.store(subject, msg_id, record.encode(&held.body));
                 match (stored.await, how) {
                     (Ok(ack), _) => {
                         if let (Some(tok), false) = (&retried, ack.duplicate) {

@@ -21,49 +21,66 @@ impl NatsQueue {
 
     /// Takes a message out of the deliveries stream: acks it if it was
     /// claimed through a consumer, else deletes it.
+    /// Both are tried again while the stream has no leader (an ack or a
+    /// delete twice changes nothing).
     pub(super) async fn remove(&self, held: &Held) -> Result<(), QueueError> {
-        match &held.reply {
-            Some(reply) => {
-                self.js
-                    .client()
-                    .request(reply.clone(), Bytes::from(jetstream::AckKind::Ack))
-                    .await
-                    .map_err(nats_error)?;
-                Ok(())
+        self.ride_out("a delivery's removal", || async {
+            match &held.reply {
+                Some(reply) => {
+                    self.js
+                        .client()
+                        .request(reply.clone(), Bytes::from(jetstream::AckKind::Ack))
+                        .await
+                        .map_err(nats_error)?;
+                    Ok(())
+                }
+                None => delete(&self.streams.deliveries, held.seq).await,
             }
-            None => delete(&self.streams.deliveries, held.seq).await,
-        }
+        })
+        .await
     }
 
     /// Whether `key` was accepted before.
     pub(super) async fn key_seen(&self, key: &str) -> Result<bool, QueueError> {
         let subject = self.key_subject(key);
-        match self
-            .streams
-            .keys
-            .get_last_raw_message_by_subject(&subject)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(false),
-            Err(e) => Err(nats_error(e)),
-        }
+        self.ride_out("a key read", || async {
+            match self
+                .streams
+                .keys
+                .get_last_raw_message_by_subject(&subject)
+                .await
+            {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(false),
+                Err(e) => Err(nats_error(e)),
+            }
+        })
+        .await
     }
 
     /// Records `key` as accepted now (a copy that raced it changes nothing).
+    /// Tried again while there is no leader: a try whose write went
+    /// through makes the next one find the key, which is as good.
     pub(super) async fn accept_key(&self, key: &str) -> Result<(), QueueError> {
-        let mut headers = NatsHeaders::new();
-        headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
-        let ack = self
-            .js
-            .publish_with_headers(self.key_subject(key), headers, now_ms().to_string().into())
-            .await
-            .map_err(nats_error)?;
-        match ack.await {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => Ok(()),
-            Err(e) => Err(nats_error(e)),
-        }
+        let subject = self.key_subject(key);
+        let at = now_ms().to_string();
+        self.ride_out("a key write", || async {
+            let mut headers = NatsHeaders::new();
+            headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
+            let ack = self
+                .js
+                .publish_with_headers(subject.clone(), headers, at.clone().into())
+                .await
+                .map_err(nats_error)?;
+            match ack.await {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                    Ok(())
+                }
+                Err(e) => Err(nats_error(e)),
+            }
+        })
+        .await
     }
 
     pub(super) fn key_subject(&self, key: &str) -> String {

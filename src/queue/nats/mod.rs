@@ -58,6 +58,7 @@ mod open;
 mod queue;
 mod receivers;
 mod record;
+mod retry;
 
 use messages::{delete, next_raw};
 use receivers::count_by_receiver;
@@ -137,6 +138,9 @@ pub(crate) struct NatsQueue {
     renew: tokio::task::JoinHandle<()>,
     /// `P_ARCHIVE`, once this run archived something (see `archive.rs`).
     archive: tokio::sync::OnceCell<stream::Stream>,
+    /// How long a request waits for a leader (see `retry.rs`).
+    election_wait: Duration,
+    stall: Mutex<retry::Stall>,
 }
 
 fn nats_error(e: impl Into<async_nats::Error>) -> QueueError {

@@ -179,6 +179,8 @@ impl NatsQueue {
                 released: watch::channel(false).0,
                 renew,
                 archive: tokio::sync::OnceCell::new(),
+                election_wait: Duration::from_millis(nats.election_wait_ms),
+                stall: Mutex::default(),
             }
         });
         Ok(queue)

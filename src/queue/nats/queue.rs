@@ -43,6 +43,13 @@ impl Queue for NatsQueue {
         Box::pin(self.read_archive(from_ms, after, limit))
     }
 
+    fn stalls(&self) -> Stalls {
+        Stalls {
+            waiting: self.stalled_for(),
+            requests: self.stall.lock().unwrap().total,
+        }
+    }
+
     fn backlog(&self) -> Fut<'_, usize> {
         Box::pin(self.count_backlog())
     }

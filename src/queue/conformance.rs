@@ -54,7 +54,7 @@ impl Backend for SqliteMemory {
 // Shared with the integration tests, where its items are public.
 #[allow(unreachable_pub)]
 #[path = "../../tests/support/nats.rs"]
-mod nats_server;
+pub(super) mod nats_server;
 
 /// A JetStream server of its own; a dropped run hands back what it held
 /// (as an engine that stops does; one that dies loses its claims after

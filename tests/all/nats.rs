@@ -61,6 +61,19 @@ impl Tally {
 
     /// Waits until every one of `ids` has arrived (within `within`).
     async fn wait_all(&self, ids: &[String], within: Duration) {
+        if let Err(missing) = self.missing_after(ids, within).await {
+            panic!(
+                "{} of {} accepted events never reached the receiver, e.g. {:?}",
+                missing.len(),
+                ids.len(),
+                &missing[..missing.len().min(5)]
+            );
+        }
+    }
+
+    /// Waits until every one of `ids` has arrived, or `within` has passed:
+    /// then those missing.
+    async fn missing_after(&self, ids: &[String], within: Duration) -> Result<(), Vec<String>> {
         let mut rx = self.unique.subscribe();
         let waited = tokio::time::timeout(within, async {
             loop {
@@ -77,14 +90,13 @@ impl Tally {
         .await;
         if waited.is_err() {
             let seen = self.seen.lock().unwrap();
-            let missing: Vec<&String> = ids.iter().filter(|id| !seen.contains_key(*id)).collect();
-            panic!(
-                "{} of {} accepted events never reached the receiver, e.g. {:?}",
-                missing.len(),
-                ids.len(),
-                &missing[..missing.len().min(5)]
-            );
+            return Err(ids
+                .iter()
+                .filter(|id| !seen.contains_key(*id))
+                .cloned()
+                .collect());
         }
+        Ok(())
     }
 
     /// Requests beyond the first per event.
@@ -508,7 +520,63 @@ async fn lose_a_node(which: Victim) {
         .max()
         .unwrap_or_default();
     let ids: Vec<String> = accepted.into_iter().map(|(_, id)| id).collect();
-    receiver.wait_all(&ids, Duration::from_secs(120)).await;
+    if let Err(missing) = receiver.missing_after(&ids, Duration::from_secs(120)).await {
+        // Where they are: in the deliveries stream (on which subject), or
+        // nowhere; and what the engines said.
+        let mut stream = watcher.get_stream("WASMHOOKS_DELIVERIES").await.unwrap();
+        let info = stream.info().await.unwrap().state.clone();
+        let mut found = Vec::new();
+        for seq in info.first_sequence..=info.last_sequence {
+            if let Ok(m) = stream.get_raw_message(seq).await {
+                let text = String::from_utf8_lossy(&m.payload);
+                for id in &missing {
+                    if text.contains(&format!("\"{id}\""))
+                        || text.contains(&format!("\\\"{id}\\\""))
+                    {
+                        found.push(format!("{id} at {seq} on {}", m.subject));
+                    }
+                }
+            }
+        }
+        let mut consumers = Vec::new();
+        let mut list = stream.consumers();
+        while let Some(Ok(c)) = list.next().await {
+            consumers.push(format!(
+                "{}: pending {} ack pending {} redelivered {} delivered {:?} ack floor {:?}",
+                c.name,
+                c.num_pending,
+                c.num_ack_pending,
+                c.num_redelivered,
+                c.delivered.stream_sequence,
+                c.ack_floor.stream_sequence
+            ));
+        }
+        let said: Vec<String> = engines
+            .iter()
+            .enumerate()
+            .flat_map(|(i, e)| {
+                e.log
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|l| {
+                        l.contains("WARN")
+                            || l.contains("ERROR")
+                            || missing.iter().any(|id| l.contains(id.as_str()))
+                    })
+                    .map(|l| format!("engine {i}: {l}"))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        panic!(
+            "{which:?} ({name}; leading {led:?}): {} of {} accepted events never reached the \
+             receiver: {missing:?}\nin the deliveries stream ({info:?}): {found:?}\n\
+             consumers: {consumers:?}\nthe engines said:\n{}",
+            missing.len(),
+            ids.len(),
+            said.join("\n")
+        );
+    }
     println!(
         "{which:?} ({name}; leading {led:?}, meta leader: {leads_meta}) \
          SIGKILLed: {} of {N} events accepted, {} refused (e.g. {:?}); JetStream had new \

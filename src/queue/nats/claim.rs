@@ -13,9 +13,16 @@ const FETCH_WAIT: Duration = Duration::from_millis(100);
 /// wait for it: later, it was seen or another engine took it.
 const FETCH_RECENT: Duration = Duration::from_secs(1);
 
+/// How long past its own expiry a fetch is waited for. JetStream answers a
+/// fetch at once (or at its expiry) even when it has nothing; a consumer
+/// whose leader changes while a fetch waits may never answer it, and
+/// nothing else would end it: the claim, and every delivery after it,
+/// would wait forever.
+const FETCH_SLACK: Duration = Duration::from_secs(2);
+
 /// Up to `want` messages of `consumer`: those it has now, or with `wait`,
 /// the first to come within it. `None` if the fetch failed.
-async fn fetch(
+pub(super) async fn fetch(
     consumer: &Consumer,
     receiver: &str,
     want: usize,
@@ -25,21 +32,44 @@ async fn fetch(
     if let Some(wait) = wait {
         request = request.expires(wait);
     }
-    let messages = match request.messages().await {
-        Ok(messages) => messages,
-        Err(e) => {
-            tracing::warn!(receiver, "cannot fetch deliveries from NATS: {e}");
+    let limit = wait.unwrap_or_default() + FETCH_SLACK;
+    let until = tokio::time::sleep(limit);
+    tokio::pin!(until);
+    let no_end = || {
+        tracing::warn!(
+            receiver,
+            "no end to a fetch of deliveries from NATS within {limit:?}: fetching again"
+        )
+    };
+    let mut messages = tokio::select! {
+        messages = request.messages() => match messages {
+            Ok(messages) => messages,
+            Err(e) => {
+                tracing::warn!(receiver, "cannot fetch deliveries from NATS: {e}");
+                return None;
+            }
+        },
+        _ = &mut until => {
+            no_end();
             return None;
         }
     };
-    let batch = messages
-        .filter_map(|m| async move {
-            m.map_err(|e| tracing::warn!(receiver, "a fetch from NATS ended early: {e}"))
-                .ok()
-        })
-        .collect()
-        .await;
-    Some(batch)
+    let mut batch = Vec::new();
+    loop {
+        tokio::select! {
+            m = messages.next() => match m {
+                Some(Ok(m)) => batch.push(m),
+                Some(Err(e)) => tracing::warn!(receiver, "a fetch from NATS ended early: {e}"),
+                None => return Some(batch),
+            },
+            // What came is kept; what comes after is delivered again once
+            // its ack wait has passed. Nothing at all is no answer.
+            _ = &mut until => {
+                no_end();
+                return (!batch.is_empty()).then_some(batch);
+            }
+        }
+    }
 }
 
 impl NatsQueue {

@@ -176,18 +176,25 @@ pub(super) async fn next_raw(
         .await
 }
 
-/// Deletes message `seq` of `stream`; one already gone is fine.
+/// Deletes message `seq` of `stream`; one already gone is fine (a delete
+/// tried again after its first try went through finds nothing).
 pub(super) async fn delete(stream: &stream::Stream, seq: u64) -> Result<(), QueueError> {
     match stream.delete_message(seq).await {
         Ok(_) => Ok(()),
         Err(e) => match e.kind() {
-            stream::DeleteMessageErrorKind::JetStream(js)
-                if js.error_code() == jetstream::ErrorCode::NO_MESSAGE_FOUND
-                    || js.error_code() == jetstream::ErrorCode::SEQUENCE_NOT_FOUND =>
-            {
-                Ok(())
-            }
+            stream::DeleteMessageErrorKind::JetStream(js) if already_gone(&js) => Ok(()),
             _ => Err(nats_error(e)),
         },
     }
+}
+
+/// Whether a delete failed because the message is not there: a single
+/// server says so with its own code; a cluster wraps the same "no message
+/// found" in a failed delete (10057, status 500).
+fn already_gone(e: &jetstream::Error) -> bool {
+    let code = e.error_code();
+    code == jetstream::ErrorCode::NO_MESSAGE_FOUND
+        || code == jetstream::ErrorCode::SEQUENCE_NOT_FOUND
+        || (code == jetstream::ErrorCode::STREAM_MESSAGE_DELETE_FAILED
+            && e.to_string().contains("no message found"))
 }

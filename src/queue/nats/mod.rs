@@ -59,6 +59,8 @@ mod queue;
 mod receivers;
 mod record;
 mod retry;
+#[cfg(test)]
+mod tests;
 
 use messages::{delete, next_raw};
 use receivers::count_by_receiver;

@@ -373,7 +373,17 @@ impl Engine {
     /// The metrics in Prometheus text format (what `GET /metrics` serves).
     pub async fn metrics(&self) -> Result<String, Error> {
         self.inner.metrics.stalls(self.inner.queue.stalls());
-        let depth = self.inner.queue.depth().await?;
+        // A queue that cannot count now (JetStream electing a leader) leaves
+        // its gauges as last scraped: the rest is still worth serving.
+        let depth = match self.inner.queue.depth().await {
+            Ok(depth) => Some(depth),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot count the queue for /metrics; its gauges are as last scraped: {e}"
+                );
+                None
+            }
+        };
         let warm: Vec<(String, usize)> = self
             .hooks()
             .into_iter()
@@ -383,7 +393,7 @@ impl Engine {
         Ok(self
             .inner
             .metrics
-            .encode(&depth, &warm, &receivers, crate::util::now_ms()))
+            .encode(depth.as_ref(), &warm, &receivers, crate::util::now_ms()))
     }
 
     /// Sends again the deliveries `which` names (dead letters, delivered
@@ -447,6 +457,12 @@ impl Engine {
     /// `queue.nats.election_wait_ms`), if they are.
     pub fn queue_waiting(&self) -> Option<Duration> {
         self.inner.queue.stalls().waiting
+    }
+
+    /// Accepted events kept on this engine's disk now, until NATS JetStream
+    /// has a leader again (`queue.nats.spill_after_ms`).
+    pub fn queue_kept_locally(&self) -> u64 {
+        self.inner.queue.stalls().kept_now
     }
 
     /// The archive of accepted events (`[archive]`), if it is on.

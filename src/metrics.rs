@@ -117,6 +117,10 @@ pub(crate) struct Metrics {
     queue_waiting: Gauge<f64, AtomicU64>,
     /// Requests that waited for it.
     queue_waits: Counter,
+    /// Commits kept on the engine's disk until the queue takes them: now,
+    /// and ever.
+    queue_kept_now: Gauge,
+    queue_kept: Counter,
     stalls_lock: Mutex<()>,
     /// Events written to the archive.
     pub archived: Counter,
@@ -152,6 +156,8 @@ impl Default for Metrics {
             source_resyncs: Family::default(),
             queue_waiting: Gauge::default(),
             queue_waits: Counter::default(),
+            queue_kept_now: Gauge::default(),
+            queue_kept: Counter::default(),
             stalls_lock: Mutex::default(),
             archived: Counter::default(),
             archive_lost: Counter::default(),
@@ -267,6 +273,18 @@ impl Default for Metrics {
             m.queue_waits.clone(),
         );
         r.register(
+            "queue_kept_locally_now",
+            "Accepted events kept on this engine's disk now, until NATS JetStream has a \
+             leader again (queue.nats.spill_after_ms)",
+            m.queue_kept_now.clone(),
+        );
+        r.register(
+            "queue_kept_locally",
+            "Accepted events kept on this engine's disk while NATS JetStream had no leader, \
+             then forwarded",
+            m.queue_kept.clone(),
+        );
+        r.register(
             "archive_events",
             "Events written to the archive ([archive])",
             m.archived.clone(),
@@ -370,13 +388,40 @@ impl Metrics {
         let _one = self.stalls_lock.lock().unwrap();
         let more = stalls.requests.saturating_sub(self.queue_waits.get());
         self.queue_waits.inc_by(more);
+        self.queue_kept_now.set(stalls.kept_now as i64);
+        let more = stalls.kept.saturating_sub(self.queue_kept.get());
+        self.queue_kept.inc_by(more);
     }
 
-    /// The text exposition, with queue gauges set from `depth` and the
+    /// Sets the queue gauges from `depth`.
+    fn set_depth(&self, depth: &HashMap<String, Depth>, now_ms: u64) {
+        self.depth.clear();
+        self.oldest.clear();
+        // Receivers past the label cap (hooks pick URLs) add up under "other".
+        let mut capped: HashMap<ReceiverLabel, (u64, Option<u64>)> = HashMap::new();
+        for (receiver, d) in depth {
+            let (pending, oldest) = capped.entry(self.receiver_label(receiver)).or_default();
+            *pending += d.pending;
+            *oldest = match (*oldest, d.oldest_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        for (label, (pending, oldest)) in capped {
+            self.depth.get_or_create(&label).set(pending as i64);
+            if let Some(oldest) = oldest {
+                let age = now_ms.saturating_sub(oldest) as f64 / 1000.0;
+                self.oldest.get_or_create(&label).set(age);
+            }
+        }
+    }
+
+    /// The text exposition, with queue gauges set from `depth` (as they
+    /// were at the last scrape if the queue could not say) and the
     /// warm-instance gauges from `warm` (hook, idle instances).
     pub(crate) fn encode(
         &self,
-        depth: &HashMap<String, Depth>,
+        depth: Option<&HashMap<String, Depth>>,
         warm: &[(String, usize)],
         receivers: &[crate::delivery::ReceiverView],
         now_ms: u64,
@@ -397,24 +442,8 @@ impl Metrics {
             let label = HookLabel { hook: hook.clone() };
             self.warm.get_or_create(&label).set(*idle as i64);
         }
-        self.depth.clear();
-        self.oldest.clear();
-        // Receivers past the label cap (hooks pick URLs) add up under "other".
-        let mut capped: HashMap<ReceiverLabel, (u64, Option<u64>)> = HashMap::new();
-        for (receiver, d) in depth {
-            let (pending, oldest) = capped.entry(self.receiver_label(receiver)).or_default();
-            *pending += d.pending;
-            *oldest = match (*oldest, d.oldest_ms) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-        }
-        for (label, (pending, oldest)) in capped {
-            self.depth.get_or_create(&label).set(pending as i64);
-            if let Some(oldest) = oldest {
-                let age = now_ms.saturating_sub(oldest) as f64 / 1000.0;
-                self.oldest.get_or_create(&label).set(age);
-            }
+        if let Some(depth) = depth {
+            self.set_depth(depth, now_ms);
         }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
@@ -442,7 +471,7 @@ mod tests {
                 (format!("r{i}.test:80"), d)
             })
             .collect();
-        let text = metrics.encode(&depth, &[], &[], 2_000);
+        let text = metrics.encode(Some(&depth), &[], &[], 2_000);
         let series = |name: &str| text.lines().filter(|l| l.starts_with(name)).count();
         assert_eq!(series("wasmhooks_queue_depth{"), MAX_RECEIVERS + 1);
         assert_eq!(

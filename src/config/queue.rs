@@ -52,6 +52,16 @@ pub struct NatsConfig {
     /// in a cluster of three); keep it below the callers' patience (the
     /// XO plugin waits 15 s for a post).
     pub election_wait_ms: u64,
+    /// How long an accepted event waits for JetStream before it is kept on
+    /// this engine's disk instead (`nats-spill.db` in the state folder,
+    /// synced) and answered, then forwarded once JetStream has a leader
+    /// again (ms). An election takes 4 to 9 s (nats-server's own timeout):
+    /// this keeps callers from waiting through it, at the cost of holding
+    /// those events on one disk rather than `replicas` for that time. Only
+    /// for an election: once the oldest event kept has waited
+    /// `election_wait_ms`, events wait and are refused as without it.
+    /// 0: never; every accepted event is on the cluster first.
+    pub spill_after_ms: u64,
 }
 
 impl Default for NatsConfig {
@@ -63,6 +73,7 @@ impl Default for NatsConfig {
             ack_wait_ms: 30_000,
             credentials: None,
             election_wait_ms: 12_000,
+            spill_after_ms: 1_000,
         }
     }
 }
@@ -95,6 +106,15 @@ impl NatsConfig {
                 format!(
                     "{} is more than a minute: a caller would wait that long",
                     self.election_wait_ms
+                ),
+            ));
+        }
+        if self.spill_after_ms > 60_000 {
+            return Err(SettingsError::field(
+                "queue.nats.spill_after_ms",
+                format!(
+                    "{} is more than a minute: a caller would wait that long",
+                    self.spill_after_ms
                 ),
             ));
         }

@@ -96,7 +96,7 @@ impl Backend for Nats {
             history,
             ..config.queue_settings()
         };
-        let queue = NatsQueue::open(nats, &settings).await.expect("opens");
+        let queue = NatsQueue::open(nats, &settings, None).await.expect("opens");
         self.last = Some(queue.released());
         queue
     }
@@ -831,7 +831,7 @@ async fn nats_a_failed_commit_strands_no_delivery() {
     let crate::config::QueueConfig::Nats(settings) = &config.queue else {
         unreachable!()
     };
-    let queue: Arc<dyn Queue> = NatsQueue::open(settings, &config.queue_settings())
+    let queue: Arc<dyn Queue> = NatsQueue::open(settings, &config.queue_settings(), None)
         .await
         .unwrap();
     let client = async_nats::connect(&nats.server.url).await.unwrap();

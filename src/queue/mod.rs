@@ -393,6 +393,10 @@ pub(crate) struct Stalls {
     pub waiting: Option<std::time::Duration>,
     /// Requests that waited, ever.
     pub requests: u64,
+    /// Commits kept on the engine's disk until the backend takes them (see
+    /// `queue.nats.spill_after_ms`): now, and ever.
+    pub kept_now: u64,
+    pub kept: u64,
 }
 
 /// Queue depth per receiver, for metrics.
@@ -489,7 +493,10 @@ pub(crate) async fn open(settings: &QueueSettings) -> Result<Arc<dyn Queue>, Que
     let dir = match &settings.queue {
         QueueConfig::Sqlite => settings.state_dir.clone(),
         QueueConfig::Memory => None,
-        QueueConfig::Nats(nats) => return Ok(NatsQueue::open(nats, settings).await?),
+        QueueConfig::Nats(nats) => {
+            let spill = settings.state_dir.as_deref();
+            return Ok(NatsQueue::open(nats, settings, spill).await?);
+        }
     };
     let fsync = settings.fsync;
     let history = settings.history;
@@ -504,7 +511,7 @@ pub(crate) async fn open(settings: &QueueSettings) -> Result<Arc<dyn Queue>, Que
 pub(crate) async fn inspect(config: &Config) -> Result<Arc<dyn Queue>, QueueError> {
     let settings = config.queue_settings();
     match (&settings.queue, &settings.state_dir) {
-        (QueueConfig::Nats(nats), _) => Ok(NatsQueue::open(nats, &settings).await?),
+        (QueueConfig::Nats(nats), _) => Ok(NatsQueue::open(nats, &settings, None).await?),
         (QueueConfig::Sqlite, Some(dir)) => Ok(SqliteQueue::inspect(dir)?),
         _ => Err(QueueError::Open {
             path: PathBuf::new(),

@@ -520,11 +520,17 @@ pub(super) async fn healthz() -> &'static str {
     responses((status = 200, description = "`ready`, or `degraded: …` with why", content_type = "text/plain; charset=utf-8", body = String, example = "ready\n"))
 )]
 pub(super) async fn readyz(State(engine): State<Engine>) -> String {
+    let kept = engine.queue_kept_locally();
     match engine.queue_waiting() {
-        None => "ready\n".into(),
+        None if kept == 0 => "ready\n".into(),
+        None => format!(
+            "degraded: {kept} accepted events are kept on this engine's disk until NATS \
+             JetStream takes them\n"
+        ),
         Some(waiting) => format!(
             "degraded: requests have waited {:.1} s for the queue (NATS JetStream has no \
-             leader); they are accepted once it has one\n",
+             leader); they are accepted once it has one, or kept on this engine's disk \
+             meanwhile ({kept} now)\n",
             waiting.as_secs_f64()
         ),
     }

@@ -73,6 +73,11 @@ impl Serve {
     /// Deliveries it says it made (`wasmhooks_deliveries_total`, all
     /// receivers).
     pub async fn delivered(&self) -> u64 {
+        self.metric("wasmhooks_deliveries_total").await
+    }
+
+    /// The sum of a metric's series on its `/metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
         let text = reqwest::get(format!("http://{}/metrics", self.addr))
             .await
             .unwrap()
@@ -80,7 +85,7 @@ impl Serve {
             .await
             .unwrap();
         text.lines()
-            .filter(|l| l.starts_with("wasmhooks_deliveries_total"))
+            .filter(|l| l.split([' ', '{']).next() == Some(name))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64
     }

@@ -10,13 +10,7 @@ impl NatsQueue {
         {
             return Ok(None);
         }
-        let payload = serde_json::to_vec(&JournalEntry {
-            uid: &event.uid,
-            key: event.key.as_deref(),
-            hooks: &event.hooks,
-            payload: &event.payload,
-        })
-        .expect("an entry serializes");
+        let payload = journal_entry(&event);
         // Its uid as its id, so a publish tried again is stored once.
         let subject = format!("{}.j", self.streams.prefix);
         let ack = self
@@ -119,26 +113,25 @@ impl NatsQueue {
         let mut out = Vec::new();
         let filter = format!("{}.j", self.streams.prefix);
         NatsQueue::scan(&self.streams.journal, &filter, |seq, payload| {
-            #[derive(Deserialize)]
-            struct Entry {
-                uid: String,
-                key: Option<String>,
-                hooks: Vec<String>,
-                payload: String,
-            }
             match serde_json::from_slice::<Entry>(payload) {
-                Ok(e) => out.push(Journaled {
-                    ticket: seq as i64,
-                    uid: e.uid,
-                    key: e.key,
-                    hooks: e.hooks,
-                    payload: e.payload,
-                }),
+                Ok(e) => out.push(e.journaled(seq as i64)),
                 Err(e) => tracing::error!(seq, "a journal entry in NATS is not valid: {e}"),
             }
             true
         })
         .await?;
+        // And those kept on this engine's disk while JetStream had no leader.
+        if let Some(spill) = &self.spill {
+            for (ticket, entry) in spill.journaled()? {
+                match serde_json::from_slice::<Entry>(&entry) {
+                    Ok(e) => out.push(e.journaled(ticket)),
+                    Err(e) => tracing::error!(
+                        ticket,
+                        "a journal entry kept on this engine's disk is not valid: {e}"
+                    ),
+                }
+            }
+        }
         Ok(out)
     }
 
@@ -209,10 +202,41 @@ impl NatsQueue {
     }
 }
 
-#[derive(Serialize)]
-struct JournalEntry<'a> {
-    uid: &'a str,
-    key: Option<&'a str>,
-    hooks: &'a [String],
-    payload: &'a str,
+/// A journal entry as it is kept (in JetStream, or on the engine's disk).
+pub(super) fn journal_entry(event: &Journaled) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct JournalEntry<'a> {
+        uid: &'a str,
+        key: Option<&'a str>,
+        hooks: &'a [String],
+        payload: &'a str,
+    }
+    serde_json::to_vec(&JournalEntry {
+        uid: &event.uid,
+        key: event.key.as_deref(),
+        hooks: &event.hooks,
+        payload: &event.payload,
+    })
+    .expect("an entry serializes")
+}
+
+/// A journal entry read back.
+#[derive(Deserialize)]
+struct Entry {
+    uid: String,
+    key: Option<String>,
+    hooks: Vec<String>,
+    payload: String,
+}
+
+impl Entry {
+    fn journaled(self, ticket: i64) -> Journaled {
+        Journaled {
+            ticket,
+            uid: self.uid,
+            key: self.key,
+            hooks: self.hooks,
+            payload: self.payload,
+        }
+    }
 }

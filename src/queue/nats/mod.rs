@@ -31,6 +31,9 @@
 //! Its owner removes it once the attempt is recorded. If the owner dies,
 //! any engine moves it to `P.d.<receiver>` once the lease has ended.
 //!
+//! A commit or a journal entry that waits for a leader longer than
+//! `spill_after_ms` is kept on the engine's disk meanwhile (`spill.rs`).
+//!
 //! A retry not yet due that an engine fetches is kept by that engine (and
 //! renewed) until it is due, up to [`PARK_MAX`] of them; beyond, it is put
 //! back with a delay (a `nak`), and JetStream hands it out again when due.
@@ -59,6 +62,7 @@ mod queue;
 mod receivers;
 mod record;
 mod retry;
+mod spill;
 #[cfg(test)]
 mod tests;
 
@@ -143,6 +147,12 @@ pub(crate) struct NatsQueue {
     /// How long a request waits for a leader (see `retry.rs`).
     election_wait: Duration,
     stall: Mutex<retry::Stall>,
+    /// Where accepted events wait while JetStream elects a leader, for the
+    /// engine's own run (see `spill.rs`); none for operator commands.
+    spill: Option<Arc<spill::Spill>>,
+    forward: Option<tokio::task::JoinHandle<()>>,
+    /// Itself, for work that outlives a call (see `spill.rs`).
+    me: std::sync::Weak<NatsQueue>,
 }
 
 fn nats_error(e: impl Into<async_nats::Error>) -> QueueError {
@@ -165,6 +175,9 @@ impl NatsQueue {
 impl Drop for NatsQueue {
     fn drop(&mut self) {
         self.renew.abort();
+        if let Some(forward) = &self.forward {
+            forward.abort();
+        }
         let release = self.release_now();
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn(release)),

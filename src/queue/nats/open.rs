@@ -3,10 +3,14 @@
 use super::*;
 
 impl NatsQueue {
-    /// Connects and creates the streams that do not exist yet.
+    /// Connects and creates the streams that do not exist yet. `spill`:
+    /// the engine's state folder, where accepted events wait while
+    /// JetStream elects a leader (`spill_after_ms`); none for an operator's
+    /// command, which must not forward what a running engine keeps.
     pub(crate) async fn open(
         nats: &NatsConfig,
         settings: &QueueSettings,
+        spill: Option<&std::path::Path>,
     ) -> Result<Arc<NatsQueue>, QueueError> {
         let connect = |reason: String, source: Option<async_nats::Error>| QueueError::Connect {
             url: nats.url.clone(),
@@ -156,7 +160,24 @@ impl NatsQueue {
             keys,
         };
         let ack_wait = Duration::from_millis(nats.ack_wait_ms);
+        let election_wait = Duration::from_millis(nats.election_wait_ms);
+        // Opened with the spill off too, if a file is there: what an earlier
+        // run kept is forwarded (and run again) still.
+        let spill = match spill {
+            Some(dir) if nats.spill_after_ms > 0 || dir.join(spill::SPILL_FILE).exists() => {
+                Some(Arc::new(spill::Spill::open(
+                    dir,
+                    Duration::from_millis(nats.spill_after_ms),
+                    election_wait,
+                )?))
+            }
+            _ => None,
+        };
         let queue = Arc::new_cyclic(|weak: &std::sync::Weak<NatsQueue>| {
+            let me = weak.clone();
+            let forward = spill
+                .clone()
+                .map(|spill| tokio::spawn(NatsQueue::forward(weak.clone(), spill)));
             let weak = weak.clone();
             let renew = tokio::spawn(async move {
                 let every = ack_wait / 3;
@@ -179,8 +200,11 @@ impl NatsQueue {
                 released: watch::channel(false).0,
                 renew,
                 archive: tokio::sync::OnceCell::new(),
-                election_wait: Duration::from_millis(nats.election_wait_ms),
+                election_wait,
                 stall: Mutex::default(),
+                spill,
+                forward,
+                me: me.clone(),
             }
         });
         Ok(queue)

@@ -10,11 +10,11 @@ impl Queue for NatsQueue {
     }
 
     fn journal(&self, event: Journaled) -> Fut<'_, Option<i64>> {
-        Box::pin(self.journal_event(event))
+        Box::pin(self.journal_or_spill(event))
     }
 
     fn commit(&self, batch: Batch) -> Fut<'_, Committed> {
-        Box::pin(self.commit_batch(batch))
+        Box::pin(self.commit_or_spill(batch))
     }
 
     fn unfinished(&self) -> Fut<'_, Vec<Journaled>> {
@@ -44,9 +44,12 @@ impl Queue for NatsQueue {
     }
 
     fn stalls(&self) -> Stalls {
+        let (kept_now, kept) = self.spill.as_ref().map_or((0, 0), |s| s.counts());
         Stalls {
             waiting: self.stalled_for(),
             requests: self.stall.lock().unwrap().total,
+            kept_now,
+            kept,
         }
     }
 

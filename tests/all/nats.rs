@@ -304,7 +304,34 @@ async fn a_nats_node_killed_mid_burst_loses_no_accepted_event() {
     // (the caller retries them); every accepted one must arrive.
     accepted.extend(post_all(&addrs, second).await);
     assert!(accepted.len() >= N / 2, "{} accepted", accepted.len());
-    receiver.wait_all(&accepted, Duration::from_secs(120)).await;
+    if let Err(missing) = receiver
+        .missing_after(&accepted, Duration::from_secs(120))
+        .await
+    {
+        let urls: Vec<&str> = nodes[1..].iter().map(|n| n.url.as_str()).collect();
+        let js = async_nats::jetstream::new(async_nats::connect(urls).await.unwrap());
+        let kept: Vec<String> = (0..3)
+            .map(|i| {
+                let db = cluster.dir.path().join(format!("state{i}/nats-spill.db"));
+                let Ok(db) = rusqlite::Connection::open(&db) else {
+                    return format!("engine {i}: no spill");
+                };
+                let rows: Result<Vec<(String, i64)>, _> = db
+                    .prepare("SELECT kind, count(*) FROM spilled GROUP BY kind")
+                    .and_then(|mut q| {
+                        q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                            .collect::<Result<Vec<_>, _>>()
+                    });
+                format!("engine {i}: {rows:?}")
+            })
+            .collect();
+        panic!(
+            "{} of {} accepted events never reached the receiver; kept: {kept:?}; {}",
+            missing.len(),
+            accepted.len(),
+            explain_missing(&js, &engines, &missing).await
+        );
+    }
     println!(
         "one of three NATS nodes SIGKILLed (replicas = 3): {} of {N} events accepted, all \
          delivered, {} duplicates",
@@ -522,60 +549,12 @@ async fn lose_a_node(which: Victim) {
         .unwrap_or_default();
     let ids: Vec<String> = accepted.into_iter().map(|(_, id)| id).collect();
     if let Err(missing) = receiver.missing_after(&ids, Duration::from_secs(120)).await {
-        // Where they are: in the deliveries stream (on which subject), or
-        // nowhere; and what the engines said.
-        let mut stream = watcher.get_stream("WASMHOOKS_DELIVERIES").await.unwrap();
-        let info = stream.info().await.unwrap().state.clone();
-        let mut found = Vec::new();
-        for seq in info.first_sequence..=info.last_sequence {
-            if let Ok(m) = stream.get_raw_message(seq).await {
-                let text = String::from_utf8_lossy(&m.payload);
-                for id in &missing {
-                    if text.contains(&format!("\"{id}\""))
-                        || text.contains(&format!("\\\"{id}\\\""))
-                    {
-                        found.push(format!("{id} at {seq} on {}", m.subject));
-                    }
-                }
-            }
-        }
-        let mut consumers = Vec::new();
-        let mut list = stream.consumers();
-        while let Some(Ok(c)) = list.next().await {
-            consumers.push(format!(
-                "{}: pending {} ack pending {} redelivered {} delivered {:?} ack floor {:?}",
-                c.name,
-                c.num_pending,
-                c.num_ack_pending,
-                c.num_redelivered,
-                c.delivered.stream_sequence,
-                c.ack_floor.stream_sequence
-            ));
-        }
-        let said: Vec<String> = engines
-            .iter()
-            .enumerate()
-            .flat_map(|(i, e)| {
-                e.log
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .filter(|l| {
-                        l.contains("WARN")
-                            || l.contains("ERROR")
-                            || missing.iter().any(|id| l.contains(id.as_str()))
-                    })
-                    .map(|l| format!("engine {i}: {l}"))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let said = explain_missing(&watcher, &engines, &missing).await;
         panic!(
             "{which:?} ({name}; leading {led:?}): {} of {} accepted events never reached the \
-             receiver: {missing:?}\nin the deliveries stream ({info:?}): {found:?}\n\
-             consumers: {consumers:?}\nthe engines said:\n{}",
+             receiver: {said}",
             missing.len(),
             ids.len(),
-            said.join("\n")
         );
     }
     let mut kept = 0;
@@ -708,4 +687,65 @@ async fn events_kept_on_the_engines_disk_survive_its_crash() {
         receiver.duplicates()
     );
     drop(engine);
+}
+
+/// Where `missing` events are (their message and subject in the deliveries
+/// stream, or nowhere), the consumers' counts, and what the engines logged
+/// (warnings, errors, and lines naming a missing event).
+async fn explain_missing(
+    js: &async_nats::jetstream::Context,
+    engines: &[Serve],
+    missing: &[String],
+) -> String {
+    let mut stream = js.get_stream("WASMHOOKS_DELIVERIES").await.unwrap();
+    let info = stream.info().await.unwrap().state.clone();
+    let mut found = Vec::new();
+    for seq in info.first_sequence..=info.last_sequence {
+        if let Ok(m) = stream.get_raw_message(seq).await {
+            let text = String::from_utf8_lossy(&m.payload);
+            for id in missing {
+                if text.contains(&format!("\"{id}\"")) || text.contains(&format!("\\\"{id}\\\"")) {
+                    found.push(format!("{id} at {seq} on {}", m.subject));
+                }
+            }
+        }
+    }
+    let mut consumers = Vec::new();
+    let mut list = stream.consumers();
+    while let Some(Ok(c)) = list.next().await {
+        consumers.push(format!(
+            "{}: pending {} ack pending {} redelivered {} delivered {:?} ack floor {:?}",
+            c.name,
+            c.num_pending,
+            c.num_ack_pending,
+            c.num_redelivered,
+            c.delivered.stream_sequence,
+            c.ack_floor.stream_sequence
+        ));
+    }
+    let said: Vec<String> = engines
+        .iter()
+        .enumerate()
+        .flat_map(|(i, e)| {
+            e.log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| {
+                    l.contains("WARN")
+                        || l.contains("ERROR")
+                        || l.contains("panicked")
+                        || l.contains("spill")
+                        || missing.iter().any(|id| l.contains(id.as_str()))
+                })
+                .take(60)
+                .map(|l| format!("engine {i}: {l}"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    format!(
+        "{missing:?}\nin the deliveries stream ({info:?}): {found:?}\nconsumers: \
+         {consumers:?}\nthe engines said:\n{}",
+        said.join("\n")
+    )
 }

@@ -150,7 +150,7 @@ pub(crate) struct NatsQueue {
     /// Where accepted events wait while JetStream elects a leader, for the
     /// engine's own run (see `spill.rs`); none for operator commands.
     spill: Option<Arc<spill::Spill>>,
-    forward: Option<tokio::task::JoinHandle<()>>,
+    forward: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Itself, for work that outlives a call (see `spill.rs`).
     me: std::sync::Weak<NatsQueue>,
 }
@@ -175,7 +175,7 @@ impl NatsQueue {
 impl Drop for NatsQueue {
     fn drop(&mut self) {
         self.renew.abort();
-        if let Some(forward) = &self.forward {
+        if let Some(forward) = self.forward.lock().unwrap().take() {
             forward.abort();
         }
         let release = self.release_now();

@@ -175,9 +175,6 @@ impl NatsQueue {
         };
         let queue = Arc::new_cyclic(|weak: &std::sync::Weak<NatsQueue>| {
             let me = weak.clone();
-            let forward = spill
-                .clone()
-                .map(|spill| tokio::spawn(NatsQueue::forward(weak.clone(), spill)));
             let weak = weak.clone();
             let renew = tokio::spawn(async move {
                 let every = ack_wait / 3;
@@ -203,10 +200,17 @@ impl NatsQueue {
                 election_wait,
                 stall: Mutex::default(),
                 spill,
-                forward,
+                forward: Mutex::new(None),
                 me: me.clone(),
             }
         });
+        // Started once the queue exists: a task started inside
+        // `new_cyclic` may run before it is built, find nothing to upgrade,
+        // and end (which left kept events unforwarded until a restart).
+        if let Some(spill) = queue.spill.clone() {
+            let forward = tokio::spawn(NatsQueue::forward(Arc::downgrade(&queue), spill));
+            *queue.forward.lock().unwrap() = Some(forward);
+        }
         Ok(queue)
     }
 }

@@ -24,11 +24,14 @@ mod guests;
 mod nats_server;
 #[path = "../tests/support/serve.rs"]
 mod serve;
+#[path = "../tests/support/sink.rs"]
+mod sink;
 
 use async_nats::jetstream;
 use nats_server::NatsServer;
 use serve::Serve;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use sink::Sink;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -40,39 +43,6 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(node_loss());
-}
-
-/// A receiver that answers 200 at once and counts.
-struct Sink {
-    url: String,
-    seen: watch::Receiver<usize>,
-}
-
-impl Sink {
-    async fn start() -> Sink {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/sink", listener.local_addr().unwrap());
-        let count = Arc::new(AtomicUsize::new(0));
-        let (tx, seen) = watch::channel(0);
-        let app = axum::Router::new().route(
-            "/sink",
-            axum::routing::post(move || {
-                let n = count.fetch_add(1, Ordering::Relaxed) + 1;
-                tx.send_replace(n);
-                async { "ok" }
-            }),
-        );
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Sink { url, seen }
-    }
-
-    async fn wait_for(&self, n: usize) {
-        let mut seen = self.seen.clone();
-        tokio::time::timeout(Duration::from_secs(300), seen.wait_for(|&c| c >= n))
-            .await
-            .expect("every delivery within 5 minutes")
-            .unwrap();
-    }
 }
 
 /// How a row ends.
@@ -94,17 +64,6 @@ struct Row {
     sent: Vec<Sent>,
     /// The kill, and how long the new leader took.
     election: Option<(Instant, Duration)>,
-}
-
-/// The leader of the deliveries stream, as `js` sees it.
-async fn leader(js: &jetstream::Context) -> Option<String> {
-    tokio::time::timeout(Duration::from_millis(500), async {
-        let mut stream = js.get_stream("WASMHOOKS_DELIVERIES").await.ok()?;
-        let info = stream.info().await.ok()?;
-        info.cluster.clone()?.leader.filter(|l| !l.is_empty())
-    })
-    .await
-    .ok()?
 }
 
 async fn row(sink: &Sink, n: usize, kill: Kill) -> Row {
@@ -145,7 +104,7 @@ async fn row(sink: &Sink, n: usize, kill: Kill) -> Row {
     .unwrap();
     let client = reqwest::Client::new();
     // Warm up: hooks compiled, connections open, consumers created.
-    let base = *sink.seen.borrow();
+    let base = sink.count.load(Ordering::Relaxed);
     for i in 0..100 {
         let mut event = event.clone();
         event["callId"] = format!("warm-{i}").into();
@@ -197,21 +156,18 @@ async fn row(sink: &Sink, n: usize, kill: Kill) -> Row {
     let mut election = None;
     if kill != Kill::None {
         counted.wait_for(|&k| k >= n / 3).await.unwrap();
-        let name = leader(&js).await.expect("the stream has a leader");
+        let name = nats_server::stream_leader(&js, "WASMHOOKS_DELIVERIES")
+            .await
+            .expect("the stream has a leader");
         let victim: usize = name.trim_start_matches("node").parse().unwrap();
         nodes[victim].kill();
         let killed = Instant::now();
-        let survivors: Vec<&str> = urls
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != victim)
-            .map(|(_, u)| u.as_str())
-            .collect();
+        let survivors = nats_server::survivors(&nodes, victim);
         let watcher = jetstream::new(async_nats::connect(survivors).await.unwrap());
-        loop {
-            if leader(&watcher).await.is_some_and(|l| l != name) {
-                break;
-            }
+        while nats_server::stream_leader(&watcher, "WASMHOOKS_DELIVERIES")
+            .await
+            .is_none_or(|l| l == name)
+        {
             tokio::time::sleep(Duration::from_millis(50)).await; // polling its state
         }
         election = Some((killed, killed.elapsed()));

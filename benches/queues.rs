@@ -25,15 +25,16 @@ mod guests;
 mod nats_server;
 #[path = "../tests/support/serve.rs"]
 mod serve;
+#[path = "../tests/support/sink.rs"]
+mod sink;
 
 use futures::StreamExt;
 use serve::Serve;
+use sink::Sink;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -42,41 +43,6 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(queues());
-}
-
-/// A receiver that answers 200 at once and counts.
-struct Sink {
-    url: String,
-    count: Arc<AtomicUsize>,
-    seen: watch::Receiver<usize>,
-}
-
-impl Sink {
-    async fn start() -> Sink {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/sink", listener.local_addr().unwrap());
-        let count = Arc::new(AtomicUsize::new(0));
-        let (tx, seen) = watch::channel(0);
-        let counter = count.clone();
-        let app = axum::Router::new().route(
-            "/sink",
-            axum::routing::post(move || {
-                let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
-                tx.send_replace(n);
-                async { "ok" }
-            }),
-        );
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Sink { url, count, seen }
-    }
-
-    async fn wait_for(&self, n: usize) {
-        let mut seen = self.seen.clone();
-        tokio::time::timeout(Duration::from_secs(600), seen.wait_for(|&c| c >= n))
-            .await
-            .expect("every delivery within 10 minutes")
-            .unwrap();
-    }
 }
 
 /// User plus system CPU time of process `pid`, in seconds.

@@ -100,23 +100,16 @@ impl NatsConfig {
                 format!("{:?} must be letters, digits and _ only", self.prefix),
             ));
         }
-        if self.election_wait_ms > 60_000 {
-            return Err(SettingsError::field(
-                "queue.nats.election_wait_ms",
-                format!(
-                    "{} is more than a minute: a caller would wait that long",
-                    self.election_wait_ms
-                ),
-            ));
-        }
-        if self.spill_after_ms > 60_000 {
-            return Err(SettingsError::field(
-                "queue.nats.spill_after_ms",
-                format!(
-                    "{} is more than a minute: a caller would wait that long",
-                    self.spill_after_ms
-                ),
-            ));
+        for (field, ms) in [
+            ("queue.nats.election_wait_ms", self.election_wait_ms),
+            ("queue.nats.spill_after_ms", self.spill_after_ms),
+        ] {
+            if ms > 60_000 {
+                return Err(SettingsError::field(
+                    field,
+                    format!("{ms} is more than a minute: a caller would wait that long"),
+                ));
+            }
         }
         if self.ack_wait_ms < 1_000 {
             return Err(SettingsError::field(

@@ -385,13 +385,7 @@ async fn lose_a_node(which: Victim) {
     let js = jetstream::new(async_nats::connect(all).await.unwrap());
     const STREAMS: [&str; 5] = ["DELIVERIES", "DEAD", "DELIVERED", "JOURNAL", "KEYS"];
     let leader_of = async |js: &jetstream::Context, stream: &str| -> Option<String> {
-        tokio::time::timeout(Duration::from_millis(500), async {
-            let mut stream = js.get_stream(format!("WASMHOOKS_{stream}")).await.ok()?;
-            let info = stream.info().await.ok()?;
-            info.cluster.clone()?.leader.filter(|l| !l.is_empty())
-        })
-        .await
-        .ok()?
+        crate::nats_server::stream_leader(js, &format!("WASMHOOKS_{stream}")).await
     };
     let meta_leader = |node: &NatsServer| -> Option<String> {
         let jsz: serde_json::Value = serde_json::from_str(&node.monitor_get("/jsz")?).ok()?;
@@ -512,12 +506,7 @@ async fn lose_a_node(which: Victim) {
     let killed = Instant::now();
     // How long JetStream takes to elect a new leader (polled through the
     // surviving nodes).
-    let survivors: Vec<&str> = urls
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != victim)
-        .map(|(_, u)| u.as_str())
-        .collect();
+    let survivors = crate::nats_server::survivors(&nodes, victim);
     let watcher = jetstream::new(async_nats::connect(survivors).await.unwrap());
     let election = loop {
         let mut stream_led = true;

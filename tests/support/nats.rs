@@ -235,3 +235,25 @@ fn log_to() -> Stdio {
         })
         .map_or_else(Stdio::null, Stdio::from)
 }
+
+/// The URLs of `nodes` but the `victim`th: to watch a cluster that lost it.
+pub fn survivors(nodes: &[NatsServer], victim: usize) -> Vec<&str> {
+    nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != victim)
+        .map(|(_, n)| n.url.as_str())
+        .collect()
+}
+
+/// The node leading stream `stream`, as `js` sees it within half a second;
+/// `None` while it has none.
+pub async fn stream_leader(js: &async_nats::jetstream::Context, stream: &str) -> Option<String> {
+    tokio::time::timeout(Duration::from_millis(500), async {
+        let mut stream = js.get_stream(stream).await.ok()?;
+        let info = stream.info().await.ok()?;
+        info.cluster.clone()?.leader.filter(|l| !l.is_empty())
+    })
+    .await
+    .ok()?
+}

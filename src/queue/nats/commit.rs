@@ -23,7 +23,7 @@ impl NatsQueue {
     }
 
     /// Publishes a batch's deliveries, and retires its journaled event.
-    pub(super) async fn commit_batch(&self, batch: Batch) -> Result<Committed, QueueError> {
+    pub(super) async fn commit_batch(&self, batch: &Batch) -> Result<Committed, QueueError> {
         if let Some(key) = &batch.key
             && self.key_seen(key).await?
         {

@@ -303,20 +303,14 @@ impl NatsQueue {
     /// nothing now: none of it is claimed.
     pub(super) async fn commit_or_spill(&self, mut batch: Batch) -> Result<Committed, QueueError> {
         let Some(spill) = &self.spill else {
-            return self.commit_batch(batch).await;
+            return self.commit_batch(&batch).await;
         };
         // A ticket of the local journal: retired here, not in JetStream.
         let local = batch.ticket.filter(|t| *t < 0);
         if local.is_some() {
             batch.ticket = None;
         }
-        let kept = Batch {
-            ticket: batch.ticket,
-            key: batch.key.clone(),
-            claimed: batch.claimed.clone(),
-            queued: batch.queued.clone(),
-        };
-        match Self::race(spill, self.commit_batch(batch)).await {
+        match Self::race(spill, self.commit_batch(&batch)).await {
             Raced::Done(done) => {
                 if let (Ok(_), Some(ticket)) = (&done, local)
                     && let Err(e) = blocking(spill, move |s| s.retire(ticket)).await
@@ -327,7 +321,7 @@ impl NatsQueue {
                 done
             }
             Raced::Spill => {
-                blocking(spill, move |s| s.keep(&kept, local)).await?;
+                blocking(spill, move |s| s.keep(&batch, local)).await?;
                 spill.wake.notify_one();
                 Ok(Committed::Done {
                     claimed: Vec::new(),
@@ -430,7 +424,7 @@ impl NatsQueue {
             }
             for (id, batch) in page {
                 after = id;
-                match self.commit_batch(batch).await {
+                match self.commit_batch(&batch).await {
                     Ok(_) => blocking(spill, move |s| s.forwarded(id)).await?,
                     Err(e) if retry::transient(&e) => return Err(e),
                     // JetStream answers, and refuses this one: the others

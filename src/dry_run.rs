@@ -56,6 +56,7 @@ pub(crate) async fn load_alone(
     let registry = Registry::new(
         sandbox.clone(),
         config.limits.clone(),
+        config.trusted_keys()?,
         Default::default(),
         Arc::new(Alerts::off()),
     );

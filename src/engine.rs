@@ -92,6 +92,7 @@ impl Engine {
         let registry = Arc::new(Registry::new(
             sandbox.clone(),
             config.limits.clone(),
+            config.trusted_keys()?,
             metrics.clone(),
             alerts.clone(),
         ));

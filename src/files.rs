@@ -11,6 +11,8 @@ use std::path::Path;
 pub(crate) const MAX_WASM_BYTES: u64 = 256 * 1024 * 1024;
 /// Largest `NAME.toml` read.
 pub(crate) const MAX_TOML_BYTES: u64 = 1024 * 1024;
+/// Largest `NAME.sig` read: one line.
+pub(crate) const MAX_SIGNATURE_BYTES: u64 = 4 * 1024;
 /// Largest `file:` secret read.
 pub(crate) const MAX_SECRET_BYTES: u64 = 64 * 1024;
 

@@ -96,7 +96,9 @@
 //! which become one OpenTelemetry trace per event where the subscriber has a
 //! `tracing-opentelemetry` layer (`wasmhooks serve --otlp-endpoint`).
 //!
-//! Beside the path: `config` (settings, checked once), `coverage` (which
+//! Beside the path: `config` (settings, checked once), `trust` (who may
+//! ship a hook: keys and module signatures, checked where `hooks` reads a
+//! hook's files), `coverage` (which
 //! entry points into the orchestrator wait for a gate), `sources` (events
 //! the engine fetches itself, from XO's event stream, into `ingest`, and
 //! its own alerts, as system events, into `ingest` too),
@@ -130,6 +132,7 @@ pub mod server;
 pub mod simulate;
 pub mod sources;
 pub mod trace;
+pub mod trust;
 mod util;
 
 pub use archive::{Archive, ArchiveError, ArchivedEvent};

@@ -8,6 +8,7 @@ mod error;
 mod hook;
 mod queue;
 mod sources;
+mod trust;
 
 pub(crate) use archive::ArchiveBounds;
 pub use archive::ArchiveConfig;
@@ -18,6 +19,7 @@ pub use hook::{HookConfig, HookMode, Limits, OnError, ReuseConfig, Secrets, Subs
 pub(crate) use queue::{HISTORY_MAX_BYTES, History, QueueSettings};
 pub use queue::{NatsConfig, QueueConfig};
 pub use sources::{SecretString, SourcesConfig, SystemSourceConfig, XoSourceConfig};
+pub use trust::TrustConfig;
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -101,6 +103,9 @@ pub struct Config {
     /// simulate` and `wasmhooks events export`: off unless `[archive]` is
     /// there.
     pub archive: Option<ArchiveConfig>,
+    /// Run only hooks signed by one of these keys: off unless `[trust]` is
+    /// there.
+    pub trust: Option<TrustConfig>,
 }
 
 impl Default for Config {
@@ -128,6 +133,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             sources: SourcesConfig::default(),
             archive: None,
+            trust: None,
         }
     }
 }
@@ -180,6 +186,9 @@ impl Config {
         if let Some(archive) = &self.archive {
             archive.validate()?;
         }
+        if let Some(trust) = &self.trust {
+            trust.public_keys()?;
+        }
         if self.dedup_window_secs > MAX_DEDUP_WINDOW_SECS {
             return Err(SettingsError::field(
                 "dedup_window_secs",
@@ -230,6 +239,18 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The keys of `[trust]`, read: `None` runs unsigned hooks.
+    pub(crate) fn trusted_keys(
+        &self,
+    ) -> Result<Option<std::sync::Arc<[crate::trust::PublicKey]>>, SettingsError> {
+        self.trust
+            .as_ref()
+            .map(|t| t.public_keys().map(Into::into))
+            .transpose()
     }
 }
 

@@ -11,6 +11,9 @@ use std::path::PathBuf;
 pub enum Stage {
     /// Reading `NAME.wasm` or `NAME.toml`.
     Read,
+    /// Checking `NAME.sig` against the keys in `[trust]`: missing, made by
+    /// another key, or not matching the module.
+    Signature,
     /// Parsing `NAME.toml` or resolving its limits.
     Settings,
     /// Compiling the WebAssembly (not a valid component, or not WebAssembly at all).
@@ -25,6 +28,7 @@ impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Stage::Read => "read",
+            Stage::Signature => "signature",
             Stage::Settings => "settings",
             Stage::Compile => "compile",
             Stage::Link => "link",
@@ -40,7 +44,7 @@ impl fmt::Display for Stage {
 pub struct LoadError {
     /// The hook's name (the file name without `.wasm`).
     pub hook: String,
-    /// The file at fault: `NAME.wasm` or `NAME.toml`.
+    /// The file at fault: `NAME.wasm`, `NAME.toml` or `NAME.sig`.
     #[cfg_attr(feature = "server", schema(value_type = String))]
     pub file: PathBuf,
     /// The step that failed.

@@ -1,4 +1,5 @@
-//! Loading one hook: its files read and checked, compiled, linked, set up.
+//! Loading one hook: its files read and checked (its signature too, where
+//! `[trust]` asks for one), compiled, linked, set up.
 
 use super::{LiveHook, Registry};
 use super::{LoadError, Stage};
@@ -6,8 +7,9 @@ use crate::config::{HookConfig, HookLimits, Limits};
 use crate::delivery::DeliveryPolicy;
 use crate::util::hex;
 
-use crate::files::{MAX_TOML_BYTES, MAX_WASM_BYTES, read_regular};
+use crate::files::{MAX_SIGNATURE_BYTES, MAX_TOML_BYTES, MAX_WASM_BYTES, read_regular};
 use crate::sandbox::{Failure, Linked, Prepared, SetUp, Subscription};
+use crate::trust::{PublicKey, signature_path};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,10 +35,10 @@ impl Registry {
         wasm: &Path,
         settings: SettingsFrom,
     ) -> Result<HookFiles, LoadError> {
-        let (wasm, limits) = (wasm.to_owned(), self.limits.clone());
+        let (wasm, limits, trust) = (wasm.to_owned(), self.limits.clone(), self.trust.clone());
         let name = hook_name(&wasm);
         let file = wasm.clone();
-        tokio::task::spawn_blocking(move || read_files(&wasm, settings, &limits))
+        tokio::task::spawn_blocking(move || read_files(&wasm, settings, &limits, trust.as_deref()))
             .await
             .unwrap_or_else(|e| {
                 Err(LoadError {
@@ -57,6 +59,7 @@ impl Registry {
             wasm_hash,
             hash,
             config,
+            signed_by,
             limits,
             policy,
         } = files;
@@ -183,6 +186,7 @@ impl Registry {
             wasm_hash,
             initialized_hash,
             config,
+            signed_by,
             policy,
             subscription,
             methods,
@@ -203,12 +207,13 @@ pub(crate) enum SettingsFrom {
     Given(HookConfig),
 }
 
-/// Reads `wasm` and its settings (see [`SettingsFrom`]), checks the
-/// settings, and hashes them.
+/// Reads `wasm`, checks its signature against `trust` if given, reads its
+/// settings (see [`SettingsFrom`]), checks them, and hashes both.
 fn read_files(
     wasm: &Path,
     settings: SettingsFrom,
     engine: &Limits,
+    trust: Option<&[PublicKey]>,
 ) -> Result<HookFiles, LoadError> {
     let name = hook_name(wasm);
     let fail = |file: &Path, stage, reason: String| LoadError {
@@ -219,6 +224,25 @@ fn read_files(
     };
     let bytes =
         read_regular(wasm, MAX_WASM_BYTES).map_err(|e| fail(wasm, Stage::Read, e.to_string()))?;
+    // Before the settings are even parsed: an untrusted module gets no
+    // further than this.
+    let signed_by = match trust {
+        None => None,
+        Some(keys) => {
+            let path = signature_path(wasm);
+            let text =
+                match read_regular(&path, MAX_SIGNATURE_BYTES) {
+                    Ok(bytes) => Some(String::from_utf8(bytes).map_err(|_| {
+                        fail(&path, Stage::Signature, "it is not UTF-8 text".into())
+                    })?),
+                    Err(e) if e.is_not_found() => None,
+                    Err(e) => return Err(fail(&path, Stage::Read, e.to_string())),
+                };
+            let key = crate::trust::verify(keys, &bytes, text.as_deref())
+                .map_err(|e| fail(&path, Stage::Signature, e.to_string()))?;
+            Some(key)
+        }
+    };
     let (toml_path, must_exist) = match &settings {
         SettingsFrom::File(path) => (path.clone(), true),
         _ => (wasm.with_extension("toml"), false),
@@ -258,6 +282,7 @@ fn read_files(
         wasm_hash,
         hash,
         config,
+        signed_by,
         limits,
         policy,
     })
@@ -271,6 +296,7 @@ pub(super) struct HookFiles {
     wasm_hash: String,
     pub(super) hash: String,
     config: HookConfig,
+    signed_by: Option<String>,
     limits: HookLimits,
     policy: Arc<DeliveryPolicy>,
 }

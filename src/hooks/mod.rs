@@ -1,4 +1,5 @@
-//! The loaded hooks: load each `NAME.wasm` (+ `NAME.toml`), and serve an
+//! The loaded hooks: load each `NAME.wasm` (+ `NAME.toml`, + `NAME.sig`
+//! where `[trust]` asks for signatures), and serve an
 //! immutable snapshot of them that swaps atomically (this file); reading,
 //! compiling and linking one (`load.rs`); what `GET /v1/hooks` says of
 //! each (`status.rs`); watching the folder (`watch.rs`); and why a hook did
@@ -21,6 +22,7 @@ use crate::delivery::DeliveryPolicy;
 use crate::event::{Event, Phase};
 use crate::metrics::{HookStats, Metrics};
 use crate::sandbox::{Prepared, Sandbox, Subscription};
+use crate::trust::{PublicKey, signature_path};
 use arc_swap::ArcSwap;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -45,6 +47,9 @@ pub(crate) struct LiveHook {
     /// compiled key.
     pub initialized_hash: Option<String>,
     pub config: HookConfig,
+    /// The id of the key whose signature of the module was checked at
+    /// load (`[trust]`); `None` on an engine that runs unsigned hooks.
+    pub signed_by: Option<String>,
     /// Egress and signing, from `NAME.toml`.
     pub policy: Arc<DeliveryPolicy>,
     pub subscription: Subscription,
@@ -108,24 +113,24 @@ impl Snapshot {
     }
 }
 
-/// The signatures of a hook's `.wasm` and `.toml`.
-type HookSigs = (Option<FileSig>, Option<FileSig>);
+/// What a hook's `.wasm`, `.toml` and `.sig` looked like.
+type HookStamps = [Option<FileStamp>; 3];
 
 /// What a hook's files looked like when last examined, to skip unchanged files on a rescan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileSig {
+struct FileStamp {
     len: u64,
     modified: Option<SystemTime>,
     inode: u64,
 }
 
-fn file_sig(path: &Path) -> Option<FileSig> {
+fn file_stamp(path: &Path) -> Option<FileStamp> {
     let meta = std::fs::metadata(path).ok()?;
     #[cfg(unix)]
     let inode = std::os::unix::fs::MetadataExt::ino(&meta);
     #[cfg(not(unix))]
     let inode = 0;
-    Some(FileSig {
+    Some(FileStamp {
         len: meta.len(),
         modified: meta.modified().ok(),
         inode,
@@ -136,13 +141,16 @@ fn file_sig(path: &Path) -> Option<FileSig> {
 pub(crate) struct Registry {
     sandbox: Arc<Sandbox>,
     limits: Limits,
+    /// The keys a hook's signature must be made by (`[trust]`); `None`:
+    /// unsigned hooks load.
+    trust: Option<Arc<[PublicKey]>>,
     snapshot: ArcSwap<Snapshot>,
     stats: Mutex<BTreeMap<String, Arc<HookStats>>>,
     metrics: Arc<Metrics>,
     /// Where a hook failing to load, or recovering, is raised.
     alerts: Arc<Alerts>,
-    /// Serialises writers; holds the file signatures seen at the last look.
-    writer: tokio::sync::Mutex<HashMap<String, HookSigs>>,
+    /// Serialises writers; holds the file stamps seen at the last look.
+    writer: tokio::sync::Mutex<HashMap<String, HookStamps>>,
     /// Bumped after every swap, so callers can wait for a change.
     generation: tokio::sync::watch::Sender<u64>,
 }
@@ -171,12 +179,14 @@ impl Registry {
     pub(crate) fn new(
         sandbox: Arc<Sandbox>,
         limits: Limits,
+        trust: Option<Arc<[PublicKey]>>,
         metrics: Arc<Metrics>,
         alerts: Arc<Alerts>,
     ) -> Registry {
         Registry {
             sandbox,
             limits,
+            trust,
             metrics,
             alerts,
             snapshot: ArcSwap::default(),
@@ -244,22 +254,21 @@ impl Registry {
         let candidates: Vec<(String, PathBuf, _)> = files
             .into_iter()
             .map(|wasm| {
-                (
-                    hook_name(&wasm),
-                    file_sig(&wasm),
-                    file_sig(&wasm.with_extension("toml")),
-                    wasm,
-                )
+                let stamps = [
+                    file_stamp(&wasm),
+                    file_stamp(&wasm.with_extension("toml")),
+                    file_stamp(&signature_path(&wasm)),
+                ];
+                (hook_name(&wasm), wasm, stamps)
             })
             .filter(|(name, ..)| !unsettled.contains(name))
-            .filter(|(name, wasm_sig, toml_sig, _)| {
+            .filter(|(name, _, stamps)| {
                 let quiet_since = SystemTime::now() - quiet;
-                let settled = [wasm_sig, toml_sig]
+                let settled = stamps
                     .iter()
                     .all(|s| s.is_none_or(|s| s.modified.is_none_or(|m| m <= quiet_since)));
-                force.covers(name) || (settled && seen.get(name) != Some(&(*wasm_sig, *toml_sig)))
+                force.covers(name) || (settled && seen.get(name) != Some(stamps))
             })
-            .map(|(name, wasm_sig, toml_sig, wasm)| (name, wasm, (wasm_sig, toml_sig)))
             .collect();
         let loads = candidates.iter().map(|(name, wasm, _)| {
             let live_hash = current.live.get(name).map(|h| h.hash.clone());
@@ -277,8 +286,23 @@ impl Registry {
         let mut live = current.live.clone();
         let mut failed = current.failed.clone();
         let mut changed = false;
-        for ((name, _, sigs), result) in candidates.into_iter().zip(results) {
-            seen.insert(name.clone(), sigs);
+        let quiet_since = SystemTime::now() - quiet;
+        for ((name, _, stamps), result) in candidates.into_iter().zip(results) {
+            if let Err(err) = &result
+                && err.stage == Stage::Signature
+                && stamps
+                    .iter()
+                    .flatten()
+                    .any(|s| s.modified.is_some_and(|m| m > quiet_since))
+            {
+                // A deploy writes a module and its signature one after the
+                // other: a mismatch between them while either is fresh is
+                // not reported yet. The next file event, or the rescan once
+                // they are quiet, reads them again.
+                tracing::debug!(hook = %name, "{err}; read again once its files settle");
+                continue;
+            }
+            seen.insert(name.clone(), stamps);
             let old = live.get(&name).map(|h| h.hash.clone());
             match result {
                 Ok(None) => {

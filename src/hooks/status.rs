@@ -43,6 +43,9 @@ pub struct HookStatus {
     pub file: PathBuf,
     /// SHA-256 of the live version's `.wasm` and `.toml`, hex.
     pub hash: Option<String>,
+    /// The id of the key whose signature of the live version was checked
+    /// at load, on an engine with `[trust]`.
+    pub signed_by: Option<String>,
     /// When the live version was loaded, RFC 3339.
     pub loaded_at: Option<String>,
     /// The live version's ABI.
@@ -110,6 +113,7 @@ impl Registry {
                         .or_else(|| last_error.as_ref().map(|e| e.file.with_extension("wasm")))
                         .unwrap_or_default(),
                     hash: live.map(|h| h.hash.clone()),
+                    signed_by: live.and_then(|h| h.signed_by.clone()),
                     loaded_at: live
                         .map(|h| humantime::format_rfc3339_millis(h.loaded_at).to_string()),
                     abi: live.map(|h| match h.prepared.linked {

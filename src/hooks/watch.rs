@@ -205,11 +205,14 @@ async fn run(
     }
 }
 
-/// The hook a file belongs to: `NAME` for `NAME.wasm` or `NAME.toml`;
+/// The hook a file belongs to: `NAME` for `NAME.wasm`, `NAME.toml` or
+/// `NAME.sig`;
 /// `None` for hidden, temporary and other files.
 fn hook_file_name(path: &Path) -> Option<String> {
     let file = path.file_name()?.to_str()?;
-    let is_hook_file = path.extension().is_some_and(|e| e == "wasm" || e == "toml");
+    let is_hook_file = path
+        .extension()
+        .is_some_and(|e| matches!(e.to_str(), Some("wasm" | "toml" | "sig")));
     (!file.starts_with('.') && is_hook_file).then(|| hook_name(path))
 }
 
@@ -225,6 +228,10 @@ mod tests {
         );
         assert_eq!(
             hook_file_name(Path::new("/h/slack.toml")).as_deref(),
+            Some("slack")
+        );
+        assert_eq!(
+            hook_file_name(Path::new("/h/slack.sig")).as_deref(),
             Some("slack")
         );
         for ignored in [

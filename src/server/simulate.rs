@@ -7,7 +7,7 @@ use crate::engine::Engine;
 use crate::error::Error;
 use crate::simulate::{Simulation, SimulationReport, simulate as run_simulation};
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bytes::Bytes;
@@ -16,6 +16,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use utoipa::IntoParams;
+
+/// The header that carries an upload's signature (the line of its
+/// `NAME.sig`), for an engine with `[trust]`.
+const SIGNATURE_HEADER: &str = "wasmhooks-signature";
 
 /// Largest `.wasm` `POST /v1/simulate` takes, in bytes.
 pub(super) const MAX_HOOK_BYTES: usize = 64 * 1024 * 1024;
@@ -96,16 +100,21 @@ pub(super) struct SimulateParams {
 /// what it would change against the live hook `as`: events newly denied or
 /// allowed (with examples), deliveries per receiver, failures per method,
 /// and its time per event. The body is the `.wasm`, set up with the live
-/// hook's `NAME.toml`. One simulation runs at a time.
+/// hook's `NAME.toml`. On an engine with `[trust]`, the upload must be
+/// signed too: its `NAME.sig` line in the `Wasmhooks-Signature` header. One
+/// simulation runs at a time.
 #[utoipa::path(
     post,
     path = "/v1/simulate",
     tag = "hooks",
-    params(SimulateParams),
+    params(
+        SimulateParams,
+        ("Wasmhooks-Signature" = Option<String>, Header, description = "The upload's signature, as `wasmhooks sign` writes it to `NAME.sig`: needed on an engine with `[trust]`, ignored otherwise"),
+    ),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The new version's `.wasm` (any content type is taken)"),
     responses(
         (status = 200, description = "What the new version would have done, against the live one", body = SimulationReport),
-        (status = 400, description = "A parameter out of range, or a body that is not a hook (the error says which stage failed)", body = ApiError),
+        (status = 400, description = "A parameter out of range, or a body that is not a hook, or (with `[trust]`) not signed by a trusted key: the error says which stage failed", body = ApiError),
         (status = 404, description = "The archive is off (`[archive]` is not in the engine's settings)", body = ApiError),
         (status = 413, description = "A body larger than 64 MiB", body = ApiError),
         (status = 429, description = "A simulation is running: try again when it ends", body = ApiError),
@@ -116,6 +125,7 @@ pub(super) async fn simulate(
     State(engine): State<Engine>,
     Extension(_turn): Extension<Running>,
     query: Result<Query<SimulateParams>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let Query(q) = match query {
@@ -151,7 +161,8 @@ pub(super) async fn simulate(
         .then_some(settings_file);
     // The registry loads hooks from files: the upload gets a folder of
     // its own, removed when done.
-    let upload = match Upload::write(&q.live, &body).await {
+    let signature = headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes().to_vec());
+    let upload = match Upload::write(&q.live, &body, signature.as_deref()).await {
         Ok(upload) => upload,
         Err(e) => {
             return error(
@@ -188,7 +199,8 @@ struct Upload {
 }
 
 impl Upload {
-    async fn write(name: &str, bytes: &[u8]) -> std::io::Result<Upload> {
+    /// The module, and its signature as `NAME.sig` beside it if given.
+    async fn write(name: &str, bytes: &[u8], signature: Option<&[u8]>) -> std::io::Result<Upload> {
         use std::os::unix::fs::DirBuilderExt;
         let dir = std::env::temp_dir().join(format!(
             "wasmhooks-simulate-{}-{:016x}",
@@ -202,6 +214,9 @@ impl Upload {
             dir,
         };
         tokio::fs::write(&upload.wasm, bytes).await?;
+        if let Some(signature) = signature {
+            tokio::fs::write(crate::trust::signature_path(&upload.wasm), signature).await?;
+        }
         Ok(upload)
     }
 }

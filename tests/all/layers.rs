@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 /// layers only. `lib.rs` only re-exports, and `src/bin/` is the command.
 const LAYERS: &[&[&str]] = &[
     // The base: used everywhere, using nothing of the crate.
-    &["util", "event", "files", "must_finish", "trace"],
+    &["util", "event", "files", "must_finish", "trace", "trust"],
     // Settings, parsed and checked once.
     &["config"],
     // What the console shows (finished records only); the engine's own

@@ -38,6 +38,7 @@ mod reload;
 mod reuse;
 mod safety;
 mod server;
+mod signed;
 mod simulate;
 mod sources;
 mod traces;

@@ -22,7 +22,9 @@ const STATE: &str = "/var/lib/wasmhooks";
 /// with every optional setting set, and gives the defaults.
 #[test]
 fn the_shipped_config_lists_every_setting_at_its_default() {
-    use wasmhooks::config::{ArchiveConfig, Config, NatsConfig, QueueConfig, XoSourceConfig};
+    use wasmhooks::config::{
+        ArchiveConfig, Config, NatsConfig, QueueConfig, TrustConfig, XoSourceConfig,
+    };
     let shipped = std::fs::read_to_string(guests::root().join("packaging/config.toml")).unwrap();
     // A commented line that is TOML on its own is a setting or a table;
     // `queue = "sqlite"` gives way to its alternative, `[queue.nats]`.
@@ -48,6 +50,9 @@ fn the_shipped_config_lists_every_setting_at_its_default() {
             ..NatsConfig::default()
         }),
         archive: Some(ArchiveConfig::default()),
+        trust: Some(TrustConfig {
+            keys: vec!["/".into()],
+        }),
         ..Config::default()
     };
     full.sources.xo = Some(XoSourceConfig {
@@ -72,6 +77,7 @@ fn the_shipped_config_lists_every_setting_at_its_default() {
     default.remove("state_dir");
     default.remove("queue");
     default.remove("sources");
+    default.remove("trust");
     for (key, value) in &default {
         assert_eq!(listed.get(key), Some(value), "{key}");
     }

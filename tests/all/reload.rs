@@ -11,7 +11,7 @@ use wasmhooks::{Engine, Event, HookState, HookStatus, Stage};
 
 use crate::guests::{misbehave_version as version, place, version_mark as mark};
 
-fn echo_toml(receiver: &Receiver, mark: &str) -> String {
+pub(crate) fn echo_toml(receiver: &Receiver, mark: &str) -> String {
     format!(
         "[settings]\nmode = \"echo\"\nurl = \"{}\"\nmark = \"{mark}\"\n",
         receiver.url("/echo")
@@ -33,7 +33,7 @@ async fn echo_hook(receiver: &Receiver, mark: &str) -> (tempfile::TempDir, Engin
 
 /// Waits (up to 30 s) until the hooks' status satisfies `ready`, re-checking
 /// after each change the engine announces.
-async fn wait_hooks(
+pub(crate) async fn wait_hooks(
     engine: &Engine,
     what: &str,
     ready: impl Fn(&[HookStatus]) -> bool,
@@ -57,7 +57,7 @@ async fn wait_hooks(
     }
 }
 
-fn event(call_id: &str) -> Event {
+pub(crate) fn event(call_id: &str) -> Event {
     let mut value: serde_json::Value =
         serde_json::from_slice(&crate::fixture_bytes("vm.start.post")).unwrap();
     value["callId"] = call_id.into();

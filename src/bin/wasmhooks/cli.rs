@@ -43,6 +43,47 @@ pub(crate) enum Command {
     /// Create a hook folder in a language of your choice that builds with `./build.sh`
     /// and runs on the sample event it comes with.
     New(NewArgs),
+    /// Make a key pair to sign hooks with: NAME.key (secret; keep it off the engines)
+    /// and NAME.pub (for the engines' `[trust] keys`).
+    Keygen(KeygenArgs),
+    /// Sign hook modules: write NAME.sig beside each NAME.wasm, for engines with `[trust]`.
+    Sign(SignArgs),
+    /// Check hook modules' signatures (NAME.sig) as an engine with `[trust]` would; exits
+    /// non-zero if any is refused.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct KeygenArgs {
+    /// The key's name: the files NAME.key and NAME.pub.
+    pub(crate) name: String,
+    /// Where to write them (an existing key is never replaced).
+    #[arg(long, env = "WASMHOOKS_KEY_DIR", default_value = ".")]
+    pub(crate) dir: PathBuf,
+}
+
+#[derive(Args)]
+pub(crate) struct SignArgs {
+    /// The secret key (NAME.key, from `wasmhooks keygen`).
+    #[arg(long, env = "WASMHOOKS_SIGNING_KEY")]
+    pub(crate) key: PathBuf,
+    /// The hook modules (`.wasm`) to sign.
+    #[arg(required = true)]
+    pub(crate) hooks: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+pub(crate) struct VerifyArgs {
+    /// A trusted public key (NAME.pub); repeat for several. Without it, the keys of
+    /// `--config`'s `[trust]`.
+    #[arg(long = "key", env = "WASMHOOKS_TRUSTED_KEYS", value_delimiter = ',')]
+    pub(crate) keys: Vec<PathBuf>,
+    /// The engine's settings file, for its `[trust] keys`.
+    #[arg(long, env = "WASMHOOKS_CONFIG", conflicts_with = "keys")]
+    pub(crate) config: Option<PathBuf>,
+    /// The hook modules (`.wasm`) to check, each against NAME.sig beside it.
+    #[arg(required = true)]
+    pub(crate) hooks: Vec<PathBuf>,
 }
 
 #[derive(Args)]

@@ -3,8 +3,9 @@
 //! it on the library: `serve` (with `demo`, the sample events, and `systemd`,
 //! readiness and reload), `run` (a dry
 //! run), `check`, `test` (a hook's test cases), `deliveries`, `events` (the
-//! archive), `simulate` (a new version over the archive) and `new` (a hook's
-//! folder from a template).
+//! archive), `simulate` (a new version over the archive), `new` (a hook's
+//! folder from a template) and `sign` (`keygen`, `sign`, `verify`: signed
+//! hooks).
 //! Logging, and traces, are set up here (`telemetry`), and only here.
 
 mod check;
@@ -15,6 +16,7 @@ mod events;
 mod new;
 mod run;
 mod serve;
+mod sign;
 mod simulate;
 mod systemd;
 mod telemetry;
@@ -51,6 +53,9 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS),
             Command::Events(args) => events::events(args).await.map(|()| ExitCode::SUCCESS),
             Command::Simulate(args) => simulate::simulate(args).await,
+            Command::Keygen(args) => sign::keygen(args).map(|()| ExitCode::SUCCESS),
+            Command::Sign(args) => sign::sign(args).map(|()| ExitCode::SUCCESS),
+            Command::Verify(args) => sign::verify_hooks(args),
         }
     });
     result.unwrap_or_else(|e| {

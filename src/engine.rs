@@ -9,6 +9,7 @@ use crate::delivery::Sender;
 use crate::delivery::{Breaker, Circuit};
 use crate::error::Error;
 use crate::event::{Event, EventError, Phase};
+use crate::hooks::bucket::{EngineReport, Follower, SetState};
 use crate::hooks::{Force, HookStatus, Registry};
 use crate::hooks::{Watch, WatchOptions};
 use crate::ingest::{Ingest, MAX_POSTS_IN_FLIGHT};
@@ -71,6 +72,8 @@ struct Inner {
     coverage: Coverage,
     sources: Sources,
     _watch: Option<Watch>,
+    /// Following the hooks bucket, for an engine on one.
+    follower: Option<Follower>,
 }
 
 impl Engine {
@@ -96,31 +99,17 @@ impl Engine {
             metrics.clone(),
             alerts.clone(),
         ));
-        let dir = &config.hooks_dir;
-        if !config.watch && !dir.is_dir() {
-            let source = std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder");
-            return Err(Error::HooksDir {
-                path: dir.clone(),
-                source,
-            });
-        }
-        let watch = if config.watch {
-            let options = WatchOptions {
-                settle: Duration::from_millis(config.settle_ms),
-                rescan: Duration::from_millis(config.rescan_ms.max(100)),
-            };
-            Some(Watch::start(registry.clone(), dir.clone(), options)?)
-        } else {
-            None
+        let (watch, follower) = match &config.hooks_bucket {
+            Some(bucket) => {
+                let state = config
+                    .state_dir
+                    .as_deref()
+                    .expect("validated: a hooks bucket has a state folder");
+                let follower = Follower::start(registry.clone(), bucket.clone(), state).await?;
+                (None, Some(follower))
+            }
+            None => (load_folder(&config, &registry).await?, None),
         };
-        registry
-            .reconcile(
-                dir,
-                Force::These(&HashSet::new()),
-                &HashSet::new(),
-                Duration::ZERO,
-            )
-            .await?;
         let sender = Sender::new(&config.delivery)?;
         let queue = crate::queue::open(&config.queue_settings()).await?;
         let d = &config.delivery;
@@ -182,6 +171,7 @@ impl Engine {
                 coverage: Coverage::default(),
                 sources,
                 _watch: watch,
+                follower,
             }),
         })
     }
@@ -249,9 +239,39 @@ impl Engine {
     /// unloaded. For `systemctl reload` (`wasmhooks serve` calls it on
     /// `SIGHUP`), and for engines run with `watch = false`. Fails, changing
     /// nothing, if the folder is missing or cannot be read.
+    ///
+    /// On a hooks bucket, does nothing: the engine follows the bucket.
     pub async fn reload(&self) -> Result<(), Error> {
+        if self.inner.follower.is_some() {
+            return Ok(());
+        }
         let dir = &self.inner.config.hooks_dir;
         Ok(self.inner.registry.reload(dir).await?)
+    }
+
+    /// On a hooks bucket (`[hooks_bucket]`): the set this engine serves,
+    /// and the last it refused. `None` for hooks from a folder.
+    pub fn hook_set(&self) -> Option<SetState> {
+        self.inner.follower.as_ref()?;
+        Some(
+            self.inner
+                .registry
+                .snapshot()
+                .set
+                .clone()
+                .unwrap_or(SetState {
+                    version: 0,
+                    refused: None,
+                }),
+        )
+    }
+
+    /// On a hooks bucket: which set every engine on it serves, as each
+    /// reported it to the bucket (any engine can answer for all). `None`
+    /// for hooks from a folder.
+    pub async fn engines(&self) -> Option<Result<Vec<EngineReport>, Error>> {
+        let follower = self.inner.follower.as_ref()?;
+        Some(follower.engines().await.map_err(Error::from))
     }
 
     /// Takes what an orchestrator plugin guards, replacing what `reporter`
@@ -516,4 +536,34 @@ fn expect_phase(event: &Event, expected: Phase) -> Result<(), Error> {
             actual: event.phase(),
         })
     }
+}
+
+/// Loads the hooks of `config.hooks_dir`, and watches it if asked.
+async fn load_folder(config: &Config, registry: &Arc<Registry>) -> Result<Option<Watch>, Error> {
+    let dir = &config.hooks_dir;
+    if !config.watch && !dir.is_dir() {
+        let source = std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder");
+        return Err(Error::HooksDir {
+            path: dir.clone(),
+            source,
+        });
+    }
+    let watch = if config.watch {
+        let options = WatchOptions {
+            settle: Duration::from_millis(config.settle_ms),
+            rescan: Duration::from_millis(config.rescan_ms.max(100)),
+        };
+        Some(Watch::start(registry.clone(), dir.clone(), options)?)
+    } else {
+        None
+    };
+    registry
+        .reconcile(
+            dir,
+            Force::These(&HashSet::new()),
+            &HashSet::new(),
+            Duration::ZERO,
+        )
+        .await?;
+    Ok(watch)
 }

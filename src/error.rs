@@ -72,6 +72,9 @@ pub enum Error {
     /// The archive could not be read.
     #[error(transparent)]
     Archive(#[from] crate::archive::ArchiveError),
+    /// The hooks bucket (`[hooks_bucket]`) could not be used.
+    #[error(transparent)]
+    Bucket(#[from] crate::hooks::bucket::BucketError),
     /// A source (`[sources]`) could not start: its token or CA file.
     #[error(transparent)]
     Source(#[from] crate::sources::SourceError),

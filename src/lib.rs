@@ -141,6 +141,7 @@ pub use dry_run::{DryDelivery, DryOutcome, DryRun, dry_run};
 pub use engine::{Engine, ReceiverStatus};
 pub use error::Error;
 pub use event::{Event, EventError, Phase};
+pub use hooks::bucket;
 pub use hooks::{Abi, HookState, HookStatus, LoadError, Stage, WatchError};
 /// Not API: a door for `benches/` (the `bench` feature).
 #[cfg(feature = "bench")]

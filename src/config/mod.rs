@@ -3,6 +3,7 @@
 //! when they cannot be used.
 
 mod archive;
+mod bucket;
 mod delivery;
 mod error;
 mod hook;
@@ -12,6 +13,7 @@ mod trust;
 
 pub(crate) use archive::ArchiveBounds;
 pub use archive::ArchiveConfig;
+pub use bucket::BucketConfig;
 pub use delivery::DeliveryConfig;
 pub use error::SettingsError;
 pub(crate) use hook::HookLimits;
@@ -31,6 +33,10 @@ use std::path::PathBuf;
 pub struct Config {
     /// Folder holding the hooks: `NAME.wasm`, each with an optional `NAME.toml`.
     pub hooks_dir: PathBuf,
+    /// Load the hooks from a shared bucket on NATS JetStream instead of
+    /// `hooks_dir` (which is then not used): off unless `[hooks_bucket]` is
+    /// there. Needs `state_dir`, where the last good set is kept.
+    pub hooks_bucket: Option<BucketConfig>,
     /// Watch the hooks folder and hot-reload hooks as their files change.
     /// With `watch` on, the folder may also be missing at start.
     pub watch: bool,
@@ -112,6 +118,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             hooks_dir: PathBuf::from("hooks"),
+            hooks_bucket: None,
             watch: true,
             settle_ms: 2_000,
             rescan_ms: 30_000,
@@ -185,6 +192,15 @@ impl Config {
         self.sources.system.validate()?;
         if let Some(archive) = &self.archive {
             archive.validate()?;
+        }
+        if let Some(bucket) = &self.hooks_bucket {
+            bucket.validate()?;
+            if self.state_dir.is_none() {
+                return Err(SettingsError::field(
+                    "hooks_bucket",
+                    "needs state_dir, where the last good set of hooks is kept for a restart",
+                ));
+            }
         }
         if let Some(trust) = &self.trust {
             trust.public_keys()?;

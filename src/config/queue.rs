@@ -80,26 +80,7 @@ impl Default for NatsConfig {
 
 impl NatsConfig {
     pub(super) fn validate(&self) -> Result<(), SettingsError> {
-        if self.url.trim().is_empty() {
-            return Err(SettingsError::field("queue.nats.url", "is empty"));
-        }
-        if !matches!(self.replicas, 1..=5) {
-            return Err(SettingsError::field(
-                "queue.nats.replicas",
-                format!("{} is not between 1 and 5", self.replicas),
-            ));
-        }
-        if self.prefix.is_empty()
-            || !self
-                .prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
-            return Err(SettingsError::field(
-                "queue.nats.prefix",
-                format!("{:?} must be letters, digits and _ only", self.prefix),
-            ));
-        }
+        check_nats("queue.nats", &self.url, self.replicas, &self.prefix)?;
         for (field, ms) in [
             ("queue.nats.election_wait_ms", self.election_wait_ms),
             ("queue.nats.spill_after_ms", self.spill_after_ms),
@@ -119,6 +100,36 @@ impl NatsConfig {
         }
         Ok(())
     }
+}
+
+/// Checks what a queue on NATS and a hooks bucket share: servers, a
+/// replica count JetStream takes, and a prefix its names can hold.
+pub(super) fn check_nats(
+    section: &str,
+    url: &str,
+    replicas: usize,
+    prefix: &str,
+) -> Result<(), SettingsError> {
+    if url.trim().is_empty() {
+        return Err(SettingsError::field(&format!("{section}.url"), "is empty"));
+    }
+    if !matches!(replicas, 1..=5) {
+        return Err(SettingsError::field(
+            &format!("{section}.replicas"),
+            format!("{replicas} is not between 1 and 5"),
+        ));
+    }
+    if prefix.is_empty()
+        || !prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(SettingsError::field(
+            &format!("{section}.prefix"),
+            format!("{prefix:?} must be letters, digits and _ only"),
+        ));
+    }
+    Ok(())
 }
 
 /// What opening a queue needs of the engine's settings, and no more.

@@ -5,6 +5,7 @@
 //! each (`status.rs`); watching the folder (`watch.rs`); and why a hook did
 //! not load (`error.rs`).
 
+pub mod bucket;
 mod error;
 mod load;
 mod status;
@@ -78,16 +79,24 @@ pub(crate) struct Snapshot {
     pub live: BTreeMap<String, Arc<LiveHook>>,
     /// The last load error per hook name, if its latest file failed.
     pub failed: BTreeMap<String, LoadError>,
+    /// Which set of a hooks bucket these hooks are, and the last set
+    /// refused; `None` for hooks from a folder.
+    pub set: Option<SetState>,
     /// Which live hooks want a (method, phase), filled as events arrive, so
     /// the per-event cost does not grow with the number of hooks loaded.
     index: RwLock<HashMap<(String, Phase), Hooks>>,
 }
 
 impl Snapshot {
-    fn new(live: BTreeMap<String, Arc<LiveHook>>, failed: BTreeMap<String, LoadError>) -> Snapshot {
+    fn new(
+        live: BTreeMap<String, Arc<LiveHook>>,
+        failed: BTreeMap<String, LoadError>,
+        set: Option<SetState>,
+    ) -> Snapshot {
         Snapshot {
             live,
             failed,
+            set,
             index: RwLock::default(),
         }
     }
@@ -111,6 +120,28 @@ impl Snapshot {
         index.insert(key, hooks.clone());
         hooks
     }
+}
+
+/// The set of a hooks bucket an engine serves, and the last it refused.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct SetState {
+    /// The set serving: its version in the bucket (0: none yet).
+    pub version: u64,
+    /// The newest set that failed to load here, if it is newer than the
+    /// one serving: its version, and why (each hook that failed is in
+    /// `GET /v1/hooks`, `last_error`).
+    pub refused: Option<SetRefusal>,
+}
+
+/// A set of hooks that did not load on this engine.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct SetRefusal {
+    /// Its version.
+    pub version: u64,
+    /// Why, one line per hook that failed.
+    pub reasons: Vec<String>,
 }
 
 /// What a hook's `.wasm`, `.toml` and `.sig` looked like.
@@ -233,6 +264,38 @@ impl Registry {
         unsettled: &HashSet<String>,
         quiet: Duration,
     ) -> Result<(), HooksDirError> {
+        self.reconcile_as(dir, force, unsettled, quiet, None)
+            .await
+            .map(drop)
+    }
+
+    /// Makes the hooks of `dir`, set `version` of a hooks bucket, the live
+    /// hooks, all of them or none: if one fails to load, every hook of the
+    /// set serving goes on serving, and the set is refused (its failures
+    /// reported per hook). Hooks not in the set are unloaded.
+    pub(crate) async fn apply_set(
+        &self,
+        dir: &Path,
+        version: u64,
+    ) -> Result<Result<(), SetRefusal>, HooksDirError> {
+        self.reconcile_as(
+            dir,
+            Force::Every,
+            &HashSet::new(),
+            Duration::ZERO,
+            Some(version),
+        )
+        .await
+    }
+
+    async fn reconcile_as(
+        &self,
+        dir: &Path,
+        force: Force<'_>,
+        unsettled: &HashSet<String>,
+        quiet: Duration,
+        set: Option<u64>,
+    ) -> Result<Result<(), SetRefusal>, HooksDirError> {
         let mut seen = self.writer.lock().await;
         let started = Instant::now();
         let files = match hook_files(dir) {
@@ -286,6 +349,34 @@ impl Registry {
         let mut live = current.live.clone();
         let mut failed = current.failed.clone();
         let mut changed = false;
+        if let Some(version) = set
+            && results.iter().any(Result::is_err)
+        {
+            // All or nothing: the set serving stays, whole.
+            let mut reasons = Vec::new();
+            for ((name, ..), result) in candidates.iter().zip(results) {
+                if let Err(err) = result {
+                    reasons.push(err.to_string());
+                    self.failed_to_load(name, &err, live.get(name).map(|h| &*h.hash));
+                    failed.insert(name.clone(), err);
+                }
+            }
+            let refusal = SetRefusal { version, reasons };
+            tracing::error!(
+                set = version,
+                serving = current.set.as_ref().map_or(0, |s| s.version),
+                "set {version} of the hooks bucket refused: {}; the set serving goes on",
+                refusal.reasons.join("; ")
+            );
+            let state = SetState {
+                version: current.set.as_ref().map_or(0, |s| s.version),
+                refused: Some(refusal.clone()),
+            };
+            self.snapshot
+                .store(Arc::new(Snapshot::new(live, failed, Some(state))));
+            self.generation.send_modify(|g| *g += 1);
+            return Ok(Err(refusal));
+        }
         let quiet_since = SystemTime::now() - quiet;
         for ((name, _, stamps), result) in candidates.into_iter().zip(results) {
             if let Err(err) = &result
@@ -329,18 +420,7 @@ impl Registry {
                     changed = true;
                 }
                 Err(err) => {
-                    self.stats_for(&name).load_failures.inc();
-                    match &old {
-                        Some(old) => tracing::error!("{err}; version {} keeps serving", short(old)),
-                        None => tracing::error!("{err}"),
-                    }
-                    self.alerts.raise(
-                        Alert::new(Kind::HookLoadFailed, name.as_str())
-                            .with("file", err.file.display().to_string())
-                            .with("stage", err.stage.to_string())
-                            .with("error", err.reason.as_str())
-                            .with("serving", old.as_deref().map(short)),
-                    );
+                    self.failed_to_load(&name, &err, old.as_deref());
                     failed.insert(name, err);
                     changed = true;
                 }
@@ -370,10 +450,65 @@ impl Registry {
                     .flat_map(|h| std::iter::once(&h.wasm_hash).chain(&h.initialized_hash))
                     .map(String::as_str),
             );
-            self.snapshot.store(Arc::new(Snapshot::new(live, failed)));
+            let set = match set {
+                Some(version) => Some(SetState {
+                    version,
+                    refused: None,
+                }),
+                None => current.set.clone(),
+            };
+            self.snapshot
+                .store(Arc::new(Snapshot::new(live, failed, set)));
+            self.generation.send_modify(|g| *g += 1);
+        } else if let Some(version) = set
+            && current.set.as_ref().map(|s| s.version) != Some(version)
+        {
+            // The same hooks as the set serving: only its version changed.
+            let state = SetState {
+                version,
+                refused: None,
+            };
+            self.snapshot
+                .store(Arc::new(Snapshot::new(live, failed, Some(state))));
             self.generation.send_modify(|g| *g += 1);
         }
-        Ok(())
+        Ok(Ok(()))
+    }
+
+    /// Records that set `version` of the hooks bucket was refused before
+    /// any of its hooks was tried (the set itself is at fault).
+    pub(crate) fn refuse_set(&self, version: u64, reason: String) {
+        let current = self.snapshot();
+        let state = SetState {
+            version: current.set.as_ref().map_or(0, |s| s.version),
+            refused: Some(SetRefusal {
+                version,
+                reasons: vec![reason],
+            }),
+        };
+        self.snapshot.store(Arc::new(Snapshot::new(
+            current.live.clone(),
+            current.failed.clone(),
+            Some(state),
+        )));
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Reports a hook whose new version did not load; `serving`: the hash
+    /// of the version that goes on serving, if any.
+    fn failed_to_load(&self, name: &str, err: &LoadError, serving: Option<&str>) {
+        self.stats_for(name).load_failures.inc();
+        match serving {
+            Some(old) => tracing::error!("{err}; version {} keeps serving", short(old)),
+            None => tracing::error!("{err}"),
+        }
+        self.alerts.raise(
+            Alert::new(Kind::HookLoadFailed, name)
+                .with("file", err.file.display().to_string())
+                .with("stage", err.stage.to_string())
+                .with("error", err.reason.as_str())
+                .with("serving", serving.map(short)),
+        );
     }
 
     /// Raises that a hook which had failed to load no longer fails: it

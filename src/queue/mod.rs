@@ -24,6 +24,7 @@ mod nats;
 mod sqlite;
 
 pub(crate) use nats::NatsQueue;
+pub(crate) use nats::connect as connect_nats;
 pub(crate) use sqlite::SqliteQueue;
 
 use crate::config::{ArchiveBounds, Config, History, QueueConfig, QueueSettings};

@@ -3,7 +3,8 @@
 //! - `POST /v1/events`: one event. A pre event gets the verdict (200), a post
 //!   event 202 once accepted. A malformed event gets 400 naming the field.
 //! - `GET /v1/hooks`: status, version and last error of every hook, and what
-//!   each gate covers.
+//!   each gate covers; `GET /v1/hooks/set` and `GET /v1/engines`: on a
+//!   hooks bucket, the set this engine serves, and every engine's.
 //! - `PUT /v1/coverage/{reporter}`, `GET /v1/coverage`: what orchestrator
 //!   plugins guard (see [`crate::coverage`]).
 //! - `GET /v1/sources`: the sources the engine reads by itself (see
@@ -66,6 +67,8 @@ pub fn router(engine: Engine) -> Router {
     let (router, mut doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(routes::ingest))
         .routes(routes!(routes::hooks))
+        .routes(routes!(routes::hook_set))
+        .routes(routes!(routes::engines))
         .routes(routes!(routes::coverage))
         .routes(routes!(routes::coverage_put))
         .routes(routes!(routes::sources))

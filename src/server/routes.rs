@@ -11,6 +11,7 @@ use crate::engine::ReceiverStatus;
 use crate::error::Error;
 use crate::event::{Event, Phase};
 use crate::hooks::HookStatus;
+use crate::hooks::bucket::{EngineReport, SetState};
 use crate::queue::{DeliveryDetail, DeliveryInfo, DeliveryQuery};
 use crate::queue::{DeliveryFilter, DeliveryState, QueueError, Replay};
 use crate::run::Verdict;
@@ -123,6 +124,55 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Traceparent {
 )]
 pub(super) async fn hooks(State(engine): State<Engine>) -> Json<Vec<HookStatus>> {
     Json(engine.hooks())
+}
+
+/// On an engine that loads its hooks from a shared bucket (`[hooks_bucket]`):
+/// the set it serves and the last it refused.
+#[utoipa::path(
+    get,
+    path = "/v1/hooks/set",
+    tag = "hooks",
+    responses(
+        (status = 200, description = "The set serving, and the last refused", body = SetState),
+        (status = 404, description = "The hooks come from a folder, not a bucket", body = ApiError),
+    )
+)]
+pub(super) async fn hook_set(State(engine): State<Engine>) -> Response {
+    match engine.hook_set() {
+        Some(set) => Json(set).into_response(),
+        None => not_on_a_bucket(),
+    }
+}
+
+/// On an engine that loads its hooks from a shared bucket: every engine
+/// on that bucket, the set it serves, the last it refused, and each live
+/// hook's version, as each engine reported it (every 10 s; `stale` after
+/// 30 s without a word). Any engine answers for all.
+#[utoipa::path(
+    get,
+    path = "/v1/engines",
+    tag = "hooks",
+    responses(
+        (status = 200, description = "Every engine on the bucket", body = Vec<EngineReport>),
+        (status = 404, description = "The hooks come from a folder, not a bucket", body = ApiError),
+        (status = 503, description = "The bucket cannot be read now", body = ApiError),
+    )
+)]
+pub(super) async fn engines(State(engine): State<Engine>) -> Response {
+    match engine.engines().await {
+        Some(Ok(engines)) => Json(engines).into_response(),
+        Some(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        None => not_on_a_bucket(),
+    }
+}
+
+fn not_on_a_bucket() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "this engine loads its hooks from a folder; sets and engines are for a hooks bucket \
+         (`[hooks_bucket]`, `wasmhooks serve --hooks nats://…`)"
+            .into(),
+    )
 }
 
 /// What an orchestrator plugin guards: every entry point it knows, with

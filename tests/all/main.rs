@@ -18,6 +18,7 @@ macro_rules! on_every_queue {
 mod activity;
 mod alerts;
 mod bad_files;
+mod bucket;
 mod cli;
 mod clients;
 mod console;

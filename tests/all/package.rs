@@ -23,7 +23,7 @@ const STATE: &str = "/var/lib/wasmhooks";
 #[test]
 fn the_shipped_config_lists_every_setting_at_its_default() {
     use wasmhooks::config::{
-        ArchiveConfig, Config, NatsConfig, QueueConfig, TrustConfig, XoSourceConfig,
+        ArchiveConfig, BucketConfig, Config, NatsConfig, QueueConfig, TrustConfig, XoSourceConfig,
     };
     let shipped = std::fs::read_to_string(guests::root().join("packaging/config.toml")).unwrap();
     // A commented line that is TOML on its own is a setting or a table;
@@ -50,6 +50,10 @@ fn the_shipped_config_lists_every_setting_at_its_default() {
             ..NatsConfig::default()
         }),
         archive: Some(ArchiveConfig::default()),
+        hooks_bucket: Some(BucketConfig {
+            credentials: Some("/".into()),
+            ..BucketConfig::default()
+        }),
         trust: Some(TrustConfig {
             keys: vec!["/".into()],
         }),
@@ -78,6 +82,7 @@ fn the_shipped_config_lists_every_setting_at_its_default() {
     default.remove("queue");
     default.remove("sources");
     default.remove("trust");
+    default.remove("hooks_bucket");
     for (key, value) in &default {
         assert_eq!(listed.get(key), Some(value), "{key}");
     }

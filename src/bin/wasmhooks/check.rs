@@ -6,11 +6,26 @@ use std::process::ExitCode;
 use wasmhooks::{Engine, HookState};
 
 pub(crate) async fn check(args: CheckArgs) -> Result<ExitCode> {
-    let mut config = load_config(args.config.as_deref())?;
-    if !args.dir.is_dir() {
-        bail!("{} is not a folder", args.dir.display());
+    let config = load_config(args.config.as_deref())?;
+    let (_engine, failed) = load(config, args.dir).await?;
+    Ok(if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Loads every hook of `dir` under `config`'s limits and trust, prints a
+/// table, and says how many failed.
+pub(crate) async fn load(
+    mut config: wasmhooks::config::Config,
+    dir: std::path::PathBuf,
+) -> Result<(Engine, usize)> {
+    if !dir.is_dir() {
+        bail!("{} is not a folder", dir.display());
     }
-    config.hooks_dir = args.dir;
+    config.hooks_dir = dir;
+    config.hooks_bucket = None;
     config.watch = false;
     config.state_dir = None; // sends nothing, and must not lock a running engine's state
     let engine = Engine::new(config).await?;
@@ -46,7 +61,6 @@ pub(crate) async fn check(args: CheckArgs) -> Result<ExitCode> {
     }
     if failed > 0 {
         eprintln!("{failed} of {} hooks failed to load", hooks.len());
-        return Ok(ExitCode::FAILURE);
     }
-    Ok(ExitCode::SUCCESS)
+    Ok((engine, failed))
 }

@@ -43,6 +43,10 @@ pub(crate) enum Command {
     /// Create a hook folder in a language of your choice that builds with `./build.sh`
     /// and runs on the sample event it comes with.
     New(NewArgs),
+    /// A shared hooks bucket on NATS JetStream: publish a folder as the next set of hooks
+    /// of every engine on it.
+    #[command(subcommand)]
+    Hooks(HooksCommand),
     /// Make a key pair to sign hooks with: NAME.key (secret; keep it off the engines)
     /// and NAME.pub (for the engines' `[trust] keys`).
     Keygen(KeygenArgs),
@@ -51,6 +55,56 @@ pub(crate) enum Command {
     /// Check hook modules' signatures (NAME.sig) as an engine with `[trust]` would; exits
     /// non-zero if any is refused.
     Verify(VerifyArgs),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum HooksCommand {
+    /// Publish a hooks folder (each NAME.wasm, with its NAME.toml and NAME.sig) as the
+    /// bucket's next set: every engine started with `--hooks nats://…` switches to it,
+    /// whole, or keeps its set and says why.
+    Push(PushArgs),
+    /// Which set each engine on the bucket serves, and the last it refused.
+    Engines(BucketArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct BucketArgs {
+    /// The bucket's NATS servers, `nats://HOST:PORT` (comma-separated for a cluster).
+    /// Defaults to the settings file's `[hooks_bucket] url`.
+    #[arg(long, env = "WASMHOOKS_BUCKET")]
+    pub(crate) bucket: Option<String>,
+    /// The engines' settings file, for its `[hooks_bucket]` (prefix, credentials).
+    #[arg(long, env = "WASMHOOKS_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+impl BucketArgs {
+    /// The bucket's settings: the file's, with `--bucket` applied.
+    pub(crate) fn bucket(&self) -> Result<wasmhooks::config::BucketConfig> {
+        let config = load_config(self.config.as_deref())?;
+        let in_file = config.hooks_bucket.is_some();
+        let mut bucket = config.hooks_bucket.unwrap_or_default();
+        match &self.bucket {
+            Some(url) => bucket.url = url.clone(),
+            None if in_file => {}
+            None => bail!(
+                "which bucket? give --bucket nats://HOST:PORT, or --config with a [hooks_bucket]"
+            ),
+        }
+        Ok(bucket)
+    }
+}
+
+#[derive(Args)]
+pub(crate) struct PushArgs {
+    /// The hooks folder to publish.
+    pub(crate) dir: PathBuf,
+    /// Push without loading the folder here first (as `wasmhooks check` does, under the
+    /// settings file's limits and `[trust]`): engines refuse a set that does not load.
+    #[arg(long, env = "WASMHOOKS_NO_CHECK")]
+    pub(crate) no_check: bool,
+    #[command(flatten)]
+    pub(crate) bucket: BucketArgs,
 }
 
 #[derive(Args)]
@@ -276,7 +330,8 @@ pub(crate) enum DeliveriesCommand {
 
 #[derive(Args)]
 pub(crate) struct ServeArgs {
-    /// Folder of hooks (`NAME.wasm`, each with an optional `NAME.toml`).
+    /// Folder of hooks (`NAME.wasm`, each with an optional `NAME.toml`), or a shared
+    /// hooks bucket on NATS JetStream, `nats://HOST:PORT` (see `wasmhooks hooks push`).
     #[arg(long, env = "WASMHOOKS_HOOKS", default_value = "hooks")]
     pub(crate) hooks: PathBuf,
     /// Address to listen on.
@@ -402,6 +457,19 @@ pub(crate) fn load_hook_settings(file: &Path) -> Result<wasmhooks::config::HookC
         .with_context(|| format!("cannot read settings file {}", file.display()))?;
     wasmhooks::config::HookConfig::from_toml(&text)
         .with_context(|| format!("settings file {} is not valid", file.display()))
+}
+
+/// Applies `--hooks`: a folder, or a hooks bucket's NATS URL (which keeps
+/// the settings file's other `[hooks_bucket]` settings).
+pub(crate) fn set_hooks(config: &mut Config, hooks: PathBuf) {
+    let text = hooks.to_string_lossy();
+    if text.starts_with("nats://") || text.starts_with("tls://") {
+        let mut bucket = config.hooks_bucket.clone().unwrap_or_default();
+        bucket.url = text.into_owned();
+        config.hooks_bucket = Some(bucket);
+    } else {
+        config.hooks_dir = hooks;
+    }
 }
 
 /// Applies `--queue`: `sqlite`, `memory` or a NATS URL.

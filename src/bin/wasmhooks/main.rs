@@ -4,7 +4,8 @@
 //! readiness and reload), `run` (a dry
 //! run), `check`, `test` (a hook's test cases), `deliveries`, `events` (the
 //! archive), `simulate` (a new version over the archive), `new` (a hook's
-//! folder from a template) and `sign` (`keygen`, `sign`, `verify`: signed
+//! folder from a template), `hooks` (a shared hooks bucket: `push`,
+//! `engines`) and `sign` (`keygen`, `sign`, `verify`: signed
 //! hooks).
 //! Logging, and traces, are set up here (`telemetry`), and only here.
 
@@ -13,6 +14,7 @@ mod cli;
 mod deliveries;
 mod demo;
 mod events;
+mod hooks;
 mod new;
 mod run;
 mod serve;
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS),
             Command::Events(args) => events::events(args).await.map(|()| ExitCode::SUCCESS),
             Command::Simulate(args) => simulate::simulate(args).await,
+            Command::Hooks(command) => hooks::hooks(command).await,
             Command::Keygen(args) => sign::keygen(args).map(|()| ExitCode::SUCCESS),
             Command::Sign(args) => sign::sign(args).map(|()| ExitCode::SUCCESS),
             Command::Verify(args) => sign::verify_hooks(args),

@@ -1,6 +1,6 @@
 //! `wasmhooks serve`: the engine and its HTTP API, until a stop signal.
 
-use crate::cli::{ServeArgs, load_config, set_queue};
+use crate::cli::{ServeArgs, load_config, set_hooks, set_queue};
 use crate::demo;
 use crate::systemd;
 use anyhow::{Context, Result, bail};
@@ -20,7 +20,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<()> {
         );
     }
     let mut config = load_config(args.config.as_deref())?;
-    config.hooks_dir = args.hooks;
+    set_hooks(&mut config, args.hooks);
     if args.no_watch {
         config.watch = false;
     }

@@ -58,6 +58,7 @@ mod commit;
 mod leases;
 mod messages;
 mod open;
+pub(crate) use open::connect;
 mod queue;
 mod receivers;
 mod record;

@@ -12,47 +12,12 @@ impl NatsQueue {
         settings: &QueueSettings,
         spill: Option<&std::path::Path>,
     ) -> Result<Arc<NatsQueue>, QueueError> {
+        let client = connect(&nats.url, nats.credentials.as_deref()).await?;
         let connect = |reason: String, source: Option<async_nats::Error>| QueueError::Connect {
             url: nats.url.clone(),
             reason,
             source: source.map(Arc::from),
         };
-        let mut options = async_nats::ConnectOptions::new()
-            .name("wasmhooks")
-            .retry_on_initial_connect()
-            .max_reconnects(None);
-        if let Some(creds) = &nats.credentials {
-            options = options.credentials_file(creds).await.map_err(|e| {
-                connect(
-                    format!("cannot read the credentials file {}", creds.display()),
-                    Some(e.into()),
-                )
-            })?;
-        }
-        let servers: Vec<&str> = nats.url.split(',').map(str::trim).collect();
-        // A first connection within a few seconds, or a clear error.
-        let client = tokio::time::timeout(Duration::from_secs(10), options.connect(servers))
-            .await
-            .map_err(|_| {
-                connect(
-                    "no answer within 10 s: is nats-server running there, with JetStream (-js)?"
-                        .into(),
-                    None,
-                )
-            })?
-            .map_err(|e| connect("cannot connect".into(), Some(e.into())))?;
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while client.connection_state() != async_nats::connection::State::Connected {
-                client.flush().await.ok();
-            }
-        })
-        .await
-        .map_err(|_| {
-            connect(
-                "no answer within 10 s: is nats-server running there, with JetStream (-js)?".into(),
-                None,
-            )
-        })?;
         let room = settings.max_record_bytes;
         let max_payload = client.server_info().max_payload;
         if max_payload < room {
@@ -213,4 +178,55 @@ impl NatsQueue {
         }
         Ok(queue)
     }
+}
+
+/// A connection to NATS at `url` (servers comma-separated), with the
+/// credentials file if given, up within 10 s or a clear error; it
+/// reconnects by itself afterwards. Shared by the queue and the hooks
+/// bucket.
+pub(crate) async fn connect(
+    url: &str,
+    credentials: Option<&std::path::Path>,
+) -> Result<async_nats::Client, QueueError> {
+    let connect = |reason: String, source: Option<async_nats::Error>| QueueError::Connect {
+        url: url.to_owned(),
+        reason,
+        source: source.map(Arc::from),
+    };
+    let mut options = async_nats::ConnectOptions::new()
+        .name("wasmhooks")
+        .retry_on_initial_connect()
+        .max_reconnects(None);
+    if let Some(creds) = credentials {
+        options = options.credentials_file(creds).await.map_err(|e| {
+            connect(
+                format!("cannot read the credentials file {}", creds.display()),
+                Some(e.into()),
+            )
+        })?;
+    }
+    let servers: Vec<&str> = url.split(',').map(str::trim).collect();
+    // A first connection within a few seconds, or a clear error.
+    let client = tokio::time::timeout(Duration::from_secs(10), options.connect(servers))
+        .await
+        .map_err(|_| {
+            connect(
+                "no answer within 10 s: is nats-server running there, with JetStream (-js)?".into(),
+                None,
+            )
+        })?
+        .map_err(|e| connect("cannot connect".into(), Some(e.into())))?;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while client.connection_state() != async_nats::connection::State::Connected {
+            client.flush().await.ok();
+        }
+    })
+    .await
+    .map_err(|_| {
+        connect(
+            "no answer within 10 s: is nats-server running there, with JetStream (-js)?".into(),
+            None,
+        )
+    })?;
+    Ok(client)
 }

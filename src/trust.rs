@@ -50,11 +50,13 @@ const DOMAIN: &[u8] = b"wasmhooks hook module v1\n";
 
 /// Why a key or a signature was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TrustError {
     /// The hook has no signature, and the engine runs only signed hooks.
     #[error(
-        "it is not signed, and this engine runs only hooks signed by a key in `[trust]`: \
-         sign it with `wasmhooks sign --key AUTHOR.key NAME.wasm` and put NAME.sig beside it"
+        "it is not signed, and this engine runs only hooks signed by a key in `[trust]`: its \
+         author signs it (`wasmhooks sign --key AUTHOR.key NAME.wasm`), and NAME.sig goes \
+         beside it (for `POST /v1/simulate`, its line goes in the `Wasmhooks-Signature` header)"
     )]
     Unsigned,
     /// A key or a signature that is not in its format.
@@ -70,8 +72,8 @@ pub enum TrustError {
     WeakKey,
     /// Signed by a key the engine does not trust.
     #[error(
-        "signed by key {key_id}, which is not one of the keys in `[trust]`: \
-         add its public key there, or sign the hook with a trusted key"
+        "signed by key {key_id}, which is not in `[trust]`: if you trust its author, add \
+         their public key there (check its id with them); if not, this is not a hook to run"
     )]
     NotTrusted {
         /// The key that signed.
@@ -80,8 +82,9 @@ pub enum TrustError {
     /// The signature does not match the module: it changed after it was
     /// signed (or the signature was made for another module).
     #[error(
-        "its signature by key {key_id} does not match it: the module changed after it was \
-         signed, or NAME.sig is another module's; sign it again"
+        "its signature by key {key_id} does not match it: the module is not the one that key \
+         signed (it changed since, or was tampered with, or NAME.sig is another module's); \
+         get the module and its NAME.sig from the author again"
     )]
     Mismatch {
         /// The key the signature names.
@@ -145,6 +148,12 @@ impl SecretKey {
         PublicKey(self.0.verifying_key())
     }
 
+    /// Its text, for `NAME.key`: the secret itself (not a `Display`, so
+    /// that no log or format prints it by accident).
+    pub fn export(&self) -> String {
+        format!("{SECRET} {}", STANDARD.encode(self.0.to_bytes()))
+    }
+
     /// The signature of a hook's module, to write to `NAME.sig`.
     pub fn sign(&self, module: &[u8]) -> Signature {
         Signature {
@@ -157,12 +166,6 @@ impl SecretKey {
 impl fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SecretKey(of {})", self.public().id())
-    }
-}
-
-impl fmt::Display for SecretKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{SECRET} {}", STANDARD.encode(self.0.to_bytes()))
     }
 }
 
@@ -240,19 +243,25 @@ pub fn verify(
     signature: Option<&str>,
 ) -> Result<String, TrustError> {
     let signature: Signature = signature.ok_or(TrustError::Unsigned)?.parse()?;
-    let key = trusted
+    // Every trusted key of that id (64 bits: two keys may share one).
+    let mut keys = trusted
         .iter()
-        .find(|k| k.id() == signature.key_id)
-        .ok_or_else(|| TrustError::NotTrusted {
-            key_id: signature.key_id.clone(),
-        })?;
+        .filter(|k| k.id() == signature.key_id)
+        .peekable();
+    if keys.peek().is_none() {
+        return Err(TrustError::NotTrusted {
+            key_id: signature.key_id,
+        });
+    }
+    let message = message(module);
     // Strict: no malleable signature, no small-order component.
-    key.0
-        .verify_strict(&message(module), &signature.signature)
-        .map_err(|_| TrustError::Mismatch {
-            key_id: signature.key_id.clone(),
-        })?;
-    Ok(signature.key_id)
+    if keys.any(|k| k.0.verify_strict(&message, &signature.signature).is_ok()) {
+        Ok(signature.key_id)
+    } else {
+        Err(TrustError::Mismatch {
+            key_id: signature.key_id,
+        })
+    }
 }
 
 /// Where a hook's signature is: `NAME.sig` beside `NAME.wasm`.
@@ -298,7 +307,7 @@ mod tests {
     #[test]
     fn keys_and_signatures_survive_their_text() {
         let secret = SecretKey::generate().unwrap();
-        let again: SecretKey = secret.to_string().parse().unwrap();
+        let again: SecretKey = secret.export().parse().unwrap();
         assert_eq!(again.public(), secret.public());
         let public: PublicKey = secret.public().to_string().parse().unwrap();
         assert_eq!(public, secret.public());

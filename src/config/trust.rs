@@ -13,8 +13,8 @@ use std::path::Path;
 #[serde(deny_unknown_fields)]
 pub struct TrustConfig {
     /// The authors' public keys: each the line `wasmhooks keygen` writes
-    /// to `NAME.pub` (`wasmhooks-ed25519-public …`), or `file:PATH` of
-    /// such a file (relative to the engine's working folder). At least one.
+    /// to `NAME.pub` (`wasmhooks-ed25519-public …`), or `file:/PATH` of
+    /// such a file (an absolute path). At least one.
     pub keys: Vec<String>,
 }
 
@@ -35,6 +35,12 @@ impl TrustConfig {
             .map(|(i, entry)| {
                 let field = format!("trust.keys[{i}]");
                 let text = match entry.strip_prefix("file:") {
+                    Some(path) if !Path::new(path).is_absolute() => {
+                        return Err(SettingsError::field(
+                            &field,
+                            format!("file:{path}: give the key file's absolute path"),
+                        ));
+                    }
                     Some(path) => {
                         let bytes = read_regular(Path::new(path), MAX_SECRET_BYTES)
                             .map_err(|e| SettingsError::field(&field, format!("{path}: {e}")))?;

@@ -296,7 +296,7 @@ pub(super) struct HookFiles {
     wasm_hash: String,
     pub(super) hash: String,
     config: HookConfig,
-    signed_by: Option<String>,
+    pub(super) signed_by: Option<String>,
     limits: HookLimits,
     policy: Arc<DeliveryPolicy>,
 }

@@ -334,11 +334,14 @@ impl Registry {
             })
             .collect();
         let loads = candidates.iter().map(|(name, wasm, _)| {
-            let live_hash = current.live.get(name).map(|h| h.hash.clone());
+            let live = current
+                .live
+                .get(name)
+                .map(|h| (h.hash.clone(), h.signed_by.clone()));
             async move {
                 let files = self.read(wasm, SettingsFrom::Beside).await?;
-                if live_hash.as_deref() == Some(files.hash.as_str()) {
-                    return Ok(None); // touched, not changed
+                if live.as_ref() == Some(&(files.hash.clone(), files.signed_by.clone())) {
+                    return Ok(None); // touched, not changed (nor signed by another key)
                 }
                 self.build(files).await.map(Some)
             }
@@ -379,12 +382,17 @@ impl Registry {
         }
         let quiet_since = SystemTime::now() - quiet;
         for ((name, _, stamps), result) in candidates.into_iter().zip(results) {
+            // Fresh: written within `quiet`, not stamped in the future (a
+            // skewed clock must not hide a refusal), and only from the
+            // watcher (an operator's reload reports at once).
+            let now = SystemTime::now();
             if let Err(err) = &result
                 && err.stage == Stage::Signature
+                && !quiet.is_zero()
                 && stamps
                     .iter()
                     .flatten()
-                    .any(|s| s.modified.is_some_and(|m| m > quiet_since))
+                    .any(|s| s.modified.is_some_and(|m| m > quiet_since && m <= now))
             {
                 // A deploy writes a module and its signature one after the
                 // other: a mismatch between them while either is fresh is

@@ -70,7 +70,7 @@ async fn only_a_module_signed_by_a_trusted_key_loads_and_a_stale_signature_keeps
     let mut config = test_config(d);
     // A refusal of files just written waits until they settle (a deploy
     // may be writing the other); the rescan then reads them again.
-    config.settle_ms = 1_500;
+    config.settle_ms = 5_000;
     config.rescan_ms = 100;
     config.trust = Some(TrustConfig {
         keys: vec![
@@ -165,6 +165,14 @@ async fn only_a_module_signed_by_a_trusted_key_loads_and_a_stale_signature_keeps
                 .all(|k| got.iter().any(|r| r.header("x-version") == mark(*k)))
         })
         .await;
+
+    // Signed again by another trusted key: the same version, its new
+    // signer shown.
+    sign("unsigned", &other, &version(2));
+    wait_hooks(&engine, "the new signer shown", |all| {
+        status(all, "unsigned").signed_by == Some(other.public().id())
+    })
+    .await;
 
     // A deploy: the module, then its signature. The moment between them
     // is not a failure.
@@ -268,13 +276,26 @@ fn the_commands_sign_and_check_a_module() {
     assert_eq!(code, Some(0), "{text}");
     let (code, text) = run(&["verify", "--key", "alice.pub", "hooks/gate.wasm"]);
     assert_eq!(code, Some(0), "{text}");
+    // Only a .wasm is signed: a signature of its settings would replace its own.
+    let (code, text) = run(&["sign", "--key", "alice.key", "hooks/gate.toml"]);
+    assert_eq!(code, Some(1), "{text}");
     std::fs::write(
         d.join("engine.toml"),
-        "[trust]\nkeys = [\"file:alice.pub\"]\n",
+        format!(
+            "[trust]\nkeys = [\"file:{}\"]\n",
+            d.join("alice.pub").display()
+        ),
     )
     .unwrap();
     let (code, text) = run(&["check", "--config", "engine.toml", "hooks"]);
     assert_eq!(code, Some(0), "{text}");
+    // `--key` wins over a settings file from the environment.
+    let out = wasmhooks()
+        .args(["verify", "--key", "alice.pub", "hooks/gate.wasm"])
+        .env("WASMHOOKS_CONFIG", d.join("engine.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
 
     // One byte changed after signing.
     std::fs::write(d.join("hooks/gate.wasm"), version(2)).unwrap();

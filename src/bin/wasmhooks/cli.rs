@@ -132,8 +132,8 @@ pub(crate) struct VerifyArgs {
     /// `--config`'s `[trust]`.
     #[arg(long = "key", env = "WASMHOOKS_TRUSTED_KEYS", value_delimiter = ',')]
     pub(crate) keys: Vec<PathBuf>,
-    /// The engine's settings file, for its `[trust] keys`.
-    #[arg(long, env = "WASMHOOKS_CONFIG", conflicts_with = "keys")]
+    /// The engine's settings file, for its `[trust] keys` (`--key` wins over it).
+    #[arg(long, env = "WASMHOOKS_CONFIG")]
     pub(crate) config: Option<PathBuf>,
     /// The hook modules (`.wasm`) to check, each against NAME.sig beside it.
     #[arg(required = true)]

@@ -16,12 +16,30 @@ pub(crate) fn keygen(args: KeygenArgs) -> Result<()> {
         args.dir.join(format!("{}.key", args.name)),
         args.dir.join(format!("{}.pub", args.name)),
     );
-    // Never over an existing key: losing one strands every hook it signed.
-    write_new(&secret, &format!("{key}\n"), 0o600)?;
-    if let Err(e) = write_new(&public, &format!("{}\n", key.public()), 0o644) {
-        let _ = std::fs::remove_file(&secret);
-        return Err(e);
+    for path in [&secret, &public] {
+        if path.exists() {
+            bail!(
+                "{} exists: an existing key is never replaced (losing it strands every hook it \
+                 signed); pick another name",
+                path.display()
+            );
+        }
     }
+    // Each written whole under a temporary name, then linked to its own
+    // (which fails if it appeared meanwhile): never a partial key file.
+    let secret_temp = write_temp(&secret, &format!("{}\n", key.export()), 0o600)?;
+    let public_temp = write_temp(&public, &format!("{}\n", key.public()), 0o644)
+        .inspect_err(|_| drop(std::fs::remove_file(&secret_temp)))?;
+    let linked = std::fs::hard_link(&secret_temp, &secret)
+        .with_context(|| format!("cannot create {}", secret.display()))
+        .and_then(|()| {
+            std::fs::hard_link(&public_temp, &public)
+                .with_context(|| format!("cannot create {}", public.display()))
+                .inspect_err(|_| drop(std::fs::remove_file(&secret)))
+        });
+    let _ = std::fs::remove_file(&secret_temp);
+    let _ = std::fs::remove_file(&public_temp);
+    linked?;
     println!(
         "key {}: secret in {} (keep it off the engines), public in {} (for [trust] keys)",
         key.public().id(),
@@ -40,9 +58,19 @@ pub(crate) fn sign(args: SignArgs) -> Result<()> {
     for wasm in &args.hooks {
         let module =
             std::fs::read(wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
+        // A signature of anything else would replace the module's own.
+        if wasm.extension().is_none_or(|e| e != "wasm") || !module.starts_with(b"\0asm") {
+            bail!(
+                "{} is not a hook module (NAME.wasm, WebAssembly): sign the .wasm",
+                wasm.display()
+            );
+        }
         let signature = key.sign(&module);
         let path = signature_path(wasm);
-        replace(&path, &format!("{signature}\n"))?;
+        let temp = write_temp(&path, &format!("{signature}\n"), 0o644)?;
+        std::fs::rename(&temp, &path)
+            .with_context(|| format!("cannot write {}", path.display()))
+            .inspect_err(|_| drop(std::fs::remove_file(&temp)))?;
         println!(
             "signed {} with key {}: {}",
             wasm.display(),
@@ -68,8 +96,8 @@ pub(crate) fn verify_hooks(args: VerifyArgs) -> Result<ExitCode> {
             keys: args
                 .keys
                 .iter()
-                .map(|k| format!("file:{}", k.display()))
-                .collect(),
+                .map(|k| Ok(format!("file:{}", std::path::absolute(k)?.display())))
+                .collect::<std::io::Result<_>>()?,
         }
     };
     let keys = trust.public_keys().context("the trusted keys")?;
@@ -98,35 +126,21 @@ pub(crate) fn verify_hooks(args: VerifyArgs) -> Result<ExitCode> {
     })
 }
 
-/// Writes a file that must not exist yet, with these permissions.
-fn write_new(path: &Path, text: &str, mode: u32) -> Result<()> {
+/// Writes `text` to a new hidden file beside `path` (which the engine's
+/// watcher ignores), synced, with these permissions; returns its path.
+fn write_temp(path: &Path, text: &str, mode: u32) -> Result<std::path::PathBuf> {
     use std::os::unix::fs::OpenOptionsExt as _;
+    let name = path.file_name().context("a file name")?.to_string_lossy();
+    let temp = path.with_file_name(format!(".{name}.{:016x}", fastrand::u64(..)));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
-        .open(path)
-        .with_context(|| {
-            format!(
-                "cannot create {} (an existing key is never replaced)",
-                path.display()
-            )
-        })?;
+        .open(&temp)
+        .with_context(|| format!("cannot create {}", temp.display()))?;
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// Replaces a file at once: written beside it under a hidden name (which
-/// the engine's watcher ignores), then renamed over it, so an engine never
-/// reads half a signature.
-fn replace(path: &Path, text: &str) -> Result<()> {
-    let name = path.file_name().context("a file name")?.to_string_lossy();
-    let temp = path.with_file_name(format!(".{name}.{:08x}", std::process::id()));
-    std::fs::write(&temp, text)
-        .and_then(|()| std::fs::rename(&temp, path))
-        .with_context(|| format!("cannot write {}", path.display()))
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&temp);
-        })
+        .with_context(|| format!("cannot write {}", temp.display()))
+        .inspect_err(|_| drop(std::fs::remove_file(&temp)))?;
+    Ok(temp)
 }

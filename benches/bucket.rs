@@ -7,8 +7,9 @@
 //!
 //! Rows (each `BENCH_ROUNDS` times, 10 by default): a set of two new
 //! modules (each engine compiles them, or finds them in the shared
-//! compiled cache); a set already seen (a rollback: nothing to upload or
-//! compile). Three `wasmhooks serve` on one NATS server, on this machine.
+//! compiled cache); a set seen before (a rollback: nothing to upload, its
+//! files fetched again, its modules from the compiled cache). Three
+//! `wasmhooks serve` on one NATS server, on this machine.
 //!
 //! `cargo bench --bench bucket` (needs nats-server, which
 //! `scripts/install-guest-toolchains.sh` installs). Figures go in
@@ -166,13 +167,13 @@ async fn bench() {
     live_everywhere(first).await;
     let (mut new, mut seen) = (Vec::new(), Vec::new());
     for i in 0..rounds {
-        let k = 100 + i;
+        let k = 70 + i;
         let dir = set(root, k);
         let started = Instant::now();
         let version = push(&bucket, &dir).await.unwrap().version;
         live_everywhere(version).await;
         new.push(started.elapsed());
-        // Back to the set before: nothing to upload, nothing to compile.
+        // Back to the set before: nothing to upload or compile.
         let back = if i == 0 {
             root.join("set-1")
         } else {

@@ -485,7 +485,8 @@ impl Registry {
 
     /// Records that set `version` of the hooks bucket was refused before
     /// any of its hooks was tried (the set itself is at fault).
-    pub(crate) fn refuse_set(&self, version: u64, reason: String) {
+    pub(crate) async fn refuse_set(&self, version: u64, reason: String) {
+        let _writer = self.writer.lock().await;
         let current = self.snapshot();
         let state = SetState {
             version: current.set.as_ref().map_or(0, |s| s.version),

@@ -561,7 +561,8 @@ pub(super) async fn healthz() -> &'static str {
 /// Readiness, for a load balancer, without a token: `ready`, or
 /// `degraded` while requests wait for the queue (NATS JetStream electing a
 /// leader after a node was lost): events are then accepted late, not
-/// refused, so the engine stays in rotation. Always 200.
+/// refused, so the engine stays in rotation; or, on a hooks bucket, while
+/// the engine has no set of hooks yet. Always 200.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -570,6 +571,14 @@ pub(super) async fn healthz() -> &'static str {
     responses((status = 200, description = "`ready`, or `degraded: …` with why", content_type = "text/plain; charset=utf-8", body = String, example = "ready\n"))
 )]
 pub(super) async fn readyz(State(engine): State<Engine>) -> String {
+    if let Some(set) = engine.hook_set()
+        && set.version == 0
+    {
+        // Its gates are not there yet: say so rather than look ready.
+        return "degraded: no set of hooks from the hooks bucket yet (none kept from an \
+                earlier run, and the bucket has not given one): events pass ungated\n"
+            .into();
+    }
     let kept = engine.queue_kept_locally();
     match engine.queue_waiting() {
         None if kept == 0 => "ready\n".into(),

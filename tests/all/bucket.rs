@@ -188,7 +188,18 @@ async fn three_engines_follow_one_bucket_set_by_set() {
         .await;
         assert_eq!(judged_by(&client, e.addr).await, [mark(4), mark(4)]);
     }
-    // And it restarts from its own copy without NATS.
+    // And it restarts from its own copy without NATS (once its report
+    // says set 4, which it writes after it kept the set as its good one).
+    let pid = format!("/{}", e2.pid());
+    eventually("e2 reports set 4", || async {
+        let engines = get(&client, &e1, "/v1/engines").await;
+        engines
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["engine"].as_str().unwrap().ends_with(&pid) && e["set"]["version"] == v4)
+    })
+    .await;
     drop(nats);
     e2.kill();
     let e2 = start("e2");
@@ -275,6 +286,22 @@ async fn a_set_from_the_bucket_needs_its_signatures_and_its_digests() {
     let why = set["refused"]["reasons"][0].as_str().unwrap();
     assert!(why.contains("g1.wasm") && why.contains(&three), "{why}");
     assert_eq!(judged_by(&client, engine.addr).await, [mark(1), mark(1)]);
+
+    // A set naming a file the bucket does not hold: refused, saying which.
+    manifest["hooks"]["g1"]["wasm"] = wasmhooks_digest(&version(6)).into();
+    let v4 = sets
+        .put("current", serde_json::to_vec(&manifest).unwrap().into())
+        .await
+        .unwrap();
+    eventually("the set with a missing file refused", || async {
+        serving(&client, &engine).await["refused"]["version"] == v4
+    })
+    .await;
+    let why = serving(&client, &engine).await["refused"]["reasons"][0].to_string();
+    assert!(
+        why.contains("g1.wasm") && why.contains("not in the hooks bucket"),
+        "{why}"
+    );
 }
 
 fn wasmhooks_digest(bytes: &[u8]) -> String {
@@ -314,11 +341,22 @@ async fn the_push_command_checks_the_folder_first() {
     let (code, text) = run(&["hooks", "push", broken.to_str().unwrap(), "--bucket", url]);
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("not pushed") && text.contains("g1"), "{text}");
+    // An engine on a bucket with no set yet starts, and is not ready.
+    let config = engine_toml(root, "");
+    let engine = Serve::start(Path::new(url), &root.join("e"), &config);
+    let client = reqwest::Client::new();
+    let readyz = || async {
+        let url = format!("http://{}/readyz", engine.addr);
+        client.get(url).send().await.unwrap().text().await.unwrap()
+    };
+    assert!(readyz().await.starts_with("degraded: no set of hooks"));
     let (code, text) = run(&["hooks", "push", good.to_str().unwrap(), "--bucket", url]);
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("set 1: 2 hooks"), "{text}");
-    let config = engine_toml(root, "");
-    let _engine = Serve::start(Path::new(url), &root.join("e"), &config);
+    eventually("the engine ready with set 1", || async {
+        readyz().await == "ready\n"
+    })
+    .await;
     let (code, text) = run(&["hooks", "engines", "--bucket", url]);
     assert_eq!(code, Some(0), "{text}");
     let line = text.lines().nth(1).unwrap_or_default();

@@ -24,10 +24,15 @@ pub(crate) async fn load(
     if !dir.is_dir() {
         bail!("{} is not a folder", dir.display());
     }
+    // Loads and sends nothing: no queue, source or archive of the engines
+    // whose settings these are (their limits and `[trust]` do apply).
     config.hooks_dir = dir;
     config.hooks_bucket = None;
     config.watch = false;
-    config.state_dir = None; // sends nothing, and must not lock a running engine's state
+    config.state_dir = None;
+    config.queue = wasmhooks::config::QueueConfig::Memory;
+    config.sources = Default::default();
+    config.archive = None;
     let engine = Engine::new(config).await?;
     let hooks = engine.hooks();
     println!("{:<16} {:<7} {:<13} DETAIL", "HOOK", "STATE", "VERSION");

@@ -61,6 +61,26 @@ pub enum BucketError {
         /// The content's digest.
         got: String,
     },
+    /// A file the set names that the bucket does not hold (deleted).
+    #[error("{file} of set {version} is not in the hooks bucket (deleted?): push the set again")]
+    Missing {
+        /// The set's version.
+        version: u64,
+        /// The file's name in the set.
+        file: String,
+    },
+    /// A file of a set larger than any such file may be.
+    #[error("{file} of set {version} is {size} bytes, more than the {max} a hook's file may have")]
+    TooBig {
+        /// The set's version.
+        version: u64,
+        /// The file's name in the set.
+        file: String,
+        /// Its size.
+        size: u64,
+        /// The most.
+        max: u64,
+    },
     /// The engine's copy of the sets (in `state_dir`) could not be written.
     #[error("cannot keep the hooks bucket's sets in {}: {source}", path.display())]
     Local {
@@ -73,6 +93,18 @@ pub enum BucketError {
 }
 
 impl BucketError {
+    /// Whether the set itself is at fault (refused: trying again would
+    /// not help), rather than NATS or the disk (tried again).
+    pub(super) fn is_the_sets_fault(&self) -> bool {
+        matches!(
+            self,
+            BucketError::Malformed { .. }
+                | BucketError::Digest { .. }
+                | BucketError::Missing { .. }
+                | BucketError::TooBig { .. }
+        )
+    }
+
     pub(super) fn nats(
         url: &str,
         what: impl Into<String>,

@@ -7,9 +7,11 @@ use super::{
     object_name,
 };
 use crate::config::BucketConfig;
+use crate::files::{MAX_SIGNATURE_BYTES, MAX_TOML_BYTES, MAX_WASM_BYTES};
 use crate::hooks::Registry;
 use crate::util::hex;
 use async_nats::jetstream::kv::Operation;
+use async_nats::jetstream::object_store;
 use futures::StreamExt as _;
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
@@ -110,41 +112,66 @@ struct Follow {
     first: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
+/// The first wait between two tries, doubled up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
 impl Follow {
     async fn run(mut self) {
-        let mut backoff = Duration::from_millis(500);
+        let mut backoff = MIN_BACKOFF;
         let mut failing = false;
-        loop {
-            let error = self.follow().await;
-            if !failing {
-                tracing::warn!("{error}; trying again, the set serving goes on meanwhile");
-                failing = true;
-            } else {
-                tracing::debug!("{error}");
+        // One connection, kept: it reconnects by itself.
+        let buckets = loop {
+            match Buckets::open(&self.config).await {
+                Ok(buckets) => break buckets,
+                Err(e) => self.wait(e, &mut failing, &mut backoff).await,
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(10));
+        };
+        *self.buckets.lock().unwrap() = Some(buckets.clone());
+        loop {
+            let error = self.follow(&buckets, &mut failing, &mut backoff).await;
+            self.wait(error, &mut failing, &mut backoff).await;
         }
     }
 
+    /// Says why the bucket cannot be followed (once per episode), and
+    /// waits before the next try.
+    async fn wait(&self, error: BucketError, failing: &mut bool, backoff: &mut Duration) {
+        if *failing {
+            tracing::debug!("{error}");
+        } else {
+            tracing::warn!("{error}; trying again, the set serving goes on meanwhile");
+            *failing = true;
+        }
+        tokio::time::sleep(*backoff).await;
+        *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    }
+
     /// Follows the bucket until it fails.
-    async fn follow(&mut self) -> BucketError {
-        let buckets = match Buckets::open(&self.config).await {
-            Ok(buckets) => buckets,
-            Err(e) => return e,
-        };
-        *self.buckets.lock().unwrap() = Some(buckets.clone());
+    async fn follow(
+        &mut self,
+        buckets: &Buckets,
+        failing: &mut bool,
+        backoff: &mut Duration,
+    ) -> BucketError {
         let url = buckets.url.clone();
         let mut sets = match buckets.sets.watch_with_history(CURRENT).await {
             Ok(watch) => watch,
             Err(e) => return BucketError::nats(&url, "watch the sets", e),
         };
-        match buckets.sets.entry(CURRENT).await {
-            Ok(None) => self.told_first(),
-            Ok(Some(_)) => {}
+        let current = match buckets.sets.entry(CURRENT).await {
+            Ok(current) => current,
             Err(e) => return BucketError::nats(&url, "read the current set", e),
+        };
+        if *failing {
+            tracing::info!("the hooks bucket answers again");
+            *failing = false;
         }
-        self.report(&buckets).await;
+        *backoff = MIN_BACKOFF;
+        self.report(buckets).await;
+        if current.is_none() {
+            self.told_first();
+        }
         let mut reports = tokio::time::interval(REPORT_EVERY);
         loop {
             tokio::select! {
@@ -154,26 +181,32 @@ impl Follow {
                         Some(Err(e)) => return BucketError::nats(&url, "watch the sets", e),
                         None => return BucketError::nats(&url, "watch the sets", std::io::Error::other("the watch ended")),
                     };
-                    if entry.operation != Operation::Put || entry.revision <= self.seen {
+                    if entry.operation != Operation::Put || entry.revision == self.seen {
                         self.told_first();
                         continue;
                     }
-                    if let Err(e) = self.apply(&buckets, entry.revision, &entry.value).await {
-                        match e {
-                            // The set itself is at fault: refused here.
-                            BucketError::Malformed { .. } | BucketError::Digest { .. } => {
-                                tracing::error!("{e}; the set serving goes on");
-                                self.registry.refuse_set(entry.revision, e.to_string());
-                                self.seen = entry.revision;
-                            }
-                            // NATS or the disk: tried again.
-                            e => return e,
+                    if entry.revision < self.seen {
+                        // Versions only grow: the bucket was made anew.
+                        tracing::warn!(
+                            "the hooks bucket's current set is {}, older than set {} this engine \
+                             has seen: the bucket was reset; taking its set",
+                            entry.revision,
+                            self.seen
+                        );
+                    }
+                    if let Err(e) = self.apply(buckets, entry.revision, &entry.value).await {
+                        if e.is_the_sets_fault() {
+                            tracing::error!("{e}; the set serving goes on");
+                            self.registry.refuse_set(entry.revision, e.to_string()).await;
+                            self.seen = entry.revision;
+                        } else {
+                            return e; // NATS or the disk: tried again
                         }
                     }
+                    self.report(buckets).await;
                     self.told_first();
-                    self.report(&buckets).await;
                 }
-                _ = reports.tick() => self.report(&buckets).await,
+                _ = reports.tick() => self.report(buckets).await,
             }
         }
     }
@@ -197,64 +230,102 @@ impl Follow {
                 version,
                 reason: e.to_string(),
             })?;
+        if manifest.hooks.is_empty() {
+            return Err(BucketError::Malformed {
+                version,
+                reason: "no hook in it (it would unload every hook)".into(),
+            });
+        }
         for (name, hook) in &manifest.hooks {
-            let valid = !name.is_empty()
+            let valid_name = (1..=200).contains(&name.len())
                 && !name.starts_with('.')
-                && !name.contains(['/', '\\', '\0'])
-                && hook
-                    .files()
-                    .all(|(_, d)| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()));
-            if !valid {
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            let valid_digests = hook.files().all(|(_, d)| {
+                d.len() == 64 && d.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            });
+            if !valid_name || !valid_digests {
                 return Err(BucketError::Malformed {
                     version,
                     reason: format!(
-                        "hook {name:?}: not a hook's name, or a digest that is not SHA-256 hex"
+                        "hook {name:?}: a name must be 1 to 200 letters, digits, `-`, `_` or \
+                         `.`, and each digest 64 lowercase hex digits"
                     ),
                 });
             }
         }
         let started = std::time::Instant::now();
         let mut fetched = 0;
-        let digests: HashSet<&str> = manifest
-            .hooks
-            .values()
-            .flat_map(|h| h.files().map(|(_, d)| d))
-            .collect();
-        for digest in digests {
-            if self.local.has(digest) {
+        // Each file once: its name in the set, and the most it may weigh.
+        let mut wanted: std::collections::BTreeMap<&str, (String, u64)> = Default::default();
+        for (name, hook) in &manifest.hooks {
+            for (ext, digest) in hook.files() {
+                let max = match ext {
+                    "wasm" => MAX_WASM_BYTES,
+                    "toml" => MAX_TOML_BYTES,
+                    _ => MAX_SIGNATURE_BYTES,
+                };
+                wanted.insert(digest, (format!("{name}.{ext}"), max));
+            }
+        }
+        for (digest, (file, max)) in wanted {
+            let (local, owned) = (self.local.clone(), digest.to_owned());
+            // Checked again, not only found: a file cut short by a crash
+            // is fetched anew.
+            if tokio::task::spawn_blocking(move || local.valid(&owned))
+                .await
+                .expect("checking a file does not panic")
+            {
                 continue;
             }
             let name = object_name(digest);
-            let mut object = buckets
-                .files
-                .get(&name)
-                .await
-                .map_err(|e| BucketError::nats(&buckets.url, format!("fetch {name}"), e))?;
+            let mut object = match buckets.files.get(&name).await {
+                Ok(object) => object,
+                Err(e) if e.kind() == object_store::GetErrorKind::NotFound => {
+                    return Err(BucketError::Missing { version, file });
+                }
+                Err(e) => {
+                    return Err(BucketError::nats(&buckets.url, format!("fetch {name}"), e));
+                }
+            };
+            if object.info.size as u64 > max {
+                return Err(BucketError::TooBig {
+                    version,
+                    file,
+                    size: object.info.size as u64,
+                    max,
+                });
+            }
             let mut bytes = Vec::new();
-            object
+            (&mut object)
+                .take(max + 1)
                 .read_to_end(&mut bytes)
                 .await
                 .map_err(|e| BucketError::nats(&buckets.url, format!("fetch {name}"), e))?;
-            let got = hex(&Sha256::digest(&bytes));
-            if got != digest {
-                let file = manifest
-                    .hooks
-                    .iter()
-                    .flat_map(|(n, h)| h.files().map(move |(ext, d)| (format!("{n}.{ext}"), d)))
-                    .find(|(_, d)| *d == digest)
-                    .map(|(f, _)| f)
-                    .unwrap_or_default();
-                return Err(BucketError::Digest {
+            if bytes.len() as u64 > max {
+                return Err(BucketError::TooBig {
                     version,
                     file,
-                    expected: digest.to_owned(),
-                    got,
+                    size: bytes.len() as u64,
+                    max,
                 });
             }
-            let (local, digest) = (self.local.clone(), digest.to_owned());
-            tokio::task::spawn_blocking(move || local.keep(&digest, &bytes))
-                .await
-                .expect("keeping a file does not panic")?;
+            let (local, owned) = (self.local.clone(), digest.to_owned());
+            tokio::task::spawn_blocking(move || {
+                let got = hex(&Sha256::digest(&bytes));
+                if got != owned {
+                    return Err(BucketError::Digest {
+                        version,
+                        file,
+                        expected: owned,
+                        got,
+                    });
+                }
+                local.keep(&owned, &bytes)
+            })
+            .await
+            .expect("keeping a file does not panic")?;
             fetched += 1;
         }
         let dir = {

@@ -29,8 +29,20 @@ impl Local {
         dir.is_dir().then_some((version, dir))
     }
 
-    pub(super) fn has(&self, digest: &str) -> bool {
-        self.file(digest).is_file()
+    /// Whether the file of this digest is kept, whole: one that is not
+    /// (cut short by a crash) is removed, to be fetched again.
+    pub(super) fn valid(&self, digest: &str) -> bool {
+        use sha2::{Digest, Sha256};
+        let path = self.file(digest);
+        match std::fs::read(&path) {
+            Ok(bytes) if crate::util::hex(&Sha256::digest(&bytes)) == digest => true,
+            Ok(_) => {
+                tracing::warn!("{} is damaged: fetching it again", path.display());
+                let _ = std::fs::remove_file(&path);
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     fn file(&self, digest: &str) -> PathBuf {
@@ -41,12 +53,19 @@ impl Local {
         self.root.join("sets").join(version.to_string())
     }
 
-    /// Keeps a file whose digest was checked: written aside, then renamed.
+    /// Keeps a file whose digest was checked: written aside and synced,
+    /// then renamed, so a crash leaves it whole or absent.
     pub(super) fn keep(&self, digest: &str, bytes: &[u8]) -> Result<(), BucketError> {
+        use std::io::Write as _;
         let path = self.file(digest);
         let part = path.with_extension("part");
-        std::fs::write(&part, bytes)
+        std::fs::File::create(&part)
+            .and_then(|mut file| {
+                file.write_all(bytes)?;
+                file.sync_all()
+            })
             .and_then(|()| std::fs::rename(&part, &path))
+            .and_then(|()| std::fs::File::open(self.root.join("files"))?.sync_all())
             .map_err(|e| BucketError::local(&path, e))
     }
 

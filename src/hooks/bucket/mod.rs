@@ -100,8 +100,10 @@ pub(crate) struct Buckets {
 }
 
 impl Buckets {
+    /// Connects once (no attempt goes on after an error: callers that try
+    /// again call this again).
     pub(crate) async fn open(config: &BucketConfig) -> Result<Buckets, BucketError> {
-        let client = crate::queue::connect_nats(&config.url, config.credentials.as_deref())
+        let client = crate::queue::connect_nats(&config.url, config.credentials.as_deref(), false)
             .await
             .map_err(BucketError::Connect)?;
         let js = jetstream::new(client);

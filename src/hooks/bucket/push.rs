@@ -77,6 +77,7 @@ pub async fn push(config: &BucketConfig, dir: &Path) -> Result<Pushed, BucketErr
         // content (planted, or damaged): then it is replaced.
         let stored = format!("SHA-256={}", URL_SAFE.encode(Sha256::digest(bytes)));
         if let Ok(info) = buckets.files.info(&name).await
+            && !info.deleted
             && info.digest.as_deref() == Some(stored.as_str())
         {
             continue;

@@ -12,7 +12,7 @@ impl NatsQueue {
         settings: &QueueSettings,
         spill: Option<&std::path::Path>,
     ) -> Result<Arc<NatsQueue>, QueueError> {
-        let client = connect(&nats.url, nats.credentials.as_deref()).await?;
+        let client = connect(&nats.url, nats.credentials.as_deref(), true).await?;
         let connect = |reason: String, source: Option<async_nats::Error>| QueueError::Connect {
             url: nats.url.clone(),
             reason,
@@ -184,9 +184,16 @@ impl NatsQueue {
 /// credentials file if given, up within 10 s or a clear error; it
 /// reconnects by itself afterwards. Shared by the queue and the hooks
 /// bucket.
+///
+/// `retry_first`: keep trying a first connection that fails, in the
+/// background, for ever. Then a connection that is not up within the 10 s
+/// is an error here but goes on trying: for a caller that connects once.
+/// A caller that tries again itself passes `false`, so that no attempt
+/// outlives its error.
 pub(crate) async fn connect(
     url: &str,
     credentials: Option<&std::path::Path>,
+    retry_first: bool,
 ) -> Result<async_nats::Client, QueueError> {
     let connect = |reason: String, source: Option<async_nats::Error>| QueueError::Connect {
         url: url.to_owned(),
@@ -195,8 +202,10 @@ pub(crate) async fn connect(
     };
     let mut options = async_nats::ConnectOptions::new()
         .name("wasmhooks")
-        .retry_on_initial_connect()
         .max_reconnects(None);
+    if retry_first {
+        options = options.retry_on_initial_connect();
+    }
     if let Some(creds) = credentials {
         options = options.credentials_file(creds).await.map_err(|e| {
             connect(

@@ -109,9 +109,12 @@ async fn bench() {
     for f in ["g1.wasm", "g1.toml", "g2.wasm", "g2.toml"] {
         std::fs::copy(source.join(f), folder.join(f)).unwrap();
     }
+    // Every engine has a compiled cache of its own, empty at first: a new
+    // module is compiled, on each engine, in every row that has one.
     let engine = wasmhooks::Engine::new(Config {
         hooks_dir: folder.clone(),
         state_dir: None,
+        cache_dir: Some(root.join("cache-folder")),
         settle_ms: 50,
         ..Config::default()
     })
@@ -139,7 +142,16 @@ async fn bench() {
     std::fs::write(&config, "fsync = false\n").unwrap();
     let first = push(&bucket, &set(root, 1)).await.unwrap().version;
     let engines: Vec<Serve> = (0..3)
-        .map(|i| Serve::start(Path::new(&nats.url), &root.join(format!("e{i}")), &config))
+        .map(|i| {
+            let cache = root.join(format!("cache-{i}"));
+            let args = ["--cache", cache.to_str().unwrap()];
+            Serve::start_with(
+                Path::new(&nats.url),
+                &root.join(format!("e{i}")),
+                &config,
+                &args,
+            )
+        })
         .collect();
     let client = reqwest::Client::new();
     let live_everywhere = |version: u64| {

@@ -359,6 +359,42 @@ async fn the_push_command_checks_the_folder_first() {
     .await;
     let (code, text) = run(&["hooks", "engines", "--bucket", url]);
     assert_eq!(code, Some(0), "{text}");
-    let line = text.lines().nth(1).unwrap_or_default();
-    assert!(line.split_whitespace().nth(1) == Some("1"), "{text}");
+    let line = text.lines().nth(2).unwrap_or_default();
+    assert_eq!(line.split_whitespace().nth(1), Some("1"), "{text}");
+
+    // Pushed anyway, the broken set is refused: the engine is behind.
+    let (code, text) = run(&[
+        "hooks",
+        "push",
+        broken.to_str().unwrap(),
+        "--bucket",
+        url,
+        "--no-check",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    eventually("the broken set refused", || async {
+        let url = format!("http://{}/v1/hooks/set", engine.addr);
+        let set: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+        set["refused"]["version"] == 2
+    })
+    .await;
+    let (code, text) = run(&["hooks", "engines", "--bucket", url]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("behind") && text.contains("compile"),
+        "{text}"
+    );
+
+    // One state folder, one engine.
+    let mut same = wasmhooks::config::Config {
+        state_dir: Some(root.join("e")),
+        hooks_bucket: Some(bucket_on(&nats)),
+        ..wasmhooks::config::Config::default()
+    };
+    same.queue = wasmhooks::config::QueueConfig::Memory;
+    match wasmhooks::Engine::new(same).await {
+        Err(wasmhooks::Error::Bucket(BucketError::Local { .. })) => {}
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a second engine on the same state folder started"),
+    }
 }

@@ -40,27 +40,39 @@ pub(crate) async fn hooks(command: HooksCommand) -> Result<ExitCode> {
         }
         HooksCommand::Engines(args) => {
             let config = args.bucket()?;
+            let current = bucket::current_version(&config)
+                .await
+                .context("cannot read the current set")?;
             let reports = bucket::engines(&config)
                 .await
                 .context("cannot read the engines' reports")?;
+            println!("current set: {current}");
             println!("{:<32} {:>5} {:<7} REFUSED", "ENGINE", "SET", "STATE");
-            let mut behind = false;
+            let mut behind = 0;
             for r in &reports {
                 let refused = r.set.refused.as_ref().map_or(String::new(), |f| {
                     format!("set {}: {}", f.version, f.reasons.join("; "))
                 });
-                let state = if r.stale { "stale" } else { "ok" };
-                behind |= r.set.refused.is_some();
+                // A stale report is an engine gone (or cut off): listed,
+                // not counted.
+                let state = if r.stale {
+                    "stale"
+                } else if r.set.version == current {
+                    "ok"
+                } else {
+                    behind += 1;
+                    "behind"
+                };
                 println!(
                     "{:<32} {:>5} {:<7} {refused}",
                     r.engine, r.set.version, state
                 );
             }
-            Ok(if behind {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
+            if behind > 0 {
+                eprintln!("{behind} engines do not serve the current set {current}");
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

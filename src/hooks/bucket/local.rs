@@ -10,7 +10,14 @@ use std::path::{Path, PathBuf};
 
 pub(super) struct Local {
     root: PathBuf,
+    /// Held while this engine follows the bucket: two engines on one
+    /// state folder would remove each other's sets.
+    _lock: std::fs::File,
 }
+
+/// How long opening waits for the lock (an engine before it in this
+/// process may still be letting go of it).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl Local {
     pub(super) fn open(state: &Path) -> Result<Local, BucketError> {
@@ -18,7 +25,28 @@ impl Local {
         for dir in [root.join("files"), root.join("sets")] {
             std::fs::create_dir_all(&dir).map_err(|e| BucketError::local(&dir, e))?;
         }
-        Ok(Local { root })
+        let path = root.join("lock");
+        let lock = std::fs::File::create(&path).map_err(|e| BucketError::local(&path, e))?;
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(BucketError::local(
+                        &path,
+                        std::io::Error::other(
+                            "another wasmhooks engine is using this state folder; give each \
+                             engine its own --state",
+                        ),
+                    ));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(BucketError::local(&path, e)),
+            }
+        }
+        Ok(Local { root, _lock: lock })
     }
 
     /// The last set that loaded whole, and its folder.

@@ -188,6 +188,17 @@ pub async fn engines(config: &BucketConfig) -> Result<Vec<EngineReport>, BucketE
     Buckets::open(config).await?.engines().await
 }
 
+/// The version of the bucket's current set; 0 if none was pushed.
+pub async fn current_version(config: &BucketConfig) -> Result<u64, BucketError> {
+    let buckets = Buckets::open(config).await?;
+    let entry = buckets
+        .sets
+        .entry(CURRENT)
+        .await
+        .map_err(|e| BucketError::nats(&buckets.url, "read the current set", e))?;
+    Ok(entry.map_or(0, |e| e.revision))
+}
+
 /// A file's name in `P_HOOK_FILES`.
 fn object_name(digest: &str) -> String {
     format!("sha256-{digest}")

@@ -22,12 +22,15 @@ fn the_console_passes_its_browser_tests() {
         );
     }
     let screenshots = root().join("target/console-screenshots");
+    // For the hooks bucket's test.
+    let nats = crate::nats_server::NatsServer::start();
     let status = node_test(
         &tests,
         &["console.test.mjs"],
         &[
             ("SCREENSHOTS", screenshots.as_os_str()),
             ("CHROMIUM", chromium.as_ref()),
+            ("NATS_URL", nats.url.as_ref()),
         ],
     );
     assert!(

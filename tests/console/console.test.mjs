@@ -7,6 +7,7 @@ import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { createServer } from 'node:http'
 import { once } from 'node:events'
+import { execFileSync } from 'node:child_process'
 import { copyFileSync, mkdtempSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -543,5 +544,42 @@ test('with --token, the page shows nothing until the token is given', async () =
     })
   } finally {
     await guarded.stop()
+  }
+})
+
+test('on a hooks bucket, the hooks card shows the set serving, its signer, and a set refused', async () => {
+  const nats = required('NATS_URL')
+  const dir = mkdtempSync(join(tmpdir(), 'wasmhooks-console-bucket-'))
+  const run = (...args) => execFileSync(BIN, args, { cwd: dir, env: { PATH: process.env.PATH, HOME: dir }, encoding: 'utf8' })
+  const set = name => {
+    const hooks = join(dir, name)
+    mkdirSync(hooks)
+    copyFileSync(join(GUESTS, 'deny.wasm'), join(hooks, 'deny.wasm'))
+    writeFileSync(join(hooks, 'deny.toml'), '[settings]\nprotected = []\n')
+    return hooks
+  }
+  run('keygen', 'author')
+  const good = set('good')
+  run('sign', '--key', 'author.key', join(good, 'deny.wasm'))
+  const config = join(dir, 'engine.toml')
+  writeFileSync(config, `[trust]\nkeys = ["file:${join(dir, 'author.pub')}"]\n`)
+  run('hooks', 'push', good, '--bucket', nats, '--config', config)
+  const unsigned = set('unsigned')
+  run('hooks', 'push', unsigned, '--bucket', nats, '--no-check')
+  // The engine starts on set 2, unsigned: refused, no set serving yet.
+  const engine = await serve(BIN, ['--hooks', nats, '--state', join(dir, 'state'), '--config', config])
+  try {
+    await withPage('bucket', engine.url, async page => {
+      const line = page.locator('#hook-set')
+      await line.locator('[data-field="set-refused"]', { hasText: 'set 2 refused here' }).waitFor(WAIT)
+      assert.match(await line.innerText(), /no set of the hooks bucket yet/)
+      run('hooks', 'push', good, '--bucket', nats, '--config', config)
+      await line.locator('[data-field="set-version"]', { hasText: '3' }).waitFor(WAIT)
+      const signed = page.locator('#hooks tr[data-hook="deny"] [data-field="signed-by"]')
+      assert.match(await signed.innerText(), /^signed by [0-9a-f]{16}$/)
+    })
+  } finally {
+    await engine.stop()
+    rmSync(dir, { recursive: true, force: true })
   }
 })

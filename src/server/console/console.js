@@ -127,7 +127,8 @@ function renderHooks() {
         h.wait ? [' ', badge('wait', 'pending')] : null),
       el('td', {}, h.abi || ''),
       el('td', {}, h.hash ? el('span', { class: 'mono', title: h.hash }, h.hash.slice(0, 12)) : '',
-        h.loaded_at ? el('div', { class: 'muted' }, `loaded ${h.loaded_at}`) : null),
+        h.loaded_at ? el('div', { class: 'muted' }, `loaded ${h.loaded_at}`) : null,
+        h.signed_by ? el('div', { class: 'muted', 'data-field': 'signed-by' }, `signed by ${h.signed_by}`) : null),
       el('td', { class: 'mono' }, sub),
       el('td', { class: 'num' }, h.calls),
       el('td', { class: 'num' }, h.errors),
@@ -139,13 +140,32 @@ function renderHooks() {
 }
 
 async function loadHooks() {
-  const hooks = await api('/v1/hooks');
-  if (!changed('hooks', hooks)) return;
+  // On a hooks bucket, the set serving; a folder engine answers 404.
+  const [hooks, set] = await Promise.all([
+    api('/v1/hooks'),
+    api('/v1/hooks/set').catch(error => { if (error.status === 404) return null; throw error }),
+  ]);
+  if (!changed('hooks', { hooks, set })) return;
   state.hooks = hooks;
+  renderSet(set);
   renderHooks();
   renderGates();
   fillSelect($('#delivery-hook'), hooks.map(h => h.name), 'every hook');
   fillSelect($('#simulate-as'), hooks.filter(h => h.state === 'live').map(h => h.name), 'a live hook…');
+}
+
+function renderSet(set) {
+  const line = $('#hook-set');
+  line.hidden = !set;
+  if (!set) return;
+  const serving = set.version
+    ? ['set ', el('strong', { 'data-field': 'set-version' }, String(set.version)), ' of the hooks bucket']
+    : [el('span', { class: 'error' }, 'no set of the hooks bucket yet: events pass ungated')];
+  const refused = set.refused
+    ? [el('div', { class: 'why error', 'data-field': 'set-refused' },
+      `set ${set.refused.version} refused here: ${set.refused.reasons.join('; ')}`)]
+    : [];
+  line.replaceChildren(...serving, ...refused);
 }
 
 // ---- sources ---------------------------------------------------------------

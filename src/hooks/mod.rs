@@ -358,10 +358,16 @@ impl Registry {
             // All or nothing: the set serving stays, whole.
             let mut reasons = Vec::new();
             for ((name, ..), result) in candidates.iter().zip(results) {
-                if let Err(err) = result {
-                    reasons.push(err.to_string());
-                    self.failed_to_load(name, &err, live.get(name).map(|h| &*h.hash));
-                    failed.insert(name.clone(), err);
+                match result {
+                    Err(err) => {
+                        reasons.push(err.to_string());
+                        self.failed_to_load(name, &err, live.get(name).map(|h| &*h.hash));
+                        failed.insert(name.clone(), err);
+                    }
+                    // Loads in this set: an older set's error is stale.
+                    Ok(_) => {
+                        failed.remove(name);
+                    }
                 }
             }
             let refusal = SetRefusal { version, reasons };

@@ -102,6 +102,21 @@ async fn three_engines_follow_one_bucket_set_by_set() {
         Err(BucketError::Empty { .. })
     ));
 
+    // A secret in NAME.toml would be readable in the bucket, and a
+    // relative `file:` one not found on the engines: refused.
+    for secret in ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "file:signing.key"] {
+        let leaky = set(root, 9);
+        std::fs::write(
+            leaky.join("g1.toml"),
+            format!("secret = \"{secret}\"\n[settings]\nmode = \"deny\"\n"),
+        )
+        .unwrap();
+        assert!(
+            matches!(push(&bucket, &leaky).await, Err(BucketError::Secret { .. })),
+            "{secret}"
+        );
+    }
+
     let v1 = push(&bucket, &set(root, 1)).await.unwrap().version;
     let e1 = start("e1");
     let mut e2 = start("e2");

@@ -39,6 +39,15 @@ pub enum BucketError {
         /// The folder.
         path: PathBuf,
     },
+    /// A hook's `NAME.toml` whose secret would not work, or not stay
+    /// secret, in a bucket.
+    #[error("{}: {reason}", path.display())]
+    Secret {
+        /// The `NAME.toml`.
+        path: PathBuf,
+        /// Why, and what to write instead.
+        reason: String,
+    },
     /// A set in the bucket that is not one `wasmhooks hooks push` wrote.
     #[error("set {version} in the hooks bucket is malformed: {reason}")]
     Malformed {

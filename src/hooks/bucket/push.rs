@@ -61,9 +61,14 @@ pub async fn push(config: &BucketConfig, dir: &Path) -> Result<Pushed, BucketErr
         digest
     };
     for wasm in &wasms {
+        let toml_path = wasm.with_extension("toml");
+        let toml = optional(&toml_path, MAX_TOML_BYTES)?;
+        if let Some(text) = &toml {
+            check_secrets(&toml_path, text)?;
+        }
         let hook = SetHook {
             wasm: keep(read(wasm, MAX_WASM_BYTES)?),
-            toml: optional(&wasm.with_extension("toml"), MAX_TOML_BYTES)?.map(&mut keep),
+            toml: toml.map(&mut keep),
             sig: optional(&signature_path(wasm), MAX_SIGNATURE_BYTES)?.map(&mut keep),
         };
         hooks.insert(hook_name(wasm), hook);
@@ -107,4 +112,36 @@ pub async fn push(config: &BucketConfig, dir: &Path) -> Result<Pushed, BucketErr
         uploaded,
         uploaded_bytes,
     })
+}
+
+/// A `NAME.toml` travels in the bucket, which whoever can read it can
+/// read, and is read on each engine from its copy of the set: a secret in
+/// it must be a reference, `env:NAME` or `file:/absolute/path`.
+fn check_secrets(path: &Path, text: &[u8]) -> Result<(), BucketError> {
+    let refuse = |reason: String| BucketError::Secret {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = std::str::from_utf8(text).map_err(|_| refuse("it is not UTF-8 text".into()))?;
+    let config = crate::config::HookConfig::from_toml(text).map_err(|e| refuse(e.to_string()))?;
+    for secret in config.secret.list() {
+        match secret.strip_prefix("file:") {
+            Some(file) if !Path::new(file).is_absolute() => {
+                return Err(refuse(format!(
+                    "secret `file:{file}` is relative: an engine would look for it in its copy \
+                     of the set, which holds only the hook's files; give an absolute path"
+                )));
+            }
+            Some(_) => {}
+            None if secret.starts_with("env:") => {}
+            None => {
+                return Err(refuse(
+                    "a secret written in NAME.toml would be readable by whoever can read the \
+                     bucket: use `env:NAME` or `file:/absolute/path`, set on each engine"
+                        .into(),
+                ));
+            }
+        }
+    }
+    Ok(())
 }

@@ -259,10 +259,7 @@ impl Engine {
                 .snapshot()
                 .set
                 .clone()
-                .unwrap_or(SetState {
-                    version: 0,
-                    refused: None,
-                }),
+                .unwrap_or_default(),
         )
     }
 

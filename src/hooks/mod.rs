@@ -123,7 +123,7 @@ impl Snapshot {
 }
 
 /// The set of a hooks bucket an engine serves, and the last it refused.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct SetState {
     /// The set serving: its version in the bucket (0: none yet).
@@ -373,17 +373,10 @@ impl Registry {
             let refusal = SetRefusal { version, reasons };
             tracing::error!(
                 set = version,
-                serving = current.set.as_ref().map_or(0, |s| s.version),
                 "set {version} of the hooks bucket refused: {}; the set serving goes on",
                 refusal.reasons.join("; ")
             );
-            let state = SetState {
-                version: current.set.as_ref().map_or(0, |s| s.version),
-                refused: Some(refusal.clone()),
-            };
-            self.snapshot
-                .store(Arc::new(Snapshot::new(live, failed, Some(state))));
-            self.generation.send_modify(|g| *g += 1);
+            self.store_refusal(&current, live, failed, refusal.clone());
             return Ok(Err(refusal));
         }
         let quiet_since = SystemTime::now() - quiet;
@@ -464,29 +457,39 @@ impl Registry {
                     .flat_map(|h| std::iter::once(&h.wasm_hash).chain(&h.initialized_hash))
                     .map(String::as_str),
             );
-            let set = match set {
-                Some(version) => Some(SetState {
-                    version,
-                    refused: None,
-                }),
-                None => current.set.clone(),
-            };
+        }
+        // A set of the same hooks as the one serving changes its version only.
+        let set = match set {
+            Some(version) => Some(SetState {
+                version,
+                refused: None,
+            }),
+            None => current.set.clone(),
+        };
+        if changed || set != current.set {
             self.snapshot
                 .store(Arc::new(Snapshot::new(live, failed, set)));
             self.generation.send_modify(|g| *g += 1);
-        } else if let Some(version) = set
-            && current.set.as_ref().map(|s| s.version) != Some(version)
-        {
-            // The same hooks as the set serving: only its version changed.
-            let state = SetState {
-                version,
-                refused: None,
-            };
-            self.snapshot
-                .store(Arc::new(Snapshot::new(live, failed, Some(state))));
-            self.generation.send_modify(|g| *g += 1);
         }
         Ok(Ok(()))
+    }
+
+    /// Stores that a set of the hooks bucket was refused: the set serving,
+    /// its hooks `live`, go on; `failed` says which hooks failed.
+    fn store_refusal(
+        &self,
+        current: &Snapshot,
+        live: BTreeMap<String, Arc<LiveHook>>,
+        failed: BTreeMap<String, LoadError>,
+        refusal: SetRefusal,
+    ) {
+        let state = SetState {
+            version: current.set.as_ref().map_or(0, |s| s.version),
+            refused: Some(refusal),
+        };
+        self.snapshot
+            .store(Arc::new(Snapshot::new(live, failed, Some(state))));
+        self.generation.send_modify(|g| *g += 1);
     }
 
     /// Records that set `version` of the hooks bucket was refused before
@@ -494,19 +497,16 @@ impl Registry {
     pub(crate) async fn refuse_set(&self, version: u64, reason: String) {
         let _writer = self.writer.lock().await;
         let current = self.snapshot();
-        let state = SetState {
-            version: current.set.as_ref().map_or(0, |s| s.version),
-            refused: Some(SetRefusal {
-                version,
-                reasons: vec![reason],
-            }),
+        let refusal = SetRefusal {
+            version,
+            reasons: vec![reason],
         };
-        self.snapshot.store(Arc::new(Snapshot::new(
+        self.store_refusal(
+            &current,
             current.live.clone(),
             current.failed.clone(),
-            Some(state),
-        )));
-        self.generation.send_modify(|g| *g += 1);
+            refusal,
+        );
     }
 
     /// Reports a hook whose new version did not load; `serving`: the hash

@@ -10,6 +10,12 @@ pub enum BucketError {
     /// NATS could not be reached.
     #[error("hooks bucket: {0}")]
     Connect(#[source] crate::queue::QueueError),
+    /// This engine has not reached the bucket yet (it keeps trying).
+    #[error("hooks bucket at {url}: not connected yet (the engine keeps trying)")]
+    NotConnected {
+        /// The server URL(s).
+        url: String,
+    },
     /// A JetStream request failed.
     #[error("hooks bucket at {url}: cannot {what}: {source}")]
     Nats {

@@ -3,8 +3,7 @@
 
 use super::local::Local;
 use super::{
-    BucketError, Buckets, CURRENT, EngineReport, Manifest, REPORT_EVERY, SetState, engine_key,
-    object_name,
+    BucketError, Buckets, CURRENT, EngineReport, Manifest, REPORT_EVERY, engine_key, object_name,
 };
 use crate::config::BucketConfig;
 use crate::files::{MAX_SIGNATURE_BYTES, MAX_TOML_BYTES, MAX_WASM_BYTES};
@@ -26,6 +25,8 @@ const FIRST_WAIT: Duration = Duration::from_secs(30);
 
 /// The task following the bucket, stopped when dropped.
 pub(crate) struct Follower {
+    /// The bucket's servers, for errors.
+    url: String,
     task: tokio::task::JoinHandle<()>,
     buckets: Arc<Mutex<Option<Buckets>>>,
 }
@@ -68,6 +69,7 @@ impl Follower {
         }
         let buckets = Arc::new(Mutex::new(None));
         let (first, first_done) = tokio::sync::oneshot::channel();
+        let url = config.url.clone();
         let follow = Follow {
             registry,
             config,
@@ -83,7 +85,7 @@ impl Follower {
                  earlier run: starting without hooks; the set loads as soon as the bucket answers"
             );
         }
-        Ok(Follower { task, buckets })
+        Ok(Follower { url, task, buckets })
     }
 
     /// Every engine's report, from the bucket.
@@ -91,11 +93,9 @@ impl Follower {
         let buckets = self.buckets.lock().unwrap().clone();
         match buckets {
             Some(buckets) => buckets.engines().await,
-            None => Err(BucketError::Connect(crate::queue::QueueError::Connect {
-                url: String::new(),
-                reason: "not connected to the hooks bucket yet".into(),
-                source: None,
-            })),
+            None => Err(BucketError::NotConnected {
+                url: self.url.clone(),
+            }),
         }
     }
 }
@@ -372,10 +372,7 @@ impl Follow {
         let engine = crate::delivery::history::engine_name();
         let report = EngineReport {
             engine: engine.clone(),
-            set: snapshot.set.clone().unwrap_or(SetState {
-                version: 0,
-                refused: None,
-            }),
+            set: snapshot.set.clone().unwrap_or_default(),
             hooks: snapshot
                 .live
                 .iter()

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 pub(super) struct Local {
     root: PathBuf,
+    /// Files kept or checked by this process: whole, not read again.
+    checked: std::sync::Mutex<HashSet<String>>,
     /// Held while this engine follows the bucket: two engines on one
     /// state folder would remove each other's sets.
     _lock: std::fs::File,
@@ -46,7 +48,11 @@ impl Local {
                 Err(std::fs::TryLockError::Error(e)) => return Err(BucketError::local(&path, e)),
             }
         }
-        Ok(Local { root, _lock: lock })
+        Ok(Local {
+            root,
+            checked: Default::default(),
+            _lock: lock,
+        })
     }
 
     /// The last set that loaded whole, and its folder.
@@ -58,12 +64,19 @@ impl Local {
     }
 
     /// Whether the file of this digest is kept, whole: one that is not
-    /// (cut short by a crash) is removed, to be fetched again.
+    /// (cut short by a crash before this process) is removed, to be
+    /// fetched again. Read once per process and file.
     pub(super) fn valid(&self, digest: &str) -> bool {
         use sha2::{Digest, Sha256};
+        if self.checked.lock().unwrap().contains(digest) {
+            return true;
+        }
         let path = self.file(digest);
         match std::fs::read(&path) {
-            Ok(bytes) if crate::util::hex(&Sha256::digest(&bytes)) == digest => true,
+            Ok(bytes) if crate::util::hex(&Sha256::digest(&bytes)) == digest => {
+                self.checked.lock().unwrap().insert(digest.to_owned());
+                true
+            }
             Ok(_) => {
                 tracing::warn!("{} is damaged: fetching it again", path.display());
                 let _ = std::fs::remove_file(&path);
@@ -94,7 +107,9 @@ impl Local {
             })
             .and_then(|()| std::fs::rename(&part, &path))
             .and_then(|()| std::fs::File::open(self.root.join("files"))?.sync_all())
-            .map_err(|e| BucketError::local(&path, e))
+            .map_err(|e| BucketError::local(&path, e))?;
+        self.checked.lock().unwrap().insert(digest.to_owned());
+        Ok(())
     }
 
     /// The set as a folder of hooks, `sets/VERSION/`, from files kept.
@@ -153,7 +168,9 @@ impl Local {
         if let Ok(entries) = std::fs::read_dir(self.root.join("files")) {
             for entry in entries.flatten() {
                 let name = entry.file_name();
-                if !wanted.contains(name.to_string_lossy().as_ref()) {
+                let name = name.to_string_lossy();
+                if !wanted.contains(name.as_ref()) {
+                    self.checked.lock().unwrap().remove(name.as_ref());
                     let _ = std::fs::remove_file(entry.path());
                 }
             }
